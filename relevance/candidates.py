@@ -1,0 +1,69 @@
+"""BM25 over the catalog (bm25s): candidate generation for unjudged queries, and the student's BM25 feature.
+
+Both use :func:`relevance.text.tokenize_words`, so the score a student sees at training time is the score the
+serving path computes. BM25: Robertson & Zaragoza (2009), "The Probabilistic Relevance Framework".
+"""
+
+from __future__ import annotations
+
+import bm25s
+import numpy as np
+import pandas as pd
+
+from relevance.text import tokenize_words
+
+
+class BM25Index:
+    def __init__(self, item_ids: list[str] | np.ndarray, item_texts: list[str], k1: float = 1.5, b: float = 0.75):
+        if len(item_ids) != len(item_texts):
+            raise ValueError(f"expected one text per item, got {len(item_texts)} texts for {len(item_ids)} items")
+        if len(item_ids) == 0:
+            raise ValueError("cannot build a BM25 index over an empty catalog")
+        self.item_ids = np.asarray(item_ids, dtype=object)
+        self.position = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
+        self.retriever = bm25s.BM25(k1=k1, b=b)
+        self.retriever.index([tokenize_words(t) for t in item_texts], show_progress=False)
+
+    def _scores(self, query: str) -> np.ndarray:
+        tokens = [t for t in tokenize_words(query) if t in self.retriever.vocab_dict]
+        if not tokens:
+            return np.zeros(len(self.item_ids), dtype=np.float32)
+        return self.retriever.get_scores(tokens)
+
+    def top_k(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids and scores of the k best items with a positive score, best first."""
+        scores = self._scores(query)
+        k = min(k, len(scores))
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        best = best[scores[best] > 0]
+        return self.item_ids[best], scores[best]
+
+    def score_pairs(self, queries: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
+        """BM25 score of each (query, item) row; items missing from the index score 0."""
+        frame = pd.DataFrame({"query": list(queries), "item_id": list(item_ids)})
+        position = self.position.reindex(frame["item_id"]).to_numpy()
+        known = ~pd.isna(position)
+        scores = np.zeros(len(frame), dtype=np.float32)
+        for query, rows in frame.groupby("query", sort=False).indices.items():
+            rows = rows[known[rows]]
+            if len(rows):
+                scores[rows] = self._scores(query)[position[rows].astype(np.int64)]
+        return scores
+
+
+def bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
+                    on_query=None) -> pd.DataFrame:
+    """The top-K items for each query (query_id, query columns), minus pairs in ``exclude`` (judged pairs)."""
+    rows: list[tuple[str, str, float]] = []
+    for query_id, query in zip(queries["query_id"], queries["query"]):
+        ids, scores = index.top_k(query, top_k)
+        rows.extend(zip([query_id] * len(ids), ids, scores.astype(float)))
+        if on_query:
+            on_query()
+    candidates = pd.DataFrame(rows, columns=["query_id", "item_id", "bm25"])
+    if exclude is not None and len(candidates):
+        judged = pd.MultiIndex.from_frame(exclude[["query_id", "item_id"]])
+        keep = ~pd.MultiIndex.from_frame(candidates[["query_id", "item_id"]]).isin(judged)
+        candidates = candidates[keep]
+    return candidates.reset_index(drop=True)

