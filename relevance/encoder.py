@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from relevance.runtime import autocast, device, progress_bar, resolve_precision, sha256_of_files
+from relevance.files import sha256_of_files
+from relevance.runtime import autocast, device, progress_bar, resolve_precision
 from relevance.teacher import pool, resolve_backbone
 
 

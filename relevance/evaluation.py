@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from relevance.config import EvalConfig
-from relevance.data.schema import DataContractError, DatasetInfo
+from relevance.data.schema import DataContractError, DatasetInfo, check_references
 from relevance.metrics import evaluate_predictions
 from relevance.teacher import read_manifest
 
@@ -137,10 +137,7 @@ def evaluate_directory(model_dir: str | Path, items: pd.DataFrame, queries: pd.D
     if int(judgments["grade"].max()) >= info.num_grades:
         raise DataContractError(f"judgments: grade {int(judgments['grade'].max())} is out of range for a model "
                                 f"with K={info.num_grades}")
-    unknown = ~judgments["item_id"].isin(items["item_id"])
-    if unknown.any():
-        raise DataContractError(f"judgments: {int(unknown.sum())} row(s) reference items missing from the items "
-                                f"file, e.g. {judgments.loc[unknown, 'item_id'].head(3).tolist()}")
+    check_references(judgments, "judgments", items, queries)
     frame = with_locale(judgments, queries)
     scored = scorer.score(frame, queries.set_index("query_id")["query"])
     report = report_block(frame, scored.probs, info, config)

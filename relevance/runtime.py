@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 from pathlib import Path
@@ -68,22 +67,3 @@ def set_threads() -> None:
 def progress_bar(transient: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), transient=transient)
-
-
-def sha256_of_frame(frame, columns: list[str]) -> str:
-    """A content hash of a table (order-independent), recorded in manifests as lineage."""
-    ordered = frame[columns].astype(str).sort_values(columns).to_numpy()
-    digest = hashlib.sha256()
-    for row in ordered:
-        digest.update("\x1f".join(row).encode("utf-8"))
-        digest.update(b"\x1e")
-    return digest.hexdigest()
-
-
-def sha256_of_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from relevance.config import StudentConfig
+from relevance.files import atomic_directory, sha256_of_files
 from relevance.runtime import progress_bar, seed_everything, set_threads
 
 
@@ -78,11 +79,11 @@ class Student:
         return np.concatenate(out) if out else np.zeros((0, self.num_grades), dtype=np.float32)
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, directory / "model.safetensors")
-        (directory / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-        return directory
+        with atomic_directory(directory) as tmp:
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
+            self.manifest["student_version"] = "student-" + sha256_of_files([tmp / "model.safetensors"])[:12]
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Student":

@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from relevance.config import DEFAULT_BACKBONE, TeacherConfig, TextConfig
-from relevance.runtime import (autocast, device, progress_bar, resolve_precision, seed_everything, set_threads,
-                               sha256_of_files)
+from relevance.files import atomic_directory, sha256_of_files
+from relevance.runtime import autocast, device, progress_bar, resolve_precision, seed_everything, set_threads
 from relevance.text import assemble_item_texts, cut_to_token_budget
 
 MANIFEST = "manifest.json"
@@ -195,25 +195,14 @@ class Teacher:
         return probs
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        (tmp / "backbone").mkdir(parents=True)
-        self.model.backbone.save_pretrained(tmp / "backbone")
-        self.tokenizer.save_pretrained(tmp / "backbone")
-        save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, tmp / "head.safetensors")
-        weights = list((tmp / "backbone").glob("*.safetensors")) + [tmp / "head.safetensors"]
-        self.manifest["teacher_version"] = "teacher-" + sha256_of_files(weights)[:12]
-        (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
-        if directory.exists():
-            import shutil
-
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-        return directory
+        with atomic_directory(directory) as tmp:
+            self.model.backbone.save_pretrained(tmp / "backbone")
+            self.tokenizer.save_pretrained(tmp / "backbone")
+            save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, tmp / "head.safetensors")
+            weights = list((tmp / "backbone").glob("*.safetensors")) + [tmp / "head.safetensors"]
+            self.manifest["teacher_version"] = "teacher-" + sha256_of_files(weights)[:12]
+            (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path, dev: torch.device | None = None) -> "Teacher":
@@ -373,6 +362,8 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                 if step % eval_every == 0 or step == total_steps:
                     result = {"step": step, "epoch": epoch + 1, **evaluate()}
                     history.append(result)
+                    log(f"teacher: step {step}/{total_steps} valid loss {result['valid_loss']:.4f} "
+                        f"accuracy {result['valid_accuracy']:.4f}")
                     if result["valid_loss"] < best["valid_loss"] - 1e-4:
                         best, stale = result, 0
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

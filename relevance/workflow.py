@@ -27,7 +27,7 @@ from rich.console import Console
 from relevance.config import RunConfig
 from relevance.data import prepare
 from relevance.data.schema import Dataset, DataContractError, prob_columns
-from relevance.runtime import sha256_of_frame
+from relevance.files import sha256_of_frame
 
 console = Console(stderr=True)
 

@@ -207,11 +207,11 @@ class Dataset:
         items = validate_items(self.items)
         queries = validate_queries(self.queries)
         judgments = validate_judgments(self.judgments, self.info.num_grades)
-        _check_references(judgments, "judgments", items, queries)
+        check_references(judgments, "judgments", items, queries)
         impressions = None
         if self.impressions is not None:
             impressions = validate_impressions(self.impressions)
-            _check_references(impressions, "impressions", items, queries)
+            check_references(impressions, "impressions", items, queries)
         return Dataset(self.info, items, queries, judgments, impressions)
 
     def split(self, name: str) -> pd.DataFrame:
@@ -223,26 +223,17 @@ class Dataset:
         return rows
 
     def save(self, directory: Path | str) -> Path:
-        """Write all tables atomically: into a temporary sibling directory, then renamed into place."""
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        if tmp.exists():
-            import shutil
+        """Write all tables atomically (see relevance.files.atomic_directory)."""
+        from relevance.files import atomic_directory
 
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.info.save(tmp)
-        self.items.to_parquet(tmp / "items.parquet", index=False)
-        self.queries.to_parquet(tmp / "queries.parquet", index=False)
-        self.judgments.to_parquet(tmp / "judgments.parquet", index=False)
-        if self.impressions is not None:
-            self.impressions.to_parquet(tmp / "impressions.parquet", index=False)
-        if directory.exists():
-            import shutil
-
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-        return directory
+        with atomic_directory(directory) as tmp:
+            self.info.save(tmp)
+            self.items.to_parquet(tmp / "items.parquet", index=False)
+            self.queries.to_parquet(tmp / "queries.parquet", index=False)
+            self.judgments.to_parquet(tmp / "judgments.parquet", index=False)
+            if self.impressions is not None:
+                self.impressions.to_parquet(tmp / "impressions.parquet", index=False)
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: Path | str, with_impressions: bool = True) -> "Dataset":
@@ -262,11 +253,14 @@ class Dataset:
         return cls(info, tables["items"], tables["queries"], tables["judgments"], impressions).validated()
 
 
-def _check_references(pairs: pd.DataFrame, table: str, items: pd.DataFrame, queries: pd.DataFrame) -> None:
+def check_references(pairs: pd.DataFrame, table: str, items: pd.DataFrame, queries: pd.DataFrame | None) -> None:
+    """Every pair must name a known item (and a known query, when ``queries`` is given)."""
     unknown_items = ~pairs["item_id"].isin(items["item_id"])
     if unknown_items.any():
         raise DataContractError(f"{table}: {int(unknown_items.sum())} row(s) reference item_id(s) not in items, "
                                 f"e.g. {pairs.loc[unknown_items, 'item_id'].head(3).tolist()}")
+    if queries is None:
+        return
     unknown_queries = ~pairs["query_id"].isin(queries["query_id"])
     if unknown_queries.any():
         raise DataContractError(f"{table}: {int(unknown_queries.sum())} row(s) reference query_id(s) not in queries, "

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import time
 import unicodedata
 from dataclasses import dataclass, fields
@@ -60,6 +59,7 @@ import pyarrow.parquet as pq
 
 from relevance.data.schema import TEXT_FIELDS, DatasetInfo
 from relevance.data.splits import assign_splits, normalize_query
+from relevance.files import atomic_directory
 
 NAME = "synthetic_shop"
 GRADE_NAMES = ["irrelevant", "complement", "substitute", "close", "exact"]
@@ -850,34 +850,27 @@ def generate(out_dir: Path | str, *, num_items: int = 2000, num_judged_queries: 
     _check_arguments(num_items, num_judged_queries, judgments_per_query, num_impressions, locales, chunk_rows,
                      annotator_noise)
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with atomic_directory(out_dir) as tmp:
+        catalog = sample_catalog(num_items, locales, seed)
+        pq.write_table(render_items(catalog, seed), tmp / "items.parquet")
+        judged_queries, judgments = make_judgments(catalog, num_judged_queries, judgments_per_query, annotator_noise,
+                                                   seed)
+        pq.write_table(judgments, tmp / "judgments.parquet")
 
-    catalog = sample_catalog(num_items, locales, seed)
-    pq.write_table(render_items(catalog, seed), tmp / "items.parquet")
-    judged_queries, judgments = make_judgments(catalog, num_judged_queries, judgments_per_query, annotator_noise,
-                                               seed)
-    pq.write_table(judgments, tmp / "judgments.parquet")
+        judged_texts = frozenset(normalize_query(text) for text in judged_queries.column("query").to_pylist())
+        queries_writer = RowGroupWriter(tmp / "queries.parquet", QUERIES_SCHEMA, chunk_rows)
+        impressions_writer = RowGroupWriter(tmp / "impressions.parquet", IMPRESSIONS_SCHEMA, chunk_rows)
+        queries_writer.write(judged_queries)
+        for block_index, start in enumerate(range(0, num_impressions, BLOCK_ROWS)):
+            queries, impressions = impression_block(catalog, block_index, min(BLOCK_ROWS, num_impressions - start),
+                                                    judged_texts, seed)
+            queries_writer.write(queries)
+            impressions_writer.write(impressions)
+        queries_writer.close()
+        impressions_writer.close()
 
-    judged_texts = frozenset(normalize_query(text) for text in judged_queries.column("query").to_pylist())
-    queries_writer = RowGroupWriter(tmp / "queries.parquet", QUERIES_SCHEMA, chunk_rows)
-    impressions_writer = RowGroupWriter(tmp / "impressions.parquet", IMPRESSIONS_SCHEMA, chunk_rows)
-    queries_writer.write(judged_queries)
-    for block_index, start in enumerate(range(0, num_impressions, BLOCK_ROWS)):
-        queries, impressions = impression_block(catalog, block_index, min(BLOCK_ROWS, num_impressions - start),
-                                                judged_texts, seed)
-        queries_writer.write(queries)
-        impressions_writer.write(impressions)
-    queries_writer.close()
-    impressions_writer.close()
-
-    DatasetInfo(name=NAME, num_grades=len(GRADE_NAMES), grade_names=list(GRADE_NAMES), synthetic=True,
-                description=_description(num_items, locales, annotator_noise, seed)).save(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+        DatasetInfo(name=NAME, num_grades=len(GRADE_NAMES), grade_names=list(GRADE_NAMES), synthetic=True,
+                    description=_description(num_items, locales, annotator_noise, seed)).save(tmp)
     return out_dir
 
 

@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv from scratch when it is missing.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-slow bench-quality clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned resolve would pull the CUDA build (gigabytes).
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## Main job on the built-in synthetic shop: teacher → labels → student → report (quick profile, MiniLM-L6).
+demo: $(STAMP)
+	$(VENV)/bin/relevance run --profile quick
+
+## Set up and pass the test suite (tiny random models; no downloads, no GPU).
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+## Real-data quality benchmark (about 40 minutes on 2 cores): benchmarks/results/quality-homedepot.json
+bench-quality: $(STAMP)
+	$(PY) benchmarks/quality_homedepot.py --config configs/homedepot.yaml
+
+clean:
+	rm -rf runs .cache

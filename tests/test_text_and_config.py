@@ -1,0 +1,45 @@
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from relevance.config import TextConfig, build_config, load_config
+from relevance.text import assemble_item_texts, cut_to_token_budget, tokenize_words
+
+
+def test_fields_are_assembled_in_order_with_per_field_budgets(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["red leather sofa for the living room", "lamp"],
+                          "caption": ["a photo of a red sofa", ""], "board_titles": ["living room", None]})
+    config = TextConfig(fields=["caption", "title", "board_titles"], field_token_budgets={"title": 2})
+    texts = assemble_item_texts(items, config, tokenizer)
+    assert texts["a"].startswith("image: a photo of a red sofa ; title: red leather")
+    assert "living" not in texts["a"].split(" ; ")[1], "title is cut after 2 tokens"
+    assert texts["b"] == "title: lamp", "empty fields leave no separators behind"
+    assert cut_to_token_budget(["one two three"], 2) == ["one two"]
+
+
+def test_text_config_rejects_unknown_fields():
+    with pytest.raises(ValidationError, match="subset"):
+        TextConfig(fields=["title", "price"])
+
+
+def test_lexical_tokenizer_is_unicode_and_lower_case():
+    assert tokenize_words("Rote LEDERcouch, 2x4!") == ["rote", "ledercouch", "2x4"]
+
+
+def test_profiles_and_overrides(tmp_path):
+    quick = build_config("quick")
+    assert quick.teacher.finetune == "full" and quick.workdir == "runs/quick"
+    assert build_config("gpu").teacher.pooling == "last"
+    path = tmp_path / "c.yaml"
+    path.write_text("profile: quick\nteacher:\n  epochs: 7\n")
+    loaded = load_config(path)
+    assert loaded.teacher.epochs == 7 and loaded.teacher.batch_size == 16 and loaded.profile == "quick"
+    with pytest.raises(ValueError, match="unknown profile"):
+        build_config("huge")
+    with pytest.raises(ValidationError, match="data.path is required"):
+        build_config("default", {"data": {"source": "homedepot"}})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        build_config("default", {"student": {"hiden": [4]}})
