@@ -34,6 +34,30 @@ def machine() -> str:
     return f"{len(os.sched_getaffinity(0))} cores ({cpu}), {platform.system()} {platform.machine()}, no GPU"
 
 
+NOTES = Path(__file__).with_name("quality_homedepot_notes.md")
+
+
+def markdown(result: dict) -> str:
+    metrics = ["accuracy", "macro_f1", "ndcg@20", "rmse_1to3", "auroc_ge3"]
+    lines = ["# Quality on Home Depot (real human grades), test split", "",
+             f"{result['num_test_pairs']} test pairs; teacher trained on split train, tuned on valid; the student is "
+             f"distilled from teacher labels on a pool of {result['pool_pairs']:,} unlabelled pairs.", "",
+             "| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, values in result["models"].items():
+        lines.append(f"| {name} | " + " | ".join("–" if values[m] is None else f"{values[m]:.4f}"
+                                                 for m in metrics) + " |")
+    lines += ["", "Throughput on this machine (pairs/s, scoring the test split): "
+              f"teacher {result['pairs_per_s']['teacher']:,.0f}, student {result['pairs_per_s']['student']:,.0f}.",
+              "", "## Targets", ""]
+    lines += [f"- {'met' if ok else '**missed**'}: {name}" for name, ok in result["targets"].items()]
+    lines += ["", "![confusion matrices](quality-homedepot-confusion.png)", ""]
+    if NOTES.exists():
+        lines += [NOTES.read_text().strip(), ""]
+    lines += ["## Rerun", "", f"    {result['command']}", "",
+              f"Machine: {result['machine']}. Date: {result['date']}.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs/homedepot.yaml"))
@@ -79,6 +103,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality-homedepot.json").write_text(json.dumps(result, indent=2) + "\n")
     shutil.copy(Path(config.workdir) / "confusion.png", RESULTS / "quality-homedepot-confusion.png")
+    (RESULTS / "quality-homedepot.md").write_text(markdown(result))
     print(json.dumps(result["targets"], indent=2))
     sys.exit(0)
 

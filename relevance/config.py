@@ -91,6 +91,9 @@ class TeacherConfig(_Strict):
     weight_decay: float = 0.01
     warmup_fraction: float = Field(0.06, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Weight of an ordinal term: squared error of the expected grade Σ g·p_g. Cross-entropy alone treats
+    # "exact vs irrelevant" like "exact vs close"; this term penalises far-off mass, which is what RMSE measures.
+    expected_grade_mse_weight: float = Field(0.0, ge=0)
     class_weights: Literal["none", "balanced"] | list[float] = "none"
     early_stopping_patience: int = Field(2, ge=1)
     eval_every_steps: int | None = None  # None: once per epoch

@@ -321,18 +321,32 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     eval_every = config.eval_every_steps or steps_per_epoch
     rng = np.random.default_rng(config.seed)
 
+    grade_values = torch.arange(num_grades, dtype=torch.float32, device=dev)
+
+    def objective(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        loss = loss_fn(logits, target) if reduction == "mean" else \
+            nn.functional.cross_entropy(logits, target, reduction="sum")
+        if config.expected_grade_mse_weight > 0:
+            expected = torch.softmax(logits, -1) @ grade_values
+            loss = loss + config.expected_grade_mse_weight * nn.functional.mse_loss(
+                expected, target.float(), reduction=reduction)
+        return loss
+
     def evaluate() -> dict:
         model.eval()
-        losses, correct = [], 0
+        loss_sum, squared_error, correct = 0.0, 0.0, 0
         with torch.no_grad():
             for index in length_batches(valid_len, config.batch_size * 2):
                 with autocast(precision, dev):
-                    logits = model(**collate(tokenizer, valid_enc, index, dev))
+                    logits = model(**collate(tokenizer, valid_enc, index, dev)).float()
                 target = valid_y[index].to(dev)
-                losses.append(nn.functional.cross_entropy(logits.float(), target, reduction="sum").item())
+                loss_sum += objective(logits, target, reduction="sum").item()
+                squared_error += float(((torch.softmax(logits, -1) @ grade_values - target) ** 2).sum())
                 correct += int((logits.argmax(-1) == target).sum())
         model.train()
-        return {"valid_loss": sum(losses) / len(valid_enc), "valid_accuracy": correct / len(valid_enc)}
+        n = len(valid_enc)
+        return {"valid_loss": loss_sum / n, "valid_accuracy": correct / n,
+                "valid_rmse_grade": (squared_error / n) ** 0.5}
 
     best = {"valid_loss": float("inf")}
     best_state = None
@@ -349,7 +363,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                 started = time.perf_counter()
                 with autocast(precision, dev):
                     logits = model(**collate(tokenizer, train_enc, index, dev))
-                loss = loss_fn(logits.float(), train_y[index].to(dev))
+                loss = objective(logits.float(), train_y[index].to(dev))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -363,7 +377,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                     result = {"step": step, "epoch": epoch + 1, **evaluate()}
                     history.append(result)
                     log(f"teacher: step {step}/{total_steps} valid loss {result['valid_loss']:.4f} "
-                        f"accuracy {result['valid_accuracy']:.4f}")
+                        f"accuracy {result['valid_accuracy']:.4f} rmse(grade) {result['valid_rmse_grade']:.4f}")
                     if result["valid_loss"] < best["valid_loss"] - 1e-4:
                         best, stale = result, 0
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
