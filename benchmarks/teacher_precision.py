@@ -14,11 +14,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 
 
@@ -46,7 +48,7 @@ def main() -> None:
     encodings = encode_pairs(tokenizer, judged["query"].tolist(),
                              ("title: " + titles.reindex(judged["product_id"])).tolist(), text)
     lengths = np.array([len(e["input_ids"]) for e in encodings])
-    labels = torch.tensor(judged["grade"].to_numpy())
+    labels = torch.tensor(judged["grade"].to_numpy(), dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def train_pass(precision: str) -> float:
