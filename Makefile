@@ -28,7 +28,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-## Real-data quality benchmark (about 40 minutes on 2 cores): benchmarks/results/quality-homedepot.json
+## Real-data quality benchmark (about 35 minutes on 2 cores): benchmarks/results/quality-homedepot.json
 bench-quality: $(STAMP)
 	$(PY) benchmarks/quality_homedepot.py --config configs/homedepot.yaml
 

@@ -65,5 +65,9 @@ def set_threads() -> None:
 
 
 def progress_bar(transient: bool = False) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), transient=transient)
+    """A rich progress bar. Transient bars vanish on a terminal; in a log file (KFP, CI) every bar keeps its
+    final line, since a vanished bar would leave only blank lines behind."""
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn())
+    progress.live.transient = transient and progress.console.is_terminal
+    return progress

@@ -383,7 +383,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     else:
                         stale += 1
-                        if stale >= config.early_stopping_patience:
+                        if stale >= config.early_stopping_patience and step < total_steps:
                             stop = True
                             break
             if stop:
