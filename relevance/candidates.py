@@ -10,7 +10,13 @@ import bm25s
 import numpy as np
 import pandas as pd
 
-from relevance.text import tokenize_words
+from relevance.text import assemble_item_texts, tokenize_words
+
+
+def lexical_item_texts(items: pd.DataFrame, text) -> pd.Series:
+    """Item text for BM25, term matching and the student's embeddings: the configured fields cut to their
+    budgets in words, without field labels. One definition, so the student's training and serving agree."""
+    return assemble_item_texts(items, text, tokenizer=None, with_labels=False)
 
 
 class BM25Index:
@@ -23,6 +29,12 @@ class BM25Index:
         self.position = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
         self.retriever = bm25s.BM25(k1=k1, b=b)
         self.retriever.index([tokenize_words(t) for t in item_texts], show_progress=False)
+
+    @classmethod
+    def for_items(cls, items: pd.DataFrame, text, k1: float = 1.5, b: float = 0.75) -> "BM25Index":
+        """The index over the catalog's lexical text (see :func:`lexical_item_texts`)."""
+        item_text = lexical_item_texts(items, text)
+        return cls(item_text.index.to_numpy(), item_text.tolist(), k1, b)
 
     def _scores(self, query: str) -> np.ndarray:
         tokens = [t for t in tokenize_words(query) if t in self.retriever.vocab_dict]

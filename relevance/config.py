@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from relevance.data.schema import TEXT_FIELDS
 
@@ -59,6 +59,26 @@ class TextConfig(_Strict):
             raise ValueError(f"text.fields must be a non-empty subset of {list(TEXT_FIELDS)}, got {fields}")
         return fields
 
+    @field_validator("field_token_budgets")
+    @classmethod
+    def _known_budgets(cls, budgets: dict[str, int]) -> dict[str, int]:
+        unknown = [f for f in budgets if f not in TEXT_FIELDS]
+        if unknown:
+            raise ValueError(f"text.field_token_budgets has unknown field(s) {unknown}; expected keys from "
+                             f"{list(TEXT_FIELDS)}")
+        small = {f: n for f, n in budgets.items() if n < 1}
+        if small:
+            raise ValueError(f"text.field_token_budgets must be >= 1, got {small}")
+        return budgets
+
+    @model_validator(mode="after")
+    def _query_fits(self) -> "TextConfig":
+        # [CLS] query [SEP] item [SEP]: three special tokens, and at least one token of item text.
+        if self.max_query_tokens + 4 > self.max_length:
+            raise ValueError(f"text.max_length ({self.max_length}) must exceed max_query_tokens "
+                             f"({self.max_query_tokens}) + 3 special tokens + 1 item token")
+        return self
+
     def budget(self, field: str) -> int:
         return self.field_token_budgets.get(field, 32)
 
@@ -66,7 +86,7 @@ class TextConfig(_Strict):
 class CandidateConfig(_Strict):
     """BM25 candidates for queries without judgments; they join the unlabelled pool."""
 
-    top_k: int = Field(20, ge=1)
+    top_k: int = Field(20, ge=0)  # 0: impressions only
     k1: float = 1.5
     b: float = 0.75
     include_impressions: bool = True
@@ -78,8 +98,8 @@ class TeacherConfig(_Strict):
     head_hidden: int = Field(256, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     finetune: Literal["full", "lora", "qlora", "head"] = "full"
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = None  # None: peft's defaults for the architecture
     gradient_checkpointing: bool = False
@@ -110,7 +130,7 @@ class LabelingConfig(_Strict):
 class StudentConfig(_Strict):
     encoder: str = DEFAULT_BACKBONE  # bi-encoder for query and item embeddings (frozen)
     encoder_max_length: int = Field(64, ge=8)
-    hidden: list[int] = Field(default_factory=lambda: [512, 128])
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 128])
     dropout: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(1.0, gt=0)
     ce_weight: float = Field(0.0, ge=0)  # weight of cross-entropy on human labels, where a pair has one
@@ -124,8 +144,8 @@ class StudentConfig(_Strict):
 
 class EvalConfig(_Strict):
     split: Literal["train", "valid", "test"] = "test"
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    relevance_threshold: int | None = None
+    ks: list[PositiveInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
+    relevance_threshold: PositiveInt | None = None
 
 
 class RunConfig(_Strict):

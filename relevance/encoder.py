@@ -28,11 +28,15 @@ class BiEncoder:
         self.path = resolve_backbone(name)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.pad_token is None:  # decoder encoders: padding is masked out by mean pooling anyway
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.tokenizer.padding_side = "right"
         self.device = device()
         self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
         self.precision = resolve_precision(precision, self.device)
         weights = sorted(Path(self.path).glob("*.safetensors")) or sorted(Path(self.path).glob("*.bin"))
+        if not weights:
+            raise FileNotFoundError(f"{self.path}: no *.safetensors or *.bin weights to fingerprint the encoder by")
         # What the vectors depend on: the weights and the truncation length (not the numeric precision, whose
         # effect on the vectors is well below what the student can notice).
         self.fingerprint = hashlib.sha256(f"{sha256_of_files(weights)}:{max_length}".encode()).hexdigest()[:16]

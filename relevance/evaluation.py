@@ -69,16 +69,11 @@ class StudentScorer:
 
 def build_featurizer(manifest: dict, items: pd.DataFrame, cache_dir: Path):
     """The student's offline featurizer, rebuilt from what its manifest recorded (encoder, text, BM25)."""
-    from relevance.candidates import BM25Index
     from relevance.config import TextConfig
-    from relevance.encoder import BiEncoder, EmbeddingCache
-    from relevance.features import PairFeaturizer
-    from relevance.text import assemble_item_texts
+    from relevance.features import build_featurizer as build
 
-    encoder = BiEncoder(manifest["encoder"], manifest["encoder_max_length"])
-    item_text = assemble_item_texts(items, TextConfig.model_validate(manifest["text"]), encoder.tokenizer)
-    index = BM25Index(item_text.index.to_numpy(), item_text.tolist(), **manifest["bm25"])
-    return PairFeaturizer(items, item_text, EmbeddingCache(cache_dir, encoder), index)
+    return build(items, TextConfig.model_validate(manifest["text"]), manifest["encoder"],
+                 manifest["encoder_max_length"], manifest["bm25"]["k1"], manifest["bm25"]["b"], cache_dir)
 
 
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):

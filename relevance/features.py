@@ -18,7 +18,7 @@ import pandas as pd
 
 from relevance.text import tokenize_words
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 LEXICAL_FEATURES = (
     "cosine",               # bi-encoder similarity
     "log_bm25",             # BM25 of query vs item text over the catalog
@@ -27,7 +27,7 @@ LEXICAL_FEATURES = (
     "terms_matched_title",  # … in the title alone
     "prefix_matched",       # … matching on a 4-character prefix (cheap stemming: plurals, inflections)
     "all_terms_matched",    # 1 if every query term is in the item text
-    "exact_phrase",         # 1 if the whole query string appears in the item text
+    "exact_phrase",         # 1 if the query's words appear in the item text as a contiguous phrase
     "numbers_matched",      # fraction of the query's numeric tokens (sizes, models) found in the item text
     "char3_jaccard_title",  # character-trigram Jaccard of query and title (robust to typos)
     "log_query_terms",
@@ -47,18 +47,18 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
         raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
                          f"titles={len(titles)} bm25={len(bm25)}")
     out = np.zeros((len(queries), len(LEXICAL_FEATURES) - 1), dtype=np.float32)
-    token_cache: dict[str, tuple[set[str], set[str], int]] = {}
+    token_cache: dict[str, tuple[set[str], set[str], int, str]] = {}
 
-    def item_tokens(text: str) -> tuple[set[str], set[str], int]:
+    def item_tokens(text: str) -> tuple[set[str], set[str], int, str]:
         if text not in token_cache:
             tokens = tokenize_words(text)
-            token_cache[text] = (set(tokens), {t[:4] for t in tokens}, len(tokens))
+            token_cache[text] = (set(tokens), {t[:4] for t in tokens}, len(tokens), " ".join(tokens))
         return token_cache[text]
 
     for row, (query, text, title, score) in enumerate(zip(queries, item_texts, titles, bm25)):
         terms = tokenize_words(query)
         n_terms = max(len(terms), 1)
-        words, prefixes, n_words = item_tokens(text)
+        words, prefixes, n_words, joined = item_tokens(text)
         title_words = item_tokens(title)[0]
         numbers = [t for t in terms if _DIGIT.search(t)]
         query_trigrams, title_trigrams = _trigrams(query), _trigrams(title)
@@ -70,7 +70,7 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
             sum(t in title_words for t in terms) / n_terms,
             sum(t[:4] in prefixes for t in terms) / n_terms,
             float(bool(terms) and all(t in words for t in terms)),
-            float(" ".join(terms) in " ".join(tokenize_words(text))) if terms else 0.0,
+            float(f" {' '.join(terms)} " in f" {joined} ") if terms else 0.0,
             sum(t in words for t in numbers) / len(numbers) if numbers else 1.0,
             len(query_trigrams & title_trigrams) / union if union else 0.0,
             np.log1p(len(terms)),
@@ -98,6 +98,18 @@ def featurize(queries: list[str], item_texts: list[str], titles: list[str], bm25
 def feature_names(dimension: int) -> list[str]:
     blocks = [f"{prefix}_{k}" for prefix in ("q", "i", "qxi", "absdiff") for k in range(dimension)]
     return blocks + list(LEXICAL_FEATURES)
+
+
+def build_featurizer(items: pd.DataFrame, text, encoder_name: str, encoder_max_length: int, k1: float, b: float,
+                     cache_dir) -> "PairFeaturizer":
+    """The offline featurizer for a catalog: what training builds from the config and evaluation rebuilds from a
+    student's manifest (the same arguments, recorded there)."""
+    from relevance.candidates import BM25Index, lexical_item_texts
+    from relevance.encoder import BiEncoder, EmbeddingCache
+
+    encoder = BiEncoder(encoder_name, encoder_max_length)
+    return PairFeaturizer(items, lexical_item_texts(items, text), EmbeddingCache(cache_dir, encoder),
+                          BM25Index.for_items(items, text, k1, b))
 
 
 class PairFeaturizer:

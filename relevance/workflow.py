@@ -15,7 +15,9 @@ is missing. The KFP components of the platform wrap these same functions one-to-
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,9 +46,44 @@ def paths(config: RunConfig) -> dict[str, Path]:
         "report": "report.json"}.items()}
 
 
+STEP_SETTINGS = {  # the config sections each step's output depends on
+    "data": ("data",),
+    "pool": ("data", "text", "candidates"),
+    "teacher": ("data", "text", "teacher"),
+    "students": ("data", "text", "candidates", "student"),
+}
+
+
+def _settings_hash(config: RunConfig, step: str) -> str:
+    settings = {section: getattr(config, section).model_dump() for section in STEP_SETTINGS[step]}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _reuse(config: RunConfig, step: str, output_exists: bool) -> bool:
+    """Whether a step can be skipped: its output exists and was made with the same settings.
+
+    An output made with other settings is an error, not a silent reuse: the user deletes it (or picks a new
+    workdir) so that a report never mixes models trained under different configs.
+    """
+    record = Path(config.workdir) / "steps.json"
+    recorded = json.loads(record.read_text()) if record.exists() else {}
+    current = _settings_hash(config, step)
+    if output_exists and recorded.get(step) not in (None, current):
+        sections = ", ".join(STEP_SETTINGS[step])
+        raise ValueError(f"{config.workdir}: the {step} output was made with other settings ({sections} changed); "
+                         f"delete it to redo the step, or use another workdir")
+    if not output_exists or step not in recorded:
+        recorded[step] = current
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(recorded, indent=2))
+        os.replace(tmp, record)
+    return output_exists
+
+
 def step_prepare(config: RunConfig) -> Dataset:
     out = paths(config)["data"]
-    if not (out / "dataset.json").exists():
+    if not _reuse(config, "data", (out / "dataset.json").exists()):
         _log(f"prepare: {config.data.source} → {out}")
         prepare(config.data, out)
     return Dataset.load(out)
@@ -61,7 +98,7 @@ def step_teacher(config: RunConfig, dataset: Dataset) -> Path:
     from relevance.teacher import train_teacher
 
     out = paths(config)["teacher"]
-    if (out / "manifest.json").exists():
+    if _reuse(config, "teacher", (out / "manifest.json").exists()):
         return out
     teacher = train_teacher(dataset.split("train"), dataset.split("valid"),
                             dataset.queries.set_index("query_id")["query"], dataset.items, dataset.num_grades,
@@ -76,10 +113,9 @@ def step_pool(config: RunConfig, dataset: Dataset) -> Path:
     """Impressions plus BM25 top-K for every query without judgments, deduplicated against judged pairs."""
     from relevance.candidates import BM25Index, bm25_candidates
     from relevance.runtime import progress_bar
-    from relevance.text import assemble_item_texts
 
     out = paths(config)["pool"]
-    if out.exists():
+    if _reuse(config, "pool", out.exists()):
         return out
     judged = dataset.judgments[["query_id", "item_id"]]
     unjudged = dataset.queries[~dataset.queries["query_id"].isin(judged["query_id"])]
@@ -87,8 +123,7 @@ def step_pool(config: RunConfig, dataset: Dataset) -> Path:
     if config.candidates.include_impressions and dataset.impressions is not None:
         parts.append(dataset.impressions[["query_id", "item_id"]])
     if config.candidates.top_k > 0 and len(unjudged):
-        item_text = assemble_item_texts(dataset.items, config.text)
-        index = BM25Index(item_text.index.to_numpy(), item_text.tolist(), config.candidates.k1, config.candidates.b)
+        index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
         with progress_bar() as bar:
             task = bar.add_task(f"BM25 top-{config.candidates.top_k}", total=len(unjudged))
             candidates = bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
@@ -98,15 +133,30 @@ def step_pool(config: RunConfig, dataset: Dataset) -> Path:
         raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for BM25")
     pool = pd.concat(parts, ignore_index=True).drop_duplicates(["query_id", "item_id"])
     judged_keys = pd.MultiIndex.from_frame(judged)
-    pool = pool[~pd.MultiIndex.from_frame(pool).isin(judged_keys)].reset_index(drop=True)
+    pool = pool[~pd.MultiIndex.from_frame(pool).isin(judged_keys)]
+    held_out = _held_out_query_mask(pool, dataset)
+    if held_out.any():
+        _log(f"pool: dropped {int(held_out.sum())} pair(s) of valid/test queries (same id or same text), so "
+             "evaluation queries never reach the student through teacher labels")
+    pool = pool[~held_out].reset_index(drop=True)
     if pool.empty:
-        raise DataContractError("the unlabelled pool is empty after removing judged pairs")
+        raise DataContractError("the unlabelled pool is empty after removing judged pairs and held-out queries")
     tmp = out.with_suffix(".tmp")
     pool.to_parquet(tmp, index=False, row_group_size=config.labeling.shard_rows)
     tmp.rename(out)
     _log(f"pool: {len(pool)} unlabelled pairs over {pool['query_id'].nunique()} queries "
          f"({len(pool) / max(len(dataset.split('train')), 1):.1f}× the train split) → {out}")
     return out
+
+
+def _held_out_query_mask(pairs: pd.DataFrame, dataset: Dataset) -> np.ndarray:
+    """Rows whose query is a valid/test query, by id or by normalised text (a source may give one query two ids)."""
+    from relevance.data.splits import normalize_query
+
+    held = dataset.judgments.loc[dataset.judgments["split"].isin(["valid", "test"]), "query_id"].unique()
+    text = dataset.queries.set_index("query_id")["query"].map(normalize_query)
+    held_texts = set(text.reindex(held).dropna())
+    return pairs["query_id"].isin(held).to_numpy() | text.reindex(pairs["query_id"]).isin(held_texts).to_numpy()
 
 
 def step_labels(config: RunConfig, dataset: Dataset, teacher_dir: Path, pool_path: Path) -> Path:
@@ -121,16 +171,10 @@ def step_labels(config: RunConfig, dataset: Dataset, teacher_dir: Path, pool_pat
 
 
 def _featurizer(config: RunConfig, dataset: Dataset):
-    from relevance.candidates import BM25Index
-    from relevance.encoder import BiEncoder, EmbeddingCache
-    from relevance.features import PairFeaturizer
-    from relevance.text import assemble_item_texts
+    from relevance.features import build_featurizer
 
-    encoder = BiEncoder(config.student.encoder, config.student.encoder_max_length)
-    item_text = assemble_item_texts(dataset.items, config.text, encoder.tokenizer)
-    index = BM25Index(item_text.index.to_numpy(), item_text.tolist(), config.candidates.k1, config.candidates.b)
-    cache = EmbeddingCache(paths(config)["embeddings"], encoder)
-    return PairFeaturizer(dataset.items, item_text, cache, index), encoder
+    return build_featurizer(dataset.items, config.text, config.student.encoder, config.student.encoder_max_length,
+                            config.candidates.k1, config.candidates.b, paths(config)["embeddings"])
 
 
 def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels_dir: Path) -> dict[str, Path]:
@@ -141,10 +185,11 @@ def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels
     from relevance.teacher import Teacher, read_manifest, score_items
 
     outputs = {"student": paths(config)["student"], "student_human_only": paths(config)["student_human_only"]}
-    if all((p / "manifest.json").exists() for p in outputs.values()):
+    if _reuse(config, "students", all((p / "manifest.json").exists() for p in outputs.values())):
         return outputs
     k = dataset.num_grades
-    featurizer, encoder = _featurizer(config, dataset)
+    featurizer = _featurizer(config, dataset)
+    encoder = featurizer.cache.encoder
     query_text = dataset.queries.set_index("query_id")["query"]
 
     def features(pairs: pd.DataFrame) -> np.ndarray:
@@ -169,7 +214,7 @@ def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels
         Student(model, {**manifest, "trained_on": "human labels (train split)", "teacher_version": None,
                         "metrics": metrics}).save(outputs["student_human_only"])
     if not (outputs["student"] / "manifest.json").exists():
-        labels = read_labels(labels_dir, k)
+        labels = read_labels(labels_dir, k, pool_path=paths(config)["pool"])
         if labels["teacher_version"].iloc[0] != teacher_manifest["teacher_version"]:
             raise DataContractError(f"{labels_dir} holds labels of {labels['teacher_version'].iloc[0]}, but the "
                                     f"teacher is {teacher_manifest['teacher_version']}")
@@ -197,7 +242,6 @@ def step_report(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path]
     from relevance.candidates import BM25Index
     from relevance.evaluation import (bm25_probs, load_scorer, majority_probs, plot_confusion_matrices,
                                       report_block, with_locale)
-    from relevance.text import assemble_item_texts
 
     split = config.eval.split
     frame = with_locale(dataset.split(split), dataset.queries)
@@ -210,8 +254,7 @@ def step_report(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path]
         scored = scorer.score(frame, query_text)
         models[name] = report_block(frame, scored.probs, dataset.info, config.eval)
         pairs_per_s[name] = scored.pairs_per_s()
-    item_text = assemble_item_texts(dataset.items, config.text)
-    index = BM25Index(item_text.index.to_numpy(), item_text.tolist(), config.candidates.k1, config.candidates.b)
+    index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
     train_bm25 = index.score_pairs(query_text.reindex(train["query_id"]), train["item_id"])
     eval_bm25 = index.score_pairs(query_text.reindex(frame["query_id"]), frame["item_id"])
     k = dataset.num_grades
@@ -252,8 +295,8 @@ def run(config: RunConfig) -> dict:
     Path(config.workdir).mkdir(parents=True, exist_ok=True)
     (Path(config.workdir) / "config.json").write_text(config.model_dump_json(indent=2))
     dataset = step_prepare(config)
+    pool_path = step_pool(config, dataset)  # before the teacher: a dataset with no possible pool fails in seconds
     teacher_dir = step_teacher(config, dataset)
-    pool_path = step_pool(config, dataset)
     labels_dir = step_labels(config, dataset, teacher_dir, pool_path)
     students = step_students(config, dataset, teacher_dir, labels_dir)
     return step_report(config, dataset, {"teacher": teacher_dir, **students})

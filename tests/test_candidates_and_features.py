@@ -39,6 +39,9 @@ def test_lexical_features_by_hand():
     miss = dict(zip(LEXICAL_FEATURES[1:], lexical_features(["drills 20v"], ["title: drill"], ["drill"],
                                                             np.array([0.0]))[0]))
     assert miss["terms_matched"] == 0 and miss["prefix_matched"] == 0.5 and miss["numbers_matched"] == 0
+    inside_a_word = dict(zip(LEXICAL_FEATURES[1:], lexical_features(["ham"], ["hammer drill"], ["hammer drill"],
+                                                                     np.array([0.0]))[0]))
+    assert inside_a_word["exact_phrase"] == 0, "a phrase matches whole words only"
 
 
 def test_featurize_layout_and_validation():

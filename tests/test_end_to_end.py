@@ -85,6 +85,8 @@ def test_labels_cover_the_pool_exactly_once(finished_run):
     assert not labels.duplicated(["query_id", "item_id"]).any()
     judged = pd.read_parquet(run / "data/judgments.parquet")
     assert pool.merge(judged, on=["query_id", "item_id"]).empty, "the pool must exclude judged pairs"
+    held_out = judged.loc[judged["split"].isin(["valid", "test"]), "query_id"]
+    assert not pool["query_id"].isin(held_out).any(), "evaluation queries never reach the student"
     assert (labels[prob_columns(5)].sum(axis=1) - 1).abs().max() < 1e-4
     teacher = json.loads((run / "teacher/manifest.json").read_text())
     assert (labels["teacher_version"] == teacher["teacher_version"]).all()
@@ -132,6 +134,16 @@ def test_evaluate_rejects_bad_input_with_a_clear_message(finished_run, tmp_path)
     assert result.returncode == 2 and "grade" in result.stderr
 
 
+def test_changed_settings_never_silently_reuse_an_output(finished_run):
+    tmp_path, config = finished_run
+    changed = yaml.safe_load(config.read_text())
+    changed["teacher"]["epochs"] = 5
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    result = _cli("train-teacher", "--config", str(path), check=False)
+    assert result.returncode == 2 and "teacher output was made with other settings" in result.stderr
+
+
 def test_unknown_backbone_and_bad_config_fail_cleanly(tmp_path, tiny_bert):
     config = _write_config(tmp_path, tiny_bert, teacher={"backbone": str(tmp_path / "missing-model")})
     _cli("prepare", "--config", str(config))
@@ -163,8 +175,13 @@ def test_killed_labelling_resumes_without_losing_or_duplicating_rows(finished_ru
     process.wait()
     finished_before_kill = list(labels_dir.glob("shard-*.parquet"))
     assert 1 <= len(finished_before_kill) < len(shards), "kill must land mid-way"
+    from relevance.data.schema import DataContractError
+    from relevance.labeling import read_labels
+
+    with pytest.raises(DataContractError, match="labelled rows of a"):
+        read_labels(labels_dir, 5, pool_path=source_run / "pool.parquet")  # distillation refuses a partial set
     _cli("label", "--config", str(config))
-    resumed = pd.concat(pd.read_parquet(p) for p in sorted(labels_dir.glob("shard-*.parquet")))
+    resumed = read_labels(labels_dir, 5, pool_path=source_run / "pool.parquet")
     assert not list(labels_dir.glob("*.tmp")), "no partial shard is left behind"
     key = ["query_id", "item_id"]
     assert len(resumed) == len(reference), "0 lost"

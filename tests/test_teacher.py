@@ -48,7 +48,7 @@ def test_llama_pooling_is_the_same_with_left_and_right_padding(tiny_llama, pooli
     assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token != tokenizer.eos_token
     backbone = AutoModel.from_pretrained(tiny_llama)
     backbone.resize_token_embeddings(len(tokenizer))
-    model = CrossEncoder(backbone, 5, pooling, 16, 0.0).eval()
+    model = CrossEncoder(backbone, 5, pooling, 16, 0.0, positions_from_mask=True).eval()
     encodings = encode_pairs(tokenizer, ["red sofa", "a much longer drill query"],
                              ["title: red leather sofa", "title: cordless drill with two batteries"],
                              TextConfig(fields=["title"]))

@@ -20,9 +20,13 @@ def test_fields_are_assembled_in_order_with_per_field_budgets(tiny_bert):
     assert cut_to_token_budget(["one two three"], 2) == ["one two"]
 
 
-def test_text_config_rejects_unknown_fields():
+def test_text_config_rejects_unknown_fields_and_impossible_lengths():
     with pytest.raises(ValidationError, match="subset"):
         TextConfig(fields=["title", "price"])
+    with pytest.raises(ValidationError, match="unknown field"):
+        TextConfig(field_token_budgets={"titel": 48})
+    with pytest.raises(ValidationError, match="must exceed max_query_tokens"):
+        TextConfig(max_length=16, max_query_tokens=24)
 
 
 def test_lexical_tokenizer_is_unicode_and_lower_case():
@@ -57,3 +61,12 @@ def test_an_empty_split_is_a_clear_error(tmp_path):
     with pytest.raises(DataContractError, match="split 'valid' is empty"):
         workflow.step_teacher(build_config("quick", {"workdir": str(tmp_path)}), dataset)
     assert not (tmp_path / "teacher").exists()
+
+
+def test_a_query_in_two_splits_is_rejected():
+    from relevance.data.schema import DataContractError, validate_judgments
+
+    judgments = pd.DataFrame({"query_id": ["q1", "q1"], "item_id": ["a", "b"], "grade": [1, 0],
+                              "split": ["train", "test"]})
+    with pytest.raises(DataContractError, match="more than one split"):
+        validate_judgments(judgments, 3)

@@ -156,6 +156,12 @@ def validate_judgments(judgments: pd.DataFrame, num_grades: int) -> pd.DataFrame
         if unknown or judgments["split"].isna().any():
             raise DataContractError(f"judgments: column 'split' must be one of {list(SPLITS)}, got {unknown or 'nulls'}")
     _require_unique(judgments, "judgments", ["query_id", "item_id"])
+    if "split" in judgments.columns:
+        splits_per_query = judgments.groupby("query_id")["split"].nunique()
+        straddling = splits_per_query[splits_per_query > 1]
+        if len(straddling):
+            raise DataContractError(f"judgments: {len(straddling)} query id(s) appear in more than one split, e.g. "
+                                    f"{straddling.index[:3].tolist()}; a query must sit in exactly one split")
     return judgments
 
 
