@@ -19,6 +19,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REPORTED = {"accuracy": "accuracy", "macro_f1": "macro_f1", "ndcg@20": "ndcg@20", "rmse_1to3": "rmse_raw",
@@ -63,17 +65,18 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs/homedepot.yaml"))
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    config_path = Path(args.config).resolve()
+    workdir = Path(args.workdir).resolve() if args.workdir else None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.chdir(ROOT)
+    os.chdir(ROOT)  # the config's own relative paths (data.path, workdir) are relative to the repository
     from relevance import workflow
     from relevance.config import load_config
 
-    config = load_config(args.config)
-    if args.workdir:
-        config.workdir = args.workdir
+    config = load_config(config_path)
+    if workdir:
+        config.workdir = str(workdir)
     report = workflow.run(config)
-    pool_rows = __import__("pyarrow.parquet").parquet.ParquetFile(workflow.paths(config)["pool"]).metadata.num_rows
-    train_rows = int(report.get("train_pairs", 0)) or None
+    pool_rows = pq.ParquetFile(workflow.paths(config)["pool"]).metadata.num_rows
     result = {
         "split": report["split"],
         "models": {name: {key: block["overall"].get(source) for key, source in REPORTED.items()}
@@ -85,11 +88,10 @@ def main() -> None:
             seg: {k: v.get(s) for k, s in REPORTED.items()} for seg, v in block["per_segment"].items()}
             for name, block in report["models"].items()},
         "command": "make bench-quality  # = .venv/bin/python benchmarks/quality_homedepot.py "
-                   f"--config {os.path.relpath(args.config, ROOT)}",
+                   f"--config {os.path.relpath(config_path, ROOT)}",
         "machine": machine(),
         "date": datetime.now(timezone.utc).date().isoformat(),
     }
-    del train_rows
     teacher, student = result["models"]["teacher"], result["models"]["student"]
     result["targets"] = {
         "teacher_beats_bm25_and_majority": all(teacher[m] > result["models"][b][m] for m in ("accuracy", "ndcg@20")

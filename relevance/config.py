@@ -90,6 +90,9 @@ class CandidateConfig(_Strict):
     k1: float = 1.5
     b: float = 0.75
     include_impressions: bool = True
+    # Also BM25 top-K of judged *train* queries (their unjudged items). Needed where every query is judged
+    # (ESCI, WANDS); valid/test queries never get candidates.
+    include_train_queries: bool = False
 
 
 class TeacherConfig(_Strict):

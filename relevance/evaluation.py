@@ -9,6 +9,7 @@ and the student trained on human labels only.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,12 @@ def build_featurizer(manifest: dict, items: pd.DataFrame, cache_dir: Path):
     from relevance.config import TextConfig
     from relevance.features import build_featurizer as build
 
-    return build(items, TextConfig.model_validate(manifest["text"]), manifest["encoder"],
-                 manifest["encoder_max_length"], manifest["bm25"]["k1"], manifest["bm25"]["b"], cache_dir)
+    featurizer = build(items, TextConfig.model_validate(manifest["text"]), manifest["encoder"],
+                       manifest["encoder_max_length"], manifest["bm25"]["k1"], manifest["bm25"]["b"], cache_dir)
+    if manifest.get("catalog_hash") not in (None, featurizer.catalog_hash):
+        warnings.warn("the items file differs from the catalog the student was trained on: its BM25 statistics "
+                      "(IDF, average length) shift, and with them the student's BM25 features", stacklevel=2)
+    return featurizer
 
 
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):

@@ -108,8 +108,9 @@ def build_featurizer(items: pd.DataFrame, text, encoder_name: str, encoder_max_l
     from relevance.encoder import BiEncoder, EmbeddingCache
 
     encoder = BiEncoder(encoder_name, encoder_max_length)
-    return PairFeaturizer(items, lexical_item_texts(items, text), EmbeddingCache(cache_dir, encoder),
-                          BM25Index.for_items(items, text, k1, b))
+    item_text = lexical_item_texts(items, text)
+    return PairFeaturizer(items, item_text, EmbeddingCache(cache_dir, encoder),
+                          BM25Index(item_text.index.to_numpy(), item_text.tolist(), k1, b))
 
 
 class PairFeaturizer:
@@ -124,6 +125,16 @@ class PairFeaturizer:
                        else item_text)
         self.cache = cache
         self.bm25 = bm25_index
+
+    @property
+    def catalog_hash(self) -> str:
+        """BM25's IDF and average length come from the catalog: a student records which one it was trained on."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for item_id, text in sorted(self.item_text.items()):
+            digest.update(f"{item_id}\x1f{text}\x1e".encode("utf-8"))
+        return digest.hexdigest()[:16]
 
     def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
         query_texts, item_ids = list(query_texts), list(item_ids)

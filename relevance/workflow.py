@@ -118,7 +118,10 @@ def step_pool(config: RunConfig, dataset: Dataset) -> Path:
     if _reuse(config, "pool", out.exists()):
         return out
     judged = dataset.judgments[["query_id", "item_id"]]
-    unjudged = dataset.queries[~dataset.queries["query_id"].isin(judged["query_id"])]
+    candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"])
+    if config.candidates.include_train_queries:  # e.g. ESCI and WANDS, where every query is judged
+        candidate_queries |= dataset.queries["query_id"].isin(dataset.split("train")["query_id"])
+    unjudged = dataset.queries[candidate_queries]
     parts = []
     if config.candidates.include_impressions and dataset.impressions is not None:
         parts.append(dataset.impressions[["query_id", "item_id"]])
@@ -204,6 +207,7 @@ def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels
         "feature_version": FEATURE_VERSION, "lexical_features": list(LEXICAL_FEATURES),
         "encoder": config.student.encoder, "encoder_max_length": config.student.encoder_max_length,
         "encoder_fingerprint": encoder.fingerprint, "embedding_dim": encoder.dimension,
+        "catalog_hash": featurizer.catalog_hash,
         "text": config.text.model_dump(), "bm25": {"k1": config.candidates.k1, "b": config.candidates.b},
         "config": config.student.model_dump(), "dataset": dataset.info.__dict__,
         "train_data_hash": training_data_hash(dataset),

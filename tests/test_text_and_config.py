@@ -49,20 +49,6 @@ def test_profiles_and_overrides(tmp_path):
         build_config("default", {"student": {"hiden": [4]}})
 
 
-def test_an_empty_split_is_a_clear_error(tmp_path):
-    from relevance import workflow
-    from relevance.data.schema import Dataset, DataContractError, DatasetInfo
-
-    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["red sofa", "lamp"]})
-    queries = pd.DataFrame({"query_id": ["q1", "q2"], "query": ["sofa", "lamp"]})
-    judgments = pd.DataFrame({"query_id": ["q1", "q2"], "item_id": ["a", "b"], "grade": [2, 0],
-                              "split": ["train", "test"]})
-    dataset = Dataset(DatasetInfo("tiny", 3), items, queries, judgments).validated()
-    with pytest.raises(DataContractError, match="split 'valid' is empty"):
-        workflow.step_teacher(build_config("quick", {"workdir": str(tmp_path)}), dataset)
-    assert not (tmp_path / "teacher").exists()
-
-
 def test_a_query_in_two_splits_is_rejected():
     from relevance.data.schema import DataContractError, validate_judgments
 
