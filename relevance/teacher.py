@@ -280,6 +280,27 @@ def _build_model(config: TeacherConfig, num_grades: int, dev: torch.device):
     return model.to(dev), tokenizer, path
 
 
+def _merged_backbone(peft_backbone, config: TeacherConfig, path: str, vocab_size: int) -> nn.Module:
+    """The backbone with its LoRA adapter merged in, ready to save as plain safetensors.
+
+    For qLoRA the adapter is merged into a fresh bf16 copy of the base, not into the 4-bit weights: merging into
+    4-bit rounds the update away, and a 4-bit checkpoint would need bitsandbytes (and CUDA) just to load.
+    (CUDA-only path: exercised on a GPU machine, not by the CPU test suite.)
+    """
+    if config.finetune != "qlora":
+        return peft_backbone.merge_and_unload()
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModel
+
+    adapter = get_peft_model_state_dict(peft_backbone)
+    base = AutoModel.from_pretrained(path, dtype=torch.bfloat16)
+    if vocab_size > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(vocab_size)
+    fresh = get_peft_model(base, peft_backbone.peft_config["default"])
+    set_peft_model_state_dict(fresh, adapter)
+    return fresh.merge_and_unload().to(next(peft_backbone.parameters()).device)
+
+
 def _class_weights(config: TeacherConfig, grades: np.ndarray, num_grades: int) -> torch.Tensor | None:
     if config.class_weights == "none":
         return None
@@ -411,7 +432,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)  # only trainable tensors were snapshotted
     if config.finetune in ("lora", "qlora"):
-        model.backbone = model.backbone.merge_and_unload()
+        model.backbone = _merged_backbone(model.backbone, config, backbone_path, len(tokenizer))
     if config.gradient_checkpointing:
         model.backbone.activation_checkpointing_disable()
     model.eval()
