@@ -161,6 +161,29 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teac
 
 @app.command()
 @_clear_errors
+def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+           workdir: Optional[str] = WorkdirOption,
+           int8: bool = typer.Option(False, help="Also write per-channel int8 (dynamic) quantized copies.")):
+    """Export the student and its query encoder to ONNX (workdir/export/), each checked against torch."""
+    from relevance import workflow
+    from relevance.export import export_query_encoder, export_student, quantize_int8
+    from relevance.teacher import read_manifest
+
+    run_config = _config(config, profile, workdir)
+    student_dir = workflow.paths(run_config)["student"]
+    manifest = read_manifest(student_dir, expected_kind="student")
+    out = Path(run_config.workdir) / "export"
+    results = [export_student(student_dir, out / "student.onnx"),
+               export_query_encoder(manifest["encoder"], manifest["encoder_max_length"], out / "query_encoder.onnx")]
+    for result in results:
+        typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
+                   f"{result.max_abs_diff:.2e}")
+        if int8:
+            typer.echo(f"  int8: {quantize_int8(result.path, result.path.with_name(result.path.stem + '-int8.onnx'))}")
+
+
+@app.command()
+@_clear_errors
 def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
         workdir: Optional[str] = WorkdirOption):
     """The whole chain from one config: prepare → teacher → pool → labels → students → report."""

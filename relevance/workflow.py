@@ -55,7 +55,10 @@ STEP_SETTINGS = {  # the config sections each step's output depends on
 
 
 def _settings_hash(config: RunConfig, step: str) -> str:
-    settings = {section: getattr(config, section).model_dump() for section in STEP_SETTINGS[step]}
+    # Only values that differ from their defaults: a new config field (with a default that keeps the old
+    # behaviour) then leaves existing runs valid.
+    settings = {section: getattr(config, section).model_dump(exclude_defaults=True)
+                for section in STEP_SETTINGS[step]}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

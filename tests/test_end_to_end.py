@@ -134,6 +134,13 @@ def test_evaluate_rejects_bad_input_with_a_clear_message(finished_run, tmp_path)
     assert result.returncode == 2 and "grade" in result.stderr
 
 
+def test_export_writes_checked_onnx_models(finished_run):
+    tmp_path, config = finished_run
+    result = _cli("export", "--config", str(config))
+    assert "student.onnx" in result.stdout and "query_encoder.onnx" in result.stdout
+    assert (tmp_path / "run/export/student.onnx").exists() and (tmp_path / "run/export/query_encoder.onnx").exists()
+
+
 def test_changed_settings_never_silently_reuse_an_output(finished_run):
     tmp_path, config = finished_run
     changed = yaml.safe_load(config.read_text())
