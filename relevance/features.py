@@ -136,15 +136,18 @@ class PairFeaturizer:
             digest.update(f"{item_id}\x1f{text}\x1e".encode("utf-8"))
         return digest.hexdigest()[:16]
 
-    def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
-        query_texts, item_ids = list(query_texts), list(item_ids)
-        texts = self.item_text.reindex(item_ids).fillna("").tolist()
-        titles = self.titles.reindex(item_ids).fillna("").tolist()
+    def embeddings(self, query_texts: list[str], item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Query and item embeddings aligned with the pairs, each distinct text embedded (or looked up) once."""
         unique_queries = list(dict.fromkeys(query_texts))
         query_vectors = dict(zip(unique_queries, self.cache.embed(unique_queries, "query embeddings")))
         unique_items = list(dict.fromkeys(item_ids))
         item_vectors = dict(zip(unique_items, self.cache.embed(self.item_text.reindex(unique_items).fillna(""),
                                                                "item embeddings")))
+        return (np.stack([query_vectors[q] for q in query_texts]), np.stack([item_vectors[i] for i in item_ids]))
+
+    def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
+        query_texts, item_ids = list(query_texts), list(item_ids)
+        texts = self.item_text.reindex(item_ids).fillna("").tolist()
+        titles = self.titles.reindex(item_ids).fillna("").tolist()
         return featurize(query_texts, texts, titles, self.bm25.score_pairs(query_texts, item_ids),
-                         np.stack([query_vectors[q] for q in query_texts]),
-                         np.stack([item_vectors[i] for i in item_ids]))
+                         *self.embeddings(query_texts, item_ids))

@@ -77,12 +77,15 @@ def _shard_is_done(path: Path, teacher_version: str, pool: str, shard_rows: int)
 
 def label_shard(teacher: Teacher, pool_path: str | Path, shard_index: int, shard_rows: int,
                 query_text: pd.Series, item_text: pd.Series, out_dir: str | Path, batch_size: int = 128,
-                precision: str = "auto", on_batch=None) -> Path:
-    """Label one shard (idempotent: an existing complete shard of the same teacher is kept as is)."""
+                precision: str = "auto", on_batch=None, pool: str | None = None) -> Path:
+    """Label one shard (idempotent: an existing complete shard of the same teacher is kept as is).
+
+    ``pool`` is the pool's fingerprint, when the caller has it already (hashing the pool once per shard would
+    make a many-shard run quadratic in the pool size)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SHARD_PATTERN.format(shard_index)
-    pool = pool_fingerprint(pool_path)
+    pool = pool or pool_fingerprint(pool_path)
     if _shard_is_done(path, teacher.version, pool, shard_rows):
         return path
     shard = read_shard(pool_path, shard_index, shard_rows)
@@ -135,7 +138,8 @@ def label_pool(teacher_dir: str | Path, pool_path: str | Path, queries: pd.DataF
                             total=todo_rows)
         for shard_index in wanted:
             paths.append(label_shard(teacher, pool_path, shard_index, shard_rows, query_text, item_text, out_dir,
-                                     batch_size, precision, on_batch=lambda n: bar.update(task, advance=n)))
+                                     batch_size, precision, on_batch=lambda n: bar.update(task, advance=n),
+                                     pool=pool))
     summary = out_dir / f".labels.json.{os.getpid()}.tmp"
     summary.write_text(json.dumps({
         "teacher_version": teacher.version, "num_grades": teacher.num_grades, "pool": pool,
