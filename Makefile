@@ -7,18 +7,23 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow bench-quality clean
+.PHONY: demo demo-core test test-slow bench-quality clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned resolve would pull the CUDA build (gigabytes).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,platform]'
 	touch $(STAMP)
 
-## Main job on the built-in synthetic shop: teacher → labels → student → report (quick profile, MiniLM-L6).
+## Main job: the KFP training pipeline run locally (kfp.local) on the synthetic shop, quick profile, MiniLM-L6:
+## GX gate → Feast features → teacher → labels (fan-out) → student → evaluation → ONNX → MLflow registry.
 demo: $(STAMP)
+	$(VENV)/bin/relevance pipeline run --local --profile quick
+
+## The chain without KFP, Feast, GX or MLflow (the core library alone): runs/quick/report.md
+demo-core: $(STAMP)
 	$(VENV)/bin/relevance run --profile quick
 
 ## Set up and pass the test suite (tiny random models; no downloads, no GPU).

@@ -166,20 +166,15 @@ def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profi
            int8: bool = typer.Option(False, help="Also write per-channel int8 (dynamic) quantized copies.")):
     """Export the student and its query encoder to ONNX (workdir/export/), each checked against torch."""
     from relevance import workflow
-    from relevance.export import export_query_encoder, export_student, quantize_int8
-    from relevance.teacher import read_manifest
+    from relevance.export import export_bundle
 
     run_config = _config(config, profile, workdir)
-    student_dir = workflow.paths(run_config)["student"]
-    manifest = read_manifest(student_dir, expected_kind="student")
     out = Path(run_config.workdir) / "export"
-    results = [export_student(student_dir, out / "student.onnx"),
-               export_query_encoder(manifest["encoder"], manifest["encoder_max_length"], out / "query_encoder.onnx")]
-    for result in results:
+    for result in export_bundle(workflow.paths(run_config)["student"], out, int8=int8):
         typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
                    f"{result.max_abs_diff:.2e}")
         if int8:
-            typer.echo(f"  int8: {quantize_int8(result.path, result.path.with_name(result.path.stem + '-int8.onnx'))}")
+            typer.echo(f"  int8: {result.path.with_name(result.path.stem + '-int8.onnx')}")
 
 
 @app.command()
@@ -193,6 +188,133 @@ def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileO
     report = workflow.run(run_config)
     typer.echo(workflow.markdown_report(report))
     typer.echo(f"artifacts in {run_config.workdir}/")
+
+
+pipeline_app = typer.Typer(no_args_is_help=True, help="The KFP training pipeline: compile, run locally, submit.")
+registry_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: versions and aliases.")
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(registry_app, name="registry")
+
+
+def _pipeline_settings(config: Optional[Path], profile: Optional[str]) -> tuple[str, dict]:
+    """A profile plus overrides from a config file: what the pipeline's profile/overrides_json parameters take."""
+    import yaml
+
+    overrides: dict = {}
+    if config is not None:
+        overrides = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{config}: expected a mapping at the top level, got {type(overrides).__name__}")
+    chosen = profile or overrides.pop("profile", None) or "quick"
+    overrides.pop("profile", None)
+    return chosen, overrides
+
+
+@pipeline_app.command("compile")
+@_clear_errors
+def pipeline_compile(out: Path = typer.Option(Path("pipeline.yaml"), "--out", "-o", help="YAML to write."),
+                     image: Optional[str] = typer.Option(None, help="Default image of the steps "
+                                                         "(else $RELEVANCE_IMAGE, else the published one).")):
+    """Compile the training pipeline to YAML for the Kubeflow UI (Pipelines → Upload pipeline)."""
+    from pipelines.training import compile_pipeline
+
+    typer.echo(compile_pipeline(out, image))
+
+
+@pipeline_app.command("run")
+@_clear_errors
+def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                 local: bool = typer.Option(..., "--local", help="Run on this machine with kfp.local (required: "
+                                            "use `submit` for a cluster)."),
+                 pipeline_root: Path = typer.Option(Path("runs/pipeline"), help="Where local artifacts go."),
+                 workdir: Path = typer.Option(Path("runs/pipeline/work"), help="Scratch space of the steps.")):
+    """Run the training pipeline end to end on this machine (kfp.local, one subprocess per step), and compile
+    the same pipeline to pipeline_root/pipeline.yaml for the Kubeflow UI."""
+    from pipelines.run import local_outputs, run_local
+    from pipelines.training import compile_pipeline
+    from relevance.registry import Registry, tracking_uri
+
+    chosen, overrides = _pipeline_settings(config, profile)
+    run_dir = run_local(chosen, overrides, pipeline_root, workdir)
+    typer.echo(f"pipeline run: {run_dir}")
+    typer.echo(f"  compiled pipeline (upload in the Kubeflow UI): {compile_pipeline(pipeline_root / 'pipeline.yaml')}")
+    for what, path in local_outputs(run_dir).items():
+        typer.echo(f"  {what}: {path or '(not produced)'}")
+    registry_config = _config(config, chosen, None).registry
+    registry = Registry(registry_config)
+    typer.echo(f"  MLflow registry: {tracking_uri(registry_config)}")
+    for name in (registry_config.teacher_name, registry_config.student_name):
+        for version in registry.versions(name):
+            typer.echo(f"    {version.line()}")
+
+
+@pipeline_app.command("submit")
+@_clear_errors
+def pipeline_submit(host: str = typer.Option(..., help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline"),
+                    config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                    experiment: str = typer.Option("relevance", help="KFP experiment to file the run under."),
+                    namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace."),
+                    token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed.")):
+    """Start the training pipeline on a Kubeflow cluster (kfp.Client)."""
+    from pipelines.run import submit
+
+    chosen, overrides = _pipeline_settings(config, profile)
+    result = submit(host, chosen, overrides, experiment, namespace, token)
+    typer.echo(f"run id: {result.run_id}")
+
+
+def _registry(tracking_uri: Optional[str]):
+    from relevance.config import RegistryConfig
+    from relevance.registry import Registry
+
+    return Registry(RegistryConfig(tracking_uri=tracking_uri))
+
+
+TrackingOption = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                              help="MLflow tracking URI (default: the local SQLite registry under runs/mlflow).")
+NameOption = typer.Option("relevance-student", "--name", help="Registered model name.")
+
+
+def _registry_errors(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from relevance.registry import RegistryError
+
+        try:
+            return command(*args, **kwargs)
+        except RegistryError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@registry_app.command("list")
+@_registry_errors
+def registry_list(name: Optional[str] = typer.Option(None, "--name", help="Only this model (default: all)."),
+                  tracking_uri: Optional[str] = TrackingOption):
+    """Registered versions with their aliases and lineage."""
+    registry = _registry(tracking_uri)
+    names = [name] if name else sorted(m.name for m in registry.client.search_registered_models())
+    for model in names:
+        for version in registry.versions(model):
+            typer.echo(version.line())
+
+
+@registry_app.command("promote")
+@_registry_errors
+def registry_promote(name: str = NameOption, version: Optional[int] = typer.Option(
+                         None, help="Version to make champion (default: the challenger)."),
+                     tracking_uri: Optional[str] = TrackingOption):
+    """Make the challenger (or --version) the champion; the old champion is remembered for rollback."""
+    typer.echo(f"{name}: champion → v{_registry(tracking_uri).promote(name, version)}")
+
+
+@registry_app.command("rollback")
+@_registry_errors
+def registry_rollback(name: str = NameOption, tracking_uri: Optional[str] = TrackingOption):
+    """Point champion back at the version it had before the last promotion."""
+    typer.echo(f"{name}: champion → v{_registry(tracking_uri).rollback(name)} (rolled back)")
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m relevance.cli`

@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the graded data comes from. ``source`` names an adapter in relevance.data.ADAPTERS."""
 
-    source: Literal["synthetic", "homedepot", "esci", "wands", "generic"] = "synthetic"
+    # "prepared": a directory already in the data contract's layout (e.g. written by an upstream ETL job). It is
+    # copied as is, without the adapters' checks, so that the Great Expectations gate sees the data first.
+    source: Literal["synthetic", "homedepot", "esci", "wands", "generic", "prepared"] = "synthetic"
     path: str | None = None  # input for the adapter; for "synthetic", ignored
     synthetic_items: int = Field(2000, ge=10)
     synthetic_judged_queries: int = Field(300, ge=10)
@@ -151,6 +153,39 @@ class EvalConfig(_Strict):
     relevance_threshold: PositiveInt | None = None
 
 
+class ValidationConfig(_Strict):
+    """The Great Expectations gate in front of training (relevance.validation)."""
+
+    # A prepared dataset directory to measure drift against (e.g. the last run that trained the champion).
+    # Without one, the valid and test splits are compared with the train split.
+    reference: str | None = None
+    # Largest allowed total-variation distance between grade distributions (0: identical, 1: disjoint).
+    max_grade_drift: float = Field(0.2, gt=0, le=1)
+    # Largest allowed relative change of the mean item-text and query length (in words) against the reference.
+    max_length_drift: float = Field(0.5, gt=0)
+    # Teacher probability rows must sum to 1 within this tolerance.
+    probability_tolerance: float = Field(1e-3, gt=0)
+
+
+class FeatureStoreConfig(_Strict):
+    """Feast: where the feature repo's definitions are, and the view names the student reads."""
+
+    repo: str = "feature_repo"  # definitions (feature_store.yaml + *.py); copied next to the data it serves
+
+
+class RegistryConfig(_Strict):
+    """The MLflow model registry and the gate a new student must pass to become ``challenger``."""
+
+    # None: $MLFLOW_TRACKING_URI if set, else a SQLite file (with file artifacts) under runs/mlflow.
+    tracking_uri: str | None = None
+    teacher_name: str = "relevance-teacher"
+    student_name: str = "relevance-student"
+    min_accuracy: float = Field(0.0, ge=0, le=1)
+    min_ndcg: float = Field(0.0, ge=0, le=1)  # nDCG@k at the largest k in eval.ks
+    # The challenger must beat the champion's nDCG on the same evaluation set by at least this much.
+    min_gain_over_champion: float = 0.0
+
+
 class RunConfig(_Strict):
     """The whole chain: data → teacher → candidates → labels → student → evaluation."""
 
@@ -163,6 +198,9 @@ class RunConfig(_Strict):
     labeling: LabelingConfig = Field(default_factory=LabelingConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    features: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
 
 PROFILES: dict[str, dict] = {

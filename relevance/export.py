@@ -135,3 +135,18 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
 
     quantize_dynamic(str(onnx_path), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
     return Path(out_path)
+
+
+def export_bundle(student_dir: str | Path, out_dir: str | Path, int8: bool = False) -> list[ExportResult]:
+    """Everything online scoring needs from a student: student.onnx and query_encoder.onnx (plus int8 copies)."""
+    from relevance.teacher import read_manifest
+
+    manifest = read_manifest(student_dir, expected_kind="student")
+    out_dir = Path(out_dir)
+    results = [export_student(student_dir, out_dir / "student.onnx"),
+               export_query_encoder(manifest["encoder"], manifest["encoder_max_length"],
+                                    out_dir / "query_encoder.onnx")]
+    if int8:
+        for result in list(results):
+            quantize_int8(result.path, result.path.with_name(result.path.stem + "-int8.onnx"))
+    return results

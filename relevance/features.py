@@ -101,7 +101,7 @@ def feature_names(dimension: int) -> list[str]:
 
 
 def build_featurizer(items: pd.DataFrame, text, encoder_name: str, encoder_max_length: int, k1: float, b: float,
-                     cache_dir) -> "PairFeaturizer":
+                     cache_dir, item_vectors: pd.Series | None = None) -> "PairFeaturizer":
     """The offline featurizer for a catalog: what training builds from the config and evaluation rebuilds from a
     student's manifest (the same arguments, recorded there)."""
     from relevance.candidates import BM25Index, lexical_item_texts
@@ -110,17 +110,21 @@ def build_featurizer(items: pd.DataFrame, text, encoder_name: str, encoder_max_l
     encoder = BiEncoder(encoder_name, encoder_max_length)
     item_text = lexical_item_texts(items, text)
     return PairFeaturizer(items, item_text, EmbeddingCache(cache_dir, encoder),
-                          BM25Index(item_text.index.to_numpy(), item_text.tolist(), k1, b))
+                          BM25Index(item_text.index.to_numpy(), item_text.tolist(), k1, b), item_vectors)
 
 
 class PairFeaturizer:
     """Offline wiring of :func:`featurize`: texts from the catalog, embeddings from the cache, BM25 from an index.
 
     ``items`` is the catalog (item_id, text fields); ``item_text`` the assembled text of each item, indexed by id.
+    ``item_vectors`` (item id → embedding), when given, replaces the cache for items: the pipeline passes the
+    vectors it read from the Feast offline store, the ones serving reads online.
     """
 
-    def __init__(self, items: pd.DataFrame, item_text: pd.Series, cache, bm25_index):
+    def __init__(self, items: pd.DataFrame, item_text: pd.Series, cache, bm25_index,
+                 item_vectors: pd.Series | None = None):
         self.item_text = item_text
+        self.item_vectors = item_vectors
         self.titles = (items.set_index("item_id")["title"].fillna("").astype(str) if "title" in items.columns
                        else item_text)
         self.cache = cache
@@ -141,8 +145,14 @@ class PairFeaturizer:
         unique_queries = list(dict.fromkeys(query_texts))
         query_vectors = dict(zip(unique_queries, self.cache.embed(unique_queries, "query embeddings")))
         unique_items = list(dict.fromkeys(item_ids))
-        item_vectors = dict(zip(unique_items, self.cache.embed(self.item_text.reindex(unique_items).fillna(""),
-                                                               "item embeddings")))
+        if self.item_vectors is not None:
+            missing = [i for i in unique_items if i not in self.item_vectors.index]
+            if missing:
+                raise KeyError(f"no item embedding for {len(missing)} item(s), e.g. {missing[:5]}")
+            item_vectors = self.item_vectors.to_dict()
+        else:
+            item_vectors = dict(zip(unique_items, self.cache.embed(self.item_text.reindex(unique_items).fillna(""),
+                                                                   "item embeddings")))
         return (np.stack([query_vectors[q] for q in query_texts]), np.stack([item_vectors[i] for i in item_ids]))
 
     def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:

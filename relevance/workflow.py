@@ -98,11 +98,16 @@ def training_data_hash(dataset: Dataset) -> str:
 
 
 def step_teacher(config: RunConfig, dataset: Dataset) -> Path:
-    from relevance.teacher import train_teacher
-
     out = paths(config)["teacher"]
     if _reuse(config, "teacher", (out / "manifest.json").exists()):
         return out
+    return fit_teacher(config, dataset, out)
+
+
+def fit_teacher(config: RunConfig, dataset: Dataset, out: Path) -> Path:
+    """Fine-tune the teacher on the train split (early stopping on valid) and save it to ``out``."""
+    from relevance.teacher import train_teacher
+
     teacher = train_teacher(dataset.split("train"), dataset.split("valid"),
                             dataset.queries.set_index("query_id")["query"], dataset.items, dataset.num_grades,
                             config.teacher, config.text, data_hash=training_data_hash(dataset), log=_log)
@@ -113,13 +118,17 @@ def step_teacher(config: RunConfig, dataset: Dataset) -> Path:
 
 
 def step_pool(config: RunConfig, dataset: Dataset) -> Path:
+    out = paths(config)["pool"]
+    if _reuse(config, "pool", out.exists()):
+        return out
+    return build_pool(config, dataset, out)
+
+
+def build_pool(config: RunConfig, dataset: Dataset, out: Path) -> Path:
     """Impressions plus BM25 top-K for every query without judgments, deduplicated against judged pairs."""
     from relevance.candidates import BM25Index, bm25_candidates
     from relevance.runtime import progress_bar
 
-    out = paths(config)["pool"]
-    if _reuse(config, "pool", out.exists()):
-        return out
     judged = dataset.judgments[["query_id", "item_id"]]
     candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"])
     if config.candidates.include_train_queries:  # e.g. ESCI and WANDS, where every query is judged
@@ -147,6 +156,7 @@ def step_pool(config: RunConfig, dataset: Dataset) -> Path:
     pool = pool[~held_out].reset_index(drop=True)
     if pool.empty:
         raise DataContractError("the unlabelled pool is empty after removing judged pairs and held-out queries")
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     pool.to_parquet(tmp, index=False, row_group_size=config.labeling.shard_rows)
     tmp.rename(out)
@@ -176,25 +186,33 @@ def step_labels(config: RunConfig, dataset: Dataset, teacher_dir: Path, pool_pat
     return out
 
 
-def _featurizer(config: RunConfig, dataset: Dataset):
+def student_featurizer(config: RunConfig, dataset: Dataset, cache_dir: Path, item_vectors: pd.Series | None = None):
+    """The offline featurizer for this config's catalog; ``item_vectors`` as read from the feature store, if any."""
     from relevance.features import build_featurizer
 
     return build_featurizer(dataset.items, config.text, config.student.encoder, config.student.encoder_max_length,
-                            config.candidates.k1, config.candidates.b, paths(config)["embeddings"])
+                            config.candidates.k1, config.candidates.b, cache_dir, item_vectors)
 
 
 def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels_dir: Path) -> dict[str, Path]:
     """Distil the student from teacher labels, and train the human-labels-only baseline on the same features."""
+    outputs = {"student": paths(config)["student"], "student_human_only": paths(config)["student_human_only"]}
+    if _reuse(config, "students", all((p / "manifest.json").exists() for p in outputs.values())):
+        return outputs
+    return train_students(config, dataset, teacher_dir, labels_dir, paths(config)["pool"], outputs,
+                          student_featurizer(config, dataset, paths(config)["embeddings"]))
+
+
+def train_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels_dir: Path, pool_path: Path,
+                   outputs: dict[str, Path], featurizer, lineage: dict | None = None) -> dict[str, Path]:
+    """Train the students named in ``outputs`` that are not saved yet: ``student`` (distilled from the teacher's
+    labels of the pool) and/or ``student_human_only`` (the baseline on human labels alone)."""
     from relevance.features import FEATURE_VERSION, LEXICAL_FEATURES
     from relevance.labeling import read_labels
     from relevance.student import Student, train_student
     from relevance.teacher import Teacher, read_manifest, score_items
 
-    outputs = {"student": paths(config)["student"], "student_human_only": paths(config)["student_human_only"]}
-    if _reuse(config, "students", all((p / "manifest.json").exists() for p in outputs.values())):
-        return outputs
     k = dataset.num_grades
-    featurizer = _featurizer(config, dataset)
     encoder = featurizer.cache.encoder
     query_text = dataset.queries.set_index("query_id")["query"]
 
@@ -213,15 +231,15 @@ def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels
         "catalog_hash": featurizer.catalog_hash,
         "text": config.text.model_dump(), "bm25": {"k1": config.candidates.k1, "b": config.candidates.b},
         "config": config.student.model_dump(), "dataset": dataset.info.__dict__,
-        "train_data_hash": training_data_hash(dataset),
+        "train_data_hash": training_data_hash(dataset), **(lineage or {}),
     }
-    if not (outputs["student_human_only"] / "manifest.json").exists():
+    if "student_human_only" in outputs and not (outputs["student_human_only"] / "manifest.json").exists():
         model, metrics = train_student(train_x, train["grade"].to_numpy(), valid_x, valid["grade"].to_numpy(), k,
                                        config.student, human_only=True, log=_log)
         Student(model, {**manifest, "trained_on": "human labels (train split)", "teacher_version": None,
                         "metrics": metrics}).save(outputs["student_human_only"])
-    if not (outputs["student"] / "manifest.json").exists():
-        labels = read_labels(labels_dir, k, pool_path=paths(config)["pool"])
+    if "student" in outputs and not (outputs["student"] / "manifest.json").exists():
+        labels = read_labels(labels_dir, k, pool_path=pool_path)
         if labels["teacher_version"].iloc[0] != teacher_manifest["teacher_version"]:
             raise DataContractError(f"{labels_dir} holds labels of {labels['teacher_version'].iloc[0]}, but the "
                                     f"teacher is {teacher_manifest['teacher_version']}")
@@ -245,6 +263,11 @@ def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels
 
 
 def step_report(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
+    return evaluate_models(config, dataset, model_dirs, paths(config)["report"], paths(config)["embeddings"])
+
+
+def evaluate_models(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path], out: Path,
+                    embeddings_dir: Path) -> dict:
     """Every model and baseline on the same evaluation split, overall and per locale; JSON, markdown, plot."""
     from relevance.candidates import BM25Index
     from relevance.evaluation import (bm25_probs, load_scorer, majority_probs, plot_confusion_matrices,
@@ -257,7 +280,7 @@ def step_report(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path]
     models: dict[str, dict] = {}
     pairs_per_s: dict[str, float] = {}
     for name, directory in model_dirs.items():
-        scorer = load_scorer(directory, dataset.items, paths(config)["embeddings"])
+        scorer = load_scorer(directory, dataset.items, embeddings_dir)
         scored = scorer.score(frame, query_text)
         models[name] = report_block(frame, scored.probs, dataset.info, config.eval)
         pairs_per_s[name] = scored.pairs_per_s()
@@ -271,7 +294,7 @@ def step_report(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path]
                                       dataset.info, config.eval)
     report = {"split": split, "dataset": dataset.info.name, "num_pairs": int(len(frame)), "models": models,
               "pairs_per_s": pairs_per_s, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    out = paths(config)["report"]
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     matrices = {name: models[name]["overall"]["confusion_matrix"] for name in model_dirs}
     plot_confusion_matrices(matrices, dataset.info.grade_names, out.with_name("confusion.png"))
@@ -307,3 +330,148 @@ def run(config: RunConfig) -> dict:
     labels_dir = step_labels(config, dataset, teacher_dir, pool_path)
     students = step_students(config, dataset, teacher_dir, labels_dir)
     return step_report(config, dataset, {"teacher": teacher_dir, **students})
+
+
+# ---- Steps of the KFP pipeline (components/steps.py) that the local chain above does not have ----------------
+# Each takes explicit paths (a component's artifacts), and imports Feast, GX or MLflow only when called.
+
+
+def materialize_features(config: RunConfig, dataset: Dataset, repo_dir: str | Path) -> dict[str, str]:
+    """Compute the student's item and query features, write them as the Feast offline store next to a copy of
+    the repo's definitions, apply and materialize online. Returns {view: version} plus the definitions' hash."""
+    import tempfile
+
+    from relevance.feature_store import (apply_and_materialize, build_feature_repo, definitions_version,
+                                         feature_tables)
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        featurizer = student_featurizer(config, dataset, Path(cache_dir))
+        tables = feature_tables(dataset, featurizer.item_text,
+                                lambda texts: featurizer.cache.embed(texts, "item embeddings"))
+    build_feature_repo(config.features.repo, repo_dir, tables)
+    versions = apply_and_materialize(repo_dir)
+    _log(f"features: {len(tables['item_embeddings'])} items and {len(tables['query_stats'])} queries "
+         f"materialized → {repo_dir}")
+    return {**versions, "definitions": definitions_version(config.features.repo)}
+
+
+def distill_from_shards(config: RunConfig, dataset: Dataset, teacher_dir: Path, pool_path: Path,
+                        shard_dirs: list[Path], feature_repo: Path, out: Path, lineage: dict) -> Path:
+    """The distillation step of the pipeline: label shards from the fan-out are joined and checked (contract and
+    Great Expectations), item embeddings come from the Feast offline store, then :func:`train_students`."""
+    import tempfile
+
+    from relevance.feature_store import item_embeddings_from_store
+    from relevance.validation import validate_teacher_labels
+
+    with tempfile.TemporaryDirectory() as tmp:
+        joined = Path(tmp) / "labels"
+        joined.mkdir()
+        for directory in shard_dirs:
+            for shard in Path(directory).glob("shard-*.parquet"):
+                (joined / shard.name).symlink_to(shard.resolve())
+        labels = pd.concat([pd.read_parquet(p) for p in sorted(joined.glob("shard-*.parquet"))], ignore_index=True)
+        validate_teacher_labels(labels, dataset.num_grades, config.validation).raise_for_failures()
+        vectors = item_embeddings_from_store(feature_repo, dataset.items["item_id"].tolist())
+        featurizer = student_featurizer(config, dataset, Path(tmp) / "embeddings", vectors)
+        train_students(config, dataset, teacher_dir, joined, pool_path, {"student": out}, featurizer, lineage)
+    return out
+
+
+def _largest_ndcg(config: RunConfig) -> str:
+    return f"ndcg@{max(config.eval.ks)}"
+
+
+def evaluate_for_registry(config: RunConfig, dataset: Dataset, student_dir: Path, teacher_dir: Path,
+                          html_path: Path) -> dict:
+    """Student, teacher and the registry's current champion on the same split; the challenger gate's decision;
+    an HTML report for the KFP UI."""
+    import tempfile
+
+    from relevance.registry import CHAMPION, Registry, challenger_gate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"student": student_dir, "teacher": teacher_dir}
+        champion = Registry(config.registry).download(config.registry.student_name, CHAMPION, Path(tmp) / "champion")
+        if champion is not None:
+            models["champion"] = champion
+        report = evaluate_models(config, dataset, models, Path(tmp) / "report.json", Path(tmp) / "embeddings")
+        plot = (Path(tmp) / "confusion.png").read_bytes()
+    ndcg = _largest_ndcg(config)
+    overall = {name: block["overall"] for name, block in report["models"].items()}
+    passed, reason = challenger_gate(overall["student"], overall.get("champion"), config.registry, ndcg)
+    _log(f"challenger gate: {'pass' if passed else 'fail'}: {reason}")
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(html_report(report, plot, f"Challenger gate: {'PASS' if passed else 'FAIL'} ({reason})"))
+    metrics = {f"{name}_{metric}".replace("@", "_at_"): float(block[metric])
+               for name, block in overall.items() for metric in ("accuracy", "macro_f1", ndcg) if metric in block}
+    return {"metrics": metrics, "gate_passed": passed, "gate_reason": reason,
+            "grade_names": dataset.info.grade_names, "confusion_matrix": overall["student"]["confusion_matrix"]}
+
+
+def html_report(report: dict, confusion_png: bytes, headline: str) -> str:
+    """A self-contained HTML page (the plot inlined) that the KFP UI can show as an HTML artifact."""
+    import base64
+    import html
+
+    columns = [m for m in SUMMARY_METRICS if any(m in b["overall"] for b in report["models"].values())]
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th>" + "".join(
+            f"<td>{block['overall'][m]:.4f}</td>" if m in block["overall"] else "<td>–</td>" for m in columns)
+        + "</tr>" for name, block in report["models"].items())
+    image = base64.b64encode(confusion_png).decode()
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Relevance evaluation</title>"
+            "<style>body{font-family:sans-serif} td,th{padding:4px 10px;border-bottom:1px solid #ddd}</style>"
+            f"</head><body><h1>Quality on {html.escape(report['dataset'])} ({report['split']} split, "
+            f"{report['num_pairs']} pairs)</h1><p><b>{html.escape(headline)}</b></p><table><tr><th>model</th>"
+            + "".join(f"<th>{m}</th>" for m in columns) + f"</tr>{rows}</table>"
+            f"<h2>Confusion matrices</h2><img src='data:image/png;base64,{image}'/></body></html>")
+
+
+def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, student_dir: Path, onnx_dir: Path,
+                 evaluation: dict, validation: dict, feature_views: dict) -> dict[str, int]:
+    """Register the teacher and the student (with its ONNX export) in MLflow; the student becomes `challenger`.
+
+    Lineage tags: the training data's hash, the Great Expectations result, the teacher version and the feature
+    views' versions, so any model version can be traced to what it was trained on.
+    """
+    import shutil
+    import tempfile
+
+    from relevance.registry import CHALLENGER, Registry
+    from relevance.teacher import read_manifest
+
+    dataset = Dataset.load(dataset_dir, with_impressions=False)
+    teacher_manifest = read_manifest(teacher_dir, "teacher")
+    student_manifest = read_manifest(student_dir, "student")
+    ndcg = _largest_ndcg(config).replace("@", "_at_")
+    numbers = {k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    lineage = {
+        "data_hash": training_data_hash(dataset), "dataset": dataset.info.name,
+        "gx_success": str(bool(float(validation.get("success", 0)))),
+        "gx_checked_expectations": str(int(float(validation.get("checked_expectations", 0)))),
+        "teacher_version": teacher_manifest["teacher_version"],
+        "feature_views": json.dumps(feature_views, sort_keys=True),
+        "feature_version": str(student_manifest["feature_version"]),
+        "gate_reason": str(evaluation.get("gate_reason", "")),
+    }
+    registry = Registry(config.registry)
+    teacher_version = registry.register(
+        config.registry.teacher_name, teacher_dir, {"teacher": config.teacher.model_dump(), "text": config.text.model_dump()},
+        {k.removeprefix("teacher_"): v for k, v in numbers.items() if k.startswith("teacher_")}, lineage)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "student"
+        shutil.copytree(student_dir, bundle)
+        shutil.copytree(onnx_dir, bundle / "onnx")
+        student_version = registry.register(
+            config.registry.student_name, bundle,
+            {"student": config.student.model_dump(), "candidates": config.candidates.model_dump(),
+             "labeling": config.labeling.model_dump()},
+            {k.removeprefix("student_"): v for k, v in numbers.items() if k.startswith("student_")},
+            {**lineage, "teacher_model_version": str(teacher_version),
+             "accuracy": f"{numbers.get('student_accuracy', float('nan')):.4f}",
+             "ndcg": f"{numbers.get(f'student_{ndcg}', float('nan')):.4f}"},
+            alias=CHALLENGER)
+    _log(f"registry: {config.registry.teacher_name} v{teacher_version}, {config.registry.student_name} "
+         f"v{student_version} as {CHALLENGER} ({registry.uri})")
+    return {"teacher": teacher_version, "student": student_version}

@@ -23,12 +23,38 @@ def prepare(config: "DataConfig", out_dir: str | Path) -> Path:
         return synthetic.generate(out_dir, num_items=config.synthetic_items,
                                   num_judged_queries=config.synthetic_judged_queries,
                                   num_impressions=config.synthetic_impressions, seed=config.seed)
+    if config.source == "prepared":
+        return copy_prepared(config.path, out_dir)
     if config.source not in ADAPTERS:
         raise DataContractError(f"unknown data source {config.source!r}; expected synthetic or one of {ADAPTERS}")
     if not Path(config.path).exists():
         raise DataContractError(f"data.path {config.path} does not exist")
     adapter = importlib.import_module(f"relevance.data.{config.source}")
     return adapter.load(config.path).save(out_dir)
+
+
+def copy_prepared(source: str | Path, out_dir: str | Path) -> Path:
+    """Copy a directory already in the contract's layout, table by table, without validating values.
+
+    Value checks (nulls, grade range, duplicates, drift) are the Great Expectations gate's job in the pipeline:
+    it reports every failure with Data Docs, where the contract checks would stop at the first one.
+    """
+    import shutil
+
+    from relevance.files import atomic_directory
+
+    source = Path(source)
+    if not (source / "dataset.json").exists():
+        raise DataContractError(f"{source}: not a prepared dataset directory (no dataset.json)")
+    DatasetInfo.load(source)
+    missing = [f"{name}.parquet" for name in ("items", "queries", "judgments") if not (source / f"{name}.parquet").exists()]
+    if missing:
+        raise DataContractError(f"{source}: missing {missing}")
+    with atomic_directory(out_dir) as tmp:
+        for path in source.iterdir():
+            if path.name == "dataset.json" or path.suffix == ".parquet":
+                shutil.copy2(path, tmp / path.name)
+    return Path(out_dir)
 
 
 __all__ = ["ADAPTERS", "Dataset", "DataContractError", "DatasetInfo", "prepare"]

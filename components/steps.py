@@ -1,0 +1,215 @@
+"""The pipeline's steps as KFP v2 components, each a thin wrapper over one function of the core library.
+
+Every component runs in the project image (infra/docker), which has `relevance`, its pinned dependencies and the
+Feast repo definitions installed, so nothing is pip-installed at run time (``install_kfp_package=False``; a
+cluster without internet works). The image is ``$RELEVANCE_IMAGE`` at compile time, and the pipeline can
+override it per run with its ``image`` parameter.
+
+KFP serialises each function's source into the pipeline YAML, so imports live inside the functions. Every step
+reads the run's configuration from the ``run_config`` artifact (a validated relevance.config.RunConfig as JSON,
+made once by :func:`resolve_config`), so a step never re-derives settings on its own. (An artifact rather than a
+string parameter also because kfp.local replaces task-output parameters inside a ParallelFor with the loop item.)
+"""
+
+import os
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+IMAGE = os.environ.get("RELEVANCE_IMAGE", "ghcr.io/relevance-platform/relevance:0.1.0")
+
+
+def component(function):
+    return dsl.component(function, base_image=IMAGE, install_kfp_package=False)
+
+
+@component
+def resolve_config(profile: str, overrides_json: str, workdir: str, run_config: Output[Artifact]):
+    """Validate the run's settings once: a profile plus JSON overrides → the RunConfig (JSON) every step reads."""
+    import json
+
+    from relevance.config import build_config
+
+    overrides = json.loads(overrides_json or "{}")
+    overrides["workdir"] = workdir
+    with open(run_config.path, "w") as out:
+        out.write(build_config(profile, overrides).model_dump_json(indent=2))
+
+
+@component
+def prepare_data(run_config: Input[Artifact], dataset: Output[Dataset]):
+    """Read the source named by data.* (an adapter, a prepared directory, or the synthetic shop) into the
+    data contract's tables."""
+    from relevance.config import RunConfig
+    from relevance.data import prepare
+
+    prepare(RunConfig.model_validate_json(open(run_config.path).read()).data, dataset.path)
+
+
+@component
+def validate_data(run_config: Input[Artifact], dataset: Input[Dataset], data_docs: Output[Artifact],
+                  summary: Output[Markdown], validation: Output[Metrics]):
+    """Great Expectations suites over every table. Never fails itself, so its Data Docs stay as an artifact;
+    the next step (require_valid_data) stops the pipeline when a suite failed."""
+    import json
+
+    from relevance.config import RunConfig
+    from relevance.validation import validate_dataset
+
+    report = validate_dataset(dataset.path, RunConfig.model_validate_json(open(run_config.path).read()).validation, data_docs.path)
+    validation.log_metric("success", float(report.success))
+    validation.log_metric("failed_expectations", float(len(report.failures)))
+    validation.log_metric("checked_expectations", float(sum(report.checked.values())))
+    with open(summary.path, "w") as out:
+        out.write("# Data validation (Great Expectations)\n\n```\n" + report.summary() + "\n```\n")
+    data_docs.metadata["report"] = json.dumps(report.to_dict())
+
+
+@component
+def require_valid_data(validation: Input[Metrics], data_docs: Input[Artifact]):
+    """The gate in front of training: fail, with every failed expectation in the message, if a suite failed."""
+    import json
+
+    if float(validation.metadata["success"]) != 1.0:
+        failures = json.loads(data_docs.metadata["report"])["failures"]
+        raise RuntimeError("data validation failed; training stops here. See the Data Docs artifact.\n"
+                           + "\n".join(failures))
+
+
+@component
+def compute_features(run_config: Input[Artifact], dataset: Input[Dataset], feature_repo: Output[Artifact]):
+    """Item and query features → Feast offline store (parquet) → `feast apply` → materialize online."""
+    from relevance.config import RunConfig
+    from relevance.data.schema import Dataset as Tables
+    from relevance.workflow import materialize_features
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    versions = materialize_features(config, Tables.load(dataset.path), feature_repo.path)
+    feature_repo.metadata.update(versions)
+
+
+@component
+def finetune_teacher(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]):
+    """Fine-tune the cross-encoder teacher on the human-graded train split (early stopping on valid)."""
+    import json
+    from pathlib import Path
+
+    from relevance.config import RunConfig
+    from relevance.data.schema import Dataset as Tables
+    from relevance.workflow import fit_teacher
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    fit_teacher(config, Tables.load(dataset.path), Path(teacher.path))
+    manifest = json.loads((Path(teacher.path) / "manifest.json").read_text())
+    teacher.metadata["teacher_version"] = manifest["teacher_version"]
+    for name, value in manifest.get("metrics", {}).items():
+        if isinstance(value, (int, float)):
+            metrics.log_metric(name, float(value))
+
+
+@component
+def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], pool: Output[Dataset]) -> List[int]:
+    """The unlabelled pool (impressions + BM25 candidates, minus judged and held-out pairs); returns the shard
+    indices the labelling fans out over."""
+    from pathlib import Path
+
+    from relevance.config import RunConfig
+    from relevance.data.schema import Dataset as Tables
+    from relevance.labeling import num_shards
+    from relevance.workflow import build_pool as build
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    build(config, Tables.load(dataset.path), Path(pool.path))
+    return list(range(num_shards(pool.path, config.labeling.shard_rows)))
+
+
+@component
+def label_shard(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], pool: Input[Dataset],
+                shard_index: int, labels: Output[Dataset]):
+    """Teacher soft labels for one shard of the pool (one task of the fan-out)."""
+    from relevance.config import RunConfig
+    from relevance.data.schema import Dataset as Tables
+    from relevance.labeling import label_pool
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    tables = Tables.load(dataset.path, with_impressions=False)
+    label_pool(teacher.path, pool.path, tables.queries, tables.items, labels.path, config.labeling.shard_rows,
+               config.labeling.batch_size, config.labeling.precision, shards=[int(shard_index)])
+
+
+@component
+def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], pool: Input[Dataset],
+                    labels: Input[List[Dataset]], feature_repo: Input[Artifact], validation: Input[Metrics],
+                    student: Output[Model], metrics: Output[Metrics]):
+    """Check the joined labels (Great Expectations), then distil the student on features read from Feast."""
+    import json
+    from pathlib import Path
+
+    from relevance.config import RunConfig
+    from relevance.data.schema import Dataset as Tables
+    from relevance.workflow import distill_from_shards
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    lineage = {"feature_views": dict(feature_repo.metadata), "gx_success": float(validation.metadata["success"])}
+    distill_from_shards(config, Tables.load(dataset.path), Path(teacher.path), Path(pool.path),
+                        [Path(shard.path) for shard in labels], Path(feature_repo.path), Path(student.path), lineage)
+    manifest = json.loads((Path(student.path) / "manifest.json").read_text())
+    for name, value in manifest.get("metrics", {}).items():
+        if isinstance(value, (int, float)):
+            metrics.log_metric(name, float(value))
+
+
+@component
+def evaluate_student(run_config: Input[Artifact], dataset: Input[Dataset], student: Input[Model], teacher: Input[Model],
+                     evaluation: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[HTML]):
+    """Student, teacher, the registry's champion and baselines on the same evaluation split; decides the gate."""
+    from pathlib import Path
+
+    from relevance.config import RunConfig
+    from relevance.data.schema import Dataset as Tables
+    from relevance.workflow import evaluate_for_registry
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    outcome = evaluate_for_registry(config, Tables.load(dataset.path), Path(student.path), Path(teacher.path),
+                                    Path(report.path))
+    for name, value in outcome["metrics"].items():
+        evaluation.log_metric(name, float(value))
+    evaluation.metadata["gate_passed"] = outcome["gate_passed"]
+    evaluation.metadata["gate_reason"] = outcome["gate_reason"]
+    confusion.log_confusion_matrix(outcome["grade_names"], outcome["confusion_matrix"])
+
+
+@component
+def challenger_gate(evaluation: Input[Metrics]) -> bool:
+    """Whether the new student may become `challenger` (decided by evaluate_student; the reason is in its
+    metadata). A separate one-output step because kfp.local resolves dsl.If only on a task's single output."""
+    print(evaluation.metadata["gate_reason"])
+    return bool(evaluation.metadata["gate_passed"])
+
+
+@component
+def export_onnx(student: Input[Model], onnx_model: Output[Model]):
+    """The student MLP and its query encoder as ONNX (dynamic batch), each checked against torch: what Triton
+    and the serving transformer load."""
+    from relevance.export import export_bundle
+
+    for result in export_bundle(student.path, onnx_model.path):
+        onnx_model.metadata[f"{result.path.stem}_max_abs_diff"] = float(result.max_abs_diff)
+
+
+@component
+def register_models(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], student: Input[Model],
+                    onnx_model: Input[Model], evaluation: Input[Metrics], validation: Input[Metrics],
+                    feature_repo: Input[Artifact]) -> int:
+    """Register teacher and student in MLflow with params, metrics and lineage; the student as `challenger`."""
+    from pathlib import Path
+
+    from relevance.config import RunConfig
+    from relevance.workflow import register_run
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    versions = register_run(config, Path(dataset.path), Path(teacher.path), Path(student.path),
+                            Path(onnx_model.path), dict(evaluation.metadata), dict(validation.metadata),
+                            dict(feature_repo.metadata))
+    return versions["student"]

@@ -1,0 +1,81 @@
+"""Running the training pipeline: locally with kfp.local, or on a cluster through kfp.Client.
+
+Local runs use SubprocessRunner(use_venv=False): every step runs as a subprocess of this Python environment
+(which has the project installed, like the image), nothing is pip-installed, and artifacts land under
+``pipeline_root/<pipeline>-<timestamp>/<task>/<output>``.
+"""
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from pipelines.training import PIPELINE_NAME, training_pipeline
+
+
+def local_arguments(profile: str, overrides: dict, workdir: str) -> dict:
+    """Pipeline arguments for a run on this machine: paths that steps resolve (the Feast definitions, the
+    registry's SQLite file) are made absolute, because each step runs in its own working directory."""
+    from relevance.config import build_config
+    from relevance.registry import tracking_uri
+
+    overrides = json.loads(json.dumps(overrides))  # a copy
+    config = build_config(profile, overrides)  # fails here, before any step, on bad settings
+    overrides.setdefault("features", {})["repo"] = str(Path(config.features.repo).resolve())
+    overrides.setdefault("registry", {})["tracking_uri"] = tracking_uri(config.registry)
+    if config.data.path:
+        overrides.setdefault("data", {})["path"] = str(Path(config.data.path).resolve())
+    return {"profile": profile, "overrides_json": json.dumps(overrides), "workdir": str(Path(workdir).resolve())}
+
+
+def run_local(profile: str, overrides: dict, pipeline_root: str | Path, workdir: str | Path) -> Path:
+    """Run the whole pipeline here; returns the run's artifact directory. Raises if a step fails."""
+    from kfp import local
+
+    pipeline_root = Path(pipeline_root).resolve()
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    arguments = local_arguments(profile, overrides, str(workdir))
+    before = set(pipeline_root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=True)
+    training_pipeline(**arguments)
+    created = sorted((p for p in set(pipeline_root.iterdir()) - before if p.is_dir()),
+                     key=lambda p: p.stat().st_mtime)
+    if not created:
+        raise RuntimeError(f"the local run wrote nothing under {pipeline_root}")
+    return created[-1]
+
+
+def local_outputs(run_dir: Path) -> dict[str, Path | None]:
+    """Where a local run left what a user looks at first."""
+    def first(pattern: str) -> Path | None:
+        found = sorted(run_dir.glob(pattern))
+        return found[0] if found else None
+
+    return {
+        "evaluation report (HTML)": first("evaluate-student/report"),
+        "data docs (Great Expectations)": first("validate-data/data_docs/index.html"),
+        "feast online store": first("compute-features/feature_repo/data/online_store.db"),
+        "feast repo": first("compute-features/feature_repo"),
+        "student": first("distill-student/student"),
+        "student ONNX": first("export-onnx/onnx_model"),
+    }
+
+
+def client(host: str, namespace: str | None = None, existing_token: str | None = None):
+    """A kfp.Client for a cluster (the Kubeflow Pipelines API behind ``host``)."""
+    from kfp import Client
+
+    return Client(host=host, namespace=namespace, existing_token=existing_token)
+
+
+def submit(host: str, profile: str, overrides: dict, experiment: str, namespace: str | None = None,
+           existing_token: str | None = None, run_name: str | None = None):
+    """Compile and start a run on a cluster; returns kfp's RunPipelineResult (run_id, and a URL in the logs)."""
+    from relevance.config import build_config
+
+    build_config(profile, overrides)  # validate here: a bad setting should not cost a cluster run
+    arguments = {"profile": profile, "overrides_json": json.dumps(overrides)}
+    return client(host, namespace, existing_token).create_run_from_pipeline_func(
+        training_pipeline, arguments=arguments, experiment_name=experiment,
+        run_name=run_name or f"{PIPELINE_NAME}-{datetime.now():%Y%m%d-%H%M%S}", namespace=namespace)
+
