@@ -235,7 +235,15 @@ def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] =
     from relevance.registry import Registry, tracking_uri
 
     chosen, overrides = _pipeline_settings(config, profile)
-    run_dir = run_local(chosen, overrides, pipeline_root, workdir)
+    try:
+        run_dir = run_local(chosen, overrides, pipeline_root, workdir)
+    except RuntimeError as error:  # a step failed; kfp.local has streamed its log above
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        runs = sorted(p for p in Path(pipeline_root).glob("*/") if p.is_dir())  # names sort by start time
+        summary = runs[-1] / "validate-data" / "summary" if runs else None
+        if summary is not None and summary.exists() and "FAILED" in summary.read_text():
+            typer.echo(summary.read_text(), err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"pipeline run: {run_dir}")
     typer.echo(f"  compiled pipeline (upload in the Kubeflow UI): {compile_pipeline(pipeline_root / 'pipeline.yaml')}")
     for what, path in local_outputs(run_dir).items():

@@ -98,11 +98,6 @@ class ValidationReport:
             "data_docs": str(self.data_docs) if self.data_docs is not None else None,
         }
 
-    def merged(self, other: "ValidationReport") -> "ValidationReport":
-        """Both reports in one (e.g. the dataset gate and the labels gate of one pipeline run)."""
-        return ValidationReport(self.success and other.success, self.failures + other.failures,
-                                {**self.checked, **other.checked}, other.data_docs or self.data_docs)
-
 
 # ----------------------------------------------------------------------------------------------- public API
 
@@ -203,6 +198,17 @@ def _length_bounds(reference_mean: float, max_drift: float) -> dict[str, float]:
 # per expectation that could not run.
 
 
+def _length_drift(df: pd.DataFrame, column: str, words: pd.Series, reference_words: pd.Series,
+                  config: "ValidationConfig", what: str):
+    """Mean length in words (a helper column added to ``df``) within max_length_drift of the reference's."""
+    df[column] = words
+    reference_mean = float(reference_words.mean())
+    return _gx().expectations.ExpectColumnMeanToBeBetween(
+        column=column, **_length_bounds(reference_mean, config.max_length_drift),
+        notes=f"length drift: mean words {what} may change by at most {config.max_length_drift:.0%} of the "
+              f"reference's {reference_mean:.2f}")
+
+
 def _items_check(items: pd.DataFrame, reference: dict | None, config: "ValidationConfig"):
     gx = _gx()
     E = gx.expectations
@@ -220,12 +226,8 @@ def _items_check(items: pd.DataFrame, reference: dict | None, config: "Validatio
     if "item_id" in df.columns:
         expectations.append(E.ExpectColumnValuesToBeUnique(column="item_id"))
     if reference is not None:
-        df[TEXT_WORDS] = _item_words(df)
-        reference_mean = float(_item_words(reference["items"]).mean())
-        expectations.append(E.ExpectColumnMeanToBeBetween(
-            column=TEXT_WORDS, **_length_bounds(reference_mean, config.max_length_drift),
-            notes=f"length drift: mean words of item text (all text fields) may change by at most "
-                  f"{config.max_length_drift:.0%} of the reference's {reference_mean:.2f}"))
+        expectations.append(_length_drift(df, TEXT_WORDS, _item_words(df), _item_words(reference["items"]), config,
+                                          "of item text (all text fields)"))
     return "items", df, expectations
 
 
@@ -245,12 +247,8 @@ def _queries_check(queries: pd.DataFrame, reference: dict | None, config: "Valid
         expectations.append(E.ExpectColumnValuesToNotMatchRegex(
             column="query", regex=r"^\s*$", notes="a query must not be empty or blank"))
         if reference is not None and "query" in reference["queries"].columns:
-            df[QUERY_WORDS] = _query_words(df)
-            reference_mean = float(_query_words(reference["queries"]).mean())
-            expectations.append(E.ExpectColumnMeanToBeBetween(
-                column=QUERY_WORDS, **_length_bounds(reference_mean, config.max_length_drift),
-                notes=f"length drift: mean words per query may change by at most {config.max_length_drift:.0%} "
-                      f"of the reference's {reference_mean:.2f}"))
+            expectations.append(_length_drift(df, QUERY_WORDS, _query_words(df), _query_words(reference["queries"]),
+                                              config, "per query"))
     return "queries", df, expectations
 
 

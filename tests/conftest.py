@@ -58,3 +58,20 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def tiny_run_settings(tiny_bert: Path, items: int = 300, judged_queries: int = 60, impressions: int = 1500,
+                      top_k: int = 10, shard_rows: int = 400, teacher_epochs: int = 2, student_epochs: int = 4,
+                      max_length: int = 64, student_hidden: int = 32) -> dict:
+    """RunConfig overrides for a whole run in seconds: tiny BERT as teacher and student encoder, a small shop."""
+    return {
+        "data": {"source": "synthetic", "synthetic_items": items, "synthetic_judged_queries": judged_queries,
+                 "synthetic_impressions": impressions},
+        "text": {"max_length": max_length},
+        "candidates": {"top_k": top_k},
+        "teacher": {"backbone": str(tiny_bert), "finetune": "full", "epochs": teacher_epochs, "batch_size": 16,
+                    "learning_rate": 1e-3, "head_hidden": 16, "precision": "fp32"},
+        "labeling": {"shard_rows": shard_rows, "batch_size": 64, "precision": "fp32"},
+        "student": {"encoder": str(tiny_bert), "hidden": [student_hidden],
+                    "epochs": student_epochs, "batch_size": 256},
+    }

@@ -19,23 +19,13 @@ import pytest
 import yaml
 
 from relevance.data.schema import prob_columns
+from conftest import tiny_run_settings
 
 CLI = [sys.executable, "-m", "relevance.cli"]
 
 
 def _write_config(tmp_path: Path, tiny_bert: Path, **overrides) -> Path:
-    config = {
-        "profile": "quick",
-        "workdir": str(tmp_path / "run"),
-        "data": {"source": "synthetic", "synthetic_items": 300, "synthetic_judged_queries": 60,
-                 "synthetic_impressions": 1500},
-        "text": {"max_length": 64},
-        "candidates": {"top_k": 10},
-        "teacher": {"backbone": str(tiny_bert), "finetune": "full", "epochs": 2, "batch_size": 16,
-                    "learning_rate": 1e-3, "head_hidden": 16, "precision": "fp32"},
-        "labeling": {"shard_rows": 400, "batch_size": 64, "precision": "fp32"},
-        "student": {"encoder": str(tiny_bert), "hidden": [32], "epochs": 4, "batch_size": 256},
-    }
+    config = {"profile": "quick", "workdir": str(tmp_path / "run"), **tiny_run_settings(tiny_bert)}
     for key, value in overrides.items():
         config[key].update(value)
     path = tmp_path / "config.yaml"

@@ -14,6 +14,7 @@ import yaml
 
 from relevance.config import RegistryConfig, build_config
 from relevance.data import prepare
+from conftest import tiny_run_settings
 
 CLI = [sys.executable, "-m", "relevance.cli"]
 REPO = Path(__file__).resolve().parents[1]
@@ -28,16 +29,9 @@ def _cli(*args, env=None, check=True):
 
 
 def _tiny_overrides(tiny_bert: Path, **extra) -> dict:
-    overrides = {
-        "data": {"source": "synthetic", "synthetic_items": 200, "synthetic_judged_queries": 40,
-                 "synthetic_impressions": 600},
-        "text": {"max_length": 48},
-        "candidates": {"top_k": 8},
-        "teacher": {"backbone": str(tiny_bert), "finetune": "full", "epochs": 1, "batch_size": 32,
-                    "learning_rate": 1e-3, "head_hidden": 16, "precision": "fp32"},
-        "labeling": {"shard_rows": 500, "batch_size": 64, "precision": "fp32"},
-        "student": {"encoder": str(tiny_bert), "hidden": [16], "epochs": 2, "batch_size": 256},
-    }
+    overrides = tiny_run_settings(tiny_bert, items=200, judged_queries=40, impressions=600, top_k=8,
+                                  shard_rows=500, teacher_epochs=1, student_epochs=2, max_length=48,
+                                  student_hidden=16)
     for key, value in extra.items():
         overrides.setdefault(key, {}).update(value)
     return overrides
@@ -138,7 +132,6 @@ def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
 # ---- the data gate -------------------------------------------------------------------------------------------
 
 def test_gx_gate_stops_the_pipeline_and_nothing_is_registered(tmp_path, tiny_bert):
-    from pipelines.run import run_local
     from relevance.registry import Registry
 
     source = tmp_path / "source"
@@ -149,15 +142,19 @@ def test_gx_gate_stops_the_pipeline_and_nothing_is_registered(tmp_path, tiny_ber
     judgments = pd.concat([judgments, judgments.iloc[[2]]])              # a duplicated pair
     judgments.to_parquet(source / "judgments.parquet", index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = _tiny_overrides(tiny_bert, data={"source": "prepared", "path": str(source)},
-                                registry={"tracking_uri": uri})
-    with pytest.raises(RuntimeError) as failure:
-        run_local("quick", overrides, tmp_path / "root", tmp_path / "work")
-    assert "require-valid-data" in str(failure.value) or "data validation failed" in str(failure.value)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"profile": "quick", **_tiny_overrides(
+        tiny_bert, data={"source": "prepared", "path": str(source)}, registry={"tracking_uri": uri})}))
+    result = _cli("pipeline", "run", "--local", "-c", str(config), "--pipeline-root", str(tmp_path / "root"),
+                  "--workdir", str(tmp_path / "work"), check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    # the message names each failed expectation and its column
+    assert "Data validation FAILED" in result.stderr
+    assert "expect_column_values_to_be_between on column 'grade'" in result.stderr
+    assert "expect_column_values_to_not_be_null on column 'item_id'" in result.stderr
+    assert "expect_compound_columns_to_be_unique" in result.stderr
     run_dir = next((tmp_path / "root").iterdir())
-    assert (run_dir / "validate-data" / "data_docs" / "index.html").exists()
-    summary = (run_dir / "validate-data" / "summary").read_text()
-    assert "grade" in summary and "item_id" in summary
+    assert (run_dir / "validate-data" / "data_docs" / "index.html").exists()  # kept as an artifact
     assert not (run_dir / "finetune-teacher").exists() and not (run_dir / "register-models").exists()
     assert Registry(RegistryConfig(tracking_uri=uri)).versions("relevance-student") == []
 
