@@ -25,14 +25,13 @@ def component(function):
 
 
 @component
-def resolve_config(profile: str, overrides_json: str, workdir: str, run_config: Output[Artifact]):
+def resolve_config(profile: str, overrides_json: str, run_config: Output[Artifact]):
     """Validate the run's settings once: a profile plus JSON overrides → the RunConfig (JSON) every step reads."""
     import json
 
     from relevance.config import build_config
 
     overrides = json.loads(overrides_json or "{}")
-    overrides["workdir"] = workdir
     with open(run_config.path, "w") as out:
         out.write(build_config(profile, overrides).model_dump_json(indent=2))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pipelines.training import PIPELINE_NAME, training_pipeline
 
 
-def local_arguments(profile: str, overrides: dict, workdir: str) -> dict:
+def local_arguments(profile: str, overrides: dict) -> dict:
     """Pipeline arguments for a run on this machine: paths that steps resolve (the Feast definitions, the
     registry's SQLite file) are made absolute, because each step runs in its own working directory."""
     from relevance.config import build_config
@@ -24,16 +24,16 @@ def local_arguments(profile: str, overrides: dict, workdir: str) -> dict:
     overrides.setdefault("registry", {})["tracking_uri"] = tracking_uri(config.registry)
     if config.data.path:
         overrides.setdefault("data", {})["path"] = str(Path(config.data.path).resolve())
-    return {"profile": profile, "overrides_json": json.dumps(overrides), "workdir": str(Path(workdir).resolve())}
+    return {"profile": profile, "overrides_json": json.dumps(overrides)}
 
 
-def run_local(profile: str, overrides: dict, pipeline_root: str | Path, workdir: str | Path) -> Path:
+def run_local(profile: str, overrides: dict, pipeline_root: str | Path) -> Path:
     """Run the whole pipeline here; returns the run's artifact directory. Raises if a step fails."""
     from kfp import local
 
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
-    arguments = local_arguments(profile, overrides, str(workdir))
+    arguments = local_arguments(profile, overrides)
     before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)

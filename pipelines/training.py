@@ -25,7 +25,6 @@ PIPELINE_NAME = "relevance-distillation-training"
 def training_pipeline(
     profile: str = "quick",
     overrides_json: str = "{}",
-    workdir: str = "/tmp/relevance",
     image: str = steps.IMAGE,
 ):
     """Train, evaluate and register a relevance student.
@@ -34,14 +33,13 @@ def training_pipeline(
         profile: Base settings: quick (demo-sized), default (MiniLM-L6 on CPU) or gpu (decoder teacher, LoRA, bf16).
         overrides_json: JSON object merged over the profile, with the keys of relevance.config.RunConfig, e.g.
             {"data": {"source": "homedepot", "path": "/data/homedepot"}, "registry": {"min_ndcg": 0.85}}.
-        workdir: Scratch directory inside the step containers.
         image: Container image every step runs in (built from infra/docker).
     """
     def step(task):
         # One image for every step, chosen per run; caching stays on except where a step reads the registry.
         return task.set_container_image(image)
 
-    config = step(steps.resolve_config(profile=profile, overrides_json=overrides_json, workdir=workdir))
+    config = step(steps.resolve_config(profile=profile, overrides_json=overrides_json))
     config.set_display_name("resolve config")
     settings = config.outputs["run_config"]
     data = step(steps.prepare_data(run_config=settings))

@@ -226,8 +226,7 @@ def pipeline_compile(out: Path = typer.Option(Path("pipeline.yaml"), "--out", "-
 def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                  local: bool = typer.Option(..., "--local", help="Run on this machine with kfp.local (required: "
                                             "use `submit` for a cluster)."),
-                 pipeline_root: Path = typer.Option(Path("runs/pipeline"), help="Where local artifacts go."),
-                 workdir: Path = typer.Option(Path("runs/pipeline/work"), help="Scratch space of the steps.")):
+                 pipeline_root: Path = typer.Option(Path("runs/pipeline"), help="Where local artifacts go.")):
     """Run the training pipeline end to end on this machine (kfp.local, one subprocess per step), and compile
     the same pipeline to pipeline_root/pipeline.yaml for the Kubeflow UI."""
     from pipelines.run import local_outputs, run_local
@@ -236,7 +235,7 @@ def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] =
 
     chosen, overrides = _pipeline_settings(config, profile)
     try:
-        run_dir = run_local(chosen, overrides, pipeline_root, workdir)
+        run_dir = run_local(chosen, overrides, pipeline_root)
     except RuntimeError as error:  # a step failed; kfp.local has streamed its log above
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         runs = sorted(p for p in Path(pipeline_root).glob("*/") if p.is_dir())  # names sort by start time

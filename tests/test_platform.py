@@ -89,7 +89,7 @@ def local_run(tmp_path_factory, tiny_bert):
     tmp = tmp_path_factory.mktemp("pipeline")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     overrides = _tiny_overrides(tiny_bert, registry={"tracking_uri": uri})
-    run_dir = run_local("quick", overrides, tmp / "root", tmp / "work")
+    run_dir = run_local("quick", overrides, tmp / "root")
     return run_dir, local_outputs(run_dir), uri
 
 
@@ -146,7 +146,7 @@ def test_gx_gate_stops_the_pipeline_and_nothing_is_registered(tmp_path, tiny_ber
     config.write_text(yaml.safe_dump({"profile": "quick", **_tiny_overrides(
         tiny_bert, data={"source": "prepared", "path": str(source)}, registry={"tracking_uri": uri})}))
     result = _cli("pipeline", "run", "--local", "-c", str(config), "--pipeline-root", str(tmp_path / "root"),
-                  "--workdir", str(tmp_path / "work"), check=False)
+                  check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     # the message names each failed expectation and its column
     assert "Data validation FAILED" in result.stderr
