@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow bench-quality clean
+.PHONY: demo demo-core test test-slow bench-quality image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -36,6 +36,19 @@ test-slow: $(STAMP)
 ## Real-data quality benchmark (about 35 minutes on 2 cores): benchmarks/results/quality-homedepot.json
 bench-quality: $(STAMP)
 	$(PY) benchmarks/quality_homedepot.py --config configs/homedepot.yaml
+
+## The image every KFP step runs in (infra/docker/README.md): make image IMAGE=registry.example.com/relevance:0.1.0
+IMAGE      ?= relevance:0.1.0
+BASE_IMAGE ?= python:3.11-slim-bookworm
+image:
+	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) infra/docker/build.sh
+
+image-push: image
+	docker push $(IMAGE)
+
+## A base image without any registry (root + debootstrap); then: make image BASE_IMAGE=relevance-base:bookworm
+image-base:
+	BASE_IMAGE=relevance-base:bookworm infra/docker/build-base.sh
 
 clean:
 	rm -rf runs .cache
