@@ -198,16 +198,10 @@ app.add_typer(registry_app, name="registry")
 
 def _pipeline_settings(config: Optional[Path], profile: Optional[str]) -> tuple[str, dict]:
     """A profile plus overrides from a config file: what the pipeline's profile/overrides_json parameters take."""
-    import yaml
+    from relevance.config import read_overrides
 
-    overrides: dict = {}
-    if config is not None:
-        overrides = yaml.safe_load(config.read_text()) or {}
-        if not isinstance(overrides, dict):
-            raise ValueError(f"{config}: expected a mapping at the top level, got {type(overrides).__name__}")
-    chosen = profile or overrides.pop("profile", None) or "quick"
-    overrides.pop("profile", None)
-    return chosen, overrides
+    file_profile, overrides = read_overrides(config)
+    return profile or file_profile or "quick", overrides
 
 
 @pipeline_app.command("compile")

@@ -243,16 +243,20 @@ def build_config(profile: str = "default", overrides: dict | None = None) -> Run
     return RunConfig.model_validate(values)
 
 
+def read_overrides(path: str | Path | None) -> tuple[str | None, dict]:
+    """A run config file as (its ``profile`` key, the rest): the overrides applied over that profile."""
+    if path is None:
+        return None, {}
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    overrides = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(overrides).__name__}")
+    return overrides.pop("profile", None), overrides
+
+
 def load_config(path: str | Path | None = None, profile: str | None = None) -> RunConfig:
     """Load a run config file; its ``profile`` key (or the ``profile`` argument) picks the base profile."""
-    overrides: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        overrides = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(overrides, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(overrides).__name__}")
-    chosen = profile or overrides.pop("profile", None) or "default"
-    overrides.pop("profile", None)
-    return build_config(chosen, overrides)
+    file_profile, overrides = read_overrides(path)
+    return build_config(profile or file_profile or "default", overrides)
