@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned resolve would pull the CUDA build (gigabytes).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,platform]'
+	$(PY) -m pip install -q -e '.[test,platform,serving]'
 	touch $(STAMP)
 
 ## Main job: the KFP training pipeline run locally (kfp.local) on the synthetic shop, quick profile, MiniLM-L6:

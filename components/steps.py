@@ -188,13 +188,23 @@ def challenger_gate(evaluation: Input[Metrics]) -> bool:
 
 
 @component
-def export_onnx(student: Input[Model], onnx_model: Output[Model]):
-    """The student MLP and its query encoder as ONNX (dynamic batch), each checked against torch: what Triton
-    and the serving transformer load."""
-    from relevance.export import export_bundle
+def export_onnx(run_config: Input[Artifact], dataset: Input[Dataset], student: Input[Model],
+                onnx_model: Output[Model]):
+    """The serving bundle: student and query encoder as ONNX (dynamic batch, each checked against torch), the
+    tokenizer, the catalog's BM25 index, and the Triton model repository that the InferenceService loads."""
+    from pathlib import Path
 
-    for result in export_bundle(student.path, onnx_model.path):
+    from relevance.config import RunConfig
+    from relevance.data.schema import Dataset as Tables
+    from relevance.export import export_bundle
+    from serving.model_repository import build_model_repository
+
+    config = RunConfig.model_validate_json(open(run_config.path).read())
+    items = Tables.load(dataset.path, with_impressions=False).items
+    for result in export_bundle(student.path, onnx_model.path, items):
         onnx_model.metadata[f"{result.path.stem}_max_abs_diff"] = float(result.max_abs_diff)
+    model_dir = build_model_repository(onnx_model.path, Path(onnx_model.path) / "model_repository", config.serving)
+    onnx_model.metadata["triton_model"] = model_dir.name
 
 
 @component

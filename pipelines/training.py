@@ -61,7 +61,7 @@ def training_pipeline(
     evaluation = step(steps.evaluate_student(run_config=settings, dataset=dataset,
                                              student=student.outputs["student"], teacher=teacher.outputs["teacher"]))
     evaluation.set_caching_options(False)  # compares with the registry's current champion, which changes
-    export = step(steps.export_onnx(student=student.outputs["student"]))
+    export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"]))
     decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))
     with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
         register = step(steps.register_models(

@@ -6,6 +6,9 @@ serving path computes. BM25: Robertson & Zaragoza (2009), "The Probabilistic Rel
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import bm25s
 import numpy as np
 import pandas as pd
@@ -30,6 +33,25 @@ class BM25Index:
         self.retriever = bm25s.BM25(k1=k1, b=b)
         self.retriever.index([tokenize_words(t) for t in item_texts], show_progress=False)
 
+    def save(self, directory: str | Path) -> Path:
+        """The index as bm25s writes it plus the item ids in index order: what serving loads for the BM25
+        feature (the catalog's IDF and average length), without the catalog's text."""
+        directory = Path(directory)
+        self.retriever.save(str(directory), show_progress=False)
+        (directory / "item_ids.json").write_text(json.dumps(self.item_ids.tolist()))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, mmap: bool = False) -> "BM25Index":
+        directory = Path(directory)
+        if not (directory / "item_ids.json").exists():
+            raise FileNotFoundError(f"{directory}: not a saved BM25 index (no item_ids.json)")
+        index = cls.__new__(cls)
+        index.item_ids = np.asarray(json.loads((directory / "item_ids.json").read_text()), dtype=object)
+        index.position = pd.Series(np.arange(len(index.item_ids)), index=index.item_ids)
+        index.retriever = bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False)
+        return index
+
     @classmethod
     def for_items(cls, items: pd.DataFrame, text, k1: float = 1.5, b: float = 0.75) -> "BM25Index":
         """The index over the catalog's lexical text (see :func:`lexical_item_texts`)."""
@@ -51,16 +73,21 @@ class BM25Index:
         best = best[scores[best] > 0]
         return self.item_ids[best], scores[best]
 
+    def score_items(self, query: str, item_ids: list[str]) -> np.ndarray:
+        """BM25 of one query against the given items (0 for items not in the index): the serving path."""
+        position = self.position.reindex(item_ids).to_numpy()
+        known = ~pd.isna(position)
+        scores = np.zeros(len(item_ids), dtype=np.float32)
+        if known.any():
+            scores[known] = self._scores(query)[position[known].astype(np.int64)]
+        return scores
+
     def score_pairs(self, queries: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
         """BM25 score of each (query, item) row; items missing from the index score 0."""
         frame = pd.DataFrame({"query": list(queries), "item_id": list(item_ids)})
-        position = self.position.reindex(frame["item_id"]).to_numpy()
-        known = ~pd.isna(position)
         scores = np.zeros(len(frame), dtype=np.float32)
         for query, rows in frame.groupby("query", sort=False).indices.items():
-            rows = rows[known[rows]]
-            if len(rows):
-                scores[rows] = self._scores(query)[position[rows].astype(np.int64)]
+            scores[rows] = self.score_items(query, frame["item_id"].to_numpy()[rows].tolist())
         return scores
 
 

@@ -164,17 +164,94 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teac
 def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
            workdir: Optional[str] = WorkdirOption,
            int8: bool = typer.Option(False, help="Also write per-channel int8 (dynamic) quantized copies.")):
-    """Export the student and its query encoder to ONNX (workdir/export/), each checked against torch."""
+    """The serving bundle (workdir/export/): the student and its query encoder as ONNX, each checked against
+    torch, the tokenizer, the catalog's BM25 index, and the Triton model repository (export/model_repository)."""
     from relevance import workflow
     from relevance.export import export_bundle
+    from serving.model_repository import build_model_repository
 
     run_config = _config(config, profile, workdir)
+    dataset = workflow.step_prepare(run_config)
     out = Path(run_config.workdir) / "export"
-    for result in export_bundle(workflow.paths(run_config)["student"], out, int8=int8):
+    for result in export_bundle(workflow.paths(run_config)["student"], out, dataset.items, int8=int8):
         typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
                    f"{result.max_abs_diff:.2e}")
         if int8:
             typer.echo(f"  int8: {result.path.with_name(result.path.stem + '-int8.onnx')}")
+    model_dir = build_model_repository(out, out / "model_repository", run_config.serving)
+    typer.echo(f"Triton model repository: {model_dir}")
+
+
+@app.command()
+@_clear_errors
+def features(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+             workdir: Optional[str] = WorkdirOption):
+    """Compute the item and query features, write the Feast offline store (workdir/feature_repo) and
+    materialize it to the online store that `relevance serve` reads."""
+    from relevance import workflow
+
+    run_config = _config(config, profile, workdir)
+    dataset = workflow.step_prepare(run_config)
+    repo = Path(run_config.workdir) / "feature_repo"
+    versions = workflow.materialize_features(run_config, dataset, repo, workflow.paths(run_config)["embeddings"])
+    typer.echo(f"feature repo {repo}: {versions}")
+
+
+@app.command()
+@_clear_errors
+def serve(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+          workdir: Optional[str] = WorkdirOption,
+          bundle: Optional[Path] = typer.Option(None, help="Serving bundle (default: workdir/export)."),
+          feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
+                                                                  "workdir/feature_repo)."),
+          port: int = typer.Option(8080, min=1, max=65535, help="HTTP port (binds 0.0.0.0)."),
+          predictor_url: Optional[str] = typer.Option(None, help="Score on this Triton / V2 server instead of "
+                                                                 "in process, e.g. http://127.0.0.1:8000.")):
+    """The KServe model server: rerank requests (V1 and V2) → cached query embedding + Feast online features →
+    the training featurizer → the student (in process, or on --predictor-url) → reranked candidates."""
+    from serving.server import serve as start
+
+    run_config = _config(config, profile, workdir)
+    start(bundle or Path(run_config.workdir) / "export", feature_repo or Path(run_config.workdir) / "feature_repo",
+          run_config.serving, port, predictor_url)
+
+
+@app.command("serve-predictor")
+@_clear_errors
+def serve_predictor(model_repository: Path = typer.Option(..., exists=True, file_okay=False,
+                                                          help="Triton model repository (export/model_repository)."),
+                    config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                    port: int = typer.Option(8000, min=1, max=65535, help="HTTP port (binds 0.0.0.0).")):
+    """The student alone behind the V2 protocol, from a Triton model repository: a stand-in for Triton where
+    none runs (`relevance serve --predictor-url` talks to either the same way)."""
+    from serving.server import serve_predictor as start
+
+    start(model_repository, _config(config, profile, None).serving, port)
+
+
+@app.command()
+@_clear_errors
+def score(query: str = typer.Option(..., help="The search query."),
+          candidates: str = typer.Option(..., help="Candidate item ids, comma-separated."),
+          locale: str = typer.Option("", help="The query's locale, e.g. en-US."),
+          url: str = typer.Option("http://127.0.0.1:8080", help="The model server."),
+          model: str = typer.Option("relevance-student", help="Model name on the server."),
+          as_json: bool = typer.Option(False, "--json", help="Print the response as JSON.")):
+    """Rerank candidates for a query on a running server (V2 protocol, tritonclient.http)."""
+    from serving.client import ScoreError, rerank
+
+    try:
+        ranking = rerank(url, model, query, [c.strip() for c in candidates.split(",") if c.strip()], locale)
+    except ScoreError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(ranking, indent=2))
+        return
+    for position, item in enumerate(ranking["items"], 1):
+        flag = "  (unknown item: scored with defaults)" if item["unknown"] else ""
+        typer.echo(f"{position:3d}. {item['item_id']}  score {item['score']:.3f}  "
+                   f"p={[round(p, 3) for p in item['probs']]}{flag}")
 
 
 @app.command()

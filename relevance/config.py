@@ -186,6 +186,35 @@ class RegistryConfig(_Strict):
     min_gain_over_champion: float = 0.0
 
 
+class ServingConfig(_Strict):
+    """Online scoring: the names the InferenceService and Triton use, request limits, and the caches.
+
+    Limits bound what one request may cost: anything over them is refused with a 400 naming the limit.
+    """
+
+    model_name: str = Field("relevance-student", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # DNS-1123: a k8s name
+    max_candidates: int = Field(1000, ge=1)
+    max_query_chars: int = Field(512, ge=1)
+    max_item_id_chars: int = Field(256, ge=1)
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Query embeddings: W-TinyLFU (theine), which keeps the frequent head of a Zipf stream better than LRU.
+    query_cache_size: int = Field(10_000, ge=0)  # 0: no cache
+    # Item features read from the online store are kept this long: materialization is hourly at the most.
+    item_cache_size: int = Field(200_000, ge=0)
+    item_cache_ttl_seconds: float = Field(300.0, gt=0)
+    int8: bool = False  # serve the per-channel int8 student and encoder (their quality delta: benchmarks/serving)
+    onnx_threads: int = Field(1, ge=1)  # intra-op threads per session: one core per server process
+    triton_max_batch_size: int = Field(4096, ge=1)  # rows (candidates), across the requests Triton batches
+    triton_max_queue_delay_us: int = Field(200, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_holds_a_request(self) -> "ServingConfig":
+        if self.triton_max_batch_size < self.max_candidates:
+            raise ValueError(f"triton_max_batch_size ({self.triton_max_batch_size}) must be at least "
+                             f"max_candidates ({self.max_candidates}): one request is one batch of candidates")
+        return self
+
+
 class RunConfig(_Strict):
     """The whole chain: data → teacher → candidates → labels → student → evaluation."""
 
@@ -201,6 +230,7 @@ class RunConfig(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     features: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 PROFILES: dict[str, dict] = {

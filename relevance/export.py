@@ -13,6 +13,7 @@ part of the result, and an export beyond ``tolerance`` raises instead of leaving
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,8 @@ def export_student(student_dir: str | Path, out_path: str | Path, tolerance: flo
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.from_numpy(sample[:2]),), str(out_path), dynamo=True,
                           input_names=["features"], output_names=["probs"],
-                          dynamic_shapes={"features": {0: batch}}, verbose=False)
+                          dynamic_shapes={"features": {0: batch}}, verbose=False,
+                          external_data=False)  # one self-contained file: Triton loads model.onnx alone
     with torch.no_grad():
         expected = module(torch.from_numpy(sample)).numpy()
     diff = _check(out_path, {"features": sample}, expected, tolerance)
@@ -131,22 +133,70 @@ def export_query_encoder(encoder_name: str, max_length: int, out_path: str | Pat
 def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
     """Dynamic int8 quantization, per channel (per-tensor loses too much on MiniLM: DESIGN.md measured top-10
     overlap 0.74 vs 0.87). Check its quality on relevance data before serving it."""
+    import tempfile
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(onnx_path), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
+    # The torch.export-based exporter leaves intermediate shapes (value_info) that onnx's shape inference, run by
+    # the quantizer, rejects ("inferred shape and existing shape differ"): quantize a copy without them.
+    model = onnx.load(str(onnx_path))
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "model.onnx"
+        onnx.save(model, str(plain))
+        quantize_dynamic(str(plain), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
     return Path(out_path)
 
 
-def export_bundle(student_dir: str | Path, out_dir: str | Path, int8: bool = False) -> list[ExportResult]:
-    """Everything online scoring needs from a student: student.onnx and query_encoder.onnx (plus int8 copies)."""
+def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: bool = False) -> list[ExportResult]:
+    """Everything online scoring needs from a student, in one folder (a "serving bundle"):
+
+    - ``student.onnx`` and ``query_encoder.onnx`` (plus ``-int8`` copies with ``int8``), each checked against torch;
+    - ``tokenizer/``: the encoder's tokenizer, so serving tokenizes queries as training did;
+    - ``bm25/``: the BM25 index of the catalog the student was trained on (its IDF and average length), rebuilt
+      from ``items`` and checked against the catalog hash in the student's manifest;
+    - ``bundle.json``: what the server checks it is compatible with (feature version, dimensions, grades).
+
+    The Triton model repository (serving.model_repository) is built from this folder.
+    """
+    from relevance.candidates import BM25Index, lexical_item_texts
+    from relevance.config import TextConfig
+    from relevance.encoder import BiEncoder
+    from relevance.features import FEATURE_VERSION, catalog_hash
+    from relevance.files import atomic_directory
     from relevance.teacher import read_manifest
 
     manifest = read_manifest(student_dir, expected_kind="student")
+    if manifest.get("feature_version") != FEATURE_VERSION:
+        raise ValueError(f"{student_dir}: student was trained on feature version {manifest.get('feature_version')}, "
+                         f"this code computes version {FEATURE_VERSION}; retrain the student")
+    item_text = lexical_item_texts(items, TextConfig(**manifest["text"]))
+    found = catalog_hash(item_text)
+    if found != manifest["catalog_hash"]:
+        raise ValueError(f"the catalog given has hash {found}, the student was trained on catalog "
+                         f"{manifest['catalog_hash']}: BM25 features would differ from training")
+    with atomic_directory(out_dir) as tmp:
+        results = [export_student(student_dir, tmp / "student.onnx"),
+                   export_query_encoder(manifest["encoder"], manifest["encoder_max_length"],
+                                        tmp / "query_encoder.onnx")]
+        if int8:
+            for result in list(results):
+                quantize_int8(result.path, result.path.with_name(result.path.stem + "-int8.onnx"))
+        BiEncoder(manifest["encoder"], manifest["encoder_max_length"], precision="fp32").tokenizer.save_pretrained(
+            tmp / "tokenizer")
+        BM25Index(item_text.index.to_numpy(), item_text.tolist(), manifest["bm25"]["k1"],
+                  manifest["bm25"]["b"]).save(tmp / "bm25")
+        bundle = {
+            "kind": "serving-bundle", "student_version": manifest["student_version"],
+            "feature_version": FEATURE_VERSION, "num_features": manifest["num_features"],
+            "num_grades": manifest["num_grades"], "grade_names": manifest["dataset"].get("grade_names"),
+            "embedding_dim": manifest["embedding_dim"], "encoder": manifest["encoder"],
+            "encoder_max_length": manifest["encoder_max_length"],
+            "encoder_fingerprint": manifest["encoder_fingerprint"], "catalog_hash": manifest["catalog_hash"],
+            "catalog_items": int(len(item_text)), "int8": int8,
+            "max_abs_diff": {result.path.stem: result.max_abs_diff for result in results},
+        }
+        (tmp / "bundle.json").write_text(json.dumps(bundle, indent=2))
     out_dir = Path(out_dir)
-    results = [export_student(student_dir, out_dir / "student.onnx"),
-               export_query_encoder(manifest["encoder"], manifest["encoder_max_length"],
-                                    out_dir / "query_encoder.onnx")]
-    if int8:
-        for result in list(results):
-            quantize_int8(result.path, result.path.with_name(result.path.stem + "-int8.onnx"))
-    return results
+    return [ExportResult(out_dir / r.path.name, r.max_abs_diff, r.inputs, r.outputs) for r in results]

@@ -11,6 +11,7 @@ Feature vector = [q, i, q⊙i, |q−i|] (the bi-encoder embeddings and their int
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -36,9 +37,27 @@ LEXICAL_FEATURES = (
 _DIGIT = re.compile(r"\d")
 
 
-def _trigrams(text: str) -> set[str]:
+@functools.lru_cache(maxsize=1 << 16)
+def _query_side(query: str) -> tuple[list[str], list[str], frozenset[str], str]:
+    """(terms, numeric terms, character trigrams, joined terms) of a query."""
+    terms = tokenize_words(query)
+    return terms, [t for t in terms if _DIGIT.search(t)], _trigrams(query), " ".join(terms)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _item_side(text: str) -> tuple[frozenset[str], frozenset[str], int, str, frozenset[str]]:
+    """(words, 4-character prefixes, word count, joined words, character trigrams) of an item text or title.
+
+    Cached across calls: items recur across queries (offline) and across requests (online), and this is the
+    featurizer's costliest part."""
+    tokens = tokenize_words(text)
+    return (frozenset(tokens), frozenset(t[:4] for t in tokens), len(tokens), f" {' '.join(tokens)} ",
+            _trigrams(text))
+
+
+def _trigrams(text: str) -> frozenset[str]:
     padded = f"  {text.lower()} "
-    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+    return frozenset(padded[i:i + 3] for i in range(len(padded) - 2))
 
 
 def lexical_features(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray) -> np.ndarray:
@@ -47,30 +66,22 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
         raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
                          f"titles={len(titles)} bm25={len(bm25)}")
     out = np.zeros((len(queries), len(LEXICAL_FEATURES) - 1), dtype=np.float32)
-    token_cache: dict[str, tuple[set[str], set[str], int, str]] = {}
-
-    def item_tokens(text: str) -> tuple[set[str], set[str], int, str]:
-        if text not in token_cache:
-            tokens = tokenize_words(text)
-            token_cache[text] = (set(tokens), {t[:4] for t in tokens}, len(tokens), " ".join(tokens))
-        return token_cache[text]
-
     for row, (query, text, title, score) in enumerate(zip(queries, item_texts, titles, bm25)):
-        terms = tokenize_words(query)
+        terms, numbers, query_trigrams, phrase = _query_side(query)
         n_terms = max(len(terms), 1)
-        words, prefixes, n_words, joined = item_tokens(text)
-        title_words = item_tokens(title)[0]
-        numbers = [t for t in terms if _DIGIT.search(t)]
-        query_trigrams, title_trigrams = _trigrams(query), _trigrams(title)
+        words, prefixes, n_words, joined, _ = _item_side(text)
+        title_words, _, _, _, title_trigrams = _item_side(title)
+        matched = sum(t in words for t in terms)
         union = len(query_trigrams | title_trigrams)
+        score = float(score)
         out[row] = (
-            np.log1p(max(float(score), 0.0)),
-            float(score) / n_terms,
-            sum(t in words for t in terms) / n_terms,
+            np.log1p(max(score, 0.0)),
+            score / n_terms,
+            matched / n_terms,
             sum(t in title_words for t in terms) / n_terms,
             sum(t[:4] in prefixes for t in terms) / n_terms,
-            float(bool(terms) and all(t in words for t in terms)),
-            float(f" {' '.join(terms)} " in f" {joined} ") if terms else 0.0,
+            float(bool(terms) and matched == len(terms)),
+            float(f" {phrase} " in joined) if terms else 0.0,
             sum(t in words for t in numbers) / len(numbers) if numbers else 1.0,
             len(query_trigrams & title_trigrams) / union if union else 0.0,
             np.log1p(len(terms)),
@@ -98,6 +109,17 @@ def featurize(queries: list[str], item_texts: list[str], titles: list[str], bm25
 def feature_names(dimension: int) -> list[str]:
     blocks = [f"{prefix}_{k}" for prefix in ("q", "i", "qxi", "absdiff") for k in range(dimension)]
     return blocks + list(LEXICAL_FEATURES)
+
+
+def catalog_hash(item_text: pd.Series) -> str:
+    """BM25's IDF and average length come from the catalog: a student records which one it was trained on, and
+    the serving export checks it rebuilt the same one."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item_id, text in sorted(item_text.items()):
+        digest.update(f"{item_id}\x1f{text}\x1e".encode("utf-8"))
+    return digest.hexdigest()[:16]
 
 
 def build_featurizer(items: pd.DataFrame, text, encoder_name: str, encoder_max_length: int, k1: float, b: float,
@@ -132,13 +154,7 @@ class PairFeaturizer:
 
     @property
     def catalog_hash(self) -> str:
-        """BM25's IDF and average length come from the catalog: a student records which one it was trained on."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for item_id, text in sorted(self.item_text.items()):
-            digest.update(f"{item_id}\x1f{text}\x1e".encode("utf-8"))
-        return digest.hexdigest()[:16]
+        return catalog_hash(self.item_text)
 
     def embeddings(self, query_texts: list[str], item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Query and item embeddings aligned with the pairs, each distinct text embedded (or looked up) once."""

@@ -336,16 +336,18 @@ def run(config: RunConfig) -> dict:
 # Each takes explicit paths (a component's artifacts), and imports Feast, GX or MLflow only when called.
 
 
-def materialize_features(config: RunConfig, dataset: Dataset, repo_dir: str | Path) -> dict[str, str]:
+def materialize_features(config: RunConfig, dataset: Dataset, repo_dir: str | Path,
+                         embeddings_dir: str | Path | None = None) -> dict[str, str]:
     """Compute the student's item and query features, write them as the Feast offline store next to a copy of
-    the repo's definitions, apply and materialize online. Returns {view: version} plus the definitions' hash."""
+    the repo's definitions, apply and materialize online. Returns {view: version} plus the definitions' hash.
+    ``embeddings_dir``: an embedding cache to reuse (a pipeline step starts from none)."""
     import tempfile
 
     from relevance.feature_store import (apply_and_materialize, build_feature_repo, definitions_version,
                                          feature_tables)
 
     with tempfile.TemporaryDirectory() as cache_dir:
-        featurizer = student_featurizer(config, dataset, Path(cache_dir))
+        featurizer = student_featurizer(config, dataset, Path(embeddings_dir or cache_dir))
         tables = feature_tables(dataset, featurizer.item_text,
                                 lambda texts: featurizer.cache.embed(texts, "item embeddings"))
     build_feature_repo(config.features.repo, repo_dir, tables)

@@ -1,0 +1,308 @@
+"""Online scoring of one query against its candidates: what the KServe transformer runs, without KServe.
+
+A request is (query, locale, candidate item ids). Scoring it:
+
+1. the query embedding, from the ONNX query encoder behind a W-TinyLFU cache (queries follow a Zipf law, so a
+   frequency-aware cache keeps the head that an LRU loses to one-off queries);
+2. the candidates' features (embedding, title, lexical text) from the Feast online store, behind a TTL cache;
+3. BM25 against the catalog's saved index (its IDF and average length are the training catalog's);
+4. :func:`relevance.features.featurize`: the student's one featurizer, the function training used;
+5. the student (ONNX) gives K grade probabilities per candidate; candidates are reranked by expected grade.
+
+Steps 1–4 are :meth:`OnlineScorer.prepare` (the transformer's preprocess); step 5's model call can run here
+(:class:`OnnxStudent`) or on a Triton server; :func:`rank` turns probabilities into the response.
+
+Unknown items (not in the online store) are scored with documented defaults, see :data:`UNKNOWN_ITEM_DEFAULTS`,
+and flagged in the response.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+from relevance.config import ServingConfig
+from relevance.features import featurize
+from relevance.metrics import expected_grade
+
+BUNDLE_MANIFEST = "bundle.json"
+UNKNOWN_ITEM_DEFAULTS = {
+    "embedding": "zero vector (cosine 0 with every query)",
+    "title": "empty",
+    "lexical_text": "empty (no term matches)",
+    "bm25": 0.0,
+}
+
+
+class RequestError(ValueError):
+    """A request that breaks the request schema or a configured limit; the message says which and how."""
+
+
+def validate_request(query, locale, candidates, config: ServingConfig) -> tuple[str, str, list[str]]:
+    """(query, locale, candidates) checked against the request schema and limits; returns them normalised."""
+    if not isinstance(query, str):
+        raise RequestError(f"query: expected a string, got {type(query).__name__}")
+    query = query.strip()
+    if not query:
+        raise RequestError("query: expected a non-empty string")
+    if len(query) > config.max_query_chars:
+        raise RequestError(f"query: at most {config.max_query_chars} characters, got {len(query)}")
+    if locale is None:
+        locale = ""
+    if not isinstance(locale, str) or len(locale) > 35:  # BCP 47 tags are at most 35 characters
+        raise RequestError(f"locale: expected a language tag such as 'en-US', got {str(locale)[:40]!r}")
+    if not isinstance(candidates, list):
+        raise RequestError(f"candidates: expected a list of item ids, got {type(candidates).__name__}")
+    if not candidates:
+        raise RequestError("candidates: expected at least one item id, got an empty list")
+    if len(candidates) > config.max_candidates:
+        raise RequestError(f"candidates: at most {config.max_candidates} per request, got {len(candidates)}")
+    for position, item_id in enumerate(candidates):
+        if not isinstance(item_id, str) or not item_id:
+            raise RequestError(f"candidates[{position}]: expected a non-empty string item id, got {item_id!r}"[:200])
+        if len(item_id) > config.max_item_id_chars:
+            raise RequestError(f"candidates[{position}]: item ids are at most {config.max_item_id_chars} "
+                               f"characters, got {len(item_id)}")
+    if len(set(candidates)) != len(candidates):
+        seen: set[str] = set()
+        duplicate = next(i for i in candidates if i in seen or seen.add(i))
+        raise RequestError(f"candidates: expected unique item ids, {duplicate[:80]!r} appears more than once")
+    return query, locale, candidates
+
+
+def _onnx_session(path: Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxStudent:
+    """The student in process (ONNX Runtime): ``features`` [N, F] → ``probs`` [N, K]."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        self.path = Path(path)
+        self.session = _onnx_session(self.path, threads)
+        self.num_features = int(self.session.get_inputs()[0].shape[1])
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.session.run(["probs"], {"features": features.astype(np.float32, copy=False)})[0]
+
+
+class QueryEncoder:
+    """The ONNX query encoder with the tokenizer it was exported with (same truncation as the bi-encoder)."""
+
+    def __init__(self, directory: str | Path, max_length: int, model_file: str = "query_encoder.onnx",
+                 threads: int = 1):
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
+        self.session = _onnx_session(directory / model_file, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.max_length = max_length
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="np", return_token_type_ids=True)
+        return self.session.run(["embedding"], {name: batch[name].astype(np.int64) for name in self.input_names})[0]
+
+
+@dataclass
+class ItemFeatures:
+    """What the featurizer needs of each candidate, aligned with the request's ids."""
+
+    embeddings: np.ndarray  # [n, d] float32, L2-normalised; zeros where unknown
+    titles: list[str]
+    texts: list[str]
+    known: np.ndarray  # [n] bool
+
+
+class FeastItemSource:
+    """Candidate features from the Feast online store, with a TTL cache in front (theine).
+
+    The store is read once per request for the ids the cache lacks; values live ``ttl_seconds``, so a
+    materialization is visible within that time.
+    """
+
+    FEATURES = ("item_embeddings:embedding", "item_text:title", "item_text:lexical_text")
+
+    def __init__(self, repo: str | Path, dimension: int, cache_size: int = 200_000, ttl_seconds: float = 300.0):
+        from relevance.feature_store import open_store
+
+        self.store = open_store(repo)
+        self.dimension = dimension
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self.cache = _cache(cache_size)
+        self.reads = 0
+
+    def _read(self, item_ids: list[str]) -> dict[str, tuple[np.ndarray, str, str] | None]:
+        self.reads += 1
+        rows = self.store.get_online_features(features=list(self.FEATURES),
+                                              entity_rows=[{"item_id": i} for i in item_ids]).to_dict()
+        found: dict[str, tuple[np.ndarray, str, str] | None] = {}
+        for item_id, vector, title, text in zip(item_ids, rows["embedding"], rows["title"], rows["lexical_text"]):
+            if vector is None:
+                found[item_id] = None
+                continue
+            vector = np.asarray(vector, dtype=np.float32)
+            if vector.shape != (self.dimension,):
+                raise ValueError(f"online store: item {item_id!r} has an embedding of shape {vector.shape}, the "
+                                 f"student expects ({self.dimension},); materialize the student's features")
+            found[item_id] = (vector, title or "", text or "")
+        return found
+
+    def get(self, item_ids: list[str]) -> ItemFeatures:
+        values: dict[str, tuple[np.ndarray, str, str] | None] = {}
+        missing = []
+        for item_id in item_ids:
+            value, hit = self.cache.get(item_id) if self.cache is not None else (None, False)
+            if hit:
+                values[item_id] = value
+            else:
+                missing.append(item_id)
+        if missing:
+            for item_id, value in self._read(missing).items():
+                values[item_id] = value
+                if self.cache is not None:  # unknown ids too: a burst of them must not hammer the store
+                    self.cache.set(item_id, value, self.ttl)
+        embeddings = np.zeros((len(item_ids), self.dimension), dtype=np.float32)
+        titles, texts, known = [], [], np.zeros(len(item_ids), dtype=bool)
+        for row, item_id in enumerate(item_ids):
+            value = values[item_id]
+            if value is None:
+                titles.append("")
+                texts.append("")
+                continue
+            embeddings[row], title, text = value
+            titles.append(title)
+            texts.append(text)
+            known[row] = True
+        return ItemFeatures(embeddings, titles, texts, known)
+
+
+def _cache(size: int):
+    if size <= 0:
+        return None
+    from theine import Cache
+
+    return Cache(size)
+
+
+@dataclass
+class Prepared:
+    """The transformer's output for one request: the student's input and what the response needs besides."""
+
+    query: str
+    locale: str
+    item_ids: list[str]
+    features: np.ndarray  # [n, F] float32
+    unknown: np.ndarray  # [n] bool
+    query_cache_hit: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Ranking:
+    item_ids: list[str]
+    scores: np.ndarray  # expected grade, best first
+    probs: np.ndarray  # [n, K]
+    unknown: np.ndarray  # [n] bool
+
+    def to_dict(self) -> dict:
+        # Through numpy's tolist (one C loop), not per-element Python floats: this is on every request's path.
+        scores, probs, unknown = self.scores.tolist(), self.probs.tolist(), self.unknown.tolist()
+        return {"items": [{"item_id": item_id, "score": scores[n], "probs": probs[n], "unknown": unknown[n]}
+                          for n, item_id in enumerate(self.item_ids)]}
+
+
+def rank(prepared: Prepared, probs: np.ndarray) -> Ranking:
+    """Candidates by expected grade, best first (ties keep the request's order)."""
+    if probs.shape != (len(prepared.item_ids), probs.shape[1] if probs.ndim == 2 else -1):
+        raise ValueError(f"expected probabilities of shape [{len(prepared.item_ids)}, K], got {list(probs.shape)}")
+    scores = expected_grade(probs)
+    order = np.argsort(-scores, kind="stable")
+    return Ranking([prepared.item_ids[i] for i in order], scores[order], probs[order], prepared.unknown[order])
+
+
+class ServingBundle:
+    """An exported student's serving files (written by :func:`relevance.export.export_bundle`)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        path = self.directory / BUNDLE_MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"{self.directory}: not a serving bundle (no {BUNDLE_MANIFEST}); build one with "
+                                    "`relevance export`")
+        self.manifest = json.loads(path.read_text())
+
+    def model_file(self, name: str, int8: bool) -> Path:
+        path = self.directory / (f"{name}-int8.onnx" if int8 else f"{name}.onnx")
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing" + ("; export with --int8" if int8 else ""))
+        return path
+
+
+class OnlineScorer:
+    def __init__(self, bundle: ServingBundle, items, config: ServingConfig, bm25=None,
+                 student: OnnxStudent | None = None):
+        from relevance.candidates import BM25Index
+
+        self.bundle = bundle
+        self.config = config
+        manifest = bundle.manifest
+        self.items = items
+        self.encoder = QueryEncoder(bundle.directory, manifest["encoder_max_length"],
+                                    bundle.model_file("query_encoder", config.int8).name, config.onnx_threads)
+        self.bm25 = bm25 or BM25Index.load(bundle.directory / "bm25")
+        self.student = student
+        self.num_features = int(manifest["num_features"])
+        self.query_cache = _cache(config.query_cache_size)
+        self.query_cache_hits = 0
+        self.query_cache_misses = 0
+
+    def query_embedding(self, query: str) -> tuple[np.ndarray, bool]:
+        if self.query_cache is not None:
+            vector, hit = self.query_cache.get(query)
+            if hit:
+                self.query_cache_hits += 1
+                return vector, True
+        self.query_cache_misses += 1
+        vector = self.encoder.encode([query])[0]
+        if self.query_cache is not None:
+            self.query_cache.set(query, vector)
+        return vector, False
+
+    def prepare(self, query, locale, candidates) -> Prepared:
+        query, locale, candidates = validate_request(query, locale, candidates, self.config)
+        started = time.perf_counter()
+        vector, hit = self.query_embedding(query)
+        encoded = time.perf_counter()
+        items = self.items.get(candidates)
+        fetched = time.perf_counter()
+        n = len(candidates)
+        features = featurize([query] * n, items.texts, items.titles,
+                             self.bm25.score_items(query, candidates),
+                             np.broadcast_to(vector, (n, vector.shape[0])), items.embeddings)
+        if features.shape[1] != self.num_features:
+            raise ValueError(f"featurizer gave {features.shape[1]} features, the student expects "
+                             f"{self.num_features}: the bundle and this code disagree on FEATURE_VERSION")
+        done = time.perf_counter()
+        timings = {"query_embedding": (encoded - started) * 1e3, "item_features": (fetched - encoded) * 1e3,
+                   "featurize": (done - fetched) * 1e3}
+        return Prepared(query, locale, candidates, features, ~items.known, hit, timings)
+
+    def score(self, query, locale, candidates) -> Ranking:
+        """prepare → in-process student → rank (the whole request without a network hop)."""
+        if self.student is None:
+            raise RuntimeError("this scorer has no in-process student; pass one or call prepare() and a predictor")
+        prepared = self.prepare(query, locale, candidates)
+        return rank(prepared, self.student.predict(prepared.features))

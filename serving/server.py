@@ -1,0 +1,402 @@
+"""`relevance serve`: the KServe model server for the student.
+
+Two models, each a kserve.Model with load / preprocess / predict / postprocess:
+
+- :class:`RerankModel`, the transformer and (by default) the predictor in one process. preprocess turns a rerank
+  request into the student's features (relevance.online: cached ONNX query encoder, Feast online item features,
+  the training featurizer); predict runs the student with ONNX Runtime, or, with ``predictor_url``, on a Triton
+  (or any Open Inference Protocol V2) server through tritonclient.http; postprocess reranks.
+- :class:`StudentPredictor`, a V2 predictor over the Triton model repository's student (``serve --predictor``):
+  the same contract Triton serves, for machines without Triton (this one: no container registry).
+
+Request schema (documented in docs/serving.md, and in /v2/models/<name> metadata):
+
+- V1 ``POST /v1/models/<name>:predict`` ``{"instances": [{"query": str, "locale": str?, "candidates": [str]}]}``
+  → ``{"predictions": [{"query", "locale", "items": [{"item_id", "score", "probs", "unknown"}]}]}``.
+- V2 ``POST /v2/models/<name>/infer`` with BYTES inputs ``query`` [1], ``candidates`` [N], ``locale`` [1]
+  (optional) → outputs ``item_id`` BYTES [N], ``score`` FP32 [N], ``probs`` FP32 [N, K], ``unknown`` BOOL [N],
+  best first.
+
+Every malformed request gets a 400 naming what is wrong (KServe maps InvalidInput to 400).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from relevance.config import ServingConfig
+from relevance.online import OnlineScorer, OnnxStudent, Prepared, RequestError, rank
+
+# Buckets from 0.5 ms: the student's latency budget is single-digit milliseconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+REQUEST_SECONDS = Histogram("relevance_request_seconds", "Model latency of a rerank request (preprocess → "
+                            "predict → postprocess)", ["model_name", "protocol"], buckets=LATENCY_BUCKETS)
+REQUESTS = Counter("relevance_requests", "Rerank requests by outcome (ok, bad_request, error)",
+                   ["model_name", "protocol", "outcome"])
+HTTP_RESPONSES = Counter("relevance_http_responses", "HTTP responses by status code, including requests "
+                         "refused before reaching a model (malformed JSON, oversized body)", ["code"])
+CACHE_HITS = Counter("relevance_query_cache_hits", "Query-embedding cache hits", ["model_name"])
+CACHE_MISSES = Counter("relevance_query_cache_misses", "Query-embedding cache misses", ["model_name"])
+CACHE_HIT_RATE = Gauge("relevance_query_cache_hit_rate", "Query-embedding cache hits / lookups since start",
+                       ["model_name"])
+UNKNOWN_ITEMS = Counter("relevance_unknown_items", "Candidates not in the online store (scored with defaults)",
+                        ["model_name"])
+CANDIDATES = Histogram("relevance_candidates_per_request", "Candidates per rerank request", ["model_name"],
+                       buckets=(1, 10, 50, 100, 200, 500, 1000, 5000))
+
+V2_INPUTS = {"query": "BYTES", "candidates": "BYTES", "locale": "BYTES"}
+
+
+def _kserve():
+    # kserve.model_server parses sys.argv when imported; keep `relevance serve`'s own options away from it.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve
+        import kserve.model_server  # noqa: F401
+    finally:
+        sys.argv = argv
+    return kserve
+
+
+kserve = _kserve()
+from kserve.errors import InvalidInput  # noqa: E402
+from kserve.model import InferenceVerb  # noqa: E402
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+
+
+@dataclass
+class Batch:
+    """preprocess → predict → postprocess hand-off: the request's queries prepared for the student."""
+
+    protocol: str  # "v1" or "v2"
+    prepared: list[Prepared]
+    request_id: str
+    started: float
+    probs: np.ndarray | None = None
+
+
+def _strings(tensor, name: str) -> list[str]:
+    """A BYTES tensor's elements as str, whatever JSON or binary form they came in."""
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"input {name!r}: expected datatype BYTES, got {tensor.datatype}")
+    try:  # JSON requests carry a (nested) list; binary ones raw bytes that as_numpy decodes
+        data = tensor.data if tensor.data is not None else tensor.as_numpy()
+    except (ValueError, TypeError, IndexError) as error:
+        raise InvalidInput(f"input {name!r}: cannot decode its binary data ({error})") from None
+    if not isinstance(data, (list, np.ndarray)):
+        raise InvalidInput(f"input {name!r}: expected a list of strings")
+    flat = list(np.asarray(data, dtype=object).reshape(-1)) if isinstance(data, np.ndarray) else _flatten(data)
+    values = []
+    for value in flat:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InvalidInput(f"input {name!r}: not valid UTF-8 ({error.reason} at byte {error.start})")
+        if not isinstance(value, str):
+            raise InvalidInput(f"input {name!r}: expected strings, got {type(value).__name__}")
+        values.append(value)
+    return values
+
+
+def _flatten(data: list) -> list:
+    out = []
+    for value in data:
+        out.extend(_flatten(value) if isinstance(value, list) else [value])
+    return out
+
+
+def _check_shape(tensor, name: str, values: list, single: bool) -> None:
+    shape = list(tensor.shape or [])
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape must be non-negative integers, got {shape}")
+    if int(np.prod(shape)) != len(values):
+        raise InvalidInput(f"input {name!r}: shape {shape} holds {int(np.prod(shape))} elements, data has "
+                           f"{len(values)}")
+    if single and len(values) != 1:
+        raise InvalidInput(f"input {name!r}: expected shape [1] (one per request), got {shape}")
+    if not single and (len(shape) > 2 or (len(shape) == 2 and shape[0] != 1)):
+        raise InvalidInput(f"input {name!r}: expected shape [N] or [1, N], got {shape}")
+
+
+class RerankModel(kserve.Model):
+    """The transformer (+ in-process predictor) for rerank requests; see the module docstring."""
+
+    def __init__(self, config: ServingConfig, scorer_factory, predictor_url: str | None = None,
+                 predictor_timeout_s: float = 5.0):
+        super().__init__(config.model_name)
+        self.config = config
+        self.scorer_factory = scorer_factory
+        self.scorer: OnlineScorer | None = None
+        self.predictor_url = predictor_url
+        self.predictor_timeout_s = predictor_timeout_s
+        self.triton = None
+        self.num_grades = 0
+
+    def load(self) -> bool:
+        self.scorer = self.scorer_factory()
+        self.num_grades = int(self.scorer.bundle.manifest["num_grades"])
+        if self.predictor_url:
+            import tritonclient.http as httpclient
+
+            url = self.predictor_url.removeprefix("http://")
+            self.triton = httpclient.InferenceServerClient(url, connection_timeout=self.predictor_timeout_s,
+                                                           network_timeout=self.predictor_timeout_s)
+            if not self.triton.is_model_ready(self.name):
+                raise RuntimeError(f"predictor {self.predictor_url} has no ready model {self.name!r}")
+        elif self.scorer.student is None:
+            raise RuntimeError("no predictor: give the scorer an in-process student or a predictor URL")
+        self.ready = True
+        return self.ready
+
+    # -- metadata: what /v2/models/<name> advertises ------------------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        return [{"name": "query", "datatype": "BYTES", "shape": [1]},
+                {"name": "candidates", "datatype": "BYTES", "shape": [-1]},
+                {"name": "locale", "datatype": "BYTES", "shape": [1], "optional": True}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": "item_id", "datatype": "BYTES", "shape": [-1]},
+                {"name": "score", "datatype": "FP32", "shape": [-1]},
+                {"name": "probs", "datatype": "FP32", "shape": [-1, self.num_grades]},
+                {"name": "unknown", "datatype": "BOOL", "shape": [-1]}]
+
+    # -- the request path -----------------------------------------------------------------------------------
+    async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
+        protocol = "v2" if isinstance(body, InferRequest) else "v1"
+        started = time.perf_counter()
+        try:
+            result = await super().__call__(body, headers, verb)
+        except (InvalidInput, RequestError) as error:
+            REQUESTS.labels(self.name, protocol, "bad_request").inc()
+            raise InvalidInput(str(error)) from None
+        except Exception:
+            REQUESTS.labels(self.name, protocol, "error").inc()
+            raise
+        REQUEST_SECONDS.labels(self.name, protocol).observe(time.perf_counter() - started)
+        REQUESTS.labels(self.name, protocol, "ok").inc()
+        return result
+
+    def _queries_v1(self, payload) -> list[tuple]:
+        if not isinstance(payload, dict):
+            raise InvalidInput("expected a JSON object body (Content-Type: application/json) of the form "
+                               '{"instances": [{"query": ..., "locale": ..., "candidates": [...]}]}')
+        instances = payload.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput('expected "instances": a non-empty list of {"query", "locale", "candidates"}')
+        queries, total = [], 0
+        for position, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                raise InvalidInput(f"instances[{position}]: expected an object, got {type(instance).__name__}")
+            unknown = sorted(set(instance) - {"query", "locale", "candidates"})
+            if unknown:
+                raise InvalidInput(f"instances[{position}]: unknown field(s) {unknown}; expected query, locale, "
+                                   "candidates")
+            if "query" not in instance or "candidates" not in instance:
+                raise InvalidInput(f"instances[{position}]: query and candidates are required")
+            total += len(instance["candidates"]) if isinstance(instance["candidates"], list) else 0
+            queries.append((instance["query"], instance.get("locale"), instance["candidates"]))
+        if total > self.config.max_candidates:
+            raise InvalidInput(f"at most {self.config.max_candidates} candidates per request (all instances "
+                               f"together), got {total}")
+        return queries
+
+    def _query_v2(self, request: InferRequest) -> tuple:
+        names = [tensor.name for tensor in request.inputs]
+        unknown = sorted(set(names) - set(V2_INPUTS))
+        if unknown:
+            raise InvalidInput(f"unknown input(s) {unknown}; expected query (BYTES [1]), candidates (BYTES [N]) "
+                               "and optionally locale (BYTES [1])")
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"each input may appear once, got {names}")
+        tensors = {tensor.name: tensor for tensor in request.inputs}
+        for required in ("query", "candidates"):
+            if required not in tensors:
+                raise InvalidInput(f"missing input {required!r}; got {names}")
+        values = {}
+        for name, tensor in tensors.items():
+            try:
+                values[name] = _strings(tensor, name)
+            except InvalidInput:
+                raise
+            except (ValueError, TypeError) as error:
+                raise InvalidInput(f"input {name!r}: {error}") from None
+            _check_shape(tensor, name, values[name], single=name != "candidates")
+        locale = values["locale"][0] if "locale" in values else None
+        return values["query"][0], locale, values["candidates"]
+
+    def preprocess(self, payload, headers=None) -> Batch:
+        started = time.perf_counter()
+        if isinstance(payload, InferRequest):
+            protocol, queries = "v2", [self._query_v2(payload)]
+            request_id = payload.id or str(uuid.uuid4())
+        else:
+            protocol, queries = "v1", self._queries_v1(payload)
+            request_id = (headers or {}).get("x-request-id", str(uuid.uuid4()))
+        prepared = [self.scorer.prepare(*query) for query in queries]
+        for item in prepared:
+            (CACHE_HITS if item.query_cache_hit else CACHE_MISSES).labels(self.name).inc()
+            UNKNOWN_ITEMS.labels(self.name).inc(int(item.unknown.sum()))
+            CANDIDATES.labels(self.name).observe(len(item.item_ids))
+        lookups = self.scorer.query_cache_hits + self.scorer.query_cache_misses
+        CACHE_HIT_RATE.labels(self.name).set(self.scorer.query_cache_hits / lookups if lookups else 0.0)
+        return Batch(protocol, prepared, request_id, started)
+
+    def predict(self, batch: Batch, headers=None) -> Batch:
+        features = np.concatenate([p.features for p in batch.prepared]).astype(np.float32, copy=False)
+        if self.triton is None:
+            batch.probs = self.scorer.student.predict(features)
+            return batch
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        tensor = httpclient.InferInput("features", list(features.shape), "FP32")
+        tensor.set_data_from_numpy(features, binary_data=True)
+        try:
+            result = self.triton.infer(self.name, [tensor], request_id=batch.request_id,
+                                       outputs=[httpclient.InferRequestedOutput("probs", binary_data=True)])
+        except InferenceServerException as error:
+            raise kserve.errors.InferenceError(f"predictor {self.predictor_url}: {error.message()}") from None
+        batch.probs = result.as_numpy("probs")
+        return batch
+
+    def postprocess(self, batch: Batch, headers=None):
+        rankings, start = [], 0
+        for prepared in batch.prepared:
+            end = start + len(prepared.item_ids)
+            rankings.append((prepared, rank(prepared, batch.probs[start:end])))
+            start = end
+        if batch.protocol == "v1":
+            return {"predictions": [{"query": p.query, "locale": p.locale, **r.to_dict()} for p, r in rankings]}
+        prepared, ranking = rankings[0]
+        n = len(ranking.item_ids)
+        outputs = [InferOutput("item_id", [n], "BYTES", ranking.item_ids),
+                   InferOutput("score", [n], "FP32"), InferOutput("probs", [n, self.num_grades], "FP32"),
+                   InferOutput("unknown", [n], "BOOL")]
+        outputs[1].set_data_from_numpy(ranking.scores.astype(np.float32), binary_data=False)
+        outputs[2].set_data_from_numpy(ranking.probs.astype(np.float32), binary_data=False)
+        outputs[3].set_data_from_numpy(ranking.unknown.astype(bool), binary_data=False)
+        return InferResponse(batch.request_id, self.name, outputs, parameters={"query_cache_hit":
+                                                                               prepared.query_cache_hit})
+
+
+class StudentPredictor(kserve.Model):
+    """The student from a Triton model repository behind the V2 protocol (``features`` → ``probs``)."""
+
+    def __init__(self, repo_dir, config: ServingConfig):
+        super().__init__(config.model_name)
+        self.repo_dir = repo_dir
+        self.config = config
+        self.student: OnnxStudent | None = None
+
+    def load(self) -> bool:
+        from serving.model_repository import read_model_config, validate_model_repository
+
+        self.student = OnnxStudent(validate_model_repository(self.repo_dir, self.name), self.config.onnx_threads)
+        self.max_batch = read_model_config(self.repo_dir, self.name).max_batch_size
+        self.ready = True
+        return self.ready
+
+    def predict(self, request, headers=None):
+        if not isinstance(request, InferRequest):
+            raise InvalidInput("this predictor speaks the V2 protocol only: POST /v2/models/<name>/infer")
+        if [t.name for t in request.inputs] != ["features"]:
+            raise InvalidInput(f"expected one input 'features', got {[t.name for t in request.inputs]}")
+        tensor = request.inputs[0]
+        if tensor.datatype != "FP32":
+            raise InvalidInput(f"input 'features': expected datatype FP32, got {tensor.datatype}")
+        shape = list(tensor.shape)
+        if len(shape) != 2 or shape[1] != self.student.num_features or not 1 <= shape[0] <= self.max_batch:
+            raise InvalidInput(f"input 'features': expected shape [1..{self.max_batch}, "
+                               f"{self.student.num_features}], got {shape}")
+        try:
+            features = tensor.as_numpy()
+        except (ValueError, TypeError) as error:
+            raise InvalidInput(f"input 'features': {error}") from None
+        probs = self.student.predict(features)
+        output = InferOutput("probs", list(probs.shape), "FP32")
+        output.set_data_from_numpy(probs, binary_data=request.use_binary_outputs if hasattr(
+            request, "use_binary_outputs") else False)
+        return InferResponse(request.id or str(uuid.uuid4()), self.name, [output])
+
+
+class HttpGuard:
+    """ASGI middleware: refuse bodies over the limit before they are read (413), and count every response by
+    status code, including the ones KServe gives before a model is reached. Plain ASGI rather than
+    @app.middleware("http"), which costs a task switch per request."""
+
+    def __init__(self, app, max_request_bytes: int):
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0").decode("latin-1")
+        if not length.isdigit() or int(length) > self.max_request_bytes:
+            from starlette.responses import JSONResponse
+
+            HTTP_RESPONSES.labels("413").inc()
+            response = JSONResponse({"error": f"request body over the {self.max_request_bytes}-byte limit "
+                                              f"(content-length {length[:20]})"}, status_code=413)
+            return await response(scope, receive, send)
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                HTTP_RESPONSES.labels(str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
+async def _invalid_request_body(request, error):
+    """A body that isn't a V2 InferenceRequest: 400 naming each bad field. FastAPI's default handler echoes the
+    offending values back, and fails with a 500 on the ones JSON can't hold (NaN, Infinity)."""
+    from starlette.responses import JSONResponse
+
+    problems = "; ".join(f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg', '')}"
+                         for e in error.errors()[:10])
+    return JSONResponse({"error": f"invalid V2 inference request: {problems}"}, status_code=400)
+
+
+def run_server(models: list, config: ServingConfig, port: int) -> None:
+    """Start the KServe model server on ``port`` (REST only; it binds 0.0.0.0, as KServe does in a pod)."""
+    from fastapi.exceptions import RequestValidationError
+    from kserve.model_server import app
+
+    app.add_middleware(HttpGuard, max_request_bytes=config.max_request_bytes)
+    app.add_exception_handler(RequestValidationError, _invalid_request_body)
+    for model in models:
+        model.load()
+    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start(models)
+
+
+def serve(bundle_dir, feature_repo, config: ServingConfig, port: int, predictor_url: str | None = None) -> None:
+    """The transformer (+ in-process student unless ``predictor_url``) on ``port``."""
+    from pathlib import Path
+
+    from relevance.online import FeastItemSource, ServingBundle
+    from serving.model_repository import validate_model_repository
+
+    def scorer() -> OnlineScorer:
+        bundle = ServingBundle(bundle_dir)
+        items = FeastItemSource(feature_repo, int(bundle.manifest["embedding_dim"]), config.item_cache_size,
+                                config.item_cache_ttl_seconds)
+        student = None
+        if predictor_url is None:  # the file Triton would serve, from the bundle's model repository
+            student = OnnxStudent(validate_model_repository(Path(bundle_dir) / "model_repository", config.model_name),
+                                  config.onnx_threads)
+        return OnlineScorer(bundle, items, config, student=student)
+
+    run_server([RerankModel(config, scorer, predictor_url)], config, port)
+
+
+def serve_predictor(repo_dir, config: ServingConfig, port: int) -> None:
+    """The student alone behind V2, from a Triton model repository (what Triton serves in the cluster)."""
+    run_server([StudentPredictor(repo_dir, config)], config, port)
