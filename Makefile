@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow bench-quality image image-base image-push clean
+.PHONY: demo demo-core test test-slow bench-quality bench-serving image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -36,6 +36,11 @@ test-slow: $(STAMP)
 ## Real-data quality benchmark (about 35 minutes on 2 cores): benchmarks/results/quality-homedepot.json
 bench-quality: $(STAMP)
 	$(PY) benchmarks/quality_homedepot.py --config configs/homedepot.yaml
+
+## Serving on Home Depot (needs the bench-quality run): a real server pinned to one core, 100-candidate requests,
+## cache replays, teacher cost, int8 quality → benchmarks/results/serving.{json,md} + serving-latency.png
+bench-serving: $(STAMP)
+	$(PY) -m benchmarks.serving --config configs/homedepot.yaml
 
 ## The image every KFP step runs in (infra/docker/README.md): make image IMAGE=registry.example.com/relevance:0.1.0
 IMAGE      ?= relevance:0.1.0

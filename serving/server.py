@@ -379,19 +379,15 @@ def run_server(models: list, config: ServingConfig, port: int) -> None:
 
 def serve(bundle_dir, feature_repo, config: ServingConfig, port: int, predictor_url: str | None = None) -> None:
     """The transformer (+ in-process student unless ``predictor_url``) on ``port``."""
-    from pathlib import Path
-
     from relevance.online import FeastItemSource, ServingBundle
-    from serving.model_repository import validate_model_repository
 
     def scorer() -> OnlineScorer:
         bundle = ServingBundle(bundle_dir)
         items = FeastItemSource(feature_repo, int(bundle.manifest["embedding_dim"]), config.item_cache_size,
                                 config.item_cache_ttl_seconds)
         student = None
-        if predictor_url is None:  # the file Triton would serve, from the bundle's model repository
-            student = OnnxStudent(validate_model_repository(Path(bundle_dir) / "model_repository", config.model_name),
-                                  config.onnx_threads)
+        if predictor_url is None:  # serving.int8 picks the int8 student, as it picks the int8 encoder
+            student = OnnxStudent(bundle.model_file("student", config.int8), config.onnx_threads)
         return OnlineScorer(bundle, items, config, student=student)
 
     run_server([RerankModel(config, scorer, predictor_url)], config, port)
