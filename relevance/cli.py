@@ -316,8 +316,13 @@ def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] =
         raise typer.Exit(1) from None
     typer.echo(f"pipeline run: {run_dir}")
     typer.echo(f"  compiled pipeline (upload in the Kubeflow UI): {compile_pipeline(pipeline_root / 'pipeline.yaml')}")
-    for what, path in local_outputs(run_dir).items():
+    outputs = local_outputs(run_dir)
+    for what, path in outputs.items():
         typer.echo(f"  {what}: {path or '(not produced)'}")
+    if outputs["student ONNX"] and outputs["feast repo"]:
+        settings = f"-c {config}" if config else f"-p {chosen}"
+        typer.echo(f"  serve it: relevance serve {settings} --bundle {outputs['student ONNX']} "
+                   f"--feature-repo {outputs['feast repo']}")
     registry_config = _config(config, chosen, None).registry
     registry = Registry(registry_config)
     typer.echo(f"  MLflow registry: {tracking_uri(registry_config)}")
