@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -69,8 +70,7 @@ def validate_request(query, locale, candidates, config: ServingConfig) -> tuple[
             raise RequestError(f"candidates[{position}]: item ids are at most {config.max_item_id_chars} "
                                f"characters, got {len(item_id)}")
     if len(set(candidates)) != len(candidates):
-        seen: set[str] = set()
-        duplicate = next(i for i in candidates if i in seen or seen.add(i))
+        duplicate = next(i for i, count in Counter(candidates).items() if count > 1)
         raise RequestError(f"candidates: expected unique item ids, {duplicate[:80]!r} appears more than once")
     return query, locale, candidates
 
@@ -226,7 +226,7 @@ class Ranking:
 
 def rank(prepared: Prepared, probs: np.ndarray) -> Ranking:
     """Candidates by expected grade, best first (ties keep the request's order)."""
-    if probs.shape != (len(prepared.item_ids), probs.shape[1] if probs.ndim == 2 else -1):
+    if probs.ndim != 2 or len(probs) != len(prepared.item_ids):
         raise ValueError(f"expected probabilities of shape [{len(prepared.item_ids)}, K], got {list(probs.shape)}")
     scores = expected_grade(probs)
     order = np.argsort(-scores, kind="stable")

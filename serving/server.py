@@ -221,12 +221,7 @@ class RerankModel(kserve.Model):
                 raise InvalidInput(f"missing input {required!r}; got {names}")
         values = {}
         for name, tensor in tensors.items():
-            try:
-                values[name] = _strings(tensor, name)
-            except InvalidInput:
-                raise
-            except (ValueError, TypeError) as error:
-                raise InvalidInput(f"input {name!r}: {error}") from None
+            values[name] = _strings(tensor, name)
             _check_shape(tensor, name, values[name], single=name != "candidates")
         locale = values["locale"][0] if "locale" in values else None
         return values["query"][0], locale, values["candidates"]
