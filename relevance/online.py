@@ -19,16 +19,15 @@ and flagged in the response.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 
 from relevance.config import ServingConfig
-from relevance.features import featurize
+from relevance.features import FEATURE_VERSION, featurize
 from relevance.metrics import expected_grade
 
 BUNDLE_MANIFEST = "bundle.json"
@@ -207,7 +206,6 @@ class Prepared:
     features: np.ndarray  # [n, F] float32
     unknown: np.ndarray  # [n] bool
     query_cache_hit: bool
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -259,12 +257,15 @@ class OnlineScorer:
         self.bundle = bundle
         self.config = config
         manifest = bundle.manifest
+        # Checked once here, not per request: a bundle from other featurizer code is refused at start-up.
+        if manifest.get("feature_version") != FEATURE_VERSION:
+            raise ValueError(f"{bundle.directory}: the bundle's student takes feature version "
+                             f"{manifest.get('feature_version')}, this code computes {FEATURE_VERSION}")
         self.items = items
         self.encoder = QueryEncoder(bundle.directory, manifest["encoder_max_length"],
                                     bundle.model_file("query_encoder", config.int8).name, config.onnx_threads)
         self.bm25 = bm25 or BM25Index.load(bundle.directory / "bm25")
         self.student = student
-        self.num_features = int(manifest["num_features"])
         self.query_cache = _cache(config.query_cache_size)
         self.query_cache_hits = 0
         self.query_cache_misses = 0
@@ -283,22 +284,12 @@ class OnlineScorer:
 
     def prepare(self, query, locale, candidates) -> Prepared:
         query, locale, candidates = validate_request(query, locale, candidates, self.config)
-        started = time.perf_counter()
         vector, hit = self.query_embedding(query)
-        encoded = time.perf_counter()
         items = self.items.get(candidates)
-        fetched = time.perf_counter()
         n = len(candidates)
-        features = featurize([query] * n, items.texts, items.titles,
-                             self.bm25.score_items(query, candidates),
+        features = featurize([query] * n, items.texts, items.titles, self.bm25.score_items(query, candidates),
                              np.broadcast_to(vector, (n, vector.shape[0])), items.embeddings)
-        if features.shape[1] != self.num_features:
-            raise ValueError(f"featurizer gave {features.shape[1]} features, the student expects "
-                             f"{self.num_features}: the bundle and this code disagree on FEATURE_VERSION")
-        done = time.perf_counter()
-        timings = {"query_embedding": (encoded - started) * 1e3, "item_features": (fetched - encoded) * 1e3,
-                   "featurize": (done - fetched) * 1e3}
-        return Prepared(query, locale, candidates, features, ~items.known, hit, timings)
+        return Prepared(query, locale, candidates, features, ~items.known, hit)
 
     def score(self, query, locale, candidates) -> Ranking:
         """prepare → in-process student → rank (the whole request without a network hop)."""
