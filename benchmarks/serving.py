@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,16 +36,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from serving.canary_local import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "relevance-student"
 CANDIDATES = 100
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ensure_artifacts(config_path: Path) -> None:
@@ -65,7 +60,7 @@ class Server:
     """`relevance serve` pinned to one core (taskset), on a free loopback port."""
 
     def __init__(self, config_path: Path, core: int, log: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.log = open(log, "w")

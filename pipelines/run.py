@@ -6,6 +6,7 @@ Local runs use SubprocessRunner(use_venv=False): every step runs as a subprocess
 """
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -79,3 +80,40 @@ def submit(host: str, profile: str, overrides: dict, experiment: str, namespace:
         training_pipeline, arguments=arguments, experiment_name=experiment,
         run_name=run_name or f"{PIPELINE_NAME}-{datetime.now():%Y%m%d-%H%M%S}", namespace=namespace)
 
+
+
+# KFP's cron format has six fields, seconds first (robfig/cron): "0 0 3 * * *" is 03:00:00 every day.
+_CRON_FIELD = re.compile(r"^[0-9*/,?LW#A-Za-z-]+$")
+
+
+def check_cron(expression: str) -> str:
+    """A KFP cron expression, or a ValueError that says what KFP expects."""
+    if re.fullmatch(r"@(yearly|annually|monthly|weekly|daily|midnight|hourly)|@every (\d+(\.\d+)?(h|m|s|ms))+",
+                    expression):
+        return expression
+    fields = expression.split()
+    if len(fields) != 6 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"--cron: KFP expects six fields, seconds first (e.g. '0 0 3 * * *' for 03:00 daily), "
+                         f"got {expression!r} ({len(fields)} field(s))")
+    return expression
+
+
+def schedule(host: str, profile: str, overrides: dict, experiment: str, cron: str, name: str,
+             namespace: str | None = None, existing_token: str | None = None):
+    """A recurring run of the training pipeline on a cluster (KFP has no declarative manifest for one: the API
+    server owns ScheduledWorkflow objects). Compiles the pipeline and registers the schedule with kfp.Client."""
+    import tempfile
+
+    from pipelines.training import compile_pipeline
+    from relevance.config import build_config
+
+    check_cron(cron)
+    build_config(profile, overrides)
+    arguments = {"profile": profile, "overrides_json": json.dumps(overrides)}
+    kfp_client = client(host, namespace, existing_token)
+    experiment_id = kfp_client.create_experiment(experiment, namespace=namespace).experiment_id
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml")
+        return kfp_client.create_recurring_run(experiment_id, job_name=name, cron_expression=cron,
+                                               max_concurrency=1, no_catchup=True, params=arguments,
+                                               pipeline_package_path=str(package))

@@ -16,6 +16,8 @@ from typing import Optional
 
 import typer
 
+from serving.canary_cli import canary_app
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads unless the user opts in
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -204,14 +206,34 @@ def serve(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profil
           bundle: Optional[Path] = typer.Option(None, help="Serving bundle (default: workdir/export)."),
           feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
                                                                   "workdir/feature_repo)."),
-          port: int = typer.Option(8080, min=1, max=65535, help="HTTP port (binds 0.0.0.0)."),
+          port: int = typer.Option(8080, "--port", "--http_port", min=1, max=65535,
+                                   help="HTTP port (binds 0.0.0.0)."),
           predictor_url: Optional[str] = typer.Option(None, help="Score on this Triton / V2 server instead of "
-                                                                 "in process, e.g. http://127.0.0.1:8000.")):
+                                                                 "in process, e.g. http://127.0.0.1:8000."),
+          # What KServe appends to a transformer container's args (infra/kserve): accepted, and checked.
+          predictor_host: Optional[str] = typer.Option(None, "--predictor_host", help="Set by KServe: the "
+                                                       "predictor's host[:port] (same as --predictor-url)."),
+          model_name: Optional[str] = typer.Option(None, "--model_name", help="Set by KServe: the "
+                                                   "InferenceService name; must equal serving.model_name."),
+          protocol: Optional[str] = typer.Option(None, "--protocol", "--predictor_protocol",
+                                                 help="Set by KServe: the predictor's protocol (v2 only)."),
+          predictor_use_ssl: bool = typer.Option(False, "--predictor_use_ssl", help="Set by KServe: https to "
+                                                 "the predictor.")):
     """The KServe model server: rerank requests (V1 and V2) → cached query embedding + Feast online features →
     the training featurizer → the student (in process, or on --predictor-url) → reranked candidates."""
     from serving.server import serve as start
 
     run_config = _config(config, profile, workdir)
+    if model_name is not None and model_name != run_config.serving.model_name:
+        raise ValueError(f"--model_name {model_name!r} (the InferenceService name) must equal serving.model_name "
+                         f"{run_config.serving.model_name!r}: the transformer serves, and asks the predictor for, "
+                         "that one model name")
+    if protocol is not None and protocol != "v2":
+        raise ValueError(f"--protocol: the transformer calls its predictor over the V2 REST protocol, got {protocol!r}")
+    if predictor_host:
+        if predictor_url:
+            raise ValueError("give --predictor-url or --predictor_host, not both")
+        predictor_url = f"{'https' if predictor_use_ssl else 'http'}://{predictor_host}"
     start(bundle or Path(run_config.workdir) / "export", feature_repo or Path(run_config.workdir) / "feature_repo",
           run_config.serving, port, predictor_url)
 
@@ -271,6 +293,7 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="The KFP training pipeline
 registry_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: versions and aliases.")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(registry_app, name="registry")
+app.add_typer(canary_app, name="canary")
 
 
 def _pipeline_settings(config: Optional[Path], profile: Optional[str]) -> tuple[str, dict]:
@@ -344,6 +367,24 @@ def pipeline_submit(host: str = typer.Option(..., help="KFP API endpoint, e.g. h
     chosen, overrides = _pipeline_settings(config, profile)
     result = submit(host, chosen, overrides, experiment, namespace, token)
     typer.echo(f"run id: {result.run_id}")
+
+
+@pipeline_app.command("schedule")
+@_clear_errors
+def pipeline_schedule(host: str = typer.Option(..., help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline"),
+                      cron: str = typer.Option(..., help="KFP cron, six fields, seconds first: '0 0 3 * * *'."),
+                      name: str = typer.Option("relevance-training-nightly", help="Recurring run name."),
+                      config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                      experiment: str = typer.Option("relevance", help="KFP experiment for the runs."),
+                      namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace."),
+                      token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed.")):
+    """Run the training pipeline on a schedule (a KFP recurring run; one run at a time, no catch-up)."""
+    from pipelines.run import check_cron, schedule
+
+    check_cron(cron)  # before connecting anywhere
+    chosen, overrides = _pipeline_settings(config, profile)
+    result = schedule(host, chosen, overrides, experiment, cron, name, namespace, token)
+    typer.echo(f"recurring run id: {result.recurring_run_id}")
 
 
 def _registry(tracking_uri: Optional[str]):

@@ -215,6 +215,29 @@ class ServingConfig(_Strict):
         return self
 
 
+class CanaryConfig(_Strict):
+    """Canary rollout of a student on KServe (infra/kserve) and the analysis that decides it.
+
+    The InferenceService is named ``serving.model_name``. A canary splits the predictor (the student on Triton);
+    the transformer is shared, so a challenger must have the champion's feature version.
+    """
+
+    namespace: str = Field("relevance", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    overlay: str = "infra/kserve/overlays/prod"  # what `--dry-run` patches with `kubectl patch --local`
+    kubectl: str = "kubectl"
+    # Analysis: nDCG@k on replayed labelled queries, the teacher judging unlabelled ones, and the SLOs.
+    ndcg_k: PositiveInt = 20
+    bootstrap_samples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    min_queries: int = Field(20, ge=2)  # fewer paired queries than this: hold, whatever the means say
+    judge_queries: int = Field(100, ge=0)  # unlabelled replayed queries the teacher judges (0: no judge)
+    judge_top_k: PositiveInt = 10
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_ms: float = Field(100.0, gt=0)
+    max_p99_ratio: float = Field(1.5, ge=1)  # challenger p99 over champion p99
+    seed: int = 0
+
+
 class RunConfig(_Strict):
     """The whole chain: data → teacher → candidates → labels → student → evaluation."""
 
@@ -231,6 +254,7 @@ class RunConfig(_Strict):
     features: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
 
 PROFILES: dict[str, dict] = {

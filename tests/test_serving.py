@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_run_settings
+from serving.canary_local import free_port, model_server
 
 CLI = [sys.executable, "-m", "relevance.cli"]
 MODEL = "relevance-student"
@@ -37,29 +38,6 @@ def _cli(*args) -> subprocess.CompletedProcess:
     if result.returncode != 0:
         raise AssertionError(f"relevance {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(args: list[str], port: int, log: Path) -> subprocess.Popen:
-    handle = open(log, "w")
-    process = subprocess.Popen([*CLI, *args, "--port", str(port)], stdout=handle, stderr=subprocess.STDOUT, env=ENV)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"server not ready after 120 s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +53,16 @@ def deployment(tmp_path_factory, tiny_bert):
     _cli("run", "--config", str(config_path))
     _cli("features", "--config", str(config_path))
     _cli("export", "--config", str(config_path), "--int8")
-    ports = {name: _free_port() for name in ("local", "predictor", "remote")}
-    processes = [_start(["serve", "--config", str(config_path)], ports["local"], tmp / "local.log"),
-                 _start(["serve-predictor", "--model-repository", str(tmp / "run/export/model_repository"),
-                         "--config", str(config_path)], ports["predictor"], tmp / "predictor.log")]
-    processes.append(_start(["serve", "--config", str(config_path), "--predictor-url",
-                             f"http://127.0.0.1:{ports['predictor']}"], ports["remote"], tmp / "remote.log"))
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    yield {"tmp": tmp, "config": config_path, "urls": urls, "workdir": tmp / "run"}
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with ExitStack() as servers:
+        urls = {"local": servers.enter_context(model_server(["serve", "--config", str(config_path)], free_port(),
+                                                            tmp / "local.log", ENV))}
+        urls["predictor"] = servers.enter_context(model_server(
+            ["serve-predictor", "--model-repository", str(tmp / "run/export/model_repository"), "--config",
+             str(config_path)], free_port(), tmp / "predictor.log", ENV))
+        urls["remote"] = servers.enter_context(model_server(
+            ["serve", "--config", str(config_path), "--predictor-url", urls["predictor"]], free_port(),
+            tmp / "remote.log", ENV))
+        yield {"tmp": tmp, "config": config_path, "urls": urls, "workdir": tmp / "run"}
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +163,7 @@ def test_score_cli_is_a_tritonclient_rerank(deployment, catalog):
     ranking = json.loads(result.stdout)
     assert {i["item_id"] for i in ranking["items"]} == set(candidates[:5] + ["no-such-item"])
     assert [i["item_id"] for i in ranking["items"] if i["unknown"]] == ["no-such-item"]
-    down = subprocess.run([*CLI, "score", "--url", f"http://127.0.0.1:{_free_port()}", "--query", "x",
+    down = subprocess.run([*CLI, "score", "--url", f"http://127.0.0.1:{free_port()}", "--query", "x",
                            "--candidates", "a"], capture_output=True, text=True, env=ENV)
     assert down.returncode == 2 and "error:" in down.stderr
 
