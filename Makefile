@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow bench-quality bench-serving image image-base image-push clean
+.PHONY: demo demo-core test test-slow bench-quality bench-serving bench-canary image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned resolve would pull the CUDA build (gigabytes).
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,platform,serving]'
+	@command -v kubectl >/dev/null || echo "warning: kubectl is not on PATH; tests/test_canary.py renders and patches manifests with it (any recent client, no cluster needed)"
 	touch $(STAMP)
 
 ## Main job: the KFP training pipeline run locally (kfp.local) on the synthetic shop, quick profile, MiniLM-L6:
@@ -41,6 +42,11 @@ bench-quality: $(STAMP)
 ## cache replays, teacher cost, int8 quality → benchmarks/results/serving.{json,md} + serving-latency.png
 bench-serving: $(STAMP)
 	$(PY) -m benchmarks.serving --config configs/homedepot.yaml
+
+## The local canary loop on Home Depot (needs the bench-quality run, about 1 minute): human-only student (champion)
+## vs distilled student (challenger) behind a 10% splitter → benchmarks/results/canary-homedepot.{md,json,png}
+bench-canary: $(STAMP)
+	$(PY) -m benchmarks.canary_homedepot --config configs/homedepot.yaml
 
 ## The image every KFP step runs in (infra/docker/README.md): make image IMAGE=registry.example.com/relevance:0.1.0
 IMAGE      ?= relevance:0.1.0

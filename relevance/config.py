@@ -232,6 +232,9 @@ class CanaryConfig(_Strict):
     min_queries: int = Field(20, ge=2)  # fewer paired queries than this: hold, whatever the means say
     judge_queries: int = Field(100, ge=0)  # unlabelled replayed queries the teacher judges (0: no judge)
     judge_top_k: PositiveInt = 10
+    # The judge is the teacher the challenger was distilled from, so it favours students that imitate it: by
+    # default its verdict can block a rollout (a loss) but not carry one (a win); human labels must.
+    judge_can_promote: bool = False
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_ms: float = Field(100.0, gt=0)
     max_p99_ratio: float = Field(1.5, ge=1)  # challenger p99 over champion p99

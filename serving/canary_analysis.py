@@ -15,6 +15,8 @@ mean is computed (Efron & Tibshirani, 1993, *An Introduction to the Bootstrap*, 
 Decision (:func:`decide`): **rollback** if the challenger breaks an SLO or a confidence interval lies wholly
 below zero; **promote** if a confidence interval over at least ``min_queries`` queries lies wholly above zero and
 none says worse; otherwise **hold** (the difference is noise at this sample size: keep the canary running).
+The teacher's verdict is not independent of a student distilled from it (it prefers its imitators), so by
+default (``canary.judge_can_promote: false``) a judged win alone does not promote; a judged loss does roll back.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from relevance.config import CanaryConfig
 
 PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
+LABELLED, JUDGE = "labelled", "teacher judge"
 LATENCY_METRIC = "relevance_request_seconds"
 OUTCOME_METRIC = "relevance_requests_total"
 
@@ -204,7 +207,8 @@ def decide(quality: list[QualityEvidence], slo: dict[str, SloEvidence], config: 
             breaches.append(f"challenger p99 {challenger.p99_ms:.1f} ms > {config.max_p99_ratio:g} × champion's "
                             f"{champion.p99_ms:.1f} ms")
     worse = [q for q in quality if q.ci_high < 0]
-    better = [q for q in quality if q.ci_low > 0 and q.queries >= config.min_queries]
+    wins = [q for q in quality if q.ci_low > 0 and q.queries >= config.min_queries]
+    better = [q for q in wins if q.name != JUDGE or config.judge_can_promote]
     if breaches or worse:
         reasons += [f"SLO breached: {b}" for b in breaches]
         reasons += [f"worse beyond noise: {q.line()}" for q in worse]
@@ -216,7 +220,10 @@ def decide(quality: list[QualityEvidence], slo: dict[str, SloEvidence], config: 
         reasons += ["SLOs met" if challenger is not None else "no SLO metrics were read"]
         return Decision(PROMOTE, reasons, quality, slo)
     for q in quality:
-        if q.queries < config.min_queries:
+        if q in wins:
+            reasons.append(f"{q.name} favours the challenger but cannot promote alone (canary.judge_can_promote "
+                           f"is off: the challenger was distilled from this teacher): {q.line()}")
+        elif q.queries < config.min_queries:
             reasons.append(f"too few queries to decide on {q.name} ({q.queries} < canary.min_queries "
                            f"{config.min_queries}): {q.line()}")
         else:
@@ -278,7 +285,7 @@ def labelled_evidence(pairs, rankings: dict[str, dict[str, dict]], num_grades: i
         per_server[server] = _per_query_ndcg(pairs["query_id"], pairs["grade"], scores, k, num_grades)
         accuracy[server] = float((predicted == pairs["grade"].to_numpy()).mean())
     queries = sorted(per_server["champion"])
-    return compare("labelled", f"ndcg@{k}", np.array([per_server["champion"][q] for q in queries]),
+    return compare(LABELLED, f"ndcg@{k}", np.array([per_server["champion"][q] for q in queries]),
                    np.array([per_server["challenger"][q] for q in queries]), config,
                    accuracy=(accuracy["champion"], accuracy["challenger"]), pairs=int(len(pairs)))
 
@@ -312,7 +319,7 @@ def judge_evidence(queries: list[ReplayQuery], rankings: dict[str, dict[str, dic
     shared = sorted(set(per_server["champion"]) & set(per_server["challenger"]))
     if not shared:
         return None
-    return compare("teacher judge", f"ndcg@{k}", np.array([per_server["champion"][q] for q in shared]),
+    return compare(JUDGE, f"ndcg@{k}", np.array([per_server["champion"][q] for q in shared]),
                    np.array([per_server["challenger"][q] for q in shared]), config, judged_pairs=len(rows))
 
 

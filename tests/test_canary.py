@@ -323,6 +323,16 @@ def test_too_few_queries_hold_even_when_the_mean_is_better():
     assert decision.action == analysis.HOLD and "too few queries" in decision.reasons[0]
 
 
+def test_a_judged_win_alone_holds_unless_the_judge_may_promote():
+    judged = _evidence(0.08, 0.05, seed=2)
+    judged.name = analysis.JUDGE
+    noise = _evidence(0.0, 0.1)
+    decision = analysis.decide([noise, judged], HEALTHY, CANARY)
+    assert decision.action == analysis.HOLD and "cannot promote alone" in " ".join(decision.reasons)
+    trusting = CANARY.model_copy(update={"judge_can_promote": True})
+    assert analysis.decide([noise, judged], HEALTHY, trusting).action == analysis.PROMOTE
+
+
 def test_a_judge_that_sees_a_loss_blocks_promotion():
     judged = _evidence(-0.1, 0.05, seed=2)
     judged.name = "teacher judge"

@@ -1,0 +1,100 @@
+"""The local canary loop on Home Depot: champion = the student trained on human labels only, challenger = the
+student distilled from the teacher (both from `make bench-quality`'s run). Both serve for real on loopback
+behind a 10% splitter; the analysis replays the 1,183 test queries (human grades) and 100 unjudged impression
+queries (judged by the MiniLM teacher) to both, reads their Prometheus metrics and decides.
+
+    python -m benchmarks.canary_homedepot --config configs/homedepot.yaml
+
+Writes benchmarks/results/canary-homedepot.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = [f"{q['name']}\n{q['metric']} ({q['queries']} q)" for q in report["quality"]]
+    diffs = [q["mean_diff"] for q in report["quality"]]
+    errors = [[d - q["ci_low"] for d, q in zip(diffs, report["quality"])],
+              [q["ci_high"] - d for d, q in zip(diffs, report["quality"])]]
+    left.errorbar(diffs, range(len(diffs)), xerr=errors, fmt="o", capsize=6, color="tab:blue")
+    left.axvline(0, color="grey", lw=1, ls="--")
+    left.set_yticks(range(len(names)), names)
+    left.set_xlabel("challenger − champion (mean per query, 95% bootstrap CI)")
+    left.set_title(f"decision: {report['decision'].upper()}")
+    servers = list(report["slo"])
+    for offset, key in ((-0.2, "p50_ms"), (0.2, "p99_ms")):
+        right.bar([i + offset for i in range(len(servers))], [report["slo"][s][key] for s in servers], width=0.4,
+                  label=key.replace("_ms", ""))
+    right.set_xticks(range(len(servers)), servers)
+    right.set_ylabel("request latency (ms)")
+    right.legend()
+    right.set_title("SLO window (server metrics)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/homedepot.yaml")
+    parser.add_argument("--percent", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=1000)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from relevance import workflow
+    from relevance.config import load_config
+    from relevance.export import export_bundle
+    from relevance.teacher import Teacher
+    from serving.canary_local import run_local_canary
+
+    config = load_config(args.config)
+    paths = workflow.paths(config)
+    dataset = workflow.step_prepare(config)
+    champion = Path(config.workdir) / "export-human-only"
+    if not (champion / "bundle.json").exists():
+        for result in export_bundle(paths["student_human_only"], champion, dataset.items):
+            print(f"{result.path}: max |onnx - torch| {result.max_abs_diff:.2e}")
+    challenger = Path(config.workdir) / "export"
+    if not (challenger / "bundle.json").exists():
+        raise SystemExit(f"{challenger}: run `relevance export -c {args.config}` first")
+    started = datetime.now(timezone.utc)
+    result = run_local_canary(config, ["--config", str(args.config)], champion, challenger,
+                              Path(config.workdir) / "feature_repo", dataset, Teacher.load(paths["teacher"]),
+                              args.percent, args.requests, Path(config.workdir) / "canary-local")
+    seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    context = {"command": f"python -m benchmarks.canary_homedepot --config {args.config} --percent {args.percent} "
+                          f"--requests {args.requests}",
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+               "date": started.strftime("%Y-%m-%d"), "wall_seconds": round(seconds, 1),
+               "champion": "student trained on human labels only", "challenger": "student distilled from the teacher"}
+    report = {**json.loads(Path(result["json"]).read_text()), "run": context}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "canary-homedepot.json").write_text(json.dumps(report, indent=2))
+    markdown = Path(result["report"]).read_text().replace("# Canary analysis", "# Canary analysis on Home Depot", 1)
+    markdown += "\n## Run\n\n" + "\n".join(f"- {k}: {v}" for k, v in context.items()) + "\n"
+    markdown += "\n![decision and SLOs](canary-homedepot.png)\n"
+    (RESULTS / "canary-homedepot.md").write_text(markdown)
+    plot(report, RESULTS / "canary-homedepot.png")
+    shutil.copy(RESULTS / "canary-homedepot.md", Path(config.workdir) / "canary-local" / "report.md")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
