@@ -6,11 +6,14 @@ repository); the transformer is shared, which is why the challenger must compute
 
 | step     | InferenceService patch (JSON merge)                                   | registry (with --apply) |
 |----------|-----------------------------------------------------------------------|-------------------------|
-| start    | predictor storageUri → challenger's, canaryTrafficPercent → P          | challenger → vN         |
-| promote  | canaryTrafficPercent removed: the latest revision takes 100%           | champion → vN           |
-| rollback | during a canary: canaryTrafficPercent → 0 (all traffic back on the     | challenger alias        |
-|          | previous revision at once) and storageUri → champion's                 | removed                 |
+| start    | predictor storageUri → vN's, canaryTrafficPercent → P                  | canary → vN             |
+| promote  | canaryTrafficPercent removed: the latest revision (vN) takes 100%      | champion → vN           |
+| rollback | during a canary: canaryTrafficPercent → 0 (all traffic back on the     | canary alias removed    |
+|          | previous revision at once) and storageUri → champion's                 |                         |
 |          | after a promotion: storageUri → previous champion's, percent removed   | champion → previous     |
+
+The version under canary has its own ``canary`` alias: the pipeline moves ``challenger`` whenever a new student
+passes its gate, and a nightly run must not change which version a running canary promotes.
 
 Annotations on the InferenceService record which registry versions it serves (``relevance/champion-version``,
 ``relevance/challenger-version``), so ``kubectl get isvc -o yaml`` tells without the registry.
@@ -25,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relevance.config import RunConfig
-from relevance.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, Registry, RegistryError
+from relevance.registry import CHAMPION, PREVIOUS_CHAMPION_TAG, Registry
 
+CANARY = "canary"  # registry alias of the version the cluster is canarying
 CHAMPION_ANNOTATION = "relevance/champion-version"
 CHALLENGER_ANNOTATION = "relevance/challenger-version"
 
@@ -98,28 +102,36 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
                                     "model": {"storageUri": model_repository_uri(source)}}}}
 
     def apply_registry() -> None:
-        registry.client.set_registered_model_alias(name, CHALLENGER, str(version))
+        registry.client.set_registered_model_alias(name, CANARY, str(version))
 
     return Plan("start", patch, _patch_command(config, patch),
-                f"{name}: {CHALLENGER} → v{version} (champion stays v{champion})", apply_registry)
+                f"{name}: {CANARY} → v{version} (champion stays v{champion})", apply_registry)
 
 
 def plan_promote(config: RunConfig, registry: Registry) -> Plan:
     name = config.registry.student_name
-    challenger = registry.alias_version(name, CHALLENGER)
+    challenger = registry.alias_version(name, CANARY)
     if challenger is None:
-        raise CanaryError(f"{name} has no {CHALLENGER!r}: start a canary first (`relevance canary start`)")
+        raise CanaryError(f"{name} has no {CANARY!r} alias: start a canary first (`relevance canary start`)")
+    source = _version_source(registry, name, challenger)
+    # The storageUri is the one the canary already runs: restating it makes the patch right on its own.
     patch = {"metadata": {"annotations": {CHAMPION_ANNOTATION: str(challenger), CHALLENGER_ANNOTATION: None}},
-             "spec": {"predictor": {"canaryTrafficPercent": None}}}
+             "spec": {"predictor": {"canaryTrafficPercent": None,
+                                    "model": {"storageUri": model_repository_uri(source)}}}}
+
+    def apply_registry() -> None:
+        registry.promote(name, challenger)
+        registry.client.delete_registered_model_alias(name, CANARY)
+
     return Plan("promote", patch, _patch_command(config, patch),
                 f"{name}: {CHAMPION} → v{challenger} (was v{registry.alias_version(name, CHAMPION)}; kept for "
-                "rollback)", lambda: registry.promote(name, challenger))
+                "rollback)", apply_registry)
 
 
 def plan_rollback(config: RunConfig, registry: Registry) -> Plan:
     name = config.registry.student_name
     champion = registry.alias_version(name, CHAMPION)
-    challenger = registry.alias_version(name, CHALLENGER)
+    challenger = registry.alias_version(name, CANARY)
     if champion is None:
         raise CanaryError(f"{name} has no {CHAMPION!r} in the registry at {registry.uri}: nothing to roll back to")
     if challenger is not None and challenger != champion:  # a canary is running: send everything back now
@@ -129,11 +141,11 @@ def plan_rollback(config: RunConfig, registry: Registry) -> Plan:
                                         "model": {"storageUri": model_repository_uri(source)}}}}
 
         def apply_registry() -> None:
-            registry.client.delete_registered_model_alias(name, CHALLENGER)
+            registry.client.delete_registered_model_alias(name, CANARY)
             registry.client.set_model_version_tag(name, str(challenger), "canary", "rolled back")
 
         return Plan("rollback", patch, _patch_command(config, patch),
-                    f"{name}: {CHALLENGER} alias v{challenger} removed (champion stays v{champion})", apply_registry)
+                    f"{name}: {CANARY} alias v{challenger} removed (champion stays v{champion})", apply_registry)
     previous = registry.client.get_registered_model(name).tags.get(PREVIOUS_CHAMPION_TAG)
     if not previous:
         raise CanaryError(f"{name}: no canary is running and no promotion to undo (no {PREVIOUS_CHAMPION_TAG!r} tag)")
@@ -161,14 +173,20 @@ def dry_run(config: RunConfig, plan: Plan, crd_file: str | None = None) -> tuple
 
 
 def apply(config: RunConfig, plan: Plan) -> str:
-    """Send the patch to the cluster (kubectl's current context), then move the registry aliases."""
-    from serving.canary_manifests import kubectl
+    """Send the patch to the cluster (kubectl's current context), then move the registry aliases. A storage URI
+    KServe cannot fetch is refused before anything changes."""
+    from serving.canary_manifests import STORAGE_SCHEMES, kubectl
 
+    uri = plan.patch["spec"]["predictor"].get("model", {}).get("storageUri")
+    if uri is not None and not uri.startswith(STORAGE_SCHEMES):
+        raise CanaryError(f"storageUri {uri!r} is not one KServe's storage initializer can fetch "
+                          f"({', '.join(STORAGE_SCHEMES)}): point registry.tracking_uri at an MLflow server whose "
+                          "artifact store is object storage; nothing was changed")
     out = kubectl(plan.command[1:], binary=config.canary.kubectl)
     if plan.apply_registry is not None:
         try:
             plan.apply_registry()
-        except RegistryError as error:
-            raise CanaryError(f"the cluster was patched but the registry was not: {error}; run the registry "
-                              f"step by hand ({plan.registry_change})") from None
+        except Exception as error:  # MlflowException and friends: the cluster has changed, say what is left
+            raise CanaryError(f"the cluster was patched but the registry was not ({error}); do the registry step "
+                              f"by hand: {plan.registry_change}") from None
     return out

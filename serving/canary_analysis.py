@@ -152,6 +152,10 @@ def slo_window(server: str, before: dict, after: dict) -> SloEvidence:
     """The SLO numbers of what happened between two scrapes of one server."""
     buckets = {b: after["buckets"].get(b, 0.0) - before["buckets"].get(b, 0.0) for b in after["buckets"]}
     outcomes = {o: after["outcomes"].get(o, 0.0) - before["outcomes"].get(o, 0.0) for o in after["outcomes"]}
+    if any(v < 0 for v in [*buckets.values(), *outcomes.values()]) or \
+            set(before["outcomes"]) - set(after["outcomes"]):
+        raise ValueError(f"{server}: its counters went down between the two scrapes: the server restarted, or the "
+                         "scrapes reached different replicas; analyse one server process per variant")
     requests = int(round(sum(outcomes.values())))
     # Server errors only: a bad request is the client's, and both servers are sent the same requests.
     errors = int(round(outcomes.get("error", 0.0)))
@@ -206,7 +210,7 @@ def decide(quality: list[QualityEvidence], slo: dict[str, SloEvidence], config: 
                 challenger.p99_ms > config.max_p99_ratio * champion.p99_ms:
             breaches.append(f"challenger p99 {challenger.p99_ms:.1f} ms > {config.max_p99_ratio:g} × champion's "
                             f"{champion.p99_ms:.1f} ms")
-    worse = [q for q in quality if q.ci_high < 0]
+    worse = [q for q in quality if q.ci_high < 0 and q.queries >= config.min_queries]
     wins = [q for q in quality if q.ci_low > 0 and q.queries >= config.min_queries]
     better = [q for q in wins if q.name != JUDGE or config.judge_can_promote]
     if breaches or worse:
@@ -215,6 +219,9 @@ def decide(quality: list[QualityEvidence], slo: dict[str, SloEvidence], config: 
         return Decision(ROLLBACK, reasons, quality, slo)
     if not quality:
         return Decision(HOLD, ["no quality evidence (no replayed queries)"], quality, slo)
+    if challenger is not None and (challenger.requests == 0 or challenger.p99_ms is None):
+        return Decision(HOLD, ["the challenger served no requests in the analysis window: its SLOs are unknown"],
+                        quality, slo)
     if better:
         reasons += [f"better beyond noise: {q.line()}" for q in better]
         reasons += ["SLOs met" if challenger is not None else "no SLO metrics were read"]

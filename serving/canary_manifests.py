@@ -35,6 +35,7 @@ KSERVE_API = "serving.kserve.io"
 ISVC_KIND, RUNTIME_KIND = "InferenceService", "ServingRuntime"
 # Schemes KServe's storage initializer fetches (kserve/storage); anything else fails at pod start.
 STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "hdfs://", "webhdfs://", "hf://", "oci://", "https://", "http://")
+KNATIVE_MODES = ("Serverless", "Knative")  # the same mode before and after KServe 0.17
 INFRA = Path(__file__).resolve().parent.parent / "infra" / "kserve"
 OVERLAYS = ("dev", "prod", "canary")
 
@@ -205,7 +206,11 @@ def check_inference_service(isvc: dict, runtimes: list[dict]) -> list[str]:
     """What the CRD schema does not say but KServe (or the canary) relies on."""
     errors = []
     annotations = isvc.get("metadata", {}).get("annotations") or {}
-    mode = annotations.get("serving.kserve.io/deploymentMode", "Serverless")
+    # KServe 0.17 renamed Serverless to Knative and made Standard (raw) the default: say it explicitly.
+    mode = annotations.get("serving.kserve.io/deploymentMode")
+    if mode not in KNATIVE_MODES:
+        errors.append(f"metadata.annotations.serving.kserve.io/deploymentMode: expected one of {KNATIVE_MODES} "
+                      f"(canary traffic splitting needs Knative revisions), got {mode!r}")
     spec = isvc.get("spec") or {}
     for component in ("predictor", "transformer"):
         percent = (spec.get(component) or {}).get("canaryTrafficPercent")
@@ -213,7 +218,7 @@ def check_inference_service(isvc: dict, runtimes: list[dict]) -> list[str]:
             continue
         if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
             errors.append(f"spec.{component}.canaryTrafficPercent: expected an integer in 0..100, got {percent!r}")
-        if mode != "Serverless":
+        if mode not in KNATIVE_MODES:
             errors.append(f"spec.{component}.canaryTrafficPercent is set but deploymentMode is {mode}: KServe "
                           "ignores canaryTrafficPercent outside Serverless (Knative) mode")
     model = (spec.get("predictor") or {}).get("model")

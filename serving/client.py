@@ -11,6 +11,20 @@ class ScoreError(RuntimeError):
     pass
 
 
+def triton_client(url: str, timeout_s: float = 10.0):
+    """A tritonclient.http client for ``http://host:port`` or ``https://host[:port]`` (tritonclient itself wants
+    the host without a scheme, and ``ssl=True`` for https)."""
+    import tritonclient.http as httpclient
+
+    scheme, separator, host = url.partition("://")
+    if not separator:
+        scheme, host = "http", url
+    if scheme not in ("http", "https") or not host:
+        raise ScoreError(f"{url!r}: expected http://host:port or https://host[:port]")
+    return httpclient.InferenceServerClient(host.rstrip("/"), ssl=scheme == "https", connection_timeout=timeout_s,
+                                            network_timeout=timeout_s)
+
+
 def rerank(url: str, model: str, query: str, candidates: list[str], locale: str = "",
            timeout_s: float = 10.0) -> dict:
     """{"items": [{"item_id", "score", "probs", "unknown"}]} best first, from the server at ``url``."""
@@ -19,8 +33,7 @@ def rerank(url: str, model: str, query: str, candidates: list[str], locale: str 
 
     if not candidates:
         raise ScoreError("give at least one candidate item id")
-    client = httpclient.InferenceServerClient(url.removeprefix("http://"), connection_timeout=timeout_s,
-                                              network_timeout=timeout_s)
+    client = triton_client(url, timeout_s)
     inputs = []
     for name, values in (("query", [query]), ("candidates", candidates), ("locale", [locale])):
         tensor = httpclient.InferInput(name, [len(values)], "BYTES")

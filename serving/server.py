@@ -143,11 +143,9 @@ class RerankModel(kserve.Model):
         self.scorer = self.scorer_factory()
         self.num_grades = int(self.scorer.bundle.manifest["num_grades"])
         if self.predictor_url:
-            import tritonclient.http as httpclient
+            from serving.client import triton_client
 
-            url = self.predictor_url.removeprefix("http://")
-            self.triton = httpclient.InferenceServerClient(url, connection_timeout=self.predictor_timeout_s,
-                                                           network_timeout=self.predictor_timeout_s)
+            self.triton = triton_client(self.predictor_url, self.predictor_timeout_s)
             if not self.triton.is_model_ready(self.name):
                 raise RuntimeError(f"predictor {self.predictor_url} has no ready model {self.name!r}")
         elif self.scorer.student is None:

@@ -22,7 +22,7 @@ import yaml
 from conftest import tiny_run_settings
 from relevance.config import CanaryConfig, RunConfig
 from serving import canary_analysis as analysis
-from serving.canary import (CHALLENGER_ANNOTATION, CHAMPION_ANNOTATION, CanaryError, dry_run, model_repository_uri,
+from serving.canary import (CANARY as CANARY_ALIAS, CHALLENGER_ANNOTATION, CHAMPION_ANNOTATION, CanaryError, dry_run, model_repository_uri,
                             plan_promote, plan_rollback, plan_start)
 from serving.canary_manifests import (INFRA, OVERLAYS, KUBERNETES_VERSION, inference_service, patch_local, render,
                                       validate)
@@ -193,6 +193,7 @@ def test_start_promote_rollback_patches_round_trip(registry_config, rendered):
     from relevance.registry import CHALLENGER, CHAMPION
 
     config, registry = registry_config
+    registry.client.set_registered_model_alias(config.registry.student_name, CHALLENGER, "3")  # a nightly run
     name = config.registry.student_name
     prod = inference_service(rendered["prod"])
     others = [r for r in rendered["prod"] if r["kind"] != "InferenceService"]
@@ -209,7 +210,8 @@ def test_start_promote_rollback_patches_round_trip(registry_config, rendered):
     # file:// sources (the local registry) are not fetchable by KServe: the validator says so, nothing else.
     assert [e for e in validate([*others, canary]) if "storageUri" not in e] == []
     start.apply_registry()
-    assert registry.alias_version(name, CHALLENGER) == 2
+    assert registry.alias_version(name, CANARY_ALIAS) == 2
+    registry.client.set_registered_model_alias(name, CHALLENGER, "3")  # a pipeline run meanwhile: no effect
 
     # rollback during the canary: all traffic back on the champion's revision, champion's model in the spec
     abort = plan_rollback(config, registry)
@@ -226,7 +228,7 @@ def test_start_promote_rollback_patches_round_trip(registry_config, rendered):
     assert promoted["metadata"]["annotations"][CHAMPION_ANNOTATION] == "2"
     assert [e for e in validate([*others, promoted]) if "storageUri" not in e] == []
     promote.apply_registry()
-    assert registry.alias_version(name, CHAMPION) == 2 and registry.alias_version(name, CHALLENGER) is None
+    assert registry.alias_version(name, CHAMPION) == 2 and registry.alias_version(name, CANARY_ALIAS) is None
 
     # rollback after the promotion: the previous champion's model back, at 100%
     undo = plan_rollback(config, registry)
@@ -261,28 +263,38 @@ def test_dry_run_patches_the_rendered_overlay(registry_config):
 
 
 def test_cli_prints_the_command_and_changes_nothing_without_apply(registry_config, tmp_path):
-    from relevance.registry import CHALLENGER
-
     config, registry = registry_config
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"registry": {"tracking_uri": config.registry.tracking_uri}}))
     out = _run("canary", "start", "--model-version", "2", "--percent", "10", "-c", str(path)).stdout
     assert out.startswith("kubectl patch inferenceservice relevance-student --namespace relevance --type merge -p ")
-    assert '"canaryTrafficPercent": 10' in out and "registry (with --apply): relevance-student: challenger → v2" in out
-    assert registry.alias_version(config.registry.student_name, CHALLENGER) is None
+    assert '"canaryTrafficPercent": 10' in out and "registry (with --apply): relevance-student: canary → v2" in out
+    assert registry.alias_version(config.registry.student_name, CANARY_ALIAS) is None
 
     dry = _run("canary", "start", "--model-version", "2", "--percent", "10", "-c", str(path), "--dry-run", check=False)
     assert dry.returncode == 1 and "canaryTrafficPercent: 10" in dry.stdout and "file://" in dry.stderr
 
     bad = _run("canary", "start", "--model-version", "2", "--percent", "150", "-c", str(path), check=False)
     assert bad.returncode == 2 and "less than or equal to 99" in bad.stderr
-    # --apply without a cluster: kubectl fails, and the registry is left as it was.
+    # --apply with the local registry's file:// URIs: refused before kubectl runs; nothing changes.
+    applied = _run("canary", "start", "--model-version", "2", "--percent", "10", "-c", str(path), "--apply",
+                   check=False)
+    assert applied.returncode == 2 and "nothing was changed" in applied.stderr
+    assert registry.alias_version(config.registry.student_name, CANARY_ALIAS) is None
+
+
+def test_apply_leaves_the_registry_alone_when_kubectl_fails(registry_config, tmp_path, monkeypatch):
+    from serving.canary import apply
+
+    config, registry = registry_config
+    plan = plan_start(config, registry, 2, 10)
+    plan.patch["spec"]["predictor"]["model"]["storageUri"] = "s3://models/student/2/onnx/model_repository"
     kubeconfig = tmp_path / "no-cluster"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
-    applied = subprocess.run([*CLI, "canary", "start", "--model-version", "2", "--percent", "10", "-c", str(path),
-                              "--apply"], capture_output=True, text=True, env={**ENV, "KUBECONFIG": str(kubeconfig)})
-    assert applied.returncode == 2 and "kubectl patch inferenceservice" in applied.stderr
-    assert registry.alias_version(config.registry.student_name, CHALLENGER) is None
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    with pytest.raises(ValueError, match="kubectl patch inferenceservice relevance-student .* failed"):
+        apply(config, plan)
+    assert registry.alias_version(config.registry.student_name, CANARY_ALIAS) is None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -335,7 +347,7 @@ def test_a_judged_win_alone_holds_unless_the_judge_may_promote():
 
 def test_a_judge_that_sees_a_loss_blocks_promotion():
     judged = _evidence(-0.1, 0.05, seed=2)
-    judged.name = "teacher judge"
+    judged.name = analysis.JUDGE
     decision = analysis.decide([_evidence(0.08, 0.05), judged], HEALTHY, CANARY)
     assert decision.action == analysis.ROLLBACK and "teacher judge" in " ".join(decision.reasons)
 
@@ -348,6 +360,20 @@ def test_a_judge_that_sees_a_loss_blocks_promotion():
 def test_slo_breach_rolls_back_a_better_model(challenger, reason):
     decision = analysis.decide([_evidence(0.08, 0.05)], {**HEALTHY, "challenger": challenger}, CANARY)
     assert decision.action == analysis.ROLLBACK and any(reason in r for r in decision.reasons), decision.reasons
+
+
+def test_no_challenger_traffic_or_a_restart_is_not_evidence():
+    silent = {**HEALTHY, "challenger": analysis.SloEvidence("challenger", 0, 0, None, None)}
+    assert analysis.decide([_evidence(0.08, 0.05)], silent, CANARY).action == analysis.HOLD
+    before = {"buckets": {0.01: 50.0, float("inf"): 60.0}, "outcomes": {"ok": 60.0}}
+    after = {"buckets": {0.01: 5.0, float("inf"): 6.0}, "outcomes": {"ok": 6.0}}
+    with pytest.raises(ValueError, match="counters went down"):
+        analysis.slo_window("challenger", before, after)
+
+
+def test_a_loss_on_too_few_queries_holds():
+    decision = analysis.decide([_evidence(-0.08, 0.01, n=5)], HEALTHY, CANARY)
+    assert decision.action == analysis.HOLD and "too few queries" in decision.reasons[0]
 
 
 def test_slo_window_reads_prometheus_metrics():
