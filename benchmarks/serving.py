@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from serving.canary_local import free_port
+from serving.canary_local import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,19 +67,7 @@ class Server:
         self.process = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "relevance.cli", "serve",
                                          "-c", str(config_path), "--port", str(self.port)],
                                         stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        import httpx
-
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: see {log}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not ready in 180 s: see {log}")
+        wait_ready(self.url, self.process, log, timeout=180)
 
     def metrics(self) -> str:
         import httpx

@@ -79,6 +79,13 @@ def _carry_out(run_config, plan, apply: bool, dry_run: bool, crd: Optional[Path]
         typer.echo(f"done: {plan.action}")
 
 
+def _plan_and_carry_out(planner, config, profile, tracking_uri, apply, dry_run, crd, *args) -> None:
+    from relevance.registry import Registry
+
+    run_config = _setup(config, profile, tracking_uri)
+    _carry_out(run_config, planner(run_config, Registry(run_config.registry), *args), apply, dry_run, crd)
+
+
 @canary_app.command("start")
 @_errors
 def start(model_version: int = typer.Option(..., "--model-version", min=1, help="Registered student version."),
@@ -87,12 +94,9 @@ def start(model_version: int = typer.Option(..., "--model-version", min=1, help=
           tracking_uri: Optional[str] = TrackingOption, apply: bool = ApplyOption, dry_run: bool = DryRunOption,
           crd: Optional[Path] = CrdOption):
     """Send --percent of the predictor's traffic to registered student --model-version."""
-    from relevance.registry import Registry
     from serving.canary import plan_start
 
-    run_config = _setup(config, profile, tracking_uri)
-    plan = plan_start(run_config, Registry(run_config.registry), model_version, percent)
-    _carry_out(run_config, plan, apply, dry_run, crd)
+    _plan_and_carry_out(plan_start, config, profile, tracking_uri, apply, dry_run, crd, model_version, percent)
 
 
 @canary_app.command("promote")
@@ -101,11 +105,9 @@ def promote(config: Optional[Path] = ConfigOption, profile: Optional[str] = Prof
             tracking_uri: Optional[str] = TrackingOption, apply: bool = ApplyOption, dry_run: bool = DryRunOption,
             crd: Optional[Path] = CrdOption):
     """Give the challenger all the traffic and make it the champion."""
-    from relevance.registry import Registry
     from serving.canary import plan_promote
 
-    run_config = _setup(config, profile, tracking_uri)
-    _carry_out(run_config, plan_promote(run_config, Registry(run_config.registry)), apply, dry_run, crd)
+    _plan_and_carry_out(plan_promote, config, profile, tracking_uri, apply, dry_run, crd)
 
 
 @canary_app.command("rollback")
@@ -114,11 +116,9 @@ def rollback(config: Optional[Path] = ConfigOption, profile: Optional[str] = Pro
              tracking_uri: Optional[str] = TrackingOption, apply: bool = ApplyOption, dry_run: bool = DryRunOption,
              crd: Optional[Path] = CrdOption):
     """Abort a running canary (all traffic back on the champion at once), or undo the last promotion."""
-    from relevance.registry import Registry
     from serving.canary import plan_rollback
 
-    run_config = _setup(config, profile, tracking_uri)
-    _carry_out(run_config, plan_rollback(run_config, Registry(run_config.registry)), apply, dry_run, crd)
+    _plan_and_carry_out(plan_rollback, config, profile, tracking_uri, apply, dry_run, crd)
 
 
 def _teacher(run_config, teacher_dir: Optional[Path], judge: bool):
