@@ -15,8 +15,9 @@ repository); the transformer is shared, which is why the challenger must compute
 The version under canary has its own ``canary`` alias: the pipeline moves ``challenger`` whenever a new student
 passes its gate, and a nightly run must not change which version a running canary promotes.
 
-Annotations on the InferenceService record which registry versions it serves (``relevance/champion-version``,
-``relevance/challenger-version``), so ``kubectl get isvc -o yaml`` tells without the registry.
+The patches touch nothing but the predictor's traffic and model: KServe copies InferenceService annotations into
+every component's pod template, so recording versions there would roll the transformer (cold caches) on every
+step. The registry's aliases are the record; the storageUri names the version's run.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from relevance.config import RunConfig
 from relevance.registry import CHAMPION, PREVIOUS_CHAMPION_TAG, Registry
 
 CANARY = "canary"  # registry alias of the version the cluster is canarying
-CHAMPION_ANNOTATION = "relevance/champion-version"
-CHALLENGER_ANNOTATION = "relevance/challenger-version"
 
 
 class CanaryError(ValueError):
@@ -97,8 +96,7 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
     if theirs != ours:
         raise CanaryError(f"{name} v{version} computes feature version {theirs}, the champion v{champion} "
                           f"{ours}: the shared transformer cannot serve both; roll out a new transformer instead")
-    patch = {"metadata": {"annotations": {CHAMPION_ANNOTATION: str(champion), CHALLENGER_ANNOTATION: str(version)}},
-             "spec": {"predictor": {"canaryTrafficPercent": percent,
+    patch = {"spec": {"predictor": {"canaryTrafficPercent": percent,
                                     "model": {"storageUri": model_repository_uri(source)}}}}
 
     def apply_registry() -> None:
@@ -115,8 +113,7 @@ def plan_promote(config: RunConfig, registry: Registry) -> Plan:
         raise CanaryError(f"{name} has no {CANARY!r} alias: start a canary first (`relevance canary start`)")
     source = _version_source(registry, name, challenger)
     # The storageUri is the one the canary already runs: restating it makes the patch right on its own.
-    patch = {"metadata": {"annotations": {CHAMPION_ANNOTATION: str(challenger), CHALLENGER_ANNOTATION: None}},
-             "spec": {"predictor": {"canaryTrafficPercent": None,
+    patch = {"spec": {"predictor": {"canaryTrafficPercent": None,
                                     "model": {"storageUri": model_repository_uri(source)}}}}
 
     def apply_registry() -> None:
@@ -136,8 +133,7 @@ def plan_rollback(config: RunConfig, registry: Registry) -> Plan:
         raise CanaryError(f"{name} has no {CHAMPION!r} in the registry at {registry.uri}: nothing to roll back to")
     if challenger is not None and challenger != champion:  # a canary is running: send everything back now
         source = _version_source(registry, name, champion)
-        patch = {"metadata": {"annotations": {CHAMPION_ANNOTATION: str(champion), CHALLENGER_ANNOTATION: None}},
-                 "spec": {"predictor": {"canaryTrafficPercent": 0,
+        patch = {"spec": {"predictor": {"canaryTrafficPercent": 0,
                                         "model": {"storageUri": model_repository_uri(source)}}}}
 
         def apply_registry() -> None:
@@ -150,8 +146,7 @@ def plan_rollback(config: RunConfig, registry: Registry) -> Plan:
     if not previous:
         raise CanaryError(f"{name}: no canary is running and no promotion to undo (no {PREVIOUS_CHAMPION_TAG!r} tag)")
     source = _version_source(registry, name, int(previous))
-    patch = {"metadata": {"annotations": {CHAMPION_ANNOTATION: previous, CHALLENGER_ANNOTATION: None}},
-             "spec": {"predictor": {"canaryTrafficPercent": None,
+    patch = {"spec": {"predictor": {"canaryTrafficPercent": None,
                                     "model": {"storageUri": model_repository_uri(source)}}}}
     return Plan("rollback", patch, _patch_command(config, patch),
                 f"{name}: {CHAMPION} → v{previous} (back from v{champion})", lambda: registry.rollback(name))
