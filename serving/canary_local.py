@@ -99,7 +99,8 @@ class Splitter:
         async def forward(request: Request) -> Response:
             variant = self.choose()
             base = self.challenger if variant == "challenger" else self.champion
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")}
             upstream = await client.request(request.method, f"{base}{request.url.path}", content=await request.body(),
                                             headers=headers, params=request.query_params)
             passed = {k: v for k, v in upstream.headers.items()
