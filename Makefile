@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow bench-quality bench-serving bench-canary image image-base image-push clean
+.PHONY: demo demo-core test test-slow bench-quality bench-serving bench-canary report image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -47,6 +47,11 @@ bench-serving: $(STAMP)
 ## vs distilled student (challenger) behind a 10% splitter → benchmarks/results/canary-homedepot.{md,json,png}
 bench-canary: $(STAMP)
 	$(PY) -m benchmarks.canary_homedepot --config configs/homedepot.yaml
+
+## The studies and their report (needs the bench-quality run; each step is cached under runs/studies, so a rerun
+## after one change redoes only what it touched): benchmarks/results/report.html + studies.json
+report: $(STAMP)
+	$(VENV)/bin/relevance report
 
 ## The image every KFP step runs in (infra/docker/README.md): make image IMAGE=registry.example.com/relevance:0.1.0
 IMAGE      ?= relevance:0.1.0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,6 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from benchmarks import machine
     from relevance import workflow
     from relevance.config import load_config
     from relevance.export import export_bundle
@@ -81,7 +81,7 @@ def main() -> None:
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     context = {"command": f"python -m benchmarks.canary_homedepot --config {args.config} --percent {args.percent} "
                           f"--requests {args.requests}",
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+               "machine": machine(),
                "date": started.strftime("%Y-%m-%d"), "wall_seconds": round(seconds, 1),
                "champion": "student trained on human labels only", "challenger": "student distilled from the teacher"}
     report = {**json.loads(Path(result["json"]).read_text()), "run": context}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -21,19 +20,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from benchmarks import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REPORTED = {"accuracy": "accuracy", "macro_f1": "macro_f1", "ndcg@20": "ndcg@20", "rmse_1to3": "rmse_raw",
             "auroc_ge3": "auroc_ge3", "rmse_grade": "rmse_grade", "p@5": "p@5"}
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{len(os.sched_getaffinity(0))} cores ({cpu}), {platform.system()} {platform.machine()}, no GPU"
 
 
 NOTES = Path(__file__).with_name("quality_homedepot_notes.md")

@@ -34,7 +34,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from benchmarks.quality_homedepot import machine
+    from benchmarks import machine
     from relevance.config import TeacherConfig, TextConfig
     from relevance.runtime import autocast, bf16_supported, set_threads
     from relevance.teacher import _build_model, collate, encode_pairs, length_batches

@@ -289,6 +289,20 @@ def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileO
     typer.echo(f"artifacts in {run_config.workdir}/")
 
 
+@app.command()
+def report(only: Optional[list[str]] = typer.Option(None, help="Run only these studies (repeatable): scaling, "
+                                                   "ablation, backbones, labelling, locales, gpu."),
+           config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                                 help="The Home Depot run config (default configs/homedepot.yaml).")):
+    """Rerun the studies whose inputs changed and write benchmarks/results/report.html + studies.json (run from
+    a checkout: the studies live in benchmarks/studies)."""
+    from benchmarks.studies import main as studies_main
+
+    argv = [arg for name in only or [] for arg in ("--only", name)] + (["--config", str(config)] if config else [])
+    studies_json, page = studies_main(argv)
+    typer.echo(f"report: {page}\nstudies: {studies_json}")
+
+
 pipeline_app = typer.Typer(no_args_is_help=True, help="The KFP training pipeline: compile, run locally, submit.")
 registry_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: versions and aliases.")
 app.add_typer(pipeline_app, name="pipeline")

@@ -1,4 +1,5 @@
-"""ONNX export of what serves online: the student MLP and the query encoder, each with a parity check.
+"""ONNX export of what serves online: the student MLP and the query encoder, each with a parity check; and of
+the teacher, for labelling on ONNX Runtime (fp32 or int8).
 
 - Student: input ``features`` [batch, F] (raw featurizer output; the standardisation is inside the graph),
   output ``probs`` [batch, K]. Exported with the torch.export-based exporter.
@@ -147,6 +148,58 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
         onnx.save(model, str(plain))
         quantize_dynamic(str(plain), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
     return Path(out_path)
+
+
+class _TeacherProbabilities(nn.Module):
+    def __init__(self, cross_encoder: nn.Module, names: list[str]):
+        super().__init__()
+        self.cross_encoder = cross_encoder
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.cross_encoder(**dict(zip(self.names, tensors))), dim=-1)
+
+
+def export_teacher(teacher_dir: str | Path, out_path: str | Path, tolerance: float = 1e-4) -> ExportResult:
+    """The teacher cross-encoder as ONNX: token ids (as :func:`relevance.teacher.encode_pairs` makes them) →
+    ``probs`` [batch, K]. TorchScript exporter on eager attention, like the query encoder."""
+    from relevance.teacher import Teacher, collate, encode_pairs
+
+    teacher = Teacher.load(teacher_dir, torch.device("cpu"), attn_implementation="eager")
+    encodings = encode_pairs(teacher.tokenizer, ["cordless drill", "red sofa", "x"],
+                             ["20V cordless drill with battery", "leather sofa red three seats", "y"],
+                             teacher.text_config)
+    batch = collate(teacher.tokenizer, encodings, np.arange(len(encodings)), torch.device("cpu"))
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]
+    module = _TeacherProbabilities(teacher.model, names).eval()
+    args = tuple(batch[n] for n in names)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names, output_names=["probs"],
+                          opset_version=17, dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                                          "probs": {0: "batch"}})
+    with torch.no_grad():
+        expected = module(*args).numpy()
+    diff = _check(out_path, {n: batch[n].numpy() for n in names}, expected, tolerance)
+    return ExportResult(out_path, diff, names, ["probs"])
+
+
+def onnx_teacher_proba(session, teacher, queries: list[str], item_texts: list[str],
+                       batch_size: int = 128) -> np.ndarray:
+    """Class probabilities [N, K] from an exported teacher on ONNX Runtime, batched like
+    :meth:`relevance.teacher.Teacher.predict_proba` (same tokenisation, length buckets)."""
+    from relevance.teacher import encode_pairs, length_batches
+
+    names = {i.name for i in session.get_inputs()}
+    encodings = encode_pairs(teacher.tokenizer, queries, item_texts, teacher.text_config)
+    lengths = np.array([len(e["input_ids"]) for e in encodings])
+    probs = np.zeros((len(encodings), teacher.num_grades), dtype=np.float32)
+    for index in length_batches(lengths, batch_size):
+        batch = teacher.tokenizer.pad([encodings[i] for i in index], return_tensors="np")
+        probs[index] = session.run(None, {n: batch[n].astype(np.int64) for n in names})[0]
+    return probs
 
 
 def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: bool = False) -> list[ExportResult]:

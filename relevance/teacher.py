@@ -217,13 +217,15 @@ class Teacher:
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | Path, dev: torch.device | None = None) -> "Teacher":
+    def load(cls, directory: str | Path, dev: torch.device | None = None,
+             attn_implementation: str | None = None) -> "Teacher":
+        """``attn_implementation="eager"`` for ONNX export (relevance.export.export_teacher)."""
         from transformers import AutoModel
 
         directory = Path(directory)
         manifest = read_manifest(directory, expected_kind="teacher")
         tokenizer = load_tokenizer(str(directory / "backbone"), manifest["pooling"])
-        backbone = AutoModel.from_pretrained(directory / "backbone")
+        backbone = AutoModel.from_pretrained(directory / "backbone", attn_implementation=attn_implementation)
         model = CrossEncoder(backbone, manifest["num_grades"], manifest["pooling"], manifest["head_hidden"], 0.0,
                              positions_from_mask=is_decoder_tokenizer(tokenizer))
         model.head.load_state_dict(load_file(directory / "head.safetensors"))

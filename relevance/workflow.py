@@ -204,9 +204,11 @@ def step_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels
 
 
 def train_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, labels_dir: Path, pool_path: Path,
-                   outputs: dict[str, Path], featurizer, lineage: dict | None = None) -> dict[str, Path]:
+                   outputs: dict[str, Path], featurizer, lineage: dict | None = None,
+                   pool_queries: set | None = None) -> dict[str, Path]:
     """Train the students named in ``outputs`` that are not saved yet: ``student`` (distilled from the teacher's
-    labels of the pool) and/or ``student_human_only`` (the baseline on human labels alone)."""
+    labels of the pool, or of only ``pool_queries``' part of it) and/or ``student_human_only`` (the baseline on
+    human labels alone)."""
     from relevance.features import FEATURE_VERSION, LEXICAL_FEATURES
     from relevance.labeling import read_labels
     from relevance.student import Student, train_student
@@ -240,6 +242,8 @@ def train_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, label
                         "metrics": metrics}).save(outputs["student_human_only"])
     if "student" in outputs and not (outputs["student"] / "manifest.json").exists():
         labels = read_labels(labels_dir, k, pool_path=pool_path)
+        if pool_queries is not None:
+            labels = labels[labels["query_id"].isin(pool_queries)].reset_index(drop=True)
         if labels["teacher_version"].iloc[0] != teacher_manifest["teacher_version"]:
             raise DataContractError(f"{labels_dir} holds labels of {labels['teacher_version'].iloc[0]}, but the "
                                     f"teacher is {teacher_manifest['teacher_version']}")

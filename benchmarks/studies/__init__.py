@@ -1,0 +1,160 @@
+"""The studies behind the report: each answers one question with numbers from a run made here.
+
+    relevance report                 # every study whose inputs changed, then the report
+    relevance report --only labelling --only scaling
+
+Each study is a module with ``TITLE``, ``QUESTION`` and ``run(steps, args) -> dict`` (its record: tables, figures,
+the answer). Expensive work goes through :class:`Steps`, which keeps each step's result under
+runs/studies/<study>/ keyed by a hash of the step's inputs, so a rerun after one change recomputes only what that
+change touched. Records are merged into benchmarks/results/studies.json (a study not rerun keeps its last
+record) and rendered to benchmarks/results/report.html with the figures embedded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import html
+import importlib
+import io
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import machine
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "runs" / "studies"
+# In the report's order.
+STUDIES = ("scaling", "ablation", "backbones", "labelling", "locales", "gpu")
+
+
+def _key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Steps:
+    """Step-by-step cache of one study (JSON results, and directories for steps that write models)."""
+
+    def __init__(self, study: str, root: Path = CACHE):
+        self.root = Path(root) / study
+        self.computed: list[str] = []
+        self.reused: list[str] = []
+
+    def __call__(self, name: str, inputs: dict, compute: Callable[[], dict]) -> dict:
+        path = self.root / f"{name}-{_key(inputs)}.json"
+        if path.exists():
+            self.reused.append(name)
+            return json.loads(path.read_text())["result"]
+        result = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"inputs": inputs, "result": result}, indent=2, default=str))
+        os.replace(tmp, path)  # a killed step leaves no half-written result behind
+        self.computed.append(name)
+        return result
+
+    def directory(self, name: str, inputs: dict) -> Path:
+        """Where a step that writes files keeps them (the caller checks for its own completion marker)."""
+        return self.root / f"{name}-{_key(inputs)}"
+
+
+def figure_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def record(name: str, module, answer: str, tables: list[dict], figures: dict[str, bytes], command: str,
+           steps: Steps | None = None, **extra) -> dict:
+    """A study's record: what was asked, what the run says, and how to rerun it."""
+    RESULTS.joinpath("studies").mkdir(parents=True, exist_ok=True)
+    files = {}
+    for index, (caption, png) in enumerate(figures.items()):
+        path = RESULTS / "studies" / f"{name}-{index}.png"
+        path.write_bytes(png)
+        files[caption] = str(path.relative_to(RESULTS))
+    return {"name": name, "title": module.TITLE, "question": module.QUESTION, "answer": answer, "tables": tables,
+            "figures": files, "command": command, "machine": machine(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "steps": {"computed": steps.computed, "reused": steps.reused} if steps else None, **extra}
+
+
+def table(caption: str, columns: list[str], rows: list[list]) -> dict:
+    return {"caption": caption, "columns": columns, "rows": rows}
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.0f}"
+    return html.escape(str(value))
+
+
+def render_html(records: dict[str, dict]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Relevance studies</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em} table{border-collapse:collapse;"
+             "margin:.5em 0} td,th{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}"
+             "td:first-child,th:first-child{text-align:left} .meta{color:#666;font-size:90%} img{max-width:100%}"
+             "</style></head><body><h1>Relevance studies</h1><ul>"]
+    parts += [f"<li><a href='#{name}'>{html.escape(r['title'])}</a>: {html.escape(r.get('status', 'done'))}</li>"
+              for name, r in records.items()]
+    parts.append("</ul>")
+    for name, r in records.items():
+        parts.append(f"<h2 id='{name}'>{html.escape(r['title'])}</h2><p><i>{html.escape(r['question'])}</i></p>"
+                     f"<p><b>{html.escape(r['answer'])}</b></p>")
+        for t in r.get("tables", []):
+            parts.append(f"<table><caption>{html.escape(t['caption'])}</caption><tr>"
+                         + "".join(f"<th>{html.escape(c)}</th>" for c in t["columns"]) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+                                   for row in t["rows"]) + "</table>")
+        for caption, relative in r.get("figures", {}).items():
+            path = RESULTS / relative
+            if path.exists():
+                data = base64.b64encode(path.read_bytes()).decode()
+                parts.append(f"<figure><img src='data:image/png;base64,{data}'/><figcaption>"
+                             f"{html.escape(caption)}</figcaption></figure>")
+        parts.append(f"<p class='meta'>Rerun: <code>{html.escape(r['command'])}</code> · machine: "
+                     f"{html.escape(r['machine'])} · date: {r['date']}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write(records: dict[str, dict], results: Path = RESULTS) -> tuple[Path, Path]:
+    ordered = {name: records[name] for name in STUDIES if name in records}
+    results.mkdir(parents=True, exist_ok=True)
+    studies, report = results / "studies.json", results / "report.html"
+    studies.write_text(json.dumps(ordered, indent=2, default=str))
+    report.write_text(render_html(ordered))
+    return studies, report
+
+
+def load_records(results: Path = RESULTS) -> dict[str, dict]:
+    path = results / "studies.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def main(argv: list[str] | None = None) -> tuple[Path, Path]:
+    parser = argparse.ArgumentParser(prog="relevance report", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=STUDIES, help="Run only these studies (repeatable).")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "homedepot.yaml",
+                        help="The Home Depot run the Home Depot studies start from (make bench-quality).")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    records = load_records()
+    for name in args.only or STUDIES:
+        module = importlib.import_module(f"benchmarks.studies.{name}")
+        print(f"== {name}: {module.TITLE}", flush=True)
+        steps = Steps(name)
+        command = "relevance report --only " + name + (f" --config {shlex.quote(str(args.config))}"
+                                                        if args.config != parser.get_default("config") else "")
+        records[name] = module.run(steps, args, command)
+        print(f"   {records[name]['answer']}", flush=True)
+    return write(records)
+
+

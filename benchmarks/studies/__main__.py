@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.studies import main
+
+main(sys.argv[1:])
