@@ -60,6 +60,12 @@ def test_report_embeds_figures_and_tables(tmp_path, monkeypatch):
     saved = json.loads(data.read_text())["scaling"]
     assert saved["figures"] == {"a line": "studies/scaling-0.png"} and (tmp_path / "studies/scaling-0.png").exists()
     assert saved["machine"] and saved["date"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{studies.README_BEGIN}\nold\n{studies.README_END}\nrest\n")
+    assert studies.update_readme({"scaling": rec}, readme)
+    assert readme.read_text() == (f"intro\n{studies.README_BEGIN}\n| study | what the run says |\n|---|---|\n"
+                                  f"| [A study](benchmarks/results/report.html#scaling) | It works. |\n"
+                                  f"{studies.README_END}\nrest\n")
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +118,20 @@ def test_gpu_script_says_when_there_is_no_gpu(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_teacher.py"), "--size", "tiny", "--out",
                              str(tmp_path / "x.json")], capture_output=True, text=True)
     assert result.returncode != 0 and "no CUDA device is visible" in result.stderr
+
+
+def test_synthetic_teacher_study_step_trains_once_and_scores_per_locale(tmp_path, tiny_bert):
+    from benchmarks.studies.synthetic import teacher_scores
+
+    steps = studies.Steps("locales", root=tmp_path)
+    data = {"source": "synthetic", "synthetic_items": 150, "synthetic_judged_queries": 100,
+            "synthetic_impressions": 0, "seed": 0}
+    teacher = {"backbone": str(tiny_bert), "epochs": 1, "batch_size": 16, "precision": "fp32", "head_hidden": 16}
+    text = {"fields": ["title"], "max_length": 48, "max_query_tokens": 16}
+    first = teacher_scores(steps, "train-en", data, teacher, text, train_locale="en_US")
+    assert 0 <= first["accuracy"] <= 1 and first["test_pairs"] > 0
+    assert set(first["accuracy_by_locale"]) <= {"en_US", "de_DE", "fr_FR", "ja_JP"}
+    everything = teacher_scores(steps, "train-all", data, teacher, text)
+    assert everything["train_pairs"] > first["train_pairs"]  # the locale filter kept only en_US training queries
+    again = teacher_scores(steps, "train-en", data, teacher, text, train_locale="en_US")
+    assert again == first and steps.reused == ["train-en"]

@@ -125,12 +125,38 @@ def render_html(records: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
-def write(records: dict[str, dict], results: Path = RESULTS) -> tuple[Path, Path]:
+README_BEGIN, README_END = "<!-- studies:begin -->", "<!-- studies:end -->"
+
+
+def summary_markdown(records: dict[str, dict]) -> str:
+    """The README's table: one row per study, its answer, linking the report."""
+    lines = ["| study | what the run says |", "|---|---|"]
+    for name, r in records.items():
+        lines.append(f"| [{r['title']}](benchmarks/results/report.html#{name}) | {r['answer']} |")
+    return "\n".join(lines)
+
+
+def update_readme(records: dict[str, dict], readme: Path = ROOT / "README.md") -> bool:
+    """Replace the table between the README's study markers (if it has them) with the current records'."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{summary_markdown(records)}\n{README_END}{tail}")
+    return True
+
+
+def write(records: dict[str, dict], results: Path = RESULTS, readme: Path | None = None) -> tuple[Path, Path]:
     ordered = {name: records[name] for name in STUDIES if name in records}
     results.mkdir(parents=True, exist_ok=True)
     studies, report = results / "studies.json", results / "report.html"
     studies.write_text(json.dumps(ordered, indent=2, default=str))
     report.write_text(render_html(ordered))
+    if readme is not None:
+        update_readme(ordered, readme)
     return studies, report
 
 
@@ -155,6 +181,6 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
                                                         if args.config != parser.get_default("config") else "")
         records[name] = module.run(steps, args, command)
         print(f"   {records[name]['answer']}", flush=True)
-    return write(records)
+    return write(records, readme=ROOT / "README.md")
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 TITLE = "Teacher backbones: tiny random, MiniLM frozen + head, LoRA, full fine-tuning"
 QUESTION = "What does each way of building the teacher buy in accuracy and nDCG@20, and what does it cost per pair?"
-BUDGET = {"max_train_pairs": 6000, "epochs": 2}  # the same budget for every backbone (the full teacher: 22k × 3)
+# The same budget for every backbone: one pass over the 22k train pairs (the bench-quality teacher had three).
+# (6,000 pairs × 2 epochs was tried first: every variant stayed at or below the majority class.)
+BUDGET = {"max_train_pairs": None, "epochs": 1}
 VALID_PAIRS = 1000
 VARIANTS = {
     "tiny random BERT (2×64)": {"backbone": "tiny", "finetune": "full", "learning_rate": 1e-3},
@@ -58,7 +60,7 @@ def run(steps, args, command: str) -> dict:
             teacher = train_teacher(train, valid, query_text, dataset.items, dataset.num_grades, teacher_config,
                                     config.text, log=lambda _: None)
             seconds = time.perf_counter() - started
-            seen = min(len(train), BUDGET["max_train_pairs"]) * len(teacher.manifest["metrics"]["history"])
+            seen = min(len(train), BUDGET["max_train_pairs"] or len(train)) * BUDGET["epochs"]
             test = dataset.split("test")
             probs = score_items(teacher, test, query_text, teacher.item_texts(dataset.items),
                                 config.labeling.batch_size, config.labeling.precision)
@@ -67,7 +69,9 @@ def run(steps, args, command: str) -> dict:
             return {"accuracy": classification_metrics(grades, probs)["accuracy"],
                     "ndcg@20": ranking_metrics(test["query_id"], grades, expected_grade(probs), ks=[20],
                                                num_grades=dataset.num_grades)["ndcg@20"],
-                    "train_pairs_per_s": seen / seconds, "train_seconds": seconds, "pairs_seen": seen,
+                    # the trainer's own count: pairs through optimizer steps over time spent in them
+                    "train_pairs_per_s": teacher.manifest["metrics"]["train_pairs_per_s"],
+                    "train_seconds": seconds, "pairs_seen": seen,
                     "parameters": trainable}
 
         results[name] = steps(name, {"teacher": teacher_config.model_dump(), "text": config.text.model_dump(),
@@ -85,15 +89,15 @@ def run(steps, args, command: str) -> dict:
         ax.annotate(name, (r["train_pairs_per_s"], r["accuracy"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("training pairs/s (this CPU, incl. per-epoch validation)")
+    ax.set_xlabel("training pairs/s (this CPU)")
     ax.set_ylabel("test accuracy")
     best = max(results, key=lambda n: results[n]["accuracy"])
-    answer = (f"Under the same budget ({BUDGET['max_train_pairs']} train pairs × {BUDGET['epochs']} epochs), "
+    answer = (f"Under the same budget (one epoch over the train split), "
               f"{best} is most accurate ({results[best]['accuracy']:.4f}, nDCG@20 {results[best]['ndcg@20']:.4f}); "
               + "; ".join(f"{n}: {r['accuracy']:.4f} at {r['train_pairs_per_s']:,.0f} pairs/s"
                           for n, r in results.items() if n != best) + ".")
     return record("backbones", sys.modules[__name__], answer, [table(
-        f"Home Depot test split (7,405 pairs); each teacher trained on the same {BUDGET['max_train_pairs']} train "
-        f"pairs for up to {BUDGET['epochs']} epochs (early stopping on {VALID_PAIRS} valid pairs)",
+        f"Home Depot test split (7,405 pairs); each teacher trained for {BUDGET['epochs']} epoch over the "
+        f"22,276 train pairs (validation on {VALID_PAIRS} valid pairs); majority class: 0.4271",
         ["teacher", "accuracy", "nDCG@20", "train pairs/s", "parameters"], rows)],
         {"Accuracy against training speed": figure_png(fig)}, command, steps, results=results, budget=BUDGET)
