@@ -214,6 +214,8 @@ def train_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, label
     from relevance.student import Student, train_student
     from relevance.teacher import Teacher, read_manifest, score_items
 
+    if all((p / "manifest.json").exists() for p in outputs.values()):
+        return outputs  # nothing to train: skip the features too (the scaling study calls this per pool size)
     k = dataset.num_grades
     encoder = featurizer.cache.encoder
     query_text = dataset.queries.set_index("query_id")["query"]
