@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,8 +111,13 @@ class Splitter:
         async def ready(_: Request) -> Response:
             return Response("{}", media_type="application/json")
 
+        @asynccontextmanager
+        async def lifespan(_):
+            yield
+            await client.aclose()
+
         return Starlette(routes=[Route("/v2/health/ready", ready),
-                                 Route("/{path:path}", forward, methods=["GET", "POST"])])
+                                 Route("/{path:path}", forward, methods=["GET", "POST"])], lifespan=lifespan)
 
     @contextmanager
     def serve(self, port: int):

@@ -65,14 +65,14 @@ def run(steps, args, command: str) -> dict:
             probs = score_items(teacher, test, query_text, teacher.item_texts(dataset.items),
                                 config.labeling.batch_size, config.labeling.precision)
             grades = test["grade"].to_numpy()
-            trainable = sum(p.numel() for p in teacher.model.parameters())
+            parameters = sum(p.numel() for p in teacher.model.parameters())  # LoRA is merged on save
             return {"accuracy": classification_metrics(grades, probs)["accuracy"],
                     "ndcg@20": ranking_metrics(test["query_id"], grades, expected_grade(probs), ks=[20],
                                                num_grades=dataset.num_grades)["ndcg@20"],
                     # the trainer's own count: pairs through optimizer steps over time spent in them
                     "train_pairs_per_s": teacher.manifest["metrics"]["train_pairs_per_s"],
                     "train_seconds": seconds, "pairs_seen": seen,
-                    "parameters": trainable}
+                    "parameters": parameters}
 
         results[name] = steps(name, {"teacher": teacher_config.model_dump(), "text": config.text.model_dump(),
                                      "budget": BUDGET, "valid_pairs": VALID_PAIRS}, compute)

@@ -3,6 +3,8 @@ against torch fp32 (the reference the student is distilled from)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -68,8 +70,8 @@ def run(steps, args, command: str) -> dict:
             out[name]["argmax_agreement"] = float((probs[name].argmax(1) == probs["torch fp32"].argmax(1)).mean())
         return out
 
-    result = steps("measure", {"teacher": version, "export": exported.name, "threads": len(__import__("os")
-                                                                                      .sched_getaffinity(0))}, measure)
+    result = steps("measure", {"teacher": version, "export": exported.name,
+                               "threads": len(os.sched_getaffinity(0))}, measure)
     names = ["torch fp32", "torch bf16", "onnx fp32", "onnx int8"]
     base = result["torch fp32"]
     rows = [[n, result[n]["pairs_per_s"], result[n]["pairs_per_s"] / base["pairs_per_s"], result[n]["accuracy"],
@@ -95,7 +97,7 @@ def run(steps, args, command: str) -> dict:
               f"({base['pairs_per_s']:,.0f}); its accuracy differs by "
               f"{result[fastest]['accuracy'] - base['accuracy']:+.4f} and nDCG@20 by "
               f"{result[fastest]['ndcg@20'] - base['ndcg@20']:+.4f}. ONNX export parity {parity:.1e}.")
-    return record("labelling", __import__(__name__, fromlist=["TITLE"]), answer, [table(
+    return record("labelling", sys.modules[__name__], answer, [table(
         "Each way scores the whole test split once, in one run; deltas are against torch fp32",
         ["way", "pairs/s", "× fp32", "accuracy", "Δ accuracy", "Δ nDCG@20", "argmax agreement", "max |Δp|"],
         rows)], {"Teacher labelling throughput on this CPU, with the accuracy change of each way": figure_png(fig)},

@@ -5,6 +5,7 @@ distilled from each pool (nested: a larger pool contains the smaller ones)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ def run(steps, args, command: str) -> dict:
               f"{last['ndcg@20']:.4f} (teacher {teacher['ndcg@20']:.4f}). Accuracy steps: "
               + ", ".join(f"{a}→{b}× {d:+.4f}" for (a, b), d in zip(zip(MULTIPLES, MULTIPLES[1:]), steps_up))
               + ". " + verdict)
-    return record("scaling", __import__(__name__, fromlist=["TITLE"]), answer, [table(
+    return record("scaling", sys.modules[__name__], answer, [table(
         "Home Depot test split; each student is distilled from the teacher's labels of the first queries (fixed "
         "random order) whose BM25 top-64 pairs reach m× the train split, plus the judged train pairs",
         ["model", "pool pairs", "× train", "accuracy", "nDCG@20"], rows)],
