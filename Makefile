@@ -7,14 +7,14 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow bench-quality bench-serving bench-canary report image image-base image-push clean
+.PHONY: demo demo-core test lint-imports bench-quality bench-serving bench-canary report image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned resolve would pull the CUDA build (gigabytes).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,platform,serving]'
+	$(PY) -m pip install -q -e '.[test,platform,serving,dev]'
 	@command -v kubectl >/dev/null || echo "warning: kubectl is not on PATH; tests/test_canary.py renders and patches manifests with it (any recent client, no cluster needed)"
 	touch $(STAMP)
 
@@ -27,12 +27,19 @@ demo: $(STAMP)
 demo-core: $(STAMP)
 	$(VENV)/bin/relevance run --profile quick
 
-## Set up and pass the test suite (tiny random models; no downloads, no GPU).
+## Set up and pass the test suite (tiny random models; no downloads, no GPU), then the layering contracts.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory lint-imports
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+## The layers (pyproject.toml [tool.importlinter]), checked on the built wheel: there every module sits where it
+## is installed (serving/, pipelines/ and components/ become relevance.serving, …), which an editable install hides.
+LAYERS := build/layers
+lint-imports: $(STAMP)
+	@rm -rf $(LAYERS) && mkdir -p $(LAYERS)
+	@$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(LAYERS) . 2>&1 | grep -v '^WARNING: Location' || true
+	@cd $(LAYERS) && $(CURDIR)/$(PY) -m zipfile -e relevance-*.whl site
+	cd $(LAYERS) && PYTHONPATH=site $(CURDIR)/$(VENV)/bin/lint-imports --config $(CURDIR)/pyproject.toml
 
 ## Real-data quality benchmark (about 35 minutes on 2 cores): benchmarks/results/quality-homedepot.json
 bench-quality: $(STAMP)
@@ -49,9 +56,10 @@ bench-canary: $(STAMP)
 	$(PY) -m benchmarks.canary_homedepot --config configs/homedepot.yaml
 
 ## The studies and their report (needs the bench-quality run; each step is cached under runs/studies, so a rerun
-## after one change redoes only what it touched): benchmarks/results/report.html + studies.json
+## after one change redoes only what it touched): benchmarks/results/report.html + studies.json.
+## `python -m benchmarks.studies --only scaling` reruns one study.
 report: $(STAMP)
-	$(VENV)/bin/relevance report
+	$(PY) -m benchmarks.studies
 
 ## The image every KFP step runs in (infra/docker/README.md): make image IMAGE=registry.example.com/relevance:0.1.0
 IMAGE      ?= relevance:0.1.0

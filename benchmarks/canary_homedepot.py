@@ -58,25 +58,25 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from benchmarks import machine
-    from relevance import workflow
+    from relevance.chain import Chain
     from relevance.config import load_config
     from relevance.export import export_bundle
     from relevance.teacher import Teacher
-    from serving.canary_local import run_local_canary
+    from relevance.serving.canary.local import run_local_canary
 
     config = load_config(args.config)
-    paths = workflow.paths(config)
-    dataset = workflow.step_prepare(config)
+    chain = Chain(config)
+    dataset = chain.dataset()
     champion = Path(config.workdir) / "export-human-only"
     if not (champion / "bundle.json").exists():
-        for result in export_bundle(paths["student_human_only"], champion, dataset.items):
+        for result in export_bundle(chain.student_dirs["student_human_only"], champion, dataset.items):
             print(f"{result.path}: max |onnx - torch| {result.max_abs_diff:.2e}")
     challenger = Path(config.workdir) / "export"
     if not (challenger / "bundle.json").exists():
         raise SystemExit(f"{challenger}: run `relevance export -c {args.config}` first")
     started = datetime.now(timezone.utc)
     result = run_local_canary(config, ["--config", str(args.config)], champion, challenger,
-                              Path(config.workdir) / "feature_repo", dataset, Teacher.load(paths["teacher"]),
+                              Path(config.workdir) / "feature_repo", dataset, Teacher.load(chain.teacher_dir),
                               args.percent, args.requests, Path(config.workdir) / "canary-local")
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     context = {"command": f"python -m benchmarks.canary_homedepot --config {args.config} --percent {args.percent} "

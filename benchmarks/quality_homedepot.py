@@ -61,14 +61,14 @@ def main() -> None:
     workdir = Path(args.workdir).resolve() if args.workdir else None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)  # the config's own relative paths (data.path, workdir) are relative to the repository
-    from relevance import workflow
+    from relevance.chain import Chain, run
     from relevance.config import load_config
 
     config = load_config(config_path)
     if workdir:
         config.workdir = str(workdir)
-    report = workflow.run(config)
-    pool_rows = pq.ParquetFile(workflow.paths(config)["pool"]).metadata.num_rows
+    report = run(config)
+    pool_rows = pq.ParquetFile(Chain(config).pool_path).metadata.num_rows
     result = {
         "split": report["split"],
         "models": {name: {key: block["overall"].get(source) for key, source in REPORTED.items()}

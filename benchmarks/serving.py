@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from serving.canary_local import free_port, wait_ready
+from relevance.serving.process import free_port, model_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -61,13 +61,10 @@ class Server:
 
     def __init__(self, config_path: Path, core: int, log: Path):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.log = open(log, "w")
-        self.process = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "relevance.cli", "serve",
-                                         "-c", str(config_path), "--port", str(self.port)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        wait_ready(self.url, self.process, log, timeout=180)
+        env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self._server = model_server(["serve", "-c", str(config_path)], self.port, log, env,
+                                    prefix=["taskset", "-c", str(core)], cwd=ROOT)
+        self.url = self._server.__enter__()
 
     def metrics(self) -> str:
         import httpx
@@ -75,9 +72,7 @@ class Server:
         return httpx.get(f"{self.url}/metrics").text
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.log.close()
+        self._server.__exit__(None, None, None)
 
 
 def _body(query: str, candidates: list[str]) -> bytes:
@@ -161,13 +156,13 @@ def measure_server(config_path: Path, queries: list[str], candidates: dict[str, 
 def zipf_replay(exponent: float, distinct: int = 100_000, cache_size: int = 10_000, requests: int = 1_000_000,
                 seed: int = 0) -> dict:
     """Hit rate of the serving query cache (the same factory OnlineScorer uses) on a Zipf(exponent) stream."""
-    from relevance.online import _cache
+    from relevance.online import lookup_cache
 
     ranks = np.arange(1, distinct + 1, dtype=np.float64)
     weights = ranks ** -exponent
     probs = weights / weights.sum()
     stream = np.random.default_rng(seed).choice(distinct, size=requests, p=probs).tolist()
-    cache = _cache(cache_size)
+    cache = lookup_cache(cache_size)
     hits = 0
     for key in stream:
         _, hit = cache.get(key)
@@ -197,13 +192,13 @@ def teacher_cost(config_path: Path, queries: list[str], candidates: dict[str, li
 
     from relevance.config import load_config
     from relevance.data.schema import Dataset
+    from relevance.chain import Chain
     from relevance.teacher import Teacher
-    from relevance.workflow import paths
 
     torch.set_num_threads(1)
-    config = load_config(config_path)
-    dataset = Dataset.load(paths(config)["data"], with_impressions=False)
-    teacher = Teacher.load(paths(config)["teacher"])
+    chain = Chain(load_config(config_path))
+    dataset = Dataset.load(chain.data_dir, with_impressions=False)
+    teacher = Teacher.load(chain.teacher_dir)
     texts = teacher.item_texts(dataset.items)
     out = {}
     for precision in ("fp32", "bf16"):
@@ -223,11 +218,12 @@ def int8_quality(config_path: Path) -> dict:
     from relevance.config import load_config
     from relevance.data.schema import Dataset
     from relevance.evaluation import report_block
-    from relevance.online import FeastItemSource, OnlineScorer, OnnxStudent, ServingBundle
-    from relevance.workflow import paths
+    from relevance.chain import Chain
+    from relevance.online import OnlineScorer, OnnxStudent, ServingBundle
+    from relevance.platform.feature_store import FeastItemSource
 
     config = load_config(config_path)
-    dataset = Dataset.load(paths(config)["data"], with_impressions=False)
+    dataset = Dataset.load(Chain(config).data_dir, with_impressions=False)
     frame = dataset.split(config.eval.split)
     query_text = dataset.queries.set_index("query_id")["query"]
     bundle = ServingBundle(Path(config.workdir) / "export")
@@ -328,14 +324,14 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})  # the load generator's core; the server gets core 0
 
-    from relevance.candidates import BM25Index
+    from relevance.bm25 import BM25Index
     from relevance.config import load_config
+    from relevance.chain import Chain
     from relevance.data.schema import Dataset
-    from relevance.workflow import paths
 
     ensure_artifacts(args.config)
     config = load_config(args.config)
-    dataset = Dataset.load(paths(config)["data"], with_impressions=False)
+    dataset = Dataset.load(Chain(config).data_dir, with_impressions=False)
     index = BM25Index.load(Path(config.workdir) / "export" / "bm25")
     rng = np.random.default_rng(0)
     pool = dataset.queries["query"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()

@@ -37,14 +37,14 @@ def main() -> None:
     from benchmarks import machine
     from relevance.config import TeacherConfig, TextConfig
     from relevance.runtime import autocast, bf16_supported, set_threads
-    from relevance.teacher import _build_model, collate, encode_pairs, length_batches
+    from relevance.teacher import build_cross_encoder, collate, encode_pairs, length_batches
 
     set_threads()
     judged = pd.read_parquet(DATA / "judgments.parquet").head(args.pairs)
     titles = pd.read_parquet(DATA / "products.parquet").set_index("product_id")["title"]
     text = TextConfig(fields=["title"], field_token_budgets={"title": 48}, max_length=72)
     dev = torch.device("cpu")
-    model, tokenizer, _ = _build_model(TeacherConfig(finetune="full"), 5, dev)
+    model, tokenizer, _ = build_cross_encoder(TeacherConfig(finetune="full"), 5, dev)
     encodings = encode_pairs(tokenizer, judged["query"].tolist(),
                              ("title: " + titles.reindex(judged["product_id"])).tolist(), text)
     lengths = np.array([len(e["input_ids"]) for e in encodings])

@@ -54,7 +54,7 @@ def validate_data(run_config: Input[Artifact], dataset: Input[Dataset], data_doc
     import json
 
     from relevance.config import RunConfig
-    from relevance.validation import validate_dataset
+    from relevance.platform.validation import validate_dataset
 
     report = validate_dataset(dataset.path, RunConfig.model_validate_json(open(run_config.path).read()).validation, data_docs.path)
     validation.log_metric("success", float(report.success))
@@ -78,10 +78,10 @@ def require_valid_data(validation: Input[Metrics], data_docs: Input[Artifact]):
 
 @component
 def compute_features(run_config: Input[Artifact], dataset: Input[Dataset], feature_repo: Output[Artifact]):
-    """Item and query features → Feast offline store (parquet) → `feast apply` → materialize online."""
+    """The student's item features → Feast offline store (parquet) → `feast apply` → materialize online."""
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
-    from relevance.workflow import materialize_features
+    from relevance.platform.feature_store import materialize_features
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     versions = materialize_features(config, Tables.load(dataset.path), feature_repo.path)
@@ -96,7 +96,7 @@ def finetune_teacher(run_config: Input[Artifact], dataset: Input[Dataset], teach
 
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
-    from relevance.workflow import fit_teacher
+    from relevance.teacher import fit_teacher
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     fit_teacher(config, Tables.load(dataset.path), Path(teacher.path))
@@ -116,7 +116,7 @@ def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], pool: Outpu
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
     from relevance.labeling import num_shards
-    from relevance.workflow import build_pool as build
+    from relevance.pool import build_pool as build
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     build(config, Tables.load(dataset.path), Path(pool.path))
@@ -132,27 +132,38 @@ def label_shard(run_config: Input[Artifact], dataset: Input[Dataset], teacher: I
     from relevance.labeling import label_pool
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
-    tables = Tables.load(dataset.path, with_impressions=False)
-    label_pool(teacher.path, pool.path, tables.queries, tables.items, labels.path, config.labeling.shard_rows,
-               config.labeling.batch_size, config.labeling.precision, shards=[int(shard_index)])
+    label_pool(teacher.path, pool.path, Tables.load(dataset.path, with_impressions=False), labels.path,
+               config.labeling, shards=[int(shard_index)])
 
 
 @component
 def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], pool: Input[Dataset],
                     labels: Input[List[Dataset]], feature_repo: Input[Artifact], validation: Input[Metrics],
                     student: Output[Model], metrics: Output[Metrics]):
-    """Check the joined labels (Great Expectations), then distil the student on features read from Feast."""
+    """Join the fan-out's label shards and check them (the contract, then Great Expectations), then distil the
+    student on the item features read from the Feast offline store: the ones serving reads online."""
     import json
+    import tempfile
     from pathlib import Path
 
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
-    from relevance.workflow import distill_from_shards
+    from relevance.distillation import train_students
+    from relevance.featurizer import build_featurizer, featurizer_settings
+    from relevance.labeling import read_labels
+    from relevance.platform.feature_store import item_features_from_store
+    from relevance.platform.validation import validate_label_expectations
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
+    tables = Tables.load(dataset.path, with_impressions=False)
+    joined = read_labels([shard.path for shard in labels], tables.num_grades, pool_path=pool.path)
+    validate_label_expectations(joined, tables.num_grades, config.validation).raise_for_failures()
+    stored = item_features_from_store(feature_repo.path, tables.items["item_id"].tolist())
     lineage = {"feature_views": dict(feature_repo.metadata), "gx_success": float(validation.metadata["success"])}
-    distill_from_shards(config, Tables.load(dataset.path), Path(teacher.path), Path(pool.path),
-                        [Path(shard.path) for shard in labels], Path(feature_repo.path), Path(student.path), lineage)
+    with tempfile.TemporaryDirectory() as cache:  # query embeddings only: items come from the store
+        featurizer = build_featurizer(tables.items, featurizer_settings(config), cache, stored)
+        train_students(config, tables, Path(teacher.path), joined, {"student": Path(student.path)}, featurizer,
+                       lineage)
     manifest = json.loads((Path(student.path) / "manifest.json").read_text())
     for name, value in manifest.get("metrics", {}).items():
         if isinstance(value, (int, float)):
@@ -167,10 +178,10 @@ def evaluate_student(run_config: Input[Artifact], dataset: Input[Dataset], stude
 
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
-    from relevance.workflow import evaluate_for_registry
+    from relevance.platform.registry import evaluate_challenger
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
-    outcome = evaluate_for_registry(config, Tables.load(dataset.path), Path(student.path), Path(teacher.path),
+    outcome = evaluate_challenger(config, Tables.load(dataset.path), Path(student.path), Path(teacher.path),
                                     Path(report.path))
     for name, value in outcome["metrics"].items():
         evaluation.log_metric(name, float(value))
@@ -197,7 +208,7 @@ def export_onnx(run_config: Input[Artifact], dataset: Input[Dataset], student: I
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
     from relevance.export import export_bundle
-    from serving.model_repository import build_model_repository
+    from relevance.serving.model_repository import build_model_repository
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     items = Tables.load(dataset.path, with_impressions=False).items
@@ -215,7 +226,7 @@ def register_models(run_config: Input[Artifact], dataset: Input[Dataset], teache
     from pathlib import Path
 
     from relevance.config import RunConfig
-    from relevance.workflow import register_run
+    from relevance.platform.registry import register_run
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     versions = register_run(config, Path(dataset.path), Path(teacher.path), Path(student.path),

@@ -10,18 +10,20 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from pipelines.training import PIPELINE_NAME, training_pipeline
+from relevance.pipelines.training import PIPELINE_NAME, training_pipeline
 
 
 def local_arguments(profile: str, overrides: dict) -> dict:
-    """Pipeline arguments for a run on this machine: paths that steps resolve (the Feast definitions, the
-    registry's SQLite file) are made absolute, because each step runs in its own working directory."""
+    """Pipeline arguments for a run on this machine: paths that steps resolve (the Feast definitions when given,
+    the registry's SQLite file, the data) are made absolute, because each step runs in its own working
+    directory."""
     from relevance.config import build_config
-    from relevance.registry import tracking_uri
+    from relevance.platform.registry import tracking_uri
 
     overrides = json.loads(json.dumps(overrides))  # a copy
     config = build_config(profile, overrides)  # fails here, before any step, on bad settings
-    overrides.setdefault("features", {})["repo"] = str(Path(config.features.repo).resolve())
+    if config.features.repo:
+        overrides.setdefault("features", {})["repo"] = str(Path(config.features.repo).resolve())
     overrides.setdefault("registry", {})["tracking_uri"] = tracking_uri(config.registry)
     if config.data.path:
         overrides.setdefault("data", {})["path"] = str(Path(config.data.path).resolve())
@@ -104,7 +106,7 @@ def schedule(host: str, profile: str, overrides: dict, experiment: str, cron: st
     server owns ScheduledWorkflow objects). Compiles the pipeline and registers the schedule with kfp.Client."""
     import tempfile
 
-    from pipelines.training import compile_pipeline
+    from relevance.pipelines.training import compile_pipeline
     from relevance.config import build_config
 
     check_cron(cron)

@@ -14,7 +14,7 @@ import os
 
 from kfp import dsl
 
-from components import steps
+from relevance.components import steps
 
 PIPELINE_NAME = "relevance-distillation-training"
 

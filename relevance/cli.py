@@ -1,13 +1,14 @@
 """`relevance` command line: one subcommand per step, and `relevance run` for the whole chain.
 
-Every step takes the run config file (``--config``) and/or a profile, so the same YAML drives a local run and
-each KFP component. Errors in the input are reported as one line naming what was expected and what was got,
-with exit code 2; no step leaves a half-written output behind.
+The top layer of the package: it may import everything below it (the core library, the platform adapters,
+pipelines and serving), and nothing imports it. Every step takes the run config file (``--config``) and/or a
+profile, so the same YAML drives a local run and each KFP component. Errors in the input are reported as one
+line naming what was expected and what was got, with exit code 2 (relevance.console.clear_errors); no step leaves
+a half-written output behind.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -16,10 +17,15 @@ from typing import Optional
 
 import typer
 
-from serving.canary_cli import canary_app
+from relevance.console import clear_errors
+from relevance.platform.registry import RegistryError
+from relevance.serving.canary.cli import canary_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads unless the user opts in
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Our own progress bars are the ones to watch: no per-load bars and chatter from transformers / the hub client.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search relevance by distillation: teacher → soft labels → student → evaluation.")
@@ -28,27 +34,6 @@ ConfigOption = typer.Option(None, "--config", "-c", help="Run config YAML (see c
                             dir_okay=False)
 ProfileOption = typer.Option(None, "--profile", "-p", help="Base profile: quick, default or gpu.")
 WorkdirOption = typer.Option(None, "--workdir", "-w", help="Override the config's workdir.")
-
-
-def _clear_errors(command):
-    """Turn input errors into a one-line message and exit code 2 instead of a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from pydantic import ValidationError
-
-        from relevance.data.schema import DataContractError
-        from relevance.runtime import quiet_libraries
-        from relevance.teacher import BackboneNotFoundError
-
-        quiet_libraries()
-        try:
-            return command(*args, **kwargs)
-        except (DataContractError, BackboneNotFoundError, FileNotFoundError, ValueError, ValidationError) as error:
-            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _config(config: Optional[Path], profile: Optional[str], workdir: Optional[str]):
@@ -60,74 +45,63 @@ def _config(config: Optional[Path], profile: Optional[str], workdir: Optional[st
     return loaded
 
 
+def _chain(config: Optional[Path], profile: Optional[str], workdir: Optional[str]):
+    from relevance.chain import Chain
+
+    return Chain(_config(config, profile, workdir))
+
+
 @app.command()
-@_clear_errors
+@clear_errors()
 def prepare(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
             workdir: Optional[str] = WorkdirOption):
     """Convert the configured source into the canonical dataset directory (workdir/data)."""
-    from relevance import workflow
-
-    dataset = workflow.step_prepare(_config(config, profile, workdir))
+    dataset = _chain(config, profile, workdir).dataset()
     typer.echo(f"{dataset.info.name}: {len(dataset.items)} items, {len(dataset.queries)} queries, "
                f"{len(dataset.judgments)} judgments, K={dataset.num_grades}")
 
 
 @app.command("train-teacher")
-@_clear_errors
+@clear_errors()
 def train_teacher(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                   workdir: Optional[str] = WorkdirOption):
     """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid."""
-    from relevance import workflow
-
-    run_config = _config(config, profile, workdir)
-    typer.echo(workflow.step_teacher(run_config, workflow.step_prepare(run_config)))
+    chain = _chain(config, profile, workdir)
+    typer.echo(chain.teacher(chain.dataset()))
 
 
 @app.command()
-@_clear_errors
+@clear_errors()
 def candidates(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                workdir: Optional[str] = WorkdirOption):
     """Build the unlabelled pool: impressions plus BM25 top-K for unjudged queries."""
-    from relevance import workflow
-
-    run_config = _config(config, profile, workdir)
-    typer.echo(workflow.step_pool(run_config, workflow.step_prepare(run_config)))
+    chain = _chain(config, profile, workdir)
+    typer.echo(chain.pool(chain.dataset()))
 
 
 @app.command()
-@_clear_errors
+@clear_errors()
 def label(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
           workdir: Optional[str] = WorkdirOption,
           shard: Optional[list[int]] = typer.Option(None, help="Label only these shard indexes (repeatable).")):
     """Soft-label the pool with the teacher, shard by shard; finished shards are skipped (resumable)."""
-    from relevance import workflow
-    from relevance.labeling import label_pool
-
-    run_config = _config(config, profile, workdir)
-    dataset = workflow.step_prepare(run_config)
-    paths = workflow.paths(run_config)
-    written = label_pool(paths["teacher"], paths["pool"], dataset.queries, dataset.items, paths["labels"],
-                         run_config.labeling.shard_rows, run_config.labeling.batch_size,
-                         run_config.labeling.precision, shards=shard or None)
-    typer.echo(f"{len(written)} shard(s) in {paths['labels']}")
+    chain = _chain(config, profile, workdir)
+    labels = chain.labels(chain.dataset(), shards=shard or None)
+    typer.echo(f"{len(list(labels.glob('shard-*.parquet')))} shard(s) in {labels}")
 
 
 @app.command("train-student")
-@_clear_errors
+@clear_errors()
 def train_student(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                   workdir: Optional[str] = WorkdirOption):
     """Distil the student from the teacher labels (and train the human-labels-only baseline)."""
-    from relevance import workflow
-
-    run_config = _config(config, profile, workdir)
-    dataset = workflow.step_prepare(run_config)
-    paths = workflow.paths(run_config)
-    for name, path in workflow.step_students(run_config, dataset, paths["teacher"], paths["labels"]).items():
+    chain = _chain(config, profile, workdir)
+    for name, path in chain.students(chain.dataset()).items():
         typer.echo(f"{name}: {path}")
 
 
 @app.command()
-@_clear_errors
+@clear_errors()
 def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teacher or student directory."),
              items: Path = typer.Option(..., help="Items file (parquet/CSV): item_id or product_id, title, ..."),
              judgments: Path = typer.Option(..., help="Judgments file: query_id, query, item_id or product_id, "
@@ -140,7 +114,7 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teac
     from relevance.data.generic import load_items, load_judgments
     from relevance.data.schema import DataContractError, validate_items
     from relevance.evaluation import evaluate_directory
-    from relevance.teacher import read_manifest
+    from relevance.files import atomic_write_json, read_manifest
 
     manifest = read_manifest(model)
     items_frame = validate_items(load_items(items))
@@ -152,30 +126,26 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teac
             raise DataContractError(f"{judgments}: --split {split} given, but the file has no 'split' column")
         judged = judged[judged["split"] == split]
     report = evaluate_directory(model, items_frame, queries, judged, None, EvalConfig(), cache_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, report)
     overall = report["overall"]
     typer.echo(f"{report['kind']} on {overall['num_pairs']} pairs: accuracy {overall['accuracy']:.4f}, "
                f"ndcg@20 {overall.get('ndcg@20') or float('nan'):.4f} → {out}")
 
 
 @app.command()
-@_clear_errors
+@clear_errors()
 def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
            workdir: Optional[str] = WorkdirOption,
            int8: bool = typer.Option(False, help="Also write per-channel int8 (dynamic) quantized copies.")):
     """The serving bundle (workdir/export/): the student and its query encoder as ONNX, each checked against
     torch, the tokenizer, the catalog's BM25 index, and the Triton model repository (export/model_repository)."""
-    from relevance import workflow
     from relevance.export import export_bundle
-    from serving.model_repository import build_model_repository
+    from relevance.serving.model_repository import build_model_repository
 
-    run_config = _config(config, profile, workdir)
-    dataset = workflow.step_prepare(run_config)
-    out = Path(run_config.workdir) / "export"
-    for result in export_bundle(workflow.paths(run_config)["student"], out, dataset.items, int8=int8):
+    chain = _chain(config, profile, workdir)
+    run_config = chain.config
+    out = chain.root / "export"
+    for result in export_bundle(chain.student_dirs["student"], out, chain.dataset().items, int8=int8):
         typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
                    f"{result.max_abs_diff:.2e}")
         if int8:
@@ -185,74 +155,72 @@ def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profi
 
 
 @app.command()
-@_clear_errors
+@clear_errors()
 def features(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
              workdir: Optional[str] = WorkdirOption):
     """Compute the item and query features, write the Feast offline store (workdir/feature_repo) and
     materialize it to the online store that `relevance serve` reads."""
-    from relevance import workflow
+    from relevance.platform.feature_store import materialize_features
 
-    run_config = _config(config, profile, workdir)
-    dataset = workflow.step_prepare(run_config)
-    repo = Path(run_config.workdir) / "feature_repo"
-    versions = workflow.materialize_features(run_config, dataset, repo, workflow.paths(run_config)["embeddings"])
+    chain = _chain(config, profile, workdir)
+    repo = chain.root / "feature_repo"
+    versions = materialize_features(chain.config, chain.dataset(), repo, chain.embeddings_dir)
     typer.echo(f"feature repo {repo}: {versions}")
 
 
-@app.command()
-@_clear_errors
-def serve(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+KSERVE_FLAGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+_KSERVE_HELP = ("Any model-server flag of KServe's (--http_port, default 8080; --model_name; --predictor_host; "
+                "--protocol; …) is accepted and parsed by KServe's own parser: KServe appends them to the container.")
+
+
+def _kserve_argv(ctx: typer.Context) -> list[str]:
+    """KServe's flags, left over by typer. KServe reads its flags from sys.argv when imported (its module-level
+    parser), so the process's argv is narrowed to them before the server module is imported: our own options
+    (--config could pass for an abbreviation of KServe's --configure_logging) are not KServe's business."""
+    sys.argv = [sys.argv[0], *ctx.args]
+    return list(ctx.args)
+
+
+@app.command(context_settings=KSERVE_FLAGS, epilog=_KSERVE_HELP)
+@clear_errors()
+def serve(ctx: typer.Context, config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
           workdir: Optional[str] = WorkdirOption,
           bundle: Optional[Path] = typer.Option(None, help="Serving bundle (default: workdir/export)."),
           feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
                                                                   "workdir/feature_repo)."),
-          port: int = typer.Option(8080, "--port", "--http_port", min=1, max=65535,
-                                   help="HTTP port (binds 0.0.0.0)."),
           predictor_url: Optional[str] = typer.Option(None, help="Score on this Triton / V2 server instead of "
-                                                                 "in process, e.g. http://127.0.0.1:8000."),
-          # What KServe appends to a transformer container's args (infra/kserve): accepted, and checked.
-          predictor_host: Optional[str] = typer.Option(None, "--predictor_host", help="Set by KServe: the "
-                                                       "predictor's host[:port] (same as --predictor-url)."),
-          model_name: Optional[str] = typer.Option(None, "--model_name", help="Set by KServe: the "
-                                                   "InferenceService name; must equal serving.model_name."),
-          protocol: Optional[str] = typer.Option(None, "--protocol", "--predictor_protocol",
-                                                 help="Set by KServe: the predictor's protocol (v2 only)."),
-          predictor_use_ssl: bool = typer.Option(False, "--predictor_use_ssl", help="Set by KServe: https to "
-                                                 "the predictor.")):
+                                                                 "in process, e.g. http://127.0.0.1:8000.")):
     """The KServe model server: rerank requests (V1 and V2) → cached query embedding + Feast online features →
-    the training featurizer → the student (in process, or on --predictor-url) → reranked candidates."""
-    from serving.server import serve as start
+    the training featurizer → the student (in process, or on --predictor-url / --predictor_host) → reranked
+    candidates."""
+    argv = _kserve_argv(ctx)
+    from relevance.serving.server import model_server_args
+    from relevance.serving.server import serve as start
 
     run_config = _config(config, profile, workdir)
-    if model_name is not None and model_name != run_config.serving.model_name:
-        raise ValueError(f"--model_name {model_name!r} (the InferenceService name) must equal serving.model_name "
-                         f"{run_config.serving.model_name!r}: the transformer serves, and asks the predictor for, "
-                         "that one model name")
-    if protocol is not None and protocol != "v2":
-        raise ValueError(f"--protocol: the transformer calls its predictor over the V2 REST protocol, got {protocol!r}")
-    if predictor_host:
-        if predictor_url:
-            raise ValueError("give --predictor-url or --predictor_host, not both")
-        predictor_url = f"{'https' if predictor_use_ssl else 'http'}://{predictor_host}"
+    args, given = model_server_args(argv)
     start(bundle or Path(run_config.workdir) / "export", feature_repo or Path(run_config.workdir) / "feature_repo",
-          run_config.serving, port, predictor_url)
+          run_config.serving, args, given, predictor_url)
 
 
-@app.command("serve-predictor")
-@_clear_errors
-def serve_predictor(model_repository: Path = typer.Option(..., exists=True, file_okay=False,
+@app.command("serve-predictor", context_settings=KSERVE_FLAGS, epilog=_KSERVE_HELP)
+@clear_errors()
+def serve_predictor(ctx: typer.Context,
+                    model_repository: Path = typer.Option(..., exists=True, file_okay=False,
                                                           help="Triton model repository (export/model_repository)."),
-                    config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
-                    port: int = typer.Option(8000, min=1, max=65535, help="HTTP port (binds 0.0.0.0).")):
+                    config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption):
     """The student alone behind the V2 protocol, from a Triton model repository: a stand-in for Triton where
     none runs (`relevance serve --predictor-url` talks to either the same way)."""
-    from serving.server import serve_predictor as start
+    argv = _kserve_argv(ctx)
+    from relevance.serving.server import model_server_args
+    from relevance.serving.server import serve_predictor as start
 
-    start(model_repository, _config(config, profile, None).serving, port)
+    args, _ = model_server_args(argv, prog="relevance serve-predictor")
+    start(model_repository, _config(config, profile, None).serving, args)
 
 
 @app.command()
-@_clear_errors
+@clear_errors()
 def score(query: str = typer.Option(..., help="The search query."),
           candidates: str = typer.Option(..., help="Candidate item ids, comma-separated."),
           locale: str = typer.Option("", help="The query's locale, e.g. en-US."),
@@ -260,7 +228,7 @@ def score(query: str = typer.Option(..., help="The search query."),
           model: str = typer.Option("relevance-student", help="Model name on the server."),
           as_json: bool = typer.Option(False, "--json", help="Print the response as JSON.")):
     """Rerank candidates for a query on a running server (V2 protocol, tritonclient.http)."""
-    from serving.client import ScoreError, rerank
+    from relevance.serving.client import ScoreError, rerank
 
     try:
         ranking = rerank(url, model, query, [c.strip() for c in candidates.split(",") if c.strip()], locale)
@@ -277,30 +245,17 @@ def score(query: str = typer.Option(..., help="The search query."),
 
 
 @app.command()
-@_clear_errors
+@clear_errors()
 def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
         workdir: Optional[str] = WorkdirOption):
     """The whole chain from one config: prepare → teacher → pool → labels → students → report."""
-    from relevance import workflow
+    from relevance.chain import run as run_chain
+    from relevance.report import markdown_report
 
     run_config = _config(config, profile, workdir)
-    report = workflow.run(run_config)
-    typer.echo(workflow.markdown_report(report))
+    report = run_chain(run_config)
+    typer.echo(markdown_report(report))
     typer.echo(f"artifacts in {run_config.workdir}/")
-
-
-@app.command()
-def report(only: Optional[list[str]] = typer.Option(None, help="Run only these studies (repeatable): scaling, "
-                                                   "ablation, backbones, labelling, locales, gpu."),
-           config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                                                 help="The Home Depot run config (default configs/homedepot.yaml).")):
-    """Rerun the studies whose inputs changed and write benchmarks/results/report.html + studies.json (run from
-    a checkout: the studies live in benchmarks/studies)."""
-    from benchmarks.studies import main as studies_main
-
-    argv = [arg for name in only or [] for arg in ("--only", name)] + (["--config", str(config)] if config else [])
-    studies_json, page = studies_main(argv)
-    typer.echo(f"report: {page}\nstudies: {studies_json}")
 
 
 pipeline_app = typer.Typer(no_args_is_help=True, help="The KFP training pipeline: compile, run locally, submit.")
@@ -319,27 +274,27 @@ def _pipeline_settings(config: Optional[Path], profile: Optional[str]) -> tuple[
 
 
 @pipeline_app.command("compile")
-@_clear_errors
+@clear_errors()
 def pipeline_compile(out: Path = typer.Option(Path("pipeline.yaml"), "--out", "-o", help="YAML to write."),
                      image: Optional[str] = typer.Option(None, help="Default image of the steps "
                                                          "(else $RELEVANCE_IMAGE, else the published one).")):
     """Compile the training pipeline to YAML for the Kubeflow UI (Pipelines → Upload pipeline)."""
-    from pipelines.training import compile_pipeline
+    from relevance.pipelines.training import compile_pipeline
 
     typer.echo(compile_pipeline(out, image))
 
 
 @pipeline_app.command("run")
-@_clear_errors
+@clear_errors()
 def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                  local: bool = typer.Option(..., "--local", help="Run on this machine with kfp.local (required: "
                                             "use `submit` for a cluster)."),
                  pipeline_root: Path = typer.Option(Path("runs/pipeline"), help="Where local artifacts go.")):
     """Run the training pipeline end to end on this machine (kfp.local, one subprocess per step), and compile
     the same pipeline to pipeline_root/pipeline.yaml for the Kubeflow UI."""
-    from pipelines.run import local_outputs, run_local
-    from pipelines.training import compile_pipeline
-    from relevance.registry import Registry, tracking_uri
+    from relevance.pipelines.run import local_outputs, run_local
+    from relevance.pipelines.training import compile_pipeline
+    from relevance.platform.registry import Registry, tracking_uri
 
     chosen, overrides = _pipeline_settings(config, profile)
     try:
@@ -369,14 +324,14 @@ def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] =
 
 
 @pipeline_app.command("submit")
-@_clear_errors
+@clear_errors()
 def pipeline_submit(host: str = typer.Option(..., help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline"),
                     config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                     experiment: str = typer.Option("relevance", help="KFP experiment to file the run under."),
                     namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace."),
                     token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed.")):
     """Start the training pipeline on a Kubeflow cluster (kfp.Client)."""
-    from pipelines.run import submit
+    from relevance.pipelines.run import submit
 
     chosen, overrides = _pipeline_settings(config, profile)
     result = submit(host, chosen, overrides, experiment, namespace, token)
@@ -384,7 +339,7 @@ def pipeline_submit(host: str = typer.Option(..., help="KFP API endpoint, e.g. h
 
 
 @pipeline_app.command("schedule")
-@_clear_errors
+@clear_errors()
 def pipeline_schedule(host: str = typer.Option(..., help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline"),
                       cron: str = typer.Option(..., help="KFP cron, six fields, seconds first: '0 0 3 * * *'."),
                       name: str = typer.Option("relevance-training-nightly", help="Recurring run name."),
@@ -393,7 +348,7 @@ def pipeline_schedule(host: str = typer.Option(..., help="KFP API endpoint, e.g.
                       namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace."),
                       token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed.")):
     """Run the training pipeline on a schedule (a KFP recurring run; one run at a time, no catch-up)."""
-    from pipelines.run import check_cron, schedule
+    from relevance.pipelines.run import check_cron, schedule
 
     check_cron(cron)  # before connecting anywhere
     chosen, overrides = _pipeline_settings(config, profile)
@@ -403,7 +358,7 @@ def pipeline_schedule(host: str = typer.Option(..., help="KFP API endpoint, e.g.
 
 def _registry(tracking_uri: Optional[str]):
     from relevance.config import RegistryConfig
-    from relevance.registry import Registry
+    from relevance.platform.registry import Registry
 
     return Registry(RegistryConfig(tracking_uri=tracking_uri))
 
@@ -413,22 +368,8 @@ TrackingOption = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_UR
 NameOption = typer.Option("relevance-student", "--name", help="Registered model name.")
 
 
-def _registry_errors(command):
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from relevance.registry import RegistryError
-
-        try:
-            return command(*args, **kwargs)
-        except RegistryError as error:
-            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 @registry_app.command("list")
-@_registry_errors
+@clear_errors(RegistryError)
 def registry_list(name: Optional[str] = typer.Option(None, "--name", help="Only this model (default: all)."),
                   tracking_uri: Optional[str] = TrackingOption):
     """Registered versions with their aliases and lineage."""
@@ -440,7 +381,7 @@ def registry_list(name: Optional[str] = typer.Option(None, "--name", help="Only 
 
 
 @registry_app.command("promote")
-@_registry_errors
+@clear_errors(RegistryError)
 def registry_promote(name: str = NameOption, version: Optional[int] = typer.Option(
                          None, help="Version to make champion (default: the challenger)."),
                      tracking_uri: Optional[str] = TrackingOption):
@@ -449,7 +390,7 @@ def registry_promote(name: str = NameOption, version: Optional[int] = typer.Opti
 
 
 @registry_app.command("rollback")
-@_registry_errors
+@clear_errors(RegistryError)
 def registry_rollback(name: str = NameOption, tracking_uri: Optional[str] = TrackingOption):
     """Point champion back at the version it had before the last promotion."""
     typer.echo(f"{name}: champion → v{_registry(tracking_uri).rollback(name)} (rolled back)")

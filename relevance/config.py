@@ -154,7 +154,7 @@ class EvalConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
-    """The Great Expectations gate in front of training (relevance.validation)."""
+    """The Great Expectations gate in front of training (relevance.platform.validation)."""
 
     # A prepared dataset directory to measure drift against (e.g. the last run that trained the champion).
     # Without one, the valid and test splits are compared with the train split.
@@ -168,9 +168,10 @@ class ValidationConfig(_Strict):
 
 
 class FeatureStoreConfig(_Strict):
-    """Feast: where the feature repo's definitions are, and the view names the student reads."""
+    """Feast: where the feature repo's definitions are (feature_store.yaml + *.py; copied next to the data they
+    serve). None: the definitions shipped with the package (feature_repo/ in a checkout)."""
 
-    repo: str = "feature_repo"  # definitions (feature_store.yaml + *.py); copied next to the data it serves
+    repo: str | None = None
 
 
 class RegistryConfig(_Strict):
@@ -223,7 +224,8 @@ class CanaryConfig(_Strict):
     """
 
     namespace: str = Field("relevance", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    overlay: str = "infra/kserve/overlays/prod"  # what `--dry-run` patches with `kubectl patch --local`
+    # What `--dry-run` patches with `kubectl patch --local`: a shipped overlay (dev, prod, canary) or a directory.
+    overlay: str = "prod"
     kubectl: str = "kubectl"
     # Analysis: nDCG@k on replayed labelled queries, the teacher judging unlabelled ones, and the SLOs.
     ndcg_k: PositiveInt = 20

@@ -11,15 +11,18 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from relevance.config import EvalConfig
-from relevance.data.schema import DataContractError, DatasetInfo, check_references
+from relevance.config import EvalConfig, RunConfig
+from relevance.console import log
+from relevance.data.schema import DataContractError, Dataset, DatasetInfo, check_references
+from relevance.files import atomic_write, atomic_write_json, atomic_write_text
 from relevance.metrics import evaluate_predictions
-from relevance.teacher import read_manifest
+from relevance.files import read_manifest
 
 
 @dataclass
@@ -56,9 +59,15 @@ class StudentScorer:
     def __init__(self, directory: Path, items: pd.DataFrame, cache_dir: Path):
         from relevance.student import Student
 
+        from relevance.featurizer import build_featurizer
+
         self.student = Student.load(directory)
         self.manifest = self.student.manifest
-        self.featurizer = build_featurizer(self.manifest, items, cache_dir)
+        self.featurizer = build_featurizer(items, self.manifest, cache_dir)
+        if self.manifest.get("catalog_hash") not in (None, self.featurizer.catalog_hash):
+            warnings.warn("the items file differs from the catalog the student was trained on: its BM25 "
+                          "statistics (IDF, average length) shift, and with them the student's BM25 features",
+                          stacklevel=2)
 
     def score(self, pairs: pd.DataFrame, query_text: pd.Series) -> Scored:
         queries = query_text.reindex(pairs["query_id"]).tolist()
@@ -68,19 +77,6 @@ class StudentScorer:
         started = time.perf_counter()
         probs = self.student.predict_proba(self.featurizer.transform(queries, pairs["item_id"]))
         return Scored(probs, time.perf_counter() - started)
-
-
-def build_featurizer(manifest: dict, items: pd.DataFrame, cache_dir: Path):
-    """The student's offline featurizer, rebuilt from what its manifest recorded (encoder, text, BM25)."""
-    from relevance.config import TextConfig
-    from relevance.features import build_featurizer as build
-
-    featurizer = build(items, TextConfig.model_validate(manifest["text"]), manifest["encoder"],
-                       manifest["encoder_max_length"], manifest["bm25"]["k1"], manifest["bm25"]["b"], cache_dir)
-    if manifest.get("catalog_hash") not in (None, featurizer.catalog_hash):
-        warnings.warn("the items file differs from the catalog the student was trained on: its BM25 statistics "
-                      "(IDF, average length) shift, and with them the student's BM25 features", stacklevel=2)
-    return featurizer
 
 
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):
@@ -148,6 +144,42 @@ def evaluate_directory(model_dir: str | Path, items: pd.DataFrame, queries: pd.D
     return report
 
 
+def evaluate_models(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path], out: str | Path,
+                    embeddings_dir: str | Path) -> dict:
+    """Every saved model and the baselines on the same evaluation split, overall and per locale. Writes the
+    report as JSON (``out``), markdown (``out`` with .md) and the confusion matrices (confusion.png beside it)."""
+    from relevance.bm25 import BM25Index
+    from relevance.report import markdown_report
+
+    out = Path(out)
+    frame = with_locale(dataset.split(config.eval.split), dataset.queries)
+    train = dataset.split("train")
+    query_text = dataset.query_text
+    models: dict[str, dict] = {}
+    pairs_per_s: dict[str, float] = {}
+    for name, directory in model_dirs.items():
+        scored = load_scorer(directory, dataset.items, embeddings_dir).score(frame, query_text)
+        models[name] = report_block(frame, scored.probs, dataset.info, config.eval)
+        pairs_per_s[name] = scored.pairs_per_s()
+    index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
+    train_bm25 = index.score_pairs(query_text.reindex(train["query_id"]), train["item_id"])
+    eval_bm25 = index.score_pairs(query_text.reindex(frame["query_id"]), frame["item_id"])
+    k = dataset.num_grades
+    models["bm25"] = report_block(frame, bm25_probs(train_bm25, train["grade"].to_numpy(), eval_bm25, k),
+                                  dataset.info, config.eval, scores=eval_bm25)
+    models["majority"] = report_block(frame, majority_probs(train["grade"].to_numpy(), k, len(frame)),
+                                      dataset.info, config.eval)
+    report = {"split": config.eval.split, "dataset": dataset.info.name, "num_pairs": int(len(frame)),
+              "models": models, "pairs_per_s": pairs_per_s,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(out, report)
+    matrices = {name: models[name]["overall"]["confusion_matrix"] for name in model_dirs}
+    plot_confusion_matrices(matrices, dataset.info.grade_names, out.with_name("confusion.png"))
+    atomic_write_text(out.with_suffix(".md"), markdown_report(report, "confusion.png"))
+    log(f"report: {out} and {out.with_suffix('.md')}")
+    return report
+
+
 def plot_confusion_matrices(matrices: dict[str, list[list[int]]], grade_names: list[str], path: Path) -> Path:
     import matplotlib
 
@@ -169,6 +201,7 @@ def plot_confusion_matrices(matrices: dict[str, list[list[int]]], grade_names: l
         axis.set_ylabel("human grade")
         axis.set_title(name)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from relevance.encoder import BiEncoder
+from relevance.onnx_session import onnx_session
 from relevance.student import Student
 from relevance.teacher import pool
 
@@ -63,16 +64,8 @@ class _QueryEncoder(nn.Module):
         return nn.functional.normalize(pool(hidden, attention_mask, "mean"), dim=-1)
 
 
-def _session(path: Path):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _check(path: Path, feeds: dict[str, np.ndarray], expected: np.ndarray, tolerance: float) -> float:
-    got = _session(path).run(None, feeds)[0]
+def check_parity(path: Path, feeds: dict[str, np.ndarray], expected: np.ndarray, tolerance: float) -> float:
+    got = onnx_session(path).run(None, feeds)[0]
     if got.shape != expected.shape:
         raise ExportParityError(f"{path}: ONNX output shape {got.shape} differs from torch {expected.shape}")
     diff = float(np.max(np.abs(got - expected)))
@@ -101,7 +94,7 @@ def export_student(student_dir: str | Path, out_path: str | Path, tolerance: flo
                           external_data=False)  # one self-contained file: Triton loads model.onnx alone
     with torch.no_grad():
         expected = module(torch.from_numpy(sample)).numpy()
-    diff = _check(out_path, {"features": sample}, expected, tolerance)
+    diff = check_parity(out_path, {"features": sample}, expected, tolerance)
     return ExportResult(out_path, diff, ["features"], ["probs"])
 
 
@@ -127,7 +120,7 @@ def export_query_encoder(encoder_name: str, max_length: int, out_path: str | Pat
                           dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
                                         "embedding": {0: "batch"}})
     expected = reference.encode(queries)
-    diff = _check(out_path, {n: batch[n].numpy() for n in names}, expected, tolerance)
+    diff = check_parity(out_path, {n: batch[n].numpy() for n in names}, expected, tolerance)
     return ExportResult(out_path, diff, names, ["embedding"])
 
 
@@ -182,7 +175,7 @@ def export_teacher(teacher_dir: str | Path, out_path: str | Path, tolerance: flo
                                                           "probs": {0: "batch"}})
     with torch.no_grad():
         expected = module(*args).numpy()
-    diff = _check(out_path, {n: batch[n].numpy() for n in names}, expected, tolerance)
+    diff = check_parity(out_path, {n: batch[n].numpy() for n in names}, expected, tolerance)
     return ExportResult(out_path, diff, names, ["probs"])
 
 
@@ -211,14 +204,13 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
       from ``items`` and checked against the catalog hash in the student's manifest;
     - ``bundle.json``: what the server checks it is compatible with (feature version, dimensions, grades).
 
-    The Triton model repository (serving.model_repository) is built from this folder.
+    The Triton model repository (relevance.serving.model_repository) is built from this folder.
     """
-    from relevance.candidates import BM25Index, lexical_item_texts
+    from relevance.bm25 import BM25Index, lexical_item_texts
     from relevance.config import TextConfig
-    from relevance.encoder import BiEncoder
-    from relevance.features import FEATURE_VERSION, catalog_hash
+    from relevance.featurizer import FEATURE_VERSION, catalog_hash
     from relevance.files import atomic_directory
-    from relevance.teacher import read_manifest
+    from relevance.files import read_manifest
 
     manifest = read_manifest(student_dir, expected_kind="student")
     if manifest.get("feature_version") != FEATURE_VERSION:

@@ -9,18 +9,16 @@ resumes with no row lost and none duplicated.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import uuid
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relevance.data.schema import DataContractError, prob_columns, validate_teacher_labels
-from relevance.files import sha256_of_files
+from relevance.config import LabelingConfig
+from relevance.data.schema import Dataset, DataContractError, prob_columns, validate_teacher_labels
+from relevance.files import atomic_write, atomic_write_json, sha256_of_files
 from relevance.runtime import progress_bar, set_threads
 from relevance.teacher import Teacher, score_items
 
@@ -103,19 +101,19 @@ def label_shard(teacher: Teacher, pool_path: str | Path, shard_index: int, shard
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"teacher_version": teacher.version.encode(),
                                            b"pool": pool.encode(), b"shard_rows": str(shard_rows).encode(),
                                            b"shard_index": str(shard_index).encode()})
-    tmp = out_dir / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # per writer: two never collide
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)  # atomic: readers and resumers see the whole shard or nothing
+    with atomic_write(path) as tmp:  # readers and resumers see the whole shard or nothing
+        pq.write_table(table, tmp)
     return path
 
 
-def label_pool(teacher_dir: str | Path, pool_path: str | Path, queries: pd.DataFrame, items: pd.DataFrame,
-               out_dir: str | Path, shard_rows: int = 20_000, batch_size: int = 128, precision: str = "auto",
-               shards: list[int] | None = None) -> list[Path]:
-    """Label every shard of the pool (or the given ones), skipping shards already done."""
+def label_pool(teacher_dir: str | Path, pool_path: str | Path, dataset: Dataset, out_dir: str | Path,
+               config: LabelingConfig, shards: list[int] | None = None) -> list[Path]:
+    """Label every shard of the pool (or the given ones, e.g. one task of a fan-out), skipping shards already
+    done. ``dataset`` gives the query and item texts."""
     set_threads()
     teacher = Teacher.load(teacher_dir)
     out_dir = Path(out_dir)
+    shard_rows = config.shard_rows
     total_rows = pq.ParquetFile(pool_path).metadata.num_rows
     if total_rows == 0:
         raise DataContractError(f"{pool_path}: the unlabelled pool is empty")
@@ -124,8 +122,7 @@ def label_pool(teacher_dir: str | Path, pool_path: str | Path, queries: pd.DataF
     invalid = [i for i in wanted if not 0 <= i < count]
     if invalid:
         raise ValueError(f"shard index(es) {invalid} out of range: the pool has {count} shard(s) of {shard_rows} rows")
-    query_text = queries.set_index("query_id")["query"]
-    item_text = teacher.item_texts(items)
+    item_text = teacher.item_texts(dataset.items)
     pool = pool_fingerprint(pool_path)
     if shards is None:  # a whole-pool run owns the directory: temporary files left by killed writers go
         for leftover in out_dir.glob(".shard-*.tmp"):
@@ -137,28 +134,33 @@ def label_pool(teacher_dir: str | Path, pool_path: str | Path, queries: pd.DataF
         task = bar.add_task(f"labelling {len(wanted) - len(done)} shard(s), {len(done)} already done",
                             total=todo_rows)
         for shard_index in wanted:
-            paths.append(label_shard(teacher, pool_path, shard_index, shard_rows, query_text, item_text, out_dir,
-                                     batch_size, precision, on_batch=lambda n: bar.update(task, advance=n),
-                                     pool=pool))
-    summary = out_dir / f".labels.json.{os.getpid()}.tmp"
-    summary.write_text(json.dumps({
+            paths.append(label_shard(teacher, pool_path, shard_index, shard_rows, dataset.query_text, item_text,
+                                     out_dir, config.batch_size, config.precision,
+                                     on_batch=lambda n: bar.update(task, advance=n), pool=pool))
+    atomic_write_json(out_dir / "labels.json", {
         "teacher_version": teacher.version, "num_grades": teacher.num_grades, "pool": pool,
         "shard_rows": shard_rows, "num_shards": count, "rows": total_rows,
-        "shards_done": sorted(int(p.stem.split("-")[1]) for p in out_dir.glob("shard-*.parquet"))}, indent=2))
-    os.replace(summary, out_dir / "labels.json")
+        "shards_done": sorted(int(p.stem.split("-")[1]) for p in out_dir.glob("shard-*.parquet"))})
     return paths
 
 
-def read_labels(labels_dir: str | Path, num_grades: int | None = None,
+def read_labels(label_dirs: str | Path | list[str | Path], num_grades: int | None = None,
                 pool_path: str | Path | None = None) -> pd.DataFrame:
-    """All shards of a label directory as one table, checked against the contract (K, sums, no duplicates).
+    """Every shard of one label directory, or of several (the outputs of a labelling fan-out), as one table,
+    checked against the contract (K, sums, no duplicates, one teacher).
 
     With ``pool_path``, the shards must cover that pool exactly: a partial labelling (one --shard run, or a
     killed job) is refused rather than silently distilled from.
     """
-    paths = sorted(Path(labels_dir).glob("shard-*.parquet"))
+    dirs = [Path(d) for d in ([label_dirs] if isinstance(label_dirs, (str, Path)) else label_dirs)]
+    paths = sorted((p for d in dirs for p in d.glob("shard-*.parquet")), key=lambda p: p.name)
+    where = dirs[0] if len(dirs) == 1 else f"{len(dirs)} label directories"
     if not paths:
-        raise DataContractError(f"{labels_dir}: no label shards; run `relevance label` first")
+        raise DataContractError(f"{where}: no label shards; run `relevance label` first")
+    names = [p.name for p in paths]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataContractError(f"{where}: shard(s) {repeated[:3]} appear in more than one directory")
     labels = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     if pool_path is not None:
         fingerprint = pool_fingerprint(pool_path)
@@ -166,11 +168,11 @@ def read_labels(labels_dir: str | Path, num_grades: int | None = None,
         pool_rows = pq.ParquetFile(pool_path).metadata.num_rows
         if stale or len(labels) != pool_rows:
             raise DataContractError(
-                f"{labels_dir}: the shards hold {len(labels)} labelled rows of a {pool_rows}-row pool"
+                f"{where}: the shards hold {len(labels)} labelled rows of a {pool_rows}-row pool"
                 + (f", and {len(stale)} shard(s) belong to another pool (e.g. {stale[0]})" if stale else "")
                 + "; run `relevance label` until every shard is done")
     versions = labels["teacher_version"].unique()
     if len(versions) != 1:
-        raise DataContractError(f"{labels_dir}: shards from several teachers {list(versions)}; expected one")
+        raise DataContractError(f"{where}: shards from several teachers {list(versions)}; expected one")
     k = num_grades if num_grades is not None else sum(c.startswith("p_") for c in labels.columns)
     return validate_teacher_labels(labels, k)

@@ -4,9 +4,10 @@ A request is (query, locale, candidate item ids). Scoring it:
 
 1. the query embedding, from the ONNX query encoder behind a W-TinyLFU cache (queries follow a Zipf law, so a
    frequency-aware cache keeps the head that an LRU loses to one-off queries);
-2. the candidates' features (embedding, title, lexical text) from the Feast online store, behind a TTL cache;
+2. the candidates' features (embedding, title, lexical text) from an item source: in serving, the Feast online
+   store behind a TTL cache (relevance.platform.feature_store.FeastItemSource);
 3. BM25 against the catalog's saved index (its IDF and average length are the training catalog's);
-4. :func:`relevance.features.featurize`: the student's one featurizer, the function training used;
+4. :func:`relevance.featurizer.featurize`: the student's one featurizer, the function training used;
 5. the student (ONNX) gives K grade probabilities per candidate; candidates are reranked by expected grade.
 
 Steps 1–4 are :meth:`OnlineScorer.prepare` (the transformer's preprocess); step 5's model call can run here
@@ -21,14 +22,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 
 from relevance.config import ServingConfig
-from relevance.features import FEATURE_VERSION, featurize
+from relevance.featurizer import FEATURE_VERSION, featurize
 from relevance.metrics import expected_grade
+from relevance.onnx_session import onnx_session
 
 BUNDLE_MANIFEST = "bundle.json"
 UNKNOWN_ITEM_DEFAULTS = {
@@ -74,22 +75,12 @@ def validate_request(query, locale, candidates, config: ServingConfig) -> tuple[
     return query, locale, candidates
 
 
-def _onnx_session(path: Path, threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 class OnnxStudent:
     """The student in process (ONNX Runtime): ``features`` [N, F] → ``probs`` [N, K]."""
 
     def __init__(self, path: str | Path, threads: int = 1):
         self.path = Path(path)
-        self.session = _onnx_session(self.path, threads)
+        self.session = onnx_session(self.path, threads)
         self.num_features = int(self.session.get_inputs()[0].shape[1])
 
     def predict(self, features: np.ndarray) -> np.ndarray:
@@ -105,7 +96,7 @@ class QueryEncoder:
 
         directory = Path(directory)
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
-        self.session = _onnx_session(directory / model_file, threads)
+        self.session = onnx_session(directory / model_file, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.max_length = max_length
 
@@ -125,70 +116,8 @@ class ItemFeatures:
     known: np.ndarray  # [n] bool
 
 
-class FeastItemSource:
-    """Candidate features from the Feast online store, with a TTL cache in front (theine).
-
-    The store is read once per request for the ids the cache lacks; values live ``ttl_seconds``, so a
-    materialization is visible within that time.
-    """
-
-    FEATURES = ("item_embeddings:embedding", "item_text:title", "item_text:lexical_text")
-
-    def __init__(self, repo: str | Path, dimension: int, cache_size: int = 200_000, ttl_seconds: float = 300.0):
-        from relevance.feature_store import open_store
-
-        self.store = open_store(repo)
-        self.dimension = dimension
-        self.ttl = timedelta(seconds=ttl_seconds)
-        self.cache = _cache(cache_size)
-        self.reads = 0
-
-    def _read(self, item_ids: list[str]) -> dict[str, tuple[np.ndarray, str, str] | None]:
-        self.reads += 1
-        rows = self.store.get_online_features(features=list(self.FEATURES),
-                                              entity_rows=[{"item_id": i} for i in item_ids]).to_dict()
-        found: dict[str, tuple[np.ndarray, str, str] | None] = {}
-        for item_id, vector, title, text in zip(item_ids, rows["embedding"], rows["title"], rows["lexical_text"]):
-            if vector is None:
-                found[item_id] = None
-                continue
-            vector = np.asarray(vector, dtype=np.float32)
-            if vector.shape != (self.dimension,):
-                raise ValueError(f"online store: item {item_id!r} has an embedding of shape {vector.shape}, the "
-                                 f"student expects ({self.dimension},); materialize the student's features")
-            found[item_id] = (vector, title or "", text or "")
-        return found
-
-    def get(self, item_ids: list[str]) -> ItemFeatures:
-        values: dict[str, tuple[np.ndarray, str, str] | None] = {}
-        missing = []
-        for item_id in item_ids:
-            value, hit = self.cache.get(item_id) if self.cache is not None else (None, False)
-            if hit:
-                values[item_id] = value
-            else:
-                missing.append(item_id)
-        if missing:
-            for item_id, value in self._read(missing).items():
-                values[item_id] = value
-                if self.cache is not None:  # unknown ids too: a burst of them must not hammer the store
-                    self.cache.set(item_id, value, self.ttl)
-        embeddings = np.zeros((len(item_ids), self.dimension), dtype=np.float32)
-        titles, texts, known = [], [], np.zeros(len(item_ids), dtype=bool)
-        for row, item_id in enumerate(item_ids):
-            value = values[item_id]
-            if value is None:
-                titles.append("")
-                texts.append("")
-                continue
-            embeddings[row], title, text = value
-            titles.append(title)
-            texts.append(text)
-            known[row] = True
-        return ItemFeatures(embeddings, titles, texts, known)
-
-
-def _cache(size: int):
+def lookup_cache(size: int):
+    """A W-TinyLFU cache (theine) of ``size`` entries, or None for size 0 (no cache)."""
     if size <= 0:
         return None
     from theine import Cache
@@ -252,7 +181,7 @@ class ServingBundle:
 class OnlineScorer:
     def __init__(self, bundle: ServingBundle, items, config: ServingConfig, bm25=None,
                  student: OnnxStudent | None = None):
-        from relevance.candidates import BM25Index
+        from relevance.bm25 import BM25Index
 
         self.bundle = bundle
         self.config = config
@@ -266,7 +195,7 @@ class OnlineScorer:
                                     bundle.model_file("query_encoder", config.int8).name, config.onnx_threads)
         self.bm25 = bm25 or BM25Index.load(bundle.directory / "bm25")
         self.student = student
-        self.query_cache = _cache(config.query_cache_size)
+        self.query_cache = lookup_cache(config.query_cache_size)
         self.query_cache_hits = 0
         self.query_cache_misses = 0
 

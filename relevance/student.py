@@ -87,7 +87,7 @@ class Student:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Student":
-        from relevance.teacher import read_manifest
+        from relevance.files import read_manifest
 
         manifest = read_manifest(Path(directory), expected_kind="student")
         model = StudentMLP(manifest["num_features"], manifest["num_grades"], manifest["config"]["hidden"], 0.0)

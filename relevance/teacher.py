@@ -29,12 +29,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from relevance.config import DEFAULT_BACKBONE, TeacherConfig, TextConfig
-from relevance.files import atomic_directory, sha256_of_files
+from relevance.config import DEFAULT_BACKBONE, RunConfig, TeacherConfig, TextConfig
+from relevance.files import MANIFEST, atomic_directory, read_manifest, sha256_of_files
 from relevance.runtime import autocast, device, progress_bar, resolve_precision, seed_everything, set_threads
 from relevance.text import assemble_item_texts, cut_to_token_budget
 
-MANIFEST = "manifest.json"
 DECODER_PAD_TOKEN = "<pad>"
 
 
@@ -232,17 +231,9 @@ class Teacher:
         return cls(model.to(dev or device()).eval(), tokenizer, manifest)
 
 
-def read_manifest(directory: Path, expected_kind: str | None = None) -> dict:
-    path = Path(directory) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{directory}: no {MANIFEST}; expected a saved teacher or student directory")
-    manifest = json.loads(path.read_text())
-    if expected_kind and manifest.get("kind") != expected_kind:
-        raise ValueError(f"{directory}: expected a {expected_kind} model, got kind={manifest.get('kind')!r}")
-    return manifest
-
-
-def _build_model(config: TeacherConfig, num_grades: int, dev: torch.device):
+def build_cross_encoder(config: TeacherConfig, num_grades: int, dev: torch.device) -> tuple[CrossEncoder, object, str]:
+    """An untrained cross-encoder as ``config`` describes it (backbone, pooling, fine-tuning mode), its tokenizer,
+    and the backbone's local path."""
     from transformers import AutoModel
 
     path = resolve_backbone(config.backbone)
@@ -334,7 +325,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     precision = resolve_precision(config.precision, dev)
     if config.max_train_pairs and len(train) > config.max_train_pairs:
         train = train.sample(config.max_train_pairs, random_state=config.seed)
-    model, tokenizer, backbone_path = _build_model(config, num_grades, dev)
+    model, tokenizer, backbone_path = build_cross_encoder(config, num_grades, dev)
     item_text = assemble_item_texts(items, text, tokenizer)
 
     train_enc = encode_pairs(tokenizer, *_pairs(train, query_text, item_text), text)
@@ -461,3 +452,17 @@ def score_items(teacher: Teacher, pairs: pd.DataFrame, query_text: pd.Series, it
     """Teacher probabilities for (query_id, item_id) rows, with the text looked up by id."""
     queries, items = _pairs(pairs, query_text, item_text)
     return teacher.predict_proba(queries, items, batch_size=batch_size, precision=precision, on_batch=on_batch)
+
+
+def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
+    """The run step: :func:`train_teacher` on the dataset's train split (early stopping on valid), saved to
+    ``out`` with the dataset's description in its manifest."""
+    from relevance.console import log
+
+    teacher = train_teacher(dataset.split("train"), dataset.split("valid"), dataset.query_text, dataset.items,
+                            dataset.num_grades, config.teacher, config.text,
+                            data_hash=dataset.training_data_hash(), log=log)
+    teacher.manifest["dataset"] = dataset.info.__dict__
+    teacher.save(out)
+    log(f"teacher: saved {teacher.version} → {out}")
+    return Path(out)

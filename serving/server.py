@@ -6,8 +6,13 @@ Two models, each a kserve.Model with load / preprocess / predict / postprocess:
   request into the student's features (relevance.online: cached ONNX query encoder, Feast online item features,
   the training featurizer); predict runs the student with ONNX Runtime, or, with ``predictor_url``, on a Triton
   (or any Open Inference Protocol V2) server through tritonclient.http; postprocess reranks.
-- :class:`StudentPredictor`, a V2 predictor over the Triton model repository's student (``serve --predictor``):
-  the same contract Triton serves, for machines without Triton (this one: no container registry).
+- :class:`StudentPredictor`, a V2 predictor over the Triton model repository's student (``relevance
+  serve-predictor``): the same contract Triton serves, for machines without Triton (this one: no container
+  registry).
+
+Both take KServe's model-server flags (``--http_port``, ``--model_name``, ``--predictor_host``, ``--protocol``, …:
+what KServe appends to a transformer container's args), parsed by KServe's own parser (:func:`model_server_args`).
+Importing this module changes nothing: the Prometheus collectors are created on first use (:func:`metrics`).
 
 Request schema (documented in docs/serving.md, and in /v2/models/<name> metadata):
 
@@ -22,52 +27,81 @@ Every malformed request gets a 400 naming what is wrong (KServe maps InvalidInpu
 
 from __future__ import annotations
 
-import sys
+import argparse
+import functools
 import time
 import uuid
 from dataclasses import dataclass
 
+import kserve
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
+from kserve.errors import InvalidInput
+from kserve.model import InferenceVerb
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from relevance.config import ServingConfig
 from relevance.online import OnlineScorer, OnnxStudent, Prepared, RequestError, rank
 
 # Buckets from 0.5 ms: the student's latency budget is single-digit milliseconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-REQUEST_SECONDS = Histogram("relevance_request_seconds", "Model latency of a rerank request (preprocess → "
-                            "predict → postprocess)", ["model_name", "protocol"], buckets=LATENCY_BUCKETS)
-REQUESTS = Counter("relevance_requests", "Rerank requests by outcome (ok, bad_request, error)",
-                   ["model_name", "protocol", "outcome"])
-HTTP_RESPONSES = Counter("relevance_http_responses", "HTTP responses by status code, including requests "
-                         "refused before reaching a model (malformed JSON, oversized body)", ["code"])
-CACHE_HITS = Counter("relevance_query_cache_hits", "Query-embedding cache hits", ["model_name"])
-CACHE_MISSES = Counter("relevance_query_cache_misses", "Query-embedding cache misses", ["model_name"])
-CACHE_HIT_RATE = Gauge("relevance_query_cache_hit_rate", "Query-embedding cache hits / lookups since start",
-                       ["model_name"])
-UNKNOWN_ITEMS = Counter("relevance_unknown_items", "Candidates not in the online store (scored with defaults)",
-                        ["model_name"])
-CANDIDATES = Histogram("relevance_candidates_per_request", "Candidates per rerank request", ["model_name"],
-                       buckets=(1, 10, 50, 100, 200, 500, 1000, 5000))
-
 V2_INPUTS = {"query": "BYTES", "candidates": "BYTES", "locale": "BYTES"}
 
 
-def _kserve():
-    # kserve.model_server parses sys.argv when imported; keep `relevance serve`'s own options away from it.
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        import kserve
-        import kserve.model_server  # noqa: F401
-    finally:
-        sys.argv = argv
-    return kserve
+@dataclass(frozen=True)
+class ServerMetrics:
+    """The server's Prometheus collectors (on KServe's /metrics, in the default registry)."""
+
+    request_seconds: object
+    requests: object
+    http_responses: object
+    cache_hits: object
+    cache_misses: object
+    cache_hit_rate: object
+    unknown_items: object
+    candidates: object
 
 
-kserve = _kserve()
-from kserve.errors import InvalidInput  # noqa: E402
-from kserve.model import InferenceVerb  # noqa: E402
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+@functools.cache
+def metrics() -> ServerMetrics:
+    """The collectors, registered once per process on first use (registering them at import would make a second
+    import, or a test that builds two servers, fail with duplicated time series)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return ServerMetrics(
+        request_seconds=Histogram("relevance_request_seconds", "Model latency of a rerank request (preprocess → "
+                                  "predict → postprocess)", ["model_name", "protocol"], buckets=LATENCY_BUCKETS),
+        requests=Counter("relevance_requests", "Rerank requests by outcome (ok, bad_request, error)",
+                         ["model_name", "protocol", "outcome"]),
+        http_responses=Counter("relevance_http_responses", "HTTP responses by status code, including requests "
+                               "refused before reaching a model (malformed JSON, oversized body)", ["code"]),
+        cache_hits=Counter("relevance_query_cache_hits", "Query-embedding cache hits", ["model_name"]),
+        cache_misses=Counter("relevance_query_cache_misses", "Query-embedding cache misses", ["model_name"]),
+        cache_hit_rate=Gauge("relevance_query_cache_hit_rate", "Query-embedding cache hits / lookups since start",
+                             ["model_name"]),
+        unknown_items=Counter("relevance_unknown_items", "Candidates not in the online store (scored with "
+                              "defaults)", ["model_name"]),
+        candidates=Histogram("relevance_candidates_per_request", "Candidates per rerank request", ["model_name"],
+                             buckets=(1, 10, 50, 100, 200, 500, 1000, 5000)),
+    )
+
+
+class _RefusingParser(argparse.ArgumentParser):
+    def error(self, message):  # a ValueError the CLI reports in one line, not argparse's exit
+        raise ValueError(f"{self.prog}: {message}")
+
+
+_UNSET = object()
+
+
+def model_server_args(argv: list[str], prog: str = "relevance serve") -> tuple[argparse.Namespace, set[str]]:
+    """KServe's model-server flags parsed by KServe's own parser (kserve.model_server.parser, as KServe's custom
+    transformer examples do): the values, and the names given explicitly. An unknown flag is an error."""
+    from kserve.model_server import parser as kserve_parser
+
+    parser = _RefusingParser(prog=prog, parents=[kserve_parser], add_help=False, allow_abbrev=False)
+    values = parser.parse_args(argv)
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**{name: _UNSET for name in vars(values)}))
+    return values, {name for name, value in vars(given).items() if value is not _UNSET}
 
 
 @dataclass
@@ -77,7 +111,6 @@ class Batch:
     protocol: str  # "v1" or "v2"
     prepared: list[Prepared]
     request_id: str
-    started: float
     probs: np.ndarray | None = None
 
 
@@ -143,7 +176,7 @@ class RerankModel(kserve.Model):
         self.scorer = self.scorer_factory()
         self.num_grades = int(self.scorer.bundle.manifest["num_grades"])
         if self.predictor_url:
-            from serving.client import triton_client
+            from relevance.serving.client import triton_client
 
             self.triton = triton_client(self.predictor_url, self.predictor_timeout_s)
             if not self.triton.is_model_ready(self.name):
@@ -168,17 +201,18 @@ class RerankModel(kserve.Model):
     # -- the request path -----------------------------------------------------------------------------------
     async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
         protocol = "v2" if isinstance(body, InferRequest) else "v1"
+        collectors = metrics()
         started = time.perf_counter()
         try:
             result = await super().__call__(body, headers, verb)
         except (InvalidInput, RequestError) as error:
-            REQUESTS.labels(self.name, protocol, "bad_request").inc()
+            collectors.requests.labels(self.name, protocol, "bad_request").inc()
             raise InvalidInput(str(error)) from None
         except Exception:
-            REQUESTS.labels(self.name, protocol, "error").inc()
+            collectors.requests.labels(self.name, protocol, "error").inc()
             raise
-        REQUEST_SECONDS.labels(self.name, protocol).observe(time.perf_counter() - started)
-        REQUESTS.labels(self.name, protocol, "ok").inc()
+        collectors.request_seconds.labels(self.name, protocol).observe(time.perf_counter() - started)
+        collectors.requests.labels(self.name, protocol, "ok").inc()
         return result
 
     def _queries_v1(self, payload) -> list[tuple]:
@@ -225,7 +259,6 @@ class RerankModel(kserve.Model):
         return values["query"][0], locale, values["candidates"]
 
     def preprocess(self, payload, headers=None) -> Batch:
-        started = time.perf_counter()
         if isinstance(payload, InferRequest):
             protocol, queries = "v2", [self._query_v2(payload)]
             request_id = payload.id or str(uuid.uuid4())
@@ -233,13 +266,14 @@ class RerankModel(kserve.Model):
             protocol, queries = "v1", self._queries_v1(payload)
             request_id = (headers or {}).get("x-request-id", str(uuid.uuid4()))
         prepared = [self.scorer.prepare(*query) for query in queries]
+        collectors = metrics()
         for item in prepared:
-            (CACHE_HITS if item.query_cache_hit else CACHE_MISSES).labels(self.name).inc()
-            UNKNOWN_ITEMS.labels(self.name).inc(int(item.unknown.sum()))
-            CANDIDATES.labels(self.name).observe(len(item.item_ids))
+            (collectors.cache_hits if item.query_cache_hit else collectors.cache_misses).labels(self.name).inc()
+            collectors.unknown_items.labels(self.name).inc(int(item.unknown.sum()))
+            collectors.candidates.labels(self.name).observe(len(item.item_ids))
         lookups = self.scorer.query_cache_hits + self.scorer.query_cache_misses
-        CACHE_HIT_RATE.labels(self.name).set(self.scorer.query_cache_hits / lookups if lookups else 0.0)
-        return Batch(protocol, prepared, request_id, started)
+        collectors.cache_hit_rate.labels(self.name).set(self.scorer.query_cache_hits / lookups if lookups else 0.0)
+        return Batch(protocol, prepared, request_id)
 
     def predict(self, batch: Batch, headers=None) -> Batch:
         features = np.concatenate([p.features for p in batch.prepared]).astype(np.float32, copy=False)
@@ -289,7 +323,7 @@ class StudentPredictor(kserve.Model):
         self.student: OnnxStudent | None = None
 
     def load(self) -> bool:
-        from serving.model_repository import read_model_config, validate_model_repository
+        from relevance.serving.model_repository import read_model_config, validate_model_repository
 
         self.student = OnnxStudent(validate_model_repository(self.repo_dir, self.name), self.config.onnx_threads)
         self.max_batch = read_model_config(self.repo_dir, self.name).max_batch_size
@@ -335,14 +369,14 @@ class HttpGuard:
         if not length.isdigit() or int(length) > self.max_request_bytes:
             from starlette.responses import JSONResponse
 
-            HTTP_RESPONSES.labels("413").inc()
+            metrics().http_responses.labels("413").inc()
             response = JSONResponse({"error": f"request body over the {self.max_request_bytes}-byte limit "
                                               f"(content-length {length[:20]})"}, status_code=413)
             return await response(scope, receive, send)
 
         async def counted(message):
             if message["type"] == "http.response.start":
-                HTTP_RESPONSES.labels(str(message["status"])).inc()
+                metrics().http_responses.labels(str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, counted)
@@ -358,34 +392,67 @@ async def _invalid_request_body(request, error):
     return JSONResponse({"error": f"invalid V2 inference request: {problems}"}, status_code=400)
 
 
-def run_server(models: list, config: ServingConfig, port: int) -> None:
-    """Start the KServe model server on ``port`` (REST only; it binds 0.0.0.0, as KServe does in a pod)."""
+def run_server(models: list, config: ServingConfig, args: argparse.Namespace) -> None:
+    """Start the KServe model server with KServe's flags ``args`` (see :func:`model_server_args`): REST only,
+    one worker (the caches live in the process). It binds 0.0.0.0, as KServe does in a pod."""
     from fastapi.exceptions import RequestValidationError
     from kserve.model_server import app
 
+    if args.workers != 1:
+        raise ValueError(f"--workers {args.workers}: the server runs one worker (the query and item caches live in "
+                         "the process); scale with replicas instead, and leave containerConcurrency unset")
+    metrics()
     app.add_middleware(HttpGuard, max_request_bytes=config.max_request_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request_body)
     for model in models:
         model.load()
-    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start(models)
+    kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1,
+                       enable_docs_url=args.enable_docs_url, timeout_keep_alive=args.timeout_keep_alive,
+                       ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile).start(models)
 
 
-def serve(bundle_dir, feature_repo, config: ServingConfig, port: int, predictor_url: str | None = None) -> None:
-    """The transformer (+ in-process student unless ``predictor_url``) on ``port``."""
-    from relevance.online import FeastItemSource, ServingBundle
+def predictor_url(args: argparse.Namespace, given: set[str], config: ServingConfig) -> str | None:
+    """Where the transformer's predictor is, from KServe's flags: ``--predictor_host`` (with ``--protocol`` /
+    ``--predictor_protocol`` v2, and ``--predictor_use_ssl``), checked against the serving config."""
+    if "model_name" in given and args.model_name != config.model_name:
+        raise ValueError(f"--model_name {args.model_name!r} (the InferenceService name) must equal "
+                         f"serving.model_name {config.model_name!r}: the transformer serves, and asks the predictor "
+                         "for, that one model name")
+    for flag in ("protocol", "predictor_protocol"):
+        if flag in given and getattr(args, flag) != "v2":
+            raise ValueError(f"--{flag}: the transformer calls its predictor over the V2 REST protocol, got "
+                             f"{getattr(args, flag)!r}")
+    if not args.predictor_host:
+        return None
+    return f"{'https' if args.predictor_use_ssl else 'http'}://{args.predictor_host}"
+
+
+def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namespace, given: set[str],
+          predictor: str | None = None) -> None:
+    """The transformer with KServe's flags ``args`` (``given``: the ones set explicitly): the student in process,
+    or on the predictor that ``predictor`` (a URL) or ``--predictor_host`` names."""
+    from relevance.online import ServingBundle
+    from relevance.platform.feature_store import FeastItemSource
+
+    from_flags = predictor_url(args, given, config)
+    if predictor and from_flags:
+        raise ValueError("give --predictor-url or --predictor_host, not both")
+    predictor = predictor or from_flags
+    # KServe's default predictor timeout (600 s) suits batch models; a rerank request has milliseconds.
+    timeout = float(args.predictor_request_timeout_seconds) if "predictor_request_timeout_seconds" in given else 5.0
 
     def scorer() -> OnlineScorer:
         bundle = ServingBundle(bundle_dir)
         items = FeastItemSource(feature_repo, int(bundle.manifest["embedding_dim"]), config.item_cache_size,
                                 config.item_cache_ttl_seconds)
         student = None
-        if predictor_url is None:  # serving.int8 picks the int8 student, as it picks the int8 encoder
+        if predictor is None:  # serving.int8 picks the int8 student, as it picks the int8 encoder
             student = OnnxStudent(bundle.model_file("student", config.int8), config.onnx_threads)
         return OnlineScorer(bundle, items, config, student=student)
 
-    run_server([RerankModel(config, scorer, predictor_url)], config, port)
+    run_server([RerankModel(config, scorer, predictor, timeout)], config, args)
 
 
-def serve_predictor(repo_dir, config: ServingConfig, port: int) -> None:
+def serve_predictor(repo_dir, config: ServingConfig, args: argparse.Namespace) -> None:
     """The student alone behind V2, from a Triton model repository (what Triton serves in the cluster)."""
-    run_server([StudentPredictor(repo_dir, config)], config, port)
+    run_server([StudentPredictor(repo_dir, config)], config, args)

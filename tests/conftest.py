@@ -1,12 +1,24 @@
-"""Shared fixtures: tiny random backbones (BERT and Llama) with tokenizers trained on the fly, and a tiny
-synthetic shop. Nothing downloads."""
+"""Shared fixtures: tiny random backbones (BERT and Llama) with tokenizers trained on the fly, settings for a
+whole run in seconds, tiny hand-made judgments, and the `relevance` command line in a subprocess. Nothing
+downloads.
+
+The test tree mirrors the package: tests/<module>.py for the core library, tests/data, tests/platform,
+tests/serving (and serving/canary), tests/pipelines, tests/benchmarks; tests/test_packaging.py checks the wheel.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -60,10 +72,9 @@ def tiny_llama(tmp_path_factory) -> Path:
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def tiny_run_settings(tiny_bert: Path, items: int = 300, judged_queries: int = 60, impressions: int = 1500,
-                      top_k: int = 10, shard_rows: int = 400, teacher_epochs: int = 2, student_epochs: int = 4,
-                      max_length: int = 64, student_hidden: int = 32) -> dict:
-    """RunConfig overrides for a whole run in seconds: tiny BERT as teacher and student encoder, a small shop."""
+def _run_settings(tiny_bert: Path, items: int = 300, judged_queries: int = 60, impressions: int = 1500,
+                  top_k: int = 10, shard_rows: int = 400, teacher_epochs: int = 2, student_epochs: int = 4,
+                  max_length: int = 64, student_hidden: int = 32) -> dict:
     return {
         "data": {"source": "synthetic", "synthetic_items": items, "synthetic_judged_queries": judged_queries,
                  "synthetic_impressions": impressions},
@@ -75,3 +86,53 @@ def tiny_run_settings(tiny_bert: Path, items: int = 300, judged_queries: int = 6
         "student": {"encoder": str(tiny_bert), "hidden": [student_hidden],
                     "epochs": student_epochs, "batch_size": 256},
     }
+
+
+@pytest.fixture(scope="session")
+def run_settings(tiny_bert):
+    """``run_settings(items=…, …)``: RunConfig overrides for a whole run in seconds (tiny BERT as teacher and
+    student encoder, a small synthetic shop)."""
+    return functools.partial(_run_settings, tiny_bert)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``cli(*args, check=True, env=None, cwd=None)``: `relevance …` in a subprocess, offline and on one thread.
+    With check, a non-zero exit fails the test with the command's output."""
+
+    def run(*args, check: bool = True, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "RELEVANCE_THREADS": "1", **(env or {})}
+        result = subprocess.run([sys.executable, "-m", "relevance.cli", *map(str, args)], capture_output=True,
+                                text=True, env=environment, cwd=cwd)
+        if check and result.returncode != 0:
+            raise AssertionError(f"relevance {' '.join(map(str, args))} failed:\n{result.stdout}\n"
+                                 f"{result.stderr[-4000:]}")
+        return result
+
+    return run
+
+
+def _tiny_pairs(num_queries: int = 12, items_per_query: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    words = ["sofa", "lamp", "drill", "mug", "rug", "table", "hose", "paint"]
+    items = pd.DataFrame({"item_id": [f"i{w}{c}" for w in words for c in ("red", "blue")],
+                          "title": [f"{c} {w}" for w in words for c in ("red", "blue")]})
+    items["locale"] = "en_US"
+    queries = pd.DataFrame({"query_id": [f"q{i}" for i in range(num_queries)],
+                            "query": [f"{rng.choice(['red', 'blue'])} {words[i % len(words)]}"
+                                      for i in range(num_queries)]})
+    rows = []
+    for q, text in zip(queries.query_id, queries["query"]):
+        for item_id in rng.choice(items.item_id, items_per_query, replace=False):
+            title = items.set_index("item_id").title[item_id]
+            grade = 2 if title == text else (1 if title.split()[1] == text.split()[1] else 0)
+            rows.append((q, item_id, grade))
+    judgments = pd.DataFrame(rows, columns=["query_id", "item_id", "grade"])
+    return items, queries, judgments
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs():
+    """``tiny_pairs(num_queries=12, items_per_query=4, seed=0)``: (items, queries, judgments) with 3 grades, where
+    the grade follows from the words (exact title 2, same product 1, else 0)."""
+    return _tiny_pairs

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from relevance.config import StudentConfig
-from relevance.export import ExportParityError, _check, export_query_encoder, export_student, quantize_int8
+from relevance.export import ExportParityError, check_parity, export_query_encoder, export_student, quantize_int8
+from relevance.onnx_session import onnx_session
 from relevance.student import Student, StudentMLP
 
 
@@ -22,9 +23,7 @@ def student_dir(tmp_path):
 def test_student_export_matches_torch_at_any_batch_size(student_dir, tmp_path):
     result = export_student(student_dir, tmp_path / "student.onnx")
     assert result.max_abs_diff < 1e-5 and result.inputs == ["features"] and result.outputs == ["probs"]
-    from relevance.export import _session
-
-    session = _session(result.path)
+    session = onnx_session(result.path)
     student = Student.load(student_dir)
     for rows in (1, 7, 300):
         features = np.random.default_rng(rows).normal(size=(rows, 12)).astype(np.float32)
@@ -35,18 +34,16 @@ def test_student_export_matches_torch_at_any_batch_size(student_dir, tmp_path):
 
 def test_query_encoder_export_matches_the_bi_encoder(tiny_bert, tmp_path):
     from relevance.encoder import BiEncoder
-    from relevance.export import _session
-
     result = export_query_encoder(str(tiny_bert), 16, tmp_path / "encoder.onnx")
     assert result.max_abs_diff < 1e-4
     encoder = BiEncoder(str(tiny_bert), 16, precision="fp32")
     queries = ["a much longer drill query than the others", "rug"]
     batch = encoder.tokenizer(queries, padding=True, truncation=True, max_length=16, return_tensors="np",
                               return_token_type_ids=True)
-    got = _session(result.path).run(None, {k: batch[k] for k in result.inputs})[0]
+    got = onnx_session(result.path).run(None, {k: batch[k] for k in result.inputs})[0]
     np.testing.assert_allclose(got, encoder.encode(queries), atol=1e-4)
     quantized = quantize_int8(result.path, tmp_path / "encoder-int8.onnx")
-    int8 = _session(quantized).run(None, {k: batch[k] for k in result.inputs})[0]
+    int8 = onnx_session(quantized).run(None, {k: batch[k] for k in result.inputs})[0]
     assert int8.shape == got.shape and np.all(np.isfinite(int8))
 
 
@@ -54,4 +51,4 @@ def test_parity_failures_raise(tmp_path, student_dir):
     result = export_student(student_dir, tmp_path / "s.onnx")
     features = np.zeros((2, 12), dtype=np.float32)
     with pytest.raises(ExportParityError, match="differs from torch"):
-        _check(result.path, {"features": features}, np.full((2, 5), 0.9, dtype=np.float32), 1e-4)
+        check_parity(result.path, {"features": features}, np.full((2, 5), 0.9, dtype=np.float32), 1e-4)

@@ -1,31 +1,20 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from relevance.config import TeacherConfig, TextConfig
-from relevance.teacher import (BackboneNotFoundError, CrossEncoder, Teacher, encode_pairs, load_tokenizer, pool,
-                               resolve_backbone, train_teacher)
-
-
-def _tiny_data(num_queries=12, items_per_query=4, seed=0):
-    rng = np.random.default_rng(seed)
-    words = ["sofa", "lamp", "drill", "mug", "rug", "table", "hose", "paint"]
-    items = pd.DataFrame({"item_id": [f"i{w}{c}" for w in words for c in ("red", "blue")],
-                          "title": [f"{c} {w}" for w in words for c in ("red", "blue")]})
-    items["locale"] = "en_US"
-    queries = pd.DataFrame({"query_id": [f"q{i}" for i in range(num_queries)],
-                            "query": [f"{rng.choice(['red', 'blue'])} {words[i % len(words)]}" for i in range(num_queries)]})
-    rows = []
-    for q, text in zip(queries.query_id, queries["query"]):
-        for item_id in rng.choice(items.item_id, items_per_query, replace=False):
-            title = items.set_index("item_id").title[item_id]
-            grade = 2 if title == text else (1 if title.split()[1] == text.split()[1] else 0)
-            rows.append((q, item_id, grade))
-    judgments = pd.DataFrame(rows, columns=["query_id", "item_id", "grade"])
-    return items, queries, judgments
+from relevance.teacher import (
+    BackboneNotFoundError,
+    CrossEncoder,
+    Teacher,
+    encode_pairs,
+    load_tokenizer,
+    pool,
+    resolve_backbone,
+    train_teacher,
+)
 
 
 def test_pool_modes_on_hand_made_states():
@@ -84,8 +73,8 @@ def test_unknown_backbone_is_a_clear_error(tmp_path):
         resolve_backbone(str(tmp_path / "empty"))
 
 
-def test_qlora_without_cuda_is_a_clear_error(tiny_bert):
-    items, queries, judgments = _tiny_data()
+def test_qlora_without_cuda_is_a_clear_error(tiny_pairs, tiny_bert):
+    items, queries, judgments = tiny_pairs()
     config = TeacherConfig(backbone=str(tiny_bert), finetune="qlora")
     with pytest.raises(RuntimeError, match="needs CUDA"):
         train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
@@ -94,8 +83,8 @@ def test_qlora_without_cuda_is_a_clear_error(tiny_bert):
 
 @pytest.mark.parametrize("finetune,pooling,backbone", [("full", "cls", "bert"), ("lora", "mean", "bert"),
                                                         ("lora", "last", "llama")])
-def test_train_save_load_predict_round_trip(tmp_path, tiny_bert, tiny_llama, finetune, pooling, backbone):
-    items, queries, judgments = _tiny_data()
+def test_train_save_load_predict_round_trip(tiny_pairs, tmp_path, tiny_bert, tiny_llama, finetune, pooling, backbone):
+    items, queries, judgments = tiny_pairs()
     path = tiny_bert if backbone == "bert" else tiny_llama
     config = TeacherConfig(backbone=str(path), finetune=finetune, pooling=pooling, epochs=3, batch_size=8,
                            learning_rate=1e-3, head_learning_rate=3e-3, head_hidden=16, precision="fp32",

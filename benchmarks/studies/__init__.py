@@ -1,7 +1,9 @@
 """The studies behind the report: each answers one question with numbers from a run made here.
 
-    relevance report                 # every study whose inputs changed, then the report
-    relevance report --only labelling --only scaling
+    python -m benchmarks.studies                 # every study whose inputs changed, then the report (make report)
+    python -m benchmarks.studies --only labelling --only scaling
+
+(The studies are benchmarks, run from a checkout; the installed package never imports them.)
 
 Each study is a module with ``TITLE``, ``QUESTION`` and ``run(steps, args) -> dict`` (its record: tables, figures,
 the answer). Expensive work goes through :class:`Steps`, which keeps each step's result under
@@ -166,7 +168,7 @@ def load_records(results: Path = RESULTS) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> tuple[Path, Path]:
-    parser = argparse.ArgumentParser(prog="relevance report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies", description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=STUDIES, help="Run only these studies (repeatable).")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "homedepot.yaml",
                         help="The Home Depot run the Home Depot studies start from (make bench-quality).")
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
         module = importlib.import_module(f"benchmarks.studies.{name}")
         print(f"== {name}: {module.TITLE}", flush=True)
         steps = Steps(name)
-        command = "relevance report --only " + name + (f" --config {shlex.quote(str(args.config))}"
+        command = "python -m benchmarks.studies --only " + name + (f" --config {shlex.quote(str(args.config))}"
                                                         if args.config != parser.get_default("config") else "")
         records[name] = module.run(steps, args, command)
         print(f"   {records[name]['answer']}", flush=True)

@@ -30,9 +30,11 @@ def run(steps, args, command: str) -> dict:
     from benchmarks.studies import figure_png, record, table
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.export import _session, export_teacher, onnx_teacher_proba, quantize_int8
+    from relevance.export import export_teacher, onnx_teacher_proba, quantize_int8
+    from relevance.onnx_session import onnx_session
     from relevance.runtime import bf16_supported, set_threads
-    from relevance.teacher import Teacher, read_manifest
+    from relevance.files import read_manifest
+    from relevance.teacher import Teacher
 
     config = load_config(args.config)
     workdir = Path(config.workdir)
@@ -55,8 +57,8 @@ def run(steps, args, command: str) -> dict:
         items = [text[i] for i in frame["item_id"]]
         ways = {"torch fp32": lambda: teacher.predict_proba(queries, items, 128, "fp32"),
                 "torch bf16": lambda: teacher.predict_proba(queries, items, 128, "bf16"),
-                "onnx fp32": lambda: onnx_teacher_proba(_session(exported / "teacher.onnx"), teacher, queries, items),
-                "onnx int8": lambda: onnx_teacher_proba(_session(exported / "teacher-int8.onnx"), teacher, queries,
+                "onnx fp32": lambda: onnx_teacher_proba(onnx_session(exported / "teacher.onnx"), teacher, queries, items),
+                "onnx int8": lambda: onnx_teacher_proba(onnx_session(exported / "teacher-int8.onnx"), teacher, queries,
                                                         items)}
         out = {"pairs": len(frame), "threads": torch.get_num_threads(), "cpu_bf16": bf16_supported(torch.device("cpu"))}
         probs = {}

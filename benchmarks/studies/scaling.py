@@ -42,11 +42,14 @@ def run(steps, args, command: str) -> dict:
     import pandas as pd
 
     from benchmarks.studies import figure_png, record, table
-    from relevance import workflow
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.labeling import label_pool
-    from relevance.teacher import read_manifest
+    from relevance.distillation import train_students
+    from relevance.evaluation import evaluate_models
+    from relevance.featurizer import build_featurizer, featurizer_settings
+    from relevance.files import read_manifest
+    from relevance.labeling import label_pool, read_labels
+    from relevance.pool import build_pool
 
     source = load_config(args.config)
     config = source.model_copy(deep=True)
@@ -62,25 +65,27 @@ def run(steps, args, command: str) -> dict:
     train_pairs = len(dataset.split("train"))
     pool_path = work / "pool.parquet"
     if not pool_path.exists():
-        workflow.build_pool(config, dataset, pool_path)
-    label_pool(work / "teacher", pool_path, dataset.queries, dataset.items, work / "labels",
-               config.labeling.shard_rows, config.labeling.batch_size, config.labeling.precision)
+        build_pool(config, dataset, pool_path)
+    label_pool(work / "teacher", pool_path, dataset, work / "labels", config.labeling)
     pool = pd.read_parquet(pool_path)
     query_sets = nested_query_sets(pool, train_pairs, MULTIPLES)
-    featurizer = workflow.student_featurizer(config, dataset, work / "embeddings")
+    featurizer = build_featurizer(dataset.items, featurizer_settings(config), work / "embeddings")
+    labels = None  # read once, and only if some student still has to be trained
     models = {"teacher": work / "teacher", "student (human labels only)": work / "student_human_only"}
     pairs = {}
     for m in MULTIPLES:
         out = work / f"student-{m}x"
         pairs[m] = int(pool["query_id"].isin(query_sets[m]).sum())
-        workflow.train_students(config, dataset, work / "teacher", work / "labels", pool_path, {"student": out},
-                                featurizer, pool_queries=query_sets[m])
+        if not (out / "manifest.json").exists():
+            labels = read_labels(work / "labels", dataset.num_grades, pool_path) if labels is None else labels
+            part = labels[labels["query_id"].isin(query_sets[m])].reset_index(drop=True)
+            train_students(config, dataset, work / "teacher", part, {"student": out}, featurizer)
         models[f"student {m}×"] = out
-    workflow.train_students(config, dataset, work / "teacher", work / "labels", pool_path,
-                            {"student_human_only": work / "student_human_only"}, featurizer)
+    train_students(config, dataset, work / "teacher", None, {"student_human_only": work / "student_human_only"},
+                   featurizer)
 
     def evaluate() -> dict:
-        report = workflow.evaluate_models(config, dataset, models, work / "report.json", work / "embeddings")
+        report = evaluate_models(config, dataset, models, work / "report.json", work / "embeddings")
         return {name: {m: report["models"][name]["overall"][m] for m in ("accuracy", "ndcg@20")} for name in models}
 
     scores = steps("evaluate", {"work": work.name, "models": sorted(models), "multiples": MULTIPLES}, evaluate)

@@ -16,11 +16,11 @@ def config(overrides: dict):
 
 def prepared(steps, data: dict):
     """The synthetic shop for ``data`` (a DataConfig dict), prepared once."""
-    from relevance import workflow
+    from relevance.chain import Chain
 
     run = config({"data": data})
     run.workdir = str(steps.directory("shop", data))
-    return workflow.step_prepare(run)
+    return Chain(run).dataset()
 
 
 def teacher_scores(steps, name: str, data: dict, teacher: dict, text: dict, train_locale: str | None = None) -> dict:
@@ -28,9 +28,8 @@ def teacher_scores(steps, name: str, data: dict, teacher: dict, text: dict, trai
     the test split: overall accuracy and nDCG@10, and accuracy per query locale."""
 
     def compute() -> dict:
-        from relevance import workflow
         from relevance.metrics import classification_metrics, expected_grade, ranking_metrics
-        from relevance.teacher import Teacher, score_items
+        from relevance.teacher import Teacher, fit_teacher, score_items
 
         dataset = prepared(steps, data)
         run = config({"data": data, "teacher": teacher, "text": text})
@@ -42,7 +41,7 @@ def teacher_scores(steps, name: str, data: dict, teacher: dict, text: dict, trai
         out = steps.directory(f"{name}-teacher", {"data": data, "teacher": teacher, "text": text,
                                                   "train_locale": train_locale})
         if not (out / "manifest.json").exists():
-            workflow.fit_teacher(run, dataset, out)
+            fit_teacher(run, dataset, out)
         model = Teacher.load(out)
         test = dataset.split("test")
         probs = score_items(model, test, dataset.queries.set_index("query_id")["query"],

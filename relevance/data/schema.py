@@ -209,6 +209,19 @@ class Dataset:
     def num_grades(self) -> int:
         return self.info.num_grades
 
+    @property
+    def query_text(self) -> pd.Series:
+        """query_id → query text."""
+        return self.queries.set_index("query_id")["query"]
+
+    def training_data_hash(self) -> str:
+        """The content hash of what a model trains and early-stops on (train + valid judgments): the lineage
+        that teacher and student manifests record."""
+        from relevance.files import sha256_of_frame
+
+        return sha256_of_frame(self.judgments[self.judgments["split"].isin(["train", "valid"])],
+                               ["query_id", "item_id", "grade", "split"])
+
     def validated(self) -> "Dataset":
         items = validate_items(self.items)
         queries = validate_queries(self.queries)

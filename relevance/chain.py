@@ -1,0 +1,134 @@
+"""The chain on one machine: prepare → pool → teacher → labels → students → evaluation report, each step skipped
+when its output exists.
+
+A rerun after a crash (or after changing only a late step's settings and deleting its output) redoes only what is
+missing. The steps themselves are the domain functions the KFP components call too (relevance.data.prepare,
+relevance.pool.build_pool, relevance.teacher.fit_teacher, relevance.labeling.label_pool,
+relevance.distillation.train_students, relevance.evaluation.evaluate_models); this module only decides where
+their outputs live and whether one can be reused.
+
+    workdir/data/            canonical dataset (relevance.data.schema)
+    workdir/teacher/         fine-tuned teacher
+    workdir/pool.parquet     unlabelled pool: impressions + BM25 candidates, minus judged pairs
+    workdir/labels/          teacher soft labels, one parquet per shard
+    workdir/student/         distilled student;  workdir/student_human_only/  the human-labels baseline
+    workdir/embeddings/      content-addressed embedding cache shared by all steps
+    workdir/report.json|md   quality report with confusion matrices
+    workdir/steps.json       the settings each step's output was made with
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from relevance.config import RunConfig
+from relevance.data.schema import Dataset
+from relevance.files import atomic_write_json, atomic_write_text
+
+# The config sections each step's output depends on.
+STEP_SETTINGS = {
+    "data": ("data",),
+    "pool": ("data", "text", "candidates"),
+    "teacher": ("data", "text", "teacher"),
+    "students": ("data", "text", "candidates", "student"),
+}
+
+
+class Chain:
+    """One run's workdir: where each step's output lives, and each step run only when its output is missing.
+
+    An output made with other settings is an error, not a silent reuse: the user deletes it (or picks a new
+    workdir) so that a report never mixes models trained under different configs.
+    """
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        root = Path(config.workdir)
+        self.root = root
+        self.data_dir, self.teacher_dir, self.pool_path = root / "data", root / "teacher", root / "pool.parquet"
+        self.labels_dir, self.embeddings_dir, self.report_path = root / "labels", root / "embeddings", root / "report.json"
+        self.student_dirs = {"student": root / "student", "student_human_only": root / "student_human_only"}
+
+    # -- the step cache -------------------------------------------------------------------------------------
+    def _settings_hash(self, step: str) -> str:
+        # Only values that differ from their defaults: a new config field (with a default that keeps the old
+        # behaviour) then leaves existing runs valid.
+        settings = {section: getattr(self.config, section).model_dump(exclude_defaults=True)
+                    for section in STEP_SETTINGS[step]}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def reusable(self, step: str, output_exists: bool) -> bool:
+        """Whether ``step`` can be skipped: its output exists and was made with the same settings."""
+        record = self.root / "steps.json"
+        recorded = json.loads(record.read_text()) if record.exists() else {}
+        current = self._settings_hash(step)
+        if output_exists and recorded.get(step) not in (None, current):
+            raise ValueError(f"{self.root}: the {step} output was made with other settings "
+                             f"({', '.join(STEP_SETTINGS[step])} changed); delete it to redo the step, or use "
+                             "another workdir")
+        if not output_exists or step not in recorded:
+            atomic_write_json(record, {**recorded, step: current})
+        return output_exists
+
+    # -- the steps, each named after what it gives ----------------------------------------------------------
+    def dataset(self) -> Dataset:
+        from relevance.data import prepare
+
+        if not self.reusable("data", (self.data_dir / "dataset.json").exists()):
+            prepare(self.config.data, self.data_dir)
+        return Dataset.load(self.data_dir)
+
+    def pool(self, dataset: Dataset) -> Path:
+        from relevance.pool import build_pool
+
+        if not self.reusable("pool", self.pool_path.exists()):
+            build_pool(self.config, dataset, self.pool_path)
+        return self.pool_path
+
+    def teacher(self, dataset: Dataset) -> Path:
+        from relevance.teacher import fit_teacher
+
+        if not self.reusable("teacher", (self.teacher_dir / "manifest.json").exists()):
+            fit_teacher(self.config, dataset, self.teacher_dir)
+        return self.teacher_dir
+
+    def labels(self, dataset: Dataset, shards: list[int] | None = None) -> Path:
+        """Labels the pool (or the given shards); shards already done are skipped inside, so this always runs."""
+        from relevance.labeling import label_pool
+
+        label_pool(self.teacher(dataset), self.pool(dataset), dataset, self.labels_dir, self.config.labeling,
+                   shards)
+        return self.labels_dir
+
+    def featurizer(self, dataset: Dataset):
+        from relevance.featurizer import build_featurizer, featurizer_settings
+
+        return build_featurizer(dataset.items, featurizer_settings(self.config), self.embeddings_dir)
+
+    def students(self, dataset: Dataset) -> dict[str, Path]:
+        from relevance.distillation import train_students
+        from relevance.labeling import read_labels
+
+        outputs = self.student_dirs
+        if not self.reusable("students", all((p / "manifest.json").exists() for p in outputs.values())):
+            labels = read_labels(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
+            train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset))
+        return outputs
+
+    def report(self, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
+        from relevance.evaluation import evaluate_models
+
+        return evaluate_models(self.config, dataset, model_dirs, self.report_path, self.embeddings_dir)
+
+
+def run(config: RunConfig) -> dict:
+    """The whole chain; returns the evaluation report (also written to workdir/report.json and .md)."""
+    chain = Chain(config)
+    chain.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(chain.root / "config.json", config.model_dump_json(indent=2))
+    dataset = chain.dataset()
+    chain.pool(dataset)  # before the teacher: a dataset with no possible pool fails in seconds
+    teacher_dir = chain.teacher(dataset)
+    return chain.report(dataset, {"teacher": teacher_dir, **chain.students(dataset)})

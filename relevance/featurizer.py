@@ -1,0 +1,198 @@
+"""The student featurizer: the single definition of what the student sees, used by training and by serving.
+
+:func:`featurize` is a pure function of arrays and strings (no I/O), so the KServe transformer can call it on
+features read from the Feast online store and a cached query embedding, and get exactly the vector the student
+was trained on. :class:`PairFeaturizer` wires the same function to the offline sources (embedding cache, BM25
+index) for training and batch evaluation.
+
+Feature vector = [q, i, q⊙i, |q−i|] (the bi-encoder embeddings and their interactions; Conneau et al., 2017,
+"InferSent") followed by the cheap lexical features named in LEXICAL_FEATURES.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import numpy as np
+import pandas as pd
+
+from relevance.text import tokenize_words
+
+FEATURE_VERSION = 2
+LEXICAL_FEATURES = (
+    "cosine",               # bi-encoder similarity
+    "log_bm25",             # BM25 of query vs item text over the catalog
+    "bm25_per_term",        # BM25 divided by the number of query terms (comparable across query lengths)
+    "terms_matched",        # fraction of query terms found in the item text
+    "terms_matched_title",  # … in the title alone
+    "prefix_matched",       # … matching on a 4-character prefix (cheap stemming: plurals, inflections)
+    "all_terms_matched",    # 1 if every query term is in the item text
+    "exact_phrase",         # 1 if the query's words appear in the item text as a contiguous phrase
+    "numbers_matched",      # fraction of the query's numeric tokens (sizes, models) found in the item text
+    "char3_jaccard_title",  # character-trigram Jaccard of query and title (robust to typos)
+    "log_query_terms",
+    "log_item_terms",
+)
+_DIGIT = re.compile(r"\d")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _query_side(query: str) -> tuple[list[str], list[str], frozenset[str], str]:
+    """(terms, numeric terms, character trigrams, joined terms) of a query."""
+    terms = tokenize_words(query)
+    return terms, [t for t in terms if _DIGIT.search(t)], _trigrams(query), " ".join(terms)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _item_side(text: str) -> tuple[frozenset[str], frozenset[str], int, str, frozenset[str]]:
+    """(words, 4-character prefixes, word count, joined words, character trigrams) of an item text or title.
+
+    Cached across calls: items recur across queries (offline) and across requests (online), and this is the
+    featurizer's costliest part."""
+    tokens = tokenize_words(text)
+    return (frozenset(tokens), frozenset(t[:4] for t in tokens), len(tokens), f" {' '.join(tokens)} ",
+            _trigrams(text))
+
+
+def _trigrams(text: str) -> frozenset[str]:
+    padded = f"  {text.lower()} "
+    return frozenset(padded[i:i + 3] for i in range(len(padded) - 2))
+
+
+def lexical_features(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray) -> np.ndarray:
+    """[N, len(LEXICAL_FEATURES) - 1] lexical features (cosine is added by :func:`featurize`)."""
+    if not (len(queries) == len(item_texts) == len(titles) == len(bm25)):
+        raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
+                         f"titles={len(titles)} bm25={len(bm25)}")
+    out = np.zeros((len(queries), len(LEXICAL_FEATURES) - 1), dtype=np.float32)
+    for row, (query, text, title, score) in enumerate(zip(queries, item_texts, titles, bm25)):
+        terms, numbers, query_trigrams, phrase = _query_side(query)
+        n_terms = max(len(terms), 1)
+        words, prefixes, n_words, joined, _ = _item_side(text)
+        title_words, _, _, _, title_trigrams = _item_side(title)
+        matched = sum(t in words for t in terms)
+        union = len(query_trigrams | title_trigrams)
+        score = float(score)
+        out[row] = (
+            np.log1p(max(score, 0.0)),
+            score / n_terms,
+            matched / n_terms,
+            sum(t in title_words for t in terms) / n_terms,
+            sum(t[:4] in prefixes for t in terms) / n_terms,
+            float(bool(terms) and matched == len(terms)),
+            float(f" {phrase} " in joined) if terms else 0.0,
+            sum(t in words for t in numbers) / len(numbers) if numbers else 1.0,
+            len(query_trigrams & title_trigrams) / union if union else 0.0,
+            np.log1p(len(terms)),
+            np.log1p(n_words),
+        )
+    return out
+
+
+def featurize(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray,
+              query_embeddings: np.ndarray, item_embeddings: np.ndarray) -> np.ndarray:
+    """The student's input vectors [N, 4·d + len(LEXICAL_FEATURES)] for N (query, item) pairs.
+
+    Embeddings must be L2-normalised rows aligned with the pairs (row i of each is pair i).
+    """
+    if query_embeddings.shape != item_embeddings.shape or query_embeddings.shape[0] != len(queries):
+        raise ValueError(f"expected query and item embeddings of shape [{len(queries)}, d], got "
+                         f"{query_embeddings.shape} and {item_embeddings.shape}")
+    q = query_embeddings.astype(np.float32, copy=False)
+    i = item_embeddings.astype(np.float32, copy=False)
+    cosine = np.einsum("nd,nd->n", q, i)[:, None]
+    lexical = lexical_features(queries, item_texts, titles, np.asarray(bm25, dtype=np.float32))
+    return np.concatenate([q, i, q * i, np.abs(q - i), cosine, lexical], axis=1)
+
+
+def feature_names(dimension: int) -> list[str]:
+    blocks = [f"{prefix}_{k}" for prefix in ("q", "i", "qxi", "absdiff") for k in range(dimension)]
+    return blocks + list(LEXICAL_FEATURES)
+
+
+def catalog_hash(item_text: pd.Series) -> str:
+    """BM25's IDF and average length come from the catalog: a student records which one it was trained on, and
+    the serving export checks it rebuilt the same one."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item_id, text in sorted(item_text.items()):
+        digest.update(f"{item_id}\x1f{text}\x1e".encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def featurizer_settings(config) -> dict:
+    """What the offline featurizer is built from: the item text, the bi-encoder and BM25's parameters. A student
+    records these in its manifest, so evaluation and export rebuild exactly the featurizer it was trained with."""
+    return {"text": config.text.model_dump(), "encoder": config.student.encoder,
+            "encoder_max_length": config.student.encoder_max_length,
+            "bm25": {"k1": config.candidates.k1, "b": config.candidates.b}}
+
+
+def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
+                     stored_items: pd.DataFrame | None = None) -> "PairFeaturizer":
+    """The offline featurizer for a catalog, from :func:`featurizer_settings` (training) or a student's manifest
+    (evaluation), which hold the same keys.
+
+    ``stored_items`` (indexed by item id: ``embedding``, ``title``, ``lexical_text``), when given, replaces what
+    would be computed from ``items``: the pipeline passes the item features it read from the Feast offline
+    store, the ones serving reads online."""
+    from relevance.bm25 import BM25Index, lexical_item_texts
+    from relevance.config import TextConfig
+    from relevance.encoder import BiEncoder, EmbeddingCache
+
+    encoder = BiEncoder(settings["encoder"], settings["encoder_max_length"])
+    if stored_items is None:
+        item_text = lexical_item_texts(items, TextConfig.model_validate(settings["text"]))
+        titles = (items.set_index("item_id")["title"].fillna("").astype(str) if "title" in items.columns
+                  else item_text)
+        vectors = None
+    else:
+        item_text, titles, vectors = stored_items["lexical_text"], stored_items["title"], stored_items["embedding"]
+    return PairFeaturizer(item_text, titles, EmbeddingCache(cache_dir, encoder),
+                          BM25Index(item_text.index.to_numpy(), item_text.tolist(), settings["bm25"]["k1"],
+                                    settings["bm25"]["b"]), vectors)
+
+
+class PairFeaturizer:
+    """Offline wiring of :func:`featurize`: texts from the catalog, embeddings from the cache, BM25 from an index.
+
+    ``item_text`` is the assembled lexical text of each item and ``titles`` its title, both indexed by item id.
+    ``item_vectors`` (item id → embedding), when given, replaces the cache for items (vectors read from the
+    feature store).
+    """
+
+    def __init__(self, item_text: pd.Series, titles: pd.Series, cache, bm25_index,
+                 item_vectors: pd.Series | None = None):
+        self.item_text = item_text
+        self.titles = titles
+        self.item_vectors = item_vectors
+        self.cache = cache
+        self.bm25 = bm25_index
+
+    @property
+    def catalog_hash(self) -> str:
+        return catalog_hash(self.item_text)
+
+    def embeddings(self, query_texts: list[str], item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Query and item embeddings aligned with the pairs, each distinct text embedded (or looked up) once."""
+        unique_queries = list(dict.fromkeys(query_texts))
+        query_vectors = dict(zip(unique_queries, self.cache.embed(unique_queries, "query embeddings")))
+        unique_items = list(dict.fromkeys(item_ids))
+        if self.item_vectors is not None:
+            missing = [i for i in unique_items if i not in self.item_vectors.index]
+            if missing:
+                raise KeyError(f"no item embedding for {len(missing)} item(s), e.g. {missing[:5]}")
+            item_vectors = self.item_vectors.to_dict()
+        else:
+            item_vectors = dict(zip(unique_items, self.cache.embed(self.item_text.reindex(unique_items).fillna(""),
+                                                                   "item embeddings")))
+        return (np.stack([query_vectors[q] for q in query_texts]), np.stack([item_vectors[i] for i in item_ids]))
+
+    def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
+        query_texts, item_ids = list(query_texts), list(item_ids)
+        texts = self.item_text.reindex(item_ids).fillna("").tolist()
+        titles = self.titles.reindex(item_ids).fillna("").tolist()
+        return featurize(query_texts, texts, titles, self.bm25.score_pairs(query_texts, item_ids),
+                         *self.embeddings(query_texts, item_ids))

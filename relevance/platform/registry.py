@@ -1,0 +1,285 @@
+"""The model registry (MLflow): register teacher and student with params, metrics and lineage; move the
+``champion`` and ``challenger`` aliases; roll back.
+
+Local by default: a SQLite backend and file artifacts under runs/mlflow, so the same code serves a laptop and a
+cluster (set ``registry.tracking_uri`` or $MLFLOW_TRACKING_URI to the tracking server). A model version's source
+is the run's copy of the model directory, so what serving loads is exactly what was evaluated.
+
+Alias semantics:
+- ``challenger``: a new student that passed the gate (thresholds, and better than the champion on the same
+  evaluation set); canary traffic goes to it.
+- ``champion``: what production serves. :func:`Registry.promote` moves it to the challenger and remembers the
+  previous champion in the registered model's ``previous_champion`` tag; :func:`Registry.rollback` restores it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from relevance.config import RegistryConfig, RunConfig
+from relevance.console import log
+from relevance.data.schema import Dataset
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+DEFAULT_ROOT = Path("runs/mlflow")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done as asked (unknown model, missing alias, nothing to roll back)."""
+
+
+def tracking_uri(config: RegistryConfig) -> str:
+    if config.tracking_uri:
+        return config.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(DEFAULT_ROOT / 'mlflow.db').resolve()}"
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+@dataclass
+class ModelVersionInfo:
+    name: str
+    version: int
+    aliases: list[str]
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+
+    def line(self) -> str:
+        aliases = ",".join(self.aliases) or "-"
+        lineage = " ".join(f"{k}={v}" for k, v in sorted(self.tags.items()) if k in
+                           ("data_hash", "teacher_version", "gx_success", "accuracy", "ndcg"))
+        return f"{self.name} v{self.version} [{aliases}] {lineage}"
+
+
+class Registry:
+    def __init__(self, config: RegistryConfig | None = None, uri: str | None = None):
+        self.config = config or RegistryConfig()
+        self.uri = uri or tracking_uri(self.config)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):  # file artifacts next to the database, not in the cwd
+            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def register(self, name: str, model_dir: str | Path, params: dict, metrics: dict[str, float],
+                 tags: dict[str, str], alias: str | None = None, experiment: str = "relevance") -> int:
+        """Log a run (params, metrics, the model directory) and create a version of registered model ``name``."""
+        model_dir = Path(model_dir)
+        if not (model_dir / "manifest.json").exists():
+            raise RegistryError(f"{model_dir}: not a saved model (no manifest.json)")
+        from mlflow.exceptions import MlflowException
+
+        run = self.client.create_run(self._experiment_id(experiment), run_name=f"{name}",
+                                     tags={k: str(v) for k, v in tags.items()})
+        run_id = run.info.run_id
+        for key, value in _flatten("", params, {}).items():
+            self.client.log_param(run_id, key[:250], str(value)[:6000])
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key.replace("@", "_at_"), float(value))
+        self.client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+        self.client.set_terminated(run_id)
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description="Relevance model registered by the pipeline.")
+        version = self.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
+                                                   tags={k: str(v) for k, v in tags.items()})
+        if alias:
+            self.client.set_registered_model_alias(name, alias, version.version)
+        return int(version.version)
+
+    def alias_version(self, name: str, alias: str) -> int | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def versions(self, name: str) -> list[ModelVersionInfo]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            # search_model_versions leaves aliases empty: read them from the registered model.
+            aliases = self.client.get_registered_model(name).aliases or {}
+            found = self.client.search_model_versions(f"name='{name}'")
+        except MlflowException:
+            return []
+        by_version: dict[int, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(int(version), []).append(alias)
+        return sorted((ModelVersionInfo(v.name, int(v.version), sorted(by_version.get(int(v.version), [])), v.run_id,
+                                        v.source, dict(v.tags or {})) for v in found), key=lambda v: v.version)
+
+    def download(self, name: str, alias: str, destination: str | Path) -> Path | None:
+        """The model directory behind ``name@alias``, copied to ``destination``; None if the alias is unset."""
+        version = self.alias_version(name, alias)
+        if version is None:
+            return None
+        import mlflow.artifacts
+
+        source = self.client.get_model_version(name, str(version)).source
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination),
+                                                        tracking_uri=self.uri))
+
+    def _require_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            raise RegistryError(f"no registered model {name!r} at {self.uri}") from None
+
+    def promote(self, name: str, version: int | None = None) -> int:
+        """Make ``version`` (default: the challenger) the champion; the old champion is kept for rollback."""
+        self._require_model(name)
+        if version is None:
+            version = self.alias_version(name, CHALLENGER)
+            if version is None:
+                raise RegistryError(f"{name} has no {CHALLENGER!r} to promote; pass --version")
+        known = {v.version for v in self.versions(name)}
+        if version not in known:
+            raise RegistryError(f"{name} has no version {version}; versions: {sorted(known)}")
+        current = self.alias_version(name, CHAMPION)
+        if current == version:
+            return version
+        if current is not None:
+            self.client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, str(current))
+        self.client.set_registered_model_alias(name, CHAMPION, str(version))
+        if self.alias_version(name, CHALLENGER) == version:
+            self.client.delete_registered_model_alias(name, CHALLENGER)
+        return version
+
+    def rollback(self, name: str) -> int:
+        """Point ``champion`` back at the version it had before the last promotion."""
+        self._require_model(name)
+        previous = self.client.get_registered_model(name).tags.get(PREVIOUS_CHAMPION_TAG)
+        if not previous:
+            raise RegistryError(f"{name}: nothing to roll back to (no {PREVIOUS_CHAMPION_TAG!r} tag; "
+                                "was a champion ever replaced?)")
+        current = self.alias_version(name, CHAMPION)
+        self.client.set_registered_model_alias(name, CHAMPION, previous)
+        if current is not None:
+            self.client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, str(current))
+        return int(previous)
+
+
+def challenger_gate(metrics: dict[str, float], champion: dict[str, float] | None, config: RegistryConfig,
+                    ndcg_key: str) -> tuple[bool, str]:
+    """Whether a new student may become ``challenger``: thresholds met, and better than the champion (when
+    there is one) on the same evaluation set. Returns the decision and a sentence saying why."""
+    accuracy, ndcg = metrics["accuracy"], metrics[ndcg_key]
+    if accuracy < config.min_accuracy:
+        return False, f"accuracy {accuracy:.4f} is below registry.min_accuracy {config.min_accuracy}"
+    if ndcg < config.min_ndcg:
+        return False, f"{ndcg_key} {ndcg:.4f} is below registry.min_ndcg {config.min_ndcg}"
+    if champion is None:
+        return True, f"no champion yet; thresholds met (accuracy {accuracy:.4f}, {ndcg_key} {ndcg:.4f})"
+    gain = ndcg - champion[ndcg_key]
+    if gain <= config.min_gain_over_champion:  # "beats": a tie keeps the champion
+        return False, (f"{ndcg_key} {ndcg:.4f} vs champion {champion[ndcg_key]:.4f}: gain {gain:+.4f} is not above "
+                       f"registry.min_gain_over_champion {config.min_gain_over_champion}")
+    return True, f"{ndcg_key} {ndcg:.4f} vs champion {champion[ndcg_key]:.4f} (gain {gain:+.4f})"
+
+
+def _largest_ndcg(config: RunConfig) -> str:
+    return f"ndcg@{max(config.eval.ks)}"
+
+
+def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, teacher_dir: Path,
+                        html_path: Path) -> dict:
+    """The pipeline's evaluate step: student, teacher and the registry's current champion on the same split;
+    the challenger gate's decision; an HTML report for the KFP UI."""
+    import tempfile
+
+    from relevance.evaluation import evaluate_models
+    from relevance.files import atomic_write_text
+    from relevance.report import html_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"student": student_dir, "teacher": teacher_dir}
+        champion = Registry(config.registry).download(config.registry.student_name, CHAMPION, Path(tmp) / "champion")
+        if champion is not None:
+            models["champion"] = champion
+        report = evaluate_models(config, dataset, models, Path(tmp) / "report.json", Path(tmp) / "embeddings")
+        plot = (Path(tmp) / "confusion.png").read_bytes()
+    ndcg = _largest_ndcg(config)
+    overall = {name: block["overall"] for name, block in report["models"].items()}
+    passed, reason = challenger_gate(overall["student"], overall.get("champion"), config.registry, ndcg)
+    log(f"challenger gate: {'pass' if passed else 'fail'}: {reason}")
+    atomic_write_text(html_path, html_report(report, plot, f"Challenger gate: {'PASS' if passed else 'FAIL'} ({reason})"))
+    metrics = {f"{name}_{metric}".replace("@", "_at_"): float(block[metric])
+               for name, block in overall.items() for metric in ("accuracy", "macro_f1", ndcg) if metric in block}
+    return {"metrics": metrics, "gate_passed": passed, "gate_reason": reason,
+            "grade_names": dataset.info.grade_names, "confusion_matrix": overall["student"]["confusion_matrix"]}
+
+
+def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, student_dir: Path, onnx_dir: Path,
+                 evaluation: dict, validation: dict, feature_views: dict) -> dict[str, int]:
+    """Register the teacher and the student (with its ONNX export) in MLflow; the student becomes `challenger`.
+
+    Lineage tags: the training data's hash, the Great Expectations result, the teacher version and the feature
+    views' versions, so any model version can be traced to what it was trained on.
+    """
+    import shutil
+    import tempfile
+
+    from relevance.files import read_manifest
+
+    dataset = Dataset.load(dataset_dir, with_impressions=False)
+    teacher_manifest = read_manifest(teacher_dir, "teacher")
+    student_manifest = read_manifest(student_dir, "student")
+    ndcg = _largest_ndcg(config).replace("@", "_at_")
+    numbers = {k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    lineage = {
+        "data_hash": dataset.training_data_hash(), "dataset": dataset.info.name,
+        "gx_success": str(bool(float(validation.get("success", 0)))),
+        "gx_checked_expectations": str(int(float(validation.get("checked_expectations", 0)))),
+        "teacher_version": teacher_manifest["teacher_version"],
+        "feature_views": json.dumps(feature_views, sort_keys=True),
+        "feature_version": str(student_manifest["feature_version"]),
+        "gate_reason": str(evaluation.get("gate_reason", "")),
+    }
+    registry = Registry(config.registry)
+    teacher_version = registry.register(
+        config.registry.teacher_name, teacher_dir, {"teacher": config.teacher.model_dump(), "text": config.text.model_dump()},
+        {k.removeprefix("teacher_"): v for k, v in numbers.items() if k.startswith("teacher_")}, lineage)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "student"
+        shutil.copytree(student_dir, bundle)
+        shutil.copytree(onnx_dir, bundle / "onnx")
+        student_version = registry.register(
+            config.registry.student_name, bundle,
+            {"student": config.student.model_dump(), "candidates": config.candidates.model_dump(),
+             "labeling": config.labeling.model_dump()},
+            {k.removeprefix("student_"): v for k, v in numbers.items() if k.startswith("student_")},
+            {**lineage, "teacher_model_version": str(teacher_version),
+             "accuracy": f"{numbers.get('student_accuracy', float('nan')):.4f}",
+             "ndcg": f"{numbers.get(f'student_{ndcg}', float('nan')):.4f}"},
+            alias=CHALLENGER)
+    log(f"registry: {config.registry.teacher_name} v{teacher_version}, {config.registry.student_name} "
+         f"v{student_version} as {CHALLENGER} ({registry.uri})")
+    return {"teacher": teacher_version, "student": student_version}

@@ -1,0 +1,28 @@
+"""Files the package ships besides code: the Feast feature definitions and the KServe kustomize manifests.
+
+In a wheel they are package data (relevance/feature_repo, relevance/kserve); in a source checkout (an editable
+install) they are the design card's top-level folders feature_repo/ and infra/kserve/. Either way the CLI finds
+them without depending on the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+# name → (where a wheel puts it, where a checkout has it)
+_LOCATIONS = {
+    "feature_repo": (_PACKAGE / "feature_repo", _PACKAGE.parent / "feature_repo"),
+    "kserve": (_PACKAGE / "kserve", _PACKAGE.parent / "infra" / "kserve"),
+}
+
+
+def packaged(name: str) -> Path:
+    """The directory of shipped files ``name`` ("feature_repo" or "kserve")."""
+    if name not in _LOCATIONS:
+        raise ValueError(f"unknown packaged resource {name!r}; expected one of {sorted(_LOCATIONS)}")
+    for candidate in _LOCATIONS[name]:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"the {name} files are missing from this installation (looked in "
+                            f"{', '.join(str(c) for c in _LOCATIONS[name])}); reinstall the package")

@@ -1,0 +1,193 @@
+"""`relevance canary …`: start, promote and roll back a canary on KServe, analyse it, or run the loop locally.
+
+start / promote / rollback print the exact kubectl command; ``--dry-run`` shows the InferenceService it would
+produce (``kubectl patch --local`` on the rendered overlay) and validates it; ``--apply`` runs the command and
+then moves the MLflow aliases. Without ``--apply`` nothing changes anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from relevance.console import clear_errors
+from relevance.platform.registry import RegistryError
+
+canary_app = typer.Typer(no_args_is_help=True, help="Canary rollout of a student on KServe, and its analysis.")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Run config YAML (its canary/serving/registry sections).",
+                            exists=True, dir_okay=False)
+ProfileOption = typer.Option(None, "--profile", "-p", help="Base profile: quick, default or gpu.")
+TrackingOption = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                              help="MLflow tracking URI (default: the config's registry.tracking_uri).")
+ApplyOption = typer.Option(False, "--apply", help="Run the kubectl command, then move the registry aliases.")
+DryRunOption = typer.Option(False, "--dry-run", help="Show the patched InferenceService (kubectl patch --local on "
+                            "canary.overlay) and validate it; changes nothing.")
+CrdOption = typer.Option(None, "--crd", exists=True, dir_okay=False,
+                         help="KServe CRD YAML to validate against (default: schema from the KServe SDK).")
+
+
+def _setup(config: Optional[Path], profile: Optional[str], tracking_uri: Optional[str] = None):
+    from relevance.config import load_config
+
+    run_config = load_config(config, profile)
+    if tracking_uri:
+        run_config.registry.tracking_uri = tracking_uri
+    return run_config
+
+
+def _carry_out(run_config, plan, apply: bool, dry_run: bool, crd: Optional[Path]) -> None:
+    import yaml
+
+    from relevance.serving.canary.rollout import apply as apply_plan
+    from relevance.serving.canary.rollout import dry_run as patch_dry_run
+
+    if apply and dry_run:
+        raise ValueError("--apply and --dry-run exclude each other")
+    typer.echo(plan.command_line)
+    typer.echo(f"# registry{'' if apply else ' (with --apply)'}: {plan.registry_change}")
+    if dry_run:
+        patched, problems = patch_dry_run(run_config, plan, str(crd) if crd else None)
+        typer.echo(f"# {run_config.canary.overlay} after the patch (kubectl patch --local):")
+        typer.echo(yaml.safe_dump(patched, sort_keys=False))
+        if problems:
+            for problem in problems:
+                typer.secho(f"invalid: {problem}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1)
+        typer.echo("# valid: kubernetes-validate --strict, KServe schema, canary checks")
+    if apply:
+        typer.echo(apply_plan(run_config, plan).strip())
+        typer.echo(f"done: {plan.action}")
+
+
+def _plan_and_carry_out(planner, config, profile, tracking_uri, apply, dry_run, crd, *args) -> None:
+    from relevance.platform.registry import Registry
+
+    run_config = _setup(config, profile, tracking_uri)
+    _carry_out(run_config, planner(run_config, Registry(run_config.registry), *args), apply, dry_run, crd)
+
+
+@canary_app.command("start")
+@clear_errors(RegistryError)
+def start(model_version: int = typer.Option(..., "--model-version", min=1, help="Registered student version."),
+          percent: int = typer.Option(..., "--percent", min=1, max=99, help="Traffic share for the challenger."),
+          config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+          tracking_uri: Optional[str] = TrackingOption, apply: bool = ApplyOption, dry_run: bool = DryRunOption,
+          crd: Optional[Path] = CrdOption):
+    """Send --percent of the predictor's traffic to registered student --model-version."""
+    from relevance.serving.canary.rollout import plan_start
+
+    _plan_and_carry_out(plan_start, config, profile, tracking_uri, apply, dry_run, crd, model_version, percent)
+
+
+@canary_app.command("promote")
+@clear_errors(RegistryError)
+def promote(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+            tracking_uri: Optional[str] = TrackingOption, apply: bool = ApplyOption, dry_run: bool = DryRunOption,
+            crd: Optional[Path] = CrdOption):
+    """Give the challenger all the traffic and make it the champion."""
+    from relevance.serving.canary.rollout import plan_promote
+
+    _plan_and_carry_out(plan_promote, config, profile, tracking_uri, apply, dry_run, crd)
+
+
+@canary_app.command("rollback")
+@clear_errors(RegistryError)
+def rollback(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+             tracking_uri: Optional[str] = TrackingOption, apply: bool = ApplyOption, dry_run: bool = DryRunOption,
+             crd: Optional[Path] = CrdOption):
+    """Abort a running canary (all traffic back on the champion at once), or undo the last promotion."""
+    from relevance.serving.canary.rollout import plan_rollback
+
+    _plan_and_carry_out(plan_rollback, config, profile, tracking_uri, apply, dry_run, crd)
+
+
+def _teacher(run_config, teacher_dir: Optional[Path], judge: bool):
+    if not judge or run_config.canary.judge_queries == 0:
+        return None
+    from relevance.chain import Chain
+    from relevance.teacher import Teacher
+
+    directory = teacher_dir or Chain(run_config).teacher_dir
+    if not Path(directory).exists():
+        raise FileNotFoundError(f"teacher {directory} not found: pass --teacher, or --no-judge to skip the "
+                                "teacher-judged queries")
+    return Teacher.load(directory)
+
+
+def _echo_decision(result: dict, report: Path) -> None:
+    colour = {"promote": typer.colors.GREEN, "hold": typer.colors.YELLOW, "rollback": typer.colors.RED}
+    typer.secho(f"decision: {result['decision'].upper()}", fg=colour[result["decision"]], bold=True)
+    for reason in result["reasons"]:
+        typer.echo(f"  - {reason}")
+    typer.echo(f"report: {report} (+ .json)")
+
+
+@canary_app.command("analyze")
+@clear_errors(RegistryError)
+def analyze(champion_url: str = typer.Option(..., help="The champion's rerank server (V2), e.g. the prev- tag URL."),
+            challenger_url: str = typer.Option(..., help="The challenger's rerank server (V2), the latest- tag URL."),
+            config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+            teacher: Optional[Path] = typer.Option(None, help="Teacher directory for the judge (default: "
+                                                   "workdir/teacher)."),
+            judge: bool = typer.Option(True, help="Let the teacher judge unlabelled replayed queries."),
+            out: Optional[Path] = typer.Option(None, help="Report directory (default: workdir/canary).")):
+    """Replay labelled and unlabelled queries to both servers, read their SLO metrics, and decide
+    promote / hold / rollback (report: canary-analysis.md + .json)."""
+    from relevance.chain import Chain
+    from relevance.serving.canary.analysis import analyze as run_analysis
+    from relevance.serving.canary.analysis import write_report
+
+    run_config = _setup(config, profile)
+    dataset = Chain(run_config).dataset()
+    decision = run_analysis(run_config, champion_url, challenger_url, dataset, _teacher(run_config, teacher, judge))
+    md, _ = write_report(decision, out or Path(run_config.workdir) / "canary",
+                         {"champion_url": champion_url, "challenger_url": challenger_url})
+    _echo_decision(decision.to_dict(), md)
+
+
+@canary_app.command("local")
+@clear_errors(RegistryError)
+def local(champion_bundle: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Serving bundle "
+                                                         "of the champion (default: the registry's champion)."),
+          challenger_bundle: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Serving "
+                                                           "bundle of the challenger (default: the registry's)."),
+          feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
+                                                      "workdir/feature_repo)."),
+          percent: int = typer.Option(10, min=0, max=100, help="Challenger share at the splitter."),
+          requests: int = typer.Option(200, min=1, help="Requests replayed through the splitter."),
+          config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+          teacher: Optional[Path] = typer.Option(None, help="Teacher for the judge (default: workdir/teacher)."),
+          judge: bool = typer.Option(True, help="Let the teacher judge unlabelled replayed queries."),
+          out: Optional[Path] = typer.Option(None, help="Logs and report (default: workdir/canary-local).")):
+    """The canary loop on this machine: champion and challenger servers on loopback behind a weighted splitter,
+    traffic replayed through it, then `canary analyze` on both."""
+    import tempfile
+
+    from relevance.chain import Chain
+    from relevance.platform.registry import CHALLENGER, CHAMPION, Registry
+    from relevance.serving.canary.local import run_local_canary
+
+    run_config = _setup(config, profile)
+    out = out or Path(run_config.workdir) / "canary-local"
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles = {}
+        for alias, given in ((CHAMPION, champion_bundle), (CHALLENGER, challenger_bundle)):
+            if given is None:
+                downloaded = Registry(run_config.registry).download(run_config.registry.student_name, alias,
+                                                                    Path(tmp) / alias)
+                if downloaded is None:
+                    raise ValueError(f"no --{alias}-bundle and the registry has no {alias!r} for "
+                                     f"{run_config.registry.student_name}")
+                given = downloaded / "onnx"
+            bundles[alias] = given
+        dataset = Chain(run_config).dataset()
+        settings = ["--config", str(config)] if config else ["--profile", run_config.profile]
+        result = run_local_canary(run_config, settings, bundles[CHAMPION], bundles[CHALLENGER],
+                                  feature_repo or Path(run_config.workdir) / "feature_repo", dataset,
+                                  _teacher(run_config, teacher, judge), percent, requests, out, log=typer.echo)
+    _echo_decision(result, Path(result["report"]))
+    typer.echo(json.dumps(result["context"]["split_requests"]))

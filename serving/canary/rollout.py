@@ -1,0 +1,184 @@
+"""Canary rollout of a student: the kubectl patch for each step, and the MLflow aliases that follow it.
+
+KServe in Serverless mode splits a component's traffic between its previous rolled-out revision and the latest
+one by ``canaryTrafficPercent``. A canary here changes only the predictor (the student's Triton model
+repository); the transformer is shared, which is why the challenger must compute the champion's features.
+
+| step     | InferenceService patch (JSON merge)                                   | registry (with --apply) |
+|----------|-----------------------------------------------------------------------|-------------------------|
+| start    | predictor storageUri → vN's, canaryTrafficPercent → P                  | canary → vN             |
+| promote  | canaryTrafficPercent removed: the latest revision (vN) takes 100%      | champion → vN           |
+| rollback | during a canary: canaryTrafficPercent → 0 (all traffic back on the     | canary alias removed    |
+|          | previous revision at once) and storageUri → champion's                 |                         |
+|          | after a promotion: storageUri → previous champion's, percent removed   | champion → previous     |
+
+The version under canary has its own ``canary`` alias: the pipeline moves ``challenger`` whenever a new student
+passes its gate, and a nightly run must not change which version a running canary promotes.
+
+The patches touch nothing but the predictor's traffic and model: KServe copies InferenceService annotations into
+every component's pod template, so recording versions there would roll the transformer (cold caches) on every
+step. The registry's aliases are the record; the storageUri names the version's run.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relevance.config import RunConfig
+from relevance.platform.registry import CHAMPION, PREVIOUS_CHAMPION_TAG, Registry
+
+CANARY = "canary"  # registry alias of the version the cluster is canarying
+
+
+class CanaryError(ValueError):
+    """A canary step that cannot be taken as asked (no champion, incompatible challenger, bad percent)."""
+
+
+def model_repository_uri(source: str) -> str:
+    """Where a registered student's Triton model repository is: the version's source + onnx/model_repository
+    (the pipeline registers the student directory with its ONNX export under onnx/)."""
+    return f"{source.rstrip('/')}/onnx/model_repository"
+
+
+@dataclass
+class Plan:
+    """One canary step: the patch, the exact kubectl command that sends it, and the registry change."""
+
+    action: str
+    patch: dict
+    command: list[str]
+    registry_change: str
+    apply_registry: Callable[[], object] | None = field(repr=False, default=None)
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+
+def _patch_command(config: RunConfig, patch: dict) -> list[str]:
+    return [config.canary.kubectl, "patch", "inferenceservice", config.serving.model_name,
+            "--namespace", config.canary.namespace, "--type", "merge", "-p", json.dumps(patch, sort_keys=True)]
+
+
+def _version_source(registry: Registry, name: str, version: int) -> str:
+    for info in registry.versions(name):
+        if info.version == version:
+            return info.source
+    known = [v.version for v in registry.versions(name)]
+    raise CanaryError(f"{name} has no version {version} in the registry at {registry.uri}; versions: {known}")
+
+
+def _feature_version(registry: Registry, name: str, version: int) -> str | None:
+    for info in registry.versions(name):
+        if info.version == version:
+            return info.tags.get("feature_version")
+    return None
+
+
+def plan_start(config: RunConfig, registry: Registry, version: int, percent: int) -> Plan:
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 99:
+        raise CanaryError(f"--percent: expected an integer in 1..99 (0 is a rollback, 100 a promotion), "
+                          f"got {percent!r}")
+    name = config.registry.student_name
+    champion = registry.alias_version(name, CHAMPION)
+    if champion is None:
+        raise CanaryError(f"{name} has no {CHAMPION!r} in the registry at {registry.uri}: a canary needs "
+                          "something to compare with (deploy the first student with `kubectl apply -k` and "
+                          "`relevance registry promote`)")
+    if version == champion:
+        raise CanaryError(f"{name} v{version} is already the champion")
+    source = _version_source(registry, name, version)
+    theirs, ours = _feature_version(registry, name, version), _feature_version(registry, name, champion)
+    if theirs != ours:
+        raise CanaryError(f"{name} v{version} computes feature version {theirs}, the champion v{champion} "
+                          f"{ours}: the shared transformer cannot serve both; roll out a new transformer instead")
+    patch = {"spec": {"predictor": {"canaryTrafficPercent": percent,
+                                    "model": {"storageUri": model_repository_uri(source)}}}}
+
+    def apply_registry() -> None:
+        registry.client.set_registered_model_alias(name, CANARY, str(version))
+
+    return Plan("start", patch, _patch_command(config, patch),
+                f"{name}: {CANARY} → v{version} (champion stays v{champion})", apply_registry)
+
+
+def plan_promote(config: RunConfig, registry: Registry) -> Plan:
+    name = config.registry.student_name
+    challenger = registry.alias_version(name, CANARY)
+    if challenger is None:
+        raise CanaryError(f"{name} has no {CANARY!r} alias: start a canary first (`relevance canary start`)")
+    source = _version_source(registry, name, challenger)
+    # The storageUri is the one the canary already runs: restating it makes the patch right on its own.
+    patch = {"spec": {"predictor": {"canaryTrafficPercent": None,
+                                    "model": {"storageUri": model_repository_uri(source)}}}}
+
+    def apply_registry() -> None:
+        registry.promote(name, challenger)
+        registry.client.delete_registered_model_alias(name, CANARY)
+
+    return Plan("promote", patch, _patch_command(config, patch),
+                f"{name}: {CHAMPION} → v{challenger} (was v{registry.alias_version(name, CHAMPION)}; kept for "
+                "rollback)", apply_registry)
+
+
+def plan_rollback(config: RunConfig, registry: Registry) -> Plan:
+    name = config.registry.student_name
+    champion = registry.alias_version(name, CHAMPION)
+    challenger = registry.alias_version(name, CANARY)
+    if champion is None:
+        raise CanaryError(f"{name} has no {CHAMPION!r} in the registry at {registry.uri}: nothing to roll back to")
+    if challenger is not None and challenger != champion:  # a canary is running: send everything back now
+        source = _version_source(registry, name, champion)
+        patch = {"spec": {"predictor": {"canaryTrafficPercent": 0,
+                                        "model": {"storageUri": model_repository_uri(source)}}}}
+
+        def apply_registry() -> None:
+            registry.client.delete_registered_model_alias(name, CANARY)
+            registry.client.set_model_version_tag(name, str(challenger), "canary", "rolled back")
+
+        return Plan("rollback", patch, _patch_command(config, patch),
+                    f"{name}: {CANARY} alias v{challenger} removed (champion stays v{champion})", apply_registry)
+    previous = registry.client.get_registered_model(name).tags.get(PREVIOUS_CHAMPION_TAG)
+    if not previous:
+        raise CanaryError(f"{name}: no canary is running and no promotion to undo (no {PREVIOUS_CHAMPION_TAG!r} tag)")
+    source = _version_source(registry, name, int(previous))
+    patch = {"spec": {"predictor": {"canaryTrafficPercent": None,
+                                    "model": {"storageUri": model_repository_uri(source)}}}}
+    return Plan("rollback", patch, _patch_command(config, patch),
+                f"{name}: {CHAMPION} → v{previous} (back from v{champion})", lambda: registry.rollback(name))
+
+
+def dry_run(config: RunConfig, plan: Plan, crd_file: str | None = None) -> tuple[dict, list[str]]:
+    """The InferenceService of ``config.canary.overlay`` after the patch (``kubectl patch --local``), and every
+    problem the patched manifests would have."""
+    from relevance.serving.canary.manifests import inference_service, overlay_dir, patch_local, render, validate
+
+    resources = render(overlay_dir(config.canary.overlay), binary=config.canary.kubectl)
+    isvc = inference_service(resources)
+    patched = patch_local(isvc, plan.patch, binary=config.canary.kubectl)
+    others = [r for r in resources if r is not isvc]
+    return patched, validate([*others, patched], crd_file)
+
+
+def apply(config: RunConfig, plan: Plan) -> str:
+    """Send the patch to the cluster (kubectl's current context), then move the registry aliases. A storage URI
+    KServe cannot fetch is refused before anything changes."""
+    from relevance.serving.canary.manifests import STORAGE_SCHEMES, kubectl
+
+    uri = plan.patch["spec"]["predictor"].get("model", {}).get("storageUri")
+    if uri is not None and not uri.startswith(STORAGE_SCHEMES):
+        raise CanaryError(f"storageUri {uri!r} is not one KServe's storage initializer can fetch "
+                          f"({', '.join(STORAGE_SCHEMES)}): point registry.tracking_uri at an MLflow server whose "
+                          "artifact store is object storage; nothing was changed")
+    out = kubectl(plan.command[1:], binary=config.canary.kubectl)
+    if plan.apply_registry is not None:
+        try:
+            plan.apply_registry()
+        except Exception as error:  # MlflowException and friends: the cluster has changed, say what is left
+            raise CanaryError(f"the cluster was patched but the registry was not ({error}); do the registry step "
+                              f"by hand: {plan.registry_change}") from None
+    return out

@@ -1,0 +1,137 @@
+"""The report machinery: the step cache reruns only what changed and never keeps a half-written step, the
+report embeds its figures and tables, the teacher exports to ONNX with parity (the labelling study's fast
+paths), and the GPU script runs end to end on a tiny model on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchmarks.studies as studies
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_steps_cache_reruns_only_what_changed(tmp_path):
+    steps = studies.Steps("demo", root=tmp_path)
+    calls = []
+
+    def compute(value):
+        calls.append(value)
+        return {"value": value}
+
+    assert steps("a", {"x": 1}, lambda: compute(1)) == {"value": 1}
+    assert steps("a", {"x": 1}, lambda: compute(99)) == {"value": 1}  # same inputs: the cached result
+    assert steps("a", {"x": 2}, lambda: compute(2)) == {"value": 2}  # changed inputs: computed again
+    assert calls == [1, 2] and steps.reused == ["a"] and steps.computed == ["a", "a"]
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        steps("b", {"x": 1}, killed)
+    assert not list((tmp_path / "demo").glob("b-*"))  # nothing half-written to be mistaken for a result
+    assert steps.directory("model", {"x": 1}) == steps.directory("model", {"x": 1}) != steps.directory("model", {})
+
+
+def test_report_embeds_figures_and_tables(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(studies, "RESULTS", tmp_path)
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    module = type("M", (), {"TITLE": "A study", "QUESTION": "Does it work?"})
+    rec = studies.record("scaling", module, "It works.", [studies.table("numbers", ["model", "accuracy"],
+                                                                        [["student", 0.4601]])],
+                         {"a line": studies.figure_png(fig)}, "python -m benchmarks.studies --only scaling")
+    data, page = studies.write({"scaling": rec}, tmp_path)
+    text = page.read_text()
+    assert "data:image/png;base64," in text and "0.4601" in text and "It works." in text
+    assert "python -m benchmarks.studies --only scaling" in text
+    saved = json.loads(data.read_text())["scaling"]
+    assert saved["figures"] == {"a line": "studies/scaling-0.png"} and (tmp_path / "studies/scaling-0.png").exists()
+    assert saved["machine"] and saved["date"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{studies.README_BEGIN}\nold\n{studies.README_END}\nrest\n")
+    assert studies.update_readme({"scaling": rec}, readme)
+    assert readme.read_text() == (f"intro\n{studies.README_BEGIN}\n| study | what the run says |\n|---|---|\n"
+                                  f"| [A study](benchmarks/results/report.html#scaling) | It works. |\n"
+                                  f"{studies.README_END}\nrest\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_pairs, tmp_path_factory, tiny_bert):
+    from relevance.config import TeacherConfig, TextConfig
+    from relevance.teacher import train_teacher
+
+    items, queries, judgments = tiny_pairs()
+    config = TeacherConfig(backbone=str(tiny_bert), finetune="full", epochs=1, batch_size=8, head_hidden=16,
+                           precision="fp32")
+    teacher = train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
+                            TextConfig(fields=["title"], max_length=32), log=lambda _: None)
+    return teacher.save(tmp_path_factory.mktemp("teacher") / "teacher"), items, queries, judgments
+
+
+def test_teacher_onnx_export_labels_like_torch(tiny_teacher, tmp_path):
+    from relevance.export import export_teacher, onnx_teacher_proba, quantize_int8
+    from relevance.onnx_session import onnx_session
+    from relevance.teacher import Teacher
+
+    teacher_dir, items, queries, judgments = tiny_teacher
+    result = export_teacher(teacher_dir, tmp_path / "teacher.onnx")
+    assert result.max_abs_diff < 1e-4 and result.outputs == ["probs"]
+    teacher = Teacher.load(teacher_dir)
+    query_text, item_text = queries.set_index("query_id")["query"], teacher.item_texts(items)
+    q, t = query_text[judgments.query_id].tolist(), item_text[judgments.item_id].tolist()
+    expected = teacher.predict_proba(q, t, precision="fp32")
+    np.testing.assert_allclose(onnx_teacher_proba(onnx_session(tmp_path / "teacher.onnx"), teacher, q, t, batch_size=5),
+                               expected, atol=1e-4)
+    quantize_int8(tmp_path / "teacher.onnx", tmp_path / "teacher-int8.onnx")
+    int8 = onnx_teacher_proba(onnx_session(tmp_path / "teacher-int8.onnx"), teacher, q, t)
+    assert int8.shape == expected.shape and np.allclose(int8.sum(1), 1, atol=1e-4)
+
+
+def test_gpu_script_runs_on_a_tiny_model(tmp_path):
+    out = tmp_path / "tiny.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_teacher.py"), "--size", "tiny", "--device", "cpu",
+                    "--batch-size", "4", "--seq-len", "16", "--steps", "2", "--label-batches", "2", "--out",
+                    str(out)], check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert 0 < result["trainable_parameters"] < result["parameters"]  # LoRA + head only
+    for phase in ("train", "label"):
+        assert result[phase]["tokens_per_s"] > 0 and result[phase]["pairs_per_s"] > 0 and result[phase]["mfu"] > 0
+
+
+def test_gpu_script_says_when_there_is_no_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_teacher.py"), "--size", "tiny", "--out",
+                             str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert result.returncode != 0 and "no CUDA device is visible" in result.stderr
+
+
+def test_synthetic_teacher_study_step_trains_once_and_scores_per_locale(tmp_path, tiny_bert):
+    from benchmarks.studies.synthetic import teacher_scores
+
+    steps = studies.Steps("locales", root=tmp_path)
+    data = {"source": "synthetic", "synthetic_items": 150, "synthetic_judged_queries": 100,
+            "synthetic_impressions": 0, "seed": 0}
+    teacher = {"backbone": str(tiny_bert), "epochs": 1, "batch_size": 16, "precision": "fp32", "head_hidden": 16}
+    text = {"fields": ["title"], "max_length": 48, "max_query_tokens": 16}
+    first = teacher_scores(steps, "train-en", data, teacher, text, train_locale="en_US")
+    assert 0 <= first["accuracy"] <= 1 and first["test_pairs"] > 0
+    assert set(first["accuracy_by_locale"]) <= {"en_US", "de_DE", "fr_FR", "ja_JP"}
+    everything = teacher_scores(steps, "train-all", data, teacher, text)
+    assert everything["train_pairs"] > first["train_pairs"]  # the locale filter kept only en_US training queries
+    again = teacher_scores(steps, "train-en", data, teacher, text, train_locale="en_US")
+    assert again == first and steps.reused == ["train-en"]

@@ -1,0 +1,65 @@
+"""Feast: apply, materialize, and read the student's feature service back offline and online."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relevance.bm25 import lexical_item_texts
+from relevance.config import build_config
+from relevance.data import prepare
+from relevance.data.schema import DataContractError, Dataset
+from relevance.platform.feature_store import (
+    apply_and_materialize,
+    build_feature_repo,
+    definitions_dir,
+    feature_tables,
+    item_features_from_store,
+    online_item_features,
+    open_store,
+)
+
+
+def test_feast_apply_materialize_and_read_back(tmp_path):
+    config = build_config("quick", {"data": {"synthetic_items": 50, "synthetic_judged_queries": 12,
+                                             "synthetic_impressions": 100}})
+    dataset = Dataset.load(prepare(config.data, tmp_path / "data"))
+    rng = np.random.default_rng(0)
+    embed = lambda texts: rng.standard_normal((len(texts), 8)).astype(np.float32)  # noqa: E731
+    tables = feature_tables(dataset, lexical_item_texts(dataset.items, config.text), embed)
+    repo = build_feature_repo(definitions_dir(None), tmp_path / "repo", tables)
+    versions = apply_and_materialize(repo)
+    assert versions == {"item_embeddings": "1", "item_text": "2"}
+    ids = dataset.items["item_id"].tolist()
+    offline = item_features_from_store(repo, ids[:5])
+    expected = tables["item_embeddings"].set_index("item_id")["embedding"]
+    texts = tables["item_text"].set_index("item_id")
+    assert list(offline.index) == ids[:5]
+    for item_id in ids[:5]:
+        np.testing.assert_allclose(offline.loc[item_id, "embedding"], expected[item_id], rtol=1e-6)
+        assert offline.loc[item_id, "lexical_text"] == texts.loc[item_id, "lexical_text"]
+    # serving reads the same feature service online
+    online = online_item_features(open_store(repo), [*ids[:3], "no-such-item"])
+    np.testing.assert_allclose(online["embedding"][2], expected[ids[2]], rtol=1e-6)
+    assert online["title"][:3] == texts.loc[ids[:3], "title"].tolist() and online["embedding"][3] is None
+    assert set(online) == {"item_id", "embedding", "title", "lexical_text"}  # nothing but the student's features
+    # the feast CLI works on the run's repo too
+    plan = subprocess.run([str(Path(sys.executable).with_name("feast")), "-c", str(repo), "plan"],
+                          capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    with pytest.raises(Exception, match="no item_embeddings"):
+        item_features_from_store(repo, ["not-an-item"])
+
+
+def test_definitions_without_the_student_feature_service_are_refused(tmp_path):
+    repo = tmp_path / "defs"
+    shutil.copytree(definitions_dir(None), repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    definitions = repo / "definitions.py"
+    definitions.write_text(definitions.read_text().split("student_item_features = ")[0])
+    with pytest.raises(DataContractError, match="student_item_features"):
+        apply_and_materialize(repo)

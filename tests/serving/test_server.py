@@ -1,0 +1,323 @@
+"""Online serving, end to end on loopback: a tiny run is exported (ONNX + Triton model repository), its features
+materialized to Feast's SQLite online store, and real KServe servers are started with `relevance serve` and
+`relevance serve-predictor`.
+
+What is checked: the served scores equal offline scoring with the training featurizer (so serving has no second
+featurizer), V1 and V2 agree, the Triton-path predictor agrees with the in-process one, health/metadata/metrics
+endpoints, every kind of bad input gets a 4xx with a precise message, unknown ids are flagged, and 1,000
+generated requests never produce a 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from relevance.serving.process import free_port, model_server
+
+MODEL = "relevance-student"
+ENV = {"HF_HUB_OFFLINE": "1", "RELEVANCE_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def deployment(run_settings, cli, tmp_path_factory, tiny_bert):
+    """A tiny run, exported and materialized, served three ways: in process, a V2 predictor, and the transformer
+    in front of that predictor (--predictor-url)."""
+    tmp = tmp_path_factory.mktemp("serving")
+    config = {"profile": "quick", "workdir": str(tmp / "run"),
+              **run_settings(items=200, judged_queries=40, impressions=600),
+              "serving": {"max_candidates": 50, "max_query_chars": 200, "query_cache_size": 100}}
+    config_path = tmp / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    cli("run", "--config", str(config_path))
+    cli("features", "--config", str(config_path))
+    cli("export", "--config", str(config_path), "--int8")
+    with ExitStack() as servers:
+        urls = {"local": servers.enter_context(model_server(["serve", "--config", str(config_path)], free_port(),
+                                                            tmp / "local.log", ENV))}
+        urls["predictor"] = servers.enter_context(model_server(
+            ["serve-predictor", "--model-repository", str(tmp / "run/export/model_repository"), "--config",
+             str(config_path)], free_port(), tmp / "predictor.log", ENV))
+        urls["remote"] = servers.enter_context(model_server(
+            ["serve", "--config", str(config_path), "--predictor-url", urls["predictor"]], free_port(),
+            tmp / "remote.log", ENV))
+        yield {"tmp": tmp, "config": config_path, "urls": urls, "workdir": tmp / "run"}
+
+
+@pytest.fixture(scope="module")
+def catalog(deployment):
+    from relevance.data.schema import Dataset
+
+    dataset = Dataset.load(deployment["workdir"] / "data", with_impressions=False)
+    test = dataset.split("test")
+    query_id = test["query_id"].iloc[0]
+    query = dataset.queries.set_index("query_id").loc[query_id, "query"]
+    candidates = dataset.items["item_id"].iloc[:30].tolist()
+    return dataset, query, candidates
+
+
+def _v1(url: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/{MODEL}:predict", json=body, timeout=30, **kwargs)
+
+
+def _v2_body(query: str, candidates: list[str], locale: str = "en-US") -> dict:
+    return {"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": [query]},
+                       {"name": "candidates", "shape": [len(candidates)], "datatype": "BYTES", "data": candidates},
+                       {"name": "locale", "shape": [1], "datatype": "BYTES", "data": [locale]}]}
+
+
+def _v2(url: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=30, **kwargs)
+
+
+def test_triton_model_repository_layout_and_config(deployment):
+    from relevance.serving.model_repository import ModelRepositoryError, read_model_config, validate_model_repository
+
+    repo = deployment["workdir"] / "export/model_repository"
+    assert sorted(p.name for p in repo.iterdir()) == [MODEL]
+    assert validate_model_repository(repo, MODEL) == repo / MODEL / "1" / "model.onnx"
+    config = read_model_config(repo, MODEL)
+    bundle = json.loads((deployment["workdir"] / "export/bundle.json").read_text())
+    assert config.name == MODEL and config.platform == "onnxruntime_onnx"
+    assert list(config.input[0].dims) == [bundle["num_features"]] and list(config.output[0].dims) == [5]
+    assert config.max_batch_size >= 50 and config.dynamic_batching.max_queue_delay_microseconds >= 0
+    # A config that disagrees with the ONNX graph is caught before Triton would refuse to load it.
+    broken = deployment["tmp"] / "broken"
+    (broken / MODEL / "1").mkdir(parents=True)
+    (broken / MODEL / "1" / "model.onnx").write_bytes((repo / MODEL / "1" / "model.onnx").read_bytes())
+    text = (repo / MODEL / "config.pbtxt").read_text().replace(f"dims: {bundle['num_features']}", "dims: 7")
+    (broken / MODEL / "config.pbtxt").write_text(text.replace('platform: "onnxruntime_onnx"', 'platform: "pytorch"'))
+    with pytest.raises(ModelRepositoryError, match=r"config dims \[7\].*|platform 'pytorch'"):
+        validate_model_repository(broken, MODEL)
+    (broken / MODEL / "config.pbtxt").write_text("name: 1 2 3")
+    with pytest.raises(ModelRepositoryError, match="not a Triton ModelConfig"):
+        validate_model_repository(broken, MODEL)
+
+
+def test_served_scores_equal_offline_scoring_with_the_training_featurizer(deployment, catalog):
+    from relevance.chain import Chain
+    from relevance.config import load_config
+    from relevance.metrics import expected_grade
+    from relevance.student import Student
+
+    dataset, query, candidates = catalog
+    response = _v1(deployment["urls"]["local"], {"instances": [{"query": query, "locale": "en-US",
+                                                                "candidates": candidates}]})
+    assert response.status_code == 200, response.text
+    served = response.json()["predictions"][0]
+    assert served["query"] == query and len(served["items"]) == len(candidates)
+    scores = [item["score"] for item in served["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    chain = Chain(load_config(deployment["config"]))
+    featurizer = chain.featurizer(dataset)
+    probs = Student.load(chain.student_dirs["student"]).predict_proba(featurizer.transform([query] * len(candidates),
+                                                                                           candidates))
+    offline = dict(zip(candidates, probs))
+    for item in served["items"]:
+        np.testing.assert_allclose(item["probs"], offline[item["item_id"]], atol=2e-4)
+        assert item["score"] == pytest.approx(float(expected_grade(offline[item["item_id"]][None])[0]), abs=1e-3)
+        assert item["unknown"] is False
+
+
+def test_v2_and_the_triton_predictor_path_agree_with_v1(deployment, catalog):
+    _, query, candidates = catalog
+    v1 = _v1(deployment["urls"]["local"], {"instances": [{"query": query, "candidates": candidates}]}).json()
+    expected = [(i["item_id"], i["score"]) for i in v1["predictions"][0]["items"]]
+    for name in ("local", "remote"):
+        response = _v2(deployment["urls"][name], _v2_body(query, candidates))
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        assert set(outputs) == {"item_id", "score", "probs", "unknown"}
+        assert outputs["probs"]["shape"] == [len(candidates), 5]
+        got = list(zip(outputs["item_id"]["data"], outputs["score"]["data"]))
+        assert [i for i, _ in got] == [i for i, _ in expected], name
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-4)
+
+
+def test_score_cli_is_a_tritonclient_rerank(cli, deployment, catalog):
+    _, query, candidates = catalog
+    result = cli("score", "--url", deployment["urls"]["remote"], "--query", query,
+                  "--candidates", ",".join(candidates[:5] + ["no-such-item"]), "--json")
+    ranking = json.loads(result.stdout)
+    assert {i["item_id"] for i in ranking["items"]} == set(candidates[:5] + ["no-such-item"])
+    assert [i["item_id"] for i in ranking["items"] if i["unknown"]] == ["no-such-item"]
+    down = cli("score", "--url", f"http://127.0.0.1:{free_port()}", "--query", "x", "--candidates", "a",
+               check=False)
+    assert down.returncode == 2 and "error:" in down.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--model_name", "other"], "must equal serving.model_name"),
+    (["--predictor_host", "triton:8000", "--protocol", "v1"], "over the V2 REST protocol"),
+    (["--workers", "2"], "one worker"),
+    (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
+    (["--http_port", "eighty"], "invalid int value"),
+])
+def test_kserve_flags_are_parsed_by_kserves_parser_and_checked(cli, deployment, flags, message):
+    result = cli("serve", "--config", deployment["config"], *flags, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_importing_the_server_changes_nothing():
+    code = ("import sys; argv = list(sys.argv); import prometheus_client as p; import relevance.serving.server; "
+            "assert sys.argv == argv; ours = [n for n in p.REGISTRY._names_to_collectors if n.startswith('relevance')]; "
+            "assert not ours, ours; print('ok')")
+    # A fresh process: this one may have imported the server already.
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **ENV})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_unknown_ids_are_scored_with_defaults_and_flagged(deployment, catalog):
+    _, query, candidates = catalog
+    body = {"instances": [{"query": query, "candidates": ["ghost-1", candidates[0], "ghost-2"]}]}
+    items = _v1(deployment["urls"]["local"], body).json()["predictions"][0]["items"]
+    flags = {i["item_id"]: i["unknown"] for i in items}
+    assert flags == {"ghost-1": True, candidates[0]: False, "ghost-2": True}
+    ghosts = [i for i in items if i["unknown"]]
+    # Both ghosts get the same default features, so the same score.
+    assert ghosts[0]["score"] == pytest.approx(ghosts[1]["score"]) and all(abs(sum(i["probs"]) - 1) < 1e-4
+                                                                          for i in items)
+
+
+def test_health_metadata_and_metrics(deployment, catalog):
+    _, query, candidates = catalog
+    url = deployment["urls"]["local"]
+    assert httpx.get(f"{url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{url}/v2/models/{MODEL}/ready").status_code == 200
+    assert httpx.get(f"{url}/v1/models/{MODEL}").json()["ready"] is True
+    metadata = httpx.get(f"{url}/v2/models/{MODEL}").json()
+    assert [i["name"] for i in metadata["inputs"]] == ["query", "candidates", "locale"]
+    assert [o["name"] for o in metadata["outputs"]] == ["item_id", "score", "probs", "unknown"]
+
+    def metric(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
+    before = httpx.get(f"{url}/metrics").text
+    fresh = f"{query} metrics probe {time.time()}"
+    for _ in range(3):
+        assert _v1(url, {"instances": [{"query": fresh, "candidates": candidates[:3]}]}).status_code == 200
+    assert _v1(url, {"instances": []}).status_code == 400
+    after = httpx.get(f"{url}/metrics").text
+    assert metric(after, "relevance_query_cache_misses_total") - metric(before, "relevance_query_cache_misses_total") == 1
+    assert metric(after, "relevance_query_cache_hits_total") - metric(before, "relevance_query_cache_hits_total") == 2
+    assert metric(after, "relevance_request_seconds_count") - metric(before, "relevance_request_seconds_count") == 3
+    bad = 'relevance_requests_total{model_name="relevance-student",outcome="bad_request",protocol="v1"}'
+    assert metric(after, bad.split("{")[0]) > metric(before, bad.split("{")[0])
+    assert 'relevance_http_responses_total{code="400"}' in after
+    assert "relevance_query_cache_hit_rate" in after and "relevance_request_seconds_bucket" in after
+
+
+def _bad_requests(query: str, candidates: list[str]) -> list[tuple[str, str, dict, object, str]]:
+    """(name, protocol, headers, body, expected message fragment)."""
+    v2 = _v2_body(query, candidates[:3])
+    renamed = json.loads(json.dumps(v2))
+    renamed["inputs"][0]["name"] = "q"
+    wrong_type = json.loads(json.dumps(v2))
+    wrong_type["inputs"][1]["datatype"] = "FP32"
+    wrong_type["inputs"][1]["data"] = [1.0, 2.0, 3.0]
+    wrong_shape = json.loads(json.dumps(v2))
+    wrong_shape["inputs"][1]["shape"] = [7]
+    two_queries = json.loads(json.dumps(v2))
+    two_queries["inputs"][0].update(shape=[2], data=["a", "b"])
+    json_headers = {"content-type": "application/json"}
+    return [
+        ("malformed JSON", "v1", json_headers, b'{"instances": [', "Unrecognized request format"),
+        ("malformed JSON (v2)", "v2", json_headers, b'{"inputs": [{"name": ', ""),
+        ("not JSON at all", "v1", {"content-type": "text/plain"}, b"hello", "expected a JSON object"),
+        ("invalid UTF-8", "v1", json_headers, b'{"instances": [{"query": "\xff\xfe", "candidates": ["a"]}]}', ""),
+        ("invalid UTF-8 (v2)", "v2", json_headers, b'{"inputs": [{"name": "query", "shape": [1], '
+                                                    b'"datatype": "BYTES", "data": ["\xc3\x28"]}]}', ""),
+        ("wrong tensor name", "v2", json_headers, renamed, "unknown input(s) ['q']"),
+        ("wrong datatype", "v2", json_headers, wrong_type, "expected datatype BYTES, got FP32"),
+        ("wrong shape", "v2", json_headers, wrong_shape, "shape [7] holds 7 elements, data has 3"),
+        ("two queries in one v2 request", "v2", json_headers, two_queries, "expected shape [1]"),
+        ("missing candidates", "v2", json_headers, {"inputs": v2["inputs"][:1]}, "missing input 'candidates'"),
+        ("empty candidates", "v1", json_headers, {"instances": [{"query": query, "candidates": []}]},
+         "expected at least one item id"),
+        ("too many candidates", "v1", json_headers,
+         {"instances": [{"query": query, "candidates": [f"i{n}" for n in range(51)]}]}, "at most 50"),
+        ("huge query", "v1", json_headers, {"instances": [{"query": "x" * 10_000, "candidates": ["a"]}]},
+         "at most 200 characters, got 10000"),
+        ("huge item id", "v1", json_headers, {"instances": [{"query": query, "candidates": ["i" * 5000]}]},
+         "item ids are at most 256 characters"),
+        ("huge body", "v1", json_headers, {"instances": [{"query": "q", "candidates": ["a"]}], "pad": "x" * (5 << 20)},
+         "byte limit"),
+        ("duplicate candidates", "v1", json_headers, {"instances": [{"query": query, "candidates": ["a", "a"]}]},
+         "appears more than once"),
+        ("non-string candidate", "v1", json_headers, {"instances": [{"query": query, "candidates": [3]}]},
+         "candidates[0]: expected a non-empty string"),
+        ("blank query", "v1", json_headers, {"instances": [{"query": "   ", "candidates": ["a"]}]},
+         "non-empty string"),
+        ("unknown field", "v1", json_headers, {"instances": [{"query": "q", "candidates": ["a"], "k": 3}]},
+         "unknown field(s) ['k']"),
+        ("no instances", "v1", json_headers, {"rows": []}, 'expected "instances"'),
+    ]
+
+
+def test_bad_input_gets_a_4xx_with_a_precise_message(deployment, catalog):
+    _, query, candidates = catalog
+    url = deployment["urls"]["local"]
+    for name, protocol, headers, body, fragment in _bad_requests(query, candidates):
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        path = f"/v1/models/{MODEL}:predict" if protocol == "v1" else f"/v2/models/{MODEL}/infer"
+        response = httpx.post(url + path, content=content, headers=headers, timeout=30)
+        assert 400 <= response.status_code < 500, f"{name}: {response.status_code} {response.text[:300]}"
+        message = response.json().get("error", "") if response.headers.get("content-type", "").startswith(
+            "application/json") else response.text
+        assert fragment in str(message), f"{name}: {message!r}"
+    # The server is still up and still scoring.
+    assert _v1(url, {"instances": [{"query": query, "candidates": candidates[:2]}]}).status_code == 200
+
+
+_text = st.one_of(st.text(max_size=60), st.sampled_from(["", " ", "drill", "\x00", "\ud7ff", "𝔘𝔫𝔦"]))
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+                     max_leaves=12)
+_instance = st.fixed_dictionaries({"query": st.one_of(_text, _json), "candidates": st.one_of(
+    st.lists(_text, max_size=60), _json)}, optional={"locale": st.one_of(_text, _json), "extra": _json})
+_tensor = st.fixed_dictionaries({
+    "name": st.sampled_from(["query", "candidates", "locale", "features", ""]) | _text,
+    "shape": st.one_of(st.lists(st.integers(-2, 70), max_size=3), _json),
+    "datatype": st.sampled_from(["BYTES", "FP32", "INT64", "BOOL", "bytes", "STRING"]) | _text,
+    "data": st.one_of(st.lists(_text, max_size=60), st.lists(st.lists(_text, max_size=3), max_size=3), _json)})
+_v1_bodies = st.one_of(st.fixed_dictionaries({"instances": st.lists(_instance, max_size=3)}), _json)
+_v2_bodies = st.one_of(st.fixed_dictionaries({"inputs": st.lists(_tensor, max_size=4)},
+                                             optional={"id": _text, "parameters": _json}), _json)
+_raw = st.binary(max_size=200)
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(kind=st.sampled_from(["v1", "v2", "raw-v1", "raw-v2"]), v1=_v1_bodies, v2=_v2_bodies, raw=_raw)
+def test_fuzz_1000_generated_requests_never_get_a_5xx(deployment, kind, v1, v2, raw):
+    url = deployment["urls"]["local"]
+    if kind == "v1":
+        content = json.dumps(v1, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    elif kind == "v2":
+        content = json.dumps(v2, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    else:
+        content = raw
+    path = f"/v1/models/{MODEL}:predict" if kind.endswith("v1") else f"/v2/models/{MODEL}/infer"
+    response = _client().post(url + path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code < 500, f"{kind} {content[:300]!r} → {response.status_code} {response.text[:300]}"
+
+
+_clients: dict[str, httpx.Client] = {}
+
+
+def _client() -> httpx.Client:
+    if "c" not in _clients:
+        _clients["c"] = httpx.Client(timeout=30)
+    return _clients["c"]

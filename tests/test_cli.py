@@ -1,0 +1,180 @@
+"""The whole chain on tiny random models and a small synthetic shop, through the real CLI.
+
+Also: `relevance evaluate` on a judgments file the model never saw (Home Depot column names), a labelling run
+killed mid-way that resumes with nothing lost or duplicated, and clear errors for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from relevance.data.schema import prob_columns
+
+CLI = [sys.executable, "-m", "relevance.cli"]
+
+
+def _write_config(tmp_path: Path, settings: dict, **overrides) -> Path:
+    config = {"profile": "quick", "workdir": str(tmp_path / "run"), **settings}
+    for key, value in overrides.items():
+        config[key].update(value)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(run_settings, cli, tmp_path_factory, tiny_bert):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    config = _write_config(tmp_path, run_settings())
+    cli("run", "--config", str(config))
+    return tmp_path, config
+
+
+def test_run_writes_every_artifact_and_a_complete_report(finished_run):
+    tmp_path, _ = finished_run
+    run = tmp_path / "run"
+    for artifact in ("data/dataset.json", "teacher/manifest.json", "teacher/head.safetensors", "pool.parquet",
+                     "labels/labels.json", "student/manifest.json", "student_human_only/manifest.json",
+                     "report.json", "report.md", "confusion.png"):
+        assert (run / artifact).exists(), artifact
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student", "student_human_only", "bm25", "majority"}
+    for block in report["models"].values():
+        overall = block["overall"]
+        assert 0 <= overall["accuracy"] <= 1 and 0 <= overall["macro_f1"] <= 1
+        assert {"ndcg@20", "p@5", "rmse_grade", "auroc_ge1", "auroc_ge4"} <= set(overall)
+        assert set(block["per_segment"]) == {"en_US", "de_DE", "fr_FR", "ja_JP"}
+    assert report["pairs_per_s"]["student"] > 0 and report["pairs_per_s"]["teacher"] > 0
+
+
+def test_labels_cover_the_pool_exactly_once(finished_run):
+    tmp_path, _ = finished_run
+    run = tmp_path / "run"
+    pool = pd.read_parquet(run / "pool.parquet")
+    labels = pd.concat(pd.read_parquet(p) for p in sorted((run / "labels").glob("shard-*.parquet")))
+    assert len(labels) == len(pool)
+    assert not labels.duplicated(["query_id", "item_id"]).any()
+    judged = pd.read_parquet(run / "data/judgments.parquet")
+    assert pool.merge(judged, on=["query_id", "item_id"]).empty, "the pool must exclude judged pairs"
+    held_out = judged.loc[judged["split"].isin(["valid", "test"]), "query_id"]
+    assert not pool["query_id"].isin(held_out).any(), "evaluation queries never reach the student"
+    assert (labels[prob_columns(5)].sum(axis=1) - 1).abs().max() < 1e-4
+    teacher = json.loads((run / "teacher/manifest.json").read_text())
+    assert (labels["teacher_version"] == teacher["teacher_version"]).all()
+    student = json.loads((run / "student/manifest.json").read_text())
+    assert student["teacher_version"] == teacher["teacher_version"]
+
+
+def test_evaluate_on_an_unseen_homedepot_shaped_file(cli, finished_run, tmp_path):
+    run_dir = finished_run[0] / "run"
+    items = pd.read_parquet(run_dir / "data/items.parquet")
+    queries = pd.read_parquet(run_dir / "data/queries.parquet")
+    judged = pd.read_parquet(run_dir / "data/judgments.parquet")
+    test = judged[judged["split"] == "test"].merge(queries, on="query_id")
+    # Home Depot column names, as in ../shared/data/homedepot: product_id instead of item_id.
+    test.rename(columns={"item_id": "product_id"})[["query_id", "query", "product_id", "grade", "split"]] \
+        .to_parquet(tmp_path / "judgments.parquet")
+    items.rename(columns={"item_id": "product_id"}).to_parquet(tmp_path / "products.parquet")
+    for model in ("teacher", "student"):
+        out = tmp_path / f"{model}.json"
+        cli("evaluate", "--model", str(run_dir / model), "--items", str(tmp_path / "products.parquet"),
+             "--judgments", str(tmp_path / "judgments.parquet"), "--out", str(out),
+             "--cache-dir", str(tmp_path / "cache"))
+        report = json.loads(out.read_text())
+        assert report["kind"] == model and report["overall"]["num_pairs"] == len(test)
+    # The standalone evaluation agrees with the run's own report.
+    run_report = json.loads((run_dir / "report.json").read_text())
+    standalone = json.loads((tmp_path / "teacher.json").read_text())
+    assert standalone["overall"]["accuracy"] == pytest.approx(run_report["models"]["teacher"]["overall"]["accuracy"])
+
+
+def test_evaluate_rejects_bad_input_with_a_clear_message(cli, finished_run, tmp_path):
+    run_dir = finished_run[0] / "run"
+    items = tmp_path / "items.parquet"
+    pd.read_parquet(run_dir / "data/items.parquet").to_parquet(items)
+    bad = pd.DataFrame({"query_id": ["q1"], "query": ["red sofa"], "item_id": ["nope"], "grade": [7]})
+    bad.to_parquet(tmp_path / "bad.parquet")
+    result = cli("evaluate", "--model", str(run_dir / "teacher"), "--items", str(items), "--judgments",
+                  str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "out.json"), check=False)
+    assert result.returncode == 2 and "out of range" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.json").exists(), "nothing is written on bad input"
+    no_grade = bad.drop(columns="grade")
+    no_grade.to_parquet(tmp_path / "nograde.parquet")
+    result = cli("evaluate", "--model", str(run_dir / "teacher"), "--items", str(items), "--judgments",
+                  str(tmp_path / "nograde.parquet"), "--out", str(tmp_path / "out.json"), check=False)
+    assert result.returncode == 2 and "grade" in result.stderr
+
+
+def test_export_writes_checked_onnx_models(cli, finished_run):
+    tmp_path, config = finished_run
+    result = cli("export", "--config", str(config))
+    assert "student.onnx" in result.stdout and "query_encoder.onnx" in result.stdout
+    assert (tmp_path / "run/export/student.onnx").exists() and (tmp_path / "run/export/query_encoder.onnx").exists()
+
+
+def test_changed_settings_never_silently_reuse_an_output(cli, finished_run):
+    tmp_path, config = finished_run
+    changed = yaml.safe_load(config.read_text())
+    changed["teacher"]["epochs"] = 5
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    result = cli("train-teacher", "--config", str(path), check=False)
+    assert result.returncode == 2 and "teacher output was made with other settings" in result.stderr
+
+
+def test_unknown_backbone_and_bad_config_fail_cleanly(run_settings, cli, tmp_path, tiny_bert):
+    config = _write_config(tmp_path, run_settings(), teacher={"backbone": str(tmp_path / "missing-model")})
+    cli("prepare", "--config", str(config))
+    result = cli("train-teacher", "--config", str(config), check=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "run/teacher").exists()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"teacher": {"epohcs": 3}}))
+    result = cli("run", "--config", str(typo), check=False)
+    assert result.returncode == 2 and "epohcs" in result.stderr
+
+
+def test_killed_labelling_resumes_without_losing_or_duplicating_rows(cli, finished_run, tmp_path):
+    """SIGKILL the labeller after its first shard lands, resume, and compare with the uninterrupted run."""
+    source_run, config = finished_run[0] / "run", finished_run[1]
+    labels_dir = source_run / "labels"
+    reference = pd.concat(pd.read_parquet(p) for p in sorted(labels_dir.glob("shard-*.parquet")))
+    shards = sorted(labels_dir.glob("shard-*.parquet"))
+    assert len(shards) >= 3, "the test needs several shards"
+    for path in [*shards, labels_dir / "labels.json"]:
+        path.unlink()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RELEVANCE_THREADS": "1"}
+    process = subprocess.Popen([*CLI, "label", "--config", str(config)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(labels_dir.glob("shard-*.parquet")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before_kill = list(labels_dir.glob("shard-*.parquet"))
+    assert 1 <= len(finished_before_kill) < len(shards), "kill must land mid-way"
+    from relevance.data.schema import DataContractError
+    from relevance.labeling import read_labels
+
+    with pytest.raises(DataContractError, match="labelled rows of a"):
+        read_labels(labels_dir, 5, pool_path=source_run / "pool.parquet")  # distillation refuses a partial set
+    cli("label", "--config", str(config))
+    resumed = read_labels(labels_dir, 5, pool_path=source_run / "pool.parquet")
+    assert not list(labels_dir.glob("*.tmp")), "no partial shard is left behind"
+    key = ["query_id", "item_id"]
+    assert len(resumed) == len(reference), "0 lost"
+    assert not resumed.duplicated(key).any(), "0 duplicated"
+    merged = reference.merge(resumed, on=key, suffixes=("", "_resumed"))
+    assert len(merged) == len(reference)
+    for column in prob_columns(5):
+        assert (merged[column] - merged[f"{column}_resumed"]).abs().max() < 1e-4
