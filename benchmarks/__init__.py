@@ -5,7 +5,8 @@ import platform
 
 
 def machine() -> str:
-    """Cores this process may use, the CPU model, the OS, and the GPU if torch sees one."""
+    """Cores this process may use, the CPU model and whether it has avx512_bf16 (bf16 autocast is 2-3× faster with
+    it), the OS, and the GPU if torch sees one."""
     cpu = "unknown CPU"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -19,4 +20,10 @@ def machine() -> str:
             gpu = torch.cuda.get_device_name()
     except ImportError:
         pass
-    return f"{len(os.sched_getaffinity(0))} cores ({cpu}), {platform.system()} {platform.machine()}, {gpu}"
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        flags = set()
+    simd = "avx512_bf16" if "avx512_bf16" in flags else "AVX2, no avx512_bf16" if "avx2" in flags else "no AVX2"
+    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}, {simd}), {platform.system()} {platform.machine()}, "
+            f"{gpu}")

@@ -33,7 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 
 from relevance.serving.process import free_port, model_server
@@ -333,7 +332,6 @@ def main() -> None:
     config = load_config(args.config)
     dataset = Dataset.load(Chain(config).data_dir, with_impressions=False)
     index = BM25Index.load(Path(config.workdir) / "export" / "bm25")
-    rng = np.random.default_rng(0)
     pool = dataset.queries["query"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()
     queries, candidates = [], {}
     for query in pool:

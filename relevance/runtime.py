@@ -21,6 +21,9 @@ def bf16_supported(dev: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     # On CPU bf16 autocast only pays off with native bf16 instructions (AVX512-BF16 / AMX); elsewhere it is
     # emulated and slower than fp32 (benchmarks/results/teacher-precision.json measures it).
+    # RELEVANCE_CPU_BF16=0 takes the fp32 path anyway: to run (and time) as a CPU without bf16 would.
+    if os.environ.get("RELEVANCE_CPU_BF16") == "0":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

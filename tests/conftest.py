@@ -136,3 +136,18 @@ def tiny_pairs():
     """``tiny_pairs(num_queries=12, items_per_query=4, seed=0)``: (items, queries, judgments) with 3 grades, where
     the grade follows from the words (exact title 2, same product 1, else 0)."""
     return _tiny_pairs
+
+
+@pytest.fixture()
+def four_items() -> pd.DataFrame:
+    """A four-item catalog: a sofa, a lamp, a drill and drill bits."""
+    return pd.DataFrame({"item_id": ["sofa", "lamp", "drill", "bits"],
+                         "title": ["red leather sofa", "brass floor lamp", "cordless drill 18v", "drill bits set"]})
+
+
+@pytest.fixture()
+def index(four_items):
+    """The BM25 index over ``four_items``' titles."""
+    from relevance.bm25 import BM25Index
+
+    return BM25Index(four_items["item_id"], four_items["title"].tolist())

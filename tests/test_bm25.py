@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
-
-from relevance.bm25 import BM25Index
-
-ITEMS = pd.DataFrame({"item_id": ["sofa", "lamp", "drill", "bits"],
-                      "title": ["red leather sofa", "brass floor lamp", "cordless drill 18v", "drill bits set"]})
-
-
-@pytest.fixture()
-def index():
-    return BM25Index(ITEMS["item_id"], ITEMS["title"].tolist())
 
 
 def test_bm25_top_k_and_pair_scores_agree(index):

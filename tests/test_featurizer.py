@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from relevance.bm25 import BM25Index
 from relevance.featurizer import LEXICAL_FEATURES, PairFeaturizer, feature_names, featurize, lexical_features
-
-ITEMS = pd.DataFrame({"item_id": ["sofa", "lamp", "drill", "bits"],
-                      "title": ["red leather sofa", "brass floor lamp", "cordless drill 18v", "drill bits set"]})
-
-
-@pytest.fixture()
-def index():
-    return BM25Index(ITEMS["item_id"], ITEMS["title"].tolist())
 
 
 def test_lexical_features_by_hand():
@@ -50,8 +40,8 @@ class _FakeCache:
         return np.stack([np.full(4, (hash(t) % 97) / 97, dtype=np.float32) for t in texts])
 
 
-def test_pair_featurizer_is_featurize_on_looked_up_inputs(index):
-    item_text = ITEMS.set_index("item_id")["title"]
+def test_pair_featurizer_is_featurize_on_looked_up_inputs(index, four_items):
+    item_text = four_items.set_index("item_id")["title"]
     featurizer = PairFeaturizer(item_text, item_text, _FakeCache(), index)
     x = featurizer.transform(["cordless drill", "red sofa"], ["drill", "sofa"])
     cache = _FakeCache()

@@ -5,18 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from relevance.bm25 import BM25Index
 from relevance.config import build_config
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo
 from relevance.pool import bm25_candidates, build_pool
-
-ITEMS = pd.DataFrame({"item_id": ["sofa", "lamp", "drill", "bits"],
-                      "title": ["red leather sofa", "brass floor lamp", "cordless drill 18v", "drill bits set"]})
-
-
-@pytest.fixture()
-def index():
-    return BM25Index(ITEMS["item_id"], ITEMS["title"].tolist())
 
 
 def test_candidates_exclude_judged_pairs(index):

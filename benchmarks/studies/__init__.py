@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shlex
-import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "studies"
 # In the report's order.
-STUDIES = ("scaling", "ablation", "backbones", "labelling", "locales", "gpu")
+STUDIES = ("teachers", "scaling", "ablation", "backbones", "labelling", "locales", "gpu")
 
 
 def _key(inputs: dict) -> str:

@@ -35,13 +35,12 @@ def tiny_random_bert(directory: Path, tokenizer_source: str) -> Path:
 
 
 def run(steps, args, command: str) -> dict:
-    import numpy as np
 
     from benchmarks.studies import figure_png, record, table
     from relevance.config import load_config
     from relevance.data.schema import Dataset
     from relevance.metrics import classification_metrics, expected_grade, ranking_metrics
-    from relevance.teacher import Teacher, resolve_backbone, score_items, train_teacher
+    from relevance.teacher import resolve_backbone, score_items, train_teacher
 
     config = load_config(args.config)
     results = {}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +27,7 @@ def teacher_scores(steps, name: str, data: dict, teacher: dict, text: dict, trai
     the test split: overall accuracy and nDCG@10, and accuracy per query locale."""
 
     def compute() -> dict:
-        from relevance.metrics import classification_metrics, expected_grade, ranking_metrics
+        from relevance.metrics import expected_grade, ranking_metrics
         from relevance.teacher import Teacher, fit_teacher, score_items
 
         dataset = prepared(steps, data)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
