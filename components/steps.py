@@ -172,8 +172,10 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
 
 @component
 def evaluate_student(run_config: Input[Artifact], dataset: Input[Dataset], student: Input[Model], teacher: Input[Model],
-                     evaluation: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[HTML]):
-    """Student, teacher, the registry's champion and baselines on the same evaluation split; decides the gate."""
+                     feature_repo: Input[Artifact], evaluation: Output[Metrics], confusion: Output[ClassificationMetrics],
+                     report: Output[HTML]):
+    """Student, teacher, the registry's champion and the baselines (majority, BM25, GBDTs on the student's features
+    read from Feast) on the same evaluation split; decides the gate."""
     from pathlib import Path
 
     from relevance.config import RunConfig
@@ -182,7 +184,7 @@ def evaluate_student(run_config: Input[Artifact], dataset: Input[Dataset], stude
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     outcome = evaluate_challenger(config, Tables.load(dataset.path), Path(student.path), Path(teacher.path),
-                                    Path(report.path))
+                                  Path(report.path), Path(feature_repo.path))
     for name, value in outcome["metrics"].items():
         evaluation.log_metric(name, float(value))
     evaluation.metadata["gate_passed"] = outcome["gate_passed"]

@@ -59,7 +59,8 @@ def training_pipeline(
         labels=dsl.Collected(labels.outputs["labels"]), feature_repo=features.outputs["feature_repo"],
         validation=validation.outputs["validation"]))
     evaluation = step(steps.evaluate_student(run_config=settings, dataset=dataset,
-                                             student=student.outputs["student"], teacher=teacher.outputs["teacher"]))
+                                             student=student.outputs["student"], teacher=teacher.outputs["teacher"],
+                                             feature_repo=features.outputs["feature_repo"]))
     evaluation.set_caching_options(False)  # compares with the registry's current champion, which changes
     export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"]))
     decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))

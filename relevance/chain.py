@@ -12,6 +12,8 @@ their outputs live and whether one can be reused.
     workdir/pool.parquet     unlabelled pool: impressions + BM25 candidates, minus judged pairs
     workdir/labels/          teacher soft labels, one parquet per shard
     workdir/student/         distilled student;  workdir/student_human_only/  the human-labels baseline
+    workdir/gbdt_*/          GBDT baselines on the student's features (multiclass, LambdaMART[, distilled])
+    workdir/labeller/        the teacher + GBDT ensemble, when the student learns from it (student.labeller)
     workdir/embeddings/      content-addressed embedding cache shared by all steps
     workdir/report.json|md   quality report with confusion matrices
     workdir/steps.json       the settings each step's output was made with
@@ -24,6 +26,7 @@ import json
 from pathlib import Path
 
 from relevance.config import RunConfig
+from relevance.console import log as _log
 from relevance.data.schema import Dataset
 from relevance.files import atomic_write_json, atomic_write_text
 
@@ -32,7 +35,8 @@ STEP_SETTINGS = {
     "data": ("data",),
     "pool": ("data", "text", "candidates"),
     "teacher": ("data", "text", "teacher"),
-    "students": ("data", "text", "candidates", "student"),
+    "students": ("data", "text", "candidates", "student", "gbdt"),
+    "gbdt": ("data", "text", "candidates", "student", "gbdt"),
 }
 
 
@@ -50,6 +54,7 @@ class Chain:
         self.data_dir, self.teacher_dir, self.pool_path = root / "data", root / "teacher", root / "pool.parquet"
         self.labels_dir, self.embeddings_dir, self.report_path = root / "labels", root / "embeddings", root / "report.json"
         self.student_dirs = {"student": root / "student", "student_human_only": root / "student_human_only"}
+        self.labeller_dir = root / "labeller"
 
     # -- the step cache -------------------------------------------------------------------------------------
     def _settings_hash(self, step: str) -> str:
@@ -88,10 +93,12 @@ class Chain:
         return self.pool_path
 
     def teacher(self, dataset: Dataset) -> Path:
-        from relevance.teacher import fit_teacher
+        from relevance.teacher import fit_teacher, recalibrate_teacher
 
         if not self.reusable("teacher", (self.teacher_dir / "manifest.json").exists()):
             fit_teacher(self.config, dataset, self.teacher_dir)
+        else:  # calibration is a cheap step of its own: a change of method refits it, not the teacher
+            recalibrate_teacher(self.config, dataset, self.teacher_dir)
         return self.teacher_dir
 
     def labels(self, dataset: Dataset, shards: list[int] | None = None) -> Path:
@@ -107,6 +114,52 @@ class Chain:
 
         return build_featurizer(dataset.items, featurizer_settings(self.config), self.embeddings_dir)
 
+    @property
+    def gbdt_dirs(self) -> dict[str, Path]:
+        from relevance.gbdt import BASELINE_NAMES
+
+        gbdt = self.config.gbdt
+        return {BASELINE_NAMES[o]: self.root / BASELINE_NAMES[o] for o in gbdt.objectives} if gbdt.enabled else {}
+
+    def baselines(self, dataset: Dataset) -> dict[str, Path]:
+        """The GBDT baselines on the student's features (gbdt.objectives)."""
+        from relevance.distillation import distillation_targets
+        from relevance.gbdt import train_baselines
+        from relevance.labeling import read_labels
+
+        outputs = self.gbdt_dirs
+        if outputs and not self.reusable("gbdt", all((p / "manifest.json").exists() for p in outputs.values())):
+            featurizer = self.featurizer(dataset)
+            targets = None
+            if "gbdt_distilled" in outputs:
+                labels = read_labels(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
+                targets = distillation_targets(self.config, dataset, self.teacher(dataset), labels)
+            train_baselines(self.config, dataset, featurizer, outputs, targets, log=_log)
+        return outputs
+
+    def labeller(self, dataset: Dataset):
+        """The ensemble the student learns from when ``student.labeller`` is teacher+gbdt (None otherwise):
+        the teacher and the multiclass GBDT, weighted on valid."""
+        from relevance.ensemble import Ensemble, fit_weights
+        from relevance.gbdt import GBDT, train_baselines
+        from relevance.teacher import Teacher, score_items
+
+        if self.config.student.labeller == "teacher":
+            return None
+        teacher_dir = self.teacher(dataset)
+        gbdt_dir = self.root / "gbdt_multiclass"
+        featurizer = self.featurizer(dataset)
+        train_baselines(self.config, dataset, featurizer, {"gbdt_multiclass": gbdt_dir}, log=_log)
+        valid = dataset.split("valid")
+        teacher = Teacher.load(teacher_dir)
+        members = [score_items(teacher, valid, dataset.query_text, teacher.item_texts(dataset.items),
+                               self.config.labeling.batch_size, self.config.labeling.precision),
+                   GBDT.load(gbdt_dir).predict_proba(featurizer.pair_features(valid, dataset.query_text))]
+        weights = fit_weights(members, valid["grade"].to_numpy())
+        _log(f"labeller: teacher × {weights[0]:.3f} + gbdt × {weights[1]:.3f} (log-linear, fitted on valid)")
+        return Ensemble.create(self.labeller_dir, [teacher_dir, gbdt_dir], weights,
+                               {"split": "valid", "pairs": int(len(valid))})
+
     def students(self, dataset: Dataset) -> dict[str, Path]:
         from relevance.distillation import train_students
         from relevance.labeling import read_labels
@@ -114,7 +167,8 @@ class Chain:
         outputs = self.student_dirs
         if not self.reusable("students", all((p / "manifest.json").exists() for p in outputs.values())):
             labels = read_labels(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
-            train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset))
+            train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset),
+                           labeller=self.labeller(dataset))
         return outputs
 
     def report(self, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
@@ -130,5 +184,7 @@ def run(config: RunConfig) -> dict:
     atomic_write_text(chain.root / "config.json", config.model_dump_json(indent=2))
     dataset = chain.dataset()
     chain.pool(dataset)  # before the teacher: a dataset with no possible pool fails in seconds
-    teacher_dir = chain.teacher(dataset)
-    return chain.report(dataset, {"teacher": teacher_dir, **chain.students(dataset)})
+    models = {"teacher": chain.teacher(dataset), **chain.students(dataset), **chain.baselines(dataset)}
+    if chain.labeller_dir.exists() and config.student.labeller != "teacher":
+        models["labeller"] = chain.labeller_dir
+    return chain.report(dataset, models)

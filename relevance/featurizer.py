@@ -130,6 +130,20 @@ def featurizer_settings(config) -> dict:
             "bm25": {"k1": config.candidates.k1, "b": config.candidates.b}}
 
 
+def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: int) -> dict:
+    """What every model over these features records (students, GBDTs): enough to rebuild its featurizer
+    (:func:`build_featurizer` takes this dict) and to trace its training data."""
+    encoder = featurizer.cache.encoder
+    return {
+        "num_grades": dataset.num_grades, "num_features": num_features,
+        "feature_version": FEATURE_VERSION, "lexical_features": list(LEXICAL_FEATURES),
+        **featurizer_settings(config),
+        "encoder_fingerprint": encoder.fingerprint, "embedding_dim": encoder.dimension,
+        "catalog_hash": featurizer.catalog_hash, "dataset": dataset.info.__dict__,
+        "train_data_hash": dataset.training_data_hash(),
+    }
+
+
 def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
                      stored_items: pd.DataFrame | None = None) -> "PairFeaturizer":
     """The offline featurizer for a catalog, from :func:`featurizer_settings` (training) or a student's manifest
@@ -189,6 +203,10 @@ class PairFeaturizer:
             item_vectors = dict(zip(unique_items, self.cache.embed(self.item_text.reindex(unique_items).fillna(""),
                                                                    "item embeddings")))
         return (np.stack([query_vectors[q] for q in query_texts]), np.stack([item_vectors[i] for i in item_ids]))
+
+    def pair_features(self, pairs: pd.DataFrame, query_text: pd.Series) -> np.ndarray:
+        """Features of (query_id, item_id) rows, the query's text looked up in ``query_text``."""
+        return self.transform(query_text.reindex(pairs["query_id"]).tolist(), pairs["item_id"])
 
     def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
         query_texts, item_ids = list(query_texts), list(item_ids)

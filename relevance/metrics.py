@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, ndcg_score, roc_auc_score
 
+from relevance.calibration import ece_classwise, ece_top_label
+
 __all__ = [
     "PROB_SUM_TOLERANCE",
     "classification_metrics",
@@ -168,6 +170,8 @@ def classification_metrics(grades: np.ndarray, probs: np.ndarray) -> dict:
     * ``macro_f1`` over all K grades (``labels=range(K)``), so that a grade absent from both truth and
       prediction counts as F1 = 0 (``zero_division=0``) rather than silently dropping out of the mean;
     * ``rmse_grade``: root mean squared error of the expected grade against the true grade;
+    * ``ece_top`` and ``ece_classwise``: top-label and K-class expected calibration error (15 equal-width bins;
+      relevance.calibration);
     * ``auroc_ge{t}`` for t = 1..K-1: ROC AUC of the tail probability ``P(grade >= t) = sum_{g>=t} p_g``
       against the binary truth ``grade >= t``; ``None`` when the truth has only one class;
     * ``confusion_matrix``: K x K list of ints, rows = true grade, columns = arg-max predicted grade.
@@ -181,6 +185,8 @@ def classification_metrics(grades: np.ndarray, probs: np.ndarray) -> dict:
         "accuracy": float(accuracy_score(grades, predicted)),
         "macro_f1": float(f1_score(grades, predicted, labels=labels, average="macro", zero_division=0)),
         "rmse_grade": float(np.sqrt(np.mean((expected_grade(probs) - grades) ** 2))),
+        "ece_top": ece_top_label(probs, grades),
+        "ece_classwise": ece_classwise(probs, grades),
     }
     # tail[:, t] = P(grade >= t); the cumulative sum from the right.
     tail = np.cumsum(probs[:, ::-1], axis=1)[:, ::-1]

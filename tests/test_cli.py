@@ -48,11 +48,14 @@ def test_run_writes_every_artifact_and_a_complete_report(finished_run):
                      "report.json", "report.md", "confusion.png"):
         assert (run / artifact).exists(), artifact
     report = json.loads((run / "report.json").read_text())
-    assert set(report["models"]) == {"teacher", "student", "student_human_only", "bm25", "majority"}
+    calibrated = {"teacher", "student", "student_human_only", "gbdt_multiclass", "gbdt_lambdamart"}
+    # every calibrated model also reported before its calibration, to show what calibration did
+    assert set(report["models"]) == calibrated | {f"{m} (uncalibrated)" for m in calibrated} | {"bm25", "majority"}
+    assert (run / "reliability.png").exists() and "reliability.png" in (run / "report.md").read_text()
     for block in report["models"].values():
         overall = block["overall"]
         assert 0 <= overall["accuracy"] <= 1 and 0 <= overall["macro_f1"] <= 1
-        assert {"ndcg@20", "p@5", "rmse_grade", "auroc_ge1", "auroc_ge4"} <= set(overall)
+        assert {"ndcg@20", "p@5", "rmse_grade", "auroc_ge1", "auroc_ge4", "ece_top", "ece_classwise"} <= set(overall)
         assert set(block["per_segment"]) == {"en_US", "de_DE", "fr_FR", "ja_JP"}
     assert report["pairs_per_s"]["student"] > 0 and report["pairs_per_s"]["teacher"] > 0
 
@@ -120,6 +123,37 @@ def test_export_writes_checked_onnx_models(cli, finished_run):
     result = cli("export", "--config", str(config))
     assert "student.onnx" in result.stdout and "query_encoder.onnx" in result.stdout
     assert (tmp_path / "run/export/student.onnx").exists() and (tmp_path / "run/export/query_encoder.onnx").exists()
+
+
+def test_a_student_distilled_from_the_teacher_and_gbdt_labeller(cli, finished_run, tmp_path):
+    """Same data, teacher and labels; the student learns from the teacher × GBDT ensemble instead."""
+    import shutil
+
+    source, config = finished_run[0] / "run", yaml.safe_load(finished_run[1].read_text())
+    shutil.copytree(source, tmp_path / "run", ignore=shutil.ignore_patterns("student", "export"))
+    config.update(workdir=str(tmp_path / "run"))
+    config["student"]["labeller"] = "teacher+gbdt"
+    path = tmp_path / "labeller.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli("train-student", "--config", str(path))
+    labeller = json.loads((tmp_path / "run/labeller/manifest.json").read_text())
+    assert labeller["member_kinds"] == ["teacher", "gbdt"] and all(w >= 0 for w in labeller["weights"])
+    student = json.loads((tmp_path / "run/student/manifest.json").read_text())
+    assert student["labeller"]["ensemble_version"] == labeller["ensemble_version"]
+    assert "labeller" in student["trained_on"] and student["metrics"]["calibration"]["method"] == "temperature"
+    report = json.loads(cli("evaluate", "--model", tmp_path / "run/labeller", "--items",
+                            tmp_path / "run/data/items.parquet", "--judgments", _judgments_file(tmp_path / "run"),
+                            "--out", tmp_path / "labeller.json").stdout and (tmp_path / "labeller.json").read_text())
+    assert report["kind"] == "ensemble" and 0 <= report["overall"]["accuracy"] <= 1
+
+
+def _judgments_file(run: Path) -> Path:
+    """The run's judgments with their query text, the columns `relevance evaluate` reads."""
+    judgments = pd.read_parquet(run / "data/judgments.parquet").merge(
+        pd.read_parquet(run / "data/queries.parquet")[["query_id", "query"]], on="query_id")
+    path = run.parent / "judgments-with-text.parquet"
+    judgments[judgments["split"] == "test"].to_parquet(path)
+    return path
 
 
 def test_changed_settings_never_silently_reuse_an_output(cli, finished_run):

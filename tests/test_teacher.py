@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -124,3 +125,39 @@ def test_packaged_minilm_resolves_offline():
     assert config.model_type == "bert" and config.hidden_size == 384 and config.num_hidden_layers == 6
     tokenizer = load_tokenizer(path, "cls")
     assert tokenizer.padding_side == "right" and tokenizer.sep_token == "[SEP]"
+
+
+def test_raw_score_targets_are_two_hot_on_the_grade_axis():
+    from relevance.teacher import grade_targets
+
+    frame = pd.DataFrame({"grade": [0, 1, 1, 2, 3, 4, 2], "raw_score": [1.0, 4 / 3, 5 / 3, 2.0, 7 / 3, 3.0, np.nan]})
+    targets = grade_targets(frame, 5, "raw_scores", (1.0, 3.0))
+    np.testing.assert_allclose(targets.sum(1), 1.0)
+    expected_grade = targets @ np.arange(5)
+    np.testing.assert_allclose(expected_grade[:6], 2 * (frame["raw_score"][:6] - 1), atol=1e-6)  # exactly g*
+    assert (targets.argmax(1) == frame["grade"]).all()  # the argmax is still the binned grade
+    np.testing.assert_allclose(targets[6], np.eye(5)[2])  # no raw score: the grade, one-hot
+    np.testing.assert_allclose(grade_targets(frame, 5), np.eye(5)[frame["grade"]])
+    with pytest.raises(ValueError, match="raw_score"):
+        grade_targets(frame.drop(columns="raw_score"), 5, "raw_scores", (1.0, 3.0))
+
+
+def test_calibration_changes_predictions_version_and_is_saved(tmp_path, tiny_bert, tiny_pairs):
+    items, queries, judgments = tiny_pairs()
+    config = TeacherConfig(backbone=str(tiny_bert), finetune="full", epochs=1, batch_size=8, head_hidden=16,
+                           precision="fp32")
+    teacher = train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
+                            TextConfig(fields=["title"], max_length=32), log=lambda _: None)
+    query_text = queries.set_index("query_id")["query"]
+    uncalibrated = Teacher.load(teacher.save(tmp_path / "raw"))
+    calibrator = teacher.calibrate(judgments, query_text, items, "temperature", precision="fp32")
+    calibrated = Teacher.load(teacher.save(tmp_path / "calibrated"))
+    assert calibrated.version != uncalibrated.version, "labels of a recalibrated teacher are other labels"
+    assert calibrated.manifest["calibration"]["temperature"] == pytest.approx(calibrator.temperature)
+    texts = calibrated.item_texts(items)
+    pairs = judgments.head(8)
+    raw = uncalibrated.predict_proba(query_text[pairs.query_id].tolist(), texts[pairs.item_id].tolist(),
+                                     precision="fp32")
+    got = calibrated.predict_proba(query_text[pairs.query_id].tolist(), texts[pairs.item_id].tolist(),
+                                   precision="fp32")
+    np.testing.assert_allclose(got, calibrator.apply(raw), atol=1e-5)

@@ -210,13 +210,16 @@ def _largest_ndcg(config: RunConfig) -> str:
 
 
 def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, teacher_dir: Path,
-                        html_path: Path) -> dict:
-    """The pipeline's evaluate step: student, teacher and the registry's current champion on the same split;
-    the challenger gate's decision; an HTML report for the KFP UI."""
+                        html_path: Path, feature_repo: Path | None = None) -> dict:
+    """The pipeline's evaluate step: student, teacher, the GBDT baselines (trained here on the student's
+    features, items read from ``feature_repo`` when given) and the registry's current champion on the same
+    split; the challenger gate's decision; an HTML report for the KFP UI."""
     import tempfile
 
     from relevance.evaluation import evaluate_models
+    from relevance.featurizer import build_featurizer, featurizer_settings
     from relevance.files import atomic_write_text
+    from relevance.gbdt import BASELINE_NAMES, train_baselines
     from relevance.report import html_report
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,6 +227,16 @@ def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, 
         champion = Registry(config.registry).download(config.registry.student_name, CHAMPION, Path(tmp) / "champion")
         if champion is not None:
             models["champion"] = champion
+        objectives = [o for o in config.gbdt.objectives if o != "distilled"] if config.gbdt.enabled else []
+        if objectives:
+            stored = None
+            if feature_repo is not None:
+                from relevance.platform.feature_store import item_features_from_store
+
+                stored = item_features_from_store(feature_repo, dataset.items["item_id"].tolist())
+            featurizer = build_featurizer(dataset.items, featurizer_settings(config), Path(tmp) / "embeddings", stored)
+            baselines = {BASELINE_NAMES[o]: Path(tmp) / BASELINE_NAMES[o] for o in objectives}
+            models.update(train_baselines(config, dataset, featurizer, baselines, log=log))
         report = evaluate_models(config, dataset, models, Path(tmp) / "report.json", Path(tmp) / "embeddings")
         plot = (Path(tmp) / "confusion.png").read_bytes()
     ndcg = _largest_ndcg(config)
