@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned resolve would pull the CUDA build (gigabytes).
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,platform,serving,dev]'
-	@command -v kubectl >/dev/null || echo "warning: kubectl is not on PATH; tests/test_canary.py renders and patches manifests with it (any recent client, no cluster needed)"
+	@command -v kubectl >/dev/null || echo "warning: kubectl is not on PATH; tests/serving/canary renders and patches manifests with it (any recent client, no cluster needed)"
 	touch $(STAMP)
 
 ## Main job: the KFP training pipeline run locally (kfp.local) on the synthetic shop, quick profile, MiniLM-L6:

@@ -90,16 +90,17 @@ def compute_features(run_config: Input[Artifact], dataset: Input[Dataset], featu
 
 @component
 def finetune_teacher(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]):
-    """Fine-tune the cross-encoder teacher on the human-graded train split (early stopping on valid)."""
+    """Fine-tune the cross-encoder teacher on the human-graded train split (early stopping on valid): in this pod,
+    under torchrun on its GPUs (teacher.distributed.nproc_per_node), or as a Kubeflow TrainJob on several nodes
+    (teacher.distributed.launcher: trainjob), which this step submits and waits for."""
     import json
     from pathlib import Path
 
     from relevance.config import RunConfig
-    from relevance.data.schema import Dataset as Tables
-    from relevance.teacher import fit_teacher
+    from relevance.platform.trainjob import launch_teacher_training
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
-    fit_teacher(config, Tables.load(dataset.path), Path(teacher.path))
+    launch_teacher_training(config, dataset.path, Path(teacher.path))
     manifest = json.loads((Path(teacher.path) / "manifest.json").read_text())
     teacher.metadata["teacher_version"] = manifest["teacher_version"]
     for name, value in manifest.get("metrics", {}).items():
@@ -108,32 +109,52 @@ def finetune_teacher(run_config: Input[Artifact], dataset: Input[Dataset], teach
 
 
 @component
-def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], pool: Output[Dataset]) -> List[int]:
+def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], parallelism: int,
+               pool: Output[Dataset]) -> List[int]:
     """The unlabelled pool (impressions + BM25 candidates, minus judged and held-out pairs); returns the shard
-    indices the labelling fans out over."""
+    indices the labelling fans out over. The shard size is planned here, now that the pool's rows are known, for
+    the fan-out's ``parallelism`` (fixed when the pipeline was compiled): relevance.labelling_plan. It travels to
+    the label shards in the pool's metadata, with the plan."""
+    import json
     from pathlib import Path
 
+    import pyarrow.parquet as pq
+
     from relevance.config import RunConfig
+    from relevance.console import log
     from relevance.data.schema import Dataset as Tables
-    from relevance.labeling import num_shards
+    from relevance.labelling_plan import plan_for
     from relevance.pool import build_pool as build
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     build(config, Tables.load(dataset.path), Path(pool.path))
-    return list(range(num_shards(pool.path, config.labeling.shard_rows)))
+    rows = pq.ParquetFile(pool.path).metadata.num_rows
+    if rows == 0:
+        return []  # nothing to label: distillation says so
+    plan = plan_for(config.cluster.labeling, pool_rows=rows, max_devices=int(parallelism))
+    log(f"labelling plan: {plan.summary()}")
+    if not plan.fits:
+        log(f"warning: the pool has {rows:,} rows, planned for {config.cluster.labeling.expected_pool_rows:,}; "
+            f"at parallelism {parallelism} labelling will miss the {plan.deadline_s:,.0f} s deadline. Compile "
+            "with cluster.labeling.expected_pool_rows set to the pool's size to plan more devices.")
+    pool.metadata["shard_rows"] = plan.shard_rows
+    pool.metadata["labelling_plan"] = json.dumps(plan.to_dict())
+    return list(range(plan.shards))
 
 
 @component
 def label_shard(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], pool: Input[Dataset],
                 shard_index: int, labels: Output[Dataset]):
-    """Teacher soft labels for one shard of the pool (one task of the fan-out)."""
+    """Teacher soft labels for one shard of the pool (one task of the fan-out), of the size build_pool planned.
+    Safe to retry: a shard file is written atomically, whole or not at all."""
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
     from relevance.labeling import label_pool
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
+    shard_rows = int(pool.metadata["shard_rows"])  # a float after kfp.local's JSON round trip
     label_pool(teacher.path, pool.path, Tables.load(dataset.path, with_impressions=False), labels.path,
-               config.labeling, shards=[int(shard_index)])
+               config.labeling.model_copy(update={"shard_rows": shard_rows}), shards=[int(shard_index)])
 
 
 @component

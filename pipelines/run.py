@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from relevance.pipelines.training import PIPELINE_NAME, training_pipeline
+from relevance.pipelines.training import PIPELINE_NAME, build_pipeline
 
 
 def local_arguments(profile: str, overrides: dict) -> dict:
@@ -37,10 +37,11 @@ def run_local(profile: str, overrides: dict, pipeline_root: str | Path) -> Path:
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     arguments = local_arguments(profile, overrides)
+    pipeline = build_pipeline(profile, json.loads(arguments["overrides_json"]), local=True)
     before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
-    training_pipeline(**arguments)
+    pipeline(**arguments)
     created = sorted((p for p in set(pipeline_root.iterdir()) - before if p.is_dir()),
                      key=lambda p: p.stat().st_mtime)
     if not created:
@@ -73,13 +74,12 @@ def client(host: str, namespace: str | None = None, existing_token: str | None =
 
 def submit(host: str, profile: str, overrides: dict, experiment: str, namespace: str | None = None,
            existing_token: str | None = None, run_name: str | None = None):
-    """Compile and start a run on a cluster; returns kfp's RunPipelineResult (run_id, and a URL in the logs)."""
-    from relevance.config import build_config
-
-    build_config(profile, overrides)  # validate here: a bad setting should not cost a cluster run
+    """Compile for this run's config (its pods sized by its ``cluster`` section) and start it on a cluster;
+    returns kfp's RunPipelineResult (run_id, and a URL in the logs)."""
+    pipeline = build_pipeline(profile, overrides)  # validates: a bad setting should not cost a cluster run
     arguments = {"profile": profile, "overrides_json": json.dumps(overrides)}
     return client(host, namespace, existing_token).create_run_from_pipeline_func(
-        training_pipeline, arguments=arguments, experiment_name=experiment,
+        pipeline, arguments=arguments, experiment_name=experiment,
         run_name=run_name or f"{PIPELINE_NAME}-{datetime.now():%Y%m%d-%H%M%S}", namespace=namespace)
 
 
@@ -103,19 +103,19 @@ def check_cron(expression: str) -> str:
 def schedule(host: str, profile: str, overrides: dict, experiment: str, cron: str, name: str,
              namespace: str | None = None, existing_token: str | None = None):
     """A recurring run of the training pipeline on a cluster (KFP has no declarative manifest for one: the API
-    server owns ScheduledWorkflow objects). Compiles the pipeline and registers the schedule with kfp.Client."""
+    server owns ScheduledWorkflow objects). Compiles the pipeline for this config and registers the schedule with
+    kfp.Client."""
     import tempfile
 
     from relevance.pipelines.training import compile_pipeline
-    from relevance.config import build_config
 
     check_cron(cron)
-    build_config(profile, overrides)
     arguments = {"profile": profile, "overrides_json": json.dumps(overrides)}
-    kfp_client = client(host, namespace, existing_token)
-    experiment_id = kfp_client.create_experiment(experiment, namespace=namespace).experiment_id
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / "pipeline.yaml")
+        # Compiling validates the config: before connecting anywhere.
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml", profile=profile, overrides=overrides)
+        kfp_client = client(host, namespace, existing_token)
+        experiment_id = kfp_client.create_experiment(experiment, namespace=namespace).experiment_id
         return kfp_client.create_recurring_run(experiment_id, job_name=name, cron_expression=cron,
                                                max_concurrency=1, no_catchup=True, params=arguments,
                                                pipeline_package_path=str(package))

@@ -6,78 +6,147 @@ export → register, with two gates.
 - Challenger gate (dsl.If): the student is registered as `challenger` only if it meets registry.min_* and beats
   the registry's `champion` on the same evaluation set.
 
-Compile it with `relevance pipeline compile`, upload the YAML in the Kubeflow UI, or run it with
-`relevance pipeline run --local` (kfp.local, one subprocess per step) or `relevance pipeline submit --host URL`.
+What each pod asks the cluster for (CPU, memory, GPUs, node selectors, tolerations, volumes, secrets, retries) and
+the labelling fan-out's parallelism come from the run config's ``cluster`` section. KFP fixes them in the
+PipelineSpec, so the pipeline is built for one config (:func:`build_pipeline`); the settings of the steps
+themselves still travel as the run's ``profile`` and ``overrides_json`` parameters, whose defaults are that config.
+
+Compile it with `relevance pipeline compile [-p PROFILE | -c CONFIG]`, upload the YAML in the Kubeflow UI, or run
+it with `relevance pipeline run --local` (kfp.local, one subprocess per step) or `relevance pipeline submit --host
+URL`.
 """
 
+import json
+import math
 import os
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from relevance.components import steps
+from relevance.config import ClusterConfig, build_config, cpu_cores
+from relevance.labelling_plan import plan_for
 
 PIPELINE_NAME = "relevance-distillation-training"
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="Fine-tune an LLM cross-encoder teacher on graded pairs, label a pool, distil a student, "
-                          "register it in MLflow as challenger if it beats the champion.")
-def training_pipeline(
-    profile: str = "quick",
-    overrides_json: str = "{}",
-    image: str = steps.IMAGE,
-):
-    """Train, evaluate and register a relevance student.
+def apply_cluster_settings(task: dsl.PipelineTask, cluster: ClusterConfig, thread_env: bool = True) -> None:
+    """Give ``task`` its step's settings from ``cluster``: requests and limits, accelerators, node selectors,
+    tolerations, the data volume, secrets and retries.
 
-    Args:
-        profile: Base settings: quick (demo-sized), default (MiniLM-L6 on CPU) or gpu (decoder teacher, LoRA, bf16).
-        overrides_json: JSON object merged over the profile, with the keys of relevance.config.RunConfig, e.g.
-            {"data": {"source": "homedepot", "path": "/data/homedepot"}, "registry": {"min_ndcg": 0.85}}.
-        image: Container image every step runs in (built from infra/docker).
-    """
-    def step(task):
-        # One image for every step, chosen per run; caching stays on except where a step reads the registry.
-        return task.set_container_image(image)
-
-    config = step(steps.resolve_config(profile=profile, overrides_json=overrides_json))
-    config.set_display_name("resolve config")
-    settings = config.outputs["run_config"]
-    data = step(steps.prepare_data(run_config=settings))
-    validation = step(steps.validate_data(run_config=settings, dataset=data.outputs["dataset"]))
-    gate = step(steps.require_valid_data(validation=validation.outputs["validation"],
-                                         data_docs=validation.outputs["data_docs"]))
-    dataset = data.outputs["dataset"]
-
-    features = step(steps.compute_features(run_config=settings, dataset=dataset)).after(gate)
-    teacher = step(steps.finetune_teacher(run_config=settings, dataset=dataset)).after(gate)
-    pool = step(steps.build_pool(run_config=settings, dataset=dataset)).after(gate)
-    with dsl.ParallelFor(pool.outputs["Output"], name="label-shards") as shard_index:
-        labels = step(steps.label_shard(run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
-                                        pool=pool.outputs["pool"], shard_index=shard_index))
-    student = step(steps.distill_student(
-        run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"], pool=pool.outputs["pool"],
-        labels=dsl.Collected(labels.outputs["labels"]), feature_repo=features.outputs["feature_repo"],
-        validation=validation.outputs["validation"]))
-    evaluation = step(steps.evaluate_student(run_config=settings, dataset=dataset,
-                                             student=student.outputs["student"], teacher=teacher.outputs["teacher"],
-                                             feature_repo=features.outputs["feature_repo"]))
-    evaluation.set_caching_options(False)  # compares with the registry's current champion, which changes
-    export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"]))
-    decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))
-    with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
-        register = step(steps.register_models(
-            run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
-            student=student.outputs["student"], onnx_model=export.outputs["onnx_model"],
-            evaluation=evaluation.outputs["evaluation"], validation=validation.outputs["validation"],
-            feature_repo=features.outputs["feature_repo"]))
-        register.set_caching_options(False)
+    With ``thread_env``, a step with a CPU limit also gets RELEVANCE_THREADS: a container sees every core of its
+    node, and torch would start a thread per core against a quota of a few."""
+    step = task.component_spec.name.replace("-", "_")
+    settings = cluster.step(step)
+    task.set_cpu_request(settings.cpu_request).set_memory_request(settings.memory_request)
+    if settings.cpu_limit:
+        task.set_cpu_limit(settings.cpu_limit)
+        if thread_env:
+            task.set_env_variable("RELEVANCE_THREADS", str(max(1, math.floor(cpu_cores(settings.cpu_limit)))))
+    if settings.memory_limit:
+        task.set_memory_limit(settings.memory_limit)
+    if settings.accelerator_type:
+        task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(settings.accelerator_count)
+    for key, value in settings.node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for toleration in settings.tolerations:
+        kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator, value=toleration.value,
+                                  effect=toleration.effect, toleration_seconds=toleration.toleration_seconds)
+    if settings.retries:
+        backoff = cluster.backoff
+        task.set_retry(settings.retries, backoff_duration=f"{backoff.duration_s}s", backoff_factor=backoff.factor,
+                       backoff_max_duration=f"{backoff.max_duration_s}s")
+    volume = cluster.data_volume
+    if volume is not None and step in volume.steps:
+        kubernetes.mount_pvc(task, pvc_name=volume.claim_name, mount_path=volume.mount_path)
+    for secret in cluster.secrets:
+        if step in secret.steps:
+            kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=secret.env)
+    if cluster.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, cluster.image_pull_secrets)
 
 
-def compile_pipeline(out_path: str | os.PathLike, image: str | None = None) -> str:
-    """Write the pipeline YAML (PipelineSpec) to upload in the Kubeflow UI; ``image`` becomes the default of
-    the pipeline's ``image`` parameter."""
+def build_pipeline(profile: str = "quick", overrides: dict | None = None, local: bool = False):
+    """The training pipeline for one run config (``profile`` plus ``overrides``): its pods sized by the config's
+    ``cluster`` section, the labelling fan-out's parallelism planned for ``cluster.labeling.expected_pool_rows``
+    (relevance.labelling_plan; a deadline that ``max_devices`` cannot meet is an error here, before any run). The
+    config also becomes the default of the pipeline's ``profile`` and ``overrides_json`` parameters, so that a run
+    started from the UI without changes runs the config the pods were sized for.
+
+    ``local``: for kfp.local, which ignores resources; the thread count then follows this machine, not the pods'
+    CPU limits."""
+    config = build_config(profile, overrides)  # fails here on a bad setting
+    cluster = config.cluster
+    parallelism = plan_for(cluster.labeling, strict=True).devices
+    default_profile, default_overrides = profile, json.dumps(overrides or {})
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Fine-tune an LLM cross-encoder teacher on graded pairs, label a pool, distil a student, "
+                              "register it in MLflow as challenger if it beats the champion.")
+    def training_pipeline(
+        profile: str = default_profile,
+        overrides_json: str = default_overrides,
+        image: str = steps.IMAGE,
+    ):
+        """Train, evaluate and register a relevance student.
+
+        Args:
+            profile: Base settings: quick (demo-sized), default (MiniLM-L6 on CPU) or gpu (decoder teacher, LoRA, bf16).
+                The pods' resources were fixed for the default when the pipeline was compiled: to change them,
+                compile again (relevance pipeline compile -p PROFILE).
+            overrides_json: JSON object merged over the profile, with the keys of relevance.config.RunConfig, e.g.
+                {"data": {"source": "homedepot", "path": "/data/homedepot"}, "registry": {"min_ndcg": 0.85}}.
+                Its "cluster" key does not resize the pods (they were sized when compiled).
+            image: Container image every step runs in (built from infra/docker).
+        """
+        def step(task):
+            # Its pod's settings from the config's cluster section, and one image for every step, chosen per run;
+            # caching stays on except where a step reads the registry.
+            apply_cluster_settings(task, cluster, thread_env=not local)
+            return task.set_container_image(image)
+
+        config = step(steps.resolve_config(profile=profile, overrides_json=overrides_json))
+        config.set_display_name("resolve config")
+        settings = config.outputs["run_config"]
+        data = step(steps.prepare_data(run_config=settings))
+        validation = step(steps.validate_data(run_config=settings, dataset=data.outputs["dataset"]))
+        gate = step(steps.require_valid_data(validation=validation.outputs["validation"],
+                                             data_docs=validation.outputs["data_docs"]))
+        dataset = data.outputs["dataset"]
+
+        features = step(steps.compute_features(run_config=settings, dataset=dataset)).after(gate)
+        teacher = step(steps.finetune_teacher(run_config=settings, dataset=dataset)).after(gate)
+        # The shard size is cut in build_pool, for the pool's actual rows and this parallelism.
+        pool = step(steps.build_pool(run_config=settings, dataset=dataset, parallelism=parallelism)).after(gate)
+        with dsl.ParallelFor(pool.outputs["Output"], name="label-shards", parallelism=parallelism) as shard_index:
+            labels = step(steps.label_shard(run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
+                                            pool=pool.outputs["pool"], shard_index=shard_index))
+        student = step(steps.distill_student(
+            run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"], pool=pool.outputs["pool"],
+            labels=dsl.Collected(labels.outputs["labels"]), feature_repo=features.outputs["feature_repo"],
+            validation=validation.outputs["validation"]))
+        evaluation = step(steps.evaluate_student(run_config=settings, dataset=dataset,
+                                                 student=student.outputs["student"], teacher=teacher.outputs["teacher"],
+                                                 feature_repo=features.outputs["feature_repo"]))
+        evaluation.set_caching_options(False)  # compares with the registry's current champion, which changes
+        export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"]))
+        decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))
+        with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
+            register = step(steps.register_models(
+                run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
+                student=student.outputs["student"], onnx_model=export.outputs["onnx_model"],
+                evaluation=evaluation.outputs["evaluation"], validation=validation.outputs["validation"],
+                feature_repo=features.outputs["feature_repo"]))
+            register.set_caching_options(False)
+
+    return training_pipeline
+
+
+def compile_pipeline(out_path: str | os.PathLike, image: str | None = None, profile: str = "quick",
+                     overrides: dict | None = None) -> str:
+    """Write the pipeline YAML (PipelineSpec) to upload in the Kubeflow UI, built for ``profile`` plus
+    ``overrides`` (:func:`build_pipeline`); ``image`` becomes the default of the pipeline's ``image`` parameter."""
     from kfp import compiler
 
-    compiler.Compiler().compile(training_pipeline, package_path=str(out_path),
+    compiler.Compiler().compile(build_pipeline(profile, overrides), package_path=str(out_path),
                                 pipeline_parameters={"image": image} if image else None)
     return str(out_path)

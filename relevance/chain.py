@@ -40,6 +40,11 @@ STEP_SETTINGS = {
 }
 
 
+# Settings that change how a step runs, not what it makes: a teacher trained on 1 or 8 processes is the same
+# teacher (relevance.distributed matches them within float rounding), so changing them reuses the output.
+_HOW = {"teacher": {"distributed"}}
+
+
 class Chain:
     """One run's workdir: where each step's output lives, and each step run only when its output is missing.
 
@@ -60,7 +65,7 @@ class Chain:
     def _settings_hash(self, step: str) -> str:
         # Only values that differ from their defaults: a new config field (with a default that keeps the old
         # behaviour) then leaves existing runs valid.
-        settings = {section: getattr(self.config, section).model_dump(exclude_defaults=True)
+        settings = {section: getattr(self.config, section).model_dump(exclude_defaults=True, exclude=_HOW.get(section))
                     for section in STEP_SETTINGS[step]}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

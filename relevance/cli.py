@@ -64,10 +64,50 @@ def prepare(config: Optional[Path] = ConfigOption, profile: Optional[str] = Prof
 @app.command("train-teacher")
 @clear_errors()
 def train_teacher(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
-                  workdir: Optional[str] = WorkdirOption):
-    """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid."""
+                  workdir: Optional[str] = WorkdirOption,
+                  nproc_per_node: Optional[int] = typer.Option(
+                      None, "--nproc-per-node", min=1,
+                      help="Train with this many processes on this machine (one per GPU), under torchrun; "
+                           "overrides teacher.distributed.nproc_per_node."),
+                  trainjob: bool = typer.Option(
+                      False, "--trainjob", help="Train as a Kubeflow TrainJob (teacher.distributed.trainjob) and "
+                                                "wait for it; the workdir must be on its shared volume."),
+                  dry_run: bool = typer.Option(
+                      False, "--dry-run", help="With --trainjob: print the rendered, validated TrainJob manifest; "
+                                               "prepare, submit and train nothing.")):
+    """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid: in this process, under
+    torchrun on this machine (--nproc-per-node), or as a TrainJob on a cluster (--trainjob)."""
+    from relevance.console import log
+    from relevance.distributed import WorkerFailedError
+    from relevance.platform.trainjob import TrainJobError, launch_teacher_training, render_trainjob, validate_trainjob
+
     chain = _chain(config, profile, workdir)
-    typer.echo(chain.teacher(chain.dataset()))
+    # How it is launched is not what it trains: the overrides go to a copy, so that the step cache (which hashes
+    # the teacher settings) sees the same teacher whichever way it ran.
+    launch = chain.config.model_copy(deep=True)
+    if nproc_per_node is not None:
+        launch.teacher.distributed.nproc_per_node = nproc_per_node
+    if trainjob:
+        launch.teacher.distributed.launcher = "trainjob"
+    settings = launch.teacher.distributed
+    if dry_run:
+        if settings.launcher != "trainjob":
+            raise ValueError("--dry-run prints the TrainJob manifest: use it with --trainjob (or "
+                             "teacher.distributed.launcher: trainjob)")
+        import yaml
+
+        manifest = validate_trainjob(render_trainjob(launch, chain.data_dir.absolute(), chain.teacher_dir.absolute()))
+        typer.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+        return
+    dataset = chain.dataset()
+    if settings.launcher != "local" or settings.nproc_per_node > 1:
+        if not chain.reusable("teacher", (chain.teacher_dir / "manifest.json").exists()):
+            try:
+                launch_teacher_training(launch, chain.data_dir.absolute(), chain.teacher_dir.absolute(), log=log)
+            except (WorkerFailedError, TrainJobError) as error:
+                typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(2) from None
+    typer.echo(chain.teacher(dataset))  # trained above, or here in this process; recalibrated if asked
 
 
 @app.command()
@@ -292,11 +332,14 @@ def _pipeline_settings(config: Optional[Path], profile: Optional[str]) -> tuple[
 @clear_errors()
 def pipeline_compile(out: Path = typer.Option(Path("pipeline.yaml"), "--out", "-o", help="YAML to write."),
                      image: Optional[str] = typer.Option(None, help="Default image of the steps "
-                                                         "(else $RELEVANCE_IMAGE, else the published one).")):
-    """Compile the training pipeline to YAML for the Kubeflow UI (Pipelines → Upload pipeline)."""
+                                                         "(else $RELEVANCE_IMAGE, else the published one)."),
+                     config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption):
+    """Compile the training pipeline to YAML for the Kubeflow UI (Pipelines → Upload pipeline), its pods sized by
+    the config's `cluster` section (-p gpu: GPU steps); the config is also the default of its parameters."""
     from relevance.pipelines.training import compile_pipeline
 
-    typer.echo(compile_pipeline(out, image))
+    chosen, overrides = _pipeline_settings(config, profile)
+    typer.echo(compile_pipeline(out, image, chosen, overrides))
 
 
 @pipeline_app.command("run")
@@ -322,7 +365,8 @@ def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] =
             typer.echo(summary.read_text(), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"pipeline run: {run_dir}")
-    typer.echo(f"  compiled pipeline (upload in the Kubeflow UI): {compile_pipeline(pipeline_root / 'pipeline.yaml')}")
+    compiled = compile_pipeline(pipeline_root / "pipeline.yaml", profile=chosen, overrides=overrides)
+    typer.echo(f"  compiled pipeline (upload in the Kubeflow UI): {compiled}")
     outputs = local_outputs(run_dir)
     for what, path in outputs.items():
         typer.echo(f"  {what}: {path or '(not produced)'}")

@@ -1,8 +1,9 @@
-"""Files the package ships besides code: the Feast feature definitions and the KServe kustomize manifests.
+"""Files the package ships besides code: the Feast feature definitions, the KServe kustomize manifests, and the
+Kubeflow TrainJob template with its CRD schema.
 
-In a wheel they are package data (relevance/feature_repo, relevance/kserve); in a source checkout (an editable
-install) they are the design card's top-level folders feature_repo/ and infra/kserve/. Either way the CLI finds
-them without depending on the working directory.
+In a wheel they are package data (relevance/feature_repo, relevance/kserve, relevance/trainer); in a source
+checkout (an editable install) they are the design card's top-level folders feature_repo/, infra/kserve/ and
+infra/trainer/. Either way the CLI finds them without depending on the working directory.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ _PACKAGE = Path(__file__).resolve().parent
 _LOCATIONS = {
     "feature_repo": (_PACKAGE / "feature_repo", _PACKAGE.parent / "feature_repo"),
     "kserve": (_PACKAGE / "kserve", _PACKAGE.parent / "infra" / "kserve"),
+    "trainer": (_PACKAGE / "trainer", _PACKAGE.parent / "infra" / "trainer"),
 }
 
 
 def packaged(name: str) -> Path:
-    """The directory of shipped files ``name`` ("feature_repo" or "kserve")."""
+    """The directory of shipped files ``name`` ("feature_repo", "kserve" or "trainer")."""
     if name not in _LOCATIONS:
         raise ValueError(f"unknown packaged resource {name!r}; expected one of {sorted(_LOCATIONS)}")
     for candidate in _LOCATIONS[name]:

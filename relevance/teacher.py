@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from relevance import distributed
 from relevance.calibration import Calibrator
 from relevance.config import DEFAULT_BACKBONE, RunConfig, TeacherConfig, TextConfig
 from relevance.files import MANIFEST, atomic_directory, read_manifest, sha256_of_files
@@ -381,22 +383,53 @@ def grade_targets(frame: pd.DataFrame, num_grades: int, kind: str = "grades",
 
 def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame,
                   num_grades: int, config: TeacherConfig, text: TextConfig, data_hash: str = "",
-                  log: Callable[[str], None] = print, raw_scale: tuple[float, float] | None = None) -> Teacher:
+                  log: Callable[[str], None] = print, raw_scale: tuple[float, float] | None = None) -> Teacher | None:
     """Fine-tune on ``train`` (query_id, item_id, grade[, raw_score]) with early stopping on the ``valid`` loss.
 
     ``query_text`` maps query_id → query; item text is assembled from ``items`` with the backbone's tokenizer.
     The targets are ``config.targets`` (:func:`grade_targets`; ``raw_scale`` is the raw score's range).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this with the same arguments and trains its share of each
+    global batch of ``config.batch_size`` pairs (relevance.distributed, ``config.distributed.strategy`` ddp or
+    fsdp); rank 0 returns the teacher, the other ranks None.
     """
     for name, frame in (("train", train), ("valid", valid)):
         if frame.empty:
             raise ValueError(f"teacher: the {name} split is empty; need judged pairs in both train and valid")
+    settings = config.distributed
+    with distributed.session(settings.backend, settings.timeout_minutes) as ctx:
+        check_distributed_settings(config, ctx.world_size)
+        return _fine_tune(ctx, train, valid, query_text, items, num_grades, config, text, data_hash,
+                          log if ctx.is_main else (lambda _: None), raw_scale)
+
+
+def check_distributed_settings(config: TeacherConfig, world_size: int) -> None:
+    """Settings that cannot work on ``world_size`` processes, refused before anything starts."""
+    if world_size == 1:
+        return
+    if config.batch_size < world_size:
+        raise ValueError(f"teacher.batch_size is the global batch, split across {world_size} processes: expected at "
+                         f"least {world_size}, got {config.batch_size}")
+    if config.distributed.strategy == "fsdp" and config.finetune == "qlora":
+        raise ValueError("teacher.distributed.strategy=fsdp with finetune=qlora is not supported: FSDP would have to "
+                         "shard bitsandbytes' packed 4-bit weights (bnb_4bit_quant_storage) and gather them with their "
+                         "quantization state to save; a 4-bit 8B backbone fits one GPU, so use strategy=ddp for qLoRA")
+
+
+def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series,
+               items: pd.DataFrame, num_grades: int, config: TeacherConfig, text: TextConfig, data_hash: str,
+               log: Callable[[str], None], raw_scale: tuple[float, float] | None) -> Teacher | None:
     set_threads()
+    distributed.share_cpu_threads(ctx)
     seed_everything(config.seed)
-    dev = device()
+    dev = ctx.device if ctx.distributed else device()
     precision = resolve_precision(config.precision, dev)
     if config.max_train_pairs and len(train) > config.max_train_pairs:
         train = train.sample(config.max_train_pairs, random_state=config.seed)
-    model, tokenizer, backbone_path = build_cross_encoder(config, num_grades, dev)
+    # FSDP exists for a model that may not fit one device whole: build it in host memory, and let sharding move
+    # each rank's shard to the device.
+    sharded = ctx.distributed and config.distributed.strategy == "fsdp"
+    model, tokenizer, backbone_path = build_cross_encoder(config, num_grades, torch.device("cpu") if sharded else dev)
     item_text = assemble_item_texts(items, text, tokenizer)
 
     train_enc = encode_pairs(tokenizer, *_pairs(train, query_text, item_text), text)
@@ -407,6 +440,13 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     train_len = np.array([len(e["input_ids"]) for e in train_enc])
     valid_len = np.array([len(e["input_ids"]) for e in valid_enc])
 
+    # Forward/backward go through ``wrapped`` (DDP's replica, or ``model`` itself: one process, or FSDP, which
+    # shards in place); evaluation, snapshots and saving read ``model``.
+    wrapped = distributed.wrap(model, ctx, config.distributed.strategy,
+                               lambda: collate(tokenizer, train_enc, np.arange(min(2, len(train_enc))), dev), log)
+    if ctx.distributed:
+        # Same seed on every rank built identical models; from here each rank draws its own dropout masks.
+        torch.manual_seed(config.seed + ctx.rank)
     head_params = list(model.head.parameters())
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
@@ -436,18 +476,40 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                 expected, target @ grade_values, reduction=reduction)
         return loss
 
+    def share_of_batch_loss(logits: torch.Tensor, target: torch.Tensor, batch_rows: int) -> torch.Tensor:
+        """This rank's part of the global batch's mean training loss, scaled by the world size that DDP's (and
+        FSDP's) gradient averaging divides by: the gradients then equal one process's on the whole batch.
+        (With probability targets, the weighted, smoothed cross-entropy's mean is its sum over rows / rows.)"""
+        loss = nn.functional.cross_entropy(logits, target, weight=loss_fn.weight,
+                                           label_smoothing=config.label_smoothing, reduction="sum")
+        if config.expected_grade_mse_weight > 0:
+            expected = torch.softmax(logits, -1) @ grade_values
+            loss = loss + config.expected_grade_mse_weight * nn.functional.mse_loss(
+                expected, target @ grade_values, reduction="sum")
+        return loss * (ctx.world_size / batch_rows)
+
+    def my_rows(index: np.ndarray) -> tuple[np.ndarray, bool]:
+        """This rank's slice of a global batch. A rank whose slice is empty (a last batch smaller than the world)
+        runs one row it then ignores: every rank must take part in the same collectives."""
+        rows = ctx.shard(index)
+        return (rows, True) if len(rows) else (index[:1], False)
+
     def evaluate() -> dict:
         model.eval()
         loss_sum, squared_error, correct = 0.0, 0.0, 0
         with torch.no_grad():
             for index in length_batches(valid_len, config.batch_size * 2):
+                rows, counted = my_rows(index)
                 with autocast(precision, dev):
-                    logits = model(**collate(tokenizer, valid_enc, index, dev)).float()
-                target, grades = valid_y[index].to(dev), valid_grades[index].to(dev)
+                    logits = model(**collate(tokenizer, valid_enc, rows, dev)).float()
+                if not counted:
+                    continue
+                target, grades = valid_y[rows].to(dev), valid_grades[rows].to(dev)
                 loss_sum += objective(logits, target, reduction="sum").item()
                 squared_error += float(((torch.softmax(logits, -1) @ grade_values - grades) ** 2).sum())
                 correct += int((logits.argmax(-1) == grades).sum())
         model.train()
+        loss_sum, squared_error, correct = ctx.sum([loss_sum, squared_error, correct])
         n = len(valid_enc)
         return {"valid_loss": loss_sum / n, "valid_accuracy": correct / n,
                 "valid_rmse_grade": (squared_error / n) ** 0.5}
@@ -459,15 +521,23 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     trained_pairs, train_seconds = 0, 0.0
     model.train()
     log(f"teacher: {len(train_enc)} train / {len(valid_enc)} valid pairs, finetune={config.finetune}, "
-        f"precision={precision}, device={dev.type}")
+        f"precision={precision}, device={dev.type}"
+        + (f", {ctx.world_size} processes ({config.distributed.strategy}, {ctx.backend})" if ctx.distributed else ""))
     with progress_bar() as bar:
+        bar.disable = not ctx.is_main
         task = bar.add_task("teacher fine-tune", total=total_steps)
         for epoch in range(config.epochs):
             for index in length_batches(train_len, config.batch_size, rng):
                 started = time.perf_counter()
-                with autocast(precision, dev):
-                    logits = model(**collate(tokenizer, train_enc, index, dev))
-                loss = objective(logits.float(), train_y[index].to(dev))
+                if ctx.distributed:
+                    rows, counted = my_rows(index)
+                    with autocast(precision, dev):
+                        logits = wrapped(**collate(tokenizer, train_enc, rows, dev))
+                    loss = share_of_batch_loss(logits.float(), train_y[rows].to(dev), len(index)) * float(counted)
+                else:
+                    with autocast(precision, dev):
+                        logits = model(**collate(tokenizer, train_enc, index, dev))
+                    loss = objective(logits.float(), train_y[index].to(dev))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -476,16 +546,19 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                 train_seconds += time.perf_counter() - started
                 trained_pairs += len(index)
                 step += 1
-                bar.update(task, advance=1, description=f"teacher epoch {epoch + 1} loss {loss.item():.3f}")
+                distributed.inject_fault(ctx, step)
+                batch_loss = ctx.sum([loss.item()])[0] / ctx.world_size if ctx.distributed else loss.item()
+                bar.update(task, advance=1, description=f"teacher epoch {epoch + 1} loss {batch_loss:.3f}")
                 if step % eval_every == 0 or step == total_steps:
                     result = {"step": step, "epoch": epoch + 1, **evaluate()}
                     history.append(result)
                     log(f"teacher: step {step}/{total_steps} valid loss {result['valid_loss']:.4f} "
                         f"accuracy {result['valid_accuracy']:.4f} rmse(grade) {result['valid_rmse_grade']:.4f}")
-                    if result["valid_loss"] < best["valid_loss"] - 1e-4:
+                    if ctx.agree(result["valid_loss"] < best["valid_loss"] - 1e-4):
                         best, stale = result, 0
-                        best_state = {k: v.detach().clone() for k, v in model.named_parameters()
-                                      if v.requires_grad}
+                        if ctx.is_main or sharded:  # a DDP replica other than rank 0's is never saved
+                            best_state = {k: v.detach().clone() for k, v in model.named_parameters()
+                                          if v.requires_grad}
                     else:
                         stale += 1
                         if stale >= config.early_stopping_patience and step < total_steps:
@@ -496,12 +569,32 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
                     f"at step {best['step']}")
                 break
     if best_state is not None:
-        model.load_state_dict(best_state, strict=False)  # only trainable tensors were snapshotted
+        if sharded:  # each rank restores its own shard, in place
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if name in best_state:
+                        parameter.copy_(best_state[name])
+        else:
+            model.load_state_dict(best_state, strict=False)  # only trainable tensors were snapshotted
+    if sharded:
+        # The full weights, gathered on rank 0 into a fresh unsharded cross-encoder (in host memory: only the
+        # inference copy has to fit the device, as it must for labelling anyway).
+        full = distributed.full_state_dict(model, ctx)
+        del wrapped, model, optimizer, scheduler, best_state
+        if not ctx.is_main:
+            return None
+        model = build_cross_encoder(config, num_grades, torch.device("cpu"))[0]
+        model.load_state_dict(full)
+        del full
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    elif not ctx.is_main:
+        return None  # the replicas are identical: rank 0's is the one that gets merged, calibrated and saved
     if config.finetune in ("lora", "qlora"):
         model.backbone = _merged_backbone(model.backbone, config, backbone_path, len(tokenizer))
     if config.gradient_checkpointing:
         model.backbone.activation_checkpointing_disable()
-    model.eval()
+    model = model.to(dev).eval()
     manifest = {
         "kind": "teacher",
         "backbone": config.backbone,
@@ -517,6 +610,9 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
         "metrics": {**{k: v for k, v in best.items() if k != "step"}, "best_step": best.get("step"),
                     "train_pairs_per_s": trained_pairs / max(train_seconds, 1e-9), "history": history},
     }
+    if ctx.distributed:
+        manifest["distributed"] = {"world_size": ctx.world_size, "strategy": config.distributed.strategy,
+                                   "backend": ctx.backend}
     return Teacher(model, tokenizer, manifest)
 
 
@@ -530,19 +626,72 @@ def score_items(teacher: Teacher, pairs: pd.DataFrame, query_text: pd.Series, it
 
 def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
     """The run step: :func:`train_teacher` on the dataset's train split (early stopping on valid), calibrated on
-    valid (``teacher.calibration``), saved to ``out`` with the dataset's description in its manifest."""
+    valid (``teacher.calibration``), saved to ``out`` with the dataset's description in its manifest.
+
+    Under torchrun, rank 0 calibrates and saves while the other ranks wait for it, so that the job ends only when
+    the teacher is on disk."""
     from relevance.console import log
 
     info = dataset.info
     raw_scale = (info.raw_score_min, info.raw_score_max) if info.raw_score_min is not None else None
-    teacher = train_teacher(dataset.split("train"), dataset.split("valid"), dataset.query_text, dataset.items,
-                            dataset.num_grades, config.teacher, config.text,
-                            data_hash=dataset.training_data_hash(), log=log, raw_scale=raw_scale)
-    teacher.manifest["dataset"] = info.__dict__
-    _calibrate(teacher, config, dataset, log)
-    teacher.save(out)
-    log(f"teacher: saved {teacher.version} → {out}")
+    settings = config.teacher.distributed
+    with distributed.session(settings.backend, settings.timeout_minutes) as ctx:
+        teacher = train_teacher(dataset.split("train"), dataset.split("valid"), dataset.query_text, dataset.items,
+                                dataset.num_grades, config.teacher, config.text,
+                                data_hash=dataset.training_data_hash(), log=log, raw_scale=raw_scale)
+        if teacher is not None:
+            teacher.manifest["dataset"] = info.__dict__
+            _calibrate(teacher, config, dataset, log)
+            teacher.save(out)
+            log(f"teacher: saved {teacher.version} → {out}")
+        ctx.barrier()
     return Path(out)
+
+
+def launch_local(config: RunConfig, dataset_dir: str | Path, out: str | Path, log: Callable[[str], None] = print,
+                 log_dir: str | Path | None = None) -> Path:
+    """:func:`fit_teacher` on the prepared dataset in ``dataset_dir``: in this process, or with
+    ``teacher.distributed.nproc_per_node`` > 1 as that many torchrun processes on this machine (one per GPU), each
+    running :func:`main`. A failed rank raises relevance.distributed.WorkerFailedError naming it."""
+    from relevance.data.schema import Dataset
+
+    processes = config.teacher.distributed.nproc_per_node
+    check_distributed_settings(config.teacher, processes)
+    if processes == 1:
+        return fit_teacher(config, Dataset.load(dataset_dir, with_impressions=False), out)
+    with tempfile.TemporaryDirectory(prefix="relevance-teacher-") as tmp:
+        config_path = Path(tmp) / "run-config.json"
+        config_path.write_text(config.model_dump_json(exclude_defaults=True))
+        log(f"teacher: {processes} processes on this machine (torchrun, {config.teacher.distributed.strategy})")
+        distributed.launch_torchrun("relevance.teacher", worker_arguments(config_path, dataset_dir, out), processes,
+                                    log_dir=log_dir, log=log)
+    return Path(out)
+
+
+def worker_arguments(config: str | Path, dataset_dir: str | Path, out: str | Path) -> list[str]:
+    """The arguments of ``python -m relevance.teacher`` (:func:`main`), as launchers pass them."""
+    return ["--config", str(config), "--dataset", str(Path(dataset_dir).absolute()),
+            "--out", str(Path(out).absolute())]
+
+
+@distributed.record
+def main(argv: list[str] | None = None) -> None:
+    """The entry point of every process a launcher starts (torchrun here, a TrainJob's nodes in a cluster):
+    :func:`fit_teacher` on a prepared dataset directory. ``--config`` is the resolved RunConfig as JSON: a file,
+    or (for a manifest that must carry it) the JSON itself. An exception is written to torchrun's error file
+    (``record``), so that the launcher reports it with the rank it happened on."""
+    import argparse
+
+    from relevance.data.schema import Dataset
+
+    parser = argparse.ArgumentParser(prog="python -m relevance.teacher", description=main.__doc__)
+    parser.add_argument("--config", required=True, help="the resolved run config as JSON: a file, or inline")
+    parser.add_argument("--dataset", required=True, help="prepared dataset directory (relevance.data.schema)")
+    parser.add_argument("--out", required=True, help="where rank 0 saves the teacher")
+    args = parser.parse_args(argv)
+    inline = args.config.lstrip().startswith("{")
+    config = RunConfig.model_validate_json(args.config if inline else Path(args.config).read_text())
+    fit_teacher(config, Dataset.load(args.dataset, with_impressions=False), args.out)
 
 
 def recalibrate_teacher(config: RunConfig, dataset, teacher_dir: str | Path) -> bool:
@@ -571,3 +720,9 @@ def _calibrate(teacher: Teacher, config: RunConfig, dataset, log) -> None:
         + (f" (T={calibrator.temperature:.3f})" if calibrator.temperature else "")
         + f": NLL {fitted['nll_before']:.4f} → {fitted['nll_after']:.4f}, top-label ECE "
           f"{fitted['ece_top_before']:.4f} → {fitted['ece_top_after']:.4f}")
+
+
+if __name__ == "__main__":  # `python -m relevance.teacher`: run the imported module's main, not this __main__ copy
+    from relevance.teacher import main as worker_main
+
+    worker_main()

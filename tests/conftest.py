@@ -151,3 +151,18 @@ def index(four_items):
     from relevance.bm25 import BM25Index
 
     return BM25Index(four_items["item_id"], four_items["title"].tolist())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_without_dropout(tiny_bert, tmp_path_factory) -> Path:
+    """``tiny_bert`` with its dropout off: for runs that must agree number for number, such as one process against
+    several (each process draws its own dropout masks, so only the shuffling may be random)."""
+    import json
+    import shutil
+
+    directory = tmp_path_factory.mktemp("tiny-bert-without-dropout")
+    shutil.copytree(tiny_bert, directory, dirs_exist_ok=True)
+    config = json.loads((directory / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory

@@ -64,7 +64,7 @@ args=(-f "$context/infra/docker/Dockerfile" -t "$IMAGE"
       --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"
       --build-arg "IMAGE_VERSION=${version:-dev}"
       --build-arg "VCS_REF=$vcs_ref")
-for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST; do
+for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST KUBECTL_IMAGE; do
     if [[ -n ${!v:-} ]]; then args+=(--build-arg "$v=${!v}"); fi
 done
 if [[ -n ${DOCKER_BUILD_NETWORK:-} ]]; then args+=(--network "$DOCKER_BUILD_NETWORK"); fi

@@ -149,6 +149,38 @@ def analyze(champion_url: str = typer.Option(..., help="The champion's rerank se
     _echo_decision(decision.to_dict(), md)
 
 
+def _registry_bundle(run_config, alias: str, directory: Path) -> Path:
+    """The serving bundle (the registered student's onnx/ folder) of ``alias``, downloaded into ``directory``."""
+    from relevance.platform.registry import Registry
+
+    downloaded = Registry(run_config.registry).download(run_config.registry.student_name, alias, directory / alias)
+    if downloaded is None:
+        raise ValueError(f"no --{alias}-bundle and the registry has no {alias!r} for "
+                         f"{run_config.registry.student_name}")
+    return downloaded / "onnx"
+
+
+def _server_settings(config: Optional[Path], run_config) -> list[str]:
+    """The config arguments for the `relevance serve` processes a command starts: the same config it read."""
+    return ["--config", str(config)] if config else ["--profile", run_config.profile]
+
+
+def _wait_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM, so that the caller's context managers stop the servers they started."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @canary_app.command("local")
 @clear_errors(RegistryError)
 def local(champion_bundle: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Serving bundle "
@@ -158,36 +190,128 @@ def local(champion_bundle: Optional[Path] = typer.Option(None, exists=True, file
           feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
                                                       "workdir/feature_repo)."),
           percent: int = typer.Option(10, min=0, max=100, help="Challenger share at the splitter."),
-          requests: int = typer.Option(200, min=1, help="Requests replayed through the splitter."),
+          requests: int = typer.Option(200, min=0, help="Requests replayed through the splitter."),
           config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
           teacher: Optional[Path] = typer.Option(None, help="Teacher for the judge (default: workdir/teacher)."),
           judge: bool = typer.Option(True, help="Let the teacher judge unlabelled replayed queries."),
+          challenger_delay_ms: float = typer.Option(0.0, min=0, help="Fault injection (demonstrations): add this "
+                                                    "delay to every challenger request, at its revision proxy."),
+          challenger_abort_percent: float = typer.Option(0.0, min=0, max=100, help="Fault injection: answer this "
+                                                         "share of challenger requests with HTTP 503."),
+          serve: bool = typer.Option(False, "--serve", help="Keep the servers, proxies and splitter running "
+                                     "(until Ctrl-C / SIGTERM) for `relevance canary watch --splitter-url`, "
+                                     "instead of analysing once; their URLs go to OUT/local-canary.json."),
           out: Optional[Path] = typer.Option(None, help="Logs and report (default: workdir/canary-local).")):
     """The canary loop on this machine: champion and challenger servers on loopback behind a weighted splitter,
-    traffic replayed through it, then `canary analyze` on both."""
+    traffic replayed through it, then `canary analyze` on both (or, with --serve, kept up for `canary watch`)."""
+    import shlex
     import tempfile
 
     from relevance.chain import Chain
-    from relevance.platform.registry import CHALLENGER, CHAMPION, Registry
-    from relevance.serving.canary.local import run_local_canary
+    from relevance.files import atomic_write_json
+    from relevance.platform.registry import CHALLENGER, CHAMPION
+    from relevance.serving.canary.analysis import replay_queries
+    from relevance.serving.canary.local import Faults, local_canary, run_local_canary, send_traffic
 
     run_config = _setup(config, profile)
     out = out or Path(run_config.workdir) / "canary-local"
+    faults = Faults(challenger_delay_ms, challenger_abort_percent)
     with tempfile.TemporaryDirectory() as tmp:
-        bundles = {}
-        for alias, given in ((CHAMPION, champion_bundle), (CHALLENGER, challenger_bundle)):
-            if given is None:
-                downloaded = Registry(run_config.registry).download(run_config.registry.student_name, alias,
-                                                                    Path(tmp) / alias)
-                if downloaded is None:
-                    raise ValueError(f"no --{alias}-bundle and the registry has no {alias!r} for "
-                                     f"{run_config.registry.student_name}")
-                given = downloaded / "onnx"
-            bundles[alias] = given
+        bundles = {CHAMPION: champion_bundle or _registry_bundle(run_config, CHAMPION, Path(tmp)),
+                   CHALLENGER: challenger_bundle or _registry_bundle(run_config, CHALLENGER, Path(tmp))}
         dataset = Chain(run_config).dataset()
-        settings = ["--config", str(config)] if config else ["--profile", run_config.profile]
-        result = run_local_canary(run_config, settings, bundles[CHAMPION], bundles[CHALLENGER],
-                                  feature_repo or Path(run_config.workdir) / "feature_repo", dataset,
-                                  _teacher(run_config, teacher, judge), percent, requests, out, log=typer.echo)
+        settings = _server_settings(config, run_config)
+        repo = feature_repo or Path(run_config.workdir) / "feature_repo"
+        if serve:
+            with local_canary(settings, bundles[CHAMPION], bundles[CHALLENGER], repo, percent, out,
+                              run_config.canary.seed, faults, log=typer.echo) as canary:
+                labelled, _, unlabelled = replay_queries(dataset, run_config, run_config.eval.split)
+                if requests:
+                    failed = send_traffic(canary, run_config.serving.model_name, unlabelled + labelled, requests)
+                    typer.echo(f"traffic: {requests} requests {canary.splitter.counts}, failed {failed}")
+                atomic_write_json(out / "local-canary.json", canary.to_dict())
+                typer.echo(f"serving until Ctrl-C / SIGTERM ({out / 'local-canary.json'}); watch it with:\n  "
+                           + shlex.join(["relevance", "canary", "watch", *settings, "--splitter-url", canary.split_url,
+                                         "--champion-url", canary.urls["champion"],
+                                         "--challenger-url", canary.urls["challenger"]]))
+                _wait_until_stopped()
+            return
+        result = run_local_canary(run_config, settings, bundles[CHAMPION], bundles[CHALLENGER], repo, dataset,
+                                  _teacher(run_config, teacher, judge), percent, requests, out, log=typer.echo,
+                                  faults=faults)
     _echo_decision(result, Path(result["report"]))
     typer.echo(json.dumps(result["context"]["split_requests"]))
+
+
+@canary_app.command("watch")
+@clear_errors(RegistryError)
+def watch(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+          tracking_uri: Optional[str] = TrackingOption,
+          champion_url: Optional[str] = typer.Option(None, help="The champion's rerank server (default: "
+                                                     "canary.champion_url; neither: a transformer started here on "
+                                                     "canary.champion_predictor_url, the prev- revision)."),
+          challenger_url: Optional[str] = typer.Option(None, help="The challenger's rerank server (default: "
+                                                       "canary.challenger_url, or the latest- revision's)."),
+          splitter_url: Optional[str] = typer.Option(None, help="Act on the local loop's splitter at this URL "
+                                                     "(`relevance canary local --serve`) instead of the cluster."),
+          bundle: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Serving bundle for the "
+                                                "transformers it starts (default: the registry champion's)."),
+          feature_repo: Optional[Path] = typer.Option(None, help="Feast repo for those transformers (default: "
+                                                      "workdir/feature_repo)."),
+          teacher: Optional[Path] = typer.Option(None, help="Teacher for the judge (default: workdir/teacher)."),
+          judge: bool = typer.Option(True, help="Let the teacher judge unlabelled replayed queries."),
+          every: float = typer.Option(0.0, min=0, help="Seconds between rounds."),
+          rounds: int = typer.Option(1, min=1, help="Rounds at most; it stops after a round that ends the canary."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Decide and report; change nothing (exit 0 "
+                                       "whatever the decision)."),
+          out: Optional[Path] = typer.Option(None, help="Report directory (default: workdir/canary-watch).")):
+    """Analyse the running canary and act on the decision by itself: rollback and promote are applied (kubectl
+    and the registry aliases, or the local splitter), hold does nothing. Exit codes: 0 nothing to do, held or
+    promoted; 3 rolled back; 4 not carried out (a person must look); 2 bad input."""
+    from contextlib import contextmanager
+
+    from relevance.chain import Chain
+    from relevance.config import CanaryConfig
+    from relevance.platform.registry import CHAMPION, Registry
+    from relevance.serving.canary.watch import NO_CANARY, ClusterTarget, SplitterTarget, WatchError, rerank_servers
+    from relevance.serving.canary.watch import watch as run_watch
+
+    run_config = _setup(config, profile, tracking_uri)
+    if champion_url or challenger_url:  # both at once: the config checks them as a pair
+        run_config.canary = CanaryConfig.model_validate({**run_config.canary.model_dump(),
+                                                         "champion_url": champion_url or "",
+                                                         "challenger_url": challenger_url or ""})
+    if splitter_url and not run_config.canary.champion_url:
+        raise ValueError("--splitter-url (the local loop) needs --champion-url and --challenger-url, the rerank "
+                         "servers behind the splitter (`relevance canary local --serve` prints them): the predictor "
+                         "revision URLs are the cluster's")
+    target = SplitterTarget(splitter_url) if splitter_url else ClusterTarget(run_config)
+    out = out or Path(run_config.workdir) / "canary-watch"
+
+    @contextmanager
+    def evidence():
+        import tempfile
+
+        dataset = Chain(run_config).dataset()  # before any server starts: missing data fails fast
+        judge_model = _teacher(run_config, teacher, judge)
+        with tempfile.TemporaryDirectory() as tmp:
+            chosen = bundle
+            if chosen is None and not run_config.canary.champion_url:
+                chosen = _registry_bundle(run_config, CHAMPION, Path(tmp))
+            with rerank_servers(run_config, _server_settings(config, run_config), chosen,
+                                feature_repo or Path(run_config.workdir) / "feature_repo", out,
+                                log=typer.echo) as urls:
+                yield urls, dataset, judge_model
+
+    try:
+        result = run_watch(run_config, Registry(run_config.registry), target, evidence, out, rounds, every, dry_run,
+                           log=typer.echo)
+    except WatchError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(error.exit_code) from None
+    if result.status == NO_CANARY:
+        typer.echo(result.action)
+    else:
+        _echo_decision(result.decision.to_dict(), result.report)
+        typer.echo(f"action: {result.action}")
+    raise typer.Exit(result.exit_code)

@@ -2,7 +2,8 @@
 
 No API server can run here, so every check is one a cluster would make before admitting the objects:
 
-- built-in kinds (ServiceAccount, ConfigMap) against Kubernetes' own strict schemas (kubernetes-validate);
+- built-in kinds (ServiceAccount, ConfigMap; the canary watch's CronJob, Role and RoleBinding) against
+  Kubernetes' own strict schemas (kubernetes-validate);
 - InferenceService and ServingRuntime against a structural schema of the KServe types, with unknown fields
   refused as ``kubectl apply --validate=strict`` would. The real CRD file can be passed instead
   (``crd_file``); without one, the schema is built from the pinned KServe SDK's generated models (generated from
@@ -10,7 +11,9 @@ No API server can run here, so every check is one a cluster would make before ad
   and container types;
 - what no schema says, checked explicitly: canaryTrafficPercent is an integer in 0..100 and is only set in
   Serverless mode (RawDeployment silently ignores it), the predictor's runtime exists and supports its model
-  format and protocol, and the model's storage URI is one KServe's storage initializer can fetch.
+  format and protocol, and the model's storage URI is one KServe's storage initializer can fetch; the watch's
+  Role is least privilege (namespaced, no wildcards, get and patch on named InferenceServices only) and its
+  CronJob runs one round at a time, non-root, read-only, bounded, with MLflow credentials from a Secret.
 
 Rendering is ``kubectl kustomize``; a patch's result is ``kubectl patch --local`` (JSON merge patch), so what is
 checked is what kubectl would send.
@@ -36,7 +39,15 @@ ISVC_KIND, RUNTIME_KIND = "InferenceService", "ServingRuntime"
 # Schemes KServe's storage initializer fetches (kserve/storage); anything else fails at pod start.
 STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "hdfs://", "webhdfs://", "hf://", "oci://", "https://", "http://")
 KNATIVE_MODES = ("Serverless", "Knative")  # the same mode before and after KServe 0.17
-OVERLAYS = ("dev", "prod", "canary")  # shipped with the package (infra/kserve in a checkout)
+# Shipped with the package (infra/kserve in a checkout). The serving overlays hold the InferenceService, which
+# `--dry-run` patches; canary-watch holds only the watch's CronJob and its RBAC, so that applying it never resets
+# a running canary's spec.
+SERVING_OVERLAYS = ("dev", "prod", "canary")
+WATCH_OVERLAY = "canary-watch"
+OVERLAYS = (*SERVING_OVERLAYS, WATCH_OVERLAY)
+# What the watch's Role may do, and on what (kubectl get: is a canary in the spec, which revisions; kubectl patch:
+# promote / rollback, which GETs the object first). It never lists, watches, creates or deletes anything.
+WATCH_RULE = {"apiGroups": [KSERVE_API], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}
 
 
 class ManifestError(ValueError):
@@ -51,7 +62,7 @@ def kserve_dir() -> Path:
 
 
 def overlay_dir(overlay: str | Path) -> Path:
-    """A kustomize directory: a shipped overlay by name (dev, prod, canary), or any directory path."""
+    """A kustomize directory: a shipped overlay by name (dev, prod, canary, canary-watch), or any directory path."""
     if str(overlay) in OVERLAYS:
         return kserve_dir() / "overlays" / str(overlay)
     path = Path(overlay)
@@ -269,6 +280,98 @@ def check_inference_service(isvc: dict, runtimes: list[dict]) -> list[str]:
     return errors
 
 
+def check_rbac(resource: dict) -> list[str]:
+    """Least privilege for every Role in these manifests: namespaced, no wildcards, and nothing beyond
+    :data:`WATCH_RULE` (get and patch on InferenceServices, each rule naming the ones it may touch)."""
+    kind = resource.get("kind")
+    if kind in ("ClusterRole", "ClusterRoleBinding"):
+        return [f"expected a namespaced Role / RoleBinding: a {kind} grants cluster-wide access, and the canary "
+                "watch needs one InferenceService in one namespace"]
+    errors = [] if resource.get("metadata", {}).get("namespace") else \
+        ["metadata.namespace: expected the namespace the InferenceService runs in, got none"]
+    if kind == "RoleBinding":
+        if (resource.get("roleRef") or {}).get("kind") != "Role":
+            errors.append(f"roleRef.kind: expected 'Role', got {(resource.get('roleRef') or {}).get('kind')!r}")
+        for index, subject in enumerate(resource.get("subjects") or []):
+            if subject.get("kind") != "ServiceAccount":
+                errors.append(f"subjects.{index}.kind: expected 'ServiceAccount', got {subject.get('kind')!r}")
+            elif subject.get("namespace") != resource.get("metadata", {}).get("namespace"):
+                errors.append(f"subjects.{index}.namespace: expected the binding's own namespace "
+                              f"{resource.get('metadata', {}).get('namespace')!r}, got {subject.get('namespace')!r}")
+        return errors
+    for index, rule in enumerate(resource.get("rules") or []):
+        for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+            if "*" in (rule.get(key) or []):
+                errors.append(f"rules.{index}.{key}: '*' grants more than the watch uses")
+        if rule.get("nonResourceURLs"):
+            errors.append(f"rules.{index}.nonResourceURLs: expected none, got {rule['nonResourceURLs']}")
+        for key in ("apiGroups", "resources"):
+            extra = sorted(set(rule.get(key) or []) - set(WATCH_RULE[key]))
+            if extra:
+                errors.append(f"rules.{index}.{key}: expected only {WATCH_RULE[key]}, got also {extra}")
+        extra = sorted(set(rule.get("verbs") or []) - set(WATCH_RULE["verbs"]))
+        if extra:
+            errors.append(f"rules.{index}.verbs: expected a subset of {WATCH_RULE['verbs']}, got also {extra}")
+        if not rule.get("resourceNames"):
+            errors.append(f"rules.{index}.resourceNames: expected the InferenceService's name, so that the role "
+                          "reaches no other model in the namespace")
+    return errors
+
+
+def check_watch_job(cronjob: dict) -> list[str]:
+    """What the canary watch's CronJob must be and the schema does not say: one round at a time, no retry of a
+    round that decided (exit codes 2 and 3), a non-root read-only container with resource bounds, and MLflow
+    credentials from a Secret, never a literal value."""
+    errors = []
+    spec = cronjob.get("spec") or {}
+    if spec.get("concurrencyPolicy") != "Forbid":
+        errors.append(f"spec.concurrencyPolicy: expected 'Forbid' (two rounds acting on one canary at once could "
+                      f"both patch it), got {spec.get('concurrencyPolicy')!r}")
+    job = (spec.get("jobTemplate") or {}).get("spec") or {}
+    if not job.get("activeDeadlineSeconds"):
+        errors.append("spec.jobTemplate.spec.activeDeadlineSeconds: expected a deadline: with Forbid, a hung round "
+                      "would block every later one")
+    from relevance.serving.canary.watch import EXIT_ROLLED_BACK
+
+    stops = [rule for rule in (job.get("podFailurePolicy") or {}).get("rules", []) if rule.get("action") == "FailJob"
+             and (rule.get("onExitCodes") or {}).get("operator") == "In"
+             and EXIT_ROLLED_BACK in (rule.get("onExitCodes") or {}).get("values", [])]
+    if job.get("backoffLimit") != 0 and not stops:
+        errors.append(f"spec.jobTemplate.spec: expected backoffLimit 0 or a podFailurePolicy rule FailJob on exit "
+                      f"code {EXIT_ROLLED_BACK}: a retried round after a rollback finds no canary and succeeds, "
+                      "hiding the rollback")
+    pod = (job.get("template") or {}).get("spec") or {}
+    if not pod.get("serviceAccountName") or pod.get("serviceAccountName") == "default":
+        errors.append(f"spec.jobTemplate.spec.template.spec.serviceAccountName: expected the watch's own "
+                      f"ServiceAccount, got {pod.get('serviceAccountName')!r}")
+    if (pod.get("securityContext") or {}).get("runAsNonRoot") is not True:
+        errors.append("spec.jobTemplate.spec.template.spec.securityContext.runAsNonRoot: expected true")
+    for index, container in enumerate(pod.get("containers") or []):
+        where = f"spec.jobTemplate.spec.template.spec.containers.{index}"
+        if [*container.get("command", []), *container.get("args", [])][:3] != ["relevance", "canary", "watch"]:
+            errors.append(f"{where}.command: expected `relevance canary watch …`, got "
+                          f"{[*container.get('command', []), *container.get('args', [])][:3]}")
+        context = container.get("securityContext") or {}
+        for key, expected in (("readOnlyRootFilesystem", True), ("allowPrivilegeEscalation", False)):
+            if context.get(key) is not expected:
+                errors.append(f"{where}.securityContext.{key}: expected {str(expected).lower()}, "
+                              f"got {context.get(key)!r}")
+        resources = container.get("resources") or {}
+        for bound in ("requests", "limits"):
+            missing = [r for r in ("cpu", "memory") if r not in (resources.get(bound) or {})]
+            if missing:
+                errors.append(f"{where}.resources.{bound}: expected cpu and memory, missing {missing}")
+        env = {e["name"]: e for e in container.get("env") or []}
+        tracking = env.get("MLFLOW_TRACKING_URI") or {}
+        if "secretKeyRef" not in (tracking.get("valueFrom") or {}):
+            errors.append(f"{where}.env.MLFLOW_TRACKING_URI: expected valueFrom.secretKeyRef (the MLflow Secret), "
+                          f"got {tracking or 'nothing'}")
+        for name, variable in env.items():
+            if "value" in variable and re.search(r"PASSWORD|TOKEN|SECRET|ACCESS_KEY", name):
+                errors.append(f"{where}.env.{name}: a credential as a literal value; expected valueFrom.secretKeyRef")
+    return errors
+
+
 def validate(resources: list[dict], crd_file: str | None = None) -> list[str]:
     """Every problem with a set of rendered objects, as '<Kind>/<name>: <path>: <what>' lines (empty: valid)."""
     import kubernetes_validate
@@ -294,6 +397,10 @@ def validate(resources: list[dict], crd_file: str | None = None) -> list[str]:
                          f"{error.message}"]
             except kubernetes_validate.SchemaNotFoundError as error:
                 found = [str(error)]
+            if resource.get("kind") in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"):
+                found += check_rbac(resource)
+            elif resource.get("kind") == "CronJob":
+                found += check_watch_job(resource)
         errors += [f"{_name(resource)}: {line}" for line in found]
     return errors
 
@@ -301,5 +408,7 @@ def validate(resources: list[dict], crd_file: str | None = None) -> list[str]:
 def inference_service(resources: list[dict]) -> dict:
     found = [r for r in resources if r.get("kind") == ISVC_KIND]
     if len(found) != 1:
-        raise ManifestError(f"expected exactly one InferenceService in the manifests, found {len(found)}")
+        raise ManifestError(f"expected exactly one InferenceService in the manifests, found {len(found)} (canary."
+                            f"overlay must render the InferenceService: one of {list(SERVING_OVERLAYS)} or your own "
+                            f"directory; {WATCH_OVERLAY!r} holds only the watch's CronJob)")
     return found[0]

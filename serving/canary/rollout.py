@@ -163,9 +163,9 @@ def dry_run(config: RunConfig, plan: Plan, crd_file: str | None = None) -> tuple
     return patched, validate([*others, patched], crd_file)
 
 
-def apply(config: RunConfig, plan: Plan) -> str:
-    """Send the patch to the cluster (kubectl's current context), then move the registry aliases. A storage URI
-    KServe cannot fetch is refused before anything changes."""
+def send_with_kubectl(config: RunConfig, plan: Plan) -> str:
+    """Send the patch to the cluster (kubectl's current context). A storage URI KServe cannot fetch is refused
+    before anything changes."""
     from relevance.serving.canary.manifests import STORAGE_SCHEMES, kubectl
 
     uri = plan.patch["spec"]["predictor"].get("model", {}).get("storageUri")
@@ -173,11 +173,18 @@ def apply(config: RunConfig, plan: Plan) -> str:
         raise CanaryError(f"storageUri {uri!r} is not one KServe's storage initializer can fetch "
                           f"({', '.join(STORAGE_SCHEMES)}): point registry.tracking_uri at an MLflow server whose "
                           "artifact store is object storage; nothing was changed")
-    out = kubectl(plan.command[1:], binary=config.canary.kubectl)
+    return kubectl(plan.command[1:], binary=config.canary.kubectl)
+
+
+def apply(config: RunConfig, plan: Plan, send: Callable[[Plan], str] | None = None) -> str:
+    """Move the traffic, then the registry aliases. ``send`` moves the traffic: kubectl against the cluster by
+    default (:func:`send_with_kubectl`); `relevance canary watch` passes the local splitter's instead, so that the
+    same plans and the same registry step run in both."""
+    out = send(plan) if send is not None else send_with_kubectl(config, plan)
     if plan.apply_registry is not None:
         try:
             plan.apply_registry()
-        except Exception as error:  # MlflowException and friends: the cluster has changed, say what is left
-            raise CanaryError(f"the cluster was patched but the registry was not ({error}); do the registry step "
-                              f"by hand: {plan.registry_change}") from None
+        except Exception as error:  # MlflowException and friends: the traffic has moved, say what is left
+            raise CanaryError(f"the traffic was moved ({plan.action}) but the registry was not ({error}); do the "
+                              f"registry step by hand: {plan.registry_change}") from None
     return out

@@ -14,10 +14,18 @@ from relevance.config import RegistryConfig, build_config
 from relevance.data import prepare
 
 
+# In the pipeline the labelling plan cuts the shards: at 100 pairs/s with 1 s to load the teacher and shards of at
+# most 6 s, a shard holds at most 500 rows, and a 12 s deadline takes two devices: a fan-out of several shards,
+# two at a time.
+TINY_LABELLING = {"pairs_per_s_per_device": 100.0, "shard_overhead_s": 1.0, "max_shard_s": 6.0, "deadline_s": 12.0,
+                  "expected_pool_rows": 800, "max_devices": 2}
+
+
 def _tiny_overrides(run_settings, **extra) -> dict:
     overrides = run_settings(items=200, judged_queries=40, impressions=600, top_k=8,
                                   shard_rows=500, teacher_epochs=1, student_epochs=2, max_length=48,
                                   student_hidden=16)
+    overrides["cluster"] = {"labeling": TINY_LABELLING}
     for key, value in extra.items():
         overrides.setdefault(key, {}).update(value)
     return overrides
@@ -105,10 +113,17 @@ def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
     online = online_item_features(open_store(outputs["feast repo"]), [items["item_id"].iloc[0], "no-such-item"])
     assert len(online["embedding"][0]) == 32 and online["embedding"][1] is None  # tiny BERT: 32-d
     assert online["lexical_text"][0]
-    # every shard of the fan-out was labelled exactly once
+    # every shard of the fan-out was labelled exactly once, cut by the labelling plan for the compiled parallelism
+    from relevance.config import LabelingCapacityConfig
+    from relevance.labelling_plan import plan_for
+
+    capacity = LabelingCapacityConfig(**TINY_LABELLING)
     shards = sorted(p.name for p in run_dir.glob("for-loop-*/label-shard/labels/shard-*.parquet"))
     pool_rows = len(pd.read_parquet(run_dir / "build-pool" / "pool"))
-    assert len(shards) == len(set(shards)) == -(-pool_rows // 500)
+    parallelism = plan_for(capacity, strict=True).devices
+    plan = plan_for(capacity, pool_rows=pool_rows, max_devices=parallelism)
+    assert parallelism == 2 and plan.shards >= 2
+    assert len(shards) == len(set(shards)) == plan.shards
 
 
 def test_gx_gate_stops_the_pipeline_and_nothing_is_registered(cli, tmp_path, run_settings):

@@ -124,8 +124,11 @@ def test_served_scores_equal_offline_scoring_with_the_training_featurizer(deploy
     probs = Student.load(chain.student_dirs["student"]).predict_proba(featurizer.transform([query] * len(candidates),
                                                                                            candidates))
     offline = dict(zip(candidates, probs))
+    # The one expected difference: online, the query is embedded by the fp32 ONNX encoder; offline the cache holds
+    # the torch encoder's vector (bf16 autocast on a CPU with avx512_bf16), ~1e-3 apart, which the student's
+    # calibration may sharpen. A second featurizer would be off by orders of magnitude more.
     for item in served["items"]:
-        np.testing.assert_allclose(item["probs"], offline[item["item_id"]], atol=2e-4)
+        np.testing.assert_allclose(item["probs"], offline[item["item_id"]], atol=5e-4)
         assert item["score"] == pytest.approx(float(expected_grade(offline[item["item_id"]][None])[0]), abs=1e-3)
         assert item["unknown"] is False
 

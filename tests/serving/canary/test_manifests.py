@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from relevance.serving.canary.manifests import KUBERNETES_VERSION, OVERLAYS, inference_service, validate
+from relevance.serving.canary.manifests import KUBERNETES_VERSION, SERVING_OVERLAYS, inference_service, validate
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
 def test_overlay_renders_and_is_valid(rendered, overlay, tmp_path):
     resources = rendered[overlay]
     assert {r["kind"] for r in resources} == {"ServiceAccount", "ConfigMap", "ServingRuntime", "InferenceService"}
@@ -29,7 +29,7 @@ def test_overlay_renders_and_is_valid(rendered, overlay, tmp_path):
 
 
 def test_overlays_differ_where_they_should(rendered):
-    isvc = {overlay: inference_service(rendered[overlay]) for overlay in OVERLAYS}
+    isvc = {overlay: inference_service(rendered[overlay]) for overlay in SERVING_OVERLAYS}
     assert isvc["dev"]["metadata"]["namespace"] == "relevance-dev"
     assert isvc["dev"]["spec"]["predictor"]["minReplicas"] == 0
     assert isvc["prod"]["spec"]["predictor"]["minReplicas"] >= 2
