@@ -3,7 +3,7 @@ student distilled from the teacher (both from `make bench-quality`'s run). Both 
 behind a 10% splitter; the analysis replays the 1,183 test queries (human grades) and 100 unjudged impression
 queries (judged by the MiniLM teacher) to both, reads their Prometheus metrics and decides.
 
-    python -m benchmarks.canary_homedepot --config configs/homedepot.yaml
+    python -m benchmarks.canary_homedepot --config configs/homedepot-minilm.yaml
 
 Writes benchmarks/results/canary-homedepot.{md,json,png}.
 """
@@ -51,7 +51,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/homedepot.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/homedepot-minilm.yaml")
     parser.add_argument("--percent", type=int, default=10)
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Quality benchmark: the whole chain on the real Home Depot grades with MiniLM-L6 (CPU).
 
-    .venv/bin/python benchmarks/quality_homedepot.py [--config configs/homedepot.yaml] [--workdir runs/homedepot]
+    .venv/bin/python benchmarks/quality_homedepot.py [--config configs/homedepot.yaml] [--workdir runs/homedepot-mpnet]
 
 The teacher trains on split train and is tuned (early stopping, hyper-parameters) on valid only; the pool is the
 impressions plus BM25 candidates of the unjudged queries (≥ 10× the train split). Writes

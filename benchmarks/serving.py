@@ -1,7 +1,7 @@
 """Serving benchmark: a real `relevance serve` on loopback, pinned to one core, driven by a bounded load generator
 on the other core with 100-candidate rerank requests on Home Depot.
 
-    .venv/bin/python -m benchmarks.serving                # configs/homedepot.yaml; needs runs/homedepot trained
+    .venv/bin/python -m benchmarks.serving                # configs/homedepot-minilm.yaml; needs runs/homedepot trained
     .venv/bin/python -m benchmarks.serving --requests 500 # shorter
 
 Writes benchmarks/results/serving.json, serving.md and serving-latency.png. Measured:
@@ -317,7 +317,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "homedepot.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "homedepot-minilm.yaml")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--teacher-repeats", type=int, default=10)
     args = parser.parse_args()

@@ -101,6 +101,7 @@ def test_canary_dry_run_against_a_registry_with_a_champion(installed, tmp_path):
     assert result.returncode == 1 and len(problems) == 1 and "file://" in problems[0], result.stderr[-2000:]
 
 
+@pytest.mark.slow  # minutes: the real quick profile (MiniLM-L6); .ci/run runs it after the default suite
 def test_quick_run_outside_the_checkout(installed):
     result = _run(installed, "run", "--profile", "quick")
     report = json.loads((installed[2] / "runs/quick/report.json").read_text())

@@ -169,8 +169,8 @@ def load_records(results: Path = RESULTS) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.studies", description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=STUDIES, help="Run only these studies (repeatable).")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "homedepot.yaml",
-                        help="The Home Depot run the Home Depot studies start from (make bench-quality).")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "homedepot-minilm.yaml",
+                        help="The Home Depot run the Home Depot studies start from (relevance run -c configs/homedepot-minilm.yaml).")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     records = load_records()
