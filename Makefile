@@ -49,7 +49,7 @@ lint-imports: $(STAMP)
 ## 227k-pair pool ~1 h; `relevance fetch-backbone mpnet-base` first) → benchmarks/results/quality-homedepot.json
 bench-quality: $(STAMP)
 	$(VENV)/bin/relevance fetch-backbone mpnet-base
-	$(PY) benchmarks/quality_homedepot.py --config configs/homedepot.yaml
+	$(PY) -m benchmarks.quality_homedepot --config configs/homedepot.yaml
 
 ## The same chain with the MiniLM-L6 teacher (about 35 minutes on 2 cores): the run the studies, the serving and
 ## the canary benchmarks start from (runs/homedepot)

@@ -1,8 +1,8 @@
 """The GPU path of the teacher: a ~1B-parameter Llama-architecture cross-encoder built from a config (random
 init: nothing downloads), trained with bf16 autocast + LoRA + gradient checkpointing, then labelling in bf16.
 
-    python benchmarks/gpu_teacher.py --out benchmarks/results/gpu-teacher.json          # on a CUDA machine
-    python benchmarks/gpu_teacher.py --size tiny --device cpu --steps 3 --out /tmp/x.json # the same code, small
+    python -m benchmarks.gpu_teacher --out benchmarks/results/gpu-teacher.json          # on a CUDA machine
+    python -m benchmarks.gpu_teacher --size tiny --device cpu --steps 3 --out /tmp/x.json # the same code, small
 
 Reports training and labelling throughput (tokens/s, pairs/s) and MFU: achieved model FLOP/s over the bf16 matmul
 rate measured on the same device (not the datasheet). Model FLOPs per token follow the usual 2·N forward
@@ -130,7 +130,7 @@ def main() -> None:
                   "mfu": 2 * n * label_tokens / (peak * 1e12)},
         "measured_bf16_matmul_tflops": peak,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "command": "python benchmarks/gpu_teacher.py " + " ".join(
+        "torch": torch.__version__, "command": "python -m benchmarks.gpu_teacher " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }

@@ -1,6 +1,7 @@
-"""Quality benchmark: the whole chain on the real Home Depot grades with MiniLM-L6 (CPU).
+"""Quality benchmark: the whole chain on the real Home Depot grades (CPU), with the config's teacher: all-mpnet-base-v2
+in configs/homedepot.yaml, MiniLM-L6 in configs/homedepot-minilm.yaml.
 
-    .venv/bin/python benchmarks/quality_homedepot.py [--config configs/homedepot.yaml] [--workdir runs/homedepot-mpnet]
+    .venv/bin/python -m benchmarks.quality_homedepot [--config configs/homedepot.yaml] [--workdir runs/homedepot-mpnet]
 
 The teacher trains on split train and is tuned (early stopping, hyper-parameters) on valid only; the pool is the
 impressions plus BM25 candidates of the unjudged queries (≥ 10× the train split). Writes
@@ -71,6 +72,7 @@ def targets(models: dict) -> dict:
     teacher_name = "labeller" if "labeller" in models else "teacher"
     teacher, student = models[teacher_name], models["student"]
     gbdts = {n: m for n, m in models.items() if n.startswith("gbdt") and "uncalibrated" not in n}
+    # The strongest GBDT on the test split itself: a stricter bar than the one picked on valid.
     best_gbdt = max(gbdts, key=lambda n: gbdts[n]["accuracy"])
     best = gbdts[best_gbdt]
     best_ndcg = max(m["ndcg@20"] for m in gbdts.values())
@@ -136,7 +138,7 @@ def main() -> None:
         "per_locale": {name: {seg: {k: v.get(s) for k, s in REPORTED.items()}
                               for seg, v in block.get("per_segment", {}).items()}
                        for name, block in report["models"].items()},
-        "command": "make bench-quality  # = .venv/bin/python benchmarks/quality_homedepot.py "
+        "command": "make bench-quality  # = .venv/bin/python -m benchmarks.quality_homedepot "
                    f"--config {os.path.relpath(config_path, ROOT)}",
         "machine": machine(),
         "date": datetime.now(timezone.utc).date().isoformat(),

@@ -1,6 +1,6 @@
 """Is bf16 autocast faster than fp32 for the MiniLM-L6 teacher on this CPU? Measured, not assumed.
 
-    .venv/bin/python benchmarks/teacher_precision.py [--pairs 2048] [--repeats 3]
+    .venv/bin/python -m benchmarks.teacher_precision [--pairs 2048] [--repeats 3]
 
 Times training steps (full fine-tune, batch 32) and inference (batch 128) on real Home Depot query/title pairs
 (padded to each batch's longest, as the teacher does), fp32 and bf16 interleaved in one run so that machine
@@ -86,7 +86,7 @@ def main() -> None:
                            for k in ("train", "infer")},
         "cpu_has_native_bf16": bf16_supported(dev),
         "mean_tokens_per_pair": float(lengths.mean()),
-        "command": f".venv/bin/python benchmarks/teacher_precision.py --pairs {args.pairs} --repeats {args.repeats}",
+        "command": f".venv/bin/python -m benchmarks.teacher_precision --pairs {args.pairs} --repeats {args.repeats}",
         "machine": machine(),
         "date": datetime.now(timezone.utc).date().isoformat(),
     }

@@ -361,6 +361,14 @@ PIPELINE_STEPS = ("resolve_config", "prepare_data", "validate_data", "require_va
                   "export_onnx", "challenger_gate", "register_models")
 # A retried registration could register a second model version and move the aliases twice: never retried.
 NOT_RETRYABLE_STEPS = ("register_models",)
+
+
+def require_pipeline_steps(names, where: str) -> None:
+    unknown = sorted(set(names) - set(PIPELINE_STEPS))
+    if unknown:
+        raise ValueError(f"{where}: unknown step(s) {unknown}; expected names from {list(PIPELINE_STEPS)}")
+
+
 _MEMORY_SUFFIXES = ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki", "E", "P", "T", "G", "M", "K")  # KFP's accepted set
 
 
@@ -488,10 +496,7 @@ class DataVolume(_Strict):
     @field_validator("steps")
     @classmethod
     def _known_steps(cls, steps: list[str]) -> list[str]:
-        unknown = sorted(set(steps) - set(PIPELINE_STEPS))
-        if unknown:
-            raise ValueError(f"cluster.data_volume.steps: unknown step(s) {unknown}; expected names from "
-                             f"{list(PIPELINE_STEPS)}")
+        require_pipeline_steps(steps, "cluster.data_volume.steps")
         return steps
 
 
@@ -506,10 +511,7 @@ class SecretEnv(_Strict):
     @field_validator("steps")
     @classmethod
     def _known_steps(cls, steps: list[str]) -> list[str]:
-        unknown = sorted(set(steps) - set(PIPELINE_STEPS))
-        if unknown:
-            raise ValueError(f"cluster.secrets.steps: unknown step(s) {unknown}; expected names from "
-                             f"{list(PIPELINE_STEPS)}")
+        require_pipeline_steps(steps, "cluster.secrets.steps")
         return steps
 
 
@@ -556,9 +558,7 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _steps_make_sense(self) -> "ClusterConfig":
-        unknown = sorted(set(self.steps) - set(PIPELINE_STEPS))
-        if unknown:
-            raise ValueError(f"cluster.steps: unknown step(s) {unknown}; expected names from {list(PIPELINE_STEPS)}")
+        require_pipeline_steps(self.steps, "cluster.steps")
         for name in PIPELINE_STEPS:
             step = self.step(name)
             where = f"cluster.steps.{name}"

@@ -166,3 +166,17 @@ def tiny_bert_without_dropout(tiny_bert, tmp_path_factory) -> Path:
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (directory / "config.json").write_text(json.dumps(config))
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_pairs, tmp_path_factory, tiny_bert):
+    """A tiny full-fine-tuned teacher, saved and uncalibrated: (its folder, items, queries, judgments)."""
+    from relevance.config import TeacherConfig, TextConfig
+    from relevance.teacher import train_teacher
+
+    items, queries, judgments = tiny_pairs()
+    config = TeacherConfig(backbone=str(tiny_bert), finetune="full", epochs=1, batch_size=8, head_hidden=16,
+                           precision="fp32")
+    teacher = train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
+                            TextConfig(fields=["title"], max_length=32), log=lambda _: None)
+    return teacher.save(tmp_path_factory.mktemp("teacher") / "teacher"), items, queries, judgments

@@ -142,12 +142,9 @@ def test_raw_score_targets_are_two_hot_on_the_grade_axis():
         grade_targets(frame.drop(columns="raw_score"), 5, "raw_scores", (1.0, 3.0))
 
 
-def test_calibration_changes_predictions_version_and_is_saved(tmp_path, tiny_bert, tiny_pairs):
-    items, queries, judgments = tiny_pairs()
-    config = TeacherConfig(backbone=str(tiny_bert), finetune="full", epochs=1, batch_size=8, head_hidden=16,
-                           precision="fp32")
-    teacher = train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
-                            TextConfig(fields=["title"], max_length=32), log=lambda _: None)
+def test_calibration_changes_predictions_version_and_is_saved(tmp_path, tiny_teacher):
+    directory, items, queries, judgments = tiny_teacher
+    teacher = Teacher.load(directory)
     query_text = queries.set_index("query_id")["query"]
     uncalibrated = Teacher.load(teacher.save(tmp_path / "raw"))
     calibrator = teacher.calibrate(judgments, query_text, items, "temperature", precision="fp32")

@@ -86,7 +86,10 @@ def run(steps, args, command: str) -> dict:
     for name, overrides in _variants(source).items():
         config = source.model_copy(deep=True)
         config.teacher = config.teacher.model_copy(update={**overrides, "calibration": "none"})
-        inputs = {"teacher": config.teacher.model_dump(), "text": config.text.model_dump(), "data": base_version}
+        # How the teacher is spread over processes does not change what it learns (relevance.chain excludes it
+        # from the teacher's version the same way).
+        inputs = {"teacher": config.teacher.model_dump(exclude={"distributed"}), "text": config.text.model_dump(),
+                  "data": base_version}
         out = steps.directory(f"teacher-{name.replace(' ', '-')}", inputs)
         if not (out / "manifest.json").exists():
             print(f"   training {name}", flush=True)

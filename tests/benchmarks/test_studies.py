@@ -67,19 +67,6 @@ def test_report_embeds_figures_and_tables(tmp_path, monkeypatch):
                                   f"{studies.README_END}\nrest\n")
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tiny_pairs, tmp_path_factory, tiny_bert):
-    from relevance.config import TeacherConfig, TextConfig
-    from relevance.teacher import train_teacher
-
-    items, queries, judgments = tiny_pairs()
-    config = TeacherConfig(backbone=str(tiny_bert), finetune="full", epochs=1, batch_size=8, head_hidden=16,
-                           precision="fp32")
-    teacher = train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
-                            TextConfig(fields=["title"], max_length=32), log=lambda _: None)
-    return teacher.save(tmp_path_factory.mktemp("teacher") / "teacher"), items, queries, judgments
-
-
 def test_teacher_onnx_export_labels_like_torch(tiny_teacher, tmp_path):
     from relevance.export import export_teacher, onnx_teacher_proba, quantize_int8
     from relevance.onnx_session import onnx_session
