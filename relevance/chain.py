@@ -67,6 +67,10 @@ class Chain:
         # behaviour) then leaves existing runs valid.
         settings = {section: getattr(self.config, section).model_dump(exclude_defaults=True, exclude=_HOW.get(section))
                     for section in STEP_SETTINGS[step]}
+        if step == "students" and self.config.student.labeller == "teacher":
+            # The students see the trees only through a teacher+gbdt labeller: without one, gbdt settings cannot
+            # change them and count as unset (adding a GBDT objective keeps the students).
+            settings["gbdt"] = {}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def reusable(self, step: str, output_exists: bool) -> bool:

@@ -30,3 +30,17 @@ def test_an_output_made_with_other_settings_is_an_error_not_a_reuse(tmp_path):
     with pytest.raises(ValueError, match="pool output was made with other settings"):
         changed.reusable("pool", output_exists=True)
     assert changed.reusable("teacher", output_exists=True)  # the teacher does not depend on candidates
+
+
+def test_gbdt_settings_matter_to_the_students_only_through_a_labeller(tmp_path):
+    def chain(**sections):
+        return Chain(build_config("quick", {"workdir": str(tmp_path), **sections}))
+
+    assert chain().reusable("students", output_exists=False) is False
+    more_trees = {"gbdt": {"objectives": ["multiclass", "lambdamart", "distilled"]}}
+    assert chain(**more_trees).reusable("students", output_exists=True)
+    assert chain().reusable("gbdt", output_exists=False) is False
+    with pytest.raises(ValueError, match="gbdt output was made with other settings"):  # the trees themselves do
+        chain(**more_trees).reusable("gbdt", output_exists=True)
+    with pytest.raises(ValueError, match="students output was made with other settings"):
+        chain(student={"labeller": "teacher+gbdt"}).reusable("students", output_exists=True)
