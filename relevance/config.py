@@ -9,10 +9,10 @@ so a typo never silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from relevance.data.schema import TEXT_FIELDS
 
@@ -363,10 +363,15 @@ PIPELINE_STEPS = ("resolve_config", "prepare_data", "validate_data", "require_va
 NOT_RETRYABLE_STEPS = ("register_models",)
 
 
-def require_pipeline_steps(names, where: str) -> None:
+def require_pipeline_steps(names, where: str | None = None):
     unknown = sorted(set(names) - set(PIPELINE_STEPS))
     if unknown:
-        raise ValueError(f"{where}: unknown step(s) {unknown}; expected names from {list(PIPELINE_STEPS)}")
+        raise ValueError(f"{where + ': ' if where else ''}unknown step(s) {unknown}; expected names from {list(PIPELINE_STEPS)}")
+    return names
+
+
+# A list of pipeline step names (pydantic's error names the field it sits in).
+StepNames = Annotated[list[str], AfterValidator(require_pipeline_steps)]
 
 
 _MEMORY_SUFFIXES = ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki", "E", "P", "T", "G", "M", "K")  # KFP's accepted set
@@ -489,15 +494,9 @@ class DataVolume(_Strict):
 
     claim_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     mount_path: str = Field("/mnt/data", pattern=r"^/\S*$")
-    steps: list[str] = Field(default_factory=lambda: [
+    steps: StepNames = Field(default_factory=lambda: [
         "prepare_data", "validate_data", "compute_features", "finetune_teacher", "distill_student",
         "evaluate_student", "export_onnx"])
-
-    @field_validator("steps")
-    @classmethod
-    def _known_steps(cls, steps: list[str]) -> list[str]:
-        require_pipeline_steps(steps, "cluster.data_volume.steps")
-        return steps
 
 
 class SecretEnv(_Strict):
@@ -506,13 +505,7 @@ class SecretEnv(_Strict):
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     env: dict[str, str] = Field(min_length=1)  # secret key → environment variable
-    steps: list[str] = Field(default_factory=lambda: ["evaluate_student", "register_models"])
-
-    @field_validator("steps")
-    @classmethod
-    def _known_steps(cls, steps: list[str]) -> list[str]:
-        require_pipeline_steps(steps, "cluster.secrets.steps")
-        return steps
+    steps: StepNames = Field(default_factory=lambda: ["evaluate_student", "register_models"])
 
 
 class ClusterConfig(_Strict):
