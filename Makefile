@@ -46,7 +46,7 @@ lint-imports: $(STAMP)
 	cd $(LAYERS) && PYTHONPATH=site $(CURDIR)/$(VENV)/bin/lint-imports --config $(CURDIR)/pyproject.toml
 
 ## Real-data quality benchmark, the mpnet-base teacher (hours on 2 CPU cores: training ~1.5 h, labelling the
-## 227k-pair pool ~1 h; `relevance fetch-backbone mpnet-base` first) → benchmarks/results/quality-homedepot.json
+## 227k-pair pool ~25 min; `relevance fetch-backbone mpnet-base` first) → benchmarks/results/quality-homedepot.json
 bench-quality: $(STAMP)
 	$(VENV)/bin/relevance fetch-backbone mpnet-base
 	$(PY) -m benchmarks.quality_homedepot --config configs/homedepot.yaml

@@ -366,7 +366,8 @@ NOT_RETRYABLE_STEPS = ("register_models",)
 def require_pipeline_steps(names, where: str | None = None):
     unknown = sorted(set(names) - set(PIPELINE_STEPS))
     if unknown:
-        raise ValueError(f"{where + ': ' if where else ''}unknown step(s) {unknown}; expected names from {list(PIPELINE_STEPS)}")
+        raise ValueError(f"{where + ': ' if where else ''}unknown step(s) {unknown}; expected names from "
+                         f"{list(PIPELINE_STEPS)}")
     return names
 
 
