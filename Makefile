@@ -43,6 +43,8 @@ lint-imports: $(STAMP)
 	@rm -rf $(LAYERS) && mkdir -p $(LAYERS)
 	@$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(LAYERS) . 2>&1 | grep -v '^WARNING: Location' || true
 	@cd $(LAYERS) && $(CURDIR)/$(PY) -m zipfile -e relevance-*.whl site
+	@for layer in pipelines components serving; do test -f $(LAYERS)/site/relevance/$$layer/__init__.py || \
+		{ echo "the wheel has no relevance.$$layer: the layers contract would skip it"; exit 1; }; done
 	cd $(LAYERS) && PYTHONPATH=site $(CURDIR)/$(VENV)/bin/lint-imports --config $(CURDIR)/pyproject.toml
 
 ## Real-data quality benchmark, the mpnet-base teacher (hours on 2 CPU cores: training ~1.5 h, labelling the
