@@ -77,6 +77,9 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
     config = build_config(profile, overrides)  # fails here on a bad setting
     cluster = config.cluster
     parallelism = plan_for(cluster.labeling, strict=True).devices
+    # Like the pods' resources, fixed at compile time: a run's overrides cannot switch to a TrainJob.
+    launcher = config.teacher.distributed
+    trainjob = launcher.trainjob if launcher.launcher == "trainjob" else None
     default_profile, default_overrides = profile, json.dumps(overrides or {})
 
     @dsl.pipeline(name=PIPELINE_NAME,
@@ -115,6 +118,8 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
 
         features = step(steps.compute_features(run_config=settings, dataset=dataset)).after(gate)
         teacher = step(steps.finetune_teacher(run_config=settings, dataset=dataset)).after(gate)
+        if trainjob is not None:  # the TrainJob's nodes and this pod meet on the shared volume
+            kubernetes.mount_pvc(teacher, pvc_name=trainjob.shared_volume_claim, mount_path=trainjob.shared_mount_path)
         # The shard size is cut in build_pool, for the pool's actual rows and this parallelism.
         pool = step(steps.build_pool(run_config=settings, dataset=dataset, parallelism=parallelism)).after(gate)
         with dsl.ParallelFor(pool.outputs["Output"], name="label-shards", parallelism=parallelism) as shard_index:

@@ -97,17 +97,17 @@ class CandidateConfig(_Strict):
     include_train_queries: bool = False
 
 
-_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # DNS-1123 label
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # DNS-1123 label
 
 
 class TrainJobConfig(_Strict):
     """The teacher fine-tune as a Kubeflow Trainer v2 ``TrainJob`` (relevance.platform.trainjob): what the cluster
     admin provides (the runtime, a GPU node pool, a shared volume) and what each node runs."""
 
-    runtime: str = Field("torch-distributed", pattern=_K8S_NAME)  # a ClusterTrainingRuntime (or TrainingRuntime)
+    runtime: str = Field("torch-distributed", pattern=K8S_NAME)  # a ClusterTrainingRuntime (or TrainingRuntime)
     runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = "ClusterTrainingRuntime"
     image: str = Field("relevance:0.1.0", min_length=1)  # infra/docker, pushed where the cluster can pull it
-    namespace: str = Field("relevance", pattern=_K8S_NAME)
+    namespace: str = Field("relevance", pattern=K8S_NAME)
     name_prefix: str = Field("relevance-teacher", pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=40)
     gpus_per_node: int | None = Field(None, ge=0)  # None: one per process (nproc_per_node); 0: CPU nodes
     gpu_resource: str = "nvidia.com/gpu"
@@ -115,11 +115,11 @@ class TrainJobConfig(_Strict):
     memory_per_node: str | None = None
     # A ReadWriteMany PersistentVolumeClaim mounted at the same path in the launching pod and on every node: the
     # dataset is read from it and rank 0 writes the teacher to it.
-    shared_volume_claim: str = Field("relevance-shared", pattern=_K8S_NAME)
+    shared_volume_claim: str = Field("relevance-shared", pattern=K8S_NAME)
     shared_mount_path: str = Field("/mnt/relevance", pattern=r"^/\S*$")
     node_selector: dict[str, str] = Field(default_factory=dict)  # the GPU node pool
     tolerations: list[dict[str, str | int]] = Field(default_factory=list)  # e.g. the GPU nodes' NoSchedule taint
-    service_account: str | None = Field(None, pattern=_K8S_NAME)
+    service_account: str | None = Field(None, pattern=K8S_NAME)
     env: dict[str, str] = Field(default_factory=dict)  # e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG
     timeout_seconds: float = Field(24 * 3600.0, gt=0)  # the launcher stops waiting (the job keeps running)
     poll_seconds: float = Field(30.0, gt=0)

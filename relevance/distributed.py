@@ -373,7 +373,9 @@ def _torchrun_with_failure_report(argv: list[str]) -> int:
             message = failure.message
             if isinstance(message, dict):  # the error file's {"message": ..., "extraInfo": {...}}
                 message = message.get("message", "")
-            logs = sorted(Path(options.log_dir).glob(f"*/attempt_*/{failure.local_rank}/stderr.log"))
+            # The newest: a reused log_dir also holds earlier runs' folders, whose names are random.
+            logs = sorted(Path(options.log_dir).glob(f"*/attempt_*/{failure.local_rank}/stderr.log"),
+                          key=lambda path: path.stat().st_mtime)
             failures.append({"rank": rank, "local_rank": failure.local_rank, "exitcode": failure.exitcode,
                              "signal": failure.signal_name() if failure.exitcode < 0 else None,
                              "message": message if failure.exitcode >= 0 else "", "timestamp": failure.timestamp,

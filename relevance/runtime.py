@@ -67,10 +67,11 @@ def set_threads() -> None:
     torch.set_num_threads(max(1, count))
 
 
-def progress_bar(transient: bool = False) -> Progress:
+def progress_bar(transient: bool = False, disable: bool = False) -> Progress:
     """A rich progress bar. Transient bars vanish on a terminal; in a log file (KFP, CI) every bar keeps its
-    final line, since a vanished bar would leave only blank lines behind."""
+    final line, since a vanished bar would leave only blank lines behind. ``disable``: draws nothing (e.g. on
+    every rank but the first of a distributed job)."""
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn())
+                        TimeElapsedColumn(), TimeRemainingColumn(), disable=disable)
     progress.live.transient = transient and progress.console.is_terminal
     return progress

@@ -523,8 +523,7 @@ def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFram
     log(f"teacher: {len(train_enc)} train / {len(valid_enc)} valid pairs, finetune={config.finetune}, "
         f"precision={precision}, device={dev.type}"
         + (f", {ctx.world_size} processes ({config.distributed.strategy}, {ctx.backend})" if ctx.distributed else ""))
-    with progress_bar() as bar:
-        bar.disable = not ctx.is_main
+    with progress_bar(disable=not ctx.is_main) as bar:
         task = bar.add_task("teacher fine-tune", total=total_steps)
         for epoch in range(config.epochs):
             for index in length_batches(train_len, config.batch_size, rng):
@@ -547,8 +546,8 @@ def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFram
                 trained_pairs += len(index)
                 step += 1
                 distributed.inject_fault(ctx, step)
-                batch_loss = ctx.sum([loss.item()])[0] / ctx.world_size if ctx.distributed else loss.item()
-                bar.update(task, advance=1, description=f"teacher epoch {epoch + 1} loss {batch_loss:.3f}")
+                # Rank 0's share only: averaging it over ranks would cost a collective per step for a label.
+                bar.update(task, advance=1, description=f"teacher epoch {epoch + 1} loss {loss.item():.3f}")
                 if step % eval_every == 0 or step == total_steps:
                     result = {"step": step, "epoch": epoch + 1, **evaluate()}
                     history.append(result)

@@ -264,6 +264,32 @@ def test_the_launcher_submits_the_trainjob_and_waits_for_it(tmp_path):
                                 api=nothing_written)
 
 
+def test_the_launcher_stages_paths_that_are_not_on_the_shared_volume(tmp_path):
+    # A KFP step's artifact paths are local to its pod: the nodes read a copy of the dataset on the shared
+    # volume and write the teacher there; the step copies it back.
+    shared, artifacts = tmp_path / "shared", tmp_path / "artifacts"
+    (artifacts / "data").mkdir(parents=True)
+    (artifacts / "data" / "dataset.json").write_text("{}")
+    shared.mkdir()
+    config = _trainjob_config(trainjob={"poll_seconds": 0.01, "shared_mount_path": str(shared)})
+    cluster = _FakeCluster([_condition("Complete")])
+
+    def nodes_write_the_teacher():
+        args = cluster.created[0][1]["spec"]["trainer"]["args"]
+        data, out = Path(args[args.index("--dataset") + 1]), Path(args[args.index("--out") + 1])
+        assert shared in data.parents and (data / "dataset.json").exists(), "the nodes see the staged dataset"
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text('{"teacher_version": "t"}')
+
+    cluster.on_complete = nodes_write_the_teacher
+    out = artifacts / "teacher"
+    assert launch_teacher_training(config, artifacts / "data", out, log=lambda _: None, api=cluster) == out
+    assert (out / "manifest.json").read_text() == '{"teacher_version": "t"}'
+    unmounted = _trainjob_config(trainjob={"shared_mount_path": str(tmp_path / "not-mounted")})
+    with pytest.raises(TrainJobError, match="is not mounted here at"):
+        launch_teacher_training(unmounted, artifacts / "data", out, log=lambda _: None, api=cluster)
+
+
 def test_a_failed_or_late_trainjob_is_a_clear_error():
     failed = _FakeCluster([_condition("Failed", "DeadlineExceeded", "the TrainJob ran past its deadline")])
     with pytest.raises(TrainJobError, match="relevance/t-1 failed: DeadlineExceeded: the TrainJob ran past"):

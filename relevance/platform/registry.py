@@ -32,6 +32,13 @@ class RegistryError(RuntimeError):
     """A registry operation that cannot be done as asked (unknown model, missing alias, nothing to roll back)."""
 
 
+def is_not_found(error) -> bool:
+    """MLflow's answer for a model that is not registered (RESOURCE_DOES_NOT_EXIST) or an alias that is not set
+    (INVALID_PARAMETER_VALUE, "... alias ... not found"), as opposed to a registry that failed to answer."""
+    return error.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        error.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(error))
+
+
 def tracking_uri(config: RegistryConfig) -> str:
     if config.tracking_uri:
         return config.tracking_uri
@@ -112,12 +119,16 @@ class Registry:
         return int(version.version)
 
     def alias_version(self, name: str, alias: str) -> int | None:
+        """The version ``alias`` points at; None when the model or the alias does not exist. A registry that does
+        not answer (connection, auth, server error) is a RegistryError, never "no such alias"."""
         from mlflow.exceptions import MlflowException
 
         try:
             return int(self.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
+        except MlflowException as error:
+            if is_not_found(error):
+                return None
+            raise RegistryError(f"the registry at {self.uri} did not answer for {name}@{alias}: {error}") from None
 
     def versions(self, name: str) -> list[ModelVersionInfo]:
         from mlflow.exceptions import MlflowException

@@ -25,6 +25,7 @@ import copy
 import difflib
 import json
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -32,19 +33,18 @@ from typing import Callable
 
 import yaml
 
-from relevance.config import RunConfig
+from relevance.config import K8S_NAME, RunConfig
 from relevance.resources import packaged
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 # Set by the torch runtime on every node (PET_* are torchrun's environment defaults); the webhook refuses them.
 RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
-_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # ObjectMeta as far as a TrainJob manifest uses it: the CRD leaves metadata to the API server's own schema.
 _OBJECT_META = {
     "type": "object", "required": ["name"], "additionalProperties": False,
     "properties": {
         "name": {"type": "string", "minLength": 1},
-        "namespace": {"type": "string", "maxLength": 63, "pattern": _DNS_LABEL},
+        "namespace": {"type": "string", "maxLength": 63, "pattern": K8S_NAME},
         "labels": {"type": "object", "additionalProperties": {
             "type": "string", "maxLength": 63, "pattern": r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"}},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -254,7 +254,7 @@ def render_trainjob(config: RunConfig, dataset_dir: str | Path, out_dir: str | P
     check_distributed_settings(config.teacher, settings.num_nodes * settings.nproc_per_node)
     mount = Path(job.shared_mount_path)
     for what, path in (("dataset directory", dataset_dir), ("teacher output directory", out_dir)):
-        if not Path(path).is_absolute() or mount not in (Path(path), *Path(path).parents):
+        if not Path(path).is_absolute() or not on_volume(path, mount):
             raise ValueError(f"TrainJob: the {what} must be an absolute path on the shared volume mounted at {mount} "
                              f"(teacher.distributed.trainjob.shared_mount_path), which every node sees; got {path}")
     manifest = yaml.safe_load((packaged("trainer") / "trainjob.yaml").read_text())
@@ -347,20 +347,47 @@ def launch_teacher_training(config: RunConfig, dataset_dir: str | Path, out_dir:
                             log: Callable[[str], None] = print, api=None) -> Path:
     """Fine-tune the teacher on the prepared dataset in ``dataset_dir`` and leave it in ``out_dir``, the way
     ``teacher.distributed`` says: in this process, torchrun on this machine (``nproc_per_node`` > 1), or a
-    TrainJob on the cluster (``launcher: trainjob``; the two paths on its shared volume)."""
+    TrainJob on the cluster (``launcher: trainjob``).
+
+    The TrainJob's nodes see only the shared volume (``trainjob.shared_mount_path``, mounted here too: the
+    pipeline mounts it on the teacher step's pod). Paths elsewhere (a KFP artifact's local path) are staged: the
+    dataset is copied to ``<mount>/<job name>/data``, the nodes write ``<mount>/<job name>/teacher``, and that is
+    copied to ``out_dir``."""
     settings = config.teacher.distributed
     if settings.launcher == "local":
         from relevance.teacher import launch_local
 
         return launch_local(config, dataset_dir, out_dir, log=log)
-    manifest = validate_trainjob(render_trainjob(config, dataset_dir, out_dir))
-    name = submit_trainjob(manifest, api)
+    job = settings.trainjob
+    mount = Path(job.shared_mount_path)
+    if not mount.is_dir():
+        raise TrainJobError(f"the shared volume {job.shared_volume_claim} is not mounted here at {mount} "
+                            "(teacher.distributed.trainjob.shared_mount_path): the TrainJob's nodes could not read the "
+                            "dataset nor leave the teacher where this step finds it")
+    name = f"{job.name_prefix}-{uuid.uuid4().hex[:12]}"
+    staged_data, staged_out = Path(dataset_dir), Path(out_dir)
+    if not on_volume(staged_data, mount):
+        staged_data = mount / name / "data"
+        shutil.copytree(dataset_dir, staged_data)
+        log(f"trainjob: dataset staged on the shared volume: {staged_data}")
+    if not on_volume(staged_out, mount):
+        staged_out = mount / name / "teacher"
+    manifest = validate_trainjob(render_trainjob(config, staged_data, staged_out, name=name))
+    submit_trainjob(manifest, api)
     namespace = manifest["metadata"]["namespace"]
     log(f"trainjob: submitted {namespace}/{name}: {settings.num_nodes} node(s) × {settings.nproc_per_node} "
-        f"process(es) on {settings.trainjob.runtime}")
-    wait_for_trainjob(name, namespace, settings.trainjob.timeout_seconds, settings.trainjob.poll_seconds, api, log)
-    if not (Path(out_dir) / "manifest.json").exists():
-        raise TrainJobError(f"TrainJob {namespace}/{name} completed, but no teacher is in {out_dir}: is "
-                            f"{settings.trainjob.shared_volume_claim} a ReadWriteMany volume mounted here at "
-                            f"{settings.trainjob.shared_mount_path}, as on the nodes?")
+        f"process(es) on {job.runtime}")
+    wait_for_trainjob(name, namespace, job.timeout_seconds, job.poll_seconds, api, log)
+    if not (staged_out / "manifest.json").exists():
+        raise TrainJobError(f"TrainJob {namespace}/{name} completed, but no teacher is in {staged_out}: is "
+                            f"{job.shared_volume_claim} a ReadWriteMany volume mounted here at {mount}, as on the "
+                            "nodes?")
+    if staged_out != Path(out_dir):
+        shutil.copytree(staged_out, out_dir, dirs_exist_ok=True)
     return Path(out_dir)
+
+
+def on_volume(path: str | Path, mount: Path) -> bool:
+    """Whether ``path`` (made absolute, ``..`` resolved) lies on the volume mounted at ``mount``."""
+    resolved = Path(path).resolve()
+    return resolved == mount.resolve() or mount.resolve() in resolved.parents

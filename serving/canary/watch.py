@@ -8,8 +8,10 @@ One round:
    nothing changes, exit 0. The traffic controller must agree (the InferenceService's ``canaryTrafficPercent``,
    or the local splitter's share, above 0): if it does not, a step was left half done (e.g. traffic moved but
    the registry failed), and the round changes nothing and fails, so that a person finishes it.
-2. **Evidence** (analysis.py). SLOs first, over the window since the last round: a challenger already breaking
-   one on live traffic is rolled back without waiting for a replay. Then the paired replay, whose window's SLOs
+2. **Evidence** (analysis.py). From the second round of one process on (``--rounds N --every S``), SLOs first,
+   over the servers' metrics since the last round: a challenger already breaking one is rolled back without
+   waiting for a replay. (A CronJob's Job runs one round, so there the replay's own window is the evidence.)
+   Then the paired replay, whose window's SLOs
    and quality go through :func:`analysis.decide`; too little evidence is a hold there. A replay cut short by a
    failed request (a challenger answering 5xx) does not crash the round: the SLO window it leaves decides, and
    with no breach in it the round holds.
@@ -42,11 +44,11 @@ from pathlib import Path
 import httpx
 
 from relevance.config import RunConfig
-from relevance.platform.registry import CHAMPION, Registry
+from relevance.platform.registry import CHAMPION, Registry, RegistryError, is_not_found
 from relevance.serving.canary import analysis
 from relevance.serving.canary.analysis import HOLD, PROMOTE, ROLLBACK, Decision
 from relevance.serving.canary.local import ADMIN_PATH
-from relevance.serving.canary.manifests import ManifestError, kubectl
+from relevance.serving.canary.manifests import ManifestError, kubectl, kubectl_binary
 from relevance.serving.canary.rollout import (
     CANARY,
     CanaryError,
@@ -89,8 +91,12 @@ class ClusterTarget:
 
     def traffic(self) -> Traffic:
         """The predictor's canaryTrafficPercent from the spec, and its revisions and traffic from the status."""
-        isvc = json.loads(kubectl(["get", "inferenceservice", self.name, "--namespace", self.namespace, "-o", "json"],
-                                  binary=self.config.canary.kubectl))
+        binary = kubectl_binary(self.config.canary.kubectl)  # not installed: bad input (exit 2)
+        try:
+            isvc = json.loads(kubectl(["get", "inferenceservice", self.name, "--namespace", self.namespace, "-o",
+                                       "json"], binary=binary))
+        except ManifestError as error:  # the API did not answer: maybe transient, so exit 4 (retried), not 2
+            raise WatchError(f"could not read the InferenceService's traffic, nothing was changed: {error}") from None
         percent = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
         status = (((isvc.get("status") or {}).get("components") or {}).get("predictor")) or {}
         detail = {key: status[key] for key in ("previousRolledoutRevision", "latestRolledoutRevision")
@@ -233,8 +239,18 @@ class RoundResult:
 
 
 def aliases(registry: Registry, name: str) -> dict[str, int]:
-    return {alias: int(version) for alias, version in
-            sorted((registry.client.get_registered_model(name).aliases or {}).items())}
+    """The model's aliases in one read ({} when it is not registered). A registry that does not answer is a
+    WatchError (exit 4), never "no canary": an outage must not pass for a quiet round."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = registry.client.get_registered_model(name)
+    except MlflowException as error:
+        if is_not_found(error):
+            return {}
+        raise WatchError(f"the registry at {registry.uri} did not answer for {name}, nothing was changed: "
+                         f"{error}") from None
+    return {alias: int(version) for alias, version in sorted((model.aliases or {}).items())}
 
 
 def watch_round(config: RunConfig, registry: Registry, target, decide_round: Callable[[], tuple[Decision, dict]],
@@ -242,11 +258,11 @@ def watch_round(config: RunConfig, registry: Registry, target, decide_round: Cal
     """One round (module docstring). ``decide_round`` gathers the evidence and decides (:func:`assess` on the
     servers; called only when a canary runs) and returns the decision and context for the report."""
     name = config.registry.student_name
-    challenger = registry.alias_version(name, CANARY)
+    before = aliases(registry, name)
+    challenger, champion = before.get(CANARY), before.get(CHAMPION)
     if challenger is None:
         return RoundResult(NO_CANARY, f"{name} has no {CANARY!r} alias in the registry at {registry.uri}: no canary "
                            "is running; nothing was changed", EXIT_OK)
-    champion = registry.alias_version(name, CHAMPION)
     if champion is None:
         raise WatchError(f"{name} has a {CANARY!r} alias (v{challenger}) but no {CHAMPION!r}: there is nothing to "
                          "roll back to; nothing was changed")
@@ -255,7 +271,6 @@ def watch_round(config: RunConfig, registry: Registry, target, decide_round: Cal
         raise WatchError(f"the registry has {name} v{challenger} as {CANARY!r}, but {target.describe()} sends it "
                          f"{'no' if traffic.percent is None else '0%'} traffic: a step was left half done. Finish it "
                          f"by hand (`relevance canary rollback --apply` ends the canary in both); nothing was changed")
-    before = aliases(registry, name)
     log(f"canary: {name} v{challenger} at {traffic.percent}% on {target.describe()} (champion v{champion})")
     decision, evidence = decide_round()
     report = {**(context or {}), **evidence, "target": target.describe(), "traffic_before": traffic.percent,
@@ -266,7 +281,10 @@ def watch_round(config: RunConfig, registry: Registry, target, decide_round: Cal
         if plan is not None:
             report["command"] = target.command(plan)
             report["registry_change"] = plan.registry_change
-        report["aliases_after"] = aliases(registry, name)
+        try:
+            report["aliases_after"] = aliases(registry, name)
+        except WatchError as error:  # the report still says what was decided and done
+            report["aliases_after"] = f"unknown: {error}"
         md, _ = analysis.write_report(decision, out_dir, report)
         return RoundResult(decision.action, action, code, decision, md, acted)
 
@@ -275,7 +293,16 @@ def watch_round(config: RunConfig, registry: Registry, target, decide_round: Cal
     if decision.action == PROMOTE and not config.canary.auto_promote:
         return finish("none: promote not applied (canary.auto_promote is off); a person promotes with "
                       "`relevance canary promote --apply`", EXIT_OK)
-    plan = plan_rollback(config, registry) if decision.action == ROLLBACK else plan_promote(config, registry)
+    # The decision is about v{challenger}: if someone promoted, rolled back or started another canary while the
+    # evidence was gathered, acting now would undo their step or promote what was never analysed.
+    now = aliases(registry, name).get(CANARY)
+    if now != challenger:
+        raise WatchError(f"the {CANARY!r} alias moved during this round (v{challenger} → "
+                         f"{'none' if now is None else f'v{now}'}): someone else acted; nothing was changed")
+    try:
+        plan = plan_rollback(config, registry) if decision.action == ROLLBACK else plan_promote(config, registry)
+    except RegistryError as error:
+        raise WatchError(f"could not plan the {decision.action}, nothing was changed: {error}") from None
     code = EXIT_ROLLED_BACK if decision.action == ROLLBACK else EXIT_OK
     if dry_run:
         return finish(f"none (--dry-run): would {plan.action} with {target.command(plan)}, then the registry: "

@@ -132,6 +132,20 @@ def test_a_config_file_compiles_to_its_own_pipeline(cli, read_compiled, tmp_path
     assert pipeline.labelling_loop().iterator_policy.parallelism_limit == 1  # 200k pairs: one CPU pod in the hour
 
 
+def test_a_trainjob_teacher_step_mounts_the_shared_volume(cli, read_compiled, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"profile": "default", "teacher": {"distributed": {
+        "launcher": "trainjob", "num_nodes": 2, "nproc_per_node": 8,
+        "trainjob": {"shared_volume_claim": "teacher-scratch", "shared_mount_path": "/mnt/shared"}}}}))
+    out = tmp_path / "pipeline.yaml"
+    cli("pipeline", "compile", "--out", str(out), "-c", str(config))
+    kubernetes = read_compiled(out).kubernetes
+    mounts = [(m.constant or m.pvc_name_parameter.runtime_value.constant.string_value, m.mount_path)
+              for m in kubernetes["exec-finetune-teacher"].pvc_mount]
+    assert mounts == [("teacher-scratch", "/mnt/shared")]
+    assert all(not executor.pvc_mount for name, executor in kubernetes.items() if name != "exec-finetune-teacher")
+
+
 def test_a_deadline_the_quota_cannot_meet_fails_at_compile_time(tmp_path):
     from relevance.pipelines.training import compile_pipeline
 

@@ -145,6 +145,34 @@ def test_a_rollback_that_cannot_be_sent_leaves_the_registry_and_says_so(registry
         "FAILED to rollback: the fake refused")
 
 
+def test_a_registry_that_does_not_answer_is_not_a_quiet_round(registry_config, tmp_path, monkeypatch):
+    from relevance.platform.registry import Registry
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's default backs off for minutes
+    config, _ = registry_config
+    config.registry.tracking_uri = "http://127.0.0.1:9"  # nothing listens there
+    down = Registry(config.registry)
+    target, decide_round = FakeTarget(), _decided(analysis.ROLLBACK, SLO_BREACH)
+    with pytest.raises(watch.WatchError, match="did not answer .* nothing was changed") as raised:
+        watch.watch_round(config, down, target, decide_round, tmp_path)
+    assert raised.value.exit_code == watch.EXIT_NOT_DONE and decide_round.calls == [] and target.sent == []
+
+
+def test_a_canary_that_moved_during_the_round_is_left_alone(registry_config, tmp_path):
+    from relevance.serving.canary.rollout import plan_promote
+
+    config, registry = _with_canary(registry_config)
+    target = FakeTarget()
+
+    def someone_promotes_meanwhile():
+        plan_promote(config, registry).apply_registry()
+        return Decision(analysis.ROLLBACK, [SLO_BREACH], [], {}), {}
+
+    with pytest.raises(watch.WatchError, match=r"'canary' alias moved during this round \(v2 → none\)"):
+        watch.watch_round(config, registry, target, someone_promotes_meanwhile, tmp_path)
+    assert target.sent == [] and watch.aliases(registry, config.registry.student_name) == {CHAMPION: 2}
+
+
 def test_the_loop_holds_until_a_round_acts(registry_config, tmp_path, monkeypatch):
     config, registry = _with_canary(registry_config)
     decisions = iter([Decision(analysis.HOLD, ["noise"], [], {}), Decision(analysis.ROLLBACK, [SLO_BREACH], [], {})])
