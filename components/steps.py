@@ -127,7 +127,8 @@ def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], parallelism
     from relevance.pool import build_pool as build
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
-    build(config, Tables.load(dataset.path), Path(pool.path))
+    build(config, Tables.load(dataset.path, with_impressions=False), Path(pool.path),
+          Path(dataset.path) / "impressions.parquet")
     rows = pq.ParquetFile(pool.path).metadata.num_rows
     if rows == 0:
         return []  # nothing to label: distillation says so
@@ -161,8 +162,9 @@ def label_shard(run_config: Input[Artifact], dataset: Input[Dataset], teacher: I
 def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], pool: Input[Dataset],
                     labels: Input[List[Dataset]], feature_repo: Input[Artifact], validation: Input[Metrics],
                     student: Output[Model], metrics: Output[Metrics]):
-    """Join the fan-out's label shards and check them (the contract, then Great Expectations), then distil the
-    student on the item features read from the Feast offline store: the ones serving reads online."""
+    """Check the fan-out's label shards (the contract on each, Great Expectations on a sample across all), then
+    distil the student out of core, shard by shard, on the item features read from the Feast offline store: the
+    ones serving reads online."""
     import json
     import tempfile
     from pathlib import Path
@@ -171,19 +173,19 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
     from relevance.data.schema import Dataset as Tables
     from relevance.distillation import train_students
     from relevance.featurizer import build_featurizer, featurizer_settings
-    from relevance.labeling import read_labels
+    from relevance.labeling import label_chunks
     from relevance.platform.feature_store import item_features_from_store
-    from relevance.platform.validation import validate_label_expectations
+    from relevance.platform.validation import validate_label_chunks
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     tables = Tables.load(dataset.path, with_impressions=False)
-    joined = read_labels([shard.path for shard in labels], tables.num_grades, pool_path=pool.path)
-    validate_label_expectations(joined, tables.num_grades, config.validation).raise_for_failures()
+    chunks = label_chunks([shard.path for shard in labels], tables.num_grades, pool_path=pool.path)
+    validate_label_chunks(chunks, tables.num_grades, config.validation).raise_for_failures()
     stored = item_features_from_store(feature_repo.path, tables.items["item_id"].tolist())
     lineage = {"feature_views": dict(feature_repo.metadata), "gx_success": float(validation.metadata["success"])}
     with tempfile.TemporaryDirectory() as cache:  # query embeddings only: items come from the store
         featurizer = build_featurizer(tables.items, featurizer_settings(config), cache, stored)
-        train_students(config, tables, Path(teacher.path), joined, {"student": Path(student.path)}, featurizer,
+        train_students(config, tables, Path(teacher.path), chunks, {"student": Path(student.path)}, featurizer,
                        lineage)
     manifest = json.loads((Path(student.path) / "manifest.json").read_text())
     for name, value in manifest.get("metrics", {}).items():

@@ -212,6 +212,12 @@ class StudentConfig(_Strict):
     # Calibration fitted on valid after training; part of the model, so the exported graph serves it.
     calibration: Literal["none", "temperature", "vector"] = "temperature"
     seed: int = 0
+    # Out-of-core distillation (relevance.pairstore): the embedding tables' precision (float16 halves their memory
+    # and disk; the vectors then differ from serving's float32 ones by ~1e-3), how many pair shards one shuffle
+    # window holds (memory: window × labeling.shard_rows pairs of ~90 bytes), and how often a checkpoint is saved.
+    table_dtype: Literal["float32", "float16"] = "float32"
+    shuffle_window_shards: int = Field(8, ge=1)
+    checkpoint_every_batches: int = Field(500, ge=1)
 
 
 class GBDTConfig(_Strict):
@@ -251,6 +257,9 @@ class ValidationConfig(_Strict):
     max_length_drift: float = Field(0.5, gt=0)
     # Teacher probability rows must sum to 1 within this tolerance.
     probability_tolerance: float = Field(1e-3, gt=0)
+    # The label suite runs on a sample of this many rows spread over every shard (each shard is also checked in
+    # full against the data contract as distillation reads it): 30M rows would not fit a pandas-backed suite.
+    label_sample_rows: int = Field(200_000, ge=1)
 
 
 class FeatureStoreConfig(_Strict):

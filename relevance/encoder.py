@@ -68,25 +68,53 @@ def content_hash(fingerprint: str, text: str) -> str:
 
 
 class EmbeddingCache:
-    """Append-only parquet parts under ``directory``: (content_hash, embedding). Safe to share between runs."""
+    """Append-only parquet parts under ``directory``: (content_hash, embedding). Safe to share between runs.
 
-    def __init__(self, directory: str | Path, encoder: BiEncoder):
+    Opening a cache reads only the parts' hash columns; vectors are read from the parts that hold them when asked
+    for, and at most ``memory_rows`` recently returned vectors stay in memory. So a cache of tens of millions of
+    texts costs its hashes, not its vectors (an out-of-core distillation fills its tables chunk by chunk)."""
+
+    def __init__(self, directory: str | Path, encoder: BiEncoder, memory_rows: int = 200_000):
+        import pyarrow.parquet as pq
+
         self.directory = Path(directory) / encoder.fingerprint
         self.directory.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder
-        self._vectors: dict[str, np.ndarray] = {}
+        self.memory_rows = memory_rows
+        self._parts: list[tuple[Path, pd.Index]] = []
         for part in sorted(self.directory.glob("part-*.parquet")):
-            table = pd.read_parquet(part)
-            self._vectors.update(zip(table["content_hash"], table["embedding"].map(np.asarray)))
+            hashes = pq.read_table(part, columns=["content_hash"]).column("content_hash").to_pandas()
+            self._parts.append((part, pd.Index(hashes)))
+        self._vectors: dict[str, np.ndarray] = {}
         self.last_misses = 0
 
     def __len__(self) -> int:
-        return len(self._vectors)
+        return sum(len(index) for _, index in self._parts)
+
+    def _read(self, hashes: list[str]) -> None:
+        """Bring the stored vectors of ``hashes`` (those in some part) into memory."""
+        import pyarrow.parquet as pq
+
+        wanted = pd.Index(hashes)
+        for part, index in self._parts:
+            position = index.get_indexer(wanted)
+            found = position >= 0
+            if not found.any():
+                continue
+            column = pq.read_table(part, columns=["embedding"]).column("embedding").combine_chunks()
+            matrix = column.flatten().to_numpy().reshape(len(column), -1)
+            self._vectors.update(zip(wanted[found], matrix[position[found]]))
+            wanted = wanted[~found]
+            if wanted.empty:
+                return
 
     def embed(self, texts: list[str] | pd.Series, description: str = "embedding") -> np.ndarray:
         """Vectors for ``texts`` in order; only texts never seen by this encoder are run through it."""
         texts = [str(t) for t in texts]
         hashes = [content_hash(self.encoder.fingerprint, t) for t in texts]
+        if len(self._vectors) + len(hashes) > self.memory_rows:
+            self._vectors = {}
+        self._read(list({h for h in hashes if h not in self._vectors}))
         missing = {h: t for h, t in zip(hashes, texts) if h not in self._vectors}
         self.last_misses = len(missing)
         if missing:
@@ -96,8 +124,10 @@ class EmbeddingCache:
                                               on_batch=lambda n: bar.update(task, advance=n))
             part = pd.DataFrame({"content_hash": list(missing), "embedding": list(vectors)})
             tmp = self.directory / f".part-{uuid.uuid4().hex}.tmp"
+            path = self.directory / f"part-{uuid.uuid4().hex}.parquet"
             part.to_parquet(tmp, index=False)
-            tmp.rename(self.directory / f"part-{uuid.uuid4().hex}.parquet")
+            tmp.rename(path)
+            self._parts.append((path, pd.Index(list(missing))))
             self._vectors.update(zip(missing, vectors))
         if not texts:
             return np.zeros((0, self.encoder.dimension), dtype=np.float32)

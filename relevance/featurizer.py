@@ -6,7 +6,8 @@ was trained on. :class:`PairFeaturizer` wires the same function to the offline s
 index) for training and batch evaluation.
 
 Feature vector = [q, i, q⊙i, |q−i|] (the bi-encoder embeddings and their interactions; Conneau et al., 2017,
-"InferSent") followed by the cheap lexical features named in LEXICAL_FEATURES.
+"InferSent") followed by the cheap lexical features named in LEXICAL_FEATURES, put together by :func:`assemble`
+alone.
 """
 
 from __future__ import annotations
@@ -96,14 +97,28 @@ def featurize(queries: list[str], item_texts: list[str], titles: list[str], bm25
 
     Embeddings must be L2-normalised rows aligned with the pairs (row i of each is pair i).
     """
-    if query_embeddings.shape != item_embeddings.shape or query_embeddings.shape[0] != len(queries):
+    if query_embeddings.shape[0] != len(queries):
         raise ValueError(f"expected query and item embeddings of shape [{len(queries)}, d], got "
                          f"{query_embeddings.shape} and {item_embeddings.shape}")
+    lexical = lexical_features(queries, item_texts, titles, np.asarray(bm25, dtype=np.float32))
+    return assemble(query_embeddings, item_embeddings, lexical)
+
+
+def assemble(query_embeddings: np.ndarray, item_embeddings: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+    """[q, i, q⊙i, |q−i|, cosine, lexical]: the one place the student's vector is put together.
+
+    :func:`featurize` calls it on freshly computed lexical features (serving, evaluation); out-of-core
+    distillation (relevance.pairstore) calls it per batch on stored lexical features and embeddings gathered from
+    memory-mapped tables, so a pair's vector is never stored and never assembled by a second definition."""
+    if (query_embeddings.shape != item_embeddings.shape or query_embeddings.ndim != 2
+            or lexical.shape != (query_embeddings.shape[0], len(LEXICAL_FEATURES) - 1)):
+        raise ValueError(f"expected query and item embeddings of one shape [N, d] and lexical features "
+                         f"[N, {len(LEXICAL_FEATURES) - 1}], got {query_embeddings.shape}, {item_embeddings.shape} "
+                         f"and {lexical.shape}")
     q = query_embeddings.astype(np.float32, copy=False)
     i = item_embeddings.astype(np.float32, copy=False)
     cosine = np.einsum("nd,nd->n", q, i)[:, None]
-    lexical = lexical_features(queries, item_texts, titles, np.asarray(bm25, dtype=np.float32))
-    return np.concatenate([q, i, q * i, np.abs(q - i), cosine, lexical], axis=1)
+    return np.concatenate([q, i, q * i, np.abs(q - i), cosine, lexical.astype(np.float32, copy=False)], axis=1)
 
 
 def feature_names(dimension: int) -> list[str]:
@@ -189,20 +204,36 @@ class PairFeaturizer:
     def catalog_hash(self) -> str:
         return catalog_hash(self.item_text)
 
-    def embeddings(self, query_texts: list[str], item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Query and item embeddings aligned with the pairs, each distinct text embedded (or looked up) once."""
-        unique_queries = list(dict.fromkeys(query_texts))
-        query_vectors = dict(zip(unique_queries, self.cache.embed(unique_queries, "query embeddings")))
-        unique_items = list(dict.fromkeys(item_ids))
+    def query_vectors(self, query_texts: list[str]) -> np.ndarray:
+        """Embeddings of the given query texts, in order (each distinct text embedded or looked up once)."""
+        unique = list(dict.fromkeys(query_texts))
+        vectors = dict(zip(unique, self.cache.embed(unique, "query embeddings")))
+        return (np.stack([vectors[q] for q in query_texts]) if query_texts
+                else np.zeros((0, self.cache.encoder.dimension), dtype=np.float32))
+
+    def item_vectors_for(self, item_ids: list[str]) -> np.ndarray:
+        """Embeddings of the given items, in order: from the feature store's vectors when given, else the cache."""
+        unique = list(dict.fromkeys(item_ids))
         if self.item_vectors is not None:
-            missing = [i for i in unique_items if i not in self.item_vectors.index]
+            missing = [i for i in unique if i not in self.item_vectors.index]
             if missing:
                 raise KeyError(f"no item embedding for {len(missing)} item(s), e.g. {missing[:5]}")
-            item_vectors = self.item_vectors.to_dict()
+            stored = self.item_vectors.reindex(unique)
+            vectors = dict(zip(unique, stored.map(np.asarray)))
         else:
-            item_vectors = dict(zip(unique_items, self.cache.embed(self.item_text.reindex(unique_items).fillna(""),
-                                                                   "item embeddings")))
-        return (np.stack([query_vectors[q] for q in query_texts]), np.stack([item_vectors[i] for i in item_ids]))
+            vectors = dict(zip(unique, self.cache.embed(self.item_text.reindex(unique).fillna(""), "item embeddings")))
+        return (np.stack([vectors[i] for i in item_ids]).astype(np.float32, copy=False) if item_ids
+                else np.zeros((0, self.cache.encoder.dimension), dtype=np.float32))
+
+    def embeddings(self, query_texts: list[str], item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Query and item embeddings aligned with the pairs, each distinct text embedded (or looked up) once."""
+        return self.query_vectors(list(query_texts)), self.item_vectors_for(list(item_ids))
+
+    def lexical(self, query_texts: list[str], item_ids: list[str]) -> np.ndarray:
+        """The pairs' lexical features (BM25 and term matches), without embeddings: what a pair store keeps."""
+        texts = self.item_text.reindex(item_ids).fillna("").tolist()
+        titles = self.titles.reindex(item_ids).fillna("").tolist()
+        return lexical_features(query_texts, texts, titles, self.bm25.score_pairs(query_texts, item_ids))
 
     def pair_features(self, pairs: pd.DataFrame, query_text: pd.Series) -> np.ndarray:
         """Features of (query_id, item_id) rows, the query's text looked up in ``query_text``."""
@@ -210,7 +241,4 @@ class PairFeaturizer:
 
     def transform(self, query_texts: list[str] | pd.Series, item_ids: list[str] | pd.Series) -> np.ndarray:
         query_texts, item_ids = list(query_texts), list(item_ids)
-        texts = self.item_text.reindex(item_ids).fillna("").tolist()
-        titles = self.titles.reindex(item_ids).fillna("").tolist()
-        return featurize(query_texts, texts, titles, self.bm25.score_pairs(query_texts, item_ids),
-                         *self.embeddings(query_texts, item_ids))
+        return assemble(*self.embeddings(query_texts, item_ids), self.lexical(query_texts, item_ids))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -93,12 +94,19 @@ def label_shard(teacher: Teacher, pool_path: str | Path, shard_index: int, shard
         raise DataContractError(f"pool shard {shard_index}: {int(missing_queries.sum())} unknown query id(s) and "
                                 f"{int(missing_items.sum())} unknown item id(s)")
     probs = score_items(teacher, shard, query_text, item_text, batch_size, precision, on_batch)
-    labels = shard.copy()
-    for column, values in zip(prob_columns(teacher.num_grades), probs.T):
+    return write_label_shard(path, shard, probs, teacher.version, pool, shard_rows, shard_index)
+
+
+def write_label_shard(path: Path, shard: pd.DataFrame, probs, teacher_version: str, pool: str, shard_rows: int,
+                      shard_index: int) -> Path:
+    """The one writer of the label shard format: the pairs, p_0..p_{K-1}, the teacher's version, and in the
+    file's metadata which pool, shard size and shard it is (what resumption and read_labels check)."""
+    labels = shard[["query_id", "item_id"]].copy()
+    for column, values in zip(prob_columns(probs.shape[1]), probs.T):
         labels[column] = values
-    labels["teacher_version"] = teacher.version
+    labels["teacher_version"] = teacher_version
     table = pa.Table.from_pandas(labels, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"teacher_version": teacher.version.encode(),
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"teacher_version": teacher_version.encode(),
                                            b"pool": pool.encode(), b"shard_rows": str(shard_rows).encode(),
                                            b"shard_index": str(shard_index).encode()})
     with atomic_write(path) as tmp:  # readers and resumers see the whole shard or nothing
@@ -144,13 +152,15 @@ def label_pool(teacher_dir: str | Path, pool_path: str | Path, dataset: Dataset,
     return paths
 
 
-def read_labels(label_dirs: str | Path | list[str | Path], num_grades: int | None = None,
-                pool_path: str | Path | None = None) -> pd.DataFrame:
-    """Every shard of one label directory, or of several (the outputs of a labelling fan-out), as one table,
-    checked against the contract (K, sums, no duplicates, one teacher).
+def label_chunks(label_dirs: str | Path | list[str | Path], num_grades: int | None = None,
+                 pool_path: str | Path | None = None) -> list[tuple[str, Callable[[], pd.DataFrame]]]:
+    """The shards of one label directory, or of several (a labelling fan-out), as (source, load) chunks read one
+    at a time: what out-of-core distillation consumes. ``load()`` checks its shard against the contract (K, sums,
+    no duplicates); coverage and the single teacher are checked here from the shards' metadata alone.
 
     With ``pool_path``, the shards must cover that pool exactly: a partial labelling (one --shard run, or a
-    killed job) is refused rather than silently distilled from.
+    killed job) is refused rather than silently distilled from. ``source`` names the shard's file and content
+    (pool, teacher, shard index), so a consumer can tell a shard it has already used.
     """
     dirs = [Path(d) for d in ([label_dirs] if isinstance(label_dirs, (str, Path)) else label_dirs)]
     paths = sorted((p for d in dirs for p in d.glob("shard-*.parquet")), key=lambda p: p.name)
@@ -161,18 +171,40 @@ def read_labels(label_dirs: str | Path | list[str | Path], num_grades: int | Non
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise DataContractError(f"{where}: shard(s) {repeated[:3]} appear in more than one directory")
-    labels = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    metadata = [_shard_metadata(p) for p in paths]
+    versions = sorted({m.get("teacher_version", "") for m in metadata})
+    if len(versions) != 1:
+        raise DataContractError(f"{where}: shards from several teachers {versions}; expected one")
     if pool_path is not None:
         fingerprint = pool_fingerprint(pool_path)
-        stale = [p.name for p in paths if _shard_metadata(p).get("pool") != fingerprint]
+        stale = [p.name for p, m in zip(paths, metadata) if m.get("pool") != fingerprint]
         pool_rows = pq.ParquetFile(pool_path).metadata.num_rows
-        if stale or len(labels) != pool_rows:
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+        if stale or rows != pool_rows:
             raise DataContractError(
-                f"{where}: the shards hold {len(labels)} labelled rows of a {pool_rows}-row pool"
+                f"{where}: the shards hold {rows} labelled rows of a {pool_rows}-row pool"
                 + (f", and {len(stale)} shard(s) belong to another pool (e.g. {stale[0]})" if stale else "")
                 + "; run `relevance label` until every shard is done")
-    versions = labels["teacher_version"].unique()
-    if len(versions) != 1:
-        raise DataContractError(f"{where}: shards from several teachers {list(versions)}; expected one")
+
+    def loader(path: Path):
+        def load() -> pd.DataFrame:
+            labels = pd.read_parquet(path)
+            k = num_grades if num_grades is not None else sum(c.startswith("p_") for c in labels.columns)
+            try:
+                return validate_teacher_labels(labels, k)
+            except DataContractError as error:
+                raise DataContractError(f"{path}: {error}") from None
+        return load
+
+    return [(f"{p.name}:{m.get('pool')}:{m.get('teacher_version')}:{m.get('shard_rows')}", loader(p))
+            for p, m in zip(paths, metadata)]
+
+
+def read_labels(label_dirs: str | Path | list[str | Path], num_grades: int | None = None,
+                pool_path: str | Path | None = None) -> pd.DataFrame:
+    """Every shard of :func:`label_chunks` as one table in memory, checked against the contract (K, sums, no
+    duplicates across shards, one teacher). For what fits in memory (the GBDTs, the studies); distillation reads
+    the chunks one at a time."""
+    labels = pd.concat([load() for _, load in label_chunks(label_dirs, num_grades, pool_path)], ignore_index=True)
     k = num_grades if num_grades is not None else sum(c.startswith("p_") for c in labels.columns)
     return validate_teacher_labels(labels, k)

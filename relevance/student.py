@@ -113,69 +113,175 @@ class Student:
         return cls(model.eval(), manifest)
 
 
+class ArrayBatches:
+    """Training batches from arrays in memory: the same interface as relevance.pairstore.StoreBatches (the
+    out-of-core source), so one loop trains both. Epoch e's order is a function of (seed, e) alone."""
+
+    def __init__(self, features: np.ndarray, targets: np.ndarray, grades: np.ndarray | None, batch_size: int,
+                 seed: int = 0):
+        if len(features) != len(targets) or (grades is not None and len(grades) != len(features)):
+            raise ValueError(f"student: {len(features)} feature rows but {len(targets)} targets"
+                             + (f" and {len(grades)} grades" if grades is not None else ""))
+        self.x, self.targets, self.batch_size, self.seed = features, targets, batch_size, seed
+        self.grades = grades if grades is not None else np.full(len(features), -1, np.int64)
+        self.num_features = int(features.shape[1]) if features.ndim == 2 else 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"arrays-{self.x.shape}-{float(np.asarray(self.x[:1000], np.float64).sum()):.6g}"
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.x))
+        for first in range(start_batch * self.batch_size, len(order), self.batch_size):
+            index = order[first:first + self.batch_size]
+            yield self.x[index], self.targets[index], self.grades[index]
+
+    def num_batches(self, epoch: int) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def sample_features(self, rows: int | None = None) -> np.ndarray:
+        return self.x
+
+
+def feature_statistics(parts) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) standard deviation per feature over an array or an iterable of arrays, accumulated
+    in float64 a block at a time: the input standardisation, without a float64 copy of the training set."""
+    parts = [parts] if isinstance(parts, np.ndarray) else parts
+    count, total, squares = 0, None, None
+    for part in parts:
+        for first in range(0, len(part), 8192):
+            block = np.asarray(part[first:first + 8192], dtype=np.float64)
+            total = block.sum(0) if total is None else total + block.sum(0)
+            squares = (block**2).sum(0) if squares is None else squares + (block**2).sum(0)
+            count += len(block)
+    if not count:
+        raise ValueError("student: no training rows to standardise the features on")
+    mean = total / count
+    variance = np.maximum(squares - count * mean**2, 0.0) / max(count - 1, 1)
+    return mean.astype(np.float32), np.sqrt(variance).astype(np.float32)
+
+
 def train_student(train_features: np.ndarray, train_targets: np.ndarray, valid_features: np.ndarray,
                   valid_grades: np.ndarray, num_grades: int, config: StudentConfig,
                   train_grades: np.ndarray | None = None, human_only: bool = False,
                   log=print) -> tuple[StudentMLP, dict]:
-    """Fit the MLP; early stopping on human-graded valid cross-entropy.
+    """Fit the MLP on arrays in memory (see :func:`fit_student`).
 
     ``train_targets`` are teacher probabilities [N, K] (distillation) or, with ``human_only``, grades [N].
     ``train_grades`` (−1 where unknown) feeds the optional CE term of distillation.
     """
-    if len(train_features) == 0 or len(valid_features) == 0:
-        raise ValueError(f"student: need non-empty train and valid sets, got {len(train_features)} train and "
-                         f"{len(valid_features)} valid rows")
     if human_only:
-        targets = torch.from_numpy(np.asarray(train_targets, dtype=np.int64))
+        targets = np.asarray(train_targets, dtype=np.int64)
     else:
         if train_targets.ndim != 2 or train_targets.shape[1] != num_grades:
             raise ValueError(f"student: teacher labels have {train_targets.shape[-1]} classes, the data has "
                              f"K={num_grades}")
-        targets = torch.from_numpy(train_targets.astype(np.float32))
+        targets = np.asarray(train_targets, dtype=np.float32)
+    grades = np.asarray(train_grades, dtype=np.int64) if train_grades is not None else None
+    batches = ArrayBatches(np.asarray(train_features, dtype=np.float32), targets, grades, config.batch_size,
+                           config.seed)
+    return fit_student(batches, valid_features, valid_grades, num_grades, config, human_only=human_only, log=log)
+
+
+def _checkpoint_key(batches, config: StudentConfig, human_only: bool) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{batches.fingerprint}|{config.model_dump_json()}|{human_only}".encode()).hexdigest()[:16]
+
+
+def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, num_grades: int,
+                config: StudentConfig, human_only: bool = False, log=print, checkpoint: str | Path | None = None,
+                checkpoint_every: int = 500, on_batch=None) -> tuple[StudentMLP, dict]:
+    """Fit the MLP on a batch source (:class:`ArrayBatches`, or relevance.pairstore.StoreBatches out of core);
+    early stopping on human-graded valid cross-entropy.
+
+    With ``checkpoint`` (a file path), the model, optimiser, schedule, random state and position are saved
+    every ``checkpoint_every`` batches and at the end of every epoch; a run started again with the same source
+    and settings resumes from there, mid-epoch included, and sees exactly the batches the killed run had not.
+    ``on_batch(epoch, batch)`` is called after each optimiser step.
+    """
+    if len(batches) == 0 or len(valid_features) == 0:
+        raise ValueError(f"student: need non-empty train and valid sets, got {len(batches)} train and "
+                         f"{len(valid_features)} valid rows")
     set_threads()
     seed_everything(config.seed)
-    x = torch.from_numpy(train_features.astype(np.float32))
-    vx = torch.from_numpy(valid_features.astype(np.float32))
+    vx = torch.from_numpy(np.asarray(valid_features, dtype=np.float32))
     vy = torch.from_numpy(np.asarray(valid_grades, dtype=np.int64))
-    grades = torch.from_numpy(np.asarray(train_grades, dtype=np.int64)) if train_grades is not None else None
+    mean, std = feature_statistics(batches.sample_features())
+    if len(mean) != vx.shape[1]:
+        raise ValueError(f"student: training vectors have {len(mean)} features, valid ones {vx.shape[1]}")
 
-    model = StudentMLP(x.shape[1], num_grades, config.hidden, config.dropout)
-    model.feature_mean.copy_(x.mean(0))
-    model.feature_std.copy_(x.std(0).clamp_min(1e-6))
+    model = StudentMLP(len(mean), num_grades, config.hidden, config.dropout)
+    model.feature_mean.copy_(torch.from_numpy(mean))
+    model.feature_std.copy_(torch.from_numpy(std).clamp_min(1e-6))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    generator = torch.Generator().manual_seed(config.seed)
-    best_loss, best_state, stale, history = float("inf"), None, 0, []
+    state = {"epoch": 0, "batch": 0, "best_loss": float("inf"), "best_state": None, "stale": 0, "history": []}
+    key = _checkpoint_key(batches, config, human_only)
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("key") == key:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+            log(f"student: resuming from {checkpoint} at epoch {state['epoch'] + 1}, batch {state['batch']}")
+        else:
+            log(f"student: {checkpoint} is of another training set or settings; starting afresh")
+
+    def save_checkpoint() -> None:
+        from relevance.files import atomic_write
+
+        with atomic_write(checkpoint) as tmp:
+            torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "state": state}, tmp)
+
+    def loss_of(logits, targets, grades):
+        if human_only:
+            return nn.functional.cross_entropy(logits, torch.from_numpy(np.asarray(targets, dtype=np.int64)))
+        return distillation_loss(logits, torch.from_numpy(np.asarray(targets, dtype=np.float32)), config.temperature,
+                                 torch.from_numpy(grades), config.ce_weight)
+
+    done = state["stale"] >= config.early_stopping_patience
     with progress_bar(transient=True) as bar:
-        task = bar.add_task("student", total=config.epochs)
-        for epoch in range(config.epochs):
+        task = bar.add_task("student", total=config.epochs, completed=state["epoch"])
+        while state["epoch"] < config.epochs and not done:
+            epoch = state["epoch"]
             model.train()
-            for index in torch.randperm(len(x), generator=generator).split(config.batch_size):
-                logits = model(x[index])
-                if human_only:
-                    loss = nn.functional.cross_entropy(logits, targets[index])
-                else:
-                    loss = distillation_loss(logits, targets[index], config.temperature,
-                                             grades[index] if grades is not None else None, config.ce_weight)
+            for x, targets, grades in batches.epoch(epoch, state["batch"]):
+                loss = loss_of(model(torch.from_numpy(x)), targets, grades)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                state["batch"] += 1
+                if checkpoint is not None and state["batch"] % checkpoint_every == 0:
+                    save_checkpoint()
+                if on_batch:
+                    on_batch(epoch, state["batch"])
             scheduler.step()
             model.eval()
             with torch.no_grad():
                 valid_logits = model(vx)
                 valid_loss = nn.functional.cross_entropy(valid_logits, vy).item()
                 valid_accuracy = (valid_logits.argmax(-1) == vy).float().mean().item()
-            history.append({"epoch": epoch + 1, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy})
+            state["history"].append({"epoch": epoch + 1, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy})
             bar.update(task, advance=1, description=f"student epoch {epoch + 1} valid loss {valid_loss:.4f}")
-            if valid_loss < best_loss - 1e-4:
-                best_loss, stale = valid_loss, 0
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            if valid_loss < state["best_loss"] - 1e-4:
+                state["best_loss"], state["stale"] = valid_loss, 0
+                state["best_state"] = {k: v.clone() for k, v in model.state_dict().items()}
             else:
-                stale += 1
-                if stale >= config.early_stopping_patience:
-                    break
-    model.load_state_dict(best_state)
+                state["stale"] += 1
+                done = state["stale"] >= config.early_stopping_patience
+            state["epoch"], state["batch"] = epoch + 1, 0
+            if checkpoint is not None:
+                save_checkpoint()
+    model.load_state_dict(state["best_state"])
+    history = state["history"]
     best = min(history, key=lambda h: h["valid_loss"])
     log(f"student ({'human labels' if human_only else 'distilled'}): best valid loss {best['valid_loss']:.4f}, "
         f"accuracy {best['valid_accuracy']:.3f} at epoch {best['epoch']}")

@@ -144,6 +144,20 @@ def validate_label_expectations(labels: pd.DataFrame, num_grades: int, config: "
     return _run([_labels_check(labels, num_grades, config.probability_tolerance)], docs_dir)
 
 
+def validate_label_chunks(chunks, num_grades: int, config: "ValidationConfig",
+                          docs_dir: str | Path | None = None) -> ValidationReport:
+    """The teacher-labels suite on a labelling of any size: every shard is read once, one at a time, and checked
+    in full against the data contract (relevance.labeling.label_chunks' loaders); the Great Expectations suite
+    runs on an equal share of ``config.label_sample_rows`` rows from each shard. Pairs are unique across shards by
+    construction (the pool is de-duplicated and the shards' coverage of it is checked from their metadata)."""
+    import math
+
+    per_chunk = max(1, math.ceil(config.label_sample_rows / max(len(chunks), 1)))
+    sample = pd.concat([load().sample(frac=1.0, random_state=index).head(per_chunk)
+                        for index, (_, load) in enumerate(chunks)], ignore_index=True)
+    return validate_label_expectations(sample, num_grades, config, docs_dir)
+
+
 # ----------------------------------------------------------------------------------------- reading the data
 
 

@@ -197,3 +197,28 @@ def test_importing_the_module_does_not_import_great_expectations():
     code = "import sys, relevance.platform.validation; print('great_expectations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_labelling_of_any_size_is_checked_shard_by_shard_and_on_a_sample():
+    """Every shard passes the data contract in full as it is read; the GX suite sees an equal share of
+    label_sample_rows from each shard, so the suite's cost does not grow with the pool."""
+    from relevance.platform.validation import validate_label_chunks
+
+    shards = [_labels().assign(item_id=lambda d, s=s: d["item_id"] + f"-{s}") for s in range(4)]
+    loaded = []
+
+    def loader(frame, index):
+        def load():
+            loaded.append(index)
+            return frame
+        return load
+
+    chunks = [(f"shard-{i}", loader(frame, i)) for i, frame in enumerate(shards)]
+    report = validate_label_chunks(chunks, 5, ValidationConfig(label_sample_rows=20))
+    assert report.success, report.summary()
+    assert loaded == [0, 1, 2, 3]  # every shard read once (and checked against the contract as it loads)
+    bad = shards[2].copy()
+    bad.loc[3, "p_0"] += 0.3
+    chunks[2] = ("shard-2", loader(bad, 2))
+    failed = validate_label_chunks(chunks, 5, ValidationConfig(label_sample_rows=200))
+    assert not failed.success and any("p_sum" in line for line in failed.failures)
