@@ -66,7 +66,7 @@ def main() -> None:
 
     config = load_config(args.config)
     chain = Chain(config)
-    dataset = chain.dataset()
+    dataset = chain.dataset(with_impressions=True)
     champion = Path(config.workdir) / "export-human-only"
     if not (champion / "bundle.json").exists():
         for result in export_bundle(chain.student_dirs["student_human_only"], champion, dataset.items):

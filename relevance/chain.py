@@ -42,7 +42,7 @@ STEP_SETTINGS = {
 
 # Settings that change how a step runs, not what it makes: a teacher trained on 1 or 8 processes is the same
 # teacher (relevance.distributed matches them within float rounding), so changing them reuses the output.
-_HOW = {"teacher": {"distributed"}}
+_HOW = {"teacher": {"distributed"}, "student": {"checkpoint_every_batches"}}
 
 
 class Chain:
@@ -87,18 +87,20 @@ class Chain:
         return output_exists
 
     # -- the steps, each named after what it gives ----------------------------------------------------------
-    def dataset(self) -> Dataset:
+    def dataset(self, with_impressions: bool = False) -> Dataset:
+        """The prepared dataset. Impressions stay on disk unless asked for: the pool reads them in chunks
+        (there may be tens of millions)."""
         from relevance.data import prepare
 
         if not self.reusable("data", (self.data_dir / "dataset.json").exists()):
             prepare(self.config.data, self.data_dir)
-        return Dataset.load(self.data_dir)
+        return Dataset.load(self.data_dir, with_impressions=with_impressions)
 
     def pool(self, dataset: Dataset) -> Path:
         from relevance.pool import build_pool
 
         if not self.reusable("pool", self.pool_path.exists()):
-            build_pool(self.config, dataset, self.pool_path)
+            build_pool(self.config, dataset, self.pool_path, self.data_dir / "impressions.parquet")
         return self.pool_path
 
     def teacher(self, dataset: Dataset) -> Path:
@@ -171,11 +173,11 @@ class Chain:
 
     def students(self, dataset: Dataset) -> dict[str, Path]:
         from relevance.distillation import train_students
-        from relevance.labeling import read_labels
+        from relevance.labeling import label_chunks
 
         outputs = self.student_dirs
         if not self.reusable("students", all((p / "manifest.json").exists() for p in outputs.values())):
-            labels = read_labels(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
+            labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
             train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset),
                            labeller=self.labeller(dataset))
         return outputs

@@ -3,14 +3,22 @@ judged, minus every judged pair and every pair of a valid/test query.
 
 Evaluation queries never reach the student through teacher labels: a pair is dropped when its query is a
 valid/test query by id or by normalised text, since a source may give one query two ids.
+
+Every stage streams (impressions in chunks, BM25 over queries in chunks, de-duplication bucket by bucket), so a
+pool of tens of millions of pairs is built in the memory of one bucket.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from relevance.bm25 import BM25Index
 from relevance.config import RunConfig
@@ -19,60 +27,140 @@ from relevance.data.schema import Dataset, DataContractError
 from relevance.files import atomic_write
 
 
+def iter_bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
+                         on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
+    """The top-K items for each query (query_id, query columns), minus pairs in ``exclude`` (judged pairs), as
+    one frame per ``chunk_queries`` queries. Queries sharing a text are retrieved once (search logs repeat their
+    head queries)."""
+    judged = pd.MultiIndex.from_frame(exclude[["query_id", "item_id"]]) if exclude is not None else None
+    for start in range(0, len(queries), chunk_queries):
+        chunk = queries.iloc[start:start + chunk_queries]
+        retrieved: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        query_ids, item_ids, scores = [], [], []
+        for query_id, query in zip(chunk["query_id"], chunk["query"]):
+            if query not in retrieved:
+                retrieved[query] = index.top_k(query, top_k)
+            ids, best = retrieved[query]
+            query_ids.append(np.full(len(ids), query_id, dtype=object))
+            item_ids.append(ids)
+            scores.append(best.astype(float))
+            if on_query:
+                on_query()
+        candidates = pd.DataFrame({"query_id": np.concatenate(query_ids) if query_ids else [],
+                                   "item_id": np.concatenate(item_ids) if item_ids else [],
+                                   "bm25": np.concatenate(scores) if scores else []})
+        if judged is not None and len(candidates):
+            candidates = candidates[~pd.MultiIndex.from_frame(candidates[["query_id", "item_id"]]).isin(judged)]
+        yield candidates.reset_index(drop=True)
+
+
 def bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
                     on_query=None) -> pd.DataFrame:
-    """The top-K items for each query (query_id, query columns), minus pairs in ``exclude`` (judged pairs)."""
-    rows: list[tuple[str, str, float]] = []
-    for query_id, query in zip(queries["query_id"], queries["query"]):
-        ids, scores = index.top_k(query, top_k)
-        rows.extend(zip([query_id] * len(ids), ids, scores.astype(float)))
-        if on_query:
-            on_query()
-    candidates = pd.DataFrame(rows, columns=["query_id", "item_id", "bm25"])
-    if exclude is not None and len(candidates):
-        judged = pd.MultiIndex.from_frame(exclude[["query_id", "item_id"]])
-        keep = ~pd.MultiIndex.from_frame(candidates[["query_id", "item_id"]]).isin(judged)
-        candidates = candidates[keep]
-    return candidates.reset_index(drop=True)
+    """:func:`iter_bm25_candidates` as one frame (for query sets that fit in memory)."""
+    parts = list(iter_bm25_candidates(index, queries, top_k, exclude, on_query))
+    return (pd.concat(parts, ignore_index=True) if parts
+            else pd.DataFrame({"query_id": [], "item_id": [], "bm25": []}))
 
 
-def build_pool(config: RunConfig, dataset: Dataset, out: str | Path) -> Path:
-    """Impressions plus BM25 top-K for every query without judgments, deduplicated against judged pairs, written
-    to ``out`` (parquet, row groups of one label shard each)."""
+def _impression_chunks(dataset: Dataset, impressions_path: Path | None, rows: int) -> Iterator[pd.DataFrame]:
+    if dataset.impressions is not None:
+        for start in range(0, len(dataset.impressions), rows):
+            yield dataset.impressions.iloc[start:start + rows][["query_id", "item_id"]]
+    elif impressions_path is not None and impressions_path.exists():
+        for batch in pq.ParquetFile(impressions_path).iter_batches(batch_size=rows, columns=["query_id", "item_id"]):
+            yield batch.to_pandas().astype({"query_id": str, "item_id": str})
+
+
+def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions_path: str | Path | None = None,
+               bucket_rows: int = 2_000_000) -> Path:
+    """Impressions plus BM25 top-K for every query without judgments, deduplicated against judged pairs and
+    stripped of held-out queries, written to ``out`` (parquet, row groups of one label shard each).
+
+    It streams: impressions are read in chunks (from ``dataset.impressions``, or from ``impressions_path`` when
+    the dataset was loaded without them) and BM25 runs over the queries in chunks. Each chunk is filtered and
+    spread over on-disk buckets by a hash of its query id; a bucket holds every pair of its queries, so removing
+    duplicates bucket by bucket removes them all, and memory is one bucket (~``bucket_rows`` pairs), not the pool.
+    """
     from relevance.runtime import progress_bar
 
     out = Path(out)
+    impressions_path = Path(impressions_path) if impressions_path is not None else None
     judged = dataset.judgments[["query_id", "item_id"]]
+    judged_index = pd.MultiIndex.from_frame(judged)
+    held_out = set(dataset.queries["query_id"][held_out_query_mask(dataset.queries, dataset)])
+    known_queries, known_items = pd.Index(dataset.queries["query_id"]), pd.Index(dataset.items["item_id"])
     candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"])
     if config.candidates.include_train_queries:  # e.g. ESCI and WANDS, where every query is judged
         candidate_queries |= dataset.queries["query_id"].isin(dataset.split("train")["query_id"])
     unjudged = dataset.queries[candidate_queries]
-    parts = []
-    if config.candidates.include_impressions and dataset.impressions is not None:
-        parts.append(dataset.impressions[["query_id", "item_id"]])
-    if config.candidates.top_k > 0 and len(unjudged):
-        index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
-        with progress_bar() as bar:
-            task = bar.add_task(f"BM25 top-{config.candidates.top_k}", total=len(unjudged))
-            candidates = bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
-                                         on_query=lambda: bar.update(task, advance=1))
-        parts.append(candidates[["query_id", "item_id"]])
-    if not parts:
+    use_impressions = config.candidates.include_impressions and (
+        dataset.impressions is not None or (impressions_path is not None and impressions_path.exists()))
+    impression_rows = 0
+    if use_impressions:
+        impression_rows = (len(dataset.impressions) if dataset.impressions is not None
+                           else pq.ParquetFile(impressions_path).metadata.num_rows)
+    if not impression_rows and not (config.candidates.top_k > 0 and len(unjudged)):
         raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for BM25")
-    pool = pd.concat(parts, ignore_index=True).drop_duplicates(["query_id", "item_id"])
-    pool = pool[~pd.MultiIndex.from_frame(pool).isin(pd.MultiIndex.from_frame(judged))]
-    held_out = held_out_query_mask(pool, dataset)
-    if held_out.any():
-        log(f"pool: dropped {int(held_out.sum())} pair(s) of valid/test queries (same id or same text), so "
-            "evaluation queries never reach the student through teacher labels")
-    pool = pool[~held_out].reset_index(drop=True)
-    if pool.empty:
-        raise DataContractError("the unlabelled pool is empty after removing judged pairs and held-out queries")
-    with atomic_write(out) as tmp:
-        pool.to_parquet(tmp, index=False, row_group_size=config.labeling.shard_rows)
-    log(f"pool: {len(pool)} unlabelled pairs over {pool['query_id'].nunique()} queries "
-        f"({len(pool) / max(len(dataset.split('train')), 1):.1f}× the train split) → {out}")
+    expected = impression_rows + config.candidates.top_k * len(unjudged)
+    buckets = max(1, math.ceil(expected / bucket_rows))
+    dropped_held_out = 0
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
+        writers: dict[int, pq.ParquetWriter] = {}
+
+        def spill(chunk: pd.DataFrame) -> None:
+            nonlocal dropped_held_out
+            chunk = chunk[["query_id", "item_id"]]
+            unknown = ~chunk["query_id"].isin(known_queries) | ~chunk["item_id"].isin(known_items)
+            if unknown.any():
+                example = chunk[unknown].iloc[0].tolist()
+                raise DataContractError(f"pool: {int(unknown.sum())} pair(s) name a query or item the dataset does "
+                                        f"not have, e.g. (query_id, item_id) = {tuple(example)}")
+            held = chunk["query_id"].isin(held_out).to_numpy()
+            dropped_held_out += int(held.sum())
+            chunk = chunk[~held]
+            chunk = chunk[~pd.MultiIndex.from_frame(chunk).isin(judged_index)]
+            bucket = pd.util.hash_array(chunk["query_id"].to_numpy(dtype=object)) % buckets
+            for b, rows in pd.Series(np.arange(len(chunk))).groupby(bucket).indices.items():
+                table = pa.Table.from_pandas(chunk.iloc[rows], preserve_index=False, schema=POOL_SCHEMA)
+                if b not in writers:
+                    writers[b] = pq.ParquetWriter(Path(scratch) / f"bucket-{b:05d}.parquet", POOL_SCHEMA)
+                writers[b].write_table(table)
+
+        with progress_bar() as bar:
+            if impression_rows:
+                task = bar.add_task("pool: impressions", total=impression_rows)
+                for chunk in _impression_chunks(dataset, impressions_path, 1_000_000):
+                    spill(chunk)
+                    bar.update(task, advance=len(chunk))
+            if config.candidates.top_k > 0 and len(unjudged):
+                index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
+                task = bar.add_task(f"pool: BM25 top-{config.candidates.top_k}", total=len(unjudged))
+                for chunk in iter_bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
+                                                  on_query=lambda: bar.update(task, advance=1)):
+                    spill(chunk)
+        for writer in writers.values():
+            writer.close()
+        if dropped_held_out:
+            log(f"pool: dropped {dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
+                "evaluation queries never reach the student through teacher labels")
+        rows = queries = 0
+        with atomic_write(out) as tmp:
+            with pq.ParquetWriter(tmp, POOL_SCHEMA) as writer:
+                for path in sorted(Path(scratch).glob("bucket-*.parquet")):
+                    bucket = pd.read_parquet(path).drop_duplicates(["query_id", "item_id"])
+                    writer.write_table(pa.Table.from_pandas(bucket, preserve_index=False, schema=POOL_SCHEMA),
+                                       row_group_size=config.labeling.shard_rows)
+                    rows += len(bucket)
+                    queries += bucket["query_id"].nunique()  # buckets partition the queries
+            if rows == 0:
+                raise DataContractError("the unlabelled pool is empty after removing judged pairs and held-out "
+                                        "queries")
+    log(f"pool: {rows} unlabelled pairs over {queries} queries "
+        f"({rows / max(len(dataset.split('train')), 1):.1f}× the train split) → {out}")
     return out
+
+
+POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string())])
 
 
 def held_out_query_mask(pairs: pd.DataFrame, dataset: Dataset) -> np.ndarray:

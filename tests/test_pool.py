@@ -40,3 +40,44 @@ def test_pool_takes_train_query_candidates_and_never_held_out_queries(tmp_path):
     pool = pd.read_parquet(build_pool(config, dataset, tmp_path / "b.parquet"))
     # Only the train query's unjudged items: never a valid/test query, nor a judged pair.
     assert set(pool["query_id"]) == {"q1"} and set(pool["item_id"]) == {"b"}
+
+
+def _shop(tmp_path):
+    """A dataset whose impressions repeat pairs BM25 also finds, read back from disk as the chain does."""
+    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(12)],
+                          "title": ["red sofa", "blue sofa", "green sofa", "oak table", "glass table", "floor lamp",
+                                    "table lamp", "drill", "drill bits", "sofa cushion", "red cushion", "rug"]})
+    queries = pd.DataFrame({"query_id": [f"q{n}" for n in range(8)],
+                            "query": ["sofa", "table", "lamp", "drill", "red sofa", "cushion", "Sofa", "rug"]})
+    judgments = pd.DataFrame({"query_id": ["q0", "q1", "q2"], "item_id": ["i0", "i3", "i5"], "grade": [2, 2, 1],
+                              "split": ["train", "valid", "test"]})
+    impressions = pd.DataFrame({"query_id": ["q3", "q3", "q4", "q4", "q5", "q6", "q0", "q2"],
+                                "item_id": ["i7", "i8", "i0", "i1", "i9", "i1", "i0", "i6"]})
+    dataset = Dataset(DatasetInfo("tiny", 3), items, queries, judgments, impressions).validated()
+    dataset.save(tmp_path / "data")
+    return Dataset.load(tmp_path / "data", with_impressions=False), tmp_path / "data" / "impressions.parquet"
+
+
+def test_pool_streams_through_buckets_with_the_same_pairs(tmp_path):
+    dataset, impressions = _shop(tmp_path)
+    config = build_config("quick", {"workdir": str(tmp_path / "w"), "candidates": {"top_k": 3}})
+    one = pd.read_parquet(build_pool(config, dataset, tmp_path / "one.parquet", impressions))
+    many = pd.read_parquet(build_pool(config, dataset, tmp_path / "many.parquet", impressions, bucket_rows=3))
+    pairs = set(map(tuple, one.to_numpy()))
+    assert pairs == set(map(tuple, many.to_numpy())) and len(many) == len(pairs)  # no pair twice, in any bucket
+    assert ("q3", "i7") in pairs and ("q0", "i0") not in pairs  # impressions in; a judged pair out
+    # q1 (valid) and q6 (the train query q0's text, but q0 is train: allowed); q2 is test: nothing of it.
+    assert not {q for q, _ in pairs} & {"q1", "q2"}
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not leftovers, leftovers  # the buckets were temporary
+
+
+def test_pool_refuses_impressions_of_unknown_ids(tmp_path):
+    dataset, impressions = _shop(tmp_path)
+    bad = pd.read_parquet(impressions)
+    bad.loc[0, "item_id"] = "ghost"
+    bad.to_parquet(impressions, index=False)
+    config = build_config("quick", {"workdir": str(tmp_path / "w"), "candidates": {"top_k": 0}})
+    with pytest.raises(DataContractError, match=r"name a query or item the dataset does not have.*ghost"):
+        build_pool(config, dataset, tmp_path / "pool.parquet", impressions)
+    assert not (tmp_path / "pool.parquet").exists()

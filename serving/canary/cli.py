@@ -142,7 +142,7 @@ def analyze(champion_url: str = typer.Option(..., help="The champion's rerank se
     from relevance.serving.canary.analysis import write_report
 
     run_config = _setup(config, profile)
-    dataset = Chain(run_config).dataset()
+    dataset = Chain(run_config).dataset(with_impressions=True)
     decision = run_analysis(run_config, champion_url, challenger_url, dataset, _teacher(run_config, teacher, judge))
     md, _ = write_report(decision, out or Path(run_config.workdir) / "canary",
                          {"champion_url": champion_url, "challenger_url": challenger_url})
@@ -219,7 +219,7 @@ def local(champion_bundle: Optional[Path] = typer.Option(None, exists=True, file
     with tempfile.TemporaryDirectory() as tmp:
         bundles = {CHAMPION: champion_bundle or _registry_bundle(run_config, CHAMPION, Path(tmp)),
                    CHALLENGER: challenger_bundle or _registry_bundle(run_config, CHALLENGER, Path(tmp))}
-        dataset = Chain(run_config).dataset()
+        dataset = Chain(run_config).dataset(with_impressions=True)
         settings = _server_settings(config, run_config)
         repo = feature_repo or Path(run_config.workdir) / "feature_repo"
         if serve:
@@ -292,7 +292,7 @@ def watch(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profil
     def evidence():
         import tempfile
 
-        dataset = Chain(run_config).dataset()  # before any server starts: missing data fails fast
+        dataset = Chain(run_config).dataset(with_impressions=True)  # before any server starts: missing data fails fast
         judge_model = _teacher(run_config, teacher, judge)
         with tempfile.TemporaryDirectory() as tmp:
             chosen = bundle
