@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow lint-imports bench-quality bench-quality-minilm bench-serving bench-canary report image image-base image-push clean
+.PHONY: demo demo-core test test-slow lint-imports bench-quality bench-quality-minilm bench-scale bench-serving bench-canary report image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -57,6 +57,11 @@ bench-quality: $(STAMP)
 ## the canary benchmarks start from (runs/homedepot)
 bench-quality-minilm: $(STAMP)
 	$(VENV)/bin/relevance run --config configs/homedepot-minilm.yaml
+
+## Out-of-core distillation at scale (~1.5 h on 2 cores): the synthetic shop at 10M+ pool pairs, every stage's time
+## and peak RSS, distillation at 1M / 3M / 10M pairs → benchmarks/results/scale.{json,md,png}
+bench-scale: $(STAMP)
+	$(PY) -m benchmarks.scale
 
 ## Serving on Home Depot (needs the bench-quality-minilm run): a real server pinned to one core, 100-candidate requests,
 ## cache replays, teacher cost, int8 quality → benchmarks/results/serving.{json,md} + serving-latency.png

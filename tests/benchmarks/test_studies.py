@@ -122,3 +122,33 @@ def test_synthetic_teacher_study_step_trains_once_and_scores_per_locale(tmp_path
     assert everything["train_pairs"] > first["train_pairs"]  # the locale filter kept only en_US training queries
     again = teacher_scores(steps, "train-en", data, teacher, text, train_locale="en_US")
     assert again == first and steps.reused == ["train-en"]
+
+
+def test_scaling_pools_nest_by_bm25_depth():
+    import pandas as pd
+
+    from benchmarks.studies.scaling import nested_depths
+
+    # 3 impressions, then 4 queries' candidates at ranks 0..4: depth d adds 4 pairs per rank.
+    pool = pd.DataFrame({"impression": [True] * 3 + [False] * 20,
+                         "rank": [320] * 3 + [r for r in range(5) for _ in range(4)]})
+    assert nested_depths(pool, train_pairs=3, multiples=(1, 3, 7)) == {1: 0, 3: 2, 7: 5}
+    with pytest.raises(ValueError, match="fewer than 8× the train split"):
+        nested_depths(pool, train_pairs=3, multiples=(8,))
+
+
+def test_the_scale_benchmark_runs_every_stage_in_smoke_mode(tmp_path):
+    """benchmarks/scale.py end to end at 10k-40k pairs: every stage in its own process, the report written to
+    the work directory (a smoke run is not a result)."""
+    import os
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "benchmarks.scale", "--smoke", "--work", str(tmp_path)], cwd=root,
+                   check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    summary = json.loads((tmp_path / "scale-smoke.json").read_text())
+    distils = [s for s in summary["stages"] if s["stage"] == "distil"]
+    assert [d["size"] for d in distils] == [10_000, 20_000, 40_000]
+    assert all(d["pairs"] >= d["size"] and d["pairs_per_s"] > 0 and d["peak_rss_mb"] > 100 for d in distils)
+    assert {s["stage"] for s in summary["stages"]} == {"generate", "pool", "labels", "embeddings", "distil"}
+    assert "NOT the measurement" in (tmp_path / "scale-smoke.md").read_text()
+    assert (tmp_path / "scale-smoke.png").exists()
