@@ -212,3 +212,38 @@ def test_killed_labelling_resumes_without_losing_or_duplicating_rows(cli, finish
     assert len(merged) == len(reference)
     for column in prob_columns(5):
         assert (merged[column] - merged[f"{column}_resumed"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "disagreement", "diverse"])
+def test_select_then_import_labels_round_trip(cli, finished_run, tmp_path, strategy):
+    """`relevance select` writes a Label Studio project; its JSON export comes back through `import-labels`."""
+    import shutil
+
+    source, config = finished_run[0] / "run", yaml.safe_load(finished_run[1].read_text())
+    shutil.copytree(source, tmp_path / "run", ignore=shutil.ignore_patterns("export"))
+    config.update(workdir=str(tmp_path / "run"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli("select", "--config", str(path), "--budget", "12", "--strategy", strategy, "--per-query", "2")
+    project = tmp_path / "run/label-studio"
+    tasks = json.loads((project / "tasks.json").read_text())
+    assert len(tasks) == 12 and "predictions" not in tasks[0]
+    assert pd.DataFrame([t["data"] for t in tasks]).groupby("query_id").size().max() <= 2
+    grades = json.loads((tmp_path / "run/data/dataset.json").read_text())["grade_names"]
+    export = [{"id": n, "data": task["data"], "annotations": [
+        {"id": 10 * n + a, "completed_by": a, "was_cancelled": False, "result": [
+            {"id": f"x{n}{a}", "from_name": "grade", "to_name": "item", "type": "choices", "origin": "manual",
+             "value": {"choices": [grades[(n + a) % len(grades)]]}}]} for a in (1, 2)]}
+        for n, task in enumerate(tasks)]
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    before = pd.read_parquet(tmp_path / "run/data/judgments.parquet")
+    out = cli("import-labels", str(tmp_path / "export.json"), "--round", "1", "--config", str(path)).stdout
+    assert "24 rating(s) by 2 annotator(s)" in out and "12 new train judgment(s)" in out
+    after = pd.read_parquet(tmp_path / "run/data/judgments.parquet")
+    assert len(after) == len(before) + 12 and set(after.loc[after["round"] == 1, "split"]) == {"train"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**export[0], "annotations": [{**export[0]["annotations"][0], "result": [
+        {**export[0]["annotations"][0]["result"][0], "value": {"choices": ["superb"]}}]}]}]))
+    failed = cli("import-labels", str(bad), "--round", "2", "--config", str(path), check=False)
+    assert failed.returncode == 2 and "not one of the rubric" in failed.stderr
+    assert pd.read_parquet(tmp_path / "run/data/judgments.parquet").equals(after)
