@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -247,3 +248,40 @@ def test_select_then_import_labels_round_trip(cli, finished_run, tmp_path, strat
     failed = cli("import-labels", str(bad), "--round", "2", "--config", str(path), check=False)
     assert failed.returncode == 2 and "not one of the rubric" in failed.stderr
     assert pd.read_parquet(tmp_path / "run/data/judgments.parquet").equals(after)
+
+
+def test_a_distillation_killed_with_sigkill_resumes_from_its_checkpoint(cli, finished_run, tmp_path):
+    """SIGKILL `train-student` once its first checkpoint lands, rerun it: it resumes mid-training from the
+    checkpoint (the pair store and tables already written are reused) and ends with the student an uninterrupted
+    run gets."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    source, config = finished_run[0] / "run", yaml.safe_load(finished_run[1].read_text())
+    config["student"].update(batch_size=8, epochs=3, early_stopping_patience=5, checkpoint_every_batches=5)
+    paths = {}
+    for name in ("killed", "straight"):
+        shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("student*", "export"))
+        (tmp_path / name / "steps.json").unlink()  # other student settings: a new step record
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump({**config, "workdir": str(tmp_path / name)}))
+    cli("train-student", "--config", str(paths["straight"]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RELEVANCE_THREADS": "1"}
+    process = subprocess.Popen([*CLI, "train-student", "--config", str(paths["killed"])], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed/.student.distill/checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not (tmp_path / "killed/student/manifest.json").exists(), "killed mid-way"
+    resumed = cli("train-student", "--config", str(paths["killed"]))
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert not (tmp_path / "killed/.student.distill").exists(), "the work directory goes once the student is saved"
+    straight = load_file(tmp_path / "straight/student/model.safetensors")
+    killed = load_file(tmp_path / "killed/student/model.safetensors")
+    assert straight.keys() == killed.keys()
+    for name in straight:
+        np.testing.assert_array_equal(killed[name], straight[name], err_msg=name)
