@@ -264,32 +264,18 @@ def replay(url: str, model: str, queries: list[ReplayQuery], progress: str | Non
     return out
 
 
-def _per_query_ndcg(query_ids, grades, scores, k: int, num_grades: int) -> dict[str, float]:
-    """nDCG@k of each query (the project's nDCG: relevance.metrics.ranking_metrics), skipping queries with
-    nothing relevant to find."""
-    from relevance.metrics import ranking_metrics
-
-    query_ids, grades, scores = np.asarray(query_ids), np.asarray(grades), np.asarray(scores, float)
-    out = {}
-    for query_id in np.unique(query_ids):
-        rows = query_ids == query_id
-        value = ranking_metrics(query_ids[rows], grades[rows], scores[rows], ks=[k],
-                                num_grades=num_grades)[f"ndcg@{k}"]
-        if value is not None:
-            out[str(query_id)] = float(value)
-    return out
-
-
 def labelled_evidence(pairs, rankings: dict[str, dict[str, dict]], num_grades: int,
                       config: CanaryConfig) -> QualityEvidence:
     """nDCG@k per query and accuracy per pair against human grades. ``pairs``: query_id, item_id, grade."""
+    from relevance.judge import per_query_ndcg
+
     k = config.ndcg_k
     per_server, accuracy = {}, {}
     for server in ("champion", "challenger"):
         ranked = rankings[server]
         scores = np.array([ranked[q][i][0] for q, i in zip(pairs["query_id"], pairs["item_id"])])
         predicted = np.array([int(np.argmax(ranked[q][i][1])) for q, i in zip(pairs["query_id"], pairs["item_id"])])
-        per_server[server] = _per_query_ndcg(pairs["query_id"], pairs["grade"], scores, k, num_grades)
+        per_server[server] = per_query_ndcg(pairs["query_id"], pairs["grade"], scores, k, num_grades)
         accuracy[server] = float((predicted == pairs["grade"].to_numpy()).mean())
     queries = sorted(per_server["champion"])
     return compare(LABELLED, f"ndcg@{k}", np.array([per_server["champion"][q] for q in queries]),
@@ -300,34 +286,24 @@ def labelled_evidence(pairs, rankings: dict[str, dict[str, dict]], num_grades: i
 def judge_evidence(queries: list[ReplayQuery], rankings: dict[str, dict[str, dict]], teacher,
                    item_text: dict[str, str], config: CanaryConfig) -> QualityEvidence | None:
     """The teacher grades the union of both servers' top-k for each unlabelled query; nDCG@k of each ranking
-    against those grades (rounded expected grade)."""
-    from relevance.metrics import expected_grade
+    against those grades (relevance.judge, the judge offline evaluation uses too)."""
+    from relevance.judge import judge_grades, judged_ndcg
 
     k = config.judge_top_k
-    tops = {}
-    rows = []  # (query_id, query, item_id)
-    for q in queries:
-        for server in ("champion", "challenger"):
-            ranked = rankings[server][q.query_id]
-            tops[server, q.query_id] = sorted(ranked, key=lambda i: -ranked[i][0])[:k]
-        for item in dict.fromkeys(tops["champion", q.query_id] + tops["challenger", q.query_id]):
-            rows.append((q.query_id, q.query, item))
-    if not rows:
-        return None
-    probs = teacher.predict_proba([r[1] for r in rows], [item_text.get(r[2], "") for r in rows])
-    grades = np.rint(expected_grade(probs)).astype(int)
-    query_ids = np.array([r[0] for r in rows])
-    per_server = {}
-    for server in ("champion", "challenger"):
-        # Rank inside this server's top-k; the other server's extra items come after (outside the cut-off).
-        position = {(q, i): rank for (s, q), items in tops.items() if s == server for rank, i in enumerate(items)}
-        scores = np.array([-position.get((r[0], r[2]), 10 ** 6) for r in rows], float)
-        per_server[server] = _per_query_ndcg(query_ids, grades, scores, k, teacher.num_grades)
+    text = {q.query_id: q.query for q in queries}
+    tops = {server: {q.query_id: sorted(rankings[server][q.query_id],
+                                        key=lambda i, r=rankings[server][q.query_id]: -r[i][0])[:k]
+                     for q in queries}
+            for server in ("champion", "challenger")}
+    per_server, judged = judged_ndcg(
+        tops, text, lambda ids, items: judge_grades(teacher, [text[q] for q in ids],
+                                                    [item_text.get(i, "") for i in items]),
+        k, teacher.num_grades)
     shared = sorted(set(per_server["champion"]) & set(per_server["challenger"]))
     if not shared:
         return None
     return compare(JUDGE, f"ndcg@{k}", np.array([per_server["champion"][q] for q in shared]),
-                   np.array([per_server["challenger"][q] for q in shared]), config, judged_pairs=len(rows))
+                   np.array([per_server["challenger"][q] for q in shared]), config, judged_pairs=judged)
 
 
 def replay_queries(dataset, config, split: str) -> tuple[list[ReplayQuery], "object", list[ReplayQuery]]:

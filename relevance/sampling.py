@@ -1,0 +1,171 @@
+"""Stratified query sampling for offline comparisons of two rankers (judge-based evaluation).
+
+The quantity is the mean over queries of a per-query difference (candidate − baseline nDCG@k). Queries differ a
+lot in how much two rankers can differ on them (head queries: little; long, rare queries: much), so a simple random
+sample wastes its budget. Stratifying by what predicts that spread (traffic band, locale, query length) and
+allocating the budget by Neyman's rule (n_h ∝ N_h·S_h; Neyman, 1934) gives the smallest variance for a fixed
+number of judged queries; proportional allocation (n_h ∝ N_h) never does worse than simple random sampling.
+Pinterest reports a minimum detectable effect cut from 1.3–1.5% to ≤ 0.25% this way (arXiv 2509.03764).
+
+Estimators (Cochran, 1977, "Sampling Techniques", ch. 5): the stratified mean Σ W_h ȳ_h with variance
+Σ W_h² (1 − n_h/N_h) s_h² / n_h, W_h = N_h / N.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+Allocation = Literal["proportional", "neyman"]
+
+
+def query_strata(queries: pd.DataFrame, traffic: pd.Series | None = None, traffic_bands: int = 3,
+                 length_bands: tuple[int, ...] = (2, 4)) -> pd.Series:
+    """A stratum name per query (indexed by query_id): locale × query-length band × traffic band.
+
+    ``traffic`` (query_id → impressions or searches) is cut into ``traffic_bands`` quantile bands; queries
+    without traffic information fall in one band. Length bands: ≤ 2 words, ≤ 4, longer (``length_bands``)."""
+    from relevance.text import tokenize_words
+
+    ids = queries["query_id"].astype(str)
+    words = queries["query"].astype(str).map(lambda q: len(tokenize_words(q))).to_numpy()
+    edges = list(length_bands)
+    length = np.array([f"len≤{edges[i]}" if i < len(edges) else f"len>{edges[-1]}"
+                       for i in np.searchsorted(edges, words, side="left")])
+    locale = (queries["locale"].fillna("").astype(str).to_numpy() if "locale" in queries.columns
+              else np.full(len(queries), ""))
+    if traffic is not None:
+        counts = traffic.reindex(ids).fillna(0).to_numpy(dtype=float)
+        ranks = pd.Series(counts).rank(method="first", pct=True).to_numpy()
+        band = np.array([f"traffic{min(max(math.ceil(r * traffic_bands), 1), traffic_bands)}/{traffic_bands}"
+                         for r in ranks])
+    else:
+        band = np.full(len(queries), "traffic?")
+    names = [f"{loc}|{ln}|{tb}".lstrip("|") for loc, ln, tb in zip(locale, length, band)]
+    return pd.Series(names, index=ids.to_numpy(), name="stratum")
+
+
+def allocate(sizes: pd.Series, budget: int, method: Allocation = "proportional",
+             stds: pd.Series | None = None, minimum: int = 2) -> pd.Series:
+    """How many queries to draw from each stratum (``sizes``: stratum → N_h) for ``budget`` queries in all.
+
+    Proportional: n_h ∝ N_h. Neyman: n_h ∝ N_h·S_h, with ``stds`` (stratum → S_h, e.g. from a pilot sample).
+    Every stratum gets at least ``minimum`` (a variance needs two) and at most N_h; rounding by largest
+    remainders, so the total is exactly the budget whenever the population allows it."""
+    sizes = sizes[sizes > 0].astype(int)
+    if budget < 1:
+        raise ValueError(f"the budget must be at least 1 query, got {budget}")
+    total = int(sizes.sum())
+    if budget >= total:
+        return sizes.copy()
+    if method == "proportional":
+        weight = sizes.astype(float)
+    elif method == "neyman":
+        if stds is None:
+            raise ValueError("Neyman allocation needs each stratum's standard deviation (e.g. from a pilot)")
+        s = stds.reindex(sizes.index).astype(float)
+        # A stratum the pilot could not measure borrows the mean spread: never allocated zero for lack of data.
+        s = s.fillna(s.mean() if s.notna().any() else 1.0).clip(lower=1e-9)
+        weight = sizes * s
+    else:
+        raise ValueError(f"allocation must be 'proportional' or 'neyman', got {method!r}")
+    cap = sizes.to_numpy()
+    floor = np.minimum(cap, minimum)
+    if floor.sum() >= budget:  # more strata than the budget can cover twice: the largest weights first
+        out = pd.Series(0, index=sizes.index)
+        for name in weight.sort_values(ascending=False).index[:budget]:
+            out[name] = 1
+        return out
+    ideal = budget * weight.to_numpy() / weight.to_numpy().sum()
+    count = np.clip(np.floor(ideal).astype(int), floor, cap)
+    order = np.argsort(-(ideal - np.floor(ideal)))  # largest remainders first
+    while count.sum() < budget:  # hand out what rounding down left, where there is room
+        for i in order:
+            if count.sum() < budget and count[i] < cap[i]:
+                count[i] += 1
+    while count.sum() > budget:  # the minimums overshot: take back from the largest allocations
+        i = int(np.argmax(np.where(count > floor, count - ideal, -np.inf)))
+        count[i] -= 1
+    return pd.Series(count, index=sizes.index)
+
+
+def stratified_sample(strata: pd.Series, allocation: pd.Series, seed: int = 0) -> pd.Index:
+    """Query ids drawn without replacement: ``allocation[h]`` from each stratum h of ``strata`` (id → h)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for name, ids in strata.groupby(strata, sort=True).groups.items():
+        n = int(allocation.get(name, 0))
+        if n:
+            chosen.extend(rng.choice(np.asarray(ids), size=min(n, len(ids)), replace=False))
+    return pd.Index(chosen)
+
+
+@dataclass
+class Estimate:
+    """A mean difference with its standard error and a normal-approximation interval."""
+
+    mean: float
+    std_error: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        z = _z(1 - (1 - self.confidence) / 2)
+        return self.mean - z * self.std_error, self.mean + z * self.std_error
+
+    def to_dict(self) -> dict:
+        low, high = self.interval
+        return {"mean": self.mean, "std_error": self.std_error, "n": self.n, "confidence": self.confidence,
+                "ci_low": low, "ci_high": high}
+
+
+def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Series,
+                        confidence: float = 0.95) -> Estimate:
+    """Σ W_h ȳ_h and its standard error, with the finite-population correction. ``values``: query_id → the
+    per-query difference for the sampled queries; ``strata``: query_id → stratum; ``population``: stratum → N_h."""
+    frame = pd.DataFrame({"y": values, "h": strata.reindex(values.index)})
+    if frame["h"].isna().any():
+        raise ValueError(f"{int(frame['h'].isna().sum())} sampled query id(s) have no stratum")
+    weights = population / population.sum()
+    mean = variance = 0.0
+    for name, group in frame.groupby("h"):
+        n, big_n = len(group), float(population[name])
+        mean += weights[name] * group["y"].mean()
+        if n > 1:
+            variance += weights[name] ** 2 * (1 - n / big_n) * group["y"].var(ddof=1) / n
+    return Estimate(float(mean), math.sqrt(variance), int(len(frame)), confidence)
+
+
+def srs_estimate(values: pd.Series, population_size: int, confidence: float = 0.95) -> Estimate:
+    """The plain mean and its standard error, as a simple random sample of the same size would report it."""
+    n = len(values)
+    variance = (1 - n / population_size) * float(values.var(ddof=1)) / n if n > 1 else 0.0
+    return Estimate(float(values.mean()), math.sqrt(variance), n, confidence)
+
+
+def _z(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
+def minimum_detectable_effect(std_error: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided test at level ``alpha`` detects with probability ``power``,
+    given the estimate's standard error: (z_{1−α/2} + z_power) · SE."""
+    return (_z(1 - alpha / 2) + _z(power)) * std_error
+
+
+def queries_needed(effect: float, per_query_std: float, alpha: float = 0.05, power: float = 0.8,
+                   design_effect: float = 1.0) -> int:
+    """Queries to sample to detect a true mean difference ``effect`` (absolute), for per-query differences with
+    standard deviation ``per_query_std`` under simple random sampling, times ``design_effect`` (the variance
+    ratio of the design to simple random sampling: < 1 for a good stratification)."""
+    if effect <= 0:
+        raise ValueError(f"the effect must be positive, got {effect}")
+    z = _z(1 - alpha / 2) + _z(power)
+    return max(2, math.ceil(design_effect * (z * per_query_std / effect) ** 2))
