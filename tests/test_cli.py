@@ -285,3 +285,22 @@ def test_a_distillation_killed_with_sigkill_resumes_from_its_checkpoint(cli, fin
     assert straight.keys() == killed.keys()
     for name in straight:
         np.testing.assert_array_equal(killed[name], straight[name], err_msg=name)
+
+
+def test_judge_eval_compares_two_students_and_refuses_a_weak_judge(cli, finished_run, tmp_path):
+    run, config = finished_run[0] / "run", finished_run[1]
+    common = ["judge-eval", "--config", str(config), "--baseline", run / "student_human_only", "--candidate",
+              run / "student", "--queries", "24", "--out", tmp_path]
+    refused = cli(*common, "--min-agreement", "0.99", check=False)
+    assert refused.returncode == 2 and "below the floor 0.99" in refused.stderr
+    assert not (tmp_path / "judge-eval.json").exists()
+    out = cli(*common, "--min-agreement", "0", "--allocation", "proportional").stdout
+    report = json.loads((tmp_path / "judge-eval.json").read_text())
+    assert report["pilot_queries"] + report["sampled_queries"] <= 24 and report["scored_queries"] >= 2
+    assert report["difference"]["ci_low"] <= report["difference"]["mean"] <= report["difference"]["ci_high"]
+    assert report["candidate_mean"] - report["baseline_mean"] == pytest.approx(
+        report["srs_difference"]["mean"], abs=1e-9)  # the plain mean of the per-query differences
+    valid = pd.read_parquet(run / "data/judgments.parquet").query("split == 'valid'").merge(
+        pd.read_parquet(run / "data/queries.parquet"), on="query_id")
+    assert set(report["judge_agreement"]["per_group"]) == set(valid["locale"])  # per locale of the valid queries
+    assert report["verdict"] in out and "Simple random sampling" in out

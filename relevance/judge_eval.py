@@ -1,0 +1,149 @@
+"""Judge-based offline evaluation: compare two rankers on queries nobody graded (``relevance judge-eval``).
+
+1. The judge (the teacher, or any saved cross-encoder) is calibrated against humans first: its grades on the
+   judged valid split, exact agreement, Kendall's τ and Spearman's ρ, per locale. Below ``min_agreement`` (exact)
+   no judged effect is reported.
+2. The population is the unjudged queries that had traffic (impressions), stratified by locale × query length ×
+   traffic band (relevance.sampling). A proportional pilot sample measures each stratum's spread of the per-query
+   difference; the main sample is allocated by Neyman's rule (or proportionally) and drawn from the rest.
+3. For each sampled query both rankers rerank the catalog's BM25 top-N candidates (score: expected grade); the
+   judge grades the union of their top-k (relevance.judge) and each ranking gets nDCG@k.
+4. The difference candidate − baseline is estimated with the stratified estimator and its confidence interval,
+   next to what simple random sampling would give with the same data (the design effect), with the minimum
+   detectable effect and the queries a 1% effect would need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from relevance.data.schema import DataContractError, Dataset
+
+
+def _population(dataset: Dataset) -> tuple[pd.DataFrame, pd.Series | None]:
+    """Unjudged queries, with their traffic (impressions per query) where the dataset has impressions."""
+    judged = set(dataset.judgments["query_id"])
+    if dataset.impressions is not None and len(dataset.impressions):
+        traffic = dataset.impressions.groupby("query_id").size()
+        traffic = traffic[~traffic.index.isin(judged)]
+        queries = dataset.queries[dataset.queries["query_id"].isin(traffic.index)]
+    else:
+        traffic = None
+        queries = dataset.queries[~dataset.queries["query_id"].isin(judged)]
+    if queries.empty:
+        raise DataContractError("judge-eval needs unjudged queries (impressions of queries nobody graded); the "
+                                "dataset has none")
+    return queries.reset_index(drop=True), traffic
+
+
+def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path, judge_dir: Path,
+               cache_dir: Path, queries: int = 300, allocation: str = "neyman", pilot_share: float = 0.25,
+               candidates: int = 50, k: int = 10, min_agreement: float = 0.4, seed: int = 0, log=print) -> dict:
+    """Compare ``candidate_dir`` with ``baseline_dir`` (any saved models relevance.evaluation can score) on
+    ``queries`` sampled unjudged queries, judged by the cross-encoder at ``judge_dir``. Returns the report."""
+    from relevance.bm25 import BM25Index, lexical_item_texts
+    from relevance.evaluation import load_scorer
+    from relevance.judge import human_agreement, judge_grades, judged_ndcg, require_agreement
+    from relevance.metrics import expected_grade
+    from relevance.pool import bm25_candidates
+    from relevance.sampling import (allocate, minimum_detectable_effect, queries_needed, query_strata,
+                                    srs_estimate, stratified_estimate, stratified_sample)
+    from relevance.teacher import Teacher
+
+    if not 0 < pilot_share < 1:
+        raise ValueError(f"pilot_share must be in (0, 1), got {pilot_share}")
+    if queries < 4:
+        raise ValueError(f"judge-eval needs at least 4 queries (a pilot and a sample), got {queries}")
+    judge = Teacher.load(judge_dir)
+    judge_text = judge.item_texts(dataset.items)
+    locale = dataset.queries.set_index("query_id")["locale"] if "locale" in dataset.queries.columns else None
+    valid = dataset.split("valid")
+    calibration = human_agreement(judge, valid, dataset.query_text, judge_text, locale)
+    log(f"judge vs humans on {len(valid)} valid pairs: exact {calibration['overall']['exact']:.3f}, Kendall's tau "
+        f"{calibration['overall']['kendall_tau']}, Spearman's rho {calibration['overall']['spearman_rho']}")
+    require_agreement(calibration, min_agreement)
+
+    population, traffic = _population(dataset)
+    strata = query_strata(population, traffic)
+    sizes = strata.value_counts()
+    pilot_n = max(2, int(round(queries * pilot_share)))
+    pilot = stratified_sample(strata, allocate(sizes, pilot_n, "proportional"), seed)
+    rest = strata[~strata.index.isin(pilot)]
+
+    index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
+    scorers = {"baseline": load_scorer(baseline_dir, dataset.items, cache_dir),
+               "candidate": load_scorer(candidate_dir, dataset.items, cache_dir)}
+    query_text = dataset.query_text
+
+    def differences(query_ids: pd.Index) -> tuple[pd.DataFrame, int]:
+        chosen = population[population["query_id"].isin(query_ids)]
+        pairs = bm25_candidates(index, chosen, candidates)
+        tops = {}
+        for name, scorer in scorers.items():
+            score = expected_grade(scorer.score(pairs, query_text).probs)
+            ranked = pairs.assign(score=score).sort_values(["query_id", "score"], ascending=[True, False])
+            tops[name] = ranked.groupby("query_id")["item_id"].apply(list).to_dict()
+        text = {q: query_text[q] for q in chosen["query_id"]}
+        per_query, judged = judged_ndcg(
+            tops, text, lambda ids, items: judge_grades(judge, [text[q] for q in ids], judge_text.reindex(items)
+                                                        .fillna("").tolist()), k, judge.num_grades)
+        shared = sorted(set(per_query["baseline"]) & set(per_query["candidate"]))
+        frame = pd.DataFrame({name: [per_query[name][q] for q in shared] for name in scorers}, index=shared)
+        return frame.assign(difference=frame["candidate"] - frame["baseline"]), judged
+
+    pilot_scores, pilot_judged = differences(pilot)
+    stds = pilot_scores["difference"].groupby(strata.reindex(pilot_scores.index)).std()
+    plan = allocate(rest.value_counts(), queries - pilot_n, allocation, stds if allocation == "neyman" else None)
+    main = stratified_sample(rest, plan, seed + 1)
+    scored, judged = differences(main)
+    diffs = scored["difference"]
+    if len(diffs) < 2:
+        raise DataContractError(f"only {len(diffs)} sampled queries had anything the judge found relevant; sample "
+                                "more queries")
+    # The estimator uses the strata sizes the main sample was drawn from (the population minus the pilot).
+    estimate = stratified_estimate(diffs, rest, rest.value_counts(), config.canary.confidence)
+    srs = srs_estimate(diffs, len(rest), config.canary.confidence)
+    per_query_std = float(diffs.std(ddof=1))
+    design_effect = (estimate.std_error / srs.std_error) ** 2 if srs.std_error > 0 else None
+    mde = minimum_detectable_effect(estimate.std_error)
+    report = {
+        "baseline": str(baseline_dir), "candidate": str(candidate_dir), "judge": str(judge_dir),
+        "judge_version": judge.version, "metric": f"ndcg@{k}", "candidates_per_query": candidates,
+        "judge_agreement": calibration, "min_agreement": min_agreement,
+        "population_queries": int(len(population)), "strata": int(len(sizes)), "allocation": allocation,
+        "pilot_queries": int(len(pilot)), "sampled_queries": int(len(main)), "scored_queries": int(len(diffs)),
+        "judged_pairs": int(pilot_judged + judged),
+        "baseline_mean": float(scored["baseline"].mean()), "candidate_mean": float(scored["candidate"].mean()),
+        "difference": estimate.to_dict(), "srs_difference": srs.to_dict(),
+        "design_effect": design_effect,
+        "variance_reduction": None if design_effect is None else 1 - design_effect,
+        "minimum_detectable_effect": mde,
+        "queries_for_0.01": queries_needed(0.01, per_query_std, design_effect=design_effect or 1.0),
+        "allocation_plan": {str(h): int(n) for h, n in plan.items() if n},
+    }
+    low, high = estimate.interval
+    report["verdict"] = ("candidate better" if low > 0 else "baseline better" if high < 0 else
+                         "no difference detected")
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    d, s = report["difference"], report["srs_difference"]
+    agreement = report["judge_agreement"]["overall"]
+    reduction = report["variance_reduction"]
+    lines = [f"# Judged comparison: {report['candidate']} vs {report['baseline']}", "",
+             f"- Judge {report['judge_version']}: exact agreement with humans {agreement['exact']:.3f}, Kendall's "
+             f"tau {agreement['kendall_tau']}, Spearman's rho {agreement['spearman_rho']} on {agreement['pairs']} "
+             f"valid pairs (floor {report['min_agreement']}).",
+             f"- {report['scored_queries']} scored of {report['sampled_queries']} sampled queries ({report['allocation']} "
+             f"allocation over {report['strata']} strata, after a {report['pilot_queries']}-query pilot); "
+             f"{report['judged_pairs']} pairs judged.",
+             f"- {report['metric']} difference (candidate − baseline): {d['mean']:+.4f}, {d['confidence']:.0%} CI "
+             f"{d['ci_low']:+.4f} .. {d['ci_high']:+.4f}: **{report['verdict']}**.",
+             f"- Simple random sampling with the same data: SE {s['std_error']:.4f} against {d['std_error']:.4f} "
+             f"stratified" + ("" if reduction is None else f" (variance reduction {reduction:.0%})") + ".",
+             f"- Minimum detectable effect at this sample: {report['minimum_detectable_effect']:.4f}; a 0.01 effect "
+             f"needs {report['queries_for_0.01']} queries."]
+    return "\n".join(lines) + "\n"
