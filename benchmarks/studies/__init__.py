@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "studies"
 # In the report's order.
-STUDIES = ("teachers", "scaling", "ablation", "backbones", "labelling", "locales", "gpu")
+STUDIES = ("teachers", "scaling", "judged", "ablation", "backbones", "labelling", "locales", "gpu")
 
 
 def _key(inputs: dict) -> str:
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
                                                         if args.config != parser.get_default("config") else "")
         records[name] = module.run(steps, args, command)
         print(f"   {records[name]['answer']}", flush=True)
-    return write(records, readme=ROOT / "README.md")
+    # Re-read before writing: another study run may have finished meanwhile; keep its records.
+    done = {name: records[name] for name in (args.only or STUDIES)}
+    return write({**load_records(), **done}, readme=ROOT / "README.md")
 
 
