@@ -223,7 +223,7 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
     key = _checkpoint_key(batches, config, human_only)
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=True)  # tensors, numbers and lists only: no code runs
         if saved.get("key") == key:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
