@@ -43,7 +43,7 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
                candidates: int = 50, k: int = 10, min_agreement: float = 0.4, seed: int = 0, log=print) -> dict:
     """Compare ``candidate_dir`` with ``baseline_dir`` (any saved models relevance.evaluation can score) on
     ``queries`` sampled unjudged queries, judged by the cross-encoder at ``judge_dir``. Returns the report."""
-    from relevance.bm25 import BM25Index, lexical_item_texts
+    from relevance.bm25 import BM25Index
     from relevance.evaluation import load_scorer
     from relevance.judge import human_agreement, judge_grades, judged_ndcg, require_agreement
     from relevance.metrics import expected_grade

@@ -208,7 +208,6 @@ class StoreBatches:
         self.query_table, self.item_table = query_table, item_table
         self.batch_size, self.seed, self.window_shards = batch_size, seed, max(1, window_shards)
         self.num_grades = int(self.meta["num_grades"])
-        self.num_features = 4 * int(query_table.meta["dimension"]) + len(LEXICAL_FEATURES)
 
     def __len__(self) -> int:
         return int(self.meta["rows"])

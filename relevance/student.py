@@ -124,7 +124,6 @@ class ArrayBatches:
                              + (f" and {len(grades)} grades" if grades is not None else ""))
         self.x, self.targets, self.batch_size, self.seed = features, targets, batch_size, seed
         self.grades = grades if grades is not None else np.full(len(features), -1, np.int64)
-        self.num_features = int(features.shape[1]) if features.ndim == 2 else 0
 
     def __len__(self) -> int:
         return len(self.x)
@@ -189,7 +188,9 @@ def train_student(train_features: np.ndarray, train_targets: np.ndarray, valid_f
 def _checkpoint_key(batches, config: StudentConfig, human_only: bool) -> str:
     import hashlib
 
-    return hashlib.sha256(f"{batches.fingerprint}|{config.model_dump_json()}|{human_only}".encode()).hexdigest()[:16]
+    # How often checkpoints are written does not change what is trained: a resumed run may change it.
+    settings = config.model_dump_json(exclude={"checkpoint_every_batches"})
+    return hashlib.sha256(f"{batches.fingerprint}|{settings}|{human_only}".encode()).hexdigest()[:16]
 
 
 def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, num_grades: int,

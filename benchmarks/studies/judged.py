@@ -68,7 +68,7 @@ def run(steps, args, command: str) -> dict:
         d = judged[allocation]["difference"]
         s = judged[allocation]["srs_difference"]
         rows_plot.append((f"judge, {allocation}", d["mean"], d["ci_low"], d["ci_high"]))
-        rows_plot.append((f"judge, same data as SRS", s["mean"], s["ci_low"], s["ci_high"]))
+        rows_plot.append(("judge, same data as SRS", s["mean"], s["ci_low"], s["ci_high"]))
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for y, (name, mean, low, high) in enumerate(rows_plot):
         ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", capsize=4)
@@ -85,7 +85,7 @@ def run(steps, args, command: str) -> dict:
         d, s = r["difference"], r["srs_difference"]
         rows.append([f"judge, {allocation} ({r['strata']} strata)", r["scored_queries"], r["baseline_mean"],
                      r["candidate_mean"], d["mean"], d["ci_low"], d["ci_high"], r["variance_reduction"]])
-        rows.append([f"  the same queries as a simple random sample", r["scored_queries"], r["baseline_mean"],
+        rows.append(["  the same queries as a simple random sample", r["scored_queries"], r["baseline_mean"],
                      r["candidate_mean"], s["mean"], s["ci_low"], s["ci_high"], 0.0])
     neyman = judged["neyman"]
     same_sign = np.sign(human["mean"]) == np.sign(neyman["difference"]["mean"])

@@ -86,8 +86,6 @@ def _ranked_pool(config, dataset, work: Path):
 
 
 def run(steps, args, command: str) -> dict:
-    import pandas as pd
-
     from benchmarks.studies import figure_png, record, table
     from relevance.config import load_config
     from relevance.data.schema import Dataset, prob_columns
