@@ -24,14 +24,26 @@ from relevance.featurizer import PairFeaturizer, model_manifest
 DISTILLED, HUMAN_ONLY = "student", "student_human_only"
 
 
+_JUDGED: dict[tuple, np.ndarray] = {}
+
+
 def judged_targets(config: RunConfig, dataset: Dataset, teacher_dir: Path) -> np.ndarray:
-    """The teacher's probabilities for the judged train pairs: distillation sees them with both label kinds."""
+    """The teacher's probabilities for the judged train pairs: distillation sees them with both label kinds.
+
+    Kept per (teacher, training data, precision) for the life of the process: a study distilling many students
+    from one teacher scores the train split once."""
+    from relevance.files import read_manifest
     from relevance.teacher import Teacher, score_items
 
-    log("distillation: teacher labels for the judged train pairs")
-    teacher = Teacher.load(teacher_dir)
-    return score_items(teacher, dataset.split("train"), dataset.query_text, teacher.item_texts(dataset.items),
-                       config.labeling.batch_size, config.labeling.precision)
+    key = (read_manifest(teacher_dir, "teacher")["teacher_version"], dataset.training_data_hash(),
+           config.labeling.precision)
+    if key not in _JUDGED:
+        log("distillation: teacher labels for the judged train pairs")
+        teacher = Teacher.load(teacher_dir)
+        _JUDGED[key] = score_items(teacher, dataset.split("train"), dataset.query_text,
+                                   teacher.item_texts(dataset.items), config.labeling.batch_size,
+                                   config.labeling.precision)
+    return _JUDGED[key].copy()
 
 
 def _check_teacher(labels: pd.DataFrame, teacher_version: str) -> None:

@@ -136,7 +136,16 @@ def run(steps, args, command: str) -> dict:
     featurizer = build_featurizer(dataset.items, featurizer_settings(config), work / "embeddings")
     models = {"teacher": work / "teacher"}
     pairs = {m: int(len(pool_of(m))) for m in MULTIPLES}
-    runs = [(m, seed, "bf16") for m in MULTIPLES for seed in SEEDS] + [(MULTIPLES[0], s, "fp32") for s in SEEDS]
+    for seed in SEEDS:
+        out = students / f"student-human-only-seed-{seed}"
+        run_config = config.model_copy(deep=True)
+        run_config.student = config.student.model_copy(update={**STUDENT, "epochs": EPOCHS[MULTIPLES[0]],
+                                                               "seed": seed})
+        train_students(run_config, dataset, work / "teacher", None, {"student_human_only": out}, featurizer)
+        models[f"student (human labels only) seed {seed}"] = out
+
+    # Cheapest first, so that an interrupted run has the fp32 check and the small pools (students resume).
+    runs = [(MULTIPLES[0], s, "fp32") for s in SEEDS] + [(m, seed, "bf16") for m in MULTIPLES for seed in SEEDS]
     for m, seed, precision in runs:
         name = f"student {m}× seed {seed}" + (" fp32 labels" if precision == "fp32" else "")
         out = students / name.replace(" ", "-").replace("×", "x")
@@ -148,13 +157,6 @@ def run(steps, args, command: str) -> dict:
                                                                             errors="ignore"),
                            {"student": out}, featurizer)
         models[name] = out
-    for seed in SEEDS:
-        out = students / f"student-human-only-seed-{seed}"
-        run_config = config.model_copy(deep=True)
-        run_config.student = config.student.model_copy(update={**STUDENT, "epochs": EPOCHS[MULTIPLES[0]],
-                                                               "seed": seed})
-        train_students(run_config, dataset, work / "teacher", None, {"student_human_only": out}, featurizer)
-        models[f"student (human labels only) seed {seed}"] = out
 
     def evaluate() -> dict:
         report = evaluate_models(config, dataset, models, students / "report.json", work / "embeddings")
