@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from relevance.data.schema import DataContractError, prob_columns
+from relevance.metrics import expected_grade
 
 STRATEGIES = ("random", "entropy", "disagreement", "diverse")
 Strategy = Literal["random", "entropy", "disagreement", "diverse"]
@@ -31,10 +32,6 @@ Strategy = Literal["random", "entropy", "disagreement", "diverse"]
 def entropy(probs: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
     return -(p * np.log(p)).sum(1)
-
-
-def expected_grade(probs: np.ndarray) -> np.ndarray:
-    return np.asarray(probs, dtype=np.float64) @ np.arange(probs.shape[1])
 
 
 def scores(candidates: pd.DataFrame, strategy: Strategy, num_grades: int, seed: int = 0,

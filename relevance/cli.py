@@ -204,8 +204,10 @@ def import_labels(export: Path = typer.Argument(..., exists=True, dir_okay=False
 @app.command("judge-eval")
 @clear_errors()
 def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, help="A saved model (student, "
-                                             "GBDT, ensemble, teacher): the ranker to beat."),
-               candidate: Path = typer.Option(..., exists=True, file_okay=False, help="The saved model to compare."),
+                                             "GBDT, ensemble, teacher) or a serving bundle (relevance export; "
+                                             "scored through the serving path): the ranker to beat."),
+               candidate: Path = typer.Option(..., exists=True, file_okay=False, help="The saved model or serving "
+                                                                                     "bundle to compare."),
                queries: int = typer.Option(300, help="Unjudged queries to sample (pilot included)."),
                allocation: str = typer.Option("neyman", help="neyman | proportional"),
                judge: Optional[Path] = typer.Option(None, help="The judge: a saved cross-encoder (default: the "

@@ -98,8 +98,60 @@ class EnsembleScorer:
         return Scored(self.ensemble.combine([s.probs for s in scored]), sum(s.seconds for s in scored))
 
 
+class BundleScorer:
+    """A serving bundle (relevance.export.export_bundle) scored through the serving path itself: the ONNX query
+    encoder, BM25 from the bundle's index, :func:`relevance.featurizer.featurize` and the ONNX student, one
+    request per query (relevance.online.OnlineScorer). Item features come from the catalog with embeddings from
+    the run's cache (relevance.online.CatalogItemSource), which is what the feature store is materialized from.
+    What a canary serves is what gets compared."""
+
+    kind = "serving-bundle"
+
+    def __init__(self, directory: Path, items: pd.DataFrame, cache_dir: Path):
+        from relevance.bm25 import lexical_item_texts
+        from relevance.config import ServingConfig, TextConfig
+        from relevance.encoder import BiEncoder, EmbeddingCache
+        from relevance.featurizer import catalog_hash
+        from relevance.online import CatalogItemSource, OnlineScorer, OnnxStudent, ServingBundle
+
+        bundle = ServingBundle(directory)
+        self.manifest = {**bundle.manifest, "kind": self.kind}
+        if "text" not in bundle.manifest:
+            raise ValueError(f"{directory}: this bundle does not record how item text was assembled (exported by an "
+                             "older version); re-export it with `relevance export`")
+        item_text = lexical_item_texts(items, TextConfig.model_validate(bundle.manifest["text"]))
+        if catalog_hash(item_text) != bundle.manifest["catalog_hash"]:
+            warnings.warn("the items file differs from the catalog the bundle was exported for: its BM25 index "
+                          "and the items' features no longer describe the same catalog", stacklevel=2)
+        encoder = BiEncoder(bundle.manifest["encoder"], bundle.manifest["encoder_max_length"])
+        if encoder.fingerprint != bundle.manifest["encoder_fingerprint"]:
+            raise ValueError(f"{directory}: the bundle's item embeddings came from encoder "
+                             f"{bundle.manifest['encoder_fingerprint']}, this machine's {bundle.manifest['encoder']} "
+                             f"is {encoder.fingerprint}")
+        cache = EmbeddingCache(Path(cache_dir), encoder)
+        titles = items.set_index("item_id")["title"] if "title" in items.columns else item_text
+        source = CatalogItemSource(titles.fillna("").astype(str), item_text,
+                                   lambda texts: cache.embed(texts, "item embeddings"), encoder.dimension)
+        self.online = OnlineScorer(bundle, source, ServingConfig(),
+                                   student=OnnxStudent(bundle.model_file("student", int8=False)))
+
+    def score(self, pairs: pd.DataFrame, query_text: pd.Series) -> Scored:
+        started = time.perf_counter()
+        probs = np.zeros((len(pairs), self.manifest["num_grades"]), dtype=np.float32)
+        items = pairs["item_id"].to_numpy()
+        for query_id, rows in pairs.groupby("query_id", sort=False).indices.items():
+            prepared = self.online.prepare(query_text[query_id], "", items[rows].tolist())
+            probs[rows] = self.online.student.predict(prepared.features)
+        return Scored(probs, time.perf_counter() - started)
+
+
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):
-    """One interface over any saved model: a teacher, a student, a GBDT, or an ensemble of them."""
+    """One interface over any saved model: a teacher, a student, a GBDT, an ensemble of them, or a serving bundle
+    (an exported student, scored the way the server scores it)."""
+    from relevance.online import BUNDLE_MANIFEST
+
+    if (Path(directory) / BUNDLE_MANIFEST).exists():
+        return BundleScorer(Path(directory), items, Path(cache_dir))
     manifest = read_manifest(Path(directory))
     kind = manifest.get("kind")
     if kind == "teacher":

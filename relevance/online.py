@@ -116,6 +116,25 @@ class ItemFeatures:
     known: np.ndarray  # [n] bool
 
 
+class CatalogItemSource:
+    """Candidate features straight from the catalog: titles and lexical texts as given, embeddings from ``embed``
+    (texts → vectors, e.g. the run's embedding cache). The offline stand-in for the feature store, for replaying
+    queries through a serving bundle without a Feast deployment; the Feast tables hold the same three values
+    (relevance.platform.feature_store.feature_tables)."""
+
+    def __init__(self, titles, texts, embed, dimension: int):
+        self.titles, self.texts, self.embed, self.dimension = titles, texts, embed, dimension
+
+    def get(self, item_ids: list[str]) -> ItemFeatures:
+        known = np.array([i in self.texts.index for i in item_ids], dtype=bool).reshape(len(item_ids))
+        embeddings = np.zeros((len(item_ids), self.dimension), dtype=np.float32)
+        found = [i for i, k in zip(item_ids, known) if k]
+        if found:
+            embeddings[known] = self.embed(self.texts.reindex(found).tolist())
+        return ItemFeatures(embeddings, [str(self.titles.get(i, "")) if k else "" for i, k in zip(item_ids, known)],
+                            [str(self.texts[i]) if k else "" for i, k in zip(item_ids, known)], known)
+
+
 def lookup_cache(size: int):
     """A W-TinyLFU cache (theine) of ``size`` entries, or None for size 0 (no cache)."""
     if size <= 0:

@@ -304,3 +304,33 @@ def test_judge_eval_compares_two_students_and_refuses_a_weak_judge(cli, finished
         pd.read_parquet(run / "data/queries.parquet"), on="query_id")
     assert set(report["judge_agreement"]["per_group"]) == set(valid["locale"])  # per locale of the valid queries
     assert report["verdict"] in out and "Simple random sampling" in out
+
+
+def test_judge_eval_replays_a_served_bundle_as_the_server_scores_it(cli, finished_run, tmp_path):
+    """A serving bundle is a ranker too: scored through the serving path (ONNX encoder and student, one request
+    per query), it gives the probabilities of the student it was exported from, and judge-eval compares it."""
+    from relevance.data.schema import Dataset
+    from relevance.evaluation import BundleScorer, load_scorer
+
+    run, config = finished_run[0] / "run", finished_run[1]
+    cli("export", "--config", str(config))
+    dataset = Dataset.load(run / "data", with_impressions=False)
+    pairs = dataset.split("valid")
+    bundle = load_scorer(run / "export", dataset.items, run / "embeddings")
+    assert isinstance(bundle, BundleScorer)
+    served = bundle.score(pairs, dataset.query_text).probs
+    trained = load_scorer(run / "student", dataset.items, run / "embeddings").score(pairs, dataset.query_text)
+    np.testing.assert_allclose(served, trained.probs, atol=1e-3)  # the ONNX student carries its calibration
+
+    cli("judge-eval", "--config", str(config), "--baseline", run / "student_human_only", "--candidate",
+        run / "export", "--queries", "24", "--min-agreement", "0", "--out", tmp_path)
+    report = json.loads((tmp_path / "judge-eval.json").read_text())
+    assert report["candidate"] == str(run / "export") and report["scored_queries"] >= 2
+
+    manifest = json.loads((run / "export/bundle.json").read_text())
+    old = tmp_path / "old-bundle"
+    old.mkdir()
+    (old / "bundle.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "text"}))
+    refused = cli("judge-eval", "--config", str(config), "--baseline", run / "student_human_only", "--candidate",
+                  old, "--queries", "24", "--min-agreement", "0", "--out", tmp_path / "o", check=False)
+    assert refused.returncode == 2 and "re-export" in refused.stderr
