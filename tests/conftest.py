@@ -95,6 +95,33 @@ def run_settings(tiny_bert):
     return functools.partial(_run_settings, tiny_bert)
 
 
+def _write_config(tmp_path: Path, settings: dict, **overrides) -> Path:
+    import yaml
+
+    config = {"profile": "quick", "workdir": str(tmp_path / "run"), **settings}
+    for key, value in overrides.items():
+        config[key].update(value)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_config():
+    """``write_config(tmp_path, settings, section={...})``: a quick-profile config file with its workdir in
+    ``tmp_path``; keyword arguments update whole sections."""
+    return _write_config
+
+
+@pytest.fixture(scope="session")
+def finished_run(run_settings, cli, tmp_path_factory, tiny_bert) -> tuple[Path, Path]:
+    """A whole `relevance run` on the tiny settings: (its folder, its config file); the run is in folder/run."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    config = _write_config(tmp_path, run_settings())
+    cli("run", "--config", str(config))
+    return tmp_path, config
+
+
 @pytest.fixture(scope="session")
 def cli():
     """``cli(*args, check=True, env=None, cwd=None)``: `relevance …` in a subprocess, offline and on one thread.

@@ -24,23 +24,6 @@ from relevance.data.schema import prob_columns
 CLI = [sys.executable, "-m", "relevance.cli"]
 
 
-def _write_config(tmp_path: Path, settings: dict, **overrides) -> Path:
-    config = {"profile": "quick", "workdir": str(tmp_path / "run"), **settings}
-    for key, value in overrides.items():
-        config[key].update(value)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(run_settings, cli, tmp_path_factory, tiny_bert):
-    tmp_path = tmp_path_factory.mktemp("e2e")
-    config = _write_config(tmp_path, run_settings())
-    cli("run", "--config", str(config))
-    return tmp_path, config
-
-
 def test_run_writes_every_artifact_and_a_complete_report(finished_run):
     tmp_path, _ = finished_run
     run = tmp_path / "run"
@@ -167,8 +150,8 @@ def test_changed_settings_never_silently_reuse_an_output(cli, finished_run):
     assert result.returncode == 2 and "teacher output was made with other settings" in result.stderr
 
 
-def test_unknown_backbone_and_bad_config_fail_cleanly(run_settings, cli, tmp_path, tiny_bert):
-    config = _write_config(tmp_path, run_settings(), teacher={"backbone": str(tmp_path / "missing-model")})
+def test_unknown_backbone_and_bad_config_fail_cleanly(run_settings, cli, tmp_path, tiny_bert, write_config):
+    config = write_config(tmp_path, run_settings(), teacher={"backbone": str(tmp_path / "missing-model")})
     cli("prepare", "--config", str(config))
     result = cli("train-teacher", "--config", str(config), check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr

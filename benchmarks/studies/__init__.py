@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "studies"
 # In the report's order.
-STUDIES = ("teachers", "scaling", "judged", "ablation", "backbones", "labelling", "locales", "gpu")
+STUDIES = ("teachers", "scaling", "active", "judged", "ablation", "backbones", "labelling", "locales", "gpu")
 
 
 def _key(inputs: dict) -> str:

@@ -152,3 +152,37 @@ def test_the_scale_benchmark_runs_every_stage_in_smoke_mode(tmp_path):
     assert {s["stage"] for s in summary["stages"]} == {"generate", "pool", "labels", "embeddings", "distil"}
     assert "NOT the measurement" in (tmp_path / "scale-smoke.md").read_text()
     assert (tmp_path / "scale-smoke.png").exists()
+
+
+def test_active_learning_rounds_send_a_capped_budget_of_new_pairs_per_strategy(finished_run):
+    """One simulated round on the tiny run: the retrained teacher is scored on test and labels the rest of train;
+    every strategy then adds a round's budget of pairs it had not labelled, at most PER_QUERY per query, and
+    entropy picks pairs the teacher is less sure of than the pool's average."""
+    import pandas as pd
+
+    from benchmarks.studies import active
+    from relevance.active import entropy
+    from relevance.config import load_config
+    from relevance.data.schema import Dataset
+    from relevance.featurizer import build_featurizer, featurizer_settings
+
+    run, config = finished_run[0] / "run", load_config(finished_run[1])
+    dataset = Dataset.load(run / "data", with_impressions=False)
+    sim = active._Simulation(config, dataset, build_featurizer(dataset.items, featurizer_settings(config),
+                                                                run / "embeddings"))
+    n = len(sim.train)
+    start = np.arange(0, n, 4)
+    result = sim.teacher_round(0, start, score_pool=True)
+    assert 0 <= result["accuracy"] <= 1 and 0 <= result["ndcg@20"] <= 1
+    assert result["pool_rows"] == np.setdiff1d(np.arange(n), start).tolist()
+    pool_entropy = entropy(np.asarray(result["pool_probs"]))
+    budget = int(round(active.STEP * n))
+    for strategy in active.STRATEGIES:
+        after = sim.acquire(strategy, 0, 1, start, result)
+        new = np.setdiff1d(after, start)
+        assert len(np.unique(after)) == len(after) == len(start) + len(new), strategy
+        assert len(new) == budget, strategy
+        assert pd.Series(sim.train["query_id"].to_numpy()[new]).value_counts().max() <= active.PER_QUERY
+        if strategy == "entropy":
+            chosen = pool_entropy[np.searchsorted(result["pool_rows"], new)]
+            assert chosen.mean() > pool_entropy.mean()
