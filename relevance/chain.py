@@ -28,7 +28,7 @@ from pathlib import Path
 from relevance.config import RunConfig
 from relevance.console import log as _log
 from relevance.data.schema import Dataset
-from relevance.files import atomic_write_json, atomic_write_text
+from relevance.files import atomic_write_json, atomic_write_text, read_manifest
 
 # The config sections each step's output depends on.
 STEP_SETTINGS = {
@@ -108,8 +108,16 @@ class Chain:
 
         if not self.reusable("teacher", (self.teacher_dir / "manifest.json").exists()):
             fit_teacher(self.config, dataset, self.teacher_dir)
-        else:  # calibration is a cheap step of its own: a change of method refits it, not the teacher
-            recalibrate_teacher(self.config, dataset, self.teacher_dir)
+            return self.teacher_dir
+        # The settings match, but the judgments may not: `relevance import-labels` adds train judgments, and a
+        # teacher that never saw them must not label the pool as if it had.
+        trained_on = read_manifest(self.teacher_dir, "teacher").get("train_data_hash")
+        if trained_on and trained_on != dataset.training_data_hash():
+            raise ValueError(f"{self.root}: the judgments changed since the teacher was trained (new train or valid "
+                             "judgments, e.g. from `relevance import-labels`). To learn from them, delete "
+                             f"{self.teacher_dir}, {self.pool_path.name}, labels/ and the student folders, or "
+                             "start another workdir")
+        recalibrate_teacher(self.config, dataset, self.teacher_dir)  # a change of method refits only calibration
         return self.teacher_dir
 
     def labels(self, dataset: Dataset, shards: list[int] | None = None) -> Path:

@@ -197,8 +197,9 @@ def import_labels(export: Path = typer.Argument(..., exists=True, dir_okay=False
         return
     outcome = merge_judgments(chain.data_dir, imported.judgments, round_tag)
     typer.echo(f"round {round_tag}: {outcome['added']} new train judgment(s), {outcome['already_judged']} pair(s) "
-               f"already judged and left as they were; {outcome['judgments']} judgments in all. Retrain the teacher "
-               "(delete workdir/teacher, or use a new workdir) to learn from them.")
+               f"already judged and left as they were; {outcome['judgments']} judgments in all. To learn from them, "
+               "retrain from the teacher on: delete workdir/teacher, pool.parquet, labels/ and the student folders "
+               "(the chain refuses to reuse a teacher trained on other judgments), or use a new workdir.")
 
 
 @app.command("judge-eval")

@@ -225,6 +225,9 @@ def test_select_then_import_labels_round_trip(cli, finished_run, tmp_path, strat
     assert "24 rating(s) by 2 annotator(s)" in out and "12 new train judgment(s)" in out
     after = pd.read_parquet(tmp_path / "run/data/judgments.parquet")
     assert len(after) == len(before) + 12 and set(after.loc[after["round"] == 1, "split"]) == {"train"}
+    if strategy == "entropy":  # the teacher never saw the new judgments: the chain must not reuse it
+        stale = cli("label", "--config", str(path), check=False)
+        assert stale.returncode == 2 and "judgments changed since the teacher was trained" in stale.stderr
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{**export[0], "annotations": [{**export[0]["annotations"][0], "result": [
         {**export[0]["annotations"][0]["result"][0], "value": {"choices": ["superb"]}}]}]}]))
