@@ -139,9 +139,12 @@ class BundleScorer:
         started = time.perf_counter()
         probs = np.zeros((len(pairs), self.manifest["num_grades"]), dtype=np.float32)
         items = pairs["item_id"].to_numpy()
+        limit = self.online.config.max_candidates  # a query with more candidates goes as several requests
         for query_id, rows in pairs.groupby("query_id", sort=False).indices.items():
-            prepared = self.online.prepare(query_text[query_id], "", items[rows].tolist())
-            probs[rows] = self.online.student.predict(prepared.features)
+            for start in range(0, len(rows), limit):
+                part = rows[start:start + limit]
+                prepared = self.online.prepare(query_text[query_id], "", items[part].tolist())
+                probs[part] = self.online.student.predict(prepared.features)
         return Scored(probs, time.perf_counter() - started)
 
 
