@@ -257,7 +257,8 @@ def fetch_backbone(name: str = typer.Argument(..., help="A backbone published on
 
 @app.command()
 @clear_errors()
-def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teacher or student directory."),
+def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teacher or student directory, or a "
+                                                                    "serving bundle (relevance export)."),
              items: Path = typer.Option(..., help="Items file (parquet/CSV): item_id or product_id, title, ..."),
              judgments: Path = typer.Option(..., help="Judgments file: query_id, query, item_id or product_id, "
                                                       "grade [, relevance, split]."),
@@ -268,10 +269,10 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teac
     from relevance.config import EvalConfig
     from relevance.data.generic import load_items, load_judgments
     from relevance.data.schema import DataContractError, validate_items
-    from relevance.evaluation import evaluate_directory
-    from relevance.files import atomic_write_json, read_manifest
+    from relevance.evaluation import evaluate_directory, saved_manifest
+    from relevance.files import atomic_write_json
 
-    manifest = read_manifest(model)
+    manifest = saved_manifest(model)
     items_frame = validate_items(load_items(items))
     queries, judged, _ = load_judgments(judgments, num_grades=manifest["num_grades"])
     if queries is None:

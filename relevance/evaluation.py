@@ -116,7 +116,7 @@ class BundleScorer:
 
         bundle = ServingBundle(directory)
         self.manifest = {**bundle.manifest, "kind": self.kind}
-        if "text" not in bundle.manifest:
+        if not {"text", "dataset"} <= set(bundle.manifest):
             raise ValueError(f"{directory}: this bundle does not record how item text was assembled (exported by an "
                              "older version); re-export it with `relevance export`")
         item_text = lexical_item_texts(items, TextConfig.model_validate(bundle.manifest["text"]))
@@ -146,6 +146,15 @@ class BundleScorer:
                 prepared = self.online.prepare(query_text[query_id], "", items[part].tolist())
                 probs[part] = self.online.student.predict(prepared.features)
         return Scored(probs, time.perf_counter() - started)
+
+
+def saved_manifest(directory: str | Path) -> dict:
+    """What a saved model or a serving bundle says about itself (its manifest, or the bundle's bundle.json)."""
+    from relevance.online import BUNDLE_MANIFEST, ServingBundle
+
+    if (Path(directory) / BUNDLE_MANIFEST).exists():
+        return ServingBundle(directory).manifest
+    return read_manifest(Path(directory))
 
 
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):

@@ -244,7 +244,9 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
             "embedding_dim": manifest["embedding_dim"], "encoder": manifest["encoder"],
             "encoder_max_length": manifest["encoder_max_length"],
             "encoder_fingerprint": manifest["encoder_fingerprint"], "catalog_hash": manifest["catalog_hash"],
-            "text": manifest["text"],  # how item text was assembled: an offline replay rebuilds the same features
+            # How item text was assembled and what the grades mean: an offline replay (relevance evaluate,
+            # judge-eval) rebuilds the same features and reads the probabilities right.
+            "text": manifest["text"], "dataset": manifest["dataset"],
             "catalog_items": int(len(item_text)), "int8": int8,
             "max_abs_diff": {result.path.stem: result.max_abs_diff for result in results},
         }

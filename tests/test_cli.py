@@ -312,6 +312,12 @@ def test_judge_eval_replays_a_served_bundle_as_the_server_scores_it(cli, finishe
         run / "export", "--queries", "24", "--min-agreement", "0", "--out", tmp_path)
     report = json.loads((tmp_path / "judge-eval.json").read_text())
     assert report["candidate"] == str(run / "export") and report["scored_queries"] >= 2
+    judged = pairs.merge(dataset.queries, on="query_id")[["query_id", "query", "item_id", "grade"]]
+    judged.to_parquet(tmp_path / "valid.parquet")
+    cli("evaluate", "--model", run / "export", "--items", run / "data/items.parquet", "--judgments",
+        tmp_path / "valid.parquet", "--out", tmp_path / "bundle.json", "--cache-dir", run / "embeddings")
+    evaluated = json.loads((tmp_path / "bundle.json").read_text())
+    assert evaluated["kind"] == "serving-bundle" and evaluated["overall"]["num_pairs"] == len(pairs)
 
     manifest = json.loads((run / "export/bundle.json").read_text())
     old = tmp_path / "old-bundle"
