@@ -218,7 +218,7 @@ def run(steps, args, command: str) -> dict:
     mixes = {s: np.mean([mix(grades[state[s, seed][0]]) for seed in SEEDS], axis=0) for s in STRATEGIES}
     mixes = {"train split": mix(grades), "test split": mix(sim.test["grade"].to_numpy()), **mixes}
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2), gridspec_kw={"width_ratios": [1, 1, 0.8], "wspace": 0.45})
     for ax, metric in zip(axes, METRICS):
         for offset, strategy in enumerate(STRATEGIES):
             points = [stats([curves[strategy][seed][r] for seed in SEEDS], metric) for r in range(ROUNDS + 1)]
@@ -231,7 +231,7 @@ def run(steps, args, command: str) -> dict:
         ax.set_xlabel("train labels used (%)")
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"teacher {metric}, mean ± std over {len(SEEDS)} seeds")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")
     left = np.zeros(len(mixes))
     for grade in range(k):
         shares = np.array([m[grade] for m in mixes.values()])
