@@ -42,8 +42,8 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
                cache_dir: Path, queries: int = 300, allocation: str = "neyman", pilot_share: float = 0.25,
                candidates: int = 50, k: int = 10, min_agreement: float = 0.4, seed: int = 0, log=print) -> dict:
     """Compare ``candidate_dir`` with ``baseline_dir`` (saved models or serving bundles: anything
-    relevance.evaluation.load_scorer opens) on
-    ``queries`` sampled unjudged queries, judged by the cross-encoder at ``judge_dir``. Returns the report."""
+    relevance.evaluation.load_scorer opens) on ``queries`` sampled unjudged queries, judged by the cross-encoder
+    at ``judge_dir``. Returns the report."""
     from relevance.bm25 import BM25Index
     from relevance.evaluation import load_scorer
     from relevance.judge import human_agreement, judge_grades, judged_ndcg, require_agreement
