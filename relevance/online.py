@@ -126,7 +126,7 @@ class CatalogItemSource:
         self.titles, self.texts, self.embed, self.dimension = titles, texts, embed, dimension
 
     def get(self, item_ids: list[str]) -> ItemFeatures:
-        known = np.array([i in self.texts.index for i in item_ids], dtype=bool).reshape(len(item_ids))
+        known = np.array([i in self.texts.index for i in item_ids], dtype=bool)
         embeddings = np.zeros((len(item_ids), self.dimension), dtype=np.float32)
         found = [i for i, k in zip(item_ids, known) if k]
         if found:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -58,23 +59,22 @@ class _Simulation:
         self.teacher_config = config.teacher.model_copy(update=ROUND_TEACHER)
         info = dataset.info
         self.raw_scale = (info.raw_score_min, info.raw_score_max) if info.raw_score_min is not None else None
-        self._train_features = None
-        self._valid_features = None
-        self._pair_vectors = None
 
+    # Computed on first use, then kept: only disagreement needs the features, only diverse the pair vectors.
+    @cached_property
     def train_features(self) -> np.ndarray:
-        if self._train_features is None:
-            self._train_features = self.featurizer.pair_features(self.train, self.dataset.query_text)
-            self._valid_features = self.featurizer.pair_features(self.valid, self.dataset.query_text)
-        return self._train_features
+        return self.featurizer.pair_features(self.train, self.dataset.query_text)
 
+    @cached_property
+    def valid_features(self) -> np.ndarray:
+        return self.featurizer.pair_features(self.valid, self.dataset.query_text)
+
+    @cached_property
     def pair_vectors(self) -> np.ndarray:
         """Query + item embedding of every train pair (the ``diverse`` strategy's similarity space)."""
-        if self._pair_vectors is None:
-            q, i = self.featurizer.embeddings(self.dataset.query_text.reindex(self.train["query_id"]).tolist(),
-                                              self.train["item_id"].tolist())
-            self._pair_vectors = q + i
-        return self._pair_vectors
+        q, i = self.featurizer.embeddings(self.dataset.query_text.reindex(self.train["query_id"]).tolist(),
+                                          self.train["item_id"].tolist())
+        return q + i
 
     def teacher_round(self, seed: int, labelled: np.ndarray, score_pool: bool) -> dict:
         """Fine-tune on the labelled train rows, evaluate on test, and (``score_pool``) label the rest of train."""
@@ -108,13 +108,13 @@ class _Simulation:
 
         from relevance.student import train_student
 
-        x = self.train_features()
+        x = self.train_features
         k = self.dataset.num_grades
         targets = np.zeros((len(self.train), k), dtype=np.float32)
         targets[pool] = pool_probs
         targets[labelled, self.train["grade"].to_numpy()[labelled]] = 1.0
         rows = np.concatenate([labelled, pool])
-        model, _ = train_student(x[rows], targets[rows], self._valid_features, self.valid["grade"].to_numpy(), k,
+        model, _ = train_student(x[rows], targets[rows], self.valid_features, self.valid["grade"].to_numpy(), k,
                                  self.config.student, log=lambda line: None)
         model.eval()
         with torch.no_grad():
@@ -135,7 +135,7 @@ class _Simulation:
         candidates[prob_columns(self.dataset.num_grades)] = pool_probs
         candidates["row"] = pool
         student = self.student_probs(labelled, pool, pool_probs) if strategy == "disagreement" else None
-        vectors = self.pair_vectors()[pool] if strategy == "diverse" else None
+        vectors = self.pair_vectors[pool] if strategy == "diverse" else None
         chosen = select(candidates, budget, strategy, self.dataset.num_grades, PER_QUERY, seed=seed * 100 + round_,
                         student_probs=student, embeddings=vectors)
         return np.sort(np.concatenate([labelled, chosen["row"].to_numpy()]))
@@ -282,7 +282,7 @@ def run(steps, args, command: str) -> dict:
         table("Grade mix of the labelled set after the last round (mean over seeds)",
               ["labelled set", *dataset.info.grade_names], [[name, *m.tolist()] for name, m in mixes.items()])],
         {"Test accuracy and nDCG@20 of the retrained teacher against train labels used": figure_png(fig)},
-        command, steps, reference=reference and {str(k): {m: v[m] for m in METRICS} for k, v in reference.items()},
+        command, steps, reference={str(k): {m: v[m] for m in METRICS} for k, v in reference.items()},
         curves={s: {str(seed): [{m: r[m] for m in ("labelled", *METRICS, "train_seconds")} for r in c]
                     for seed, c in per_seed.items()} for s, per_seed in curves.items()},
         reached=reached, production_teacher=production, production_metrics=production_metrics,
