@@ -8,13 +8,14 @@ number of judged queries; proportional allocation (n_h ∝ N_h) never does worse
 Pinterest reports a minimum detectable effect cut from 1.3–1.5% to ≤ 0.25% this way (arXiv 2509.03764).
 
 Estimators (Cochran, 1977, "Sampling Techniques", ch. 5): the stratified mean Σ W_h ȳ_h with variance
-Σ W_h² (1 − n_h/N_h) s_h² / n_h, W_h = N_h / N.
+Σ W_h² (1 − n_h/N_h) s_h² / n_h, W_h = N_h / N; strata left empty or with one scored query are handled as
+:func:`stratified_estimate` says, and the simple-random-sampling comparison weights the strata (:func:`srs_estimate`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -54,8 +55,9 @@ def allocate(sizes: pd.Series, budget: int, method: Allocation = "proportional",
     """How many queries to draw from each stratum (``sizes``: stratum → N_h) for ``budget`` queries in all.
 
     Proportional: n_h ∝ N_h. Neyman: n_h ∝ N_h·S_h, with ``stds`` (stratum → S_h, e.g. from a pilot sample).
-    Every stratum gets at least ``minimum`` (a variance needs two) and at most N_h; rounding by largest
-    remainders, so the total is exactly the budget whenever the population allows it."""
+    Every stratum gets at least ``minimum`` (a variance needs two) when the budget allows it, else at least one
+    when there are no more strata than queries; never more than N_h. Rounding is by largest remainders, so the
+    total is always exactly the budget (or the whole population when the budget exceeds it)."""
     sizes = sizes[sizes > 0].astype(int)
     if budget < 1:
         raise ValueError(f"the budget must be at least 1 query, got {budget}")
@@ -74,15 +76,14 @@ def allocate(sizes: pd.Series, budget: int, method: Allocation = "proportional",
     else:
         raise ValueError(f"allocation must be 'proportional' or 'neyman', got {method!r}")
     cap = sizes.to_numpy()
+    # The lower bound each stratum is owed: two (a variance) if the budget covers it, else one (an estimate of
+    # its mean) if there are no more strata than queries, else none (the heaviest strata get the queries).
     floor = np.minimum(cap, minimum)
-    if floor.sum() >= budget:  # more strata than the budget can cover twice: the largest weights first
-        out = pd.Series(0, index=sizes.index)
-        for name in weight.sort_values(ascending=False).index[:budget]:
-            out[name] = 1
-        return out
+    if floor.sum() > budget:
+        floor = np.minimum(cap, 1) if len(cap) <= budget else np.zeros_like(cap)
     ideal = budget * weight.to_numpy() / weight.to_numpy().sum()
     count = np.clip(np.floor(ideal).astype(int), floor, cap)
-    order = np.argsort(-(ideal - np.floor(ideal)))  # largest remainders first
+    order = np.argsort(-(ideal - np.floor(ideal)), kind="stable")  # largest remainders first
     while count.sum() < budget:  # hand out what rounding down left, where there is room
         for i in order:
             if count.sum() < budget and count[i] < cap[i]:
@@ -106,12 +107,18 @@ def stratified_sample(strata: pd.Series, allocation: pd.Series, seed: int = 0) -
 
 @dataclass
 class Estimate:
-    """A mean difference with its standard error and a normal-approximation interval."""
+    """A mean difference with its standard error and a normal-approximation interval, and what the estimator
+    had to do to the strata to get there (so a report can say so)."""
 
     mean: float
     std_error: float
     n: int
     confidence: float = 0.95
+    # Strata with no scored query: left out, and the others' weights renormalised to sum to 1.
+    empty_strata: list[str] = field(default_factory=list)
+    empty_weight: float = 0.0  # the population share those strata held
+    # Strata with a single scored query: their variance comes from the collapsed-strata estimator.
+    collapsed_strata: list[str] = field(default_factory=list)
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -121,31 +128,95 @@ class Estimate:
     def to_dict(self) -> dict:
         low, high = self.interval
         return {"mean": self.mean, "std_error": self.std_error, "n": self.n, "confidence": self.confidence,
-                "ci_low": low, "ci_high": high}
+                "ci_low": low, "ci_high": high, "empty_strata": self.empty_strata,
+                "empty_weight": self.empty_weight, "collapsed_strata": self.collapsed_strata}
+
+    def notes(self) -> list[str]:
+        """What the estimator changed, in words, for a report."""
+        out = []
+        if self.empty_strata:
+            out.append(f"{len(self.empty_strata)} stratum/strata with no scored query ({self.empty_weight:.1%} of the "
+                       "population) left out; the estimate is of the scored strata, weights renormalised")
+        if self.collapsed_strata:
+            out.append(f"{len(self.collapsed_strata)} stratum/strata with one scored query collapsed for the variance "
+                       "(Cochran's collapsed-strata estimator: conservative)")
+        return out
+
+
+def _scored_strata(values: pd.Series, strata: pd.Series, population: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    """The sampled values with their strata, and the renormalised weight W_h of each stratum that has one."""
+    frame = pd.DataFrame({"y": values, "h": strata.reindex(values.index)})
+    if frame["h"].isna().any():
+        raise ValueError(f"{int(frame['h'].isna().sum())} sampled query id(s) have no stratum")
+    if frame.empty:
+        raise ValueError("no scored queries to estimate from")
+    unknown = sorted(set(frame["h"]) - set(population.index))
+    if unknown:
+        raise ValueError(f"stratum/strata {unknown} of sampled queries are not in the population sizes")
+    scored = population[population.index.isin(frame["h"])].astype(float)
+    return frame, scored / scored.sum()
 
 
 def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Series,
                         confidence: float = 0.95) -> Estimate:
     """Σ W_h ȳ_h and its standard error, with the finite-population correction. ``values``: query_id → the
-    per-query difference for the sampled queries; ``strata``: query_id → stratum; ``population``: stratum → N_h."""
-    frame = pd.DataFrame({"y": values, "h": strata.reindex(values.index)})
-    if frame["h"].isna().any():
-        raise ValueError(f"{int(frame['h'].isna().sum())} sampled query id(s) have no stratum")
-    weights = population / population.sum()
-    mean = variance = 0.0
-    for name, group in frame.groupby("h"):
-        n, big_n = len(group), float(population[name])
-        mean += weights[name] * group["y"].mean()
-        if n > 1:
-            variance += weights[name] ** 2 * (1 - n / big_n) * group["y"].var(ddof=1) / n
-    return Estimate(float(mean), math.sqrt(variance), int(len(frame)), confidence)
+    per-query difference for the sampled queries; ``strata``: query_id → stratum; ``population``: stratum → N_h.
+
+    - A stratum with no scored query (e.g. the judge found nothing relevant in any of its sampled queries) cannot
+      be estimated: it is left out and the other weights renormalised over the scored strata. Keeping its weight
+      would shrink the mean toward zero; the Estimate records the strata and the share they held.
+    - A stratum with one scored query has no variance of its own. Such strata are pooled (with the smallest
+      other stratum when there is only one) and their variance taken from the spread of their weighted means,
+      Cochran's collapsed-strata estimator (1977, §5A.11), which overstates the variance rather than hide it.
+    """
+    frame, weights = _scored_strata(values, strata, population)
+    groups = dict(tuple(frame.groupby("h")["y"]))
+    empty = sorted(str(h) for h in population.index if h not in groups and population[h] > 0)
+    empty_weight = float(population[population.index.isin(empty)].sum() / population.sum())
+    mean = float(sum(weights[h] * y.mean() for h, y in groups.items()))
+    variance = 0.0
+    for h, y in groups.items():
+        if len(y) > 1:
+            variance += weights[h] ** 2 * (1 - len(y) / float(population[h])) * y.var(ddof=1) / len(y)
+    singles = [h for h, y in groups.items() if len(y) == 1]
+    collapsed = list(singles)
+    if len(singles) == 1:  # a lone single needs a partner: the other stratum with the fewest scored queries
+        others = sorted((len(y), str(h)) for h, y in groups.items() if len(y) > 1)
+        if not others:
+            raise ValueError("one scored query: a standard error needs at least two")
+        partner = next(h for h in groups if str(h) == others[0][1])
+        y = groups[partner]
+        variance -= weights[partner] ** 2 * (1 - len(y) / float(population[partner])) * y.var(ddof=1) / len(y)
+        collapsed.append(partner)
+    if collapsed:
+        totals = np.array([weights[h] * groups[h].mean() for h in collapsed])
+        variance += len(totals) / (len(totals) - 1) * float(((totals - totals.mean()) ** 2).sum())
+    return Estimate(mean, math.sqrt(variance), int(len(frame)), confidence, empty, empty_weight,
+                    sorted(str(h) for h in collapsed))
 
 
-def srs_estimate(values: pd.Series, population_size: int, confidence: float = 0.95) -> Estimate:
-    """The plain mean and its standard error, as a simple random sample of the same size would report it."""
+def srs_estimate(values: pd.Series, population_size: int, confidence: float = 0.95,
+                 strata: pd.Series | None = None, population: pd.Series | None = None) -> Estimate:
+    """What a simple random sample of the same size would report: its standard error (1 − n/N)·S²/n.
+
+    For a stratified sample (``strata``, ``population`` as in :func:`stratified_estimate`) the population
+    variance S² is estimated from the strata with their weights, S² ≈ Σ W_h s_h² + Σ W_h (ȳ_h − ȳ_st)², and the
+    mean is the stratified one: under a disproportionate (Neyman) allocation the plain variance of the sample
+    over-weights the spread-out strata and overstates S² several-fold (Cochran, 1977, §5.11, the design effect)."""
     n = len(values)
-    variance = (1 - n / population_size) * float(values.var(ddof=1)) / n if n > 1 else 0.0
-    return Estimate(float(values.mean()), math.sqrt(variance), n, confidence)
+    if strata is None:
+        variance = (1 - n / population_size) * float(values.var(ddof=1)) / n if n > 1 else 0.0
+        return Estimate(float(values.mean()), math.sqrt(variance), n, confidence)
+    if population is None:
+        raise ValueError("a stratified sample's SRS variance needs the strata sizes (population)")
+    frame, weights = _scored_strata(values, strata, population)
+    groups = frame.groupby("h")["y"]
+    means, within = groups.mean(), groups.var(ddof=1).fillna(0.0)
+    mean = float((weights * means.reindex(weights.index)).sum())
+    s2 = float((weights * within.reindex(weights.index)).sum()
+               + (weights * (means.reindex(weights.index) - mean) ** 2).sum())
+    variance = (1 - n / population_size) * s2 / n if n > 1 else 0.0
+    return Estimate(mean, math.sqrt(variance), n, confidence)
 
 
 def _z(p: float) -> float:
