@@ -92,6 +92,9 @@ class SloEvidence:
     errors: int
     p50_ms: float | None
     p99_ms: float | None
+    # Its counters went down inside the window: the process restarted (a crash, an OOM kill, a rescheduled pod),
+    # and the numbers above count only what it served since.
+    restarted: bool = False
 
     @property
     def error_rate(self) -> float:
@@ -101,7 +104,7 @@ class SloEvidence:
         p50 = "n/a" if self.p50_ms is None else f"{self.p50_ms:.1f} ms"
         p99 = "n/a" if self.p99_ms is None else f"{self.p99_ms:.1f} ms"
         return (f"{self.server}: {self.requests} requests, error rate {self.error_rate:.2%}, p50 {p50}, "
-                f"p99 {p99}")
+                f"p99 {p99}" + (" (restarted during the window: counted since the restart)" if self.restarted else ""))
 
 
 def parse_metrics(text: str) -> dict:
@@ -149,19 +152,23 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def slo_window(server: str, before: dict, after: dict) -> SloEvidence:
-    """The SLO numbers of what happened between two scrapes of one server."""
+    """The SLO numbers of what happened between two scrapes of one server.
+
+    Counters that went down mean the server restarted in between (Prometheus' counter-reset rule): the window is
+    then what it served since the restart, marked ``restarted``, which :func:`decide` treats as a breach for the
+    challenger. (Scrapes reaching different replicas look the same: analyse one server process per variant.)"""
     buckets = {b: after["buckets"].get(b, 0.0) - before["buckets"].get(b, 0.0) for b in after["buckets"]}
     outcomes = {o: after["outcomes"].get(o, 0.0) - before["outcomes"].get(o, 0.0) for o in after["outcomes"]}
-    if any(v < 0 for v in [*buckets.values(), *outcomes.values()]) or \
-            set(before["outcomes"]) - set(after["outcomes"]):
-        raise ValueError(f"{server}: its counters went down between the two scrapes: the server restarted, or the "
-                         "scrapes reached different replicas; analyse one server process per variant")
+    restarted = any(v < 0 for v in [*buckets.values(), *outcomes.values()]) or \
+        bool(set(before["outcomes"]) - set(after["outcomes"]))
+    if restarted:
+        buckets, outcomes = dict(after["buckets"]), dict(after["outcomes"])
     requests = int(round(sum(outcomes.values())))
     # Server errors only: a bad request is the client's, and both servers are sent the same requests.
     errors = int(round(outcomes.get("error", 0.0)))
     p50, p99 = histogram_quantile(0.5, buckets), histogram_quantile(0.99, buckets)
     return SloEvidence(server, requests, errors, None if p50 is None else p50 * 1e3,
-                       None if p99 is None else p99 * 1e3)
+                       None if p99 is None else p99 * 1e3, restarted)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -202,12 +209,16 @@ def decide(quality: list[QualityEvidence], slo: dict[str, SloEvidence], config: 
     challenger, champion = slo.get("challenger"), slo.get("champion")
     breaches = []
     if challenger is not None:
+        if challenger.restarted:
+            breaches.append("the challenger restarted during the analysis window (its counters went down): a crash, "
+                            "an OOM kill or a rescheduled pod")
         if challenger.error_rate > config.max_error_rate:
             breaches.append(f"challenger error rate {challenger.error_rate:.2%} > SLO {config.max_error_rate:.2%}")
         if challenger.p99_ms is not None and challenger.p99_ms > config.max_p99_ms:
             breaches.append(f"challenger p99 {challenger.p99_ms:.1f} ms > SLO {config.max_p99_ms:.1f} ms")
-        if challenger.p99_ms is not None and champion is not None and champion.p99_ms and \
-                challenger.p99_ms > config.max_p99_ratio * champion.p99_ms:
+        # A champion that restarted has a window of another length: its p99 is no yardstick this round.
+        if challenger.p99_ms is not None and champion is not None and champion.p99_ms and not champion.restarted \
+                and challenger.p99_ms > config.max_p99_ratio * champion.p99_ms:
             breaches.append(f"challenger p99 {challenger.p99_ms:.1f} ms > {config.max_p99_ratio:g} × champion's "
                             f"{champion.p99_ms:.1f} ms")
     worse = [q for q in quality if q.ci_high < 0 and q.queries >= config.min_queries]
@@ -308,7 +319,9 @@ def judge_evidence(queries: list[ReplayQuery], rankings: dict[str, dict[str, dic
 
 def replay_queries(dataset, config, split: str) -> tuple[list[ReplayQuery], "object", list[ReplayQuery]]:
     """What to replay: the judged queries of ``split`` (with their judged items as candidates, and the pairs
-    with grades), and up to ``canary.judge_queries`` unlabelled impression queries for the teacher to judge."""
+    with grades), and up to ``canary.judge_queries`` unlabelled impression queries for the teacher to judge,
+    drawn from the judge-holdout queries only (relevance.data.schema.Dataset.judge_holdout_queries): the pool
+    never took them, so the challenger was not distilled on the pairs the judge grades."""
     import pandas as pd
 
     limit = config.serving.max_candidates
@@ -324,8 +337,8 @@ def replay_queries(dataset, config, split: str) -> tuple[list[ReplayQuery], "obj
     labelled = [as_replay(q, group["item_id"]) for q, group in pairs.groupby("query_id", sort=True)]
     unlabelled = []
     if dataset.impressions is not None and config.canary.judge_queries > 0:
-        judged = set(dataset.judgments["query_id"])
-        pool = dataset.impressions[~dataset.impressions["query_id"].isin(judged)]
+        holdout = set(dataset.judge_holdout_queries()["query_id"])
+        pool = dataset.impressions[dataset.impressions["query_id"].isin(holdout)]
         ids = pool["query_id"].drop_duplicates().sort_values()
         chosen = ids.sample(min(len(ids), config.canary.judge_queries), random_state=config.canary.seed)
         pool = pool[pool["query_id"].isin(set(chosen))].groupby("query_id", sort=True).head(limit)
@@ -352,7 +365,12 @@ def analyze(config, champion_url: str, challenger_url: str, dataset, teacher=Non
         if judged is not None:
             quality.append(judged)
     slo = {server: slo_window(server, before[server], scrape(url)) for server, url in urls.items()}
-    return decide(quality, slo, config.canary)
+    decision = decide(quality, slo, config.canary)
+    if teacher is not None and config.canary.judge_queries > 0 and not unlabelled:
+        decision.reasons.append("no teacher-judge evidence: the dataset has no judge-holdout queries with "
+                                "impressions (data.judge_holdout_fraction), and the judge never grades queries a "
+                                "student may have been distilled on")
+    return decision
 
 
 def write_report(decision: Decision, out_dir: str | Path, context: dict) -> tuple[Path, Path]:

@@ -105,9 +105,22 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
                 f"{name}: {CANARY} → v{version} (champion stays v{champion})", apply_registry)
 
 
-def plan_promote(config: RunConfig, registry: Registry) -> Plan:
+def _require_canary(registry: Registry, name: str, analysed: int | None, action: str) -> int | None:
+    """The version the ``canary`` alias names now, which must be ``analysed`` when the caller decided about one
+    version (the canary watch): if the alias moved or went away since, someone else acted, and this step would
+    undo theirs or act on a version nobody analysed."""
+    current = registry.alias_version(name, CANARY)
+    if analysed is not None and current != analysed:
+        raise CanaryError(f"the {action} was decided for {name} v{analysed}, but the {CANARY!r} alias now names "
+                          f"{'nothing' if current is None else f'v{current}'}: someone else acted; nothing was "
+                          "changed")
+    return current
+
+
+def plan_promote(config: RunConfig, registry: Registry, analysed: int | None = None) -> Plan:
+    """Promote the version under canary; with ``analysed``, only if the canary is still that version."""
     name = config.registry.student_name
-    challenger = registry.alias_version(name, CANARY)
+    challenger = _require_canary(registry, name, analysed, "promotion")
     if challenger is None:
         raise CanaryError(f"{name} has no {CANARY!r} alias: start a canary first (`relevance canary start`)")
     source = _version_source(registry, name, challenger)
@@ -124,12 +137,20 @@ def plan_promote(config: RunConfig, registry: Registry) -> Plan:
                 "rollback)", apply_registry)
 
 
-def plan_rollback(config: RunConfig, registry: Registry) -> Plan:
+def plan_rollback(config: RunConfig, registry: Registry, analysed: int | None = None) -> Plan:
+    """End the running canary (traffic back to the champion), or with no canary undo the last promotion.
+
+    ``analysed``: the canary version the caller decided to roll back (the canary watch). Then only that canary
+    is ever ended: if the alias no longer names it, CanaryError, and the post-promotion branch is never taken
+    (a round that analysed v3 must not move the champion from v2 back to v1)."""
     name = config.registry.student_name
     champion = registry.alias_version(name, CHAMPION)
-    challenger = registry.alias_version(name, CANARY)
+    challenger = _require_canary(registry, name, analysed, "rollback")
     if champion is None:
         raise CanaryError(f"{name} has no {CHAMPION!r} in the registry at {registry.uri}: nothing to roll back to")
+    if analysed is not None and challenger == champion:
+        raise CanaryError(f"{name} v{analysed} is the {CANARY!r} and the {CHAMPION!r} at once: someone promoted it; "
+                          "nothing was changed")
     if challenger is not None and challenger != champion:  # a canary is running: send everything back now
         source = _version_source(registry, name, champion)
         patch = {"spec": {"predictor": {"canaryTrafficPercent": 0,

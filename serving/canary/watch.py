@@ -294,14 +294,17 @@ def watch_round(config: RunConfig, registry: Registry, target, decide_round: Cal
         return finish("none: promote not applied (canary.auto_promote is off); a person promotes with "
                       "`relevance canary promote --apply`", EXIT_OK)
     # The decision is about v{challenger}: if someone promoted, rolled back or started another canary while the
-    # evidence was gathered, acting now would undo their step or promote what was never analysed.
+    # evidence was gathered, acting now would undo their step or promote what was never analysed. The plans check
+    # it again on the aliases they read themselves (``analysed``), so a move between this read and theirs is
+    # refused too, and a rollback never takes the "undo the last promotion" branch.
     now = aliases(registry, name).get(CANARY)
     if now != challenger:
         raise WatchError(f"the {CANARY!r} alias moved during this round (v{challenger} → "
                          f"{'none' if now is None else f'v{now}'}): someone else acted; nothing was changed")
     try:
-        plan = plan_rollback(config, registry) if decision.action == ROLLBACK else plan_promote(config, registry)
-    except RegistryError as error:
+        plan = (plan_rollback(config, registry, analysed=challenger) if decision.action == ROLLBACK
+                else plan_promote(config, registry, analysed=challenger))
+    except (RegistryError, CanaryError) as error:  # a fault at run time: exit 4, never 2 (bad input)
         raise WatchError(f"could not plan the {decision.action}, nothing was changed: {error}") from None
     code = EXIT_ROLLED_BACK if decision.action == ROLLBACK else EXIT_OK
     if dry_run:
@@ -329,13 +332,18 @@ def watch(config: RunConfig, registry: Registry, target, evidence, out_dir: Path
 
         def decide_round() -> tuple[Decision, dict]:
             try:
-                if "urls" not in state:
+                if "urls" not in state:  # a ValueError here is bad input (a config, a bundle): exit 2
                     state["urls"], state["dataset"], state["teacher"] = stack.enter_context(evidence())
+            except (RuntimeError, httpx.HTTPError) as error:
+                # A server that does not start (a predictor revision not ready, a wrong tag URL) is no evidence
+                # either way: a person looks (exit 4), nothing is changed.
+                raise WatchError(f"no evidence this round, nothing was changed: {error}") from None
+            try:
                 decision, state["before"] = assess(config, state["urls"], state["dataset"], state["teacher"],
                                                    state.get("before"))
-            except (RuntimeError, httpx.HTTPError) as error:
-                # A server that does not start (a predictor revision not ready, a wrong tag URL) or whose metrics
-                # do not answer is no evidence either way: a person looks (exit 4), nothing is changed.
+            except (RuntimeError, ValueError, httpx.HTTPError) as error:
+                # Once the servers run, anything that stops the evidence is a fault at run time (metrics that do
+                # not answer or parse, a replay that breaks): exit 4, which the CronJob retries, never 2.
                 raise WatchError(f"no evidence this round, nothing was changed: {error}") from None
             return decision, {"servers": state["urls"]}
 

@@ -73,13 +73,24 @@ def test_slo_breach_rolls_back_a_better_model(challenger, reason):
     assert decision.action == analysis.ROLLBACK and any(reason in r for r in decision.reasons), decision.reasons
 
 
-def test_no_challenger_traffic_or_a_restart_is_not_evidence():
+def test_no_challenger_traffic_is_not_evidence():
     silent = {**HEALTHY, "challenger": analysis.SloEvidence("challenger", 0, 0, None, None)}
     assert analysis.decide([_evidence(0.08, 0.05)], silent, CANARY).action == analysis.HOLD
+
+
+def test_a_challenger_that_restarted_in_the_window_is_rolled_back():
+    """Counters that go down mean a restart (a crash, an OOM kill): for the challenger that is a breach, even
+    when the requests it served since look healthy; a restarted champion is only no yardstick for the p99."""
     before = {"buckets": {0.01: 50.0, float("inf"): 60.0}, "outcomes": {"ok": 60.0}}
     after = {"buckets": {0.01: 5.0, float("inf"): 6.0}, "outcomes": {"ok": 6.0}}
-    with pytest.raises(ValueError, match="counters went down"):
-        analysis.slo_window("challenger", before, after)
+    window = analysis.slo_window("challenger", before, after)
+    assert window.restarted and window.requests == 6  # what it served since the restart
+    decision = analysis.decide([_evidence(0.08, 0.05)], {**HEALTHY, "challenger": window}, CANARY)
+    assert decision.action == analysis.ROLLBACK and "restarted" in decision.reasons[0]
+    champion = analysis.slo_window("champion", before, after)
+    slow = analysis.SloEvidence("challenger", 500, 0, 6.0, 20.0)
+    assert analysis.decide([_evidence(0.08, 0.05)], {"champion": champion, "challenger": slow},
+                           CANARY).action == analysis.PROMOTE
 
 
 def test_a_loss_on_too_few_queries_holds():

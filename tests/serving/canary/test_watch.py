@@ -373,3 +373,80 @@ def test_cli_without_a_canary_exits_0_and_validates_its_input(cli, registry_conf
     missing = cli("canary", "watch", "-c", path, check=False)
     assert missing.returncode == 2 and "'no-such-kubectl' is not on PATH" in missing.stderr
     assert watch.aliases(registry, config.registry.student_name) == {CANARY_ALIAS: 2, CHAMPION: 1}
+
+
+def test_a_canary_alias_removed_just_before_the_rollback_never_rolls_back_the_champion(registry_config, tmp_path,
+                                                                                        monkeypatch):
+    """The round analysed canary v3 with champion v2 (promoted from v1). The canary alias goes away between the
+    round's last check and the rollback's own read of the aliases: the plan must not take the 'undo the last
+    promotion' branch (moving the champion back to v1); the round changes nothing and exits 4."""
+    from relevance.serving.canary.rollout import plan_promote
+
+    config, registry = _with_canary(registry_config)  # canary v2, champion v1
+    name = config.registry.student_name
+    plan_promote(config, registry).apply_registry()  # champion v2, v1 kept for rollback
+    registry.client.set_registered_model_alias(name, CANARY_ALIAS, "3")
+    real_aliases, reads = watch.aliases, []
+
+    def aliases_then_someone_ends_the_canary(registry_, name_):
+        found = real_aliases(registry_, name_)
+        reads.append(found)
+        if len(reads) == 2:  # the "did the canary alias move?" check has just passed
+            registry.client.delete_registered_model_alias(name, CANARY_ALIAS)
+        return found
+
+    monkeypatch.setattr(watch, "aliases", aliases_then_someone_ends_the_canary)
+    target = FakeTarget()
+    with pytest.raises(watch.WatchError, match="decided for .* v3, but the 'canary' alias now names nothing") as raised:
+        watch.watch_round(config, registry, target, _decided(analysis.ROLLBACK, SLO_BREACH), tmp_path)
+    assert raised.value.exit_code == watch.EXIT_NOT_DONE and target.sent == []
+    assert registry.alias_version(name, CHAMPION) == 2
+
+
+def test_a_challenger_restart_between_rounds_is_rolled_back_not_bad_input(registry_config, tmp_path, monkeypatch):
+    """Round 1 holds; the challenger restarts before round 2 (its counters go down): round 2 rolls it back on the
+    SLO window since round 1, and never exits 2 (bad input, which the CronJob does not retry)."""
+    config, registry = _with_canary(registry_config)
+    scrapes = {"champion": [], "challenger": []}
+
+    def fake_scrape(url):
+        server = "champion" if url == "http://a" else "challenger"
+        served = 100.0 * (len(scrapes[server]) + 1)
+        if server == "challenger" and len(scrapes[server]) >= 2:
+            served = 3.0  # restarted: counters back near zero
+        scrapes[server].append(served)
+        return {"buckets": {0.005: served, float("inf"): served}, "outcomes": {"ok": served}}
+
+    class Evidence:
+        def __enter__(self):
+            return {"champion": "http://a", "challenger": "http://b"}, None, None
+
+        def __exit__(self, *_):
+            return None
+
+    monkeypatch.setattr(analysis, "scrape", fake_scrape)
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: Decision(analysis.HOLD, ["noise"], [], {}))
+    target = FakeTarget()
+    result = watch.watch(config, registry, target, Evidence, tmp_path, rounds=2, every=0)
+    assert (result.status, result.exit_code) == (analysis.ROLLBACK, watch.EXIT_ROLLED_BACK)
+    assert any("restarted" in reason for reason in result.decision.reasons)
+    assert [p.action for p in target.sent] == ["rollback"]
+
+
+def test_a_fault_while_gathering_evidence_exits_4(registry_config, tmp_path, monkeypatch):
+    config, registry = _with_canary(registry_config)
+
+    class Evidence:
+        def __enter__(self):
+            return {"champion": "http://a", "challenger": "http://b"}, None, None
+
+        def __exit__(self, *_):
+            return None
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("the metrics page did not parse")
+
+    monkeypatch.setattr(watch, "assess", broken)
+    with pytest.raises(watch.WatchError, match="no evidence this round") as raised:
+        watch.watch(config, registry, FakeTarget(), Evidence, tmp_path)
+    assert raised.value.exit_code == watch.EXIT_NOT_DONE
