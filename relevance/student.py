@@ -193,6 +193,14 @@ def _checkpoint_key(batches, config: StudentConfig, human_only: bool) -> str:
     return hashlib.sha256(f"{batches.fingerprint}|{settings}|{human_only}".encode()).hexdigest()[:16]
 
 
+def standardising_std(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The divisor of the input standardisation: the sample's std, but 1 for a feature (near-)constant in the
+    sample. Dividing by a vanishing std would turn any other value it takes at serving time into ~1e6 at the
+    MLP's input; with 1 such a value enters as its plain difference from the training mean."""
+    constant = std <= 1e-6 * np.maximum(1.0, np.abs(mean))  # float64 sums leave ~1e-8·|mean| of noise
+    return np.where(constant, 1.0, std).astype(np.float32)
+
+
 def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, num_grades: int,
                 config: StudentConfig, human_only: bool = False, log=print, checkpoint: str | Path | None = None,
                 checkpoint_every: int = 500, on_batch=None) -> tuple[StudentMLP, dict]:
@@ -217,7 +225,7 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
 
     model = StudentMLP(len(mean), num_grades, config.hidden, config.dropout)
     model.feature_mean.copy_(torch.from_numpy(mean))
-    model.feature_std.copy_(torch.from_numpy(std).clamp_min(1e-6))
+    model.feature_std.copy_(torch.from_numpy(standardising_std(mean, std)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     state = {"epoch": 0, "batch": 0, "best_loss": float("inf"), "best_state": None, "stale": 0, "history": []}

@@ -42,3 +42,20 @@ def test_student_learns_soft_labels_and_round_trips(tmp_path):
         train_student(x, probs, x, grades, 4, config)
     with pytest.raises(ValueError, match="non-empty"):
         train_student(x[:0], probs[:0], x, grades, 3, config)
+
+
+def test_a_feature_constant_in_training_is_not_blown_up_at_serving():
+    """A feature that never varies in the statistics sample is standardised with std 1, not ~0: another value at
+    serving time (a new item with a lexical feature training never saw move) must stay a finite, modest input."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    x[:, 3] = 0.25  # constant in training
+    probs = np.full((400, 3), 1 / 3, np.float32)
+    config = StudentConfig(hidden=[8], epochs=1, batch_size=64)
+    model, _ = train_student(x[:300], probs[:300], x[300:], probs[300:].argmax(1), 3, config, log=lambda _: None)
+    assert model.feature_std[3].item() == pytest.approx(1.0)
+    assert model.feature_std[0].item() == pytest.approx(float(x[:300, 0].std(ddof=1)), rel=1e-3)
+    shifted = torch.from_numpy(x[:5].copy())
+    shifted[:, 3] = 1.25
+    standardised = (shifted - model.feature_mean) / model.feature_std
+    assert standardised[:, 3].abs().max().item() == pytest.approx(1.0, abs=1e-5)
