@@ -99,11 +99,14 @@ Chunks = list[tuple[str, Callable[[], pd.DataFrame]]]
 
 
 def _frame_chunks(labels: pd.DataFrame, rows: int) -> Chunks:
-    """An in-memory label table as chunks (the scaling study's nested pools), each named by its content."""
+    """An in-memory label table as chunks (the scaling study's nested pools), each named by its content: the
+    pairs, the teacher version and the probabilities, so that a pair shard left in the work directory by a killed
+    run is reused only for the very same labels (a new teacher labelling the same pairs makes new shards)."""
+    columns = [c for c in labels.columns if c in ("query_id", "item_id", "teacher_version") or c.startswith("p_")]
     chunks = []
     for start in range(0, len(labels), rows):
         part = labels.iloc[start:start + rows]
-        digest = int(pd.util.hash_pandas_object(part[["query_id", "item_id"]], index=False).sum()) & (2**63 - 1)
+        digest = int(pd.util.hash_pandas_object(part[columns], index=False).sum()) & (2**63 - 1)
         chunks.append((f"frame:{start}:{len(part)}:{digest:x}", lambda part=part: part))
     return chunks
 

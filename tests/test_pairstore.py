@@ -147,3 +147,22 @@ def test_array_batches_and_store_batches_train_the_same_loop(world):
     assert sorted(map(tuple, rows)) == sorted(map(tuple, x)) and batches.num_batches(0) == 4
     with pytest.raises(ValueError, match="100 feature rows but 99 targets"):
         ArrayBatches(x, np.zeros((99, K)), None, 30)
+
+
+def test_a_new_teacher_on_the_same_pairs_never_reuses_the_old_labels(world):
+    """An in-memory labelling (relevance.distillation's frame chunks, as the scaling study passes) names its
+    chunks by their content: a work directory left by a killed run with teacher A's labels must not serve
+    teacher B's labels of the same pairs."""
+    from relevance.distillation import _frame_chunks
+
+    query_table, item_table = world["tables"]
+    old = world["labels"]
+    probs = [f"p_{k}" for k in range(K)]
+    new = old.assign(teacher_version="teacher-y", **{p: old[probs[::-1]].to_numpy()[:, i] for i, p in enumerate(probs)})
+    directory = world["tmp"] / "pairs"
+    build_pair_store(directory, _frame_chunks(old, 200), world["lex"], query_table, item_table, K)
+    store = build_pair_store(directory, _frame_chunks(new, 200), world["lex"], query_table, item_table, K)
+    batches = StoreBatches(store, query_table, item_table, batch_size=600, seed=0, window_shards=5)
+    targets = np.concatenate([t for _, t, _ in batches.epoch(0)])
+    assert np.allclose(np.sort(targets[:, 0]), np.sort(new["p_0"].to_numpy()), atol=1e-6)
+    assert not np.allclose(np.sort(targets[:, 0]), np.sort(old["p_0"].to_numpy()), atol=1e-6)
