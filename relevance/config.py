@@ -34,6 +34,14 @@ class DataConfig(_Strict):
     synthetic_judged_queries: int = Field(300, ge=10)
     synthetic_impressions: int = Field(20_000, ge=0)
     seed: int = 0
+    # The judge's two slices, by a hash of the query text, recorded in dataset.json at preparation
+    # (relevance.data.schema.Dataset.judge_holdout_queries / judge_check_pairs):
+    # - of the unjudged queries, the share the pool never uses, from which judge-eval and the canary's judge draw
+    #   (a judge scoring pairs a student was distilled on measures its memory, not its ranking);
+    # - of the valid queries, the share the teacher neither early-stops nor calibrates on, where a judge's
+    #   agreement with humans is measured.
+    judge_holdout_fraction: float = Field(0.1, ge=0, lt=1)
+    judge_check_fraction: float = Field(0.25, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
@@ -220,6 +228,22 @@ class StudentConfig(_Strict):
     checkpoint_every_batches: int = Field(500, ge=1)
 
 
+class LambdaMARTConfig(_Strict):
+    """LambdaMART's own settings: ranking lists of a few judged items makes its validation metric noisy, so it
+    needs a slower learning rate, a longer patience and an nDCG cut-off that fits the lists, not the classifiers'.
+    Defaults tuned on Home Depot's valid split (benchmarks/results/report.html#lambdamart)."""
+
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(20, ge=1)
+    feature_fraction: float = Field(0.5, gt=0, le=1)
+    lambda_l2: float = Field(1.0, ge=0)
+    eval_at: PositiveInt = 20  # the early-stopping metric's nDCG cut-off
+    # Gains per grade: "exponential" 2^g − 1 (the report's nDCG), "linear" g (gentler on the top grade).
+    label_gain: Literal["exponential", "linear"] = "exponential"
+    early_stopping_rounds: int = Field(50, ge=1)
+
+
 class GBDTConfig(_Strict):
     """Gradient-boosted trees (LightGBM) on the student's own features: the baselines in every quality report
     (multiclass and LambdaMART on human labels), and optionally trees distilled from the teacher's labels."""
@@ -237,6 +261,7 @@ class GBDTConfig(_Strict):
     early_stopping_rounds: int = Field(50, ge=1)
     calibration: Literal["none", "temperature", "vector"] = "temperature"
     seed: int = 0
+    lambdamart: LambdaMARTConfig = Field(default_factory=LambdaMARTConfig)
 
 
 class EvalConfig(_Strict):

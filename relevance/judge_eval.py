@@ -1,10 +1,13 @@
 """Judge-based offline evaluation: compare two rankers on queries nobody graded (``relevance judge-eval``).
 
 1. The judge (the teacher, or any saved cross-encoder) is calibrated against humans first: its grades on the
-   judged valid split, exact agreement, Kendall's τ and Spearman's ρ, per locale. Below ``min_agreement`` (exact)
-   no judged effect is reported.
-2. The population is the unjudged queries that had traffic (impressions), stratified by locale × query length ×
-   traffic band (relevance.sampling). A proportional pilot sample measures each stratum's spread of the per-query
+   judge-check slice of valid (relevance.data.schema.Dataset.judge_check_pairs: valid queries the teacher
+   neither early-stopped nor calibrated on), exact agreement, Kendall's τ and Spearman's ρ, per locale. Below
+   ``min_agreement`` (exact) no judged effect is reported. The report says whether the judge's manifest records
+   having set that slice aside; a judge trained elsewhere may have seen it, and its agreement is then optimistic.
+2. The population is the judge-holdout queries (Dataset.judge_holdout_queries: unjudged queries the pool never
+   takes, so neither ranker was distilled on them) that had traffic (impressions), stratified by locale × query
+   length × traffic band (relevance.sampling). A proportional pilot sample measures each stratum's spread of the per-query
    difference; the main sample is allocated by Neyman's rule (or proportionally) and drawn from the rest.
 3. For each sampled query both rankers rerank the catalog's BM25 top-N candidates (score: expected grade); the
    judge grades the union of their top-k (relevance.judge) and each ranking gets nDCG@k.
@@ -23,19 +26,45 @@ from relevance.data.schema import DataContractError, Dataset
 
 
 def _population(dataset: Dataset) -> tuple[pd.DataFrame, pd.Series | None]:
-    """Unjudged queries, with their traffic (impressions per query) where the dataset has impressions."""
-    judged = set(dataset.judgments["query_id"])
+    """The judge-holdout queries, with their traffic (impressions per query) where the dataset has impressions
+    (then only those with traffic)."""
+    if not dataset.info.judge_holdout_fraction:
+        raise DataContractError("dataset.json records no judge-holdout slice (judge_holdout_fraction): every "
+                                "unjudged query may be in the pool a student was distilled on, so a judged "
+                                "comparison would score its training pairs; prepare the dataset again "
+                                "(data.judge_holdout_fraction) and rebuild the pool")
+    queries = dataset.judge_holdout_queries()
+    traffic = None
     if dataset.impressions is not None and len(dataset.impressions):
         traffic = dataset.impressions.groupby("query_id").size()
-        traffic = traffic[~traffic.index.isin(judged)]
-        queries = dataset.queries[dataset.queries["query_id"].isin(traffic.index)]
-    else:
-        traffic = None
-        queries = dataset.queries[~dataset.queries["query_id"].isin(judged)]
+        traffic = traffic[traffic.index.isin(queries["query_id"])]
+        queries = queries[queries["query_id"].isin(traffic.index)]
     if queries.empty:
-        raise DataContractError("judge-eval needs unjudged queries (impressions of queries nobody graded); the "
-                                "dataset has none")
+        raise DataContractError(f"judge-eval needs judge-holdout queries (unjudged, kept out of the pool, with "
+                                f"traffic where there are impressions); the dataset has none at "
+                                f"judge_holdout_fraction {dataset.info.judge_holdout_fraction}")
     return queries.reset_index(drop=True), traffic
+
+
+def judge_agreement(judge, dataset: Dataset, judge_text: pd.Series) -> dict:
+    """The judge's agreement with humans on the judge-check pairs, and which pairs those were: whether the
+    judge's manifest records having set exactly them aside (``untouched``)."""
+    from relevance.files import sha256_of_frame
+    from relevance.judge import human_agreement
+
+    pairs = dataset.judge_check_pairs()
+    locale = dataset.queries.set_index("query_id")["locale"] if "locale" in dataset.queries.columns else None
+    report = human_agreement(judge, pairs, dataset.query_text, judge_text, locale)
+    recorded = (judge.manifest.get("judge_check") or {}).get("pairs_hash")
+    untouched = recorded == sha256_of_frame(pairs, ["query_id", "item_id", "grade"])
+    report["measured_on"] = {
+        "pairs": int(len(pairs)), "queries": int(pairs["query_id"].nunique()), "untouched": untouched,
+        "what": ("the judge-check slice of valid, which this judge neither early-stopped nor calibrated on"
+                 if untouched else
+                 "the judge-check slice of valid, which this judge's manifest does not record setting aside (trained "
+                 "before the slice existed, or on other data): it may have early-stopped or calibrated on these "
+                 "pairs, so the agreement may be optimistic")}
+    return report
 
 
 def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path, judge_dir: Path,
@@ -46,7 +75,7 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     at ``judge_dir``. Returns the report."""
     from relevance.bm25 import BM25Index
     from relevance.evaluation import load_scorer
-    from relevance.judge import human_agreement, judge_grades, judged_ndcg, require_agreement
+    from relevance.judge import judge_grades, judged_ndcg, require_agreement
     from relevance.metrics import expected_grade
     from relevance.pool import bm25_candidates
     from relevance.sampling import (allocate, minimum_detectable_effect, queries_needed, query_strata,
@@ -57,16 +86,17 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
         raise ValueError(f"pilot_share must be in (0, 1), got {pilot_share}")
     if queries < 4:
         raise ValueError(f"judge-eval needs at least 4 queries (a pilot and a sample), got {queries}")
+    population, traffic = _population(dataset)  # before loading anything: a dataset without the slice fails fast
     judge = Teacher.load(judge_dir)
     judge_text = judge.item_texts(dataset.items)
-    locale = dataset.queries.set_index("query_id")["locale"] if "locale" in dataset.queries.columns else None
-    valid = dataset.split("valid")
-    calibration = human_agreement(judge, valid, dataset.query_text, judge_text, locale)
-    log(f"judge vs humans on {len(valid)} valid pairs: exact {calibration['overall']['exact']:.3f}, Kendall's tau "
-        f"{calibration['overall']['kendall_tau']}, Spearman's rho {calibration['overall']['spearman_rho']}")
+    calibration = judge_agreement(judge, dataset, judge_text)
+    measured = calibration["measured_on"]
+    log(f"judge vs humans on {measured['pairs']} judge-check pairs "
+        f"({'untouched by the judge' if measured['untouched'] else 'not recorded as untouched: may be optimistic'}): "
+        f"exact {calibration['overall']['exact']:.3f}, Kendall's tau {calibration['overall']['kendall_tau']}, "
+        f"Spearman's rho {calibration['overall']['spearman_rho']}")
     require_agreement(calibration, min_agreement)
 
-    population, traffic = _population(dataset)
     strata = query_strata(population, traffic)
     sizes = strata.value_counts()
     pilot_n = max(2, int(round(queries * pilot_share)))
@@ -104,8 +134,11 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
         raise DataContractError(f"only {len(diffs)} sampled queries had anything the judge found relevant; sample "
                                 "more queries")
     # The estimator uses the strata sizes the main sample was drawn from (the population minus the pilot).
-    estimate = stratified_estimate(diffs, rest, rest.value_counts(), config.canary.confidence)
-    srs = srs_estimate(diffs, len(rest), config.canary.confidence)
+    sizes_rest = rest.value_counts()
+    estimate = stratified_estimate(diffs, rest, sizes_rest, config.canary.confidence)
+    srs = srs_estimate(diffs, len(rest), config.canary.confidence, rest, sizes_rest)
+    for note in estimate.notes():
+        log(f"judge-eval: {note}")
     per_query_std = float(diffs.std(ddof=1))
     design_effect = (estimate.std_error / srs.std_error) ** 2 if srs.std_error > 0 else None
     mde = minimum_detectable_effect(estimate.std_error)
@@ -123,6 +156,7 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
         "minimum_detectable_effect": mde,
         "queries_for_0.01": queries_needed(0.01, per_query_std, design_effect=design_effect or 1.0),
         "allocation_plan": {str(h): int(n) for h, n in plan.items() if n},
+        "estimator_notes": estimate.notes(),
     }
     low, high = estimate.interval
     report["verdict"] = ("candidate better" if low > 0 else "baseline better" if high < 0 else
@@ -137,7 +171,9 @@ def report_markdown(report: dict) -> str:
     lines = [f"# Judged comparison: {report['candidate']} vs {report['baseline']}", "",
              f"- Judge {report['judge_version']}: exact agreement with humans {agreement['exact']:.3f}, Kendall's "
              f"tau {agreement['kendall_tau']}, Spearman's rho {agreement['spearman_rho']} on {agreement['pairs']} "
-             f"valid pairs (floor {report['min_agreement']}).",
+             f"pairs of {report['judge_agreement']['measured_on']['what']} (floor {report['min_agreement']}).",
+             f"- Population: {report['population_queries']} judge-holdout queries, which the pool never used, so "
+             "neither ranker was distilled on them.",
              f"- {report['scored_queries']} scored of {report['sampled_queries']} sampled queries ({report['allocation']} "
              f"allocation over {report['strata']} strata, after a {report['pilot_queries']}-query pilot); "
              f"{report['judged_pairs']} pairs judged.",
@@ -147,4 +183,5 @@ def report_markdown(report: dict) -> str:
              f"stratified" + ("" if reduction is None else f" (variance reduction {reduction:.0%})") + ".",
              f"- Minimum detectable effect at this sample: {report['minimum_detectable_effect']:.4f}; a 0.01 effect "
              f"needs {report['queries_for_0.01']} queries."]
+    lines += [f"- Estimator: {note}." for note in report.get("estimator_notes", [])]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,10 @@
 """The unlabelled pool the teacher labels: logged impressions plus BM25 top-K candidates of the queries nobody
-judged, minus every judged pair and every pair of a valid/test query.
+judged, minus every judged pair, every pair of a valid/test query and every pair of a judge-holdout query.
 
 Evaluation queries never reach the student through teacher labels: a pair is dropped when its query is a
-valid/test query by id or by normalised text, since a source may give one query two ids.
+valid/test query by id or by normalised text, since a source may give one query two ids. The judge-holdout
+queries (relevance.data.schema.Dataset.judge_holdout_queries) are dropped too: judge-eval and the canary's judge
+rank them, and a student distilled on their pairs would be judged on what it memorised.
 
 Every stage streams (impressions in chunks, BM25 over queries in chunks, de-duplication bucket by bucket), so a
 pool of tens of millions of pairs is built in the memory of one bucket.
@@ -88,8 +90,10 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
     judged = dataset.judgments[["query_id", "item_id"]]
     judged_index = pd.MultiIndex.from_frame(judged)
     held_out = set(dataset.queries["query_id"][held_out_query_mask(dataset.queries, dataset)])
+    judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
     known_queries, known_items = pd.Index(dataset.queries["query_id"]), pd.Index(dataset.items["item_id"])
-    candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"])
+    candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"]) & \
+        ~dataset.queries["query_id"].isin(judge_holdout)
     if config.candidates.include_train_queries:  # e.g. ESCI and WANDS, where every query is judged
         candidate_queries |= dataset.queries["query_id"].isin(dataset.split("train")["query_id"])
     unjudged = dataset.queries[candidate_queries]
@@ -103,12 +107,12 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
         raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for BM25")
     expected = impression_rows + config.candidates.top_k * len(unjudged)
     buckets = max(1, math.ceil(expected / bucket_rows))
-    dropped_held_out = 0
+    dropped_held_out = dropped_judge = 0
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
         writers: dict[int, pq.ParquetWriter] = {}
 
         def spill(chunk: pd.DataFrame) -> None:
-            nonlocal dropped_held_out
+            nonlocal dropped_held_out, dropped_judge
             chunk = chunk[["query_id", "item_id"]]
             unknown = ~chunk["query_id"].isin(known_queries) | ~chunk["item_id"].isin(known_items)
             if unknown.any():
@@ -118,6 +122,9 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
             held = chunk["query_id"].isin(held_out).to_numpy()
             dropped_held_out += int(held.sum())
             chunk = chunk[~held]
+            judge = chunk["query_id"].isin(judge_holdout).to_numpy()
+            dropped_judge += int(judge.sum())
+            chunk = chunk[~judge]
             chunk = chunk[~pd.MultiIndex.from_frame(chunk).isin(judged_index)]
             bucket = pd.util.hash_array(chunk["query_id"].to_numpy(dtype=object)) % buckets
             for b, rows in pd.Series(np.arange(len(chunk))).groupby(bucket).indices.items():
@@ -143,6 +150,9 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
         if dropped_held_out:
             log(f"pool: dropped {dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
                 "evaluation queries never reach the student through teacher labels")
+        if judge_holdout:
+            log(f"pool: kept out {len(judge_holdout)} judge-holdout queries ({dropped_judge} impression pair(s) and "
+                "their BM25 candidates), so judge-based evaluation ranks queries no student was distilled on")
         rows = queries = 0
         with atomic_write(out) as tmp:
             with pq.ParquetWriter(tmp, POOL_SCHEMA) as writer:

@@ -624,8 +624,10 @@ def score_items(teacher: Teacher, pairs: pd.DataFrame, query_text: pd.Series, it
 
 
 def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
-    """The run step: :func:`train_teacher` on the dataset's train split (early stopping on valid), calibrated on
-    valid (``teacher.calibration``), saved to ``out`` with the dataset's description in its manifest.
+    """The run step: :func:`train_teacher` on the dataset's train split, early-stopped and calibrated
+    (``teacher.calibration``) on valid minus its judge-check slice, saved to ``out`` with the dataset's description
+    and that slice's fingerprint in its manifest (so judge-eval can tell its agreement with humans is measured on
+    pairs it never touched).
 
     Under torchrun, rank 0 calibrates and saves while the other ranks wait for it, so that the job ends only when
     the teacher is on disk."""
@@ -635,11 +637,12 @@ def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
     raw_scale = (info.raw_score_min, info.raw_score_max) if info.raw_score_min is not None else None
     settings = config.teacher.distributed
     with distributed.session(settings.backend, settings.timeout_minutes) as ctx:
-        teacher = train_teacher(dataset.split("train"), dataset.split("valid"), dataset.query_text, dataset.items,
+        teacher = train_teacher(dataset.split("train"), dataset.teacher_valid(), dataset.query_text, dataset.items,
                                 dataset.num_grades, config.teacher, config.text,
                                 data_hash=dataset.training_data_hash(), log=log, raw_scale=raw_scale)
         if teacher is not None:
             teacher.manifest["dataset"] = info.__dict__
+            teacher.manifest["judge_check"] = judge_check_record(dataset)
             _calibrate(teacher, config, dataset, log)
             teacher.save(out)
             log(f"teacher: saved {teacher.version} → {out}")
@@ -708,14 +711,26 @@ def recalibrate_teacher(config: RunConfig, dataset, teacher_dir: str | Path) -> 
     return True
 
 
+def judge_check_record(dataset) -> dict | None:
+    """The judge-check slice this teacher never early-stopped or calibrated on, as its manifest records it: the
+    fraction, the pairs and their content hash (None when the dataset has no slice)."""
+    from relevance.files import sha256_of_frame
+
+    if not dataset.info.judge_check_fraction:
+        return None
+    pairs = dataset.judge_check_pairs()
+    return {"fraction": dataset.info.judge_check_fraction, "pairs": int(len(pairs)),
+            "pairs_hash": sha256_of_frame(pairs, ["query_id", "item_id", "grade"])}
+
+
 def _calibrate(teacher: Teacher, config: RunConfig, dataset, log) -> None:
     if config.teacher.calibration == "none":
         teacher.manifest.pop("calibration", None)
         return
-    calibrator = teacher.calibrate(dataset.split("valid"), dataset.query_text, dataset.items,
+    calibrator = teacher.calibrate(dataset.teacher_valid(), dataset.query_text, dataset.items,
                                    config.teacher.calibration, config.labeling.batch_size, config.labeling.precision)
     fitted = calibrator.fitted_on
-    log(f"teacher: {calibrator.method} calibration on valid"
+    log(f"teacher: {calibrator.method} calibration on valid minus the judge-check slice"
         + (f" (T={calibrator.temperature:.3f})" if calibrator.temperature else "")
         + f": NLL {fitted['nll_before']:.4f} → {fitted['nll_after']:.4f}, top-label ECE "
           f"{fitted['ece_top_before']:.4f} → {fitted['ece_top_after']:.4f}")

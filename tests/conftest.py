@@ -72,7 +72,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def _run_settings(tiny_bert: Path, items: int = 300, judged_queries: int = 60, impressions: int = 1500,
+def _run_settings(tiny_bert: Path, items: int = 300, judged_queries: int = 80, impressions: int = 1500,
                   top_k: int = 10, shard_rows: int = 400, teacher_epochs: int = 2, student_epochs: int = 4,
                   max_length: int = 64, student_hidden: int = 32) -> dict:
     return {

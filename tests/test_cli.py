@@ -284,12 +284,23 @@ def test_judge_eval_compares_two_students_and_refuses_a_weak_judge(cli, finished
     report = json.loads((tmp_path / "judge-eval.json").read_text())
     assert report["pilot_queries"] + report["sampled_queries"] <= 24 and report["scored_queries"] >= 2
     assert report["difference"]["ci_low"] <= report["difference"]["mean"] <= report["difference"]["ci_high"]
-    assert report["candidate_mean"] - report["baseline_mean"] == pytest.approx(
-        report["srs_difference"]["mean"], abs=1e-9)  # the plain mean of the per-query differences
-    valid = pd.read_parquet(run / "data/judgments.parquet").query("split == 'valid'").merge(
-        pd.read_parquet(run / "data/queries.parquet"), on="query_id")
-    assert set(report["judge_agreement"]["per_group"]) == set(valid["locale"])  # per locale of the valid queries
-    assert report["verdict"] in out and "Simple random sampling" in out
+    # The simple-random-sampling comparison weights the strata like the estimate (its point is the variance).
+    assert report["srs_difference"]["mean"] == pytest.approx(report["difference"]["mean"], abs=1e-9)
+    # Agreement on the judge-check pairs, which the teacher (the judge here) set aside from early stopping and
+    # calibration; queries from the judge holdout, which the pool (so the distilled student) never saw.
+    from relevance.data.schema import Dataset
+
+    dataset = Dataset.load(run / "data", with_impressions=False)
+    check = dataset.judge_check_pairs().merge(dataset.queries, on="query_id")
+    measured = report["judge_agreement"]["measured_on"]
+    assert measured["untouched"] and measured["pairs"] == len(check) == report["judge_agreement"]["overall"]["pairs"]
+    assert set(report["judge_agreement"]["per_group"]) == set(check["locale"])  # per locale of those queries
+    teacher = json.loads((run / "teacher/manifest.json").read_text())
+    assert teacher["calibration"]["fitted_on"]["pairs"] == len(dataset.teacher_valid())
+    pool_queries = set(pd.read_parquet(run / "pool.parquet")["query_id"])
+    holdout = set(dataset.judge_holdout_queries()["query_id"])
+    assert report["population_queries"] <= len(holdout) and not holdout & pool_queries
+    assert report["verdict"] in out and "Simple random sampling" in out and "judge-holdout" in out
 
 
 def test_judge_eval_replays_a_served_bundle_as_the_server_scores_it(cli, finished_run, tmp_path):

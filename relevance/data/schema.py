@@ -47,8 +47,17 @@ class DatasetInfo:
     ndcg_gains: list[float] | None = None
     synthetic: bool = False
     description: str = ""
+    # The two slices judge-based evaluation needs (Dataset.judge_holdout_queries, Dataset.judge_check_pairs), as
+    # shares of the query-text hash space. None: the dataset was prepared before they existed, and judge-based
+    # evaluation refuses it rather than judge pairs a student was distilled on.
+    judge_holdout_fraction: float | None = None
+    judge_check_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("judge_holdout_fraction", "judge_check_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise DataContractError(f"dataset.json: {name} must be in [0, 1), got {value}")
         if self.num_grades < 2:
             raise DataContractError(f"dataset.json: num_grades must be >= 2, got {self.num_grades}")
         if not self.grade_names:
@@ -221,6 +230,58 @@ class Dataset:
 
         return sha256_of_frame(self.judgments[self.judgments["split"].isin(["train", "valid"])],
                                ["query_id", "item_id", "grade", "split"])
+
+    # -- the judge's slices ---------------------------------------------------------------------------------
+    # A judge (relevance.judge) is only worth numbers on data nothing it judges has learnt from, and on an
+    # agreement with humans measured where it did not early-stop or calibrate. Both slices are fixed by a hash of
+    # the query text (relevance.data.splits.in_slice) with the fractions recorded in dataset.json, so the pool,
+    # the teacher, judge-eval and the canary all draw the same line.
+
+    def judge_holdout_queries(self) -> pd.DataFrame:
+        """The unjudged queries held out for judging (``judge_holdout_fraction`` of the hash space): the pool
+        never takes their pairs, so no distilled student learns them, and judge-eval and the canary's judge
+        draw their queries only from here."""
+        from relevance.data.splits import JUDGE_HOLDOUT_SALT, in_slice
+
+        fraction = self.info.judge_holdout_fraction
+        if not fraction:
+            return self.queries.iloc[:0]
+        unjudged = ~self.queries["query_id"].isin(self.judgments["query_id"])
+        return self.queries[unjudged & in_slice(self.queries["query"], fraction, JUDGE_HOLDOUT_SALT)]
+
+    def _judge_check_mask(self, valid: pd.DataFrame) -> pd.Series:
+        """Which valid rows are judge-check pairs: their query's text hashes into ``judge_check_fraction``, except
+        that the slice never takes every valid query (the one hashing farthest from the cut stays with the
+        teacher, which must early-stop on something)."""
+        from relevance.data.splits import JUDGE_CHECK_SALT, query_bucket
+
+        fraction = self.info.judge_check_fraction or 0.0
+        text = self.query_text.reindex(valid["query_id"]).fillna("")
+        bucket = text.map({q: query_bucket(q, JUDGE_CHECK_SALT) for q in text.unique()}).to_numpy()
+        mask = bucket < fraction
+        if len(mask) and mask.all():
+            mask &= bucket < bucket.max()
+        return pd.Series(mask, index=valid.index)
+
+    def teacher_valid(self) -> pd.DataFrame:
+        """The valid pairs the teacher early-stops and calibrates on: valid minus :meth:`judge_check_pairs`."""
+        valid = self.split("valid")
+        return valid[~self._judge_check_mask(valid)]
+
+    def judge_check_pairs(self) -> pd.DataFrame:
+        """The valid pairs set aside from the teacher's early stopping and calibration, where a judge's agreement
+        with humans is measured (``judge_check_fraction`` of the valid queries by hash)."""
+        if not self.info.judge_check_fraction:
+            raise DataContractError("dataset.json records no judge-check slice (judge_check_fraction): a judge's "
+                                    "agreement with humans would be measured on the valid pairs it early-stopped "
+                                    "and calibrated on; prepare the dataset again (data.judge_check_fraction)")
+        valid = self.split("valid")
+        rows = valid[self._judge_check_mask(valid)]
+        if rows.empty:
+            raise DataContractError(f"judgments: no valid pair falls in the judge-check slice (judge_check_fraction "
+                                    f"{self.info.judge_check_fraction} of {valid['query_id'].nunique()} valid "
+                                    "queries): raise the fraction or grade more valid queries")
+        return rows
 
     def validated(self) -> "Dataset":
         items = validate_items(self.items)

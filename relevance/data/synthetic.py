@@ -839,8 +839,9 @@ def _description(num_items: int, locales: tuple[str, ...], annotator_noise: floa
 def generate(out_dir: Path | str, *, num_items: int = 2000, num_judged_queries: int = 300,
              judgments_per_query: int = 12, num_impressions: int = 20_000,
              locales: tuple[str, ...] = SUPPORTED_LOCALES, seed: int = 0, chunk_rows: int = 100_000,
-             annotator_noise: float = 0.1) -> Path:
-    """Write the synthetic shop as a canonical dataset directory and return its path.
+             annotator_noise: float = 0.1, info_fields: dict | None = None) -> Path:
+    """Write the synthetic shop as a canonical dataset directory and return its path. ``info_fields``: more
+    dataset.json fields (the judge's slices, relevance.data.judge_slices).
 
     The directory appears atomically (written to a sibling ``.tmp`` and renamed), replacing any earlier one.
     Impressions and the queries they use are streamed in row groups of ``chunk_rows``; the tables do not depend
@@ -870,7 +871,8 @@ def generate(out_dir: Path | str, *, num_items: int = 2000, num_judged_queries: 
         impressions_writer.close()
 
         DatasetInfo(name=NAME, num_grades=len(GRADE_NAMES), grade_names=list(GRADE_NAMES), synthetic=True,
-                    description=_description(num_items, locales, annotator_noise, seed)).save(tmp)
+                    description=_description(num_items, locales, annotator_noise, seed), **(info_fields or {})
+                    ).save(tmp)
     return out_dir
 
 
