@@ -107,8 +107,8 @@ def stratified_sample(strata: pd.Series, allocation: pd.Series, seed: int = 0) -
 
 @dataclass
 class Estimate:
-    """A mean difference with its standard error and a normal-approximation interval, and what the estimator
-    had to do to the strata to get there (so a report can say so)."""
+    """A mean difference with its standard error and interval, and what the estimator had to do to the strata
+    to get there (so a report can say so)."""
 
     mean: float
     std_error: float
@@ -119,16 +119,24 @@ class Estimate:
     empty_weight: float = 0.0  # the population share those strata held
     # Strata with a single scored query: their variance comes from the collapsed-strata estimator.
     collapsed_strata: list[str] = field(default_factory=list)
+    # Degrees of freedom of the variance estimate (Satterthwaite); None: large, the normal quantile.
+    df: float | None = None
 
     @property
     def interval(self) -> tuple[float, float]:
-        z = _z(1 - (1 - self.confidence) / 2)
-        return self.mean - z * self.std_error, self.mean + z * self.std_error
+        q = 1 - (1 - self.confidence) / 2
+        if self.df is None or self.df >= 1000:
+            half = _z(q) * self.std_error
+        else:
+            from scipy.stats import t
+
+            half = float(t.ppf(q, max(self.df, 1.0))) * self.std_error
+        return self.mean - half, self.mean + half
 
     def to_dict(self) -> dict:
         low, high = self.interval
         return {"mean": self.mean, "std_error": self.std_error, "n": self.n, "confidence": self.confidence,
-                "ci_low": low, "ci_high": high, "empty_strata": self.empty_strata,
+                "ci_low": low, "ci_high": high, "df": self.df, "empty_strata": self.empty_strata,
                 "empty_weight": self.empty_weight, "collapsed_strata": self.collapsed_strata}
 
     def notes(self) -> list[str]:
@@ -138,8 +146,9 @@ class Estimate:
             out.append(f"{len(self.empty_strata)} stratum/strata with no scored query ({self.empty_weight:.1%} of the "
                        "population) left out; the estimate is of the scored strata, weights renormalised")
         if self.collapsed_strata:
-            out.append(f"{len(self.collapsed_strata)} stratum/strata with one scored query collapsed for the variance "
-                       "(Cochran's collapsed-strata estimator: conservative)")
+            df = "" if self.df is None else f" with {self.df:.1f} degrees of freedom (Satterthwaite)"
+            out.append(f"{len(self.collapsed_strata)} strata collapsed for the variance because some had one scored "
+                       f"query (Cochran's collapsed-strata estimator); the interval uses Student's t{df}")
         return out
 
 
@@ -157,6 +166,16 @@ def _scored_strata(values: pd.Series, strata: pd.Series, population: pd.Series) 
     return frame, scored / scored.sum()
 
 
+def _partner(single, groups: dict) -> object:
+    """The stratum a lone single-query stratum is collapsed with: the most similar one (sharing the most parts of
+    its name: locale, length band, traffic band), as Cochran pairs neighbouring strata; ties go to the smallest."""
+    parts = set(str(single).split("|"))
+    others = [(len(parts & set(str(h).split("|"))), -len(y), str(h), h) for h, y in groups.items() if len(y) > 1]
+    if not others:
+        raise ValueError("one scored query: a standard error needs at least two")
+    return max(others)[3]
+
+
 def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Series,
                         confidence: float = 0.95) -> Estimate:
     """Σ W_h ȳ_h and its standard error, with the finite-population correction. ``values``: query_id → the
@@ -165,57 +184,69 @@ def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Ser
     - A stratum with no scored query (e.g. the judge found nothing relevant in any of its sampled queries) cannot
       be estimated: it is left out and the other weights renormalised over the scored strata. Keeping its weight
       would shrink the mean toward zero; the Estimate records the strata and the share they held.
-    - A stratum with one scored query has no variance of its own. Such strata are pooled (with the smallest
-      other stratum when there is only one) and their variance taken from the spread of their weighted means,
-      Cochran's collapsed-strata estimator (1977, §5A.11), which overstates the variance rather than hide it.
+    - A stratum with one scored query has no variance of its own. Such strata are pooled (a lone one with its most
+      similar stratum) and their variance taken from the spread of their weighted means, Cochran's
+      collapsed-strata estimator (1977, §5A.11), which overstates the variance in expectation.
+    - The interval uses Student's t with Satterthwaite's degrees of freedom over the variance components (n_h − 1
+      per stratum, k − 1 for a collapsed group of k): a variance resting on a few strata gets the wider interval it
+      needs, where the normal quantile would under-cover.
     """
     frame, weights = _scored_strata(values, strata, population)
     groups = dict(tuple(frame.groupby("h")["y"]))
     empty = sorted(str(h) for h in population.index if h not in groups and population[h] > 0)
     empty_weight = float(population[population.index.isin(empty)].sum() / population.sum())
     mean = float(sum(weights[h] * y.mean() for h, y in groups.items()))
-    variance = 0.0
+    collapsed = [h for h, y in groups.items() if len(y) == 1]
+    if len(collapsed) == 1:
+        collapsed.append(_partner(collapsed[0], groups))
+    components: list[tuple[float, float]] = []  # (variance, degrees of freedom)
     for h, y in groups.items():
-        if len(y) > 1:
-            variance += weights[h] ** 2 * (1 - len(y) / float(population[h])) * y.var(ddof=1) / len(y)
-    singles = [h for h, y in groups.items() if len(y) == 1]
-    collapsed = list(singles)
-    if len(singles) == 1:  # a lone single needs a partner: the other stratum with the fewest scored queries
-        others = sorted((len(y), str(h)) for h, y in groups.items() if len(y) > 1)
-        if not others:
-            raise ValueError("one scored query: a standard error needs at least two")
-        partner = next(h for h in groups if str(h) == others[0][1])
-        y = groups[partner]
-        variance -= weights[partner] ** 2 * (1 - len(y) / float(population[partner])) * y.var(ddof=1) / len(y)
-        collapsed.append(partner)
+        if h not in collapsed:
+            components.append((weights[h] ** 2 * (1 - len(y) / float(population[h])) * y.var(ddof=1) / len(y),
+                               len(y) - 1))
     if collapsed:
         totals = np.array([weights[h] * groups[h].mean() for h in collapsed])
-        variance += len(totals) / (len(totals) - 1) * float(((totals - totals.mean()) ** 2).sum())
+        components.append((len(totals) / (len(totals) - 1) * float(((totals - totals.mean()) ** 2).sum()),
+                           len(totals) - 1))
+    variance = sum(v for v, _ in components)
+    spread = sum(v * v / d for v, d in components if d > 0)
+    df = variance ** 2 / spread if spread > 0 else None
     return Estimate(mean, math.sqrt(variance), int(len(frame)), confidence, empty, empty_weight,
-                    sorted(str(h) for h in collapsed))
+                    sorted(str(h) for h in collapsed), df)
+
+
+def population_variance(values: pd.Series, strata: pd.Series | None = None,
+                        population: pd.Series | None = None) -> float:
+    """S², the variance of the per-query values over the population, from a sample. Plain for a simple random
+    sample; for a stratified one (``strata``, ``population`` as in :func:`stratified_estimate`) from the strata
+    with their weights, S² ≈ Σ W_h s_h² + Σ W_h (ȳ_h − ȳ_st)²: under a disproportionate (Neyman) allocation the
+    plain variance over-weights the spread-out strata and overstates S² several-fold (Cochran, 1977, §5.11)."""
+    if strata is None:
+        return float(values.var(ddof=1)) if len(values) > 1 else 0.0
+    if population is None:
+        raise ValueError("a stratified sample's population variance needs the strata sizes (population)")
+    frame, weights = _scored_strata(values, strata, population)
+    groups = frame.groupby("h")["y"]
+    means = groups.mean().reindex(weights.index)
+    within = groups.var(ddof=1).fillna(0.0).reindex(weights.index)
+    mean = float((weights * means).sum())
+    return float((weights * within).sum() + (weights * (means - mean) ** 2).sum())
 
 
 def srs_estimate(values: pd.Series, population_size: int, confidence: float = 0.95,
                  strata: pd.Series | None = None, population: pd.Series | None = None) -> Estimate:
-    """What a simple random sample of the same size would report: its standard error (1 − n/N)·S²/n.
-
-    For a stratified sample (``strata``, ``population`` as in :func:`stratified_estimate`) the population
-    variance S² is estimated from the strata with their weights, S² ≈ Σ W_h s_h² + Σ W_h (ȳ_h − ȳ_st)², and the
-    mean is the stratified one: under a disproportionate (Neyman) allocation the plain variance of the sample
-    over-weights the spread-out strata and overstates S² several-fold (Cochran, 1977, §5.11, the design effect)."""
+    """What a simple random sample of the same size would report: its standard error (1 − n/N)·S²/n, with S²
+    from :func:`population_variance` (weighted by the strata when given; the mean is then the stratified one)."""
     n = len(values)
-    if strata is None:
-        variance = (1 - n / population_size) * float(values.var(ddof=1)) / n if n > 1 else 0.0
-        return Estimate(float(values.mean()), math.sqrt(variance), n, confidence)
-    if population is None:
-        raise ValueError("a stratified sample's SRS variance needs the strata sizes (population)")
-    frame, weights = _scored_strata(values, strata, population)
-    groups = frame.groupby("h")["y"]
-    means, within = groups.mean(), groups.var(ddof=1).fillna(0.0)
-    mean = float((weights * means.reindex(weights.index)).sum())
-    s2 = float((weights * within.reindex(weights.index)).sum()
-               + (weights * (means.reindex(weights.index) - mean) ** 2).sum())
+    if population is not None and int(population.sum()) != int(population_size):
+        raise ValueError(f"population_size {population_size} differs from the strata sizes' total "
+                         f"{int(population.sum())}")
+    s2 = population_variance(values, strata, population)
     variance = (1 - n / population_size) * s2 / n if n > 1 else 0.0
+    if strata is None:
+        return Estimate(float(values.mean()), math.sqrt(variance), n, confidence)
+    frame, weights = _scored_strata(values, strata, population)
+    mean = float((weights * frame.groupby("h")["y"].mean().reindex(weights.index)).sum())
     return Estimate(mean, math.sqrt(variance), n, confidence)
 
 

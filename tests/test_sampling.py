@@ -120,3 +120,39 @@ def test_the_srs_comparison_is_unbiased_under_neyman_allocation():
         unweighted.append(srs_estimate(population.loc[chosen, "y"], 10000).std_error ** 2)
     assert np.mean(estimated) == pytest.approx(true_variance, rel=0.15)
     assert np.mean(unweighted) > 3 * true_variance  # why the strata must be passed for a stratified sample
+
+
+def test_intervals_with_collapsed_strata_cover_the_truth():
+    """Two heavy, noisy strata sampled once each carry the variance (collapsed-strata estimator, one degree of
+    freedom). The 95% interval uses Student's t with Satterthwaite's degrees of freedom and covers the population
+    mean ~95% of the time; the normal quantile covered ~70%. The budget-15 shape of judge-eval --queries 20 (four
+    single-query strata of nine) covers too."""
+    rng = np.random.default_rng(0)
+    sizes = pd.Series({"A": 400, "B": 400, "C": 200})
+    strata = pd.Series(np.repeat(sizes.index, sizes.to_numpy()), index=[f"q{i}" for i in range(1000)])
+    spread, centre = strata.map({"A": 0.3, "B": 0.3, "C": 0.02}), strata.map({"A": 0.0, "B": 0.05, "C": 0.01})
+    values = pd.Series(rng.normal(0, 1, 1000) * spread + centre, index=strata.index)
+    covered = 0
+    for seed in range(600):
+        chosen = stratified_sample(strata, pd.Series({"A": 1, "B": 1, "C": 10}), seed)
+        estimate = stratified_estimate(values[chosen], strata, sizes)
+        low, high = estimate.interval
+        covered += low <= values.mean() <= high
+    assert covered / 600 >= 0.9 and estimate.df < 3
+
+    sizes = pd.Series({f"s{i}": 200 * (i + 1) for i in range(9)})
+    strata = pd.Series(np.repeat(sizes.index, sizes.to_numpy()), index=[f"q{i}" for i in range(int(sizes.sum()))])
+    values = pd.Series(rng.normal(0.0, 0.1, len(strata)) + strata.map({h: 0.02 * i for i, h in enumerate(sizes.index)}),
+                       index=strata.index)
+    plan = allocate(sizes, 15)
+    covered = 0
+    for seed in range(300):
+        low, high = stratified_estimate(values[stratified_sample(strata, plan, seed)], strata, sizes).interval
+        covered += low <= values.mean() <= high
+    assert covered / 300 >= 0.93
+
+
+def test_a_variance_of_zero_is_reported_not_a_crash():
+    strata = pd.Series({"a": "A", "b": "B"})
+    estimate = stratified_estimate(pd.Series({"a": 0.0, "b": 0.0}), strata, pd.Series({"A": 10, "B": 10}))
+    assert estimate.std_error == 0 and estimate.df is None and "collapsed" in estimate.notes()[0]
