@@ -59,15 +59,23 @@ class ServerMetrics:
     cache_hit_rate: object
     unknown_items: object
     candidates: object
+    server: object
 
 
 @functools.cache
 def metrics() -> ServerMetrics:
     """The collectors, registered once per process on first use (registering them at import would make a second
     import, or a test that builds two servers, fail with duplicated time series)."""
-    from prometheus_client import Counter, Gauge, Histogram
+    import socket
 
-    return ServerMetrics(
+    from prometheus_client import Counter, Gauge, Histogram, Info
+
+    # Which process these counters belong to (the pod's hostname, next to the default registry's
+    # process_start_time_seconds): the canary analysis tells a restart (same instance, later start) from scrapes
+    # that reached two replicas (another instance), which must never read as a restart.
+    server = Info("relevance_server", "The serving process the counters belong to")
+    server.info({"instance": socket.gethostname()})
+    return ServerMetrics(server=server,
         request_seconds=Histogram("relevance_request_seconds", "Model latency of a rerank request (preprocess → "
                                   "predict → postprocess)", ["model_name", "protocol"], buckets=LATENCY_BUCKETS),
         requests=Counter("relevance_requests", "Rerank requests by outcome (ok, bad_request, error)",

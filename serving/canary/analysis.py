@@ -33,6 +33,13 @@ PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
 LABELLED, JUDGE = "labelled", "teacher judge"
 LATENCY_METRIC = "relevance_request_seconds"
 OUTCOME_METRIC = "relevance_requests_total"
+SERVER_INFO_METRIC = "relevance_server_info"
+
+
+class EvidenceError(RuntimeError):
+    """Metrics that are no evidence either way (the canary watch exits 4, and a retry may find some): a page that
+    does not parse, or two scrapes of one variant that cannot be one server's window (another replica answered,
+    or counters went down with nothing to tell a restart from a replica)."""
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -108,20 +115,27 @@ class SloEvidence:
 
 
 def parse_metrics(text: str) -> dict:
-    """The counters the SLOs need from a Prometheus exposition: latency buckets, request outcomes."""
+    """The counters the SLOs need from a Prometheus exposition: latency buckets, request outcomes, and which
+    process they belong to (``instance`` from relevance_server_info, ``started`` from the default registry's
+    process_start_time_seconds; None where the exposition has none)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     buckets: dict[float, float] = {}
     outcomes: dict[str, float] = {}
+    instance = started = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == f"{LATENCY_METRIC}_bucket":
+            if sample.name == SERVER_INFO_METRIC:
+                instance = sample.labels.get("instance")
+            elif sample.name == "process_start_time_seconds":
+                started = float(sample.value)
+            elif sample.name == f"{LATENCY_METRIC}_bucket":
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
             elif sample.name == OUTCOME_METRIC:
                 outcome = sample.labels.get("outcome", "")
                 outcomes[outcome] = outcomes.get(outcome, 0.0) + sample.value
-    return {"buckets": buckets, "outcomes": outcomes}
+    return {"buckets": buckets, "outcomes": outcomes, "instance": instance, "started": started}
 
 
 def scrape(url: str, timeout: float = 10.0) -> dict:
@@ -129,7 +143,10 @@ def scrape(url: str, timeout: float = 10.0) -> dict:
 
     response = httpx.get(f"{url.rstrip('/')}/metrics", timeout=timeout)
     response.raise_for_status()
-    return parse_metrics(response.text)
+    try:
+        return parse_metrics(response.text)
+    except ValueError as error:  # prometheus_client's parser: a page that is not an exposition
+        raise EvidenceError(f"{url}/metrics is not a Prometheus exposition: {error}") from None
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -154,13 +171,25 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 def slo_window(server: str, before: dict, after: dict) -> SloEvidence:
     """The SLO numbers of what happened between two scrapes of one server.
 
-    Counters that went down mean the server restarted in between (Prometheus' counter-reset rule): the window is
-    then what it served since the restart, marked ``restarted``, which :func:`decide` treats as a breach for the
-    challenger. (Scrapes reaching different replicas look the same: analyse one server process per variant.)"""
+    A restart is the same instance with a later process start: the window is then what it served since, marked
+    ``restarted``, which :func:`decide` treats as a breach for the challenger (a crash or an OOM kill). Scrapes of
+    another instance (a second replica behind one URL), or counters that went down where the exposition does not
+    say which process it is, are no window at all: :class:`EvidenceError`, never a restart, since a healthy
+    replica with fewer requests would otherwise be rolled back."""
     buckets = {b: after["buckets"].get(b, 0.0) - before["buckets"].get(b, 0.0) for b in after["buckets"]}
     outcomes = {o: after["outcomes"].get(o, 0.0) - before["outcomes"].get(o, 0.0) for o in after["outcomes"]}
-    restarted = any(v < 0 for v in [*buckets.values(), *outcomes.values()]) or \
+    went_down = any(v < 0 for v in [*buckets.values(), *outcomes.values()]) or \
         bool(set(before["outcomes"]) - set(after["outcomes"]))
+    ids = [(m.get("instance"), m.get("started")) for m in (before, after)]
+    known = all(i is not None and t is not None for i, t in ids)
+    if known and ids[0][0] != ids[1][0]:
+        raise EvidenceError(f"{server}: the two scrapes reached different instances ({ids[0][0]} → {ids[1][0]}): "
+                             "several replicas behind one URL; analyse one server process per variant")
+    restarted = known and ids[1][1] > ids[0][1]
+    if went_down and not restarted:
+        raise EvidenceError(f"{server}: its counters went down between the two scrapes, and its metrics do not say "
+                             "whether it restarted or another replica answered; analyse one server process per "
+                             "variant (relevance serve exposes relevance_server_info and process_start_time_seconds)")
     if restarted:
         buckets, outcomes = dict(after["buckets"]), dict(after["outcomes"])
     requests = int(round(sum(outcomes.values())))

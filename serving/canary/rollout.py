@@ -129,6 +129,7 @@ def plan_promote(config: RunConfig, registry: Registry, analysed: int | None = N
                                     "model": {"storageUri": model_repository_uri(source)}}}}
 
     def apply_registry() -> None:
+        _require_canary(registry, name, challenger, "promotion")  # the alias may have moved since the plan
         registry.promote(name, challenger)
         registry.client.delete_registered_model_alias(name, CANARY)
 
@@ -157,6 +158,7 @@ def plan_rollback(config: RunConfig, registry: Registry, analysed: int | None = 
                                         "model": {"storageUri": model_repository_uri(source)}}}}
 
         def apply_registry() -> None:
+            _require_canary(registry, name, challenger, "rollback")  # the alias may have moved since the plan
             registry.client.delete_registered_model_alias(name, CANARY)
             registry.client.set_model_version_tag(name, str(challenger), "canary", "rolled back")
 

@@ -295,12 +295,8 @@ def watch_round(config: RunConfig, registry: Registry, target, decide_round: Cal
                       "`relevance canary promote --apply`", EXIT_OK)
     # The decision is about v{challenger}: if someone promoted, rolled back or started another canary while the
     # evidence was gathered, acting now would undo their step or promote what was never analysed. The plans check
-    # it again on the aliases they read themselves (``analysed``), so a move between this read and theirs is
-    # refused too, and a rollback never takes the "undo the last promotion" branch.
-    now = aliases(registry, name).get(CANARY)
-    if now != challenger:
-        raise WatchError(f"the {CANARY!r} alias moved during this round (v{challenger} → "
-                         f"{'none' if now is None else f'v{now}'}): someone else acted; nothing was changed")
+    # it on the aliases they read themselves (``analysed``), and again before they move the registry, so a
+    # rollback never takes the "undo the last promotion" branch.
     try:
         plan = (plan_rollback(config, registry, analysed=challenger) if decision.action == ROLLBACK
                 else plan_promote(config, registry, analysed=challenger))
@@ -341,9 +337,10 @@ def watch(config: RunConfig, registry: Registry, target, evidence, out_dir: Path
             try:
                 decision, state["before"] = assess(config, state["urls"], state["dataset"], state["teacher"],
                                                    state.get("before"))
-            except (RuntimeError, ValueError, httpx.HTTPError) as error:
-                # Once the servers run, anything that stops the evidence is a fault at run time (metrics that do
-                # not answer or parse, a replay that breaks): exit 4, which the CronJob retries, never 2.
+            except (RuntimeError, httpx.HTTPError) as error:
+                # Once the servers run, a fault at run time (metrics that do not answer or parse, scrapes of two
+                # replicas: analysis.EvidenceError) is no evidence: exit 4, which the CronJob retries. Bad data
+                # (a DataContractError, a ValueError) still exits 2.
                 raise WatchError(f"no evidence this round, nothing was changed: {error}") from None
             return decision, {"servers": state["urls"]}
 

@@ -79,10 +79,13 @@ def test_no_challenger_traffic_is_not_evidence():
 
 
 def test_a_challenger_that_restarted_in_the_window_is_rolled_back():
-    """Counters that go down mean a restart (a crash, an OOM kill): for the challenger that is a breach, even
-    when the requests it served since look healthy; a restarted champion is only no yardstick for the p99."""
-    before = {"buckets": {0.01: 50.0, float("inf"): 60.0}, "outcomes": {"ok": 60.0}}
-    after = {"buckets": {0.01: 5.0, float("inf"): 6.0}, "outcomes": {"ok": 6.0}}
+    """The same instance with a later process start is a restart (a crash, an OOM kill): for the challenger a
+    breach, even when the requests it served since look healthy; a restarted champion is only no yardstick for
+    the p99. Another instance (a second replica) or counters that go down with no identity are no window at all."""
+    before = {"buckets": {0.01: 50.0, float("inf"): 60.0}, "outcomes": {"ok": 60.0}, "instance": "pod-a",
+              "started": 100.0}
+    after = {"buckets": {0.01: 5.0, float("inf"): 6.0}, "outcomes": {"ok": 6.0}, "instance": "pod-a",
+             "started": 200.0}
     window = analysis.slo_window("challenger", before, after)
     assert window.restarted and window.requests == 6  # what it served since the restart
     decision = analysis.decide([_evidence(0.08, 0.05)], {**HEALTHY, "challenger": window}, CANARY)
@@ -91,6 +94,26 @@ def test_a_challenger_that_restarted_in_the_window_is_rolled_back():
     slow = analysis.SloEvidence("challenger", 500, 0, 6.0, 20.0)
     assert analysis.decide([_evidence(0.08, 0.05)], {"champion": champion, "challenger": slow},
                            CANARY).action == analysis.PROMOTE
+    # A healthy second replica that served a little less: never a restart, never a rollback.
+    replica = {**after, "buckets": {0.01: 45.0, float("inf"): 49.0}, "outcomes": {"ok": 49.0}, "instance": "pod-b"}
+    with pytest.raises(analysis.EvidenceError, match="different instances"):
+        analysis.slo_window("challenger", before, replica)
+    anonymous = [{k: v for k, v in m.items() if k not in ("instance", "started")} for m in (before, after)]
+    with pytest.raises(analysis.EvidenceError, match="went down"):
+        analysis.slo_window("challenger", *anonymous)
+
+
+def test_the_server_says_which_process_its_counters_belong_to():
+    import socket
+    import time
+
+    from prometheus_client import generate_latest
+    from relevance.serving.server import metrics
+
+    metrics()
+    parsed = analysis.parse_metrics(generate_latest().decode())
+    assert parsed["instance"] == socket.gethostname()
+    assert parsed["started"] is not None and time.time() - 86400 < parsed["started"] <= time.time()
 
 
 def test_a_loss_on_too_few_queries_holds():

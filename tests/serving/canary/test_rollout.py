@@ -124,3 +124,19 @@ def test_apply_leaves_the_registry_alone_when_kubectl_fails(registry_config, tmp
     with pytest.raises(ValueError, match="kubectl patch inferenceservice relevance-student .* failed"):
         apply(config, plan)
     assert registry.alias_version(config.registry.student_name, CANARY_ALIAS) is None
+
+
+def test_a_plan_moves_the_registry_only_if_the_canary_is_still_the_one_it_was_made_for(registry_config):
+    from relevance.platform.registry import CHAMPION
+
+    config, registry = registry_config
+    name = config.registry.student_name
+    plan_start(config, registry, 2, 10).apply_registry()
+    promote, abort = plan_promote(config, registry), plan_rollback(config, registry, analysed=2)
+    registry.client.delete_registered_model_alias(name, CANARY_ALIAS)  # someone ended the canary meanwhile
+    for plan in (promote, abort):
+        with pytest.raises(CanaryError, match="now names nothing"):
+            plan.apply_registry()
+    assert registry.alias_version(name, CHAMPION) == 1
+    with pytest.raises(CanaryError, match="decided for .* v2, but the 'canary' alias now names nothing"):
+        plan_rollback(config, registry, analysed=2)

@@ -168,7 +168,8 @@ def test_a_canary_that_moved_during_the_round_is_left_alone(registry_config, tmp
         plan_promote(config, registry).apply_registry()
         return Decision(analysis.ROLLBACK, [SLO_BREACH], [], {}), {}
 
-    with pytest.raises(watch.WatchError, match=r"'canary' alias moved during this round \(v2 → none\)"):
+    with pytest.raises(watch.WatchError, match=r"rollback was decided for .* v2, but the 'canary' alias now names "
+                                               r"nothing: someone else acted; nothing was changed"):
         watch.watch_round(config, registry, target, someone_promotes_meanwhile, tmp_path)
     assert target.sent == [] and watch.aliases(registry, config.registry.student_name) == {CHAMPION: 2}
 
@@ -391,7 +392,7 @@ def test_a_canary_alias_removed_just_before_the_rollback_never_rolls_back_the_ch
     def aliases_then_someone_ends_the_canary(registry_, name_):
         found = real_aliases(registry_, name_)
         reads.append(found)
-        if len(reads) == 2:  # the "did the canary alias move?" check has just passed
+        if len(reads) == 1:  # the round has read its canary: someone ends it before the rollback is planned
             registry.client.delete_registered_model_alias(name, CANARY_ALIAS)
         return found
 
@@ -411,11 +412,12 @@ def test_a_challenger_restart_between_rounds_is_rolled_back_not_bad_input(regist
 
     def fake_scrape(url):
         server = "champion" if url == "http://a" else "challenger"
-        served = 100.0 * (len(scrapes[server]) + 1)
+        served, started = 100.0 * (len(scrapes[server]) + 1), 1000.0
         if server == "challenger" and len(scrapes[server]) >= 2:
-            served = 3.0  # restarted: counters back near zero
+            served, started = 3.0, 2000.0  # restarted: counters back near zero, a later process start
         scrapes[server].append(served)
-        return {"buckets": {0.005: served, float("inf"): served}, "outcomes": {"ok": served}}
+        return {"buckets": {0.005: served, float("inf"): served}, "outcomes": {"ok": served},
+                "instance": f"{server}-pod", "started": started}
 
     class Evidence:
         def __enter__(self):
@@ -444,9 +446,17 @@ def test_a_fault_while_gathering_evidence_exits_4(registry_config, tmp_path, mon
             return None
 
     def broken(*_args, **_kwargs):
-        raise ValueError("the metrics page did not parse")
+        raise analysis.EvidenceError("the two scrapes reached different instances")
 
     monkeypatch.setattr(watch, "assess", broken)
     with pytest.raises(watch.WatchError, match="no evidence this round") as raised:
         watch.watch(config, registry, FakeTarget(), Evidence, tmp_path)
     assert raised.value.exit_code == watch.EXIT_NOT_DONE
+    from relevance.data.schema import DataContractError
+
+    def bad_data(*_args, **_kwargs):
+        raise DataContractError("judgments: split 'test' is empty")
+
+    monkeypatch.setattr(watch, "assess", bad_data)  # bad input stays bad input: the CLI's exit 2
+    with pytest.raises(DataContractError):
+        watch.watch(config, registry, FakeTarget(), Evidence, tmp_path)
