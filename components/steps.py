@@ -90,7 +90,8 @@ def compute_features(run_config: Input[Artifact], dataset: Input[Dataset], featu
 
 @component
 def finetune_teacher(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]):
-    """Fine-tune the cross-encoder teacher on the human-graded train split (early stopping on valid): in this pod,
+    """Fine-tune the cross-encoder teacher on the human-graded train split (early stopping on valid minus its
+    judge-check slice): in this pod,
     under torchrun on its GPUs (teacher.distributed.nproc_per_node), or as a Kubeflow TrainJob on several nodes
     (teacher.distributed.launcher: trainjob), which this step submits and waits for."""
     import json

@@ -75,7 +75,8 @@ def train_teacher(config: Optional[Path] = ConfigOption, profile: Optional[str] 
                   dry_run: bool = typer.Option(
                       False, "--dry-run", help="With --trainjob: print the rendered, validated TrainJob manifest; "
                                                "prepare, submit and train nothing.")):
-    """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid: in this process, under
+    """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid minus its judge-check slice
+    (data.judge_check_fraction): in this process, under
     torchrun on this machine (--nproc-per-node), or as a TrainJob on a cluster (--trainjob)."""
     from relevance.console import log
     from relevance.distributed import WorkerFailedError
@@ -209,19 +210,21 @@ def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, 
                                              "scored through the serving path): the ranker to beat."),
                candidate: Path = typer.Option(..., exists=True, file_okay=False, help="The saved model or serving "
                                                                                      "bundle to compare."),
-               queries: int = typer.Option(300, help="Unjudged queries to sample (pilot included)."),
+               queries: int = typer.Option(300, help="Judge-holdout queries to sample (pilot included): unjudged "
+                                                     "queries the pool never used."),
                allocation: str = typer.Option("neyman", help="neyman | proportional"),
                judge: Optional[Path] = typer.Option(None, help="The judge: a saved cross-encoder (default: the "
                                                                "run's teacher)."),
                min_agreement: float = typer.Option(0.4, help="Refuse below this exact agreement of the judge with "
-                                                             "human grades on valid."),
+                                                             "human grades on the judge-check pairs of valid."),
                top_k: int = typer.Option(10, "--k", help="nDCG cut-off; the judge grades the union of both top-k."),
                out: Optional[Path] = typer.Option(None, help="Report directory (default: workdir/judge-eval)."),
                seed: int = typer.Option(0),
                config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                workdir: Optional[str] = WorkdirOption):
-    """Compare two rankers on queries nobody graded: a stratified sample, judged by a cross-encoder that was
-    checked against humans first; the nDCG difference with its confidence interval."""
+    """Compare two rankers on queries nobody graded and no student learnt (the judge holdout): a stratified
+    sample, judged by a cross-encoder that was checked against humans first; the nDCG difference with its
+    confidence interval."""
     from relevance.files import atomic_write_json, atomic_write_text
     from relevance.judge_eval import judge_eval as run_judge_eval
     from relevance.judge_eval import report_markdown
@@ -229,7 +232,7 @@ def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, 
     if allocation not in ("neyman", "proportional"):
         raise typer.BadParameter(f"expected neyman or proportional, got {allocation!r}", param_hint="--allocation")
     chain = _chain(config, profile, workdir)
-    dataset = chain.dataset(with_impressions=True)  # the traffic of unjudged queries
+    dataset = chain.dataset(with_impressions=True)  # the traffic of the judge-holdout queries
     report = run_judge_eval(chain.config, dataset, baseline, candidate, judge or chain.teacher_dir,
                             chain.embeddings_dir, queries, allocation, k=top_k, min_agreement=min_agreement,
                             seed=seed, log=typer.echo)

@@ -221,7 +221,7 @@ def evaluate_directory(model_dir: str | Path, items: pd.DataFrame, queries: pd.D
     if judgments.empty:
         raise DataContractError("judgments: no rows to evaluate (is the --split filter right?)")
     scorer = load_scorer(model_dir, items, cache_dir)
-    info = info or DatasetInfo(**scorer.manifest["dataset"])
+    info = info or DatasetInfo.from_dict(scorer.manifest["dataset"])
     if info.num_grades != scorer.manifest["num_grades"]:
         raise DataContractError(f"mismatched K: the model predicts {scorer.manifest['num_grades']} grades, the "
                                 f"judgments have {info.num_grades}")

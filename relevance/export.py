@@ -246,7 +246,7 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
             "encoder_fingerprint": manifest["encoder_fingerprint"], "catalog_hash": manifest["catalog_hash"],
             # How item text was assembled and what the grades mean: an offline replay (relevance evaluate,
             # judge-eval) rebuilds the same features and reads the probabilities right.
-            "text": manifest["text"], "dataset": manifest["dataset"],
+            "text": manifest["text"], "dataset": manifest["dataset"], "judge_holdout": manifest.get("judge_holdout"),
             "catalog_items": int(len(item_text)), "int8": int8,
             "max_abs_diff": {result.path.stem: result.max_abs_diff for result in results},
         }

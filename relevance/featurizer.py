@@ -156,6 +156,8 @@ def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: 
         "encoder_fingerprint": encoder.fingerprint, "embedding_dim": encoder.dimension,
         "catalog_hash": featurizer.catalog_hash, "dataset": dataset.info.__dict__,
         "train_data_hash": dataset.training_data_hash(),
+        # The queries kept out of the pool it may have learnt from (judge-eval checks it; None: no holdout).
+        "judge_holdout": dataset.judge_holdout_fingerprint(),
     }
 
 

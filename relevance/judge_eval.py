@@ -28,11 +28,15 @@ from relevance.data.schema import DataContractError, Dataset
 def _population(dataset: Dataset) -> tuple[pd.DataFrame, pd.Series | None]:
     """The judge-holdout queries, with their traffic (impressions per query) where the dataset has impressions
     (then only those with traffic)."""
-    if not dataset.info.judge_holdout_fraction:
-        raise DataContractError("dataset.json records no judge-holdout slice (judge_holdout_fraction): every "
-                                "unjudged query may be in the pool a student was distilled on, so a judged "
-                                "comparison would score its training pairs; prepare the dataset again "
-                                "(data.judge_holdout_fraction) and rebuild the pool")
+    fraction = dataset.info.judge_holdout_fraction
+    if not fraction:
+        raise DataContractError(
+            ("dataset.json records no judge-holdout slice (judge_holdout_fraction; prepared before it existed)"
+             if fraction is None else "data.judge_holdout_fraction is 0") +
+            ": every unjudged query may be in the pool a student was distilled on, so a judged comparison would "
+            "score its training pairs. Set data.judge_holdout_fraction and rebuild what depends on it: the prepared "
+            "data, the pool, the labels and the students (in a chain workdir: data/, pool.parquet, labels/, "
+            "student*/, gbdt_*/)")
     queries = dataset.judge_holdout_queries()
     traffic = None
     if dataset.impressions is not None and len(dataset.impressions):
@@ -49,14 +53,13 @@ def _population(dataset: Dataset) -> tuple[pd.DataFrame, pd.Series | None]:
 def judge_agreement(judge, dataset: Dataset, judge_text: pd.Series) -> dict:
     """The judge's agreement with humans on the judge-check pairs, and which pairs those were: whether the
     judge's manifest records having set exactly them aside (``untouched``)."""
-    from relevance.files import sha256_of_frame
     from relevance.judge import human_agreement
 
     pairs = dataset.judge_check_pairs()
     locale = dataset.queries.set_index("query_id")["locale"] if "locale" in dataset.queries.columns else None
     report = human_agreement(judge, pairs, dataset.query_text, judge_text, locale)
     recorded = (judge.manifest.get("judge_check") or {}).get("pairs_hash")
-    untouched = recorded == sha256_of_frame(pairs, ["query_id", "item_id", "grade"])
+    untouched = recorded is not None and recorded == dataset.judge_check_fingerprint()
     report["measured_on"] = {
         "pairs": int(len(pairs)), "queries": int(pairs["query_id"].nunique()), "untouched": untouched,
         "what": ("the judge-check slice of valid, which this judge neither early-stopped nor calibrated on"
@@ -65,6 +68,27 @@ def judge_agreement(judge, dataset: Dataset, judge_text: pd.Series) -> dict:
                  "before the slice existed, or on other data): it may have early-stopped or calibrated on these "
                  "pairs, so the agreement may be optimistic")}
     return report
+
+
+def ranker_holdout(directory: Path, dataset: Dataset) -> dict:
+    """Whether a ranker can have learnt the judge-holdout queries. A teacher learns from judgments only; a
+    student, GBDT or bundle records the holdout its training data was built without (``judge_holdout``), which
+    must be the dataset's. A different record is refused (it may have been distilled on today's holdout
+    queries); a model that records none (made before the record existed) is flagged."""
+    from relevance.evaluation import saved_manifest
+
+    manifest = saved_manifest(directory)
+    if manifest.get("kind") == "teacher":
+        return {"untouched": True, "what": "a teacher: trained on judgments only"}
+    if "judge_holdout" not in manifest:
+        return {"untouched": False, "what": "records no judge holdout (made before models recorded it): it may have "
+                "been distilled on these queries"}
+    expected = dataset.judge_holdout_fingerprint()
+    if manifest["judge_holdout"] != expected:
+        raise DataContractError(f"{directory} was trained without the judge holdout {manifest['judge_holdout']}, but "
+                                f"the dataset holds out {expected}: it may have been distilled on the queries "
+                                "judge-eval would rank. Retrain it on a pool built with this dataset's holdout")
+    return {"untouched": True, "what": "trained on data built without the judge-holdout queries"}
 
 
 def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path, judge_dir: Path,
@@ -78,8 +102,8 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     from relevance.judge import judge_grades, judged_ndcg, require_agreement
     from relevance.metrics import expected_grade
     from relevance.pool import bm25_candidates
-    from relevance.sampling import (allocate, minimum_detectable_effect, queries_needed, query_strata,
-                                    srs_estimate, stratified_estimate, stratified_sample)
+    from relevance.sampling import (allocate, minimum_detectable_effect, population_variance, queries_needed,
+                                    query_strata, srs_estimate, stratified_estimate, stratified_sample)
     from relevance.teacher import Teacher
 
     if not 0 < pilot_share < 1:
@@ -87,6 +111,11 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     if queries < 4:
         raise ValueError(f"judge-eval needs at least 4 queries (a pilot and a sample), got {queries}")
     population, traffic = _population(dataset)  # before loading anything: a dataset without the slice fails fast
+    rankers = {"baseline": ranker_holdout(Path(baseline_dir), dataset),
+               "candidate": ranker_holdout(Path(candidate_dir), dataset)}
+    for name, state in rankers.items():
+        if not state["untouched"]:
+            log(f"judge-eval: WARNING the {name} {state['what']}")
     judge = Teacher.load(judge_dir)
     judge_text = judge.item_texts(dataset.items)
     calibration = judge_agreement(judge, dataset, judge_text)
@@ -134,12 +163,14 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
         raise DataContractError(f"only {len(diffs)} sampled queries had anything the judge found relevant; sample "
                                 "more queries")
     # The estimator uses the strata sizes the main sample was drawn from (the population minus the pilot).
+    # Every figure is weighted by the strata: the plain mean or spread of a Neyman sample is biased.
     sizes_rest = rest.value_counts()
     estimate = stratified_estimate(diffs, rest, sizes_rest, config.canary.confidence)
     srs = srs_estimate(diffs, len(rest), config.canary.confidence, rest, sizes_rest)
+    means = {name: stratified_estimate(scored[name], rest, sizes_rest).mean for name in scorers}
     for note in estimate.notes():
         log(f"judge-eval: {note}")
-    per_query_std = float(diffs.std(ddof=1))
+    per_query_std = population_variance(diffs, rest, sizes_rest) ** 0.5
     design_effect = (estimate.std_error / srs.std_error) ** 2 if srs.std_error > 0 else None
     mde = minimum_detectable_effect(estimate.std_error)
     report = {
@@ -149,14 +180,14 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
         "population_queries": int(len(population)), "strata": int(len(sizes)), "allocation": allocation,
         "pilot_queries": int(len(pilot)), "sampled_queries": int(len(main)), "scored_queries": int(len(diffs)),
         "judged_pairs": int(pilot_judged + judged),
-        "baseline_mean": float(scored["baseline"].mean()), "candidate_mean": float(scored["candidate"].mean()),
+        "baseline_mean": means["baseline"], "candidate_mean": means["candidate"],
         "difference": estimate.to_dict(), "srs_difference": srs.to_dict(),
         "design_effect": design_effect,
         "variance_reduction": None if design_effect is None else 1 - design_effect,
         "minimum_detectable_effect": mde,
         "queries_for_0.01": queries_needed(0.01, per_query_std, design_effect=design_effect or 1.0),
         "allocation_plan": {str(h): int(n) for h, n in plan.items() if n},
-        "estimator_notes": estimate.notes(),
+        "estimator_notes": estimate.notes(), "rankers_holdout": rankers,
     }
     low, high = estimate.interval
     report["verdict"] = ("candidate better" if low > 0 else "baseline better" if high < 0 else
@@ -184,4 +215,6 @@ def report_markdown(report: dict) -> str:
              f"- Minimum detectable effect at this sample: {report['minimum_detectable_effect']:.4f}; a 0.01 effect "
              f"needs {report['queries_for_0.01']} queries."]
     lines += [f"- Estimator: {note}." for note in report.get("estimator_notes", [])]
+    lines += [f"- **Warning**: the {name} {state['what']}." for name, state in report.get("rankers_holdout", {}).items()
+              if not state["untouched"]]
     return "\n".join(lines) + "\n"

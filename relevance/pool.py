@@ -12,6 +12,7 @@ pool of tens of millions of pairs is built in the memory of one bucket.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -154,11 +155,13 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
             log(f"pool: kept out {len(judge_holdout)} judge-holdout queries ({dropped_judge} impression pair(s) and "
                 "their BM25 candidates), so judge-based evaluation ranks queries no student was distilled on")
         rows = queries = 0
+        # The pool records the judge holdout it was built without: a reused pool is checked against the dataset.
+        schema = POOL_SCHEMA.with_metadata({JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())})
         with atomic_write(out) as tmp:
-            with pq.ParquetWriter(tmp, POOL_SCHEMA) as writer:
+            with pq.ParquetWriter(tmp, schema) as writer:
                 for path in sorted(Path(scratch).glob("bucket-*.parquet")):
                     bucket = pd.read_parquet(path).drop_duplicates(["query_id", "item_id"])
-                    writer.write_table(pa.Table.from_pandas(bucket, preserve_index=False, schema=POOL_SCHEMA),
+                    writer.write_table(pa.Table.from_pandas(bucket, preserve_index=False, schema=schema),
                                        row_group_size=config.labeling.shard_rows)
                     rows += len(bucket)
                     queries += bucket["query_id"].nunique()  # buckets partition the queries
@@ -171,6 +174,32 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
 
 
 POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string())])
+JUDGE_HOLDOUT_KEY = "relevance.judge_holdout"
+
+
+def pool_judge_holdout(path: str | Path) -> dict | None:
+    """The judge-holdout fingerprint a pool was built without (Dataset.judge_holdout_fingerprint), None for a
+    pool built without a holdout or before pools recorded it."""
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(JUDGE_HOLDOUT_KEY.encode())
+    return json.loads(raw) if raw else None
+
+
+def check_pool_holdout(path: str | Path, dataset: Dataset) -> None:
+    """Refuse a pool that holds a pair of a judge-holdout query (built before the dataset had its holdout, or
+    under another): its labels and students would hold pairs judge-eval treats as never learnt. A pool that
+    records the dataset's holdout passes at once; any other is read (its query ids, a row group at a time)."""
+    if pool_judge_holdout(path) == dataset.judge_holdout_fingerprint():
+        return
+    holdout = set(dataset.judge_holdout_queries()["query_id"])
+    found = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["query_id"]):
+        found += int(pd.Series(batch.column(0).to_pylist()).isin(holdout).sum())
+    if found:
+        raise DataContractError(f"{path}: {found} pair(s) of judge-holdout queries (the dataset holds out "
+                                f"{len(holdout)} unjudged queries for judge-based evaluation); a student distilled "
+                                "from it would be judged on what it learnt. Rebuild the pool and what was made from "
+                                "it (labels, students, GBDTs)")
 
 
 def held_out_query_mask(pairs: pd.DataFrame, dataset: Dataset) -> np.ndarray:

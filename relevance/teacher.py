@@ -713,14 +713,13 @@ def recalibrate_teacher(config: RunConfig, dataset, teacher_dir: str | Path) -> 
 
 def judge_check_record(dataset) -> dict | None:
     """The judge-check slice this teacher never early-stopped or calibrated on, as its manifest records it: the
-    fraction, the pairs and their content hash (None when the dataset has no slice)."""
-    from relevance.files import sha256_of_frame
-
+    fraction, the pairs and their content hash (None when the dataset has no slice). An empty slice (a valid split
+    of one query) is recorded as such: judge-eval refuses to use it, the teacher is still good for labelling."""
     if not dataset.info.judge_check_fraction:
         return None
-    pairs = dataset.judge_check_pairs()
-    return {"fraction": dataset.info.judge_check_fraction, "pairs": int(len(pairs)),
-            "pairs_hash": sha256_of_frame(pairs, ["query_id", "item_id", "grade"])}
+    valid = dataset.split("valid")
+    return {"fraction": dataset.info.judge_check_fraction, "pairs": int(len(valid) - len(dataset.teacher_valid())),
+            "pairs_hash": dataset.judge_check_fingerprint()}
 
 
 def _calibrate(teacher: Teacher, config: RunConfig, dataset, log) -> None:

@@ -284,7 +284,9 @@ def test_judge_eval_compares_two_students_and_refuses_a_weak_judge(cli, finished
     report = json.loads((tmp_path / "judge-eval.json").read_text())
     assert report["pilot_queries"] + report["sampled_queries"] <= 24 and report["scored_queries"] >= 2
     assert report["difference"]["ci_low"] <= report["difference"]["mean"] <= report["difference"]["ci_high"]
-    # The simple-random-sampling comparison weights the strata like the estimate (its point is the variance).
+    # Every figure weights the strata like the estimate: the two means differ by the estimated difference, and
+    # the simple-random-sampling comparison reports the same mean (its point is the variance).
+    assert report["candidate_mean"] - report["baseline_mean"] == pytest.approx(report["difference"]["mean"], abs=1e-9)
     assert report["srs_difference"]["mean"] == pytest.approx(report["difference"]["mean"], abs=1e-9)
     # Agreement on the judge-check pairs, which the teacher (the judge here) set aside from early stopping and
     # calibration; queries from the judge holdout, which the pool (so the distilled student) never saw.

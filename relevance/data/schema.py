@@ -75,11 +75,20 @@ class DatasetInfo:
         (Path(directory) / "dataset.json").write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
+    def from_dict(cls, values: dict) -> "DatasetInfo":
+        """From dataset.json (or a manifest's copy of it), ignoring keys this version does not know: a dataset
+        prepared by a newer version still loads."""
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
     def load(cls, directory: Path) -> "DatasetInfo":
         path = Path(directory) / "dataset.json"
         if not path.exists():
             raise DataContractError(f"{directory}: no dataset.json; is this a prepared dataset directory?")
-        return cls(**json.loads(path.read_text()))
+        return cls.from_dict(json.loads(path.read_text()))
 
 
 def _require_columns(df: pd.DataFrame, table: str, columns: tuple[str, ...] | list[str]) -> None:
@@ -241,13 +250,29 @@ class Dataset:
         """The unjudged queries held out for judging (``judge_holdout_fraction`` of the hash space): the pool
         never takes their pairs, so no distilled student learns them, and judge-eval and the canary's judge
         draw their queries only from here."""
-        from relevance.data.splits import JUDGE_HOLDOUT_SALT, in_slice
+        from relevance.data.splits import JUDGE_HOLDOUT_SALT, in_slice, normalize_query
 
         fraction = self.info.judge_holdout_fraction
         if not fraction:
             return self.queries.iloc[:0]
-        unjudged = ~self.queries["query_id"].isin(self.judgments["query_id"])
+        # Unjudged by id and by text: a source may give a judged query a second id, whose text the student learnt.
+        text = self.queries["query"].map(normalize_query)
+        judged = self.queries["query_id"].isin(self.judgments["query_id"])
+        unjudged = ~judged & ~text.isin(set(text[judged]))
         return self.queries[unjudged & in_slice(self.queries["query"], fraction, JUDGE_HOLDOUT_SALT)]
+
+    def judge_holdout_fingerprint(self) -> dict | None:
+        """What the pool and every model over the pool record of the judge holdout they were built without: the
+        fraction, the number of queries and a hash of their ids (None without a holdout). judge-eval compares a
+        ranker's record with the dataset's, so a student distilled under another holdout is never judged here."""
+        import hashlib
+
+        fraction = self.info.judge_holdout_fraction
+        if not fraction:
+            return None
+        ids = sorted(self.judge_holdout_queries()["query_id"].astype(str))
+        return {"fraction": fraction, "queries": len(ids),
+                "hash": hashlib.sha256("\x1e".join(ids).encode("utf-8")).hexdigest()[:16]}
 
     def _judge_check_mask(self, valid: pd.DataFrame) -> pd.Series:
         """Which valid rows are judge-check pairs: their query's text hashes into ``judge_check_fraction``, except
@@ -271,10 +296,13 @@ class Dataset:
     def judge_check_pairs(self) -> pd.DataFrame:
         """The valid pairs set aside from the teacher's early stopping and calibration, where a judge's agreement
         with humans is measured (``judge_check_fraction`` of the valid queries by hash)."""
-        if not self.info.judge_check_fraction:
-            raise DataContractError("dataset.json records no judge-check slice (judge_check_fraction): a judge's "
-                                    "agreement with humans would be measured on the valid pairs it early-stopped "
-                                    "and calibrated on; prepare the dataset again (data.judge_check_fraction)")
+        fraction = self.info.judge_check_fraction
+        if not fraction:
+            raise DataContractError(
+                ("dataset.json records no judge-check slice (judge_check_fraction; prepared before it existed)"
+                 if fraction is None else "data.judge_check_fraction is 0") +
+                ": a judge's agreement with humans would be measured on the valid pairs it early-stopped and "
+                "calibrated on. Set data.judge_check_fraction, prepare the data again and retrain the teacher")
         valid = self.split("valid")
         rows = valid[self._judge_check_mask(valid)]
         if rows.empty:
@@ -282,6 +310,17 @@ class Dataset:
                                     f"{self.info.judge_check_fraction} of {valid['query_id'].nunique()} valid "
                                     "queries): raise the fraction or grade more valid queries")
         return rows
+
+    def judge_check_fingerprint(self) -> str | None:
+        """The content hash of :meth:`judge_check_pairs` (None when there are none): what a teacher's manifest
+        records of the pairs it set aside, and what judge-eval compares it with."""
+        from relevance.files import sha256_of_frame
+
+        try:
+            pairs = self.judge_check_pairs()
+        except DataContractError:
+            return None
+        return sha256_of_frame(pairs, ["query_id", "item_id", "grade"])
 
     def validated(self) -> "Dataset":
         items = validate_items(self.items)
