@@ -103,3 +103,35 @@ def test_the_canary_judge_replays_only_judge_holdout_queries():
     holdout = set(shop.judge_holdout_queries()["query_id"])
     assert labelled and {q.query_id for q in unlabelled} == holdout
     assert replay_queries(_shop(holdout=None), config, "valid")[2] == []
+
+
+def test_a_pool_or_a_ranker_built_without_this_holdout_is_caught(tmp_path):
+    """A pool reused after the data was prepared again with a holdout (the chain's pool step hashes only settings)
+    is read for holdout queries and refused; judge-eval refuses a ranker trained under another holdout and flags
+    one that records none."""
+    from relevance.judge_eval import ranker_holdout
+    from relevance.pool import check_pool_holdout, pool_judge_holdout
+
+    config = build_config("quick", {"workdir": str(tmp_path), "candidates": {"top_k": 3}})
+    shop = _shop()
+    fresh = build_pool(config, shop, tmp_path / "fresh.parquet")
+    assert pool_judge_holdout(fresh) == shop.judge_holdout_fingerprint()
+    check_pool_holdout(fresh, shop)
+    stale = build_pool(config, _shop(holdout=None), tmp_path / "stale.parquet")
+    with pytest.raises(DataContractError, match="pair\\(s\\) of judge-holdout queries"):
+        check_pool_holdout(stale, shop)
+
+    def ranker(name: str, **manifest) -> "Path":
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "manifest.json").write_text(json.dumps({"kind": "student", **manifest}))
+        return directory
+
+    assert ranker_holdout(ranker("same", judge_holdout=shop.judge_holdout_fingerprint()), shop)["untouched"]
+    assert not ranker_holdout(ranker("legacy"), shop)["untouched"]
+    with pytest.raises(DataContractError, match="may have been distilled on the queries"):
+        ranker_holdout(ranker("other", judge_holdout=_shop(holdout=0.5).judge_holdout_fingerprint()), shop)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "manifest.json").write_text(json.dumps({"kind": "teacher"}))
+    assert ranker_holdout(teacher, shop)["untouched"]  # a teacher learns from judgments only
