@@ -97,10 +97,11 @@ class Chain:
         return Dataset.load(self.data_dir, with_impressions=with_impressions)
 
     def pool(self, dataset: Dataset) -> Path:
-        from relevance.pool import build_pool
+        from relevance.pool import build_pool, check_pool_holdout
 
         if not self.reusable("pool", self.pool_path.exists()):
             build_pool(self.config, dataset, self.pool_path, self.data_dir / "impressions.parquet")
+        check_pool_holdout(self.pool_path, dataset)  # a re-prepared dataset must not reuse an older pool
         return self.pool_path
 
     def teacher(self, dataset: Dataset) -> Path:
@@ -143,10 +144,24 @@ class Chain:
     def baselines(self, dataset: Dataset) -> dict[str, Path]:
         """The GBDT baselines on the student's features (gbdt.objectives)."""
         from relevance.distillation import distillation_targets
-        from relevance.gbdt import train_baselines
+        from relevance.gbdt import BASELINE_NAMES, train_baselines
         from relevance.labeling import read_labels
 
         outputs = self.gbdt_dirs
+        for name, path in outputs.items():
+            # The step hash holds only non-default settings, so a change of defaults (LambdaMART's own settings)
+            # would not show there: the trees' manifests record the settings they were grown with.
+            made = read_manifest(path).get("config") if (path / "manifest.json").exists() else None
+            if made is None:
+                continue
+            # Which trees are grown (objectives, enabled) is no setting of one tree; only LambdaMART reads its own.
+            ignore = {"objectives", "enabled"} | ({"lambdamart"} if name != BASELINE_NAMES["lambdamart"] else set())
+            made, current = ({k: v for k, v in d.items() if k not in ignore}
+                             for d in (made, self.config.gbdt.model_dump()))
+            changed = sorted(k for k in made.keys() | current.keys() if made.get(k) != current.get(k))
+            if changed:
+                raise ValueError(f"{self.root}: {name} was made with other gbdt settings (changed: {changed}); "
+                                 f"delete {path} to redo it, or use another workdir")
         if outputs and not self.reusable("gbdt", all((p / "manifest.json").exists() for p in outputs.values())):
             featurizer = self.featurizer(dataset)
             targets = None

@@ -3,7 +3,8 @@ first, in every quality report next to BM25, the majority class and the human-on
 
 - ``multiclass``: softmax over the K grades (multi_logloss) on the human train labels, early-stopped on valid.
 - ``lambdamart``: LambdaMART (Burges, 2010, "From RankNet to LambdaRank to LambdaMART"): trees trained to rank
-  each query's items by grade (objective lambdarank, gains 2^g − 1), early-stopped on valid nDCG@20. A ranking
+  each query's items by grade (objective lambdarank), early-stopped on valid nDCG, with settings of its own
+  (relevance.config.LambdaMARTConfig: learning rate, leaves, gains, cut-off, patience). A ranking
   score has no probabilities, so an ordinal read-out of the score (multinomial logistic regression fitted on
   train, as for BM25) gives grade probabilities for the classification metrics.
 - ``distilled``: multiclass trees on the teacher's soft labels (cross-entropy against the teacher's distribution,
@@ -127,12 +128,13 @@ def _groups(query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def train_gbdt(objective: str, train_x: np.ndarray, train_target: np.ndarray, valid_x: np.ndarray,
                valid_grades: np.ndarray, num_grades: int, config: GBDTConfig, manifest: dict,
                train_queries: np.ndarray | None = None, valid_queries: np.ndarray | None = None,
-               train_grades: np.ndarray | None = None, log=print) -> GBDT:
+               train_grades: np.ndarray | None = None, log=print, history: dict | None = None) -> GBDT:
     """Fit one GBDT with early stopping on valid.
 
     ``train_target``: human grades [N] (multiclass, lambdamart) or teacher probabilities [N, K] (distilled).
     LambdaMART needs the query ids of both splits; ``train_grades`` are the human train grades its read-out is
-    fitted on. ``manifest``: what the saved model records besides (featurizer settings, lineage).
+    fitted on. ``manifest``: what the saved model records besides (featurizer settings, lineage). ``history``, if
+    given, receives LightGBM's validation metric per boosting round (lightgbm.record_evaluation).
     """
     import lightgbm
 
@@ -155,8 +157,13 @@ def train_gbdt(objective: str, train_x: np.ndarray, train_target: np.ndarray, va
                                      free_raw_data=False)
         valid_set = lightgbm.Dataset(valid_x[valid_order], valid_grades[valid_order], group=valid_counts,
                                      reference=train_set)
-        params.update(objective="lambdarank", metric="ndcg", eval_at=[20],
-                      label_gain=[float(2 ** g - 1) for g in range(num_grades)])
+        ranker = config.lambdamart
+        params.update(objective="lambdarank", metric="ndcg", eval_at=[ranker.eval_at],
+                      label_gain=[float(2 ** g - 1 if ranker.label_gain == "exponential" else g)
+                                  for g in range(num_grades)],
+                      learning_rate=ranker.learning_rate, num_leaves=ranker.num_leaves,
+                      min_child_samples=ranker.min_child_samples, feature_fraction=ranker.feature_fraction,
+                      lambda_l2=ranker.lambda_l2)
     elif objective == "multiclass":
         train_set = lightgbm.Dataset(train_x, np.asarray(train_target, dtype=np.int64), free_raw_data=False)
         valid_set = lightgbm.Dataset(valid_x, valid_grades, reference=train_set)
@@ -176,9 +183,11 @@ def train_gbdt(objective: str, train_x: np.ndarray, train_target: np.ndarray, va
         probs = _softmax(raw if raw.ndim == 2 else raw.reshape(len(dataset.targets), num_grades, order="F"))
         return "soft_logloss", float(-np.mean(np.sum(dataset.targets * np.log(np.clip(probs, 1e-12, 1)), 1))), False
 
+    patience = config.lambdamart.early_stopping_rounds if objective == "lambdamart" else config.early_stopping_rounds
     booster = lightgbm.train(params, train_set, num_boost_round=config.max_rounds, valid_sets=[valid_set],
                              valid_names=["valid"], feval=soft_logloss if objective == "distilled" else None,
-                             callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)])
+                             callbacks=[lightgbm.early_stopping(patience, verbose=False),
+                                        *([lightgbm.record_evaluation(history)] if history is not None else [])])
     valid_metric = {name: float(value) for name, value in booster.best_score["valid"].items()}
     log(f"gbdt {objective}: {booster.best_iteration} trees, valid {valid_metric}")
     model = GBDT(booster, {**manifest, "kind": "gbdt", "objective": objective, "num_grades": num_grades,

@@ -44,3 +44,21 @@ def test_gbdt_settings_matter_to_the_students_only_through_a_labeller(tmp_path):
         chain(**more_trees).reusable("gbdt", output_exists=True)
     with pytest.raises(ValueError, match="students output was made with other settings"):
         chain(student={"labeller": "teacher+gbdt"}).reusable("students", output_exists=True)
+
+
+def test_trees_grown_under_other_default_settings_are_not_reused(tmp_path):
+    """The step hash keeps only non-default settings, so trees grown before LambdaMART's defaults changed would pass
+    it: their manifests' settings are compared too. Only LambdaMART reads its own; adding an objective is no change."""
+    import json
+
+    chain = Chain(build_config("quick", {"workdir": str(tmp_path)}))
+    grown = chain.config.gbdt.model_dump()
+    old_lambdamart = {**grown, "lambdamart": {**grown["lambdamart"], "learning_rate": 0.05}, "objectives": ["multiclass"]}
+    for name, made in (("gbdt_multiclass", old_lambdamart), ("gbdt_lambdamart", old_lambdamart)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"kind": "gbdt", "config": made}))
+    with pytest.raises(ValueError, match=r"gbdt_lambdamart was made with other gbdt settings \(changed: \['lambdamart'\]\)"):
+        chain.baselines(None)
+    (tmp_path / "gbdt_lambdamart" / "manifest.json").write_text(json.dumps({"kind": "gbdt", "config": grown}))
+    chain.reusable("gbdt", output_exists=False)
+    assert chain.baselines(None) == chain.gbdt_dirs  # multiclass kept: LambdaMART's settings are not its own

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "studies"
 # In the report's order.
-STUDIES = ("teachers", "scaling", "active", "judged", "ablation", "backbones", "labelling", "locales", "gpu")
+STUDIES = ("teachers", "lambdamart", "scaling", "active", "judged", "ablation", "backbones", "labelling", "locales",
+           "gpu")
 
 
 def _key(inputs: dict) -> str:
