@@ -28,15 +28,12 @@ from relevance.data.schema import DataContractError, Dataset
 def _population(dataset: Dataset) -> tuple[pd.DataFrame, pd.Series | None]:
     """The judge-holdout queries, with their traffic (impressions per query) where the dataset has impressions
     (then only those with traffic)."""
-    fraction = dataset.info.judge_holdout_fraction
-    if not fraction:
-        raise DataContractError(
-            ("dataset.json records no judge-holdout slice (judge_holdout_fraction; prepared before it existed)"
-             if fraction is None else "data.judge_holdout_fraction is 0") +
-            ": every unjudged query may be in the pool a student was distilled on, so a judged comparison would "
-            "score its training pairs. Set data.judge_holdout_fraction and rebuild what depends on it: the prepared "
-            "data, the pool, the labels and the students (in a chain workdir: data/, pool.parquet, labels/, "
-            "student*/, gbdt_*/)")
+    if not dataset.info.judge_holdout_fraction:
+        raise DataContractError(f"{dataset.info.missing_slice('judge_holdout_fraction')}: every unjudged query may be "
+                                "in the pool a student was distilled on, so a judged comparison would score its "
+                                "training pairs. Set data.judge_holdout_fraction and rebuild what depends on it: the "
+                                "prepared data, the pool, the labels and the students (in a chain workdir: data/, "
+                                "pool.parquet, labels/, student*/, gbdt_*/)")
     queries = dataset.judge_holdout_queries()
     traffic = None
     if dataset.impressions is not None and len(dataset.impressions):

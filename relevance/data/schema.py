@@ -53,6 +53,12 @@ class DatasetInfo:
     judge_holdout_fraction: float | None = None
     judge_check_fraction: float | None = None
 
+    def missing_slice(self, name: str) -> str:
+        """Why the judge slice ``name`` (judge_holdout_fraction or judge_check_fraction) is not there, in words."""
+        if getattr(self, name) is None:
+            return f"dataset.json records no {name} (the data was prepared before the judge's slices existed)"
+        return f"data.{name} is 0"
+
     def __post_init__(self) -> None:
         for name in ("judge_holdout_fraction", "judge_check_fraction"):
             value = getattr(self, name)
@@ -296,13 +302,10 @@ class Dataset:
     def judge_check_pairs(self) -> pd.DataFrame:
         """The valid pairs set aside from the teacher's early stopping and calibration, where a judge's agreement
         with humans is measured (``judge_check_fraction`` of the valid queries by hash)."""
-        fraction = self.info.judge_check_fraction
-        if not fraction:
-            raise DataContractError(
-                ("dataset.json records no judge-check slice (judge_check_fraction; prepared before it existed)"
-                 if fraction is None else "data.judge_check_fraction is 0") +
-                ": a judge's agreement with humans would be measured on the valid pairs it early-stopped and "
-                "calibrated on. Set data.judge_check_fraction, prepare the data again and retrain the teacher")
+        if not self.info.judge_check_fraction:
+            raise DataContractError(f"{self.info.missing_slice('judge_check_fraction')}: a judge's agreement with "
+                                    "humans would be measured on the valid pairs it early-stopped and calibrated on. "
+                                    "Set data.judge_check_fraction, prepare the data again and retrain the teacher")
         valid = self.split("valid")
         rows = valid[self._judge_check_mask(valid)]
         if rows.empty:

@@ -66,7 +66,7 @@ def test_teacher_valid_and_judge_check_split_valid_in_two():
     # The slice never takes every valid query: the teacher must early-stop on something.
     greedy = _shop(check=0.999)
     assert len(greedy.teacher_valid()) >= 1 and len(greedy.judge_check_pairs()) == len(valid) - len(greedy.teacher_valid())
-    with pytest.raises(DataContractError, match="no judge-check slice"):
+    with pytest.raises(DataContractError, match="records no judge_check_fraction"):
         _shop(check=None).judge_check_pairs()
     assert len(_shop(check=None).teacher_valid()) == len(valid)  # an old dataset: the teacher keeps all of valid
 
@@ -87,7 +87,7 @@ def test_prepare_records_the_slices_in_dataset_json(tmp_path):
 def test_judge_eval_refuses_a_dataset_without_a_holdout():
     from relevance.judge_eval import _population
 
-    with pytest.raises(DataContractError, match="no judge-holdout slice"):
+    with pytest.raises(DataContractError, match="records no judge_holdout_fraction"):
         _population(_shop(holdout=None))
     population, traffic = _population(_shop())
     assert set(population["query_id"]) == set(_shop().judge_holdout_queries()["query_id"])
