@@ -1,7 +1,8 @@
 """The local canary loop on Home Depot: champion = the student trained on human labels only, challenger = the
 student distilled from the teacher (both from `make bench-quality`'s run). Both serve for real on loopback
-behind a 10% splitter; the analysis replays the 1,183 test queries (human grades) and 100 unjudged impression
-queries (judged by the MiniLM teacher) to both, reads their Prometheus metrics and decides.
+behind a 10% splitter; the analysis replays the 1,183 test queries (human grades) and 100 judge-holdout impression
+queries (unjudged, never in the pool; judged by the MiniLM teacher) to both, reads their Prometheus metrics and
+decides.
 
     python -m benchmarks.canary_homedepot --config configs/homedepot-minilm.yaml
 
