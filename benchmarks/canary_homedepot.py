@@ -61,9 +61,9 @@ def main() -> None:
     from benchmarks import machine
     from relevance.chain import Chain
     from relevance.config import load_config
-    from relevance.export import export_bundle
-    from relevance.teacher import Teacher
     from relevance.serving.canary.local import run_local_canary
+    from relevance.student.export import export_bundle
+    from relevance.teacher.model import Teacher
 
     config = load_config(args.config)
     chain = Chain(config)

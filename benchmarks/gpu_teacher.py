@@ -66,7 +66,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaModel
 
-    from relevance.teacher import CrossEncoder
+    from relevance.teacher.model import CrossEncoder
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -7,14 +7,14 @@ plan for labelling 30M pairs within an hour with an 8B decoder teacher.
 
 Measured: the packaged MiniLM-L6 cross-encoder (``teacher.backbone: minilm-l6``, the default profile's teacher)
 scoring unlabelled pairs of the synthetic shop with the default profile's text settings, through the public API
-(``relevance.teacher``, ``relevance.export``). The teacher is fine-tuned for a few steps only: its speed does not
+(``relevance.teacher.model``, ``relevance.student.export``). The teacher is fine-tuned for a few steps only: its speed does not
 depend on its weights. Each way scores the same pairs ``--repeats`` times after a warm-up; the report gives the
 median and the best pass. With ``--decoder``, a Llama-shaped cross-encoder (random weights, bf16) scores batches of
 ``--decoder-tokens`` tokens per pair: ``8b`` is Llama-3-8B's shape (for a GPU), ``tiny`` a smoke test of the code.
 
 Estimated: where no GPU measured the 8B decoder, its rate comes from FLOPs (2 per parameter per token) at a stated
-MFU of the datasheet peak (relevance.labelling_plan.pairs_per_s_from_flops). The plan (devices, shard size, waves,
-wall time) is relevance.labelling_plan's, with the gpu profile's cluster.labeling settings: the same numbers the
+MFU of the datasheet peak (relevance.labels.capacity.pairs_per_s_from_flops). The plan (devices, shard size, waves,
+wall time) is relevance.labels.capacity's, with the gpu profile's cluster.labeling settings: the same numbers the
 compiled pipeline uses. Writes benchmarks/results/labelling-cost.{json,md}.
 """
 
@@ -70,7 +70,8 @@ def teacher_and_pairs(workdir: Path, pairs: int):
     from relevance.config import build_config
     from relevance.data import prepare
     from relevance.data.schema import Dataset
-    from relevance.teacher import Teacher, fit_teacher
+    from relevance.teacher.model import Teacher
+    from relevance.teacher.train import fit_teacher
 
     config = build_config("default", {
         "workdir": str(workdir),
@@ -105,10 +106,10 @@ def measure_cross_encoder(args, workdir: Path) -> dict:
     import numpy as np
     import torch
 
-    from relevance.export import export_teacher, onnx_teacher_proba, quantize_int8
-    from relevance.onnx_session import onnx_session
-    from relevance.runtime import bf16_supported, set_threads
-    from relevance.teacher import encode_pairs
+    from relevance.common.onnx_session import onnx_session
+    from relevance.common.runtime import bf16_supported, set_threads
+    from relevance.student.export import export_teacher, onnx_teacher_proba, quantize_int8
+    from relevance.teacher.model import encode_pairs
 
     set_threads()
     teacher, queries, items = teacher_and_pairs(workdir, args.pairs)
@@ -155,7 +156,7 @@ def measure_decoder(args) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaModel
 
-    from relevance.teacher import CrossEncoder
+    from relevance.teacher.model import CrossEncoder
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -199,7 +200,7 @@ def measure_decoder(args) -> dict:
 
 def plan_30m(cross_encoder: dict, decoder: dict | None) -> dict:
     from relevance.config import build_config
-    from relevance.labelling_plan import pairs_per_s_from_flops, plan_for, plan_labelling
+    from relevance.labels.capacity import pairs_per_s_from_flops, plan_for, plan_labelling
 
     capacity = build_config("gpu").cluster.labeling  # what the gpu profile compiles with
 
@@ -282,7 +283,7 @@ def markdown(report: dict) -> str:
               f"{estimate['ideal_gpus']:.1f} GPUs. With {plan['settings']['shard_overhead_s']:,.0f} s per shard "
               f"(pod start, the 16 GB teacher from the artifact store, loading it; estimated), shards of at most "
               f"{plan['settings']['max_shard_s']:,.0f} s (what a preemption may throw away) and one shard's time "
-              "kept for a retry, relevance.labelling_plan gives:", ""]
+              "kept for a retry, relevance.labels.capacity gives:", ""]
     rows = [("estimated 8B, H100 bf16", estimate["plan"])]
     if plan["measured_gpu"]:
         rows.append((f"measured 8B, {plan['measured_gpu']['device']}", plan["measured_gpu"]["plan"]))

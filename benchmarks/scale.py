@@ -8,13 +8,13 @@ Stages, each a separate process whose peak RSS (ru_maxrss, with the anonymous / 
 /proc/self/status) and wall time are recorded:
 
 1. generate: the synthetic shop (relevance.data.synthetic, streaming) with enough impressions for the pool;
-2. pool: relevance.pool.build_pool (impressions in chunks, BM25 top-K of unjudged queries, bucketed de-dup);
+2. pool: relevance.labels.pool.build_pool (impressions in chunks, BM25 top-K of unjudged queries, bucketed de-dup);
 3. labels: a CHEAP teacher, not a model: each pair's soft label is a softmax of hash-derived logits (deterministic,
-   meaningless for quality). It is written by relevance.labeling.write_label_shard, so what distillation reads is
-   the real label-shard format, checked by relevance.labeling.label_chunks. This benchmark measures memory and
+   meaningless for quality). It is written by relevance.labels.labelling.write_label_shard, so what distillation reads is
+   the real label-shard format, checked by relevance.labels.labelling.label_chunks. This benchmark measures memory and
    throughput, not quality; labelling speed of real teachers is benchmarks/labelling_cost.py's;
 4. embeddings: the real bi-encoder (all-MiniLM-L6-v2) over every query and item, through the content-hash cache;
-5. distil at each size (nested: the first label shards reaching N pairs): relevance.distillation.distil_student,
+5. distil at each size (nested: the first label shards reaching N pairs): relevance.student.distillation.distil_student,
    i.e. embedding tables from the cache, the pair store (lexical features per shard), then one epoch of the
    student over batches assembled on the fly. One epoch: the speed per epoch is what scales.
 
@@ -112,7 +112,13 @@ def stage(name: str, work: Path, scale: dict, size: int | None) -> dict:
         chain.pool(chain.dataset())
         extra = {"pairs": pq.ParquetFile(chain.pool_path).metadata.num_rows}
     elif name == "labels":
-        from relevance.labeling import num_shards, pool_fingerprint, read_shard, write_label_shard, SHARD_PATTERN
+        from relevance.labels.labelling import (
+            SHARD_PATTERN,
+            num_shards,
+            pool_fingerprint,
+            read_shard,
+            write_label_shard,
+        )
 
         dataset = chain.dataset()
         shard_rows, pool = config.labeling.shard_rows, pool_fingerprint(chain.pool_path)
@@ -141,8 +147,8 @@ def stage(name: str, work: Path, scale: dict, size: int | None) -> dict:
     elif name == "distil":
         import pyarrow.parquet as pq
 
-        from relevance.distillation import distil_student
-        from relevance.labeling import label_chunks
+        from relevance.labels.labelling import label_chunks
+        from relevance.student.distillation import distil_student
 
         dataset = chain.dataset()
         featurizer = chain.featurizer(dataset)

@@ -155,7 +155,7 @@ def measure_server(config_path: Path, queries: list[str], candidates: dict[str, 
 def zipf_replay(exponent: float, distinct: int = 100_000, cache_size: int = 10_000, requests: int = 1_000_000,
                 seed: int = 0) -> dict:
     """Hit rate of the serving query cache (the same factory OnlineScorer uses) on a Zipf(exponent) stream."""
-    from relevance.online import lookup_cache
+    from relevance.student.scoring import lookup_cache
 
     ranks = np.arange(1, distinct + 1, dtype=np.float64)
     weights = ranks ** -exponent
@@ -189,10 +189,10 @@ def teacher_cost(config_path: Path, queries: list[str], candidates: dict[str, li
     """The teacher cross-encoder scoring the same 100 candidates, on one core (torch, fp32 and bf16 autocast)."""
     import torch
 
+    from relevance.chain import Chain
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.chain import Chain
-    from relevance.teacher import Teacher
+    from relevance.teacher.model import Teacher
 
     torch.set_num_threads(1)
     chain = Chain(load_config(config_path))
@@ -214,12 +214,12 @@ def teacher_cost(config_path: Path, queries: list[str], candidates: dict[str, li
 def int8_quality(config_path: Path) -> dict:
     """Accuracy and nDCG@20 on the evaluation split through the serving path (OnlineScorer: ONNX encoder,
     Feast online features, featurizer, ONNX student), fp32 vs int8 bundle."""
+    from relevance.chain import Chain
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.evaluation import report_block
-    from relevance.chain import Chain
-    from relevance.online import OnlineScorer, OnnxStudent, ServingBundle
+    from relevance.evaluation.evaluate import report_block
     from relevance.platform.feature_store import FeastItemSource
+    from relevance.student.scoring import OnlineScorer, OnnxStudent, ServingBundle
 
     config = load_config(config_path)
     dataset = Dataset.load(Chain(config).data_dir, with_impressions=False)
@@ -323,10 +323,10 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})  # the load generator's core; the server gets core 0
 
-    from relevance.bm25 import BM25Index
-    from relevance.config import load_config
     from relevance.chain import Chain
+    from relevance.config import load_config
     from relevance.data.schema import Dataset
+    from relevance.models.bm25 import BM25Index
 
     ensure_artifacts(args.config)
     config = load_config(args.config)

@@ -5,7 +5,7 @@
 Times training steps (full fine-tune, batch 32) and inference (batch 128) on real Home Depot query/title pairs
 (padded to each batch's longest, as the teacher does), fp32 and bf16 interleaved in one run so that machine
 noise hits both alike. Writes benchmarks/results/teacher-precision.json. `precision: auto` picks bf16 only where
-the CPU has native bf16 instructions (relevance.runtime.bf16_supported).
+the CPU has native bf16 instructions (relevance.common.runtime.bf16_supported).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def main() -> None:
     import torch
 
     from benchmarks import machine
+    from relevance.common.runtime import autocast, bf16_supported, set_threads
     from relevance.config import TeacherConfig, TextConfig
-    from relevance.runtime import autocast, bf16_supported, set_threads
-    from relevance.teacher import build_cross_encoder, collate, encode_pairs, length_batches
+    from relevance.teacher.model import build_cross_encoder, collate, encode_pairs, length_batches
 
     set_threads()
     judged = pd.read_parquet(DATA / "judgments.parquet").head(args.pairs)

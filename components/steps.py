@@ -114,18 +114,18 @@ def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], parallelism
                pool: Output[Dataset]) -> List[int]:
     """The unlabelled pool (impressions + BM25 candidates, minus judged and held-out pairs); returns the shard
     indices the labelling fans out over. The shard size is planned here, now that the pool's rows are known, for
-    the fan-out's ``parallelism`` (fixed when the pipeline was compiled): relevance.labelling_plan. It travels to
+    the fan-out's ``parallelism`` (fixed when the pipeline was compiled): relevance.labels.capacity. It travels to
     the label shards in the pool's metadata, with the plan."""
     import json
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
+    from relevance.common.console import log
     from relevance.config import RunConfig
-    from relevance.console import log
     from relevance.data.schema import Dataset as Tables
-    from relevance.labelling_plan import plan_for
-    from relevance.pool import build_pool as build
+    from relevance.labels.capacity import plan_for
+    from relevance.labels.pool import build_pool as build
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     build(config, Tables.load(dataset.path, with_impressions=False), Path(pool.path),
@@ -151,7 +151,7 @@ def label_shard(run_config: Input[Artifact], dataset: Input[Dataset], teacher: I
     Safe to retry: a shard file is written atomically, whole or not at all."""
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
-    from relevance.labeling import label_pool
+    from relevance.labels.labelling import label_pool
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     shard_rows = int(pool.metadata["shard_rows"])  # a float after kfp.local's JSON round trip
@@ -172,11 +172,11 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
 
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
-    from relevance.distillation import train_students
-    from relevance.featurizer import build_featurizer, featurizer_settings
-    from relevance.labeling import label_chunks
+    from relevance.labels.labelling import label_chunks
     from relevance.platform.feature_store import item_features_from_store
     from relevance.platform.validation import validate_label_chunks
+    from relevance.student.distillation import train_students
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     tables = Tables.load(dataset.path, with_impressions=False)
@@ -233,8 +233,8 @@ def export_onnx(run_config: Input[Artifact], dataset: Input[Dataset], student: I
 
     from relevance.config import RunConfig
     from relevance.data.schema import Dataset as Tables
-    from relevance.export import export_bundle
     from relevance.serving.model_repository import build_model_repository
+    from relevance.student.export import export_bundle
 
     config = RunConfig.model_validate_json(open(run_config.path).read())
     items = Tables.load(dataset.path, with_impressions=False).items

@@ -24,7 +24,7 @@ from kfp import dsl, kubernetes
 
 from relevance.components import steps
 from relevance.config import ClusterConfig, build_config, cpu_cores
-from relevance.labelling_plan import plan_for
+from relevance.labels.capacity import plan_for
 
 PIPELINE_NAME = "relevance-distillation-training"
 
@@ -68,7 +68,7 @@ def apply_cluster_settings(task: dsl.PipelineTask, cluster: ClusterConfig, threa
 def build_pipeline(profile: str = "quick", overrides: dict | None = None, local: bool = False):
     """The training pipeline for one run config (``profile`` plus ``overrides``): its pods sized by the config's
     ``cluster`` section, the labelling fan-out's parallelism planned for ``cluster.labeling.expected_pool_rows``
-    (relevance.labelling_plan; a deadline that ``max_devices`` cannot meet is an error here, before any run). The
+    (relevance.labels.capacity; a deadline that ``max_devices`` cannot meet is an error here, before any run). The
     config also becomes the default of the pipeline's ``profile`` and ``overrides_json`` parameters, so that a run
     started from the UI without changes runs the config the pods were sized for.
 

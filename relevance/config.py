@@ -134,7 +134,7 @@ class TrainJobConfig(_Strict):
 
 
 class DistributedConfig(_Strict):
-    """Teacher fine-tuning on several processes (relevance.distributed). The defaults are one process.
+    """Teacher fine-tuning on several processes (relevance.models.distributed). The defaults are one process.
 
     ``launcher: local`` runs in this process (``nproc_per_node: 1``) or under torchrun on this machine; ``trainjob``
     submits a Kubeflow TrainJob of ``num_nodes`` × ``nproc_per_node`` processes and waits for it. ``strategy``:
@@ -184,10 +184,10 @@ class TeacherConfig(_Strict):
     expected_grade_mse_weight: float = Field(0.0, ge=0)
     class_weights: Literal["none", "balanced"] | list[float] = "none"
     # What the teacher learns: "grades" (one-hot), or "raw_scores": the raters' mean score as a two-hot target on
-    # the grade axis, where the source has one (Home Depot). relevance.teacher.grade_targets.
+    # the grade axis, where the source has one (Home Depot). relevance.teacher.train.grade_targets.
     targets: Literal["grades", "raw_scores"] = "grades"
     # Calibration fitted on valid after training, applied to everything the teacher predicts (its labels too,
-    # and its version): relevance.calibration.
+    # and its version): relevance.models.calibration.
     calibration: Literal["none", "temperature", "vector"] = "temperature"
     early_stopping_patience: int = Field(2, ge=1)
     eval_every_steps: int | None = None  # None: once per epoch
@@ -210,7 +210,7 @@ class StudentConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     ce_weight: float = Field(0.0, ge=0)  # weight of cross-entropy on human labels, where a pair has one
     # Whose labels the student imitates: the cross-encoder teacher's, or a log-linear ensemble of the teacher and
-    # the multiclass GBDT, weighted on valid (relevance.ensemble).
+    # the multiclass GBDT, weighted on valid (relevance.teacher.ensemble).
     labeller: Literal["teacher", "teacher+gbdt"] = "teacher"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(512, ge=1)
@@ -220,7 +220,7 @@ class StudentConfig(_Strict):
     # Calibration fitted on valid after training; part of the model, so the exported graph serves it.
     calibration: Literal["none", "temperature", "vector"] = "temperature"
     seed: int = 0
-    # Out-of-core distillation (relevance.pairstore): the embedding tables' precision (float16 halves their memory
+    # Out-of-core distillation (relevance.student.pairstore): the embedding tables' precision (float16 halves their memory
     # and disk; the vectors then differ from serving's float32 ones by ~1e-3), how many pair shards one shuffle
     # window holds (memory: window × labeling.shard_rows pairs of ~90 bytes), and how often a checkpoint is saved.
     table_dtype: Literal["float32", "float16"] = "float32"
@@ -513,7 +513,7 @@ class RetryBackoff(_Strict):
 
 
 class LabelingCapacityConfig(_Strict):
-    """How fast one label pod labels and what the fan-out must meet: the inputs of relevance.labelling_plan,
+    """How fast one label pod labels and what the fan-out must meet: the inputs of relevance.labels.capacity,
     which chooses the fan-out's parallelism (when the pipeline is compiled, for ``expected_pool_rows``) and the
     shard size (in the build_pool step, for the pool's actual rows). In the pipeline these replace
     ``labeling.shard_rows``, which stays the shard size of the one-machine chain (``relevance label``/``run``)."""

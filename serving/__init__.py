@@ -1,2 +1,2 @@
 """Online serving of the student: the Triton model repository, the KServe transformer/predictor server, and a
-tritonclient.http client. The scoring logic itself is framework-free, in relevance.online."""
+tritonclient.http client. The scoring logic itself is framework-free, in relevance.student.scoring."""

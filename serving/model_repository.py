@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from relevance.config import ServingConfig
-from relevance.online import ServingBundle
+from relevance.student.scoring import ServingBundle
 
 PLATFORM = "onnxruntime_onnx"
 

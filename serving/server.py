@@ -3,7 +3,7 @@
 Two models, each a kserve.Model with load / preprocess / predict / postprocess:
 
 - :class:`RerankModel`, the transformer and (by default) the predictor in one process. preprocess turns a rerank
-  request into the student's features (relevance.online: cached ONNX query encoder, Feast online item features,
+  request into the student's features (relevance.student.scoring: cached ONNX query encoder, Feast online item features,
   the training featurizer); predict runs the student with ONNX Runtime, or, with ``predictor_url``, on a Triton
   (or any Open Inference Protocol V2) server through tritonclient.http; postprocess reranks.
 - :class:`StudentPredictor`, a V2 predictor over the Triton model repository's student (``relevance
@@ -40,7 +40,7 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from relevance.config import ServingConfig
-from relevance.online import OnlineScorer, OnnxStudent, Prepared, RequestError, rank
+from relevance.student.scoring import OnlineScorer, OnnxStudent, Prepared, RequestError, rank
 
 # Buckets from 0.5 ms: the student's latency budget is single-digit milliseconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -439,8 +439,8 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
           predictor: str | None = None) -> None:
     """The transformer with KServe's flags ``args`` (``given``: the ones set explicitly): the student in process,
     or on the predictor that ``predictor`` (a URL) or ``--predictor_host`` names."""
-    from relevance.online import ServingBundle
     from relevance.platform.feature_store import FeastItemSource
+    from relevance.student.scoring import ServingBundle
 
     from_flags = predictor_url(args, given, config)
     if predictor and from_flags:

@@ -175,7 +175,7 @@ def four_items() -> pd.DataFrame:
 @pytest.fixture()
 def index(four_items):
     """The BM25 index over ``four_items``' titles."""
-    from relevance.bm25 import BM25Index
+    from relevance.models.bm25 import BM25Index
 
     return BM25Index(four_items["item_id"], four_items["title"].tolist())
 
@@ -199,7 +199,7 @@ def tiny_bert_without_dropout(tiny_bert, tmp_path_factory) -> Path:
 def tiny_teacher(tiny_pairs, tmp_path_factory, tiny_bert):
     """A tiny full-fine-tuned teacher, saved and uncalibrated: (its folder, items, queries, judgments)."""
     from relevance.config import TeacherConfig, TextConfig
-    from relevance.teacher import train_teacher
+    from relevance.teacher.train import train_teacher
 
     items, queries, judgments = tiny_pairs()
     config = TeacherConfig(backbone=str(tiny_bert), finetune="full", epochs=1, batch_size=8, head_hidden=16,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relevance.active import entropy, select
 from relevance.data.schema import DataContractError
+from relevance.labels.active import entropy, select
 
 
 def _candidates():

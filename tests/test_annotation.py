@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 import pandas as pd
 import pytest
 
-from relevance.annotation import label_config, merge_judgments, read_export, write_project
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo
+from relevance.labels.annotation import label_config, merge_judgments, read_export, write_project
 
 GRADES = ["irrelevant", "partial", "exact"]
 

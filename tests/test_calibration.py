@@ -6,8 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relevance.calibration import (Calibrator, ece_classwise, ece_top_label, fit_calibrator, negative_log_likelihood,
-                                   reliability_curve)
+from relevance.models.calibration import (
+    Calibrator,
+    ece_classwise,
+    ece_top_label,
+    fit_calibrator,
+    negative_log_likelihood,
+    reliability_curve,
+)
 
 
 def _softmax(z):

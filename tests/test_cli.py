@@ -182,7 +182,7 @@ def test_killed_labelling_resumes_without_losing_or_duplicating_rows(cli, finish
     finished_before_kill = list(labels_dir.glob("shard-*.parquet"))
     assert 1 <= len(finished_before_kill) < len(shards), "kill must land mid-way"
     from relevance.data.schema import DataContractError
-    from relevance.labeling import read_labels
+    from relevance.labels.labelling import read_labels
 
     with pytest.raises(DataContractError, match="labelled rows of a"):
         read_labels(labels_dir, 5, pool_path=source_run / "pool.parquet")  # distillation refuses a partial set
@@ -309,7 +309,7 @@ def test_judge_eval_replays_a_served_bundle_as_the_server_scores_it(cli, finishe
     """A serving bundle is a ranker too: scored through the serving path (ONNX encoder and student, one request
     per query), it gives the probabilities of the student it was exported from, and judge-eval compares it."""
     from relevance.data.schema import Dataset
-    from relevance.evaluation import BundleScorer, load_scorer
+    from relevance.evaluation.evaluate import BundleScorer, load_scorer
 
     run, config = finished_run[0] / "run", finished_run[1]
     cli("export", "--config", str(config))

@@ -1,4 +1,4 @@
-"""Teacher fine-tuning on several processes (relevance.distributed, relevance.teacher) and as a Kubeflow TrainJob
+"""Teacher fine-tuning on several processes (relevance.models.distributed, relevance.teacher.model) and as a Kubeflow TrainJob
 (relevance.platform.trainjob).
 
 The multi-process tests run real torchrun jobs of 2 CPU processes (gloo) on a tiny BERT: a few seconds each.
@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from relevance.config import RunConfig
 from relevance.data.schema import Dataset, DatasetInfo
-from relevance.distributed import FAULT_INJECTION_ENV, Context
+from relevance.models.distributed import FAULT_INJECTION_ENV, Context
 from relevance.platform.trainjob import (
     TrainJobError,
     TrainJobManifestError,
@@ -29,7 +29,9 @@ from relevance.platform.trainjob import (
     validate_trainjob,
     wait_for_trainjob,
 )
-from relevance.teacher import Teacher, check_distributed_settings, launch_local
+from relevance.teacher.launch import launch_local
+from relevance.teacher.model import Teacher
+from relevance.teacher.train import check_distributed_settings
 
 # Two processes follow one process's optimisation exactly, except for the order of floating-point additions
 # (DDP sums each gradient bucket across ranks; each rank pads its slice to its own longest row; a rank's loss is a

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def test_embedding_cache_embeds_only_new_texts(tmp_path, tiny_bert):
-    from relevance.encoder import BiEncoder, EmbeddingCache
+    from relevance.student.encoder import BiEncoder, EmbeddingCache
 
     encoder = BiEncoder(str(tiny_bert), max_length=16, precision="fp32")
     cache = EmbeddingCache(tmp_path, encoder)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from relevance.ensemble import Ensemble, combine, fit_weights
+from relevance.teacher.ensemble import Ensemble, combine, fit_weights
 
 
 def test_weights_favour_the_informative_member():

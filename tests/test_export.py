@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from relevance.common.onnx_session import onnx_session
 from relevance.config import StudentConfig
-from relevance.export import ExportParityError, check_parity, export_query_encoder, export_student, quantize_int8
-from relevance.onnx_session import onnx_session
-from relevance.student import Student, StudentMLP
+from relevance.student.export import (
+    ExportParityError,
+    check_parity,
+    export_query_encoder,
+    export_student,
+    quantize_int8,
+)
+from relevance.student.model import Student, StudentMLP
 
 
 @pytest.fixture()
@@ -33,7 +39,7 @@ def test_student_export_matches_torch_at_any_batch_size(student_dir, tmp_path):
 
 
 def test_query_encoder_export_matches_the_bi_encoder(tiny_bert, tmp_path):
-    from relevance.encoder import BiEncoder
+    from relevance.student.encoder import BiEncoder
     result = export_query_encoder(str(tiny_bert), 16, tmp_path / "encoder.onnx")
     assert result.max_abs_diff < 1e-4
     encoder = BiEncoder(str(tiny_bert), 16, precision="fp32")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relevance.featurizer import LEXICAL_FEATURES, PairFeaturizer, feature_names, featurize, lexical_features
+from relevance.student.featurizer import LEXICAL_FEATURES, PairFeaturizer, feature_names, featurize, lexical_features
 
 
 def test_lexical_features_by_hand():

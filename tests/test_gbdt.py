@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from relevance.config import GBDTConfig, LambdaMARTConfig
-from relevance.gbdt import GBDT, train_gbdt
+from relevance.student.gbdt import GBDT, train_gbdt
 
 # Small, clean data: fast settings for every objective (LambdaMART has its own).
 CONFIG = GBDTConfig(learning_rate=0.1, num_leaves=8, min_child_samples=5, max_rounds=200, early_stopping_rounds=20,
@@ -81,7 +81,7 @@ def test_lambdamart_has_settings_of_its_own_and_beats_its_best_single_feature():
     """LambdaMART's own settings (relevance.config.LambdaMARTConfig: rate, leaves, gains, cut-off, patience) reach
     LightGBM, not the classifiers' shared ones; and on held-out short lists it ranks better than its best
     feature alone (on Home Depot it once ranked below BM25, one of its features)."""
-    from relevance.metrics import ranking_metrics
+    from relevance.models.metrics import ranking_metrics
 
     x, y, q = _short_lists(600, 0)
     vx, vy, vq = _short_lists(200, 1)

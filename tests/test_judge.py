@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relevance.data.schema import DataContractError
-from relevance.judge import agreement, judged_ndcg, require_agreement
+from relevance.evaluation.judge import agreement, judged_ndcg, require_agreement
 
 
 def test_judged_ndcg_scores_each_ranking_on_the_union_of_top_k():

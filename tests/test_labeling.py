@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from relevance.data.schema import DataContractError, validate_teacher_labels
-from relevance.labeling import read_shard
+from relevance.labels.labelling import read_shard
 
 
 def test_shards_are_fixed_row_ranges_across_row_groups(tmp_path):

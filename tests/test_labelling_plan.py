@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relevance.config import build_config
-from relevance.labelling_plan import pairs_per_s_from_flops, plan_for, plan_labelling
+from relevance.labels.capacity import pairs_per_s_from_flops, plan_for, plan_labelling
 
 
 def test_thirty_million_pairs_in_an_hour_with_an_8b_teacher():

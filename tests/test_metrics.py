@@ -1,4 +1,4 @@
-"""Tests for relevance.metrics: hand-computed cases, a numpy reference for nDCG, segmentation and errors."""
+"""Tests for relevance.models.metrics: hand-computed cases, a numpy reference for nDCG, segmentation and errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relevance.metrics import (
+from relevance.models.metrics import (
     classification_metrics,
     default_gains,
     default_relevance_threshold,

@@ -62,7 +62,7 @@ def test_the_wheel_installs_one_top_level_package_with_its_data_files(installed)
                  "relevance/kserve/base/inferenceservice.yaml", "relevance/kserve/overlays/canary/kustomization.yaml"):
         assert data in names, data
     assert not any(n.startswith(("relevance/benchmarks", "benchmarks/", "tests/")) for n in names)
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import relevance, relevance.resources as r; "
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import relevance, relevance.common.resources as r; "
                             "print(relevance.__file__); print(r.packaged('kserve'))"],
                            cwd=outside, capture_output=True, text=True, check=True).stdout.split()
     assert all(str(REPO) not in path for path in where), where

@@ -10,9 +10,9 @@ import torch
 
 from relevance.config import StudentConfig
 from relevance.data.schema import DataContractError
-from relevance.featurizer import LEXICAL_FEATURES, assemble
-from relevance.pairstore import EmbeddingTable, StoreBatches, build_pair_store
-from relevance.student import ArrayBatches, fit_student
+from relevance.student.featurizer import LEXICAL_FEATURES, assemble
+from relevance.student.model import ArrayBatches, fit_student
+from relevance.student.pairstore import EmbeddingTable, StoreBatches, build_pair_store
 
 DIM, K = 8, 3
 LEX = len(LEXICAL_FEATURES) - 1
@@ -59,7 +59,7 @@ def test_batches_assemble_exactly_the_featurizers_vectors_and_visit_each_pair_on
     x = np.concatenate([b[0] for b in seen])
     targets = np.concatenate([b[1] for b in seen])
     assert x.shape == expected.shape == (600, 4 * DIM + len(LEXICAL_FEATURES))
-    # The same 600 vectors (one definition: relevance.featurizer.assemble), each once, with its own label.
+    # The same 600 vectors (one definition: relevance.student.featurizer.assemble), each once, with its own label.
     order_x, order_e = np.lexsort(x.T[::-1]), np.lexsort(expected.T[::-1])
     np.testing.assert_allclose(x[order_x], expected[order_e], rtol=1e-6)
     np.testing.assert_allclose(targets[order_x], labels[[f"p_{k}" for k in range(K)]].to_numpy()[order_e], rtol=1e-6)
@@ -150,10 +150,10 @@ def test_array_batches_and_store_batches_train_the_same_loop(world):
 
 
 def test_a_new_teacher_on_the_same_pairs_never_reuses_the_old_labels(world):
-    """An in-memory labelling (relevance.distillation's frame chunks, as the scaling study passes) names its
+    """An in-memory labelling (relevance.student.distillation's frame chunks, as the scaling study passes) names its
     chunks by their content: a work directory left by a killed run with teacher A's labels must not serve
     teacher B's labels of the same pairs."""
-    from relevance.distillation import _frame_chunks
+    from relevance.student.distillation import _frame_chunks
 
     query_table, item_table = world["tables"]
     old = world["labels"]

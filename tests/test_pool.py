@@ -7,7 +7,7 @@ import pytest
 
 from relevance.config import build_config
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo
-from relevance.pool import bm25_candidates, build_pool
+from relevance.labels.pool import bm25_candidates, build_pool
 
 
 def test_candidates_exclude_judged_pairs(index):

@@ -7,8 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relevance.sampling import (allocate, minimum_detectable_effect, queries_needed, query_strata, srs_estimate,
-                                stratified_estimate, stratified_sample)
+from relevance.evaluation.sampling import (
+    allocate,
+    minimum_detectable_effect,
+    queries_needed,
+    query_strata,
+    srs_estimate,
+    stratified_estimate,
+    stratified_sample,
+)
 
 
 def test_strata_cut_locale_length_and_traffic():

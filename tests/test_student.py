@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from relevance.config import StudentConfig
-from relevance.student import Student, distillation_loss, train_student
+from relevance.student.model import Student, distillation_loss, train_student
 
 
 def test_distillation_loss_is_kl_and_zero_at_the_teacher():

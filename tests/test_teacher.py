@@ -6,28 +6,22 @@ import pytest
 import torch
 
 from relevance.config import TeacherConfig, TextConfig
-from relevance.teacher import (
-    BackboneNotFoundError,
-    CrossEncoder,
-    Teacher,
-    encode_pairs,
-    load_tokenizer,
-    pool,
-    resolve_backbone,
-    train_teacher,
-)
+from relevance.models.backbones import BackboneNotFoundError, load_tokenizer, resolve_backbone
+from relevance.models.pooling import pool_hidden
+from relevance.teacher.model import CrossEncoder, Teacher, encode_pairs
+from relevance.teacher.train import train_teacher
 
 
 def test_pool_modes_on_hand_made_states():
     hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
-    assert torch.equal(pool(hidden, right, "cls"), hidden[:, 0])
-    assert torch.equal(pool(hidden, right, "last"), torch.stack([hidden[0, 2], hidden[1, 1]]))
-    assert torch.equal(pool(hidden, left, "last"), torch.stack([hidden[0, 3], hidden[1, 3]]))
-    assert torch.allclose(pool(hidden, right, "mean")[1], hidden[1, :2].mean(0))
+    assert torch.equal(pool_hidden(hidden, right, "cls"), hidden[:, 0])
+    assert torch.equal(pool_hidden(hidden, right, "last"), torch.stack([hidden[0, 2], hidden[1, 1]]))
+    assert torch.equal(pool_hidden(hidden, left, "last"), torch.stack([hidden[0, 3], hidden[1, 3]]))
+    assert torch.allclose(pool_hidden(hidden, right, "mean")[1], hidden[1, :2].mean(0))
     with pytest.raises(ValueError, match="unknown pooling"):
-        pool(hidden, right, "max")
+        pool_hidden(hidden, right, "max")
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
@@ -128,7 +122,7 @@ def test_packaged_minilm_resolves_offline():
 
 
 def test_raw_score_targets_are_two_hot_on_the_grade_axis():
-    from relevance.teacher import grade_targets
+    from relevance.teacher.train import grade_targets
 
     frame = pd.DataFrame({"grade": [0, 1, 1, 2, 3, 4, 2], "raw_score": [1.0, 4 / 3, 5 / 3, 2.0, 7 / 3, 3.0, np.nan]})
     targets = grade_targets(frame, 5, "raw_scores", (1.0, 3.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from relevance.config import TextConfig
-from relevance.text import assemble_item_texts, cut_to_token_budget, tokenize_words
+from relevance.models.text import assemble_item_texts, cut_to_token_budget, tokenize_words
 
 
 def test_fields_are_assembled_in_order_with_per_field_budgets(tiny_bert):

@@ -5,7 +5,7 @@ its grades are hidden until a strategy picks the pair. Each round:
 
 1. the teacher is retrained from the pretrained backbone on the pairs labelled so far (early stopping on valid);
 2. it is scored on test (accuracy, nDCG@20);
-3. it labels the pool, and each strategy (relevance.active.select, the code behind ``relevance select``, at most
+3. it labels the pool, and each strategy (relevance.labels.active.select, the code behind ``relevance select``, at most
    ``PER_QUERY`` pairs per query per round) picks the next 22.5% of train to "send to raters".
 
 The rounds go 25% → 47.5% → 70%. The reference is the teacher trained by the same recipe on all of train.
@@ -78,8 +78,9 @@ class _Simulation:
 
     def teacher_round(self, seed: int, labelled: np.ndarray, score_pool: bool) -> dict:
         """Fine-tune on the labelled train rows, evaluate on test, and (``score_pool``) label the rest of train."""
-        from relevance.evaluation import report_block
-        from relevance.teacher import score_items, train_teacher
+        from relevance.evaluation.evaluate import report_block
+        from relevance.teacher.model import score_items
+        from relevance.teacher.train import train_teacher
 
         started = time.perf_counter()
         settings = self.teacher_config.model_copy(update={"seed": seed})
@@ -106,7 +107,7 @@ class _Simulation:
         """The round's student (teacher labels on the pool, human grades on the labelled pairs), on the pool."""
         import torch
 
-        from relevance.student import train_student
+        from relevance.student.model import train_student
 
         x = self.train_features
         k = self.dataset.num_grades
@@ -122,8 +123,8 @@ class _Simulation:
 
     def acquire(self, strategy: str, seed: int, round_: int, labelled: np.ndarray, result: dict) -> np.ndarray:
         """The train rows ``strategy`` sends to the raters after this round's teacher."""
-        from relevance.active import select
         from relevance.data.schema import prob_columns
+        from relevance.labels.active import select
 
         budget = int(round(STEP * len(self.train)))
         if strategy == "random":
@@ -143,11 +144,11 @@ class _Simulation:
 
 def run(steps, args, command: str) -> dict:
     from benchmarks.studies import figure_png, record, table
+    from relevance.common.files import read_manifest
+    from relevance.common.runtime import set_threads
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.featurizer import build_featurizer, featurizer_settings
-    from relevance.files import read_manifest
-    from relevance.runtime import set_threads
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
 
     set_threads()
     config = load_config(args.config)

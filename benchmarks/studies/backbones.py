@@ -39,8 +39,10 @@ def run(steps, args, command: str) -> dict:
     from benchmarks.studies import figure_png, record, table
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.metrics import classification_metrics, expected_grade, ranking_metrics
-    from relevance.teacher import resolve_backbone, score_items, train_teacher
+    from relevance.models.backbones import resolve_backbone
+    from relevance.models.metrics import classification_metrics, expected_grade, ranking_metrics
+    from relevance.teacher.model import score_items
+    from relevance.teacher.train import train_teacher
 
     config = load_config(args.config)
     results = {}

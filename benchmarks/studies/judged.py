@@ -39,9 +39,9 @@ CHANGES = ("Rerun on 2026-12-03 after four faults were fixed. (1) The judged que
 
 def _human_difference(config, dataset, baseline: Path, candidate: Path, cache: Path) -> dict:
     """nDCG@K per test query of both students on the human grades, and the paired difference."""
-    from relevance.evaluation import load_scorer
-    from relevance.judge import per_query_ndcg
-    from relevance.metrics import expected_grade
+    from relevance.evaluation.evaluate import load_scorer
+    from relevance.evaluation.judge import per_query_ndcg
+    from relevance.models.metrics import expected_grade
 
     test = dataset.split("test")
     per_model = {}
@@ -60,8 +60,8 @@ def _human_difference(config, dataset, baseline: Path, candidate: Path, cache: P
 def _touched_agreement(dataset, teacher_dir: Path) -> dict:
     """The judge's agreement on the valid pairs it did early-stop and calibrate on: how optimistic the old
     measurement (all of valid) was, next to the judge-check pairs it never touched."""
-    from relevance.judge import human_agreement
-    from relevance.teacher import Teacher
+    from relevance.evaluation.judge import human_agreement
+    from relevance.teacher.model import Teacher
 
     teacher = Teacher.load(teacher_dir)
     return human_agreement(teacher, dataset.teacher_valid(), dataset.query_text,
@@ -71,9 +71,9 @@ def _touched_agreement(dataset, teacher_dir: Path) -> dict:
 def run(steps, args, command: str) -> dict:
     from benchmarks.studies import figure_png, record, table
     from relevance.chain import Chain
+    from relevance.common.files import read_manifest
     from relevance.config import load_config
-    from relevance.files import read_manifest
-    from relevance.judge_eval import judge_eval
+    from relevance.evaluation.judge_eval import judge_eval
 
     config = load_config(args.config)
     chain = Chain(config)

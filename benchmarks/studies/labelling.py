@@ -16,7 +16,7 @@ QUESTION = ("How many pairs per second can the teacher label on this CPU, and wh
 
 
 def _quality(frame, probs, num_grades: int) -> dict:
-    from relevance.metrics import classification_metrics, expected_grade, ranking_metrics
+    from relevance.models.metrics import classification_metrics, expected_grade, ranking_metrics
 
     grades = frame["grade"].to_numpy()
     return {"accuracy": classification_metrics(grades, probs)["accuracy"],
@@ -28,13 +28,13 @@ def run(steps, args, command: str) -> dict:
     import torch
 
     from benchmarks.studies import figure_png, record, table
+    from relevance.common.files import read_manifest
+    from relevance.common.onnx_session import onnx_session
+    from relevance.common.runtime import bf16_supported, set_threads
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.export import export_teacher, onnx_teacher_proba, quantize_int8
-    from relevance.onnx_session import onnx_session
-    from relevance.runtime import bf16_supported, set_threads
-    from relevance.files import read_manifest
-    from relevance.teacher import Teacher
+    from relevance.student.export import export_teacher, onnx_teacher_proba, quantize_int8
+    from relevance.teacher.model import Teacher
 
     config = load_config(args.config)
     workdir = Path(config.workdir)

@@ -41,7 +41,7 @@ def candidates(trials: int = TRIALS, seed: int = 0) -> list[dict]:
 
 
 def _ndcg(frame, scores, num_grades: int) -> dict:
-    from relevance.metrics import ranking_metrics
+    from relevance.models.metrics import ranking_metrics
 
     return ranking_metrics(frame["query_id"].to_numpy(), frame["grade"].to_numpy(), scores, ks=[5, K, 20],
                            num_grades=num_grades)
@@ -51,7 +51,7 @@ def run(steps, args, command: str) -> dict:
     from benchmarks.studies import figure_png, record, table
     from relevance.chain import Chain
     from relevance.config import LambdaMARTConfig, load_config
-    from relevance.gbdt import train_gbdt
+    from relevance.student.gbdt import train_gbdt
 
     config = load_config(args.config)
     chain = Chain(config)
@@ -136,7 +136,7 @@ def run(steps, args, command: str) -> dict:
 
 
 def _bm25_scores(dataset, config, frame) -> np.ndarray:
-    from relevance.bm25 import BM25Index
+    from relevance.models.bm25 import BM25Index
 
     index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
     return index.score_pairs(dataset.query_text.reindex(frame["query_id"]).tolist(), frame["item_id"].tolist())

@@ -59,12 +59,12 @@ def nested_depths(pool, train_pairs: int, multiples) -> dict[int, int]:
 
 
 def _ranked_pool(config, dataset, work: Path):
-    """The deepest pool (relevance.pool.build_pool at MAX_DEPTH) with, per pair, whether it is an impression and
+    """The deepest pool (relevance.labels.pool.build_pool at MAX_DEPTH) with, per pair, whether it is an impression and
     its rank in its query's BM25 list."""
     import pandas as pd
 
-    from relevance.bm25 import BM25Index
-    from relevance.pool import build_pool, iter_bm25_candidates
+    from relevance.labels.pool import build_pool, iter_bm25_candidates
+    from relevance.models.bm25 import BM25Index
 
     pool_path = work / "pool.parquet"
     if not pool_path.exists():
@@ -87,13 +87,13 @@ def _ranked_pool(config, dataset, work: Path):
 
 def run(steps, args, command: str) -> dict:
     from benchmarks.studies import figure_png, record, table
+    from relevance.common.files import read_manifest
     from relevance.config import load_config
     from relevance.data.schema import Dataset, prob_columns
-    from relevance.distillation import train_students
-    from relevance.evaluation import evaluate_models
-    from relevance.featurizer import build_featurizer, featurizer_settings
-    from relevance.files import read_manifest
-    from relevance.labeling import label_pool, read_labels
+    from relevance.evaluation.evaluate import evaluate_models
+    from relevance.labels.labelling import label_pool, read_labels
+    from relevance.student.distillation import train_students
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
 
     source = load_config(args.config)
     config = source.model_copy(deep=True)

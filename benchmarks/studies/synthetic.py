@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 
@@ -27,8 +26,9 @@ def teacher_scores(steps, name: str, data: dict, teacher: dict, text: dict, trai
     the test split: overall accuracy and nDCG@10, and accuracy per query locale."""
 
     def compute() -> dict:
-        from relevance.metrics import expected_grade, ranking_metrics
-        from relevance.teacher import Teacher, fit_teacher, score_items
+        from relevance.models.metrics import expected_grade, ranking_metrics
+        from relevance.teacher.model import Teacher, score_items
+        from relevance.teacher.train import fit_teacher
 
         dataset = prepared(steps, data)
         run = config({"data": data, "teacher": teacher, "text": text})

@@ -31,7 +31,7 @@ METRICS = ("accuracy", "ndcg@20", "rmse_raw", "ece_top", "ece_classwise")
 
 def _variants(source) -> dict[str, dict]:
     """Teacher settings per trained variant (overrides of the bench-quality run's teacher section)."""
-    from relevance.backbones import fetched_path
+    from relevance.models.backbones import fetched_path
 
     variants = {"minilm soft targets": {"targets": "raw_scores"}}
     variants.update({f"minilm seed {s}": {"seed": s} for s in SEEDS})
@@ -43,18 +43,19 @@ def _variants(source) -> dict[str, dict]:
 def run(steps, args, command: str) -> dict:
 
     from benchmarks.studies import record, table
-    from relevance.calibration import fit_calibrator, plot_reliability
+    from relevance.common.files import read_manifest
+    from relevance.common.runtime import set_threads
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.distillation import distillation_targets
-    from relevance.ensemble import combine, fit_weights
-    from relevance.evaluation import report_block
-    from relevance.featurizer import build_featurizer, featurizer_settings
-    from relevance.files import read_manifest
-    from relevance.gbdt import GBDT, train_baselines
-    from relevance.labeling import read_labels
-    from relevance.runtime import set_threads
-    from relevance.teacher import Teacher, fit_teacher, score_items
+    from relevance.evaluation.evaluate import report_block
+    from relevance.labels.labelling import read_labels
+    from relevance.models.calibration import fit_calibrator, plot_reliability
+    from relevance.student.distillation import distillation_targets
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
+    from relevance.student.gbdt import GBDT, train_baselines
+    from relevance.teacher.ensemble import combine, fit_weights
+    from relevance.teacher.model import Teacher, score_items
+    from relevance.teacher.train import fit_teacher
 
     set_threads()
     source = load_config(args.config)
@@ -209,7 +210,7 @@ def run(steps, args, command: str) -> dict:
 
 
 def calibrators_apply(model: dict, grades: dict, method: str) -> np.ndarray:
-    from relevance.calibration import fit_calibrator
+    from relevance.models.calibration import fit_calibrator
 
     return fit_calibrator(model["valid"], grades["valid"], method).apply(model["test"])
 
@@ -217,11 +218,11 @@ def calibrators_apply(model: dict, grades: dict, method: str) -> np.ndarray:
 def _calibrated_label_students(source, dataset, root: Path, featurizer, teacher_probs: dict, grades: dict) -> dict:
     """Two students from the bench-quality teacher's pool labels: as labelled, and temperature-calibrated (exact
     for a softmax model: softmax(z/T) = softmax(log p / T))."""
-    from relevance.calibration import fit_calibrator
-    from relevance.distillation import distillation_targets
-    from relevance.evaluation import report_block
-    from relevance.labeling import read_labels
-    from relevance.student import train_student
+    from relevance.evaluation.evaluate import report_block
+    from relevance.labels.labelling import read_labels
+    from relevance.models.calibration import fit_calibrator
+    from relevance.student.distillation import distillation_targets
+    from relevance.student.model import train_student
 
     labels = read_labels(root / "labels", dataset.num_grades, pool_path=root / "pool.parquet")
     config = source.model_copy(deep=True)

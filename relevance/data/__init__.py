@@ -5,17 +5,28 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from relevance.data.schema import Dataset, DataContractError, DatasetInfo
+from relevance.data.schema import DataContractError, Dataset, DatasetInfo
 
-if TYPE_CHECKING:  # config imports the schema, so importing config here at run time would be circular
-    from relevance.config import DataConfig
+
+class DataSource(Protocol):
+    """What preparing a dataset reads of the run config (relevance.config.DataConfig has these fields). A protocol,
+    so that the data layer, which the config builds on, does not import it back."""
+
+    source: str
+    path: str | None
+    seed: int
+    synthetic_items: int
+    synthetic_judged_queries: int
+    synthetic_impressions: int
+    judge_holdout_fraction: float
+    judge_check_fraction: float
 
 ADAPTERS = ("homedepot", "esci", "wands", "generic")
 
 
-def prepare(config: "DataConfig", out_dir: str | Path) -> Path:
+def prepare(config: DataSource, out_dir: str | Path) -> Path:
     """Write the canonical dataset directory for ``config`` (an adapter's output, or the synthetic shop)."""
     out_dir = Path(out_dir)
     slices = judge_slices(config)
@@ -37,7 +48,7 @@ def prepare(config: "DataConfig", out_dir: str | Path) -> Path:
     return dataset.save(out_dir)
 
 
-def judge_slices(config: "DataConfig") -> dict:
+def judge_slices(config: DataSource) -> dict:
     """What dataset.json records of the judge's slices (DatasetInfo.judge_holdout_fraction and
     judge_check_fraction): the config's, written once at preparation so that every step reads the same."""
     return {"judge_holdout_fraction": config.judge_holdout_fraction,
@@ -53,7 +64,7 @@ def copy_prepared(source: str | Path, out_dir: str | Path, info_fields: dict | N
     """
     import shutil
 
-    from relevance.files import atomic_directory
+    from relevance.common.files import atomic_directory
 
     source = Path(source)
     if not (source / "dataset.json").exists():
@@ -70,4 +81,4 @@ def copy_prepared(source: str | Path, out_dir: str | Path, info_fields: dict | N
     return Path(out_dir)
 
 
-__all__ = ["ADAPTERS", "Dataset", "DataContractError", "DatasetInfo", "prepare"]
+__all__ = ["ADAPTERS", "Dataset", "DataContractError", "DataSource", "DatasetInfo", "prepare"]

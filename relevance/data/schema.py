@@ -241,13 +241,13 @@ class Dataset:
     def training_data_hash(self) -> str:
         """The content hash of what a model trains and early-stops on (train + valid judgments): the lineage
         that teacher and student manifests record."""
-        from relevance.files import sha256_of_frame
+        from relevance.common.files import sha256_of_frame
 
         return sha256_of_frame(self.judgments[self.judgments["split"].isin(["train", "valid"])],
                                ["query_id", "item_id", "grade", "split"])
 
     # -- the judge's slices ---------------------------------------------------------------------------------
-    # A judge (relevance.judge) is only worth numbers on data nothing it judges has learnt from, and on an
+    # A judge (relevance.evaluation.judge) is only worth numbers on data nothing it judges has learnt from, and on an
     # agreement with humans measured where it did not early-stop or calibrate. Both slices are fixed by a hash of
     # the query text (relevance.data.splits.in_slice) with the fractions recorded in dataset.json, so the pool,
     # the teacher, judge-eval and the canary all draw the same line.
@@ -317,7 +317,7 @@ class Dataset:
     def judge_check_fingerprint(self) -> str | None:
         """The content hash of :meth:`judge_check_pairs` (None when there are none): what a teacher's manifest
         records of the pairs it set aside, and what judge-eval compares it with."""
-        from relevance.files import sha256_of_frame
+        from relevance.common.files import sha256_of_frame
 
         try:
             pairs = self.judge_check_pairs()
@@ -345,8 +345,8 @@ class Dataset:
         return rows
 
     def save(self, directory: Path | str) -> Path:
-        """Write all tables atomically (see relevance.files.atomic_directory)."""
-        from relevance.files import atomic_directory
+        """Write all tables atomically (see relevance.common.files.atomic_directory)."""
+        from relevance.common.files import atomic_directory
 
         with atomic_directory(directory) as tmp:
             self.info.save(tmp)

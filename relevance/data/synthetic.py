@@ -57,9 +57,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from relevance.common.files import atomic_directory
 from relevance.data.schema import TEXT_FIELDS, DatasetInfo
 from relevance.data.splits import assign_splits, normalize_query
-from relevance.files import atomic_directory
 
 NAME = "synthetic_shop"
 GRADE_NAMES = ["irrelevant", "complement", "substitute", "close", "exact"]

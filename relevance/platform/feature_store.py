@@ -23,11 +23,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from relevance.common.console import log
+from relevance.common.files import atomic_write
 from relevance.config import RunConfig
-from relevance.console import log
-from relevance.data.schema import Dataset, DataContractError
-from relevance.files import atomic_write
-from relevance.online import ItemFeatures, lookup_cache
+from relevance.data.schema import DataContractError, Dataset
+from relevance.student.scoring import ItemFeatures, lookup_cache
 
 # The feature service the student reads, and the views it is made of (each must exist in the definitions).
 STUDENT_FEATURES = "student_item_features"
@@ -38,7 +38,7 @@ DEFINITION_FILES = ("feature_store.yaml", "*.py")
 
 def definitions_dir(repo: str | Path | None) -> Path:
     """The Feast definitions to use: ``features.repo`` when set, else the ones shipped with the package."""
-    from relevance.resources import packaged
+    from relevance.common.resources import packaged
 
     return Path(repo) if repo else packaged("feature_repo")
 
@@ -47,7 +47,7 @@ def feature_tables(dataset: Dataset, item_text: pd.Series, embed: Callable[[list
                    timestamp: datetime | None = None) -> dict[str, pd.DataFrame]:
     """One parquet-ready frame per feature view, keyed by item id and stamped with ``timestamp``.
 
-    ``item_text`` is the assembled lexical text per item id (relevance.bm25.lexical_item_texts), and ``embed``
+    ``item_text`` is the assembled lexical text per item id (relevance.models.bm25.lexical_item_texts), and ``embed``
     the student's bi-encoder (through its cache): the same inputs the offline featurizer uses.
     """
     stamp = pd.Timestamp(timestamp or datetime.now(timezone.utc))
@@ -172,7 +172,7 @@ def materialize_features(config: RunConfig, dataset: Dataset, repo_dir: str | Pa
     """Compute the student's item features, write them as the Feast offline store next to a copy of the
     definitions, apply and materialize online. Returns {view: version} plus the definitions' hash.
     ``embeddings_dir``: an embedding cache to reuse (a pipeline step starts from none)."""
-    from relevance.featurizer import build_featurizer, featurizer_settings
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
 
     definitions = definitions_dir(config.features.repo)
     with tempfile.TemporaryDirectory() as cache_dir:

@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from relevance.common.console import log
 from relevance.config import RegistryConfig, RunConfig
-from relevance.console import log
 from relevance.data.schema import Dataset
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -227,11 +227,11 @@ def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, 
     split; the challenger gate's decision; an HTML report for the KFP UI."""
     import tempfile
 
-    from relevance.evaluation import evaluate_models
-    from relevance.featurizer import build_featurizer, featurizer_settings
-    from relevance.files import atomic_write_text
-    from relevance.gbdt import BASELINE_NAMES, train_baselines
-    from relevance.report import html_report
+    from relevance.common.files import atomic_write_text
+    from relevance.evaluation.evaluate import evaluate_models
+    from relevance.evaluation.report import html_report
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
+    from relevance.student.gbdt import BASELINE_NAMES, train_baselines
 
     with tempfile.TemporaryDirectory() as tmp:
         models = {"student": student_dir, "teacher": teacher_dir}
@@ -271,7 +271,7 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
     import shutil
     import tempfile
 
-    from relevance.files import read_manifest
+    from relevance.common.files import read_manifest
 
     dataset = Dataset.load(dataset_dir, with_impressions=False)
     teacher_manifest = read_manifest(teacher_dir, "teacher")

@@ -1,7 +1,7 @@
 """The teacher step's launcher, and the multi-node path: a Kubeflow Trainer v2 ``TrainJob``.
 
 :func:`launch_teacher_training` is what the teacher step calls (the CLI, and the KFP component): in this process,
-torchrun on this machine (relevance.teacher.launch_local), or, with ``teacher.distributed.launcher: trainjob``, a
+torchrun on this machine (relevance.teacher.launch.launch_local), or, with ``teacher.distributed.launcher: trainjob``, a
 ``TrainJob`` (API group trainer.kubeflow.org, v1alpha1; https://www.kubeflow.org/docs/components/trainer/) of
 ``num_nodes`` nodes × ``nproc_per_node`` processes on a ClusterTrainingRuntime such as ``torch-distributed``,
 submitted with the Kubernetes Python client and waited for until its ``Complete`` or ``Failed`` condition.
@@ -33,8 +33,8 @@ from typing import Callable
 
 import yaml
 
+from relevance.common.resources import packaged
 from relevance.config import K8S_NAME, RunConfig
-from relevance.resources import packaged
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 # Set by the torch runtime on every node (PET_* are torchrun's environment defaults); the webhook refuses them.
@@ -247,7 +247,8 @@ def render_trainjob(config: RunConfig, dataset_dir: str | Path, out_dir: str | P
     """The TrainJob manifest for fine-tuning ``config``'s teacher on the prepared dataset in ``dataset_dir`` into
     ``out_dir``, both on the shared volume (``teacher.distributed.trainjob.shared_mount_path``), where every node
     mounts it at the same path. Rendered only: see :func:`validate_trainjob`."""
-    from relevance.teacher import check_distributed_settings, worker_arguments
+    from relevance.teacher.launch import worker_arguments
+    from relevance.teacher.train import check_distributed_settings
 
     settings = config.teacher.distributed
     job = settings.trainjob
@@ -355,7 +356,7 @@ def launch_teacher_training(config: RunConfig, dataset_dir: str | Path, out_dir:
     copied to ``out_dir``."""
     settings = config.teacher.distributed
     if settings.launcher == "local":
-        from relevance.teacher import launch_local
+        from relevance.teacher.launch import launch_local
 
         return launch_local(config, dataset_dir, out_dir, log=log)
     job = settings.trainjob

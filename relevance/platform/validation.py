@@ -147,7 +147,7 @@ def validate_label_expectations(labels: pd.DataFrame, num_grades: int, config: "
 def validate_label_chunks(chunks, num_grades: int, config: "ValidationConfig",
                           docs_dir: str | Path | None = None) -> ValidationReport:
     """The teacher-labels suite on a labelling of any size: every shard is read once, one at a time, and checked
-    in full against the data contract (relevance.labeling.label_chunks' loaders); the Great Expectations suite
+    in full against the data contract (relevance.labels.labelling.label_chunks' loaders); the Great Expectations suite
     runs on an equal share of ``config.label_sample_rows`` rows from each shard. Pairs are unique across shards by
     construction (the pool is de-duplicated and the shards' coverage of it is checked from their metadata)."""
     import math
@@ -189,7 +189,7 @@ def _load_reference(reference: str | Path) -> dict[str, pd.DataFrame]:
 
 
 def _item_words(items: pd.DataFrame) -> pd.Series:
-    """Words (whitespace tokens, as in relevance.text's default budget cut) over all text fields of an item."""
+    """Words (whitespace tokens, as in relevance.models.text's default budget cut) over all text fields of an item."""
     columns = [c for c in TEXT_FIELDS if c in items.columns]
     if not columns:
         return pd.Series(0, index=items.index, dtype="int64")

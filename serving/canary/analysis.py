@@ -307,7 +307,7 @@ def replay(url: str, model: str, queries: list[ReplayQuery], progress: str | Non
 def labelled_evidence(pairs, rankings: dict[str, dict[str, dict]], num_grades: int,
                       config: CanaryConfig) -> QualityEvidence:
     """nDCG@k per query and accuracy per pair against human grades. ``pairs``: query_id, item_id, grade."""
-    from relevance.judge import per_query_ndcg
+    from relevance.evaluation.judge import per_query_ndcg
 
     k = config.ndcg_k
     per_server, accuracy = {}, {}
@@ -326,8 +326,8 @@ def labelled_evidence(pairs, rankings: dict[str, dict[str, dict]], num_grades: i
 def judge_evidence(queries: list[ReplayQuery], rankings: dict[str, dict[str, dict]], teacher,
                    item_text: dict[str, str], config: CanaryConfig) -> QualityEvidence | None:
     """The teacher grades the union of both servers' top-k for each unlabelled query; nDCG@k of each ranking
-    against those grades (relevance.judge, the judge offline evaluation uses too)."""
-    from relevance.judge import judge_grades, judged_ndcg
+    against those grades (relevance.evaluation.judge, the judge offline evaluation uses too)."""
+    from relevance.evaluation.judge import judge_grades, judged_ndcg
 
     k = config.judge_top_k
     text = {q.query_id: q.query for q in queries}

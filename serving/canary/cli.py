@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from relevance.console import clear_errors
+from relevance.common.console import clear_errors
 from relevance.platform.registry import RegistryError
 
 canary_app = typer.Typer(no_args_is_help=True, help="Canary rollout of a student on KServe, and its analysis.")
@@ -109,7 +109,7 @@ def _teacher(run_config, teacher_dir: Optional[Path], judge: bool):
     if not judge or run_config.canary.judge_queries == 0:
         return None
     from relevance.chain import Chain
-    from relevance.teacher import Teacher
+    from relevance.teacher.model import Teacher
 
     directory = teacher_dir or Chain(run_config).teacher_dir
     if not Path(directory).exists():
@@ -208,7 +208,7 @@ def local(champion_bundle: Optional[Path] = typer.Option(None, exists=True, file
     import tempfile
 
     from relevance.chain import Chain
-    from relevance.files import atomic_write_json
+    from relevance.common.files import atomic_write_json
     from relevance.platform.registry import CHALLENGER, CHAMPION
     from relevance.serving.canary.analysis import replay_queries
     from relevance.serving.canary.local import Faults, local_canary, run_local_canary, send_traffic

@@ -56,7 +56,7 @@ class ManifestError(ValueError):
 
 def kserve_dir() -> Path:
     """The kustomize base and overlays shipped with the package."""
-    from relevance.resources import packaged
+    from relevance.common.resources import packaged
 
     return packaged("kserve")
 

@@ -68,9 +68,9 @@ def test_report_embeds_figures_and_tables(tmp_path, monkeypatch):
 
 
 def test_teacher_onnx_export_labels_like_torch(tiny_teacher, tmp_path):
-    from relevance.export import export_teacher, onnx_teacher_proba, quantize_int8
-    from relevance.onnx_session import onnx_session
-    from relevance.teacher import Teacher
+    from relevance.common.onnx_session import onnx_session
+    from relevance.student.export import export_teacher, onnx_teacher_proba, quantize_int8
+    from relevance.teacher.model import Teacher
 
     teacher_dir, items, queries, judgments = tiny_teacher
     result = export_teacher(teacher_dir, tmp_path / "teacher.onnx")
@@ -161,10 +161,10 @@ def test_active_learning_rounds_send_a_capped_budget_of_new_pairs_per_strategy(f
     import pandas as pd
 
     from benchmarks.studies import active
-    from relevance.active import entropy
     from relevance.config import load_config
     from relevance.data.schema import Dataset
-    from relevance.featurizer import build_featurizer, featurizer_settings
+    from relevance.labels.active import entropy
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
 
     run, config = finished_run[0] / "run", load_config(finished_run[1])
     dataset = Dataset.load(run / "data", with_impressions=False)

@@ -12,7 +12,7 @@ import pytest
 from relevance.config import DataConfig, build_config
 from relevance.data import prepare
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo
-from relevance.pool import build_pool
+from relevance.labels.pool import build_pool
 
 WORDS = ["sofa", "lamp", "drill", "rug", "table", "mug", "hose", "paint", "tile", "faucet"]
 
@@ -85,7 +85,7 @@ def test_prepare_records_the_slices_in_dataset_json(tmp_path):
 
 
 def test_judge_eval_refuses_a_dataset_without_a_holdout():
-    from relevance.judge_eval import _population
+    from relevance.evaluation.judge_eval import _population
 
     with pytest.raises(DataContractError, match="records no judge_holdout_fraction"):
         _population(_shop(holdout=None))
@@ -109,8 +109,8 @@ def test_a_pool_or_a_ranker_built_without_this_holdout_is_caught(tmp_path):
     """A pool reused after the data was prepared again with a holdout (the chain's pool step hashes only settings)
     is read for holdout queries and refused; judge-eval refuses a ranker trained under another holdout and flags
     one that records none."""
-    from relevance.judge_eval import ranker_holdout
-    from relevance.pool import check_pool_holdout, pool_judge_holdout
+    from relevance.evaluation.judge_eval import ranker_holdout
+    from relevance.labels.pool import check_pool_holdout, pool_judge_holdout
 
     config = build_config("quick", {"workdir": str(tmp_path), "candidates": {"top_k": 3}})
     shop = _shop()

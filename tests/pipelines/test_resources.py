@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from relevance.config import NOT_RETRYABLE_STEPS, PIPELINE_STEPS, build_config
-from relevance.labelling_plan import plan_for
+from relevance.labels.capacity import plan_for
 
 GPU_STEPS = ("finetune_teacher", "label_shard", "distill_student", "evaluate_student")
 

@@ -13,7 +13,6 @@ import yaml
 from relevance.config import RegistryConfig, build_config
 from relevance.data import prepare
 
-
 # In the pipeline the labelling plan cuts the shards: at 100 pairs/s with 1 s to load the teacher and shards of at
 # most 6 s, a shard holds at most 500 rows, and a 12 s deadline takes two devices: a fan-out of several shards,
 # two at a time.
@@ -115,7 +114,7 @@ def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
     assert online["lexical_text"][0]
     # every shard of the fan-out was labelled exactly once, cut by the labelling plan for the compiled parallelism
     from relevance.config import LabelingCapacityConfig
-    from relevance.labelling_plan import plan_for
+    from relevance.labels.capacity import plan_for
 
     capacity = LabelingCapacityConfig(**TINY_LABELLING)
     shards = sorted(p.name for p in run_dir.glob("for-loop-*/label-shard/labels/shard-*.parquet"))

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relevance.bm25 import lexical_item_texts
 from relevance.config import build_config
 from relevance.data import prepare
 from relevance.data.schema import DataContractError, Dataset
+from relevance.models.bm25 import lexical_item_texts
 from relevance.platform.feature_store import (
     apply_and_materialize,
     build_feature_repo,

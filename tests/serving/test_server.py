@@ -23,6 +23,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from relevance.serving.process import free_port, model_server
 
 MODEL = "relevance-student"
@@ -112,8 +113,8 @@ def test_triton_model_repository_layout_and_config(deployment):
 def test_served_scores_equal_offline_scoring_with_the_training_featurizer(deployment, catalog):
     from relevance.chain import Chain
     from relevance.config import load_config
-    from relevance.metrics import expected_grade
-    from relevance.student import Student
+    from relevance.models.metrics import expected_grade
+    from relevance.student.model import Student
 
     dataset, query, candidates = catalog
     response = _v1(deployment["urls"]["local"], {"instances": [{"query": query, "locale": "en-US",

@@ -7,7 +7,7 @@ A request is (query, locale, candidate item ids). Scoring it:
 2. the candidates' features (embedding, title, lexical text) from an item source: in serving, the Feast online
    store behind a TTL cache (relevance.platform.feature_store.FeastItemSource);
 3. BM25 against the catalog's saved index (its IDF and average length are the training catalog's);
-4. :func:`relevance.featurizer.featurize`: the student's one featurizer, the function training used;
+4. :func:`relevance.student.featurizer.featurize`: the student's one featurizer, the function training used;
 5. the student (ONNX) gives K grade probabilities per candidate; candidates are reranked by expected grade.
 
 Steps 1–4 are :meth:`OnlineScorer.prepare` (the transformer's preprocess); step 5's model call can run here
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from relevance.config import ServingConfig
-from relevance.featurizer import FEATURE_VERSION, featurize
-from relevance.metrics import expected_grade
-from relevance.onnx_session import onnx_session
+from relevance.student.featurizer import FEATURE_VERSION, featurize
+from relevance.models.metrics import expected_grade
+from relevance.common.onnx_session import onnx_session
 
 BUNDLE_MANIFEST = "bundle.json"
 UNKNOWN_ITEM_DEFAULTS = {
@@ -180,7 +180,7 @@ def rank(prepared: Prepared, probs: np.ndarray) -> Ranking:
 
 
 class ServingBundle:
-    """An exported student's serving files (written by :func:`relevance.export.export_bundle`)."""
+    """An exported student's serving files (written by :func:`relevance.student.export.export_bundle`)."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -200,7 +200,7 @@ class ServingBundle:
 class OnlineScorer:
     def __init__(self, bundle: ServingBundle, items, config: ServingConfig, bm25=None,
                  student: OnnxStudent | None = None):
-        from relevance.bm25 import BM25Index
+        from relevance.models.bm25 import BM25Index
 
         self.bundle = bundle
         self.config = config

@@ -23,11 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relevance.bm25 import BM25Index
+from relevance.models.bm25 import BM25Index
 from relevance.config import RunConfig
-from relevance.console import log
+from relevance.common.console import log
 from relevance.data.schema import Dataset, DataContractError
-from relevance.files import atomic_write
+from relevance.common.files import atomic_write
 
 
 def iter_bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
@@ -84,7 +84,7 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
     spread over on-disk buckets by a hash of its query id; a bucket holds every pair of its queries, so removing
     duplicates bucket by bucket removes them all, and memory is one bucket (~``bucket_rows`` pairs), not the pool.
     """
-    from relevance.runtime import progress_bar
+    from relevance.common.runtime import progress_bar
 
     out = Path(out)
     impressions_path = Path(impressions_path) if impressions_path is not None else None

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from relevance.text import tokenize_words
+from relevance.models.text import tokenize_words
 
 FEATURE_VERSION = 2
 LEXICAL_FEATURES = (
@@ -108,7 +108,7 @@ def assemble(query_embeddings: np.ndarray, item_embeddings: np.ndarray, lexical:
     """[q, i, q⊙i, |q−i|, cosine, lexical]: the one place the student's vector is put together.
 
     :func:`featurize` calls it on freshly computed lexical features (serving, evaluation); out-of-core
-    distillation (relevance.pairstore) calls it per batch on stored lexical features and embeddings gathered from
+    distillation (relevance.student.pairstore) calls it per batch on stored lexical features and embeddings gathered from
     memory-mapped tables, so a pair's vector is never stored and never assembled by a second definition."""
     if (query_embeddings.shape != item_embeddings.shape or query_embeddings.ndim != 2
             or lexical.shape != (query_embeddings.shape[0], len(LEXICAL_FEATURES) - 1)):
@@ -169,9 +169,9 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
     ``stored_items`` (indexed by item id: ``embedding``, ``title``, ``lexical_text``), when given, replaces what
     would be computed from ``items``: the pipeline passes the item features it read from the Feast offline
     store, the ones serving reads online."""
-    from relevance.bm25 import BM25Index, lexical_item_texts
+    from relevance.models.bm25 import BM25Index, lexical_item_texts
     from relevance.config import TextConfig
-    from relevance.encoder import BiEncoder, EmbeddingCache
+    from relevance.student.encoder import BiEncoder, EmbeddingCache
 
     encoder = BiEncoder(settings["encoder"], settings["encoder_max_length"])
     if stored_items is None:

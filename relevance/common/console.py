@@ -21,9 +21,8 @@ def input_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the input is wrong" (as opposed to a bug): reported as one line."""
     from pydantic import ValidationError
 
-    from relevance.data.schema import DataContractError
-
-    return (DataContractError, FileNotFoundError, ValueError, ValidationError)
+    # relevance.data.schema.DataContractError is a ValueError.
+    return (FileNotFoundError, ValueError, ValidationError)
 
 
 def clear_errors(*extra: type[BaseException]):

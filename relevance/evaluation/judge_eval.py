@@ -7,10 +7,10 @@
    having set that slice aside; a judge trained elsewhere may have seen it, and its agreement is then optimistic.
 2. The population is the judge-holdout queries (Dataset.judge_holdout_queries: unjudged queries the pool never
    takes, so neither ranker was distilled on them) that had traffic (impressions), stratified by locale × query
-   length × traffic band (relevance.sampling). A proportional pilot sample measures each stratum's spread of the per-query
+   length × traffic band (relevance.evaluation.sampling). A proportional pilot sample measures each stratum's spread of the per-query
    difference; the main sample is allocated by Neyman's rule (or proportionally) and drawn from the rest.
 3. For each sampled query both rankers rerank the catalog's BM25 top-N candidates (score: expected grade); the
-   judge grades the union of their top-k (relevance.judge) and each ranking gets nDCG@k.
+   judge grades the union of their top-k (relevance.evaluation.judge) and each ranking gets nDCG@k.
 4. The difference candidate − baseline is estimated with the stratified estimator and its confidence interval,
    next to what simple random sampling would give with the same data (the design effect), with the minimum
    detectable effect and the queries a 1% effect would need.
@@ -50,7 +50,7 @@ def _population(dataset: Dataset) -> tuple[pd.DataFrame, pd.Series | None]:
 def judge_agreement(judge, dataset: Dataset, judge_text: pd.Series) -> dict:
     """The judge's agreement with humans on the judge-check pairs, and which pairs those were: whether the
     judge's manifest records having set exactly them aside (``untouched``)."""
-    from relevance.judge import human_agreement
+    from relevance.evaluation.judge import human_agreement
 
     pairs = dataset.judge_check_pairs()
     locale = dataset.queries.set_index("query_id")["locale"] if "locale" in dataset.queries.columns else None
@@ -72,7 +72,7 @@ def ranker_holdout(directory: Path, dataset: Dataset) -> dict:
     student, GBDT or bundle records the holdout its training data was built without (``judge_holdout``), which
     must be the dataset's. A different record is refused (it may have been distilled on today's holdout
     queries); a model that records none (made before the record existed) is flagged."""
-    from relevance.evaluation import saved_manifest
+    from relevance.evaluation.evaluate import saved_manifest
 
     manifest = saved_manifest(directory)
     if manifest.get("kind") == "teacher":
@@ -92,16 +92,16 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
                cache_dir: Path, queries: int = 300, allocation: str = "neyman", pilot_share: float = 0.25,
                candidates: int = 50, k: int = 10, min_agreement: float = 0.4, seed: int = 0, log=print) -> dict:
     """Compare ``candidate_dir`` with ``baseline_dir`` (saved models or serving bundles: anything
-    relevance.evaluation.load_scorer opens) on ``queries`` sampled unjudged queries, judged by the cross-encoder
+    relevance.evaluation.evaluate.load_scorer opens) on ``queries`` sampled unjudged queries, judged by the cross-encoder
     at ``judge_dir``. Returns the report."""
-    from relevance.bm25 import BM25Index
-    from relevance.evaluation import load_scorer
-    from relevance.judge import judge_grades, judged_ndcg, require_agreement
-    from relevance.metrics import expected_grade
-    from relevance.pool import bm25_candidates
-    from relevance.sampling import (allocate, minimum_detectable_effect, population_variance, queries_needed,
+    from relevance.models.bm25 import BM25Index
+    from relevance.evaluation.evaluate import load_scorer
+    from relevance.evaluation.judge import judge_grades, judged_ndcg, require_agreement
+    from relevance.models.metrics import expected_grade
+    from relevance.labels.pool import bm25_candidates
+    from relevance.evaluation.sampling import (allocate, minimum_detectable_effect, population_variance, queries_needed,
                                     query_strata, srs_estimate, stratified_estimate, stratified_sample)
-    from relevance.teacher import Teacher
+    from relevance.teacher.model import Teacher
 
     if not 0 < pilot_share < 1:
         raise ValueError(f"pilot_share must be in (0, 1), got {pilot_share}")

@@ -19,7 +19,7 @@ from relevance.data.schema import DataContractError
 
 def judge_grades(judge, queries: list[str], items: list[str]) -> np.ndarray:
     """The judge's grade per (query text, item text): its rounded expected grade."""
-    from relevance.metrics import expected_grade
+    from relevance.models.metrics import expected_grade
 
     probs = judge.predict_proba(list(queries), list(items))
     return np.rint(expected_grade(probs)).astype(int)
@@ -51,9 +51,9 @@ def judged_ndcg(tops: dict[str, dict[str, list[str]]], query_text: dict[str, str
 
 
 def per_query_ndcg(query_ids, grades, scores, k: int, num_grades: int) -> dict[str, float]:
-    """nDCG@k of each query (the project's nDCG: relevance.metrics.ranking_metrics), skipping queries with
+    """nDCG@k of each query (the project's nDCG: relevance.models.metrics.ranking_metrics), skipping queries with
     nothing relevant to find."""
-    from relevance.metrics import ranking_metrics
+    from relevance.models.metrics import ranking_metrics
 
     query_ids, grades, scores = np.asarray(query_ids), np.asarray(grades), np.asarray(scores, float)
     out = {}

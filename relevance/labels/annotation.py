@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from relevance.data.schema import DataContractError, Dataset, check_references, prob_columns, validate_judgments
-from relevance.files import atomic_write
+from relevance.common.files import atomic_write
 
 CHOICE = "grade"  # the Choices control's name, from_name in every exported result
 ITEM = "item"     # the object the choice is about, to_name
@@ -215,7 +215,7 @@ def merge_judgments(dataset_dir: str | Path, imported: pd.DataFrame, round_tag: 
 
     Refused, with nothing written, when a pair names an unknown query or item, or a query of the valid/test
     splits (by id or by normalised text). Pairs already judged are left as they were and counted."""
-    from relevance.pool import held_out_query_mask
+    from relevance.labels.pool import held_out_query_mask
 
     if round_tag < 1:
         raise ValueError(f"the round tag must be ≥ 1 (round 0 is the original judgments), got {round_tag}")

@@ -1,6 +1,6 @@
 """Out-of-core distillation inputs: what the student trains on when the pool is far larger than memory.
 
-A pair's student vector, [q, i, q⊙i, |q−i|, cosine, lexical] (relevance.featurizer.assemble), is 4·384 + 13 float32
+A pair's student vector, [q, i, q⊙i, |q−i|, cosine, lexical] (relevance.student.featurizer.assemble), is 4·384 + 13 float32
 values: 6.2 KB. At the seeds' 30M pairs that is 190 GB. Most of it repeats: a query's embedding appears once per
 candidate, an item's once per query. So the store keeps per pair only what is per pair, and the rest once:
 
@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relevance.data.schema import DataContractError, prob_columns
-from relevance.featurizer import LEXICAL_FEATURES, assemble
-from relevance.files import atomic_directory, atomic_write, atomic_write_json
+from relevance.student.featurizer import LEXICAL_FEATURES, assemble
+from relevance.common.files import atomic_directory, atomic_write, atomic_write_json
 
 PAIR_SHARD = "pairs-{:05d}.parquet"
 LEXICAL_COLUMNS = [f"x_{name}" for name in LEXICAL_FEATURES[1:]]  # cosine is computed from the embeddings
@@ -230,7 +230,7 @@ class StoreBatches:
         return pd.concat([pd.read_parquet(self.directory / s["file"]) for s in shards], ignore_index=True)
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
-        """The student vectors of stored pairs: relevance.featurizer.assemble on gathered embeddings."""
+        """The student vectors of stored pairs: relevance.student.featurizer.assemble on gathered embeddings."""
         return assemble(self.query_table.gather(frame["query_row"].to_numpy()),
                         self.item_table.gather(frame["item_row"].to_numpy()),
                         frame[self.meta["lexical_columns"]].to_numpy(np.float32))

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from relevance.data.schema import DataContractError, prob_columns
-from relevance.metrics import expected_grade
+from relevance.models.metrics import expected_grade
 
 STRATEGIES = ("random", "entropy", "disagreement", "diverse")
 Strategy = Literal["random", "entropy", "disagreement", "diverse"]
@@ -109,19 +109,19 @@ def select(candidates: pd.DataFrame, budget: int, strategy: Strategy, num_grades
 
 def select_for_grading(config, dataset, labels_dir, pool_path, strategy: Strategy, budget: int, per_query: int = 3,
                        seed: int = 0, student_dir=None, embeddings_dir=None, log=print) -> pd.DataFrame:
-    """:func:`select` over the run's labelled pool: the teacher's labels (relevance.labeling.label_chunks, the
+    """:func:`select` over the run's labelled pool: the teacher's labels (relevance.labels.labelling.label_chunks, the
     whole pool), the student's predictions for ``disagreement`` and pair embeddings (query + item, normalised)
     for ``diverse``, both computed a chunk at a time."""
-    from relevance.labeling import read_labels
+    from relevance.labels.labelling import read_labels
 
     labels = read_labels(labels_dir, dataset.num_grades, pool_path=pool_path)
     student_probs = embeddings = None
     if strategy in ("disagreement", "diverse"):
-        from relevance.featurizer import build_featurizer, featurizer_settings
+        from relevance.student.featurizer import build_featurizer, featurizer_settings
 
         featurizer = build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir)
     if strategy == "disagreement":
-        from relevance.student import Student
+        from relevance.student.model import Student
 
         if student_dir is None:
             raise ValueError("the disagreement strategy needs a trained student (train-student first)")

@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 
 from relevance.config import LabelingConfig
 from relevance.data.schema import Dataset, DataContractError, prob_columns, validate_teacher_labels
-from relevance.files import atomic_write, atomic_write_json, sha256_of_files
-from relevance.runtime import progress_bar, set_threads
-from relevance.teacher import Teacher, score_items
+from relevance.common.files import atomic_write, atomic_write_json, sha256_of_files
+from relevance.common.runtime import progress_bar, set_threads
+from relevance.teacher.model import Teacher
+from relevance.teacher.model import score_items
 
 SHARD_PATTERN = "shard-{:05d}.parquet"
 

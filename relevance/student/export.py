@@ -4,7 +4,7 @@ the teacher, for labelling on ONNX Runtime (fp32 or int8).
 - Student: input ``features`` [batch, F] (raw featurizer output; the standardisation is inside the graph),
   output ``probs`` [batch, K]. Exported with the torch.export-based exporter.
 - Query encoder: inputs ``input_ids`` / ``attention_mask`` (+ ``token_type_ids`` for BERT) [batch, seq], output
-  ``embedding`` [batch, d], mean-pooled and L2-normalised exactly as :class:`relevance.encoder.BiEncoder`.
+  ``embedding`` [batch, d], mean-pooled and L2-normalised exactly as :class:`relevance.student.encoder.BiEncoder`.
   Exported with the TorchScript exporter from an eager-attention model: that is the graph onnxruntime's
   transformer optimiser fuses (attention, layer norm, GELU); the torch.export graph is not fused by it.
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from relevance.encoder import BiEncoder
-from relevance.onnx_session import onnx_session
-from relevance.student import Student
-from relevance.teacher import pool
+from relevance.common.onnx_session import onnx_session
+from relevance.models.pooling import pool_hidden
+from relevance.student.encoder import BiEncoder
+from relevance.student.model import Student
 
 
 @dataclass
@@ -61,7 +61,7 @@ class _QueryEncoder(nn.Module):
                 token_type_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                token_type_ids=token_type_ids).last_hidden_state
-        return nn.functional.normalize(pool(hidden, attention_mask, "mean"), dim=-1)
+        return nn.functional.normalize(pool_hidden(hidden, attention_mask, "mean"), dim=-1)
 
 
 def check_parity(path: Path, feeds: dict[str, np.ndarray], expected: np.ndarray, tolerance: float) -> float:
@@ -159,9 +159,9 @@ class _TeacherProbabilities(nn.Module):
 
 
 def export_teacher(teacher_dir: str | Path, out_path: str | Path, tolerance: float = 1e-4) -> ExportResult:
-    """The teacher cross-encoder as ONNX: token ids (as :func:`relevance.teacher.encode_pairs` makes them) →
+    """The teacher cross-encoder as ONNX: token ids (as :func:`relevance.teacher.model.encode_pairs` makes them) →
     ``probs`` [batch, K]. TorchScript exporter on eager attention, like the query encoder."""
-    from relevance.teacher import Teacher, collate, encode_pairs
+    from relevance.teacher.model import Teacher, collate, encode_pairs
 
     teacher = Teacher.load(teacher_dir, torch.device("cpu"), attn_implementation="eager")
     encodings = encode_pairs(teacher.tokenizer, ["cordless drill", "red sofa", "x"],
@@ -187,8 +187,8 @@ def export_teacher(teacher_dir: str | Path, out_path: str | Path, tolerance: flo
 def onnx_teacher_proba(session, teacher, queries: list[str], item_texts: list[str],
                        batch_size: int = 128) -> np.ndarray:
     """Class probabilities [N, K] from an exported teacher on ONNX Runtime, batched like
-    :meth:`relevance.teacher.Teacher.predict_proba` (same tokenisation, length buckets)."""
-    from relevance.teacher import encode_pairs, length_batches
+    :meth:`relevance.teacher.model.Teacher.predict_proba` (same tokenisation, length buckets)."""
+    from relevance.teacher.model import encode_pairs, length_batches
 
     names = {i.name for i in session.get_inputs()}
     encodings = encode_pairs(teacher.tokenizer, queries, item_texts, teacher.text_config)
@@ -211,11 +211,10 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
 
     The Triton model repository (relevance.serving.model_repository) is built from this folder.
     """
-    from relevance.bm25 import BM25Index, lexical_item_texts
+    from relevance.common.files import atomic_directory, read_manifest
     from relevance.config import TextConfig
-    from relevance.featurizer import FEATURE_VERSION, catalog_hash
-    from relevance.files import atomic_directory
-    from relevance.files import read_manifest
+    from relevance.models.bm25 import BM25Index, lexical_item_texts
+    from relevance.student.featurizer import FEATURE_VERSION, catalog_hash
 
     manifest = read_manifest(student_dir, expected_kind="student")
     if manifest.get("feature_version") != FEATURE_VERSION:

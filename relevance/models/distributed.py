@@ -16,7 +16,7 @@ of it, and the loss is summed over the slice and divided by the global batch siz
 DDP's gradient averaging divides back out), so N processes follow one process's optimisation step by step, up to
 the order of floating-point additions.
 
-Also the entry point of ``python -m relevance.distributed``: torchrun (same arguments) that writes which rank
+Also the entry point of ``python -m relevance.models.distributed``: torchrun (same arguments) that writes which rank
 failed, how, and where its log is, as JSON for :func:`launch_torchrun`.
 """
 
@@ -204,7 +204,7 @@ def wrap(model: nn.Module, ctx: Context, strategy: str, probe_inputs: Callable[[
     DDP (Li et al., 2020): ``forward_sync_buffers=False`` since the backbones' buffers are constants (position
     ids, no batch norm) and a broadcast at each forward would be a collective that evaluation, run on the unwrapped
     module, must not need; ``find_unused_parameters=False`` after :func:`freeze_unused_parameters`; no
-    ``static_graph``: gradient checkpointing is non-reentrant (relevance.teacher.build_cross_encoder), which DDP
+    ``static_graph``: gradient checkpointing is non-reentrant (relevance.teacher.model.build_cross_encoder), which DDP
     supports as is, and LoRA only leaves frozen parameters out, which DDP skips.
 
     FSDP (Zhao et al., 2023): each transformer layer (the classes the backbone lists in ``_no_split_modules``, the
@@ -303,7 +303,7 @@ def launch_torchrun(module: str, module_args: list[str], nproc_per_node: int, lo
     report.unlink(missing_ok=True)
     torchrun = ["--standalone", f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", f"--log-dir={log_dir}",
                 "--redirects=3", "--tee=3", "-m", module, *module_args]
-    command = [sys.executable, "-m", "relevance.distributed", "--failure-report", str(report), "--", *torchrun]
+    command = [sys.executable, "-m", "relevance.models.distributed", "--failure-report", str(report), "--", *torchrun]
     environment = {**os.environ, **(env or {})}
     # Processes on one machine share its cores (torchrun would otherwise set 1 thread each, and say so).
     environment.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc_per_node)))
@@ -356,7 +356,7 @@ def _torchrun_with_failure_report(argv: list[str]) -> int:
     """torchrun (same arguments), plus a JSON list of the failed ranks for the launcher: rank, local rank, exit
     code, signal, message (from the rank's error file when its entry point is wrapped in
     ``torch.distributed.elastic.multiprocessing.errors.record``), and the path of its stderr log."""
-    parser = argparse.ArgumentParser(prog="python -m relevance.distributed")
+    parser = argparse.ArgumentParser(prog="python -m relevance.models.distributed")
     parser.add_argument("--failure-report", required=True, type=Path)
     parser.add_argument("torchrun_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

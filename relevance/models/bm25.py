@@ -1,7 +1,7 @@
-"""BM25 over the catalog (bm25s): the index behind candidate generation (relevance.pool) and the student's BM25
-feature (relevance.featurizer).
+"""BM25 over the catalog (bm25s): the index behind candidate generation (relevance.labels.pool) and the student's BM25
+feature (relevance.student.featurizer).
 
-Both use :func:`relevance.text.tokenize_words`, so the score a student sees at training time is the score the
+Both use :func:`relevance.models.text.tokenize_words`, so the score a student sees at training time is the score the
 serving path computes. BM25: Robertson & Zaragoza (2009), "The Probabilistic Relevance Framework".
 """
 
@@ -14,7 +14,7 @@ import bm25s
 import numpy as np
 import pandas as pd
 
-from relevance.text import assemble_item_texts, tokenize_words
+from relevance.models.text import assemble_item_texts, tokenize_words
 
 
 def lexical_item_texts(items: pd.DataFrame, text) -> pd.Series:

@@ -1,7 +1,7 @@
 """Distillation as a run step: the student trained on the teacher's soft labels of the pool (and of the judged
 train pairs), next to the same student trained on human labels alone, the baseline it must beat.
 
-The model and its loss are in relevance.student. The distilled student trains out of core (relevance.pairstore):
+The model and its loss are in relevance.student.model. The distilled student trains out of core (relevance.student.pairstore):
 the labels are read one shard at a time into a pair store, and batches are assembled from memory-mapped embedding
 tables, so its memory does not grow with the pool. This module assembles those inputs and the manifest that makes a
 saved student self-describing (its featurizer's settings, the teacher it imitates, the data it saw).
@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from relevance.config import RunConfig
-from relevance.console import log
+from relevance.common.console import log
 from relevance.data.schema import Dataset, DataContractError, prob_columns
-from relevance.featurizer import PairFeaturizer, model_manifest
+from relevance.student.featurizer import PairFeaturizer, model_manifest
 
 DISTILLED, HUMAN_ONLY = "student", "student_human_only"
 
@@ -32,8 +32,9 @@ def judged_targets(config: RunConfig, dataset: Dataset, teacher_dir: Path) -> np
 
     Kept per (teacher, training data, precision) for the life of the process: a study distilling many students
     from one teacher scores the train split once."""
-    from relevance.files import read_manifest
-    from relevance.teacher import Teacher, score_items
+    from relevance.common.files import read_manifest
+    from relevance.teacher.model import Teacher
+    from relevance.teacher.model import score_items
 
     key = (read_manifest(teacher_dir, "teacher")["teacher_version"], dataset.training_data_hash(),
            config.labeling.precision)
@@ -55,7 +56,7 @@ def _check_teacher(labels: pd.DataFrame, teacher_version: str) -> None:
 def _labeller_members(labeller, teacher_version: str, teacher_probs: np.ndarray, pairs: pd.DataFrame,
                       pair_features) -> np.ndarray:
     """The labeller ensemble's probabilities for ``pairs``: the teacher's part given, each GBDT predicting."""
-    from relevance.gbdt import GBDT
+    from relevance.student.gbdt import GBDT
 
     members = []
     for path, kind, version in zip(labeller.member_dirs, labeller.manifest["member_kinds"],
@@ -76,10 +77,10 @@ def distillation_targets(config: RunConfig, dataset: Dataset, teacher_dir: Path,
     """What a model distils from, in memory (the GBDT distilled from the teacher): the pool's pairs with the
     teacher's labels, then the judged train pairs relabelled by the same teacher, as (pairs, probabilities).
 
-    With ``labeller`` (a relevance.ensemble.Ensemble whose members are the teacher and GBDTs), the labels are the
+    With ``labeller`` (a relevance.teacher.ensemble.Ensemble whose members are the teacher and GBDTs), the labels are the
     ensemble's: the teacher's part comes from ``labels``, each GBDT predicts on ``pair_features(pairs)``.
     """
-    from relevance.files import read_manifest
+    from relevance.common.files import read_manifest
 
     if labels is None or labels.empty:
         raise DataContractError("distillation needs the teacher's labels of the pool; none were given")
@@ -116,14 +117,14 @@ def distil_student(config: RunConfig, dataset: Dataset, labels: pd.DataFrame | C
                    labeller=None, on_batch=None):
     """The distilled student, out of core: embedding tables and a pair store under ``work`` (kept until the
     student is saved, so a killed run resumes: finished tables and shards are reused, training restarts from
-    its last checkpoint), then relevance.student.fit_student on batches assembled per step.
+    its last checkpoint), then relevance.student.model.fit_student on batches assembled per step.
 
-    ``labels`` is the labelling as chunks (relevance.labeling.label_chunks) or, for small pools, a table, all of
+    ``labels`` is the labelling as chunks (relevance.labels.labelling.label_chunks) or, for small pools, a table, all of
     ``teacher_version``; ``judged_probs()`` gives the same teacher's labels of the judged train pairs
     (:func:`judged_targets`). Returns (model, metrics, pairs distilled from)."""
-    from relevance.pairstore import EmbeddingTable, StoreBatches, build_pair_store
-    from relevance.runtime import progress_bar
-    from relevance.student import fit_student
+    from relevance.student.pairstore import EmbeddingTable, StoreBatches, build_pair_store
+    from relevance.common.runtime import progress_bar
+    from relevance.student.model import fit_student
 
     chunks = _frame_chunks(labels, config.labeling.shard_rows) if isinstance(labels, pd.DataFrame) else labels
     if not chunks:
@@ -192,7 +193,7 @@ def distil_student(config: RunConfig, dataset: Dataset, labels: pd.DataFrame | C
 
 
 def _item_table(work: Path, items: list[str], featurizer: PairFeaturizer, dtype: str, on_rows):
-    from relevance.pairstore import EmbeddingTable
+    from relevance.student.pairstore import EmbeddingTable
 
     # Embedded by id (the featurizer looks up the item's text, or its stored vector from the feature store); the
     # table's fingerprint covers the texts and the vectors' source, so an edited catalog rebuilds it.
@@ -209,11 +210,11 @@ def train_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, label
     """Train the students named in ``outputs`` that are not saved yet:
 
     - ``student``: distilled out of core (:func:`distil_student`) from the teacher's soft labels of the pool
-      (``labels``: relevance.labeling.label_chunks, or a table) and of the judged train pairs, or from a
+      (``labels``: relevance.labels.labelling.label_chunks, or a table) and of the judged train pairs, or from a
       ``labeller`` ensemble's;
     - ``student_human_only``: the same model on the human train grades alone.
     """
-    from relevance.student import Student, train_student
+    from relevance.student.model import Student, train_student
 
     unknown = sorted(set(outputs) - {DISTILLED, HUMAN_ONLY})
     if unknown:
@@ -240,7 +241,7 @@ def train_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, label
     if DISTILLED in todo:
         out = Path(todo[DISTILLED])
         work = out.parent / f".{out.name}.distill"
-        from relevance.files import read_manifest
+        from relevance.common.files import read_manifest
 
         teacher_version = read_manifest(teacher_dir, "teacher")["teacher_version"]
         model, metrics, rows = distil_student(config, dataset, labels, featurizer, work, valid_x, teacher_version,

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from relevance.config import EvalConfig, RunConfig
-from relevance.console import log
+from relevance.common.console import log
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo, check_references
-from relevance.files import atomic_write, atomic_write_json, atomic_write_text, read_manifest
-from relevance.metrics import evaluate_predictions
+from relevance.common.files import atomic_write, atomic_write_json, atomic_write_text, read_manifest
+from relevance.models.metrics import evaluate_predictions
 
 
 @dataclass
@@ -38,7 +38,7 @@ class TeacherScorer:
     kind = "teacher"
 
     def __init__(self, directory: Path, items: pd.DataFrame, batch_size: int = 128, precision: str = "auto"):
-        from relevance.teacher import Teacher
+        from relevance.teacher.model import Teacher
 
         self.teacher = Teacher.load(directory)
         self.manifest = self.teacher.manifest
@@ -46,7 +46,7 @@ class TeacherScorer:
         self.batch_size, self.precision = batch_size, precision
 
     def score(self, pairs: pd.DataFrame, query_text: pd.Series) -> Scored:
-        from relevance.teacher import score_items
+        from relevance.teacher.model import score_items
 
         started = time.perf_counter()
         raw = score_items(self.teacher, pairs, query_text, self.item_text, self.batch_size, self.precision,
@@ -59,7 +59,7 @@ class FeaturizedScorer:
     model's manifest recorded."""
 
     def __init__(self, model, items: pd.DataFrame, cache_dir: Path):
-        from relevance.featurizer import build_featurizer
+        from relevance.student.featurizer import build_featurizer
 
         self.model = model
         self.manifest = model.manifest
@@ -82,12 +82,12 @@ class FeaturizedScorer:
 
 
 class EnsembleScorer:
-    """A log-linear ensemble of saved models (relevance.ensemble): each member scores, the ensemble combines."""
+    """A log-linear ensemble of saved models (relevance.teacher.ensemble): each member scores, the ensemble combines."""
 
     kind = "ensemble"
 
     def __init__(self, directory: Path, items: pd.DataFrame, cache_dir: Path):
-        from relevance.ensemble import Ensemble
+        from relevance.teacher.ensemble import Ensemble
 
         self.ensemble = Ensemble.load(directory)
         self.manifest = self.ensemble.manifest
@@ -99,20 +99,20 @@ class EnsembleScorer:
 
 
 class BundleScorer:
-    """A serving bundle (relevance.export.export_bundle) scored through the serving path itself: the ONNX query
-    encoder, BM25 from the bundle's index, :func:`relevance.featurizer.featurize` and the ONNX student, one
-    request per query (relevance.online.OnlineScorer). Item features come from the catalog with embeddings from
-    the run's cache (relevance.online.CatalogItemSource), which is what the feature store is materialized from.
+    """A serving bundle (relevance.student.export.export_bundle) scored through the serving path itself: the ONNX query
+    encoder, BM25 from the bundle's index, :func:`relevance.student.featurizer.featurize` and the ONNX student, one
+    request per query (relevance.student.scoring.OnlineScorer). Item features come from the catalog with embeddings from
+    the run's cache (relevance.student.scoring.CatalogItemSource), which is what the feature store is materialized from.
     What a canary serves is what gets compared."""
 
     kind = "serving-bundle"
 
     def __init__(self, directory: Path, items: pd.DataFrame, cache_dir: Path):
-        from relevance.bm25 import lexical_item_texts
+        from relevance.models.bm25 import lexical_item_texts
         from relevance.config import ServingConfig, TextConfig
-        from relevance.encoder import BiEncoder, EmbeddingCache
-        from relevance.featurizer import catalog_hash
-        from relevance.online import CatalogItemSource, OnlineScorer, OnnxStudent, ServingBundle
+        from relevance.student.encoder import BiEncoder, EmbeddingCache
+        from relevance.student.featurizer import catalog_hash
+        from relevance.student.scoring import CatalogItemSource, OnlineScorer, OnnxStudent, ServingBundle
 
         bundle = ServingBundle(directory)
         self.manifest = {**bundle.manifest, "kind": self.kind}
@@ -150,7 +150,7 @@ class BundleScorer:
 
 def saved_manifest(directory: str | Path) -> dict:
     """What a saved model or a serving bundle says about itself (its manifest, or the bundle's bundle.json)."""
-    from relevance.online import BUNDLE_MANIFEST, ServingBundle
+    from relevance.student.scoring import BUNDLE_MANIFEST, ServingBundle
 
     if (Path(directory) / BUNDLE_MANIFEST).exists():
         return ServingBundle(directory).manifest
@@ -160,7 +160,7 @@ def saved_manifest(directory: str | Path) -> dict:
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):
     """One interface over any saved model: a teacher, a student, a GBDT, an ensemble of them, or a serving bundle
     (an exported student, scored the way the server scores it)."""
-    from relevance.online import BUNDLE_MANIFEST
+    from relevance.student.scoring import BUNDLE_MANIFEST
 
     if (Path(directory) / BUNDLE_MANIFEST).exists():
         return BundleScorer(Path(directory), items, Path(cache_dir))
@@ -169,11 +169,11 @@ def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Pat
     if kind == "teacher":
         return TeacherScorer(Path(directory), items)
     if kind == "student":
-        from relevance.student import Student
+        from relevance.student.model import Student
 
         return FeaturizedScorer(Student.load(directory), items, Path(cache_dir))
     if kind == "gbdt":
-        from relevance.gbdt import GBDT
+        from relevance.student.gbdt import GBDT
 
         return FeaturizedScorer(GBDT.load(directory), items, Path(cache_dir))
     if kind == "ensemble":
@@ -243,8 +243,8 @@ def evaluate_models(config: RunConfig, dataset: Dataset, model_dirs: dict[str, P
                     embeddings_dir: str | Path) -> dict:
     """Every saved model and the baselines on the same evaluation split, overall and per locale. Writes the
     report as JSON (``out``), markdown (``out`` with .md) and the confusion matrices (confusion.png beside it)."""
-    from relevance.bm25 import BM25Index
-    from relevance.report import markdown_report
+    from relevance.models.bm25 import BM25Index
+    from relevance.evaluation.report import markdown_report
 
     out = Path(out)
     frame = with_locale(dataset.split(config.eval.split), dataset.queries)
@@ -287,7 +287,7 @@ def evaluate_models(config: RunConfig, dataset: Dataset, model_dirs: dict[str, P
 def plot_reliability_by_locale(reliability: dict[str, dict[str, np.ndarray]], frame: pd.DataFrame,
                                path: Path) -> Path:
     """Reliability diagrams before and after calibration: one row per model, overall then one panel per locale."""
-    from relevance.calibration import plot_reliability
+    from relevance.models.calibration import plot_reliability
 
     grades = frame["grade"].to_numpy()
     locales = sorted(frame["locale"].dropna().unique()) if frame["locale"].nunique() > 1 else []

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, ndcg_score, roc_auc_score
 
-from relevance.calibration import ece_classwise, ece_top_label
+from relevance.models.calibration import ece_classwise, ece_top_label
 
 __all__ = [
     "PROB_SUM_TOLERANCE",
@@ -171,7 +171,7 @@ def classification_metrics(grades: np.ndarray, probs: np.ndarray) -> dict:
       prediction counts as F1 = 0 (``zero_division=0``) rather than silently dropping out of the mean;
     * ``rmse_grade``: root mean squared error of the expected grade against the true grade;
     * ``ece_top`` and ``ece_classwise``: top-label and K-class expected calibration error (15 equal-width bins;
-      relevance.calibration);
+      relevance.models.calibration);
     * ``auroc_ge{t}`` for t = 1..K-1: ROC AUC of the tail probability ``P(grade >= t) = sum_{g>=t} p_g``
       against the binary truth ``grade >= t``; ``None`` when the truth has only one class;
     * ``confusion_matrix``: K x K list of ints, rows = true grade, columns = arg-max predicted grade.

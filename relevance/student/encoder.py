@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from relevance.files import sha256_of_files
-from relevance.runtime import autocast, device, progress_bar, resolve_precision
-from relevance.teacher import pool, resolve_backbone
+from relevance.common.files import sha256_of_files
+from relevance.common.runtime import autocast, device, progress_bar, resolve_precision
+from relevance.models.backbones import resolve_backbone
+from relevance.models.pooling import pool_hidden
 
 
 class BiEncoder:
@@ -56,7 +57,7 @@ class BiEncoder:
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
             with autocast(self.precision, self.device):
                 hidden = self.model(**batch).last_hidden_state
-            vectors = torch.nn.functional.normalize(pool(hidden.float(), batch["attention_mask"], "mean"), dim=-1)
+            vectors = torch.nn.functional.normalize(pool_hidden(hidden.float(), batch["attention_mask"], "mean"), dim=-1)
             out[index] = vectors.cpu().numpy()
             if on_batch:
                 on_batch(len(index))

@@ -20,15 +20,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from relevance.config import StudentConfig
-from relevance.files import atomic_directory, sha256_of_files
-from relevance.runtime import progress_bar, seed_everything, set_threads
+from relevance.common.files import atomic_directory, sha256_of_files
+from relevance.common.runtime import progress_bar, seed_everything, set_threads
 
 
 class StudentMLP(nn.Module):
     """Standardise → [Linear → GELU → Dropout]* → Linear(K) → calibration. Standardisation and calibration are part
     of the model, so the exported graph takes raw featurizer output and serves calibrated probabilities.
 
-    The output is calibrated log-probabilities, scale ⊙ log_softmax(z) + bias (relevance.calibration; the identity
+    The output is calibrated log-probabilities, scale ⊙ log_softmax(z) + bias (relevance.models.calibration; the identity
     while training, fitted on valid afterwards): a softmax of it is the calibrated distribution."""
 
     def __init__(self, num_features: int, num_grades: int, hidden: list[int], dropout: float):
@@ -100,7 +100,7 @@ class Student:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Student":
-        from relevance.files import read_manifest
+        from relevance.common.files import read_manifest
 
         manifest = read_manifest(Path(directory), expected_kind="student")
         model = StudentMLP(manifest["num_features"], manifest["num_grades"], manifest["config"]["hidden"], 0.0)
@@ -114,7 +114,7 @@ class Student:
 
 
 class ArrayBatches:
-    """Training batches from arrays in memory: the same interface as relevance.pairstore.StoreBatches (the
+    """Training batches from arrays in memory: the same interface as relevance.student.pairstore.StoreBatches (the
     out-of-core source), so one loop trains both. Epoch e's order is a function of (seed, e) alone."""
 
     def __init__(self, features: np.ndarray, targets: np.ndarray, grades: np.ndarray | None, batch_size: int,
@@ -204,7 +204,7 @@ def standardising_std(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, num_grades: int,
                 config: StudentConfig, human_only: bool = False, log=print, checkpoint: str | Path | None = None,
                 checkpoint_every: int = 500, on_batch=None) -> tuple[StudentMLP, dict]:
-    """Fit the MLP on a batch source (:class:`ArrayBatches`, or relevance.pairstore.StoreBatches out of core);
+    """Fit the MLP on a batch source (:class:`ArrayBatches`, or relevance.student.pairstore.StoreBatches out of core);
     early stopping on human-graded valid cross-entropy.
 
     With ``checkpoint`` (a file path), the model, optimiser, schedule, random state and position are saved
@@ -244,7 +244,7 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
             log(f"student: {checkpoint} is of another training set or settings; starting afresh")
 
     def save_checkpoint() -> None:
-        from relevance.files import atomic_write
+        from relevance.common.files import atomic_write
 
         with atomic_write(checkpoint) as tmp:
             torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -296,7 +296,7 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
         f"accuracy {best['valid_accuracy']:.3f} at epoch {best['epoch']}")
     metrics = {"best": best, "history": history}
     if config.calibration != "none":
-        from relevance.calibration import fit_calibrator
+        from relevance.models.calibration import fit_calibrator
 
         model.eval()
         with torch.no_grad():

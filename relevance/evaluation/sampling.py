@@ -30,7 +30,7 @@ def query_strata(queries: pd.DataFrame, traffic: pd.Series | None = None, traffi
 
     ``traffic`` (query_id → impressions or searches) is cut into ``traffic_bands`` quantile bands; queries
     without traffic information fall in one band. Length bands: ≤ 2 words, ≤ 4, longer (``length_bands``)."""
-    from relevance.text import tokenize_words
+    from relevance.models.text import tokenize_words
 
     ids = queries["query_id"].astype(str)
     words = queries["query"].astype(str).map(lambda q: len(tokenize_words(q))).to_numpy()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relevance.files import atomic_write_json, read_manifest
+from relevance.common.files import atomic_write_json, read_manifest
 
 _FLOOR = 1e-7
 

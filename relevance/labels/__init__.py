@@ -1,0 +1,1 @@
+"""Where labels come from: the unlabelled pool of candidates, the teacher's soft labels (labelling) and their capacity plan, and the human side: which pairs to grade (active) and the import of graded pairs (annotation)."""

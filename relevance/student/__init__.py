@@ -1,0 +1,1 @@
+"""The student and what it reads: the bi-encoder and its embedding cache (encoder), the one featurizer of training and serving, the pair store, the MLP (model), the GBDT on the same features, distillation from teacher labels, serving-time scoring and the ONNX / Triton export."""

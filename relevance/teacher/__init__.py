@@ -1,0 +1,1 @@
+"""The teacher: a cross-encoder over "query [SEP] item text" (model), its fine-tuning and calibration (train), where it trains (launch: this process, torchrun, a TrainJob's workers), and ensembles of saved models as one labeller."""
