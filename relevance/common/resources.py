@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # relevance/ (this file is relevance/common/resources.py)
 # name → (where a wheel puts it, where a checkout has it)
 _LOCATIONS = {
     "feature_repo": (_PACKAGE / "feature_repo", _PACKAGE.parent / "feature_repo"),
