@@ -86,13 +86,46 @@ def test_strata_with_one_scored_query_never_give_a_zero_width_interval():
     values = pd.Series({"q0": 0.1, "q1": -0.2, "q2": 0.4})
     estimate = stratified_estimate(values, strata, pd.Series({"s0": 50, "s1": 50, "s2": 50}))
     assert estimate.std_error > 0 and estimate.collapsed_strata == ["s0", "s1", "s2"]
-    # One lone single is collapsed with a partner, and the SE is no smaller than without it.
+    # One lone single borrows the other strata's pooled within-stratum variance (s² = 0.01 on 2 df here).
     strata = pd.Series({"a1": "A", "a2": "A", "a3": "A", "b1": "B"})
     values = pd.Series({"a1": 0.0, "a2": 0.1, "a3": 0.2, "b1": 0.9})
     estimate = stratified_estimate(values, strata, pd.Series({"A": 100, "B": 100}))
-    assert estimate.std_error > 0.2 and set(estimate.collapsed_strata) == {"A", "B"}
+    own, lone = 0.25 * (1 - 3 / 100) * 0.01 / 3, 0.25 * (1 - 1 / 100) * 0.01  # both on A's 2 degrees of freedom
+    assert estimate.std_error == pytest.approx((own + lone) ** 0.5) and estimate.borrowed_strata == ["B"]
+    assert estimate.df == pytest.approx((own + lone) ** 2 / (own ** 2 / 2 + lone ** 2 / 2))
+    assert estimate.collapsed_strata == [] and "pooled" in estimate.notes()[0]
     with pytest.raises(ValueError, match="at least two"):
         stratified_estimate(pd.Series({"b1": 0.5}), strata, pd.Series({"A": 100, "B": 100}))
+
+
+def test_one_lone_query_in_a_small_stratum_does_not_drown_a_clear_effect():
+    """A review found the old collapsed-strata pairing turn a clear +0.03 into "no difference": it replaced the big
+    stratum's variance by (W_big·ȳ_big − W_small·y)², the squared effect itself, on one degree of freedom (34×
+    wider, power 100% → 0%). Borrowing the pooled variance keeps the interval about as wide as without the lone
+    query."""
+    rng = np.random.default_rng(3)
+    sizes = pd.Series({"big": 9900, "small": 100})
+    found = []
+    for _ in range(50):
+        big = pd.Series(rng.normal(0.03, 0.06, 200), index=[f"b{i}" for i in range(200)])
+        lone = pd.Series({"s0": float(rng.normal(0.03, 0.06))})
+        strata = pd.Series({**{q: "big" for q in big.index}, "s0": "small"})
+        with_lone = stratified_estimate(pd.concat([big, lone]), strata, sizes)
+        without = stratified_estimate(big, strata, sizes)
+        width = lambda e: e.interval[1] - e.interval[0]  # noqa: E731
+        found.append((width(with_lone) / width(without), with_lone.interval[0] > 0))
+    ratios, significant = zip(*found)
+    assert max(ratios) < 1.5 and np.mean(significant) > 0.95
+
+
+def test_a_stratum_sampled_whole_adds_no_variance_and_is_not_collapsed():
+    strata = pd.Series({"a1": "A", "a2": "A", "a3": "A", "c1": "C"})
+    values = pd.Series({"a1": 0.0, "a2": 0.1, "a3": 0.2, "c1": 5.0})
+    estimate = stratified_estimate(values, strata, pd.Series({"A": 100, "C": 1}))
+    alone = stratified_estimate(values[["a1", "a2", "a3"]], strata, pd.Series({"A": 100}))
+    weight = 100 / 101
+    assert estimate.std_error == pytest.approx(weight * alone.std_error)
+    assert estimate.collapsed_strata == [] and estimate.borrowed_strata == []
 
 
 def test_a_stratum_with_nothing_scored_does_not_shrink_the_mean():

@@ -121,6 +121,8 @@ class Estimate:
     collapsed_strata: list[str] = field(default_factory=list)
     # Degrees of freedom of the variance estimate (Satterthwaite); None: large, the normal quantile.
     df: float | None = None
+    # A lone stratum with a single scored query: its variance is the other strata's pooled within-stratum one.
+    borrowed_strata: list[str] = field(default_factory=list)
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -137,7 +139,8 @@ class Estimate:
         low, high = self.interval
         return {"mean": self.mean, "std_error": self.std_error, "n": self.n, "confidence": self.confidence,
                 "ci_low": low, "ci_high": high, "df": self.df, "empty_strata": self.empty_strata,
-                "empty_weight": self.empty_weight, "collapsed_strata": self.collapsed_strata}
+                "empty_weight": self.empty_weight, "collapsed_strata": self.collapsed_strata,
+                "borrowed_strata": self.borrowed_strata}
 
     def notes(self) -> list[str]:
         """What the estimator changed, in words, for a report."""
@@ -145,10 +148,13 @@ class Estimate:
         if self.empty_strata:
             out.append(f"{len(self.empty_strata)} stratum/strata with no scored query ({self.empty_weight:.1%} of the "
                        "population) left out; the estimate is of the scored strata, weights renormalised")
+        df = "" if self.df is None else f" with {self.df:.1f} degrees of freedom (Satterthwaite)"
         if self.collapsed_strata:
-            df = "" if self.df is None else f" with {self.df:.1f} degrees of freedom (Satterthwaite)"
-            out.append(f"{len(self.collapsed_strata)} strata collapsed for the variance because some had one scored "
-                       f"query (Cochran's collapsed-strata estimator); the interval uses Student's t{df}")
+            out.append(f"{len(self.collapsed_strata)} strata with one scored query each collapsed for the variance "
+                       f"(the collapsed-strata estimator); the interval uses Student's t{df}")
+        if self.borrowed_strata:
+            out.append(f"stratum {self.borrowed_strata[0]} had one scored query: its variance is the other strata's "
+                       f"pooled within-stratum variance; the interval uses Student's t{df}")
         return out
 
 
@@ -166,14 +172,42 @@ def _scored_strata(values: pd.Series, strata: pd.Series, population: pd.Series) 
     return frame, scored / scored.sum()
 
 
-def _partner(single, groups: dict) -> object:
-    """The stratum a lone single-query stratum is collapsed with: the most similar one (sharing the most parts of
-    its name: locale, length band, traffic band), as Cochran pairs neighbouring strata; ties go to the smallest."""
-    parts = set(str(single).split("|"))
-    others = [(len(parts & set(str(h).split("|"))), -len(y), str(h), h) for h, y in groups.items() if len(y) > 1]
-    if not others:
-        raise ValueError("one scored query: a standard error needs at least two")
-    return max(others)[3]
+def _variance_components(groups: dict, weights: pd.Series, population: pd.Series) -> tuple[list, list, list]:
+    """(variance, degrees of freedom) per component of the stratified variance, and the strata whose variance was
+    collapsed or borrowed. A stratum sampled whole (n_h = N_h) has no sampling variance and adds nothing."""
+    components, singles = [], []
+    for h, y in groups.items():
+        if len(y) >= float(population[h]):
+            continue  # a census of the stratum
+        if len(y) == 1:
+            singles.append(h)
+        else:
+            components.append((weights[h] ** 2 * (1 - len(y) / float(population[h])) * y.var(ddof=1) / len(y),
+                               len(y) - 1))
+    collapsed, borrowed = [], []
+    if len(singles) >= 2:
+        # Hansen–Hurwitz–Madow's size-adjusted collapsed-strata estimator: the spread of the singles' weighted
+        # deviations from their weighted group mean, k/(k−1)·Σ W_h²(ȳ_h − ȳ_G)² on k − 1 degrees of freedom. The
+        # unadjusted form, the spread of W_h·ȳ_h, counts the strata's different sizes as variance.
+        w = np.array([weights[h] for h in singles])
+        y = np.array([groups[h].iloc[0] for h in singles])
+        centre = float((w * y).sum() / w.sum())
+        components.append((len(singles) / (len(singles) - 1) * float((w ** 2 * (y - centre) ** 2).sum()),
+                           len(singles) - 1))
+        collapsed = singles
+    elif singles:
+        # One single: it borrows the pooled within-stratum variance of the strata that have one, on their pooled
+        # degrees of freedom. Pairing it with a neighbour would replace the neighbour's variance by the squared
+        # difference of two weighted means, roughly the squared effect itself: an interval that always holds 0.
+        pooled = [(len(y) - 1, float(y.var(ddof=1))) for y in groups.values() if len(y) > 1]
+        df = sum(d for d, _ in pooled)
+        if not df:
+            raise ValueError("one scored query: a standard error needs at least two in one stratum")
+        h = singles[0]
+        components.append((weights[h] ** 2 * (1 - 1 / float(population[h])) * sum(d * v for d, v in pooled) / df,
+                           df))
+        borrowed = singles
+    return components, collapsed, borrowed
 
 
 def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Series,
@@ -184,9 +218,9 @@ def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Ser
     - A stratum with no scored query (e.g. the judge found nothing relevant in any of its sampled queries) cannot
       be estimated: it is left out and the other weights renormalised over the scored strata. Keeping its weight
       would shrink the mean toward zero; the Estimate records the strata and the share they held.
-    - A stratum with one scored query has no variance of its own. Such strata are pooled (a lone one with its most
-      similar stratum) and their variance taken from the spread of their weighted means, Cochran's
-      collapsed-strata estimator (1977, §5A.11), which overstates the variance in expectation.
+    - A stratum with one scored query has no variance of its own. Two or more such strata are collapsed into one
+      group and their variance taken from the spread of their means (Cochran, 1977, §5A.11, size-adjusted as
+      Hansen, Hurwitz and Madow do); a lone one borrows the other strata's pooled within-stratum variance.
     - The interval uses Student's t with Satterthwaite's degrees of freedom over the variance components (n_h − 1
       per stratum, k − 1 for a collapsed group of k): a variance resting on a few strata gets the wider interval it
       needs, where the normal quantile would under-cover.
@@ -196,23 +230,12 @@ def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Ser
     empty = sorted(str(h) for h in population.index if h not in groups and population[h] > 0)
     empty_weight = float(population[population.index.isin(empty)].sum() / population.sum())
     mean = float(sum(weights[h] * y.mean() for h, y in groups.items()))
-    collapsed = [h for h, y in groups.items() if len(y) == 1]
-    if len(collapsed) == 1:
-        collapsed.append(_partner(collapsed[0], groups))
-    components: list[tuple[float, float]] = []  # (variance, degrees of freedom)
-    for h, y in groups.items():
-        if h not in collapsed:
-            components.append((weights[h] ** 2 * (1 - len(y) / float(population[h])) * y.var(ddof=1) / len(y),
-                               len(y) - 1))
-    if collapsed:
-        totals = np.array([weights[h] * groups[h].mean() for h in collapsed])
-        components.append((len(totals) / (len(totals) - 1) * float(((totals - totals.mean()) ** 2).sum()),
-                           len(totals) - 1))
+    components, collapsed, borrowed = _variance_components(groups, weights, population)
     variance = sum(v for v, _ in components)
     spread = sum(v * v / d for v, d in components if d > 0)
     df = variance ** 2 / spread if spread > 0 else None
     return Estimate(mean, math.sqrt(variance), int(len(frame)), confidence, empty, empty_weight,
-                    sorted(str(h) for h in collapsed), df)
+                    sorted(str(h) for h in collapsed), df, sorted(str(h) for h in borrowed))
 
 
 def population_variance(values: pd.Series, strata: pd.Series | None = None,
