@@ -52,6 +52,9 @@ class Plan:
     command: list[str]
     registry_change: str
     apply_registry: Callable[[], object] | None = field(repr=False, default=None)
+    # Re-checks, just before the traffic moves, what the plan assumed of the registry (the canary alias): the
+    # registry step checks it again, but by then the traffic has moved.
+    precheck: Callable[[], object] | None = field(repr=False, default=None)
 
     @property
     def command_line(self) -> str:
@@ -128,14 +131,17 @@ def plan_promote(config: RunConfig, registry: Registry, analysed: int | None = N
     patch = {"spec": {"predictor": {"canaryTrafficPercent": None,
                                     "model": {"storageUri": model_repository_uri(source)}}}}
 
-    def apply_registry() -> None:
+    def precheck() -> None:
         _require_canary(registry, name, challenger, "promotion")  # the alias may have moved since the plan
+
+    def apply_registry() -> None:
+        precheck()
         registry.promote(name, challenger)
         registry.client.delete_registered_model_alias(name, CANARY)
 
     return Plan("promote", patch, _patch_command(config, patch),
                 f"{name}: {CHAMPION} → v{challenger} (was v{registry.alias_version(name, CHAMPION)}; kept for "
-                "rollback)", apply_registry)
+                "rollback)", apply_registry, precheck)
 
 
 def plan_rollback(config: RunConfig, registry: Registry, analysed: int | None = None) -> Plan:
@@ -157,13 +163,17 @@ def plan_rollback(config: RunConfig, registry: Registry, analysed: int | None = 
         patch = {"spec": {"predictor": {"canaryTrafficPercent": 0,
                                         "model": {"storageUri": model_repository_uri(source)}}}}
 
-        def apply_registry() -> None:
+        def precheck() -> None:
             _require_canary(registry, name, challenger, "rollback")  # the alias may have moved since the plan
+
+        def apply_registry() -> None:
+            precheck()
             registry.client.delete_registered_model_alias(name, CANARY)
             registry.client.set_model_version_tag(name, str(challenger), "canary", "rolled back")
 
         return Plan("rollback", patch, _patch_command(config, patch),
-                    f"{name}: {CANARY} alias v{challenger} removed (champion stays v{champion})", apply_registry)
+                    f"{name}: {CANARY} alias v{challenger} removed (champion stays v{champion})", apply_registry,
+                    precheck)
     previous = registry.client.get_registered_model(name).tags.get(PREVIOUS_CHAMPION_TAG)
     if not previous:
         raise CanaryError(f"{name}: no canary is running and no promotion to undo (no {PREVIOUS_CHAMPION_TAG!r} tag)")
@@ -203,10 +213,16 @@ def apply(config: RunConfig, plan: Plan, send: Callable[[Plan], str] | None = No
     """Move the traffic, then the registry aliases. ``send`` moves the traffic: kubectl against the cluster by
     default (:func:`send_with_kubectl`); `relevance canary watch` passes the local splitter's instead, so that the
     same plans and the same registry step run in both."""
+    if plan.precheck is not None:
+        plan.precheck()  # someone else moved the canary alias since the plan: nothing is sent
     out = send(plan) if send is not None else send_with_kubectl(config, plan)
     if plan.apply_registry is not None:
         try:
             plan.apply_registry()
+        except CanaryError as error:  # the alias moved between the check and now: finishing by hand would undo it
+            raise CanaryError(f"the traffic was moved ({plan.action}), then the registry step found that someone "
+                              f"else acted ({error}): check the registry's aliases and the traffic split before "
+                              "anything else; do not finish this step by hand") from None
         except Exception as error:  # MlflowException and friends: the traffic has moved, say what is left
             raise CanaryError(f"the traffic was moved ({plan.action}) but the registry was not ({error}); do the "
                               f"registry step by hand: {plan.registry_change}") from None

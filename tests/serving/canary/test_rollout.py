@@ -140,3 +140,29 @@ def test_a_plan_moves_the_registry_only_if_the_canary_is_still_the_one_it_was_ma
     assert registry.alias_version(name, CHAMPION) == 1
     with pytest.raises(CanaryError, match="decided for .* v2, but the 'canary' alias now names nothing"):
         plan_rollback(config, registry, analysed=2)
+
+
+def test_apply_sends_nothing_when_the_canary_alias_moved_since_the_plan(registry_config):
+    """The traffic must not move on a plan whose canary someone else ended: the registry step would then refuse,
+    and the old advice (finish the registry step by hand) would undo the other person's action."""
+    from relevance.serving.canary.rollout import apply
+
+    config, registry = registry_config
+    name = config.registry.student_name
+    plan_start(config, registry, 2, 10).apply_registry()
+    promote = plan_promote(config, registry, analysed=2)
+    registry.client.delete_registered_model_alias(name, CANARY_ALIAS)
+    sent = []
+    with pytest.raises(CanaryError, match="now names nothing"):
+        apply(config, promote, send=lambda plan: sent.append(plan) or "sent")
+    assert sent == []
+
+    plan_start(config, registry, 2, 10).apply_registry()
+    abort = plan_rollback(config, registry, analysed=2)
+
+    def send_then_someone_acts(plan):
+        registry.client.delete_registered_model_alias(name, CANARY_ALIAS)  # between the send and the registry step
+        return "sent"
+
+    with pytest.raises(CanaryError, match="someone else acted .* do not finish this step by hand"):
+        apply(config, abort, send=send_then_someone_acts)
