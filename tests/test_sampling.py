@@ -10,6 +10,7 @@ import pytest
 from relevance.evaluation.sampling import (
     allocate,
     minimum_detectable_effect,
+    population_variance,
     queries_needed,
     query_strata,
     srs_estimate,
@@ -196,3 +197,17 @@ def test_a_variance_of_zero_is_reported_not_a_crash():
     strata = pd.Series({"a": "A", "b": "B"})
     estimate = stratified_estimate(pd.Series({"a": 0.0, "b": 0.0}), strata, pd.Series({"A": 10, "B": 10}))
     assert estimate.std_error == 0 and estimate.df is None and "collapsed" in estimate.notes()[0]
+
+
+def test_single_query_strata_do_not_count_as_zero_variance_in_the_srs_comparison():
+    strata = pd.Series({"a1": "A", "a2": "A", "a3": "A", "b1": "B", "c1": "C"})
+    values = pd.Series({"a1": 0.0, "a2": 0.2, "a3": 0.4, "b1": 0.2, "c1": 0.2})
+    sizes = pd.Series({"A": 100, "B": 100, "C": 100})
+    # every stratum mean is 0.2: S² is the within-stratum variance, 0.04, A's and (borrowed) B's and C's alike
+    assert population_variance(values, strata, sizes) == pytest.approx(0.04)
+
+
+def test_the_minimum_detectable_effect_uses_the_intervals_distribution():
+    assert minimum_detectable_effect(0.01) == pytest.approx(0.028, abs=1e-3)
+    assert minimum_detectable_effect(0.01, df=5) > 1.15 * minimum_detectable_effect(0.01)
+    assert minimum_detectable_effect(0.01, df=5000) == pytest.approx(minimum_detectable_effect(0.01))

@@ -251,7 +251,13 @@ def population_variance(values: pd.Series, strata: pd.Series | None = None,
     frame, weights = _scored_strata(values, strata, population)
     groups = frame.groupby("h")["y"]
     means = groups.mean().reindex(weights.index)
-    within = groups.var(ddof=1).fillna(0.0).reindex(weights.index)
+    within = groups.var(ddof=1).reindex(weights.index)
+    # A stratum with one scored query has no variance of its own: it takes the pooled within-stratum variance of
+    # the others (as stratified_estimate does), not zero, which would understate S² when many strata are singles.
+    counts = groups.size().reindex(weights.index)
+    pooled_df = (counts - 1).clip(lower=0).sum()
+    pooled = float(((counts - 1).clip(lower=0) * within.fillna(0.0)).sum() / pooled_df) if pooled_df else 0.0
+    within = within.fillna(pooled)
     mean = float((weights * means).sum())
     return float((weights * within).sum() + (weights * (means - mean) ** 2).sum())
 
@@ -279,10 +285,17 @@ def _z(p: float) -> float:
     return NormalDist().inv_cdf(p)
 
 
-def minimum_detectable_effect(std_error: float, alpha: float = 0.05, power: float = 0.8) -> float:
+def minimum_detectable_effect(std_error: float, alpha: float = 0.05, power: float = 0.8,
+                              df: float | None = None) -> float:
     """The smallest true difference a two-sided test at level ``alpha`` detects with probability ``power``,
-    given the estimate's standard error: (z_{1−α/2} + z_power) · SE."""
-    return (_z(1 - alpha / 2) + _z(power)) * std_error
+    given the estimate's standard error: (z_{1−α/2} + z_power) · SE, or with ``df`` (the estimate's degrees of
+    freedom) Student's t quantiles, the same distribution its interval uses."""
+    if df is None or df >= 1000:
+        return (_z(1 - alpha / 2) + _z(power)) * std_error
+    from scipy.stats import t
+
+    df = max(float(df), 1.0)
+    return float(t.ppf(1 - alpha / 2, df) + t.ppf(power, df)) * std_error
 
 
 def queries_needed(effect: float, per_query_std: float, alpha: float = 0.05, power: float = 0.8,
