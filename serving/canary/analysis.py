@@ -99,8 +99,9 @@ class SloEvidence:
     errors: int
     p50_ms: float | None
     p99_ms: float | None
-    # Its counters went down inside the window: the process restarted (a crash, an OOM kill, a rescheduled pod),
-    # and the numbers above count only what it served since.
+    # The same instance (host) with a later process start inside the window: the process restarted (a crash, an
+    # OOM kill), and the numbers above count only what it served since. A rescheduled pod is another host: no
+    # evidence at all (analysis.EvidenceError), not a restart.
     restarted: bool = False
 
     @property
@@ -239,8 +240,8 @@ def decide(quality: list[QualityEvidence], slo: dict[str, SloEvidence], config: 
     breaches = []
     if challenger is not None:
         if challenger.restarted:
-            breaches.append("the challenger restarted during the analysis window (its counters went down): a crash, "
-                            "an OOM kill or a rescheduled pod")
+            breaches.append("the challenger restarted during the analysis window (the same instance, a later process "
+                            "start): a crash or an OOM kill")
         if challenger.error_rate > config.max_error_rate:
             breaches.append(f"challenger error rate {challenger.error_rate:.2%} > SLO {config.max_error_rate:.2%}")
         if challenger.p99_ms is not None and challenger.p99_ms > config.max_p99_ms:
