@@ -68,6 +68,18 @@ def _touched_agreement(dataset, teacher_dir: Path) -> dict:
                            teacher.item_texts(dataset.items))["overall"]
 
 
+def _design_sentence(allocation: str, result: dict) -> str:
+    """What one sampling design estimated and what it did to the variance, said plainly: Neyman allocates from
+    pilot standard deviations, and a pilot of a few queries per stratum can misallocate (a design effect over 1)."""
+    d, reduction = result["difference"], result["variance_reduction"] or 0.0
+    effect = 1 - reduction
+    verdict = (f"cut the variance by {reduction:.0%}" if effect <= 1 else
+               f"raised the variance {effect:.2f}× (design effect over 1"
+               + ("; its pilot was too small to guide the allocation)" if allocation == "neyman" else ")"))
+    return (f"{allocation.capitalize()} allocation: {d['mean']:+.4f} ({d['ci_low']:+.4f} .. {d['ci_high']:+.4f}) on "
+            f"{result['scored_queries']} queries, {verdict}")
+
+
 def run(steps, args, command: str) -> dict:
     from benchmarks.studies import figure_png, record, table
     from relevance.chain import Chain
@@ -164,9 +176,9 @@ def run(steps, args, command: str) -> dict:
                  "; the independent judge (the mpnet-base teacher of configs/homedepot.yaml) was not rerun: its "
                  "teacher was not trained on this machine (`make bench-quality`, hours on 2 CPU cores)")
               + ". The candidates also differ (BM25 top-50 reranked vs the judged candidates of test). "
-              "Stratification cut the variance by "
-              + ", ".join(f"{(judged[a]['variance_reduction'] or 0):.0%} ({a})" for a in ALLOCATIONS)
-              + " against simple random sampling on the same data; minimum detectable effect "
+              + "; ".join(_design_sentence(a, judged[a]) for a in ALLOCATIONS)
+              + " (design effect: the design's variance over simple random sampling's on the same data); minimum "
+              "detectable effect "
               f"{neyman['minimum_detectable_effect']:.4f}, and a 0.01 effect would need {neyman['queries_for_0.01']} "
               "queries.")
     return record("judged", sys.modules[__name__], answer, [table(
