@@ -261,11 +261,19 @@ class Dataset:
         fraction = self.info.judge_holdout_fraction
         if not fraction:
             return self.queries.iloc[:0]
+        # Hashing every query text costs ~10 s per million queries, and the pool, its check and every saved model's
+        # manifest ask: kept for as long as the tables are the same objects of the same size.
+        key = (fraction, id(self.queries), len(self.queries), id(self.judgments), len(self.judgments))
+        cached = self.__dict__.get("_judge_holdout")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         # Unjudged by id and by text: a source may give a judged query a second id, whose text the student learnt.
         text = self.queries["query"].map(normalize_query)
         judged = self.queries["query_id"].isin(self.judgments["query_id"])
         unjudged = ~judged & ~text.isin(set(text[judged]))
-        return self.queries[unjudged & in_slice(self.queries["query"], fraction, JUDGE_HOLDOUT_SALT)]
+        holdout = self.queries[unjudged & in_slice(self.queries["query"], fraction, JUDGE_HOLDOUT_SALT)]
+        self.__dict__["_judge_holdout"] = (key, holdout)
+        return holdout
 
     def judge_holdout_fingerprint(self) -> dict | None:
         """What the pool and every model over the pool record of the judge holdout they were built without: the

@@ -245,10 +245,12 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
             "encoder_fingerprint": manifest["encoder_fingerprint"], "catalog_hash": manifest["catalog_hash"],
             # How item text was assembled and what the grades mean: an offline replay (relevance evaluate,
             # judge-eval) rebuilds the same features and reads the probabilities right.
-            "text": manifest["text"], "dataset": manifest["dataset"], "judge_holdout": manifest.get("judge_holdout"),
+            "text": manifest["text"], "dataset": manifest["dataset"],
             "catalog_items": int(len(item_text)), "int8": int8,
             "max_abs_diff": {result.path.stem: result.max_abs_diff for result in results},
         }
+        if "judge_holdout" in manifest:  # a student made before the record existed has none, and its bundle neither
+            bundle["judge_holdout"] = manifest["judge_holdout"]
         (tmp / "bundle.json").write_text(json.dumps(bundle, indent=2))
     out_dir = Path(out_dir)
     return [ExportResult(out_dir / r.path.name, r.max_abs_diff, r.inputs, r.outputs) for r in results]
