@@ -7,7 +7,8 @@ override it per run with its ``image`` parameter.
 
 KFP serialises each function's source into the pipeline YAML, so imports live inside the functions. Every step
 reads the run's configuration from the ``run_config`` artifact (a validated relevance.config.RunConfig as JSON,
-made once by :func:`resolve_config`), so a step never re-derives settings on its own. (An artifact rather than a
+made once by :func:`resolve_config`, read back by relevance.config.read_run_config), so a step never re-derives
+settings on its own. (An artifact rather than a
 string parameter also because kfp.local replaces task-output parameters inside a ParallelFor with the loop item.)
 """
 
@@ -17,10 +18,15 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
+from relevance.config.steps import declared_step
+
 IMAGE = os.environ.get("RELEVANCE_IMAGE", "ghcr.io/relevance-platform/relevance:0.1.0")
 
 
 def component(function):
+    """A KFP component of the step declared under the function's name (relevance.config.steps): a component
+    nobody declared would have no pod, retries or caching of its own."""
+    declared_step(function.__name__)
     return dsl.component(function, base_image=IMAGE, install_kfp_package=False)
 
 
@@ -40,10 +46,10 @@ def resolve_config(profile: str, overrides_json: str, run_config: Output[Artifac
 def prepare_data(run_config: Input[Artifact], dataset: Output[Dataset]):
     """Read the source named by data.* (an adapter, a prepared directory, or the synthetic shop) into the
     data contract's tables."""
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.data import prepare
 
-    prepare(RunConfig.model_validate_json(open(run_config.path).read()).data, dataset.path)
+    prepare(read_run_config(run_config.path).data, dataset.path)
 
 
 @component
@@ -53,10 +59,10 @@ def validate_data(run_config: Input[Artifact], dataset: Input[Dataset], data_doc
     the next step (require_valid_data) stops the pipeline when a suite failed."""
     import json
 
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.platform.validation import validate_dataset
 
-    report = validate_dataset(dataset.path, RunConfig.model_validate_json(open(run_config.path).read()).validation, data_docs.path)
+    report = validate_dataset(dataset.path, read_run_config(run_config.path).validation, data_docs.path)
     validation.log_metric("success", float(report.success))
     validation.log_metric("failed_expectations", float(len(report.failures)))
     validation.log_metric("checked_expectations", float(sum(report.checked.values())))
@@ -79,11 +85,11 @@ def require_valid_data(validation: Input[Metrics], data_docs: Input[Artifact]):
 @component
 def compute_features(run_config: Input[Artifact], dataset: Input[Dataset], feature_repo: Output[Artifact]):
     """The student's item features → Feast offline store (parquet) → `feast apply` → materialize online."""
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
     from relevance.platform.feature_store import materialize_features
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     versions = materialize_features(config, Tables.load(dataset.path), feature_repo.path)
     feature_repo.metadata.update(versions)
 
@@ -97,10 +103,10 @@ def finetune_teacher(run_config: Input[Artifact], dataset: Input[Dataset], teach
     import json
     from pathlib import Path
 
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.platform.trainjob import launch_teacher_training
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     launch_teacher_training(config, dataset.path, Path(teacher.path))
     manifest = json.loads((Path(teacher.path) / "manifest.json").read_text())
     teacher.metadata["teacher_version"] = manifest["teacher_version"]
@@ -122,12 +128,12 @@ def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], parallelism
     import pyarrow.parquet as pq
 
     from relevance.common.console import log
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
     from relevance.labels.capacity import plan_for
     from relevance.labels.pool import build_pool as build
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     build(config, Tables.load(dataset.path, with_impressions=False), Path(pool.path),
           Path(dataset.path) / "impressions.parquet")
     rows = pq.ParquetFile(pool.path).metadata.num_rows
@@ -149,11 +155,11 @@ def label_shard(run_config: Input[Artifact], dataset: Input[Dataset], teacher: I
                 shard_index: int, labels: Output[Dataset]):
     """Teacher soft labels for one shard of the pool (one task of the fan-out), of the size build_pool planned.
     Safe to retry: a shard file is written atomically, whole or not at all."""
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
     from relevance.labels.labelling import label_pool
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     shard_rows = int(pool.metadata["shard_rows"])  # a float after kfp.local's JSON round trip
     label_pool(teacher.path, pool.path, Tables.load(dataset.path, with_impressions=False), labels.path,
                config.labeling.model_copy(update={"shard_rows": shard_rows}), shards=[int(shard_index)])
@@ -170,7 +176,7 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
     import tempfile
     from pathlib import Path
 
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
     from relevance.labels.labelling import label_chunks
     from relevance.platform.feature_store import item_features_from_store
@@ -178,7 +184,7 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
     from relevance.student.distillation import train_students
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     tables = Tables.load(dataset.path, with_impressions=False)
     chunks = label_chunks([shard.path for shard in labels], tables.num_grades, pool_path=pool.path)
     validate_label_chunks(chunks, tables.num_grades, config.validation).raise_for_failures()
@@ -202,11 +208,11 @@ def evaluate_student(run_config: Input[Artifact], dataset: Input[Dataset], stude
     read from Feast) on the same evaluation split; decides the gate."""
     from pathlib import Path
 
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
     from relevance.platform.registry import evaluate_challenger
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     outcome = evaluate_challenger(config, Tables.load(dataset.path), Path(student.path), Path(teacher.path),
                                   Path(report.path), Path(feature_repo.path))
     for name, value in outcome["metrics"].items():
@@ -231,12 +237,12 @@ def export_onnx(run_config: Input[Artifact], dataset: Input[Dataset], student: I
     tokenizer, the catalog's BM25 index, and the Triton model repository that the InferenceService loads."""
     from pathlib import Path
 
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
     from relevance.serving.model_repository import build_model_repository
     from relevance.student.export import export_bundle
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     items = Tables.load(dataset.path, with_impressions=False).items
     for result in export_bundle(student.path, onnx_model.path, items):
         onnx_model.metadata[f"{result.path.stem}_max_abs_diff"] = float(result.max_abs_diff)
@@ -251,10 +257,10 @@ def register_models(run_config: Input[Artifact], dataset: Input[Dataset], teache
     """Register teacher and student in MLflow with params, metrics and lineage; the student as `challenger`."""
     from pathlib import Path
 
-    from relevance.config import RunConfig
+    from relevance.config import read_run_config
     from relevance.platform.registry import register_run
 
-    config = RunConfig.model_validate_json(open(run_config.path).read())
+    config = read_run_config(run_config.path)
     versions = register_run(config, Path(dataset.path), Path(teacher.path), Path(student.path),
                             Path(onnx_model.path), dict(evaluation.metadata), dict(validation.metadata),
                             dict(feature_repo.metadata))

@@ -23,10 +23,32 @@ import os
 from kfp import dsl, kubernetes
 
 from relevance.components import steps
-from relevance.config import ClusterConfig, build_config, cpu_cores
+from relevance.config import PIPELINE_STEPS, ClusterConfig, build_config, cpu_cores, declared_step
 from relevance.labels.capacity import plan_for
 
 PIPELINE_NAME = "relevance-distillation-training"
+
+
+def step_name(task: dsl.PipelineTask) -> str:
+    """The declared step (relevance.config.steps) that ``task`` runs: its component's name."""
+    return task.component_spec.name.replace("-", "_")
+
+
+def configure_step(task: dsl.PipelineTask, cluster: ClusterConfig, image, thread_env: bool = True):
+    """``task`` as its declaration says: its pod's settings from the config's cluster section, KFP's cache off
+    where its output must not be reused, and one image for every step, chosen per run."""
+    apply_cluster_settings(task, cluster, thread_env)
+    if not declared_step(step_name(task)).cacheable:
+        task.set_caching_options(False)
+    return task.set_container_image(image)
+
+
+def require_every_step(built: list[str]) -> None:
+    """Every declared step is in the DAG: a step declared in relevance.config.steps but never added here fails the
+    compilation, not a run."""
+    missing = [name for name in PIPELINE_STEPS if name not in built]
+    if missing:
+        raise ValueError(f"declared pipeline steps missing from the DAG (pipelines/training.py): {missing}")
 
 
 def apply_cluster_settings(task: dsl.PipelineTask, cluster: ClusterConfig, thread_env: bool = True) -> None:
@@ -35,7 +57,7 @@ def apply_cluster_settings(task: dsl.PipelineTask, cluster: ClusterConfig, threa
 
     With ``thread_env``, a step with a CPU limit also gets RELEVANCE_THREADS: a container sees every core of its
     node, and torch would start a thread per core against a quota of a few."""
-    step = task.component_spec.name.replace("-", "_")
+    step = step_name(task)
     settings = cluster.step(step)
     task.set_cpu_request(settings.cpu_request).set_memory_request(settings.memory_request)
     if settings.cpu_limit:
@@ -81,6 +103,7 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
     launcher = config.teacher.distributed
     trainjob = launcher.trainjob if launcher.launcher == "trainjob" else None
     default_profile, default_overrides = profile, json.dumps(overrides or {})
+    built = []  # the steps added to the DAG
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Fine-tune an LLM cross-encoder teacher on graded pairs, label a pool, distil a student, "
@@ -102,10 +125,8 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
             image: Container image every step runs in (built from infra/docker).
         """
         def step(task):
-            # Its pod's settings from the config's cluster section, and one image for every step, chosen per run;
-            # caching stays on except where a step reads the registry.
-            apply_cluster_settings(task, cluster, thread_env=not local)
-            return task.set_container_image(image)
+            built.append(step_name(task))
+            return configure_step(task, cluster, image, thread_env=not local)
 
         config = step(steps.resolve_config(profile=profile, overrides_json=overrides_json))
         config.set_display_name("resolve config")
@@ -132,17 +153,16 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
         evaluation = step(steps.evaluate_student(run_config=settings, dataset=dataset,
                                                  student=student.outputs["student"], teacher=teacher.outputs["teacher"],
                                                  feature_repo=features.outputs["feature_repo"]))
-        evaluation.set_caching_options(False)  # compares with the registry's current champion, which changes
         export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"]))
         decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))
         with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
-            register = step(steps.register_models(
+            step(steps.register_models(
                 run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
                 student=student.outputs["student"], onnx_model=export.outputs["onnx_model"],
                 evaluation=evaluation.outputs["evaluation"], validation=validation.outputs["validation"],
                 feature_repo=features.outputs["feature_repo"]))
-            register.set_caching_options(False)
 
+    require_every_step(built)
     return training_pipeline
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from relevance.config import LabelingCapacityConfig
+from relevance.config import LabelFanOutConfig
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def pairs_per_s_from_flops(parameters: float, tokens_per_pair: float, peak_flops
     return mfu * peak_flops / (2 * parameters * tokens_per_pair)
 
 
-def plan_for(capacity: LabelingCapacityConfig, pool_rows: int | None = None, max_devices: int | None = None,
+def plan_for(capacity: LabelFanOutConfig, pool_rows: int | None = None, max_devices: int | None = None,
              strict: bool = False) -> LabellingPlan:
     """The plan for a run config's ``cluster.labeling``: for ``expected_pool_rows`` when the pipeline is compiled
     (``strict``: the deadline must be met within ``max_devices``), for the pool's actual rows and the compiled

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relevance.config import LabelingConfig
+from relevance.config import PoolLabellingConfig
 from relevance.data.schema import Dataset, DataContractError, prob_columns, validate_teacher_labels
 from relevance.common.files import atomic_write, atomic_write_json, sha256_of_files
 from relevance.common.runtime import progress_bar, set_threads
@@ -116,7 +116,7 @@ def write_label_shard(path: Path, shard: pd.DataFrame, probs, teacher_version: s
 
 
 def label_pool(teacher_dir: str | Path, pool_path: str | Path, dataset: Dataset, out_dir: str | Path,
-               config: LabelingConfig, shards: list[int] | None = None) -> list[Path]:
+               config: PoolLabellingConfig, shards: list[int] | None = None) -> list[Path]:
     """Label every shard of the pool (or the given ones, e.g. one task of a fan-out), skipping shards already
     done. ``dataset`` gives the query and item texts."""
     set_threads()

@@ -113,10 +113,10 @@ def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
     assert len(online["embedding"][0]) == 32 and online["embedding"][1] is None  # tiny BERT: 32-d
     assert online["lexical_text"][0]
     # every shard of the fan-out was labelled exactly once, cut by the labelling plan for the compiled parallelism
-    from relevance.config import LabelingCapacityConfig
+    from relevance.config import LabelFanOutConfig
     from relevance.labels.capacity import plan_for
 
-    capacity = LabelingCapacityConfig(**TINY_LABELLING)
+    capacity = LabelFanOutConfig(**TINY_LABELLING)
     shards = sorted(p.name for p in run_dir.glob("for-loop-*/label-shard/labels/shard-*.parquet"))
     pool_rows = len(pd.read_parquet(run_dir / "build-pool" / "pool"))
     parallelism = plan_for(capacity, strict=True).devices

@@ -1,0 +1,90 @@
+"""Online scoring (names, request limits, caches, Triton batching) and the canary rollout that decides whether a new
+student replaces the one serving."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt, model_validator
+
+from relevance.config.base import K8S_NAME, Strict
+
+
+class ServingConfig(Strict):
+    """Online scoring: the names the InferenceService and Triton use, request limits, and the caches.
+
+    Limits bound what one request may cost: anything over them is refused with a 400 naming the limit.
+    """
+
+    model_name: str = Field("relevance-student", pattern=K8S_NAME)  # a Kubernetes name
+    max_candidates: int = Field(1000, ge=1)
+    max_query_chars: int = Field(512, ge=1)
+    max_item_id_chars: int = Field(256, ge=1)
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Query embeddings: W-TinyLFU (theine), which keeps the frequent head of a Zipf stream better than LRU.
+    query_cache_size: int = Field(10_000, ge=0)  # 0: no cache
+    # Item features read from the online store are kept this long: materialization is hourly at the most.
+    item_cache_size: int = Field(200_000, ge=0)
+    item_cache_ttl_seconds: float = Field(300.0, gt=0)
+    int8: bool = False  # serve the per-channel int8 student and encoder (their quality delta: benchmarks/serving)
+    onnx_threads: int = Field(1, ge=1)  # intra-op threads per session: one core per server process
+    triton_max_batch_size: int = Field(4096, ge=1)  # rows (candidates), across the requests Triton batches
+    triton_max_queue_delay_us: int = Field(200, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_holds_a_request(self) -> ServingConfig:
+        if self.triton_max_batch_size < self.max_candidates:
+            raise ValueError(f"triton_max_batch_size ({self.triton_max_batch_size}) must be at least "
+                             f"max_candidates ({self.max_candidates}): one request is one batch of candidates")
+        return self
+
+
+class CanaryConfig(Strict):
+    """Canary rollout of a student on KServe (infra/kserve) and the analysis that decides it.
+
+    The InferenceService is named ``serving.model_name``. A canary splits the predictor (the student on Triton);
+    the transformer is shared, so a challenger must have the champion's feature version.
+    """
+
+    namespace: str = Field("relevance", pattern=K8S_NAME)
+    # What `--dry-run` patches with `kubectl patch --local`: a shipped overlay (dev, prod, canary) or a directory.
+    overlay: str = "prod"
+    kubectl: str = "kubectl"
+    # Analysis: nDCG@k on replayed labelled queries, the teacher judging unlabelled ones, and the SLOs.
+    ndcg_k: PositiveInt = 20
+    bootstrap_samples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    min_queries: int = Field(20, ge=2)  # fewer paired queries than this: hold, whatever the means say
+    judge_queries: int = Field(100, ge=0)  # judge-holdout queries replayed for the teacher to judge (0: no judge)
+    judge_top_k: PositiveInt = 10
+    # The judge is the teacher the challenger was distilled from, so it favours students that imitate it: by
+    # default its verdict can block a rollout (a loss) but not carry one (a win); human labels must.
+    judge_can_promote: bool = False
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_ms: float = Field(100.0, gt=0)
+    max_p99_ratio: float = Field(1.5, ge=1)  # challenger p99 over champion p99
+    seed: int = 0
+    # `relevance canary watch` (serving/canary/watch.py): the rerank servers it compares. Both empty: it starts a
+    # transformer (`relevance serve --predictor-url`) on each predictor revision's tag URL below, where Knative
+    # routes the prev- tag to the previous rolled-out revision (the champion) and latest- to the canary
+    # (serving.kserve.io/enable-tag-routing); {name} is serving.model_name, {namespace} canary.namespace.
+    champion_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    challenger_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    champion_predictor_url: str = Field("http://prev-{name}-predictor.{namespace}.svc.cluster.local",
+                                        pattern=r"^https?://\S+$")
+    challenger_predictor_url: str = Field("http://latest-{name}-predictor.{namespace}.svc.cluster.local",
+                                          pattern=r"^https?://\S+$")
+    # A promote decision is applied by the watch only with this on; off, it is reported and a person promotes.
+    # Rollbacks are always applied: undoing a bad canary is what the watch is for.
+    auto_promote: bool = True
+
+    @model_validator(mode="after")
+    def _watch_urls(self) -> CanaryConfig:
+        if bool(self.champion_url) != bool(self.challenger_url):
+            raise ValueError(f"canary.champion_url and canary.challenger_url: give both rerank servers or neither, "
+                             f"got {self.champion_url!r} and {self.challenger_url!r}")
+        for key in ("champion_predictor_url", "challenger_predictor_url"):
+            try:
+                getattr(self, key).format(name="n", namespace="ns")
+            except (KeyError, IndexError, ValueError) as error:
+                raise ValueError(f"canary.{key}: expected a URL whose only placeholders are {{name}} and "
+                                 f"{{namespace}}, got {getattr(self, key)!r} ({error!r})") from None
+        return self
