@@ -96,12 +96,7 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     at ``judge_dir``. Returns the report."""
     from relevance.models.bm25 import BM25Index
     from relevance.evaluation.evaluate import load_scorer
-    from relevance.evaluation.judge import judge_grades, judged_ndcg, require_agreement
-    from relevance.models.metrics import expected_grade
-    from relevance.labels.pool import bm25_candidates
-    from relevance.evaluation.sampling import (allocate, minimum_detectable_effect, population_variance, queries_needed,
-                                    query_strata, srs_estimate, stratified_estimate, stratified_sample)
-    from relevance.teacher.model import Teacher
+    from relevance.evaluation.sampling import allocate, query_strata, stratified_sample
 
     if not 0 < pilot_share < 1:
         raise ValueError(f"pilot_share must be in (0, 1), got {pilot_share}")
@@ -113,15 +108,7 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     for name, state in rankers.items():
         if not state["untouched"]:
             log(f"judge-eval: WARNING the {name} {state['what']}")
-    judge = Teacher.load(judge_dir)
-    judge_text = judge.item_texts(dataset.items)
-    calibration = judge_agreement(judge, dataset, judge_text)
-    measured = calibration["measured_on"]
-    log(f"judge vs humans on {measured['pairs']} judge-check pairs "
-        f"({'untouched by the judge' if measured['untouched'] else 'not recorded as untouched: may be optimistic'}): "
-        f"exact {calibration['overall']['exact']:.3f}, Kendall's tau {calibration['overall']['kendall_tau']}, "
-        f"Spearman's rho {calibration['overall']['spearman_rho']}")
-    require_agreement(calibration, min_agreement)
+    judge, judge_text, calibration = _calibrated_judge(judge_dir, dataset, min_agreement, log)
 
     strata = query_strata(population, traffic)
     sizes = strata.value_counts()
@@ -132,57 +119,25 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
     scorers = {"baseline": load_scorer(baseline_dir, dataset.items, cache_dir),
                "candidate": load_scorer(candidate_dir, dataset.items, cache_dir)}
-    query_text = dataset.query_text
 
     def differences(query_ids: pd.Index) -> tuple[pd.DataFrame, int]:
-        chosen = population[population["query_id"].isin(query_ids)]
-        pairs = bm25_candidates(index, chosen, candidates)
-        tops = {}
-        for name, scorer in scorers.items():
-            score = expected_grade(scorer.score(pairs, query_text).probs)
-            ranked = pairs.assign(score=score).sort_values(["query_id", "score"], ascending=[True, False])
-            tops[name] = ranked.groupby("query_id")["item_id"].apply(list).to_dict()
-        text = {q: query_text[q] for q in chosen["query_id"]}
-        per_query, judged = judged_ndcg(
-            tops, text, lambda ids, items: judge_grades(judge, [text[q] for q in ids], judge_text.reindex(items)
-                                                        .fillna("").tolist()), k, judge.num_grades)
-        shared = sorted(set(per_query["baseline"]) & set(per_query["candidate"]))
-        frame = pd.DataFrame({name: [per_query[name][q] for q in shared] for name in scorers}, index=shared)
-        return frame.assign(difference=frame["candidate"] - frame["baseline"]), judged
+        return _judged_differences(population[population["query_id"].isin(query_ids)], index, scorers,
+                                   dataset.query_text, judge, judge_text, candidates, k)
 
     pilot_scores, pilot_judged = differences(pilot)
     stds = pilot_scores["difference"].groupby(strata.reindex(pilot_scores.index)).std()
     plan = allocate(rest.value_counts(), queries - pilot_n, allocation, stds if allocation == "neyman" else None)
     main = stratified_sample(rest, plan, seed + 1)
     scored, judged = differences(main)
-    diffs = scored["difference"]
-    if len(diffs) < 2:
-        raise DataContractError(f"only {len(diffs)} sampled queries had anything the judge found relevant; sample "
-                                "more queries")
-    # The estimator uses the strata sizes the main sample was drawn from (the population minus the pilot).
-    # Every figure is weighted by the strata: the plain mean or spread of a Neyman sample is biased.
-    sizes_rest = rest.value_counts()
-    estimate = stratified_estimate(diffs, rest, sizes_rest, config.canary.confidence)
-    srs = srs_estimate(diffs, len(rest), config.canary.confidence, rest, sizes_rest)
-    means = {name: stratified_estimate(scored[name], rest, sizes_rest).mean for name in scorers}
-    for note in estimate.notes():
-        log(f"judge-eval: {note}")
-    per_query_std = population_variance(diffs, rest, sizes_rest) ** 0.5
-    design_effect = (estimate.std_error / srs.std_error) ** 2 if srs.std_error > 0 else None
-    mde = minimum_detectable_effect(estimate.std_error)
+    figures, estimate = _estimates(scored, rest, config.canary.confidence, log)
     report = {
         "baseline": str(baseline_dir), "candidate": str(candidate_dir), "judge": str(judge_dir),
         "judge_version": judge.version, "metric": f"ndcg@{k}", "candidates_per_query": candidates,
         "judge_agreement": calibration, "min_agreement": min_agreement,
         "population_queries": int(len(population)), "strata": int(len(sizes)), "allocation": allocation,
-        "pilot_queries": int(len(pilot)), "sampled_queries": int(len(main)), "scored_queries": int(len(diffs)),
+        "pilot_queries": int(len(pilot)), "sampled_queries": int(len(main)), "scored_queries": int(len(scored)),
         "judged_pairs": int(pilot_judged + judged),
-        "baseline_mean": means["baseline"], "candidate_mean": means["candidate"],
-        "difference": estimate.to_dict(), "srs_difference": srs.to_dict(),
-        "design_effect": design_effect,
-        "variance_reduction": None if design_effect is None else 1 - design_effect,
-        "minimum_detectable_effect": mde,
-        "queries_for_0.01": queries_needed(0.01, per_query_std, design_effect=design_effect or 1.0),
+        **figures,
         "allocation_plan": {str(h): int(n) for h, n in plan.items() if n},
         "estimator_notes": estimate.notes(), "rankers_holdout": rankers,
     }
@@ -190,6 +145,78 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     report["verdict"] = ("candidate better" if low > 0 else "baseline better" if high < 0 else
                          "no difference detected")
     return report
+
+
+def _calibrated_judge(judge_dir: Path, dataset: Dataset, min_agreement: float, log) -> tuple:
+    """The judge, its item texts and its agreement with humans, which must reach ``min_agreement`` (exact)."""
+    from relevance.evaluation.judge import require_agreement
+    from relevance.teacher.model import Teacher
+
+    judge = Teacher.load(judge_dir)
+    judge_text = judge.item_texts(dataset.items)
+    calibration = judge_agreement(judge, dataset, judge_text)
+    measured = calibration["measured_on"]
+    log(f"judge vs humans on {measured['pairs']} judge-check pairs "
+        f"({'untouched by the judge' if measured['untouched'] else 'not recorded as untouched: may be optimistic'}): "
+        f"exact {calibration['overall']['exact']:.3f}, Kendall's tau {calibration['overall']['kendall_tau']}, "
+        f"Spearman's rho {calibration['overall']['spearman_rho']}")
+    require_agreement(calibration, min_agreement)
+    return judge, judge_text, calibration
+
+
+def _judged_differences(chosen: pd.DataFrame, index, scorers: dict, query_text: pd.Series, judge,
+                        judge_text: pd.Series, candidates: int, k: int) -> tuple[pd.DataFrame, int]:
+    """Both rankers rerank each chosen query's BM25 top ``candidates``; the judge grades the union of their top
+    ``k``. One row per query both rankings could be scored on (nDCG@k of each, and candidate − baseline), and the
+    number of pairs judged."""
+    from relevance.evaluation.judge import judge_grades, judged_ndcg
+    from relevance.labels.pool import bm25_candidates
+    from relevance.models.metrics import expected_grade
+
+    pairs = bm25_candidates(index, chosen, candidates)
+    tops = {}
+    for name, scorer in scorers.items():
+        score = expected_grade(scorer.score(pairs, query_text).probs)
+        ranked = pairs.assign(score=score).sort_values(["query_id", "score"], ascending=[True, False])
+        tops[name] = ranked.groupby("query_id")["item_id"].apply(list).to_dict()
+    text = {q: query_text[q] for q in chosen["query_id"]}
+    per_query, judged = judged_ndcg(
+        tops, text, lambda ids, items: judge_grades(judge, [text[q] for q in ids], judge_text.reindex(items)
+                                                    .fillna("").tolist()), k, judge.num_grades)
+    shared = sorted(set(per_query["baseline"]) & set(per_query["candidate"]))
+    frame = pd.DataFrame({name: [per_query[name][q] for q in shared] for name in scorers}, index=shared)
+    return frame.assign(difference=frame["candidate"] - frame["baseline"]), judged
+
+
+def _estimates(scored: pd.DataFrame, rest: pd.Series, confidence: float, log) -> tuple[dict, object]:
+    """The report's figures from the main sample (each ranker's mean, the difference, what simple random sampling
+    would give, the design effect, the minimum detectable effect) and the stratified estimate of the difference."""
+    from relevance.evaluation.sampling import (minimum_detectable_effect, population_variance, queries_needed,
+                                               srs_estimate, stratified_estimate)
+
+    diffs = scored["difference"]
+    if len(diffs) < 2:
+        raise DataContractError(f"only {len(diffs)} sampled queries had anything the judge found relevant; sample "
+                                "more queries")
+    # The estimator uses the strata sizes the main sample was drawn from (the population minus the pilot).
+    # Every figure is weighted by the strata: the plain mean or spread of a Neyman sample is biased.
+    sizes_rest = rest.value_counts()
+    estimate = stratified_estimate(diffs, rest, sizes_rest, confidence)
+    srs = srs_estimate(diffs, len(rest), confidence, rest, sizes_rest)
+    means = {name: stratified_estimate(scored[name], rest, sizes_rest).mean for name in ("baseline", "candidate")}
+    for note in estimate.notes():
+        log(f"judge-eval: {note}")
+    per_query_std = population_variance(diffs, rest, sizes_rest) ** 0.5
+    design_effect = (estimate.std_error / srs.std_error) ** 2 if srs.std_error > 0 else None
+    mde = minimum_detectable_effect(estimate.std_error)
+    return {
+        "baseline_mean": means["baseline"], "candidate_mean": means["candidate"],
+        "difference": estimate.to_dict(), "srs_difference": srs.to_dict(),
+        "design_effect": design_effect,
+        "variance_reduction": None if design_effect is None else 1 - design_effect,
+        "minimum_detectable_effect": mde,
+        "queries_for_0.01": queries_needed(0.01, per_query_std, design_effect=design_effect or 1.0),
+    }, estimate
 
 
 def report_markdown(report: dict) -> str:

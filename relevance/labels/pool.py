@@ -92,85 +92,117 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
     judged_index = pd.MultiIndex.from_frame(judged)
     held_out = set(dataset.queries["query_id"][held_out_query_mask(dataset.queries, dataset)])
     judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
-    known_queries, known_items = pd.Index(dataset.queries["query_id"]), pd.Index(dataset.items["item_id"])
-    candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"]) & \
-        ~dataset.queries["query_id"].isin(judge_holdout)
-    if config.candidates.include_train_queries:  # e.g. ESCI and WANDS, where every query is judged
-        candidate_queries |= dataset.queries["query_id"].isin(dataset.split("train")["query_id"])
-    unjudged = dataset.queries[candidate_queries]
-    use_impressions = config.candidates.include_impressions and (
-        dataset.impressions is not None or (impressions_path is not None and impressions_path.exists()))
-    impression_rows = 0
-    if use_impressions:
-        impression_rows = (len(dataset.impressions) if dataset.impressions is not None
-                           else pq.ParquetFile(impressions_path).metadata.num_rows)
+    unjudged = _bm25_queries(config, dataset, judged, judge_holdout)
+    impression_rows = _impression_rows(config, dataset, impressions_path)
     if not impression_rows and not (config.candidates.top_k > 0 and len(unjudged)):
         raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for BM25")
     expected = impression_rows + config.candidates.top_k * len(unjudged)
     buckets = max(1, math.ceil(expected / bucket_rows))
-    dropped_held_out = dropped_judge = 0
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
-        writers: dict[int, pq.ParquetWriter] = {}
-
-        def spill(chunk: pd.DataFrame) -> None:
-            nonlocal dropped_held_out, dropped_judge
-            chunk = chunk[["query_id", "item_id"]]
-            unknown = ~chunk["query_id"].isin(known_queries) | ~chunk["item_id"].isin(known_items)
-            if unknown.any():
-                example = chunk[unknown].iloc[0].tolist()
-                raise DataContractError(f"pool: {int(unknown.sum())} pair(s) name a query or item the dataset does "
-                                        f"not have, e.g. (query_id, item_id) = {tuple(example)}")
-            held = chunk["query_id"].isin(held_out).to_numpy()
-            dropped_held_out += int(held.sum())
-            chunk = chunk[~held]
-            judge = chunk["query_id"].isin(judge_holdout).to_numpy()
-            dropped_judge += int(judge.sum())
-            chunk = chunk[~judge]
-            chunk = chunk[~pd.MultiIndex.from_frame(chunk).isin(judged_index)]
-            bucket = pd.util.hash_array(chunk["query_id"].to_numpy(dtype=object)) % buckets
-            for b, rows in pd.Series(np.arange(len(chunk))).groupby(bucket).indices.items():
-                table = pa.Table.from_pandas(chunk.iloc[rows], preserve_index=False, schema=POOL_SCHEMA)
-                if b not in writers:
-                    writers[b] = pq.ParquetWriter(Path(scratch) / f"bucket-{b:05d}.parquet", POOL_SCHEMA)
-                writers[b].write_table(table)
-
+        spilled = _Buckets(Path(scratch), buckets, dataset, held_out, judge_holdout, judged_index)
         with progress_bar() as bar:
             if impression_rows:
                 task = bar.add_task("pool: impressions", total=impression_rows)
                 for chunk in _impression_chunks(dataset, impressions_path, 1_000_000):
-                    spill(chunk)
+                    spilled.spill(chunk)
                     bar.update(task, advance=len(chunk))
             if config.candidates.top_k > 0 and len(unjudged):
                 index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
                 task = bar.add_task(f"pool: BM25 top-{config.candidates.top_k}", total=len(unjudged))
                 for chunk in iter_bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
                                                   on_query=lambda: bar.update(task, advance=1)):
-                    spill(chunk)
-        for writer in writers.values():
-            writer.close()
-        if dropped_held_out:
-            log(f"pool: dropped {dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
+                    spilled.spill(chunk)
+        spilled.close()
+        if spilled.dropped_held_out:
+            log(f"pool: dropped {spilled.dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
                 "evaluation queries never reach the student through teacher labels")
         if judge_holdout:
-            log(f"pool: kept out {len(judge_holdout)} judge-holdout queries ({dropped_judge} impression pair(s) and "
-                "their BM25 candidates), so judge-based evaluation ranks queries no student was distilled on")
-        rows = queries = 0
+            log(f"pool: kept out {len(judge_holdout)} judge-holdout queries ({spilled.dropped_judge} impression "
+                "pair(s) and their BM25 candidates), so judge-based evaluation ranks queries no student was distilled "
+                "on")
         # The pool records the judge holdout it was built without: a reused pool is checked against the dataset.
         schema = POOL_SCHEMA.with_metadata({JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())})
-        with atomic_write(out) as tmp:
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for path in sorted(Path(scratch).glob("bucket-*.parquet")):
-                    bucket = pd.read_parquet(path).drop_duplicates(["query_id", "item_id"])
-                    writer.write_table(pa.Table.from_pandas(bucket, preserve_index=False, schema=schema),
-                                       row_group_size=config.labeling.shard_rows)
-                    rows += len(bucket)
-                    queries += bucket["query_id"].nunique()  # buckets partition the queries
-            if rows == 0:
-                raise DataContractError("the unlabelled pool is empty after removing judged pairs and held-out "
-                                        "queries")
+        rows, queries = _merge_buckets(Path(scratch), out, schema, config.labeling.shard_rows)
     log(f"pool: {rows} unlabelled pairs over {queries} queries "
         f"({rows / max(len(dataset.split('train')), 1):.1f}× the train split) → {out}")
     return out
+
+
+def _bm25_queries(config: RunConfig, dataset: Dataset, judged: pd.DataFrame, judge_holdout: set) -> pd.DataFrame:
+    """The queries BM25 finds candidates for: the unjudged ones outside the judge holdout (and the train queries
+    when the config says so). Held-out queries among them lose their candidates to the filter in _Buckets."""
+    candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"]) & \
+        ~dataset.queries["query_id"].isin(judge_holdout)
+    if config.candidates.include_train_queries:  # e.g. ESCI and WANDS, where every query is judged
+        candidate_queries |= dataset.queries["query_id"].isin(dataset.split("train")["query_id"])
+    return dataset.queries[candidate_queries]
+
+
+def _impression_rows(config: RunConfig, dataset: Dataset, impressions_path: Path | None) -> int:
+    """How many impressions the pool takes: 0 when the config leaves them out or there are none."""
+    use_impressions = config.candidates.include_impressions and (
+        dataset.impressions is not None or (impressions_path is not None and impressions_path.exists()))
+    impression_rows = 0
+    if use_impressions:
+        impression_rows = (len(dataset.impressions) if dataset.impressions is not None
+                           else pq.ParquetFile(impressions_path).metadata.num_rows)
+    return impression_rows
+
+
+class _Buckets:
+    """The pool's pairs, spread over on-disk parquet buckets by a hash of the query id, so that every pair of a
+    query lands in one bucket. Each chunk is checked (unknown ids are refused) and filtered on the way in: pairs
+    of held-out and judge-holdout queries are dropped and counted, judged pairs dropped."""
+
+    def __init__(self, scratch: Path, buckets: int, dataset: Dataset, held_out: set, judge_holdout: set,
+                 judged_index: pd.MultiIndex) -> None:
+        self.scratch, self.buckets = scratch, buckets
+        self.known_queries, self.known_items = pd.Index(dataset.queries["query_id"]), pd.Index(dataset.items["item_id"])
+        self.held_out, self.judge_holdout, self.judged_index = held_out, judge_holdout, judged_index
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.dropped_held_out = self.dropped_judge = 0
+
+    def spill(self, chunk: pd.DataFrame) -> None:
+        chunk = chunk[["query_id", "item_id"]]
+        unknown = ~chunk["query_id"].isin(self.known_queries) | ~chunk["item_id"].isin(self.known_items)
+        if unknown.any():
+            example = chunk[unknown].iloc[0].tolist()
+            raise DataContractError(f"pool: {int(unknown.sum())} pair(s) name a query or item the dataset does "
+                                    f"not have, e.g. (query_id, item_id) = {tuple(example)}")
+        held = chunk["query_id"].isin(self.held_out).to_numpy()
+        self.dropped_held_out += int(held.sum())
+        chunk = chunk[~held]
+        judge = chunk["query_id"].isin(self.judge_holdout).to_numpy()
+        self.dropped_judge += int(judge.sum())
+        chunk = chunk[~judge]
+        chunk = chunk[~pd.MultiIndex.from_frame(chunk).isin(self.judged_index)]
+        bucket = pd.util.hash_array(chunk["query_id"].to_numpy(dtype=object)) % self.buckets
+        for b, rows in pd.Series(np.arange(len(chunk))).groupby(bucket).indices.items():
+            table = pa.Table.from_pandas(chunk.iloc[rows], preserve_index=False, schema=POOL_SCHEMA)
+            if b not in self.writers:
+                self.writers[b] = pq.ParquetWriter(self.scratch / f"bucket-{b:05d}.parquet", POOL_SCHEMA)
+            self.writers[b].write_table(table)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int) -> tuple[int, int]:
+    """The buckets, each de-duplicated, written to ``out`` in row groups of ``shard_rows``; (pairs, queries)."""
+    rows = queries = 0
+    with atomic_write(out) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for path in sorted(scratch.glob("bucket-*.parquet")):
+                bucket = pd.read_parquet(path).drop_duplicates(["query_id", "item_id"])
+                writer.write_table(pa.Table.from_pandas(bucket, preserve_index=False, schema=schema),
+                                   row_group_size=shard_rows)
+                rows += len(bucket)
+                queries += bucket["query_id"].nunique()  # buckets partition the queries
+        if rows == 0:
+            raise DataContractError("the unlabelled pool is empty after removing judged pairs and held-out "
+                                    "queries")
+    return rows, queries
 
 
 POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string())])

@@ -262,21 +262,9 @@ def ranking_metrics(
     The grouping is vectorised (one sort by query then score); queries are batched by list length for sklearn,
     and lists without ties take sklearn's vectorised path, so ~10k queries take well under a second.
     """
-    query_ids = np.asarray(query_ids)
-    if query_ids.ndim != 1:
-        raise ValueError(f"query_ids: expected a 1-D array, got shape {query_ids.shape}")
-    if query_ids.shape[0] == 0:
-        raise ValueError("query_ids: expected at least one (query, item) pair, got an empty array")
+    query_ids, grades, scores, ks, gains, relevance_threshold = _ranking_inputs(
+        query_ids, grades, scores, ks, gains, relevance_threshold, num_grades)
     n = query_ids.shape[0]
-    grades = _check_grades(grades, num_grades, n=n)
-    scores = _check_vector(scores, n, "scores")
-    ks = _check_ks(ks)
-    if num_grades is None:
-        num_grades = len(gains) if gains is not None else max(int(grades.max()) + 1, 2)
-        grades = _check_grades(grades, num_grades, n=n)
-    gains = default_gains(num_grades) if gains is None else _check_gains(gains, num_grades)
-    if relevance_threshold is None:
-        relevance_threshold = default_relevance_threshold(num_grades)
 
     # Sort by query, then by descending score: each query becomes a contiguous run, best-scored first.
     codes, uniques = pd.factorize(query_ids, sort=False)
@@ -299,6 +287,34 @@ def ranking_metrics(
     tie_rel = np.add.reduceat(rel_s, tie_starts)
     has_ties = np.bincount(tie_query, weights=(tie_sizes > 1), minlength=num_queries) > 0
 
+    ndcg, n_ndcg = _mean_ndcg(ks, q_s, s_s, gain_s, starts, sizes, has_ties, num_queries)
+    precision, n_p = _mean_precision(ks, q_s, rel_s, sizes, tie_pos, tie_sizes, tie_query, tie_rel, num_queries)
+    return {**ndcg, **precision, "num_queries": int(num_queries), "num_queries_ndcg": n_ndcg, "num_queries_p": n_p}
+
+
+def _ranking_inputs(query_ids, grades, scores, ks, gains, relevance_threshold, num_grades: int | None) -> tuple:
+    """ranking_metrics' arguments checked, with K's default gains and relevance threshold filled in."""
+    query_ids = np.asarray(query_ids)
+    if query_ids.ndim != 1:
+        raise ValueError(f"query_ids: expected a 1-D array, got shape {query_ids.shape}")
+    if query_ids.shape[0] == 0:
+        raise ValueError("query_ids: expected at least one (query, item) pair, got an empty array")
+    n = query_ids.shape[0]
+    grades = _check_grades(grades, num_grades, n=n)
+    scores = _check_vector(scores, n, "scores")
+    ks = _check_ks(ks)
+    if num_grades is None:
+        num_grades = len(gains) if gains is not None else max(int(grades.max()) + 1, 2)
+        grades = _check_grades(grades, num_grades, n=n)
+    gains = default_gains(num_grades) if gains is None else _check_gains(gains, num_grades)
+    if relevance_threshold is None:
+        relevance_threshold = default_relevance_threshold(num_grades)
+    return query_ids, grades, scores, ks, gains, relevance_threshold
+
+
+def _mean_ndcg(ks, q_s, s_s, gain_s, starts, sizes, has_ties, num_queries: int) -> tuple[dict, int]:
+    """nDCG@k per cutoff, averaged over the queries with some positive gain, and how many those are. The arrays are
+    ranking_metrics' sorted ones (one run per query, best-scored first), as in :func:`_mean_precision`."""
     result: dict = {}
     # nDCG: gains are non-negative, so ideal DCG > 0 <=> some item has positive gain.
     eligible = np.bincount(q_s, weights=gain_s, minlength=num_queries) > 0
@@ -314,7 +330,14 @@ def ranking_metrics(
                 mean = ndcg_score(gain_s[rows], s_s[rows], k=k, ignore_ties=not tied)
                 total += mean * queries.size
         result[f"ndcg@{k}"] = total / n_ndcg if n_ndcg else None
+    return result, n_ndcg
 
+
+def _mean_precision(ks, q_s, rel_s, sizes, tie_pos, tie_sizes, tie_query, tie_rel,
+                    num_queries: int) -> tuple[dict, int]:
+    """P@k per cutoff, averaged over the queries with some relevant item, and how many those are (rel_s: 1.0 where
+    the sorted item is relevant; tie_*: the tie groups within each query, by their first sorted row)."""
+    result: dict = {}
     # P@k: each tie group straddling the cutoff contributes its relevant fraction times the slots it fills.
     has_relevant = np.bincount(q_s, weights=rel_s, minlength=num_queries) > 0
     n_p = int(has_relevant.sum())
@@ -323,11 +346,7 @@ def ranking_metrics(
         hits = np.bincount(tie_query, weights=slots * tie_rel / tie_sizes, minlength=num_queries)
         precision = hits / np.minimum(k, sizes)
         result[f"p@{k}"] = float(precision[has_relevant].mean()) if n_p else None
-
-    result["num_queries"] = int(num_queries)
-    result["num_queries_ndcg"] = n_ndcg
-    result["num_queries_p"] = n_p
-    return result
+    return result, n_p
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The Great Expectations gate (relevance.platform.validation): a valid dataset passes with Data Docs; each kind of
-corruption fails with a line naming the expectation and the column; drift against a reference is caught.
+"""The Great Expectations gate end to end, through its public names (relevance.platform.validation, whose entry
+points live in relevance.platform.validation.gate): a valid dataset passes with Data Docs; each kind of corruption
+fails with a line naming the expectation and the column; drift against a reference is caught.
 
 One synthetic dataset is prepared per module; each corruption works on its own copy."""
 
