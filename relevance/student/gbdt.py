@@ -18,15 +18,14 @@ featurizer's settings like a student's, the read-out, the calibration).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from relevance.models.calibration import Calibrator, fit_calibrator
 from relevance.config import GBDTConfig
-from relevance.common.files import atomic_directory, read_manifest, sha256_of_files
+from relevance.models.calibration import fit_calibrator
+from relevance.models.saved import SavedModel
 
 OBJECTIVES = ("multiclass", "lambdamart", "distilled")
 
@@ -53,17 +52,13 @@ def _soft_cross_entropy(num_grades: int):
 
 
 @dataclass
-class GBDT:
+class GBDT(SavedModel):
+    """A saved-model kind (relevance.models.saved): its version hashes model.txt (the trees up to the best
+    iteration); the calibration and the LambdaMART read-out live in the manifest."""
+
+    kind = "gbdt"
     booster: object  # lightgbm.Booster
     manifest: dict
-
-    @property
-    def num_grades(self) -> int:
-        return int(self.manifest["num_grades"])
-
-    @property
-    def calibrator(self) -> Calibrator:
-        return Calibrator.from_dict(self.manifest.get("calibration"), self.num_grades)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """LambdaMART's ranking score [N] (higher is better)."""
@@ -87,19 +82,15 @@ class GBDT:
         probs = np.asarray(probs, dtype=np.float32)
         return self.calibrator.apply(probs) if calibrated else probs
 
-    def save(self, directory: str | Path) -> Path:
-        with atomic_directory(directory) as tmp:
-            self.booster.save_model(str(tmp / "model.txt"), num_iteration=self.booster.best_iteration)
-            self.manifest["gbdt_version"] = "gbdt-" + sha256_of_files([tmp / "model.txt"])[:12]
-            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-        return Path(directory)
+    def write_files(self, directory: Path) -> list[Path]:
+        self.booster.save_model(str(directory / "model.txt"), num_iteration=self.booster.best_iteration)
+        return [directory / "model.txt"]
 
     @classmethod
-    def load(cls, directory: str | Path) -> "GBDT":
+    def from_files(cls, directory: Path, manifest: dict) -> "GBDT":
         import lightgbm
 
-        manifest = read_manifest(directory, expected_kind="gbdt")
-        return cls(lightgbm.Booster(model_file=str(Path(directory) / "model.txt")), manifest)
+        return cls(lightgbm.Booster(model_file=str(directory / "model.txt")), manifest)
 
 
 def _readout_probs(readout: dict, scores: np.ndarray, num_grades: int) -> np.ndarray:

@@ -10,7 +10,6 @@ Saved layout: student/model.safetensors (MLP with its input standardisation), st
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +18,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from relevance.config import StudentConfig
-from relevance.common.files import atomic_directory, sha256_of_files
 from relevance.common.runtime import progress_bar, seed_everything, set_threads
+from relevance.config import StudentConfig
+from relevance.models.calibration import Calibrator
+from relevance.models.saved import SavedModel
+from relevance.models import training
+from relevance.models.training import Hooks, LoopState, Schedule
 
 
 class StudentMLP(nn.Module):
     """Standardise → [Linear → GELU → Dropout]* → Linear(K) → calibration. Standardisation and calibration are part
     of the model, so the exported graph takes raw featurizer output and serves calibrated probabilities.
 
-    The output is calibrated log-probabilities, scale ⊙ log_softmax(z) + bias (relevance.models.calibration; the identity
-    while training, fitted on valid afterwards): a softmax of it is the calibrated distribution."""
+    The output is calibrated log-probabilities, scale ⊙ log_softmax(z) + bias (relevance.models.calibration; the
+    identity while training, fitted on valid afterwards): a softmax of it is the calibrated distribution."""
 
     def __init__(self, num_features: int, num_grades: int, hidden: list[int], dropout: float):
         super().__init__()
@@ -72,13 +74,18 @@ def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
 
 
 @dataclass
-class Student:
+class Student(SavedModel):
+    """A saved-model kind (relevance.models.saved): its version hashes model.safetensors, which holds the
+    calibration too (buffers of the MLP)."""
+
+    kind = "student"
     model: StudentMLP
     manifest: dict
 
     @property
-    def num_grades(self) -> int:
-        return int(self.manifest["num_grades"])
+    def calibrator(self) -> Calibrator:
+        """The calibration fitted on valid, already part of the model's output (recorded in the metrics)."""
+        return Calibrator.from_dict(self.manifest.get("metrics", {}).get("calibration"), self.num_grades)
 
     @torch.no_grad()
     def predict_proba(self, features: np.ndarray, batch_size: int = 8192, calibrated: bool = True) -> np.ndarray:
@@ -91,20 +98,14 @@ class Student:
                for s in range(0, len(features), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.num_grades), dtype=np.float32)
 
-    def save(self, directory: str | Path) -> Path:
-        with atomic_directory(directory) as tmp:
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
-            self.manifest["student_version"] = "student-" + sha256_of_files([tmp / "model.safetensors"])[:12]
-            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-        return Path(directory)
+    def write_files(self, directory: Path) -> list[Path]:
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, directory / "model.safetensors")
+        return [directory / "model.safetensors"]
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Student":
-        from relevance.common.files import read_manifest
-
-        manifest = read_manifest(Path(directory), expected_kind="student")
+    def from_files(cls, directory: Path, manifest: dict) -> "Student":
         model = StudentMLP(manifest["num_features"], manifest["num_grades"], manifest["config"]["hidden"], 0.0)
-        state = load_file(Path(directory) / "model.safetensors")
+        state = load_file(directory / "model.safetensors")
         # Students saved before calibration was part of the model have no calibration buffers: the identity.
         missing = set(model.state_dict()) - set(state) - {"calibration_scale", "calibration_bias"}
         if missing:
@@ -205,7 +206,7 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
                 config: StudentConfig, human_only: bool = False, log=print, checkpoint: str | Path | None = None,
                 checkpoint_every: int = 500, on_batch=None) -> tuple[StudentMLP, dict]:
     """Fit the MLP on a batch source (:class:`ArrayBatches`, or relevance.student.pairstore.StoreBatches out of core);
-    early stopping on human-graded valid cross-entropy.
+    early stopping on human-graded valid cross-entropy (relevance.models.training, evaluated once per epoch).
 
     With ``checkpoint`` (a file path), the model, optimiser, schedule, random state and position are saved
     every ``checkpoint_every`` batches and at the end of every epoch; a run started again with the same source
@@ -219,82 +220,22 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
     seed_everything(config.seed)
     vx = torch.from_numpy(np.asarray(valid_features, dtype=np.float32))
     vy = torch.from_numpy(np.asarray(valid_grades, dtype=np.int64))
-    mean, std = feature_statistics(batches.sample_features())
-    if len(mean) != vx.shape[1]:
-        raise ValueError(f"student: training vectors have {len(mean)} features, valid ones {vx.shape[1]}")
-
-    model = StudentMLP(len(mean), num_grades, config.hidden, config.dropout)
-    model.feature_mean.copy_(torch.from_numpy(mean))
-    model.feature_std.copy_(torch.from_numpy(standardising_std(mean, std)))
+    model = _standardised_mlp(batches, int(vx.shape[1]), num_grades, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    state = {"epoch": 0, "batch": 0, "best_loss": float("inf"), "best_state": None, "stale": 0, "history": []}
-    key = _checkpoint_key(batches, config, human_only)
-    checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)  # tensors, numbers and lists only: no code runs
-        if saved.get("key") == key:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["torch_rng"])
-            state = saved["state"]
-            log(f"student: resuming from {checkpoint} at epoch {state['epoch'] + 1}, batch {state['batch']}")
-        else:
-            log(f"student: {checkpoint} is of another training set or settings; starting afresh")
-
-    def save_checkpoint() -> None:
-        from relevance.common.files import atomic_write
-
-        with atomic_write(checkpoint) as tmp:
-            torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "state": state}, tmp)
-
-    def loss_of(logits, targets, grades):
-        if human_only:
-            return nn.functional.cross_entropy(logits, torch.from_numpy(np.asarray(targets, dtype=np.int64)))
-        return distillation_loss(logits, torch.from_numpy(np.asarray(targets, dtype=np.float32)), config.temperature,
-                                 torch.from_numpy(grades), config.ce_weight)
-
-    done = state["stale"] >= config.early_stopping_patience
+    run = _StudentRun(model, optimizer, scheduler, batches, vx, vy, config, human_only, on_batch)
+    state = run.resume(Path(checkpoint) if checkpoint else None, log)
+    schedule = Schedule(epochs=config.epochs, patience=config.early_stopping_patience,
+                        checkpoint_every_batches=checkpoint_every if checkpoint else None)
     with progress_bar(transient=True) as bar:
-        task = bar.add_task("student", total=config.epochs, completed=state["epoch"])
-        while state["epoch"] < config.epochs and not done:
-            epoch = state["epoch"]
-            model.train()
-            for x, targets, grades in batches.epoch(epoch, state["batch"]):
-                loss = loss_of(model(torch.from_numpy(x)), targets, grades)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                state["batch"] += 1
-                if checkpoint is not None and state["batch"] % checkpoint_every == 0:
-                    save_checkpoint()
-                if on_batch:
-                    on_batch(epoch, state["batch"])
-            scheduler.step()
-            model.eval()
-            with torch.no_grad():
-                valid_logits = model(vx)
-                valid_loss = nn.functional.cross_entropy(valid_logits, vy).item()
-                valid_accuracy = (valid_logits.argmax(-1) == vy).float().mean().item()
-            state["history"].append({"epoch": epoch + 1, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy})
-            bar.update(task, advance=1, description=f"student epoch {epoch + 1} valid loss {valid_loss:.4f}")
-            if valid_loss < state["best_loss"] - 1e-4:
-                state["best_loss"], state["stale"] = valid_loss, 0
-                state["best_state"] = {k: v.clone() for k, v in model.state_dict().items()}
-            else:
-                state["stale"] += 1
-                done = state["stale"] >= config.early_stopping_patience
-            state["epoch"], state["batch"] = epoch + 1, 0
-            if checkpoint is not None:
-                save_checkpoint()
-    model.load_state_dict(state["best_state"])
-    history = state["history"]
-    best = min(history, key=lambda h: h["valid_loss"])
+        run.progress = (bar, bar.add_task("student", total=config.epochs, completed=state.epoch))
+        state = training.train(run, schedule, state)
+    if state.best_state is None:
+        raise ValueError(f"student: the valid loss never improved on its start (history {state.history})")
+    best = min(state.history, key=lambda h: h["valid_loss"])
     log(f"student ({'human labels' if human_only else 'distilled'}): best valid loss {best['valid_loss']:.4f}, "
         f"accuracy {best['valid_accuracy']:.3f} at epoch {best['epoch']}")
-    metrics = {"best": best, "history": history}
+    metrics = {"best": best, "history": state.history}
     if config.calibration != "none":
         from relevance.models.calibration import fit_calibrator
 
@@ -305,3 +246,100 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
         model.set_calibration(calibrator)
         metrics["calibration"] = calibrator.to_dict()
     return model.eval(), metrics
+
+
+def _standardised_mlp(batches, num_features: int, num_grades: int, config: StudentConfig) -> StudentMLP:
+    """A fresh MLP whose input standardisation is fitted on the batch source's feature sample."""
+    mean, std = feature_statistics(batches.sample_features())
+    if len(mean) != num_features:
+        raise ValueError(f"student: training vectors have {len(mean)} features, valid ones {num_features}")
+    model = StudentMLP(len(mean), num_grades, config.hidden, config.dropout)
+    model.feature_mean.copy_(torch.from_numpy(mean))
+    model.feature_std.copy_(torch.from_numpy(standardising_std(mean, std)))
+    return model
+
+
+class _StudentRun(Hooks):
+    """The student's side of relevance.models.training: one AdamW step per batch, a cosine schedule stepped per
+    epoch, valid cross-entropy after every epoch, the whole state dict as the best snapshot, and checkpoints."""
+
+    def __init__(self, model: StudentMLP, optimizer, scheduler, source, vx: torch.Tensor, vy: torch.Tensor,
+                 config: StudentConfig, human_only: bool, on_batch=None):
+        self.model, self.optimizer, self.scheduler, self.source = model, optimizer, scheduler, source
+        self.vx, self.vy, self.config, self.human_only, self.on_batch = vx, vy, config, human_only, on_batch
+        self.key = _checkpoint_key(source, config, human_only)
+        self.path: Path | None = None
+        self.progress = None  # (rich progress, task)
+
+    def resume(self, path: Path | None, log) -> LoopState:
+        """The state saved at ``path`` (model, optimiser, schedule and random state restored), or a fresh one."""
+        self.path = path
+        if path is None or not path.exists():
+            return LoopState()
+        saved = torch.load(path, weights_only=True)  # tensors, numbers and lists only: no code runs
+        if saved.get("key") != self.key:
+            log(f"student: {path} is of another training set or settings; starting afresh")
+            return LoopState()
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = LoopState.from_dict(saved["state"])
+        log(f"student: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
+        return state
+
+    def checkpoint(self, state: LoopState) -> None:
+        if self.path is None:
+            return
+        from relevance.common.files import atomic_write
+
+        with atomic_write(self.path) as tmp:
+            torch.save({"key": self.key, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "state": state.to_dict()}, tmp)
+
+    def batches(self, epoch: int, start_batch: int):
+        return self.source.epoch(epoch, start_batch)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+
+    def train_step(self, batch) -> torch.Tensor:
+        x, targets, grades = batch
+        logits = self.model(torch.from_numpy(x))
+        if self.human_only:
+            loss = nn.functional.cross_entropy(logits, torch.from_numpy(np.asarray(targets, dtype=np.int64)))
+        else:
+            loss = distillation_loss(logits, torch.from_numpy(np.asarray(targets, dtype=np.float32)),
+                                     self.config.temperature, torch.from_numpy(grades), self.config.ce_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def after_step(self, state: LoopState, loss) -> None:
+        if self.on_batch:
+            self.on_batch(state.epoch, state.batch)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.scheduler.step()
+
+    def evaluate(self, state: LoopState) -> dict:
+        self.model.eval()
+        with torch.no_grad():
+            valid_logits = self.model(self.vx)
+            valid_loss = nn.functional.cross_entropy(valid_logits, self.vy).item()
+            valid_accuracy = (valid_logits.argmax(-1) == self.vy).float().mean().item()
+        return {"epoch": state.epoch + 1, "valid_loss": valid_loss, "valid_accuracy": valid_accuracy}
+
+    def after_evaluation(self, state: LoopState, result: dict) -> None:
+        if self.progress is not None:
+            bar, task = self.progress
+            bar.update(task, advance=1, description=f"student epoch {result['epoch']} valid loss "
+                                                    f"{result['valid_loss']:.4f}")
+
+    def snapshot(self) -> dict:
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot)

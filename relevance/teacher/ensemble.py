@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from relevance.common.files import atomic_write_json, read_manifest
+from relevance.common.files import MANIFEST, atomic_write_json, read_manifest
+from relevance.models.saved import SavedModel, version_of
 
 _FLOOR = 1e-7
 
@@ -62,7 +63,11 @@ def fit_weights(member_probs: list[np.ndarray], grades: np.ndarray) -> list[floa
 
 
 @dataclass
-class Ensemble:
+class Ensemble(SavedModel):
+    """A saved-model kind (relevance.models.saved) made of a manifest alone: its members are referenced, not
+    copied, and pinned by version; its own version hashes the members' versions and the weights."""
+
+    kind = "ensemble"
     manifest: dict
     member_dirs: list[Path]
 
@@ -77,33 +82,41 @@ class Ensemble:
     def create(cls, directory: str | Path, member_dirs: list[str | Path], weights: list[float],
                fitted_on: dict | None = None) -> "Ensemble":
         """Write an ensemble's manifest (its members are referenced, not copied)."""
-        directory = Path(directory)
         members = [read_manifest(path) for path in member_dirs]
         grades = {m["num_grades"] for m in members}
         if len(grades) != 1:
             raise ValueError(f"ensemble: members predict different numbers of grades {sorted(grades)}")
-        versions = [next((m[k] for k in ("teacher_version", "student_version", "gbdt_version", "ensemble_version")
-                          if m.get(k)), "") for m in members]
-        relative = [os.path.relpath(Path(path).resolve(), directory.resolve()) for path in member_dirs]
-        digest = hashlib.sha256(json.dumps([versions, weights]).encode()).hexdigest()[:12]
         dataset = next((m["dataset"] for m in members if m.get("dataset")), None)
-        manifest = {"kind": "ensemble", "num_grades": grades.pop(), "dataset": dataset, "members": relative,
-                    "member_versions": versions,
+        manifest = {"kind": "ensemble", "num_grades": grades.pop(), "dataset": dataset,
+                    "members": _relative(member_dirs, directory), "member_versions": [version_of(m) for m in members],
                     "member_kinds": [m["kind"] for m in members], "weights": [float(w) for w in weights],
-                    "combine": "log-linear", "fitted_on": fitted_on or {}, "ensemble_version": f"ensemble-{digest}"}
-        atomic_write_json(directory / "manifest.json", manifest)
-        return cls(manifest, [Path(path) for path in member_dirs])
+                    "combine": "log-linear", "fitted_on": fitted_on or {}}
+        ensemble = cls(manifest, [Path(path) for path in member_dirs])
+        ensemble.save(directory)
+        return ensemble
+
+    def content_digest(self, files: list[Path]) -> str:
+        return hashlib.sha256(json.dumps([self.manifest["member_versions"], self.manifest["weights"]]).encode()
+                              ).hexdigest()
+
+    def save(self, directory: str | Path) -> Path:
+        """Only the manifest, rewritten in place (atomically): the folder holds nothing else. Member paths are
+        recorded relative to ``directory``."""
+        self.manifest["members"] = _relative(self.member_dirs, directory)
+        self.stamp_version([])
+        atomic_write_json(Path(directory) / MANIFEST, self.manifest)
+        return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Ensemble":
-        directory = Path(directory)
-        manifest = read_manifest(directory, expected_kind="ensemble")
+    def from_files(cls, directory: Path, manifest: dict) -> "Ensemble":
         members = [(directory / relative).resolve() for relative in manifest["members"]]
         for path, version in zip(members, manifest["member_versions"]):
-            found = read_manifest(path)
-            have = next((found[k] for k in ("teacher_version", "student_version", "gbdt_version",
-                                            "ensemble_version") if found.get(k)), "")
+            have = version_of(read_manifest(path))
             if have != version:
                 raise ValueError(f"{directory}: member {path} is now {have or 'unversioned'}, the ensemble was "
                                  f"fitted on {version}; refit the ensemble")
         return cls(manifest, members)
+
+
+def _relative(member_dirs: list[str | Path], directory: str | Path) -> list[str]:
+    return [os.path.relpath(Path(path).resolve(), Path(directory).resolve()) for path in member_dirs]

@@ -27,12 +27,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from relevance.common.files import MANIFEST, atomic_directory, read_manifest, sha256_of_files
+from relevance.common.files import sha256_of_files
 from relevance.common.runtime import autocast, device, resolve_precision
 from relevance.config import TeacherConfig, TextConfig
 from relevance.models.backbones import is_decoder_tokenizer, load_tokenizer, resolve_backbone
 from relevance.models.calibration import Calibrator
 from relevance.models.pooling import pool_hidden
+from relevance.models.saved import SavedModel
 from relevance.models.text import assemble_item_texts, cut_to_token_budget
 
 
@@ -98,27 +99,18 @@ def collate(tokenizer, encodings: list[dict], index: np.ndarray, dev: torch.devi
 
 
 @dataclass
-class Teacher:
+class Teacher(SavedModel):
+    """A saved-model kind (relevance.models.saved): its version hashes the weights and, once calibrated, the
+    calibration."""
+
+    kind = "teacher"
     model: CrossEncoder
     tokenizer: object
     manifest: dict
 
     @property
-    def num_grades(self) -> int:
-        return int(self.manifest["num_grades"])
-
-    @property
-    def version(self) -> str:
-        return self.manifest["teacher_version"]
-
-    @property
     def text_config(self) -> TextConfig:
         return TextConfig.model_validate(self.manifest["text"])
-
-    @property
-    def calibrator(self) -> Calibrator:
-        """The calibration fitted on valid after training (identity for an uncalibrated teacher)."""
-        return Calibrator.from_dict(self.manifest.get("calibration"), self.num_grades)
 
     def item_texts(self, items: pd.DataFrame) -> pd.Series:
         """Item text exactly as the teacher was trained on it (same fields, budgets and tokenizer)."""
@@ -157,29 +149,31 @@ class Teacher:
         self.manifest["calibration"] = calibrator.to_dict()
         return calibrator
 
-    def save(self, directory: str | Path) -> Path:
-        with atomic_directory(directory) as tmp:
-            self.model.backbone.save_pretrained(tmp / "backbone")
-            self.tokenizer.save_pretrained(tmp / "backbone")
-            save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, tmp / "head.safetensors")
-            weights = list((tmp / "backbone").glob("*.safetensors")) + [tmp / "head.safetensors"]
-            digest = sha256_of_files(weights)
-            if self.calibrator.method != "none":  # labels of a recalibrated teacher are other labels: a new version
-                calibration = json.dumps({k: self.calibrator.to_dict()[k] for k in ("method", "scale", "bias")},
-                                         sort_keys=True)
-                digest = hashlib.sha256(f"{digest}:{calibration}".encode()).hexdigest()
-            self.manifest["teacher_version"] = "teacher-" + digest[:12]
-            (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
-        return Path(directory)
+    def write_files(self, directory: Path) -> list[Path]:
+        self.model.backbone.save_pretrained(directory / "backbone")
+        self.tokenizer.save_pretrained(directory / "backbone")
+        save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, directory / "head.safetensors")
+        return list((directory / "backbone").glob("*.safetensors")) + [directory / "head.safetensors"]
+
+    def content_digest(self, files: list[Path]) -> str:
+        digest = sha256_of_files(files)
+        if self.calibrator.method != "none":  # labels of a recalibrated teacher are other labels: a new version
+            calibration = json.dumps({k: self.calibrator.to_dict()[k] for k in ("method", "scale", "bias")},
+                                     sort_keys=True)
+            digest = hashlib.sha256(f"{digest}:{calibration}".encode()).hexdigest()
+        return digest
 
     @classmethod
     def load(cls, directory: str | Path, dev: torch.device | None = None,
              attn_implementation: str | None = None) -> "Teacher":
         """``attn_implementation="eager"`` for ONNX export (relevance.student.export.export_teacher)."""
+        return super().load(directory, dev=dev, attn_implementation=attn_implementation)
+
+    @classmethod
+    def from_files(cls, directory: Path, manifest: dict, dev: torch.device | None = None,
+                   attn_implementation: str | None = None) -> "Teacher":
         from transformers import AutoModel
 
-        directory = Path(directory)
-        manifest = read_manifest(directory, expected_kind="teacher")
         tokenizer = load_tokenizer(str(directory / "backbone"), manifest["pooling"])
         backbone = AutoModel.from_pretrained(directory / "backbone", attn_implementation=attn_implementation)
         model = CrossEncoder(backbone, manifest["num_grades"], manifest["pooling"], manifest["head_hidden"], 0.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,9 +15,11 @@ from torch import nn
 
 from relevance.common.runtime import autocast, device, progress_bar, resolve_precision, seed_everything, set_threads
 from relevance.config import RunConfig, TeacherConfig, TextConfig
-from relevance.models import distributed
+from relevance.models import distributed, training
+from relevance.models.training import Hooks, LoopState, Schedule
 from relevance.models.text import assemble_item_texts
 from relevance.teacher.model import (
+    CrossEncoder,
     Teacher,
     _merged_backbone,
     _pairs,
@@ -109,6 +112,38 @@ def check_distributed_settings(config: TeacherConfig, world_size: int) -> None:
                          "quantization state to save; a 4-bit 8B backbone fits one GPU, so use strategy=ddp for qLoRA")
 
 
+def pair_loss(logits: torch.Tensor, target: torch.Tensor, grade_values: torch.Tensor, mse_weight: float,
+              reduction: str = "mean", weight: torch.Tensor | None = None, label_smoothing: float = 0.0
+              ) -> torch.Tensor:
+    """The teacher's loss on a batch: cross-entropy against the target distribution (class-``weight``ed and
+    smoothed in training; plain on valid), plus ``mse_weight`` × the squared error of the expected grade
+    (``grade_values`` = 0..K−1). ``reduction`` "mean" or "sum" applies to both terms."""
+    loss = nn.functional.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing,
+                                       reduction=reduction)
+    if mse_weight > 0:
+        expected = torch.softmax(logits, -1) @ grade_values
+        loss = loss + mse_weight * nn.functional.mse_loss(expected, target @ grade_values, reduction=reduction)
+    return loss
+
+
+@dataclass
+class _Encoded:
+    """Judged pairs as the cross-encoder reads them: token ids (unpadded), targets [N, K], lengths, grades."""
+
+    encodings: list[dict]
+    targets: torch.Tensor
+    lengths: np.ndarray
+    grades: torch.Tensor
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, query_text: pd.Series, item_text: pd.Series, tokenizer, text: TextConfig,
+           num_grades: int, targets: str, raw_scale: tuple[float, float] | None) -> "_Encoded":
+        encodings = encode_pairs(tokenizer, *_pairs(frame, query_text, item_text), text)
+        return cls(encodings, torch.from_numpy(grade_targets(frame, num_grades, targets, raw_scale)),
+                   np.array([len(e["input_ids"]) for e in encodings]),
+                   torch.tensor(frame["grade"].to_numpy(), dtype=torch.long))
+
+
 def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series,
                items: pd.DataFrame, num_grades: int, config: TeacherConfig, text: TextConfig, data_hash: str,
                log: Callable[[str], None], raw_scale: tuple[float, float] | None) -> Teacher | None:
@@ -116,196 +151,212 @@ def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFram
     distributed.share_cpu_threads(ctx)
     seed_everything(config.seed)
     dev = ctx.device if ctx.distributed else device()
-    precision = resolve_precision(config.precision, dev)
     if config.max_train_pairs and len(train) > config.max_train_pairs:
         train = train.sample(config.max_train_pairs, random_state=config.seed)
-    # FSDP exists for a model that may not fit one device whole: build it in host memory, and let sharding move
-    # each rank's shard to the device.
-    sharded = ctx.distributed and config.distributed.strategy == "fsdp"
-    model, tokenizer, backbone_path = build_cross_encoder(config, num_grades, torch.device("cpu") if sharded else dev)
-    item_text = assemble_item_texts(items, text, tokenizer)
+    run = _TeacherRun(ctx, config, num_grades, dev, log)
+    run.prepare(train, valid, query_text, items, text, raw_scale)
+    schedule = Schedule(epochs=config.epochs, patience=config.early_stopping_patience,
+                        eval_every_steps=config.eval_every_steps or run.steps_per_epoch, total_steps=run.total_steps)
+    run.model.train()
+    log(f"teacher: {len(run.train.encodings)} train / {len(run.valid.encodings)} valid pairs, "
+        f"finetune={config.finetune}, precision={run.precision}, device={dev.type}"
+        + (f", {ctx.world_size} processes ({config.distributed.strategy}, {ctx.backend})" if ctx.distributed else ""))
+    with progress_bar(disable=not ctx.is_main) as bar:
+        run.progress = (bar, bar.add_task("teacher fine-tune", total=run.total_steps))
+        state = training.train(run, schedule)
+        if state.stopped:
+            log(f"teacher: early stop at step {state.step}; best valid loss {state.best['valid_loss']:.4f} "
+                f"at step {state.best['step']}")
+    model = _trained_model(run, state)
+    if model is None:
+        return None  # a rank other than 0: rank 0's model is the one that gets merged, calibrated and saved
+    return Teacher(model, run.tokenizer, _manifest(run, state, text, data_hash))
 
-    train_enc = encode_pairs(tokenizer, *_pairs(train, query_text, item_text), text)
-    valid_enc = encode_pairs(tokenizer, *_pairs(valid, query_text, item_text), text)
-    train_y = torch.from_numpy(grade_targets(train, num_grades, config.targets, raw_scale))
-    valid_y = torch.from_numpy(grade_targets(valid, num_grades, config.targets, raw_scale))
-    valid_grades = torch.tensor(valid["grade"].to_numpy(), dtype=torch.long)
-    train_len = np.array([len(e["input_ids"]) for e in train_enc])
-    valid_len = np.array([len(e["input_ids"]) for e in valid_enc])
 
-    # Forward/backward go through ``wrapped`` (DDP's replica, or ``model`` itself: one process, or FSDP, which
-    # shards in place); evaluation, snapshots and saving read ``model``.
-    wrapped = distributed.wrap(model, ctx, config.distributed.strategy,
-                               lambda: collate(tokenizer, train_enc, np.arange(min(2, len(train_enc))), dev), log)
-    if ctx.distributed:
-        # Same seed on every rank built identical models; from here each rank draws its own dropout masks.
-        torch.manual_seed(config.seed + ctx.rank)
-    head_params = list(model.head.parameters())
-    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": backbone_params, "lr": config.learning_rate},
-        {"params": head_params, "lr": config.head_learning_rate},
-    ], weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_enc) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    from transformers import get_linear_schedule_with_warmup
+class _TeacherRun(Hooks):
+    """The teacher's side of relevance.models.training, on one process or as one rank of DDP / FSDP: each step
+    trains this rank's share of a global batch of length-bucketed pairs; evaluation sums over ranks; the best
+    snapshot holds the trainable tensors (each rank's own shard under FSDP).
 
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
-    weights = _class_weights(config, train["grade"].to_numpy(), num_grades)
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev) if weights is not None else None,
-                                  label_smoothing=config.label_smoothing)
-    eval_every = config.eval_every_steps or steps_per_epoch
-    rng = np.random.default_rng(config.seed)
+    Forward/backward go through ``wrapped`` (DDP's replica, or ``model`` itself: one process, or FSDP, which
+    shards in place); evaluation, snapshots and saving read ``model``."""
 
-    grade_values = torch.arange(num_grades, dtype=torch.float32, device=dev)
+    def __init__(self, ctx: distributed.Context, config: TeacherConfig, num_grades: int, dev: torch.device,
+                 log: Callable[[str], None]):
+        self.ctx, self.config, self.num_grades, self.dev, self.log = ctx, config, num_grades, dev, log
+        self.precision = resolve_precision(config.precision, dev)
+        # FSDP exists for a model that may not fit one device whole: build it in host memory, and let sharding
+        # move each rank's shard to the device.
+        self.sharded = ctx.distributed and config.distributed.strategy == "fsdp"
+        self.grade_values = torch.arange(num_grades, dtype=torch.float32, device=dev)
+        self.trained_pairs, self.train_seconds = 0, 0.0
+        self.progress = None  # (rich progress, task)
 
-    def objective(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy against the target distribution, plus the expected grade's squared error."""
-        loss = loss_fn(logits, target) if reduction == "mean" else \
-            nn.functional.cross_entropy(logits, target, reduction="sum")
-        if config.expected_grade_mse_weight > 0:
-            expected = torch.softmax(logits, -1) @ grade_values
-            loss = loss + config.expected_grade_mse_weight * nn.functional.mse_loss(
-                expected, target @ grade_values, reduction=reduction)
-        return loss
+    def prepare(self, train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame,
+                text: TextConfig, raw_scale: tuple[float, float] | None) -> None:
+        """Build the model, encode the pairs, wrap the model for its strategy, and set up the optimiser, the
+        schedule, the loss and the shuffling."""
+        ctx, config, dev = self.ctx, self.config, self.dev
+        self.model, self.tokenizer, self.backbone_path = build_cross_encoder(
+            config, self.num_grades, torch.device("cpu") if self.sharded else dev)
+        item_text = assemble_item_texts(items, text, self.tokenizer)
+        self.train = _Encoded.of(train, query_text, item_text, self.tokenizer, text, self.num_grades,
+                                 config.targets, raw_scale)
+        self.valid = _Encoded.of(valid, query_text, item_text, self.tokenizer, text, self.num_grades,
+                                 config.targets, raw_scale)
+        self.wrapped = distributed.wrap(self.model, ctx, config.distributed.strategy, lambda: collate(
+            self.tokenizer, self.train.encodings, np.arange(min(2, len(self.train.encodings))), dev), self.log)
+        if ctx.distributed:
+            # Same seed on every rank built identical models; from here each rank draws its own dropout masks.
+            torch.manual_seed(config.seed + ctx.rank)
+        self.optimizer = torch.optim.AdamW([
+            {"params": [p for p in self.model.backbone.parameters() if p.requires_grad], "lr": config.learning_rate},
+            {"params": list(self.model.head.parameters()), "lr": config.head_learning_rate},
+        ], weight_decay=config.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.train.encodings) / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        from transformers import get_linear_schedule_with_warmup
 
-    def share_of_batch_loss(logits: torch.Tensor, target: torch.Tensor, batch_rows: int) -> torch.Tensor:
-        """This rank's part of the global batch's mean training loss, scaled by the world size that DDP's (and
-        FSDP's) gradient averaging divides by: the gradients then equal one process's on the whole batch.
-        (With probability targets, the weighted, smoothed cross-entropy's mean is its sum over rows / rows.)"""
-        loss = nn.functional.cross_entropy(logits, target, weight=loss_fn.weight,
-                                           label_smoothing=config.label_smoothing, reduction="sum")
-        if config.expected_grade_mse_weight > 0:
-            expected = torch.softmax(logits, -1) @ grade_values
-            loss = loss + config.expected_grade_mse_weight * nn.functional.mse_loss(
-                expected, target @ grade_values, reduction="sum")
-        return loss * (ctx.world_size / batch_rows)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(config.warmup_fraction * self.total_steps),
+                                                         self.total_steps)
+        weights = _class_weights(config, train["grade"].to_numpy(), self.num_grades)
+        self.class_weights = weights.to(dev) if weights is not None else None
+        self.rng = np.random.default_rng(config.seed)
 
-    def my_rows(index: np.ndarray) -> tuple[np.ndarray, bool]:
+    def my_rows(self, index: np.ndarray) -> tuple[np.ndarray, bool]:
         """This rank's slice of a global batch. A rank whose slice is empty (a last batch smaller than the world)
         runs one row it then ignores: every rank must take part in the same collectives."""
-        rows = ctx.shard(index)
+        rows = self.ctx.shard(index)
         return (rows, True) if len(rows) else (index[:1], False)
 
-    def evaluate() -> dict:
+    def batches(self, epoch: int, start_batch: int) -> list[np.ndarray]:
+        return length_batches(self.train.lengths, self.config.batch_size, self.rng)[start_batch:]
+
+    def train_step(self, index: np.ndarray) -> torch.Tensor:
+        started = time.perf_counter()
+        ctx, config, dev = self.ctx, self.config, self.dev
+        if ctx.distributed:
+            # This rank's part of the global batch's mean loss, scaled by the world size that DDP's (and FSDP's)
+            # gradient averaging divides by: the gradients then equal one process's on the whole batch. (With
+            # probability targets, the weighted, smoothed cross-entropy's mean is its sum over rows / rows.)
+            rows, counted = self.my_rows(index)
+            with autocast(self.precision, dev):
+                logits = self.wrapped(**collate(self.tokenizer, self.train.encodings, rows, dev))
+            loss = pair_loss(logits.float(), self.train.targets[rows].to(dev), self.grade_values,
+                             config.expected_grade_mse_weight, "sum", self.class_weights, config.label_smoothing
+                             ) * (ctx.world_size / len(index)) * float(counted)
+        else:
+            with autocast(self.precision, dev):
+                logits = self.model(**collate(self.tokenizer, self.train.encodings, index, dev))
+            loss = pair_loss(logits.float(), self.train.targets[index].to(dev), self.grade_values,
+                             config.expected_grade_mse_weight, "mean", self.class_weights, config.label_smoothing)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.train_seconds += time.perf_counter() - started
+        self.trained_pairs += len(index)
+        return loss
+
+    def after_step(self, state: LoopState, loss: torch.Tensor) -> None:
+        distributed.inject_fault(self.ctx, state.step)
+        if self.progress is not None:
+            # Rank 0's share only: averaging it over ranks would cost a collective per step for a label.
+            bar, task = self.progress
+            bar.update(task, advance=1, description=f"teacher epoch {state.epoch + 1} loss {loss.item():.3f}")
+
+    def evaluate(self, state: LoopState) -> dict:
+        model, dev, valid = self.model, self.dev, self.valid
         model.eval()
         loss_sum, squared_error, correct = 0.0, 0.0, 0
         with torch.no_grad():
-            for index in length_batches(valid_len, config.batch_size * 2):
-                rows, counted = my_rows(index)
-                with autocast(precision, dev):
-                    logits = model(**collate(tokenizer, valid_enc, rows, dev)).float()
+            for index in length_batches(valid.lengths, self.config.batch_size * 2):
+                rows, counted = self.my_rows(index)
+                with autocast(self.precision, dev):
+                    logits = model(**collate(self.tokenizer, valid.encodings, rows, dev)).float()
                 if not counted:
                     continue
-                target, grades = valid_y[rows].to(dev), valid_grades[rows].to(dev)
-                loss_sum += objective(logits, target, reduction="sum").item()
-                squared_error += float(((torch.softmax(logits, -1) @ grade_values - grades) ** 2).sum())
+                target, grades = valid.targets[rows].to(dev), valid.grades[rows].to(dev)
+                loss_sum += pair_loss(logits, target, self.grade_values, self.config.expected_grade_mse_weight,
+                                      "sum").item()
+                squared_error += float(((torch.softmax(logits, -1) @ self.grade_values - grades) ** 2).sum())
                 correct += int((logits.argmax(-1) == grades).sum())
         model.train()
-        loss_sum, squared_error, correct = ctx.sum([loss_sum, squared_error, correct])
-        n = len(valid_enc)
-        return {"valid_loss": loss_sum / n, "valid_accuracy": correct / n,
+        loss_sum, squared_error, correct = self.ctx.sum([loss_sum, squared_error, correct])
+        n = len(valid.encodings)
+        return {"step": state.step, "epoch": state.epoch + 1, "valid_loss": loss_sum / n, "valid_accuracy": correct / n,
                 "valid_rmse_grade": (squared_error / n) ** 0.5}
 
-    best = {"valid_loss": float("inf")}
-    best_state = None
-    history: list[dict] = []
-    stale, step, stop = 0, 0, False
-    trained_pairs, train_seconds = 0, 0.0
-    model.train()
-    log(f"teacher: {len(train_enc)} train / {len(valid_enc)} valid pairs, finetune={config.finetune}, "
-        f"precision={precision}, device={dev.type}"
-        + (f", {ctx.world_size} processes ({config.distributed.strategy}, {ctx.backend})" if ctx.distributed else ""))
-    with progress_bar(disable=not ctx.is_main) as bar:
-        task = bar.add_task("teacher fine-tune", total=total_steps)
-        for epoch in range(config.epochs):
-            for index in length_batches(train_len, config.batch_size, rng):
-                started = time.perf_counter()
-                if ctx.distributed:
-                    rows, counted = my_rows(index)
-                    with autocast(precision, dev):
-                        logits = wrapped(**collate(tokenizer, train_enc, rows, dev))
-                    loss = share_of_batch_loss(logits.float(), train_y[rows].to(dev), len(index)) * float(counted)
-                else:
-                    with autocast(precision, dev):
-                        logits = model(**collate(tokenizer, train_enc, index, dev))
-                    loss = objective(logits.float(), train_y[index].to(dev))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                train_seconds += time.perf_counter() - started
-                trained_pairs += len(index)
-                step += 1
-                distributed.inject_fault(ctx, step)
-                # Rank 0's share only: averaging it over ranks would cost a collective per step for a label.
-                bar.update(task, advance=1, description=f"teacher epoch {epoch + 1} loss {loss.item():.3f}")
-                if step % eval_every == 0 or step == total_steps:
-                    result = {"step": step, "epoch": epoch + 1, **evaluate()}
-                    history.append(result)
-                    log(f"teacher: step {step}/{total_steps} valid loss {result['valid_loss']:.4f} "
-                        f"accuracy {result['valid_accuracy']:.4f} rmse(grade) {result['valid_rmse_grade']:.4f}")
-                    if ctx.agree(result["valid_loss"] < best["valid_loss"] - 1e-4):
-                        best, stale = result, 0
-                        if ctx.is_main or sharded:  # a DDP replica other than rank 0's is never saved
-                            best_state = {k: v.detach().clone() for k, v in model.named_parameters()
-                                          if v.requires_grad}
-                    else:
-                        stale += 1
-                        if stale >= config.early_stopping_patience and step < total_steps:
-                            stop = True
-                            break
-            if stop:
-                log(f"teacher: early stop at step {step}; best valid loss {best['valid_loss']:.4f} "
-                    f"at step {best['step']}")
-                break
-    if best_state is not None:
-        if sharded:  # each rank restores its own shard, in place
+    def after_evaluation(self, state: LoopState, result: dict) -> None:
+        self.log(f"teacher: step {result['step']}/{self.total_steps} valid loss {result['valid_loss']:.4f} "
+                 f"accuracy {result['valid_accuracy']:.4f} rmse(grade) {result['valid_rmse_grade']:.4f}")
+
+    def agree(self, flag: bool) -> bool:
+        return self.ctx.agree(flag)
+
+    def snapshot(self) -> dict | None:
+        if not (self.ctx.is_main or self.sharded):  # a DDP replica other than rank 0's is never saved
+            return None
+        return {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+
+    def restore(self, snapshot: dict) -> None:
+        if self.sharded:  # each rank restores its own shard, in place
             with torch.no_grad():
-                for name, parameter in model.named_parameters():
-                    if name in best_state:
-                        parameter.copy_(best_state[name])
+                for name, parameter in self.model.named_parameters():
+                    if name in snapshot:
+                        parameter.copy_(snapshot[name])
         else:
-            model.load_state_dict(best_state, strict=False)  # only trainable tensors were snapshotted
-    if sharded:
+            self.model.load_state_dict(snapshot, strict=False)  # only trainable tensors were snapshotted
+
+
+def _trained_model(run: _TeacherRun, state: LoopState) -> CrossEncoder | None:
+    """The trained cross-encoder, whole, merged and on the device, on rank 0 (None on the other ranks)."""
+    ctx, config, dev, model = run.ctx, run.config, run.dev, run.model
+    if run.sharded:
         # The full weights, gathered on rank 0 into a fresh unsharded cross-encoder (in host memory: only the
         # inference copy has to fit the device, as it must for labelling anyway).
         full = distributed.full_state_dict(model, ctx)
-        del wrapped, model, optimizer, scheduler, best_state
+        del model
+        run.wrapped = run.model = run.optimizer = run.scheduler = state.best_state = None
         if not ctx.is_main:
             return None
-        model = build_cross_encoder(config, num_grades, torch.device("cpu"))[0]
+        model = build_cross_encoder(config, run.num_grades, torch.device("cpu"))[0]
         model.load_state_dict(full)
         del full
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     elif not ctx.is_main:
-        return None  # the replicas are identical: rank 0's is the one that gets merged, calibrated and saved
+        return None  # the replicas are identical
     if config.finetune in ("lora", "qlora"):
-        model.backbone = _merged_backbone(model.backbone, config, backbone_path, len(tokenizer))
+        model.backbone = _merged_backbone(model.backbone, config, run.backbone_path, len(run.tokenizer))
     if config.gradient_checkpointing:
         model.backbone.activation_checkpointing_disable()
-    model = model.to(dev).eval()
+    return model.to(dev).eval()
+
+
+def _manifest(run: _TeacherRun, state: LoopState, text: TextConfig, data_hash: str) -> dict:
+    config, ctx = run.config, run.ctx
+    best = state.best or {"valid_loss": float("inf")}
     manifest = {
         "kind": "teacher",
         "backbone": config.backbone,
-        "backbone_path": backbone_path,
-        "num_grades": num_grades,
+        "backbone_path": run.backbone_path,
+        "num_grades": run.num_grades,
         "pooling": config.pooling,
         "head_hidden": config.head_hidden,
         "finetune": config.finetune,
-        "precision": precision,
+        "precision": run.precision,
         "text": text.model_dump(),
         "config": config.model_dump(),
         "train_data_hash": data_hash,
         "metrics": {**{k: v for k, v in best.items() if k != "step"}, "best_step": best.get("step"),
-                    "train_pairs_per_s": trained_pairs / max(train_seconds, 1e-9), "history": history},
+                    "train_pairs_per_s": run.trained_pairs / max(run.train_seconds, 1e-9), "history": state.history},
     }
     if ctx.distributed:
         manifest["distributed"] = {"world_size": ctx.world_size, "strategy": config.distributed.strategy,
                                    "backend": ctx.backend}
-    return Teacher(model, tokenizer, manifest)
+    return manifest
 
 
 def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
