@@ -80,11 +80,18 @@ def ranker_holdout(directory: Path, dataset: Dataset) -> dict:
     if "judge_holdout" not in manifest:
         return {"untouched": False, "what": "records no judge holdout (made before models recorded it): it may have "
                 "been distilled on these queries"}
-    expected = dataset.judge_holdout_fingerprint()
-    if manifest["judge_holdout"] != expected:
-        raise DataContractError(f"{directory} was trained without the judge holdout {manifest['judge_holdout']}, but "
-                                f"the dataset holds out {expected}: it may have been distilled on the queries "
-                                "judge-eval would rank. Retrain it on a pool built with this dataset's holdout")
+    recorded, expected = manifest["judge_holdout"], dataset.judge_holdout_fingerprint()
+    if recorded is None:
+        return {"untouched": False, "what": "trained on data built with no judge holdout: it may have been "
+                "distilled on these queries"}
+    # Which queries are held out is a function of the query text and the fraction (a hash slice), so the same
+    # fraction is the same slice: new traffic or a holdout query graded since changes the query count, not the
+    # line. Another fraction may have let today's holdout queries into the pool.
+    if recorded.get("fraction") != expected["fraction"]:
+        raise DataContractError(f"{directory} was trained on data built without a judge holdout of fraction "
+                                f"{recorded.get('fraction')}, but the dataset holds out {expected['fraction']} of "
+                                "the unjudged queries: it may have been distilled on the queries judge-eval would "
+                                "rank. Retrain it on a pool built with this dataset's holdout")
     return {"untouched": True, "what": "trained on data built without the judge-holdout queries"}
 
 

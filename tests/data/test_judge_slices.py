@@ -121,7 +121,7 @@ def test_a_pool_or_a_ranker_built_without_this_holdout_is_caught(tmp_path):
     with pytest.raises(DataContractError, match="pair\\(s\\) of judge-holdout queries"):
         check_pool_holdout(stale, shop)
 
-    def ranker(name: str, **manifest) -> "Path":
+    def ranker(name: str, **manifest):
         directory = tmp_path / name
         directory.mkdir()
         (directory / "manifest.json").write_text(json.dumps({"kind": "student", **manifest}))
@@ -131,6 +131,12 @@ def test_a_pool_or_a_ranker_built_without_this_holdout_is_caught(tmp_path):
     assert not ranker_holdout(ranker("legacy"), shop)["untouched"]
     with pytest.raises(DataContractError, match="may have been distilled on the queries"):
         ranker_holdout(ranker("other", judge_holdout=_shop(holdout=0.5).judge_holdout_fingerprint()), shop)
+    # Trained with no holdout at all (or a bundle of such a student): flagged, not refused.
+    assert not ranker_holdout(ranker("none", judge_holdout=None), shop)["untouched"]
+    # New traffic (one more holdout query) or a holdout query graded since: the same slice, still untouched.
+    refreshed = dict(shop.judge_holdout_fingerprint(), queries=shop.judge_holdout_fingerprint()["queries"] + 1,
+                     hash="0" * 16)
+    assert ranker_holdout(ranker("refreshed", judge_holdout=refreshed), shop)["untouched"]
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "manifest.json").write_text(json.dumps({"kind": "teacher"}))
