@@ -2,8 +2,9 @@
 whole run in seconds, tiny hand-made judgments, and the `relevance` command line in a subprocess. Nothing
 downloads.
 
-The test tree mirrors the package: tests/<module>.py for the core library, tests/data, tests/platform,
-tests/serving (and serving/canary), tests/pipelines, tests/benchmarks; tests/test_packaging.py checks the wheel.
+The test tree mirrors the packages: relevance/<package>/<module>.py → tests/<package>/test_<module>.py, serving/ →
+tests/serving (and serving/canary), pipelines/ → tests/pipelines, tests/benchmarks; tests/test_layout.py keeps that
+shape, tests/test_packaging.py checks the wheel.
 """
 
 from __future__ import annotations

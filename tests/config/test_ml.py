@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 from pydantic import ValidationError
 
@@ -41,12 +40,3 @@ def test_the_labeling_section_is_the_labelling_jobs_settings():
 def test_teacher_and_student_start_from_the_shipped_backbone():
     config = build_config("default")
     assert config.teacher.backbone == config.student.encoder == DEFAULT_BACKBONE
-
-
-def test_a_query_in_two_splits_is_rejected():
-    from relevance.data.schema import DataContractError, validate_judgments
-
-    judgments = pd.DataFrame({"query_id": ["q1", "q1"], "item_id": ["a", "b"], "grade": [1, 0],
-                              "split": ["train", "test"]})
-    with pytest.raises(DataContractError, match="more than one split"):
-        validate_judgments(judgments, 3)
