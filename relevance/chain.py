@@ -4,8 +4,9 @@ when its output exists.
 A rerun after a crash (or after changing only a late step's settings and deleting its output) redoes only what is
 missing. The steps themselves are the domain functions the KFP components call too (relevance.data.prepare,
 relevance.labels.pool.build_pool, relevance.teacher.train.fit_teacher, relevance.labels.labelling.label_pool,
-relevance.student.distillation.train_students, relevance.evaluation.evaluate.evaluate_models); this module only decides where
-their outputs live and whether one can be reused.
+relevance.student.distillation.train_students, relevance.evaluation.challenger.evaluate_run); this module only decides
+where their outputs live and whether one can be reused. The teacher step is also the one way into teacher training
+from a workdir (`relevance run`, `relevance train-teacher`): where it trains is relevance.teacher.launch's choice.
 
     workdir/data/            canonical dataset (relevance.data.schema)
     workdir/teacher/         fine-tuned teacher
@@ -27,17 +28,12 @@ from pathlib import Path
 
 from relevance.common.console import log as _log
 from relevance.common.files import atomic_write_json, atomic_write_text, read_manifest
-from relevance.config import RunConfig
+from relevance.config import STEPS, RunConfig
 from relevance.data.schema import Dataset
 
-# The config sections each step's output depends on.
-STEP_SETTINGS = {
-    "data": ("data",),
-    "pool": ("data", "text", "candidates"),
-    "teacher": ("data", "text", "teacher"),
-    "students": ("data", "text", "candidates", "student", "gbdt"),
-    "gbdt": ("data", "text", "candidates", "student", "gbdt"),
-}
+# The config sections each step's output depends on, by the output's name in steps.json: declared with the
+# pipeline's steps (relevance.config.steps), so that the chain and the pipeline cannot disagree.
+STEP_SETTINGS = {step.output: step.settings for step in STEPS if step.output}
 
 
 # Settings that change how a step runs, not what it makes: a teacher trained on 1 or 8 processes is the same
@@ -104,12 +100,20 @@ class Chain:
         check_pool_holdout(self.pool_path, dataset)  # a re-prepared dataset must not reuse an older pool
         return self.pool_path
 
-    def teacher(self, dataset: Dataset) -> Path:
+    def teacher(self, dataset: Dataset, launch: RunConfig | None = None, remote=None) -> Path:
+        """The fine-tuned teacher, trained when the step cache has none. ``launch``: the config to launch the
+        training with (relevance.teacher.launch.launch_settings: this config with other ``teacher.distributed``
+        settings); None: in this process, as `relevance run` trains it. Out of this process, it is
+        relevance.teacher.launch.launch_teacher's choice of launcher (``remote``: the TrainJob launcher, which the
+        platform provides), on the prepared dataset in workdir/data."""
+        from relevance.teacher.launch import in_this_process, launch_teacher
         from relevance.teacher.train import fit_teacher, recalibrate_teacher
 
         if not self.reusable("teacher", (self.teacher_dir / "manifest.json").exists()):
-            fit_teacher(self.config, dataset, self.teacher_dir)
-            return self.teacher_dir
+            if launch is None or in_this_process(launch):
+                fit_teacher(self.config, dataset, self.teacher_dir)
+                return self.teacher_dir
+            launch_teacher(launch, self.data_dir.absolute(), self.teacher_dir.absolute(), remote=remote, log=_log)
         # The settings match, but the judgments may not: `relevance import-labels` adds train judgments, and a
         # teacher that never saw them must not label the pool as if it had.
         trained_on = read_manifest(self.teacher_dir, "teacher").get("train_data_hash")
@@ -206,9 +210,9 @@ class Chain:
         return outputs
 
     def report(self, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
-        from relevance.evaluation.evaluate import evaluate_models
+        from relevance.evaluation.challenger import evaluate_run
 
-        return evaluate_models(self.config, dataset, model_dirs, self.report_path, self.embeddings_dir)
+        return evaluate_run(self.config, dataset, model_dirs, self.report_path, self.embeddings_dir)
 
 
 def run(config: RunConfig) -> dict:

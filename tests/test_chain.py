@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -62,3 +64,75 @@ def test_trees_grown_under_other_default_settings_are_not_reused(tmp_path):
     (tmp_path / "gbdt_lambdamart" / "manifest.json").write_text(json.dumps({"kind": "gbdt", "config": grown}))
     chain.reusable("gbdt", output_exists=False)
     assert chain.baselines(None) == chain.gbdt_dirs  # multiclass kept: LambdaMART's settings are not its own
+
+
+# ---- the one way into teacher training: the step cache here, the launcher choice in relevance.teacher.launch ----
+
+
+def _tiny_dataset() -> Dataset:
+    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["red sofa", "lamp"]})
+    queries = pd.DataFrame({"query_id": ["q1", "q2"], "query": ["sofa", "lamp"]})
+    judgments = pd.DataFrame({"query_id": ["q1", "q2"], "item_id": ["a", "b"], "grade": [2, 0],
+                              "split": ["train", "valid"]})
+    return Dataset(DatasetInfo("tiny", 3), items, queries, judgments).validated()
+
+
+def test_the_launcher_is_chosen_in_one_place(tmp_path, monkeypatch):
+    from relevance.teacher import launch
+
+    config = build_config("quick", {"workdir": str(tmp_path)})
+    assert launch.in_this_process(config)
+    torchrun = launch.launch_settings(config, nproc_per_node=2)
+    trainjob = launch.launch_settings(config, trainjob=True)
+    assert not launch.in_this_process(torchrun) and not launch.in_this_process(trainjob)
+    assert config.teacher.distributed.nproc_per_node == 1 and config.teacher.distributed.launcher == "local"
+    assert launch.launch_settings(config) == config and launch.launch_settings(config) is not config
+
+    calls = []
+    monkeypatch.setattr(launch, "launch_local", lambda *args, **kwargs: calls.append(("local", args)) or args[2])
+
+    def remote(*args, **kwargs):
+        calls.append(("remote", args))
+        return args[2]
+
+    assert launch.launch_teacher(torchrun, "data", "out", remote=remote) == "out"
+    assert launch.launch_teacher(trainjob, "data", "out", remote=remote) == "out"
+    assert [(kind, args[0]) for kind, args in calls] == [("local", torchrun), ("remote", trainjob)]
+    with pytest.raises(ValueError, match="launcher is trainjob, and nothing here can submit a TrainJob"):
+        launch.launch_teacher(trainjob, "data", "out")
+
+
+def test_chain_teacher_trains_once_where_the_launch_settings_say(tmp_path, monkeypatch):
+    """In this process without launch settings (`relevance run`) or with local one-process ones; out of it
+    (torchrun, a TrainJob) through the launcher choice, on the prepared dataset; a cached teacher is reused."""
+    import json
+
+    from relevance.teacher import launch, train
+
+    dataset = _tiny_dataset()
+    calls = []
+
+    def trained(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "manifest.json").write_text(json.dumps({"kind": "teacher",
+                                                             "train_data_hash": dataset.training_data_hash()}))
+        return Path(out)
+
+    monkeypatch.setattr(train, "fit_teacher", lambda config, data, out: calls.append(("here", config)) or trained(out))
+    monkeypatch.setattr(launch, "launch_teacher", lambda config, data_dir, out, remote=None, log=None: calls.append(
+        ("launched", config, data_dir, out, remote)) or trained(out))
+    monkeypatch.setattr(train, "recalibrate_teacher", lambda *args: calls.append(("recalibrated",)) or False)
+
+    here = Chain(build_config("quick", {"workdir": str(tmp_path / "here")}))
+    assert here.teacher(dataset, launch=launch.launch_settings(here.config)) == here.teacher_dir
+    assert calls == [("here", here.config)]
+
+    calls.clear()
+    chain = Chain(build_config("quick", {"workdir": str(tmp_path / "away")}))
+    settings, remote = launch.launch_settings(chain.config, nproc_per_node=2), object()
+    assert chain.teacher(dataset, launch=settings, remote=remote) == chain.teacher_dir
+    assert calls == [("launched", settings, chain.data_dir.absolute(), chain.teacher_dir.absolute(), remote),
+                     ("recalibrated",)]
+    calls.clear()
+    assert chain.teacher(dataset, launch=settings, remote=remote) == chain.teacher_dir  # the step cache
+    assert calls == [("recalibrated",)]

@@ -239,6 +239,28 @@ def evaluate_directory(model_dir: str | Path, items: pd.DataFrame, queries: pd.D
     return report
 
 
+def evaluate_file(model_dir: str | Path, items_path: str | Path, judgments_path: str | Path, out: str | Path,
+                  split: str | None = None, cache_dir: str | Path = ".cache/embeddings") -> dict:
+    """What `relevance evaluate` runs: a saved model (or a serving bundle) on an items file and a judgments file
+    (generic columns, e.g. Home Depot's), only the rows of ``split`` when given; the report is written to ``out``
+    as JSON and returned."""
+    from relevance.data.generic import load_items, load_judgments
+    from relevance.data.schema import validate_items
+
+    manifest = saved_manifest(model_dir)
+    items = validate_items(load_items(items_path))
+    queries, judged, _ = load_judgments(judgments_path, num_grades=manifest["num_grades"])
+    if queries is None:
+        raise DataContractError(f"{judgments_path}: needs a 'query' column with the query text")
+    if split:
+        if "split" not in judged.columns:
+            raise DataContractError(f"{judgments_path}: --split {split} given, but the file has no 'split' column")
+        judged = judged[judged["split"] == split]
+    report = evaluate_directory(model_dir, items, queries, judged, None, EvalConfig(), cache_dir)
+    atomic_write_json(out, report)
+    return report
+
+
 def evaluate_models(config: RunConfig, dataset: Dataset, model_dirs: dict[str, Path], out: str | Path,
                     embeddings_dir: str | Path) -> dict:
     """Every saved model and the baselines on the same evaluation split, overall and per locale. Writes the

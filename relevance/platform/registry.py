@@ -10,6 +10,9 @@ Alias semantics:
   evaluation set); canary traffic goes to it.
 - ``champion``: what production serves. :func:`Registry.promote` moves it to the challenger and remembers the
   previous champion in the registered model's ``previous_champion`` tag; :func:`Registry.rollback` restores it.
+
+The evaluation and the challenger gate are the core's (relevance.evaluation.challenger): this adapter brings them
+the champion and the Feast features (:func:`evaluate_challenger`) and records the outcome (:func:`register_run`).
 """
 
 from __future__ import annotations
@@ -198,67 +201,24 @@ class Registry:
         return int(previous)
 
 
-def challenger_gate(metrics: dict[str, float], champion: dict[str, float] | None, config: RegistryConfig,
-                    ndcg_key: str) -> tuple[bool, str]:
-    """Whether a new student may become ``challenger``: thresholds met, and better than the champion (when
-    there is one) on the same evaluation set. Returns the decision and a sentence saying why."""
-    accuracy, ndcg = metrics["accuracy"], metrics[ndcg_key]
-    if accuracy < config.min_accuracy:
-        return False, f"accuracy {accuracy:.4f} is below registry.min_accuracy {config.min_accuracy}"
-    if ndcg < config.min_ndcg:
-        return False, f"{ndcg_key} {ndcg:.4f} is below registry.min_ndcg {config.min_ndcg}"
-    if champion is None:
-        return True, f"no champion yet; thresholds met (accuracy {accuracy:.4f}, {ndcg_key} {ndcg:.4f})"
-    gain = ndcg - champion[ndcg_key]
-    if gain <= config.min_gain_over_champion:  # "beats": a tie keeps the champion
-        return False, (f"{ndcg_key} {ndcg:.4f} vs champion {champion[ndcg_key]:.4f}: gain {gain:+.4f} is not above "
-                       f"registry.min_gain_over_champion {config.min_gain_over_champion}")
-    return True, f"{ndcg_key} {ndcg:.4f} vs champion {champion[ndcg_key]:.4f} (gain {gain:+.4f})"
-
-
-def _largest_ndcg(config: RunConfig) -> str:
-    return f"ndcg@{max(config.eval.ks)}"
-
-
 def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, teacher_dir: Path,
                         html_path: Path, feature_repo: Path | None = None) -> dict:
-    """The pipeline's evaluate step: student, teacher, the GBDT baselines (trained here on the student's
-    features, items read from ``feature_repo`` when given) and the registry's current champion on the same
-    split; the challenger gate's decision; an HTML report for the KFP UI."""
+    """The pipeline's evaluate step (relevance.evaluation.challenger.gate_challenger) with what lives on the
+    platform: the registry's current champion, and the items' features read from ``feature_repo`` (the Feast
+    offline store) when given."""
     import tempfile
 
-    from relevance.common.files import atomic_write_text
-    from relevance.evaluation.evaluate import evaluate_models
-    from relevance.evaluation.report import html_report
-    from relevance.student.featurizer import build_featurizer, featurizer_settings
-    from relevance.student.gbdt import BASELINE_NAMES, train_baselines
+    from relevance.evaluation.challenger import gate_challenger
+
+    def item_features(item_ids: list[str]):
+        from relevance.platform.feature_store import item_features_from_store
+
+        return item_features_from_store(feature_repo, item_ids)
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"student": student_dir, "teacher": teacher_dir}
         champion = Registry(config.registry).download(config.registry.student_name, CHAMPION, Path(tmp) / "champion")
-        if champion is not None:
-            models["champion"] = champion
-        objectives = [o for o in config.gbdt.objectives if o != "distilled"] if config.gbdt.enabled else []
-        if objectives:
-            stored = None
-            if feature_repo is not None:
-                from relevance.platform.feature_store import item_features_from_store
-
-                stored = item_features_from_store(feature_repo, dataset.items["item_id"].tolist())
-            featurizer = build_featurizer(dataset.items, featurizer_settings(config), Path(tmp) / "embeddings", stored)
-            baselines = {BASELINE_NAMES[o]: Path(tmp) / BASELINE_NAMES[o] for o in objectives}
-            models.update(train_baselines(config, dataset, featurizer, baselines, log=log))
-        report = evaluate_models(config, dataset, models, Path(tmp) / "report.json", Path(tmp) / "embeddings")
-        plot = (Path(tmp) / "confusion.png").read_bytes()
-    ndcg = _largest_ndcg(config)
-    overall = {name: block["overall"] for name, block in report["models"].items()}
-    passed, reason = challenger_gate(overall["student"], overall.get("champion"), config.registry, ndcg)
-    log(f"challenger gate: {'pass' if passed else 'fail'}: {reason}")
-    atomic_write_text(html_path, html_report(report, plot, f"Challenger gate: {'PASS' if passed else 'FAIL'} ({reason})"))
-    metrics = {f"{name}_{metric}".replace("@", "_at_"): float(block[metric])
-               for name, block in overall.items() for metric in ("accuracy", "macro_f1", ndcg) if metric in block}
-    return {"metrics": metrics, "gate_passed": passed, "gate_reason": reason,
-            "grade_names": dataset.info.grade_names, "confusion_matrix": overall["student"]["confusion_matrix"]}
+        return gate_challenger(config, dataset, student_dir, teacher_dir, html_path, Path(tmp), champion,
+                               item_features if feature_repo is not None else None)
 
 
 def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, student_dir: Path, onnx_dir: Path,
@@ -272,11 +232,12 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
     import tempfile
 
     from relevance.common.files import read_manifest
+    from relevance.evaluation.challenger import largest_ndcg
 
     dataset = Dataset.load(dataset_dir, with_impressions=False)
     teacher_manifest = read_manifest(teacher_dir, "teacher")
     student_manifest = read_manifest(student_dir, "student")
-    ndcg = _largest_ndcg(config).replace("@", "_at_")
+    ndcg = largest_ndcg(config).replace("@", "_at_")
     numbers = {k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     lineage = {
         "data_hash": dataset.training_data_hash(), "dataset": dataset.info.name,

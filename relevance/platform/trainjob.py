@@ -1,10 +1,11 @@
 """The teacher step's launcher, and the multi-node path: a Kubeflow Trainer v2 ``TrainJob``.
 
-:func:`launch_teacher_training` is what the teacher step calls (the CLI, and the KFP component): in this process,
-torchrun on this machine (relevance.teacher.launch.launch_local), or, with ``teacher.distributed.launcher: trainjob``, a
-``TrainJob`` (API group trainer.kubeflow.org, v1alpha1; https://www.kubeflow.org/docs/components/trainer/) of
-``num_nodes`` nodes × ``nproc_per_node`` processes on a ClusterTrainingRuntime such as ``torch-distributed``,
-submitted with the Kubernetes Python client and waited for until its ``Complete`` or ``Failed`` condition.
+:func:`launch_teacher_training` is what the KFP teacher step calls (`relevance train-teacher` goes through
+relevance.chain.Chain.teacher, with :func:`train_as_trainjob`): in this process, torchrun on this machine
+(relevance.teacher.launch.launch_local), or, with ``teacher.distributed.launcher: trainjob``, a ``TrainJob`` (API
+group trainer.kubeflow.org, v1alpha1; https://www.kubeflow.org/docs/components/trainer/) of ``num_nodes`` nodes ×
+``nproc_per_node`` processes on a ClusterTrainingRuntime such as ``torch-distributed``, submitted with the
+Kubernetes Python client and waited for until its ``Complete`` or ``Failed`` condition.
 
 The manifest is rendered from infra/trainer/trainjob.yaml and checked offline before it goes anywhere:
 - against the TrainJob CRD's ``openAPIV3Schema`` (infra/trainer/trainjob.schema.json: the spec's schema from
@@ -353,12 +354,21 @@ def launch_teacher_training(config: RunConfig, dataset_dir: str | Path, out_dir:
     The TrainJob's nodes see only the shared volume (``trainjob.shared_mount_path``, mounted here too: the
     pipeline mounts it on the teacher step's pod). Paths elsewhere (a KFP artifact's local path) are staged: the
     dataset is copied to ``<mount>/<job name>/data``, the nodes write ``<mount>/<job name>/teacher``, and that is
-    copied to ``out_dir``."""
-    settings = config.teacher.distributed
-    if settings.launcher == "local":
-        from relevance.teacher.launch import launch_local
+    copied to ``out_dir``. The choice of launcher is relevance.teacher.launch.launch_teacher's, with
+    :func:`train_as_trainjob` as its TrainJob launcher."""
+    from relevance.teacher.launch import launch_teacher
 
-        return launch_local(config, dataset_dir, out_dir, log=log)
+    def remote(config: RunConfig, dataset_dir: str | Path, out_dir: str | Path, log: Callable[[str], None]) -> Path:
+        return train_as_trainjob(config, dataset_dir, out_dir, log=log, api=api)
+
+    return launch_teacher(config, dataset_dir, out_dir, remote=remote, log=log)
+
+
+def train_as_trainjob(config: RunConfig, dataset_dir: str | Path, out_dir: str | Path,
+                      log: Callable[[str], None] = print, api=None) -> Path:
+    """The teacher trained by a TrainJob on the cluster (``teacher.distributed.launcher: trainjob``), left in
+    ``out_dir``: staged on the shared volume as :func:`launch_teacher_training` describes, submitted, waited for."""
+    settings = config.teacher.distributed
     job = settings.trainjob
     mount = Path(job.shared_mount_path)
     if not mount.is_dir():

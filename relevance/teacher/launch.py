@@ -31,6 +31,39 @@ def launch_local(config: RunConfig, dataset_dir: str | Path, out: str | Path, lo
     return Path(out)
 
 
+def in_this_process(config: RunConfig) -> bool:
+    """Whether ``teacher.distributed`` asks for training in this process: the local launcher, one process."""
+    settings = config.teacher.distributed
+    return settings.launcher == "local" and settings.nproc_per_node == 1
+
+
+def launch_settings(config: RunConfig, nproc_per_node: int | None = None, trainjob: bool = False) -> RunConfig:
+    """``config`` launched another way (``relevance train-teacher --nproc-per-node / --trainjob``). How it is
+    launched is not what it trains: the overrides go to a copy, so that the step cache (which hashes the teacher
+    settings) sees the same teacher whichever way it ran."""
+    launch = config.model_copy(deep=True)
+    if nproc_per_node is not None:
+        launch.teacher.distributed.nproc_per_node = nproc_per_node
+    if trainjob:
+        launch.teacher.distributed.launcher = "trainjob"
+    return launch
+
+
+def launch_teacher(config: RunConfig, dataset_dir: str | Path, out: str | Path,
+                   remote: Callable[..., Path] | None = None, log: Callable[[str], None] = print) -> Path:
+    """The launcher choice, made here once for every way in (relevance.chain.Chain.teacher, the pipeline's teacher
+    step through relevance.platform.trainjob.launch_teacher_training): ``teacher.distributed.launcher: local`` is
+    :func:`launch_local` (this process, or torchrun on this machine); ``trainjob`` is ``remote(config,
+    dataset_dir, out, log=log)``, the Kubeflow TrainJob launcher the platform provides (the core imports no
+    cluster client)."""
+    if config.teacher.distributed.launcher == "local":
+        return launch_local(config, dataset_dir, out, log=log)
+    if remote is None:
+        raise ValueError("teacher.distributed.launcher is trainjob, and nothing here can submit a TrainJob: train "
+                         "with `relevance train-teacher` or the pipeline's finetune_teacher step")
+    return remote(config, dataset_dir, out, log=log)
+
+
 def worker_arguments(config: str | Path, dataset_dir: str | Path, out: str | Path) -> list[str]:
     """The arguments of ``python -m relevance.teacher`` (:func:`main`), as launchers pass them."""
     return ["--config", str(config), "--dataset", str(Path(dataset_dir).absolute()),

@@ -105,19 +105,6 @@ def rollback(config: Optional[Path] = ConfigOption, profile: Optional[str] = Pro
     _plan_and_carry_out(plan_rollback, config, profile, tracking_uri, apply, dry_run, crd)
 
 
-def _teacher(run_config, teacher_dir: Optional[Path], judge: bool):
-    if not judge or run_config.canary.judge_queries == 0:
-        return None
-    from relevance.chain import Chain
-    from relevance.teacher.model import Teacher
-
-    directory = teacher_dir or Chain(run_config).teacher_dir
-    if not Path(directory).exists():
-        raise FileNotFoundError(f"teacher {directory} not found: pass --teacher, or --no-judge to skip the "
-                                "teacher-judged queries")
-    return Teacher.load(directory)
-
-
 def _echo_decision(result: dict, report: Path) -> None:
     colour = {"promote": typer.colors.GREEN, "hold": typer.colors.YELLOW, "rollback": typer.colors.RED}
     typer.secho(f"decision: {result['decision'].upper()}", fg=colour[result["decision"]], bold=True)
@@ -140,45 +127,20 @@ def analyze(champion_url: str = typer.Option(..., help="The champion's rerank se
     from relevance.chain import Chain
     from relevance.serving.canary.analysis import analyze as run_analysis
     from relevance.serving.canary.analysis import write_report
+    from relevance.serving.canary.local import judge_teacher
 
     run_config = _setup(config, profile)
     dataset = Chain(run_config).dataset(with_impressions=True)
-    decision = run_analysis(run_config, champion_url, challenger_url, dataset, _teacher(run_config, teacher, judge))
+    decision = run_analysis(run_config, champion_url, challenger_url, dataset,
+                            judge_teacher(run_config, teacher, judge))
     md, _ = write_report(decision, out or Path(run_config.workdir) / "canary",
                          {"champion_url": champion_url, "challenger_url": challenger_url})
     _echo_decision(decision.to_dict(), md)
 
 
-def _registry_bundle(run_config, alias: str, directory: Path) -> Path:
-    """The serving bundle (the registered student's onnx/ folder) of ``alias``, downloaded into ``directory``."""
-    from relevance.platform.registry import Registry
-
-    downloaded = Registry(run_config.registry).download(run_config.registry.student_name, alias, directory / alias)
-    if downloaded is None:
-        raise ValueError(f"no --{alias}-bundle and the registry has no {alias!r} for "
-                         f"{run_config.registry.student_name}")
-    return downloaded / "onnx"
-
-
 def _server_settings(config: Optional[Path], run_config) -> list[str]:
     """The config arguments for the `relevance serve` processes a command starts: the same config it read."""
     return ["--config", str(config)] if config else ["--profile", run_config.profile]
-
-
-def _wait_until_stopped() -> None:
-    """Block until Ctrl-C or SIGTERM, so that the caller's context managers stop the servers they started."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @canary_app.command("local")
@@ -204,41 +166,14 @@ def local(champion_bundle: Optional[Path] = typer.Option(None, exists=True, file
           out: Optional[Path] = typer.Option(None, help="Logs and report (default: workdir/canary-local).")):
     """The canary loop on this machine: champion and challenger servers on loopback behind a weighted splitter,
     traffic replayed through it, then `canary analyze` on both (or, with --serve, kept up for `canary watch`)."""
-    import shlex
-    import tempfile
-
-    from relevance.chain import Chain
-    from relevance.common.files import atomic_write_json
-    from relevance.platform.registry import CHALLENGER, CHAMPION
-    from relevance.serving.canary.analysis import replay_queries
-    from relevance.serving.canary.local import Faults, local_canary, run_local_canary, send_traffic
+    from relevance.serving.canary.local import Faults, run_local
 
     run_config = _setup(config, profile)
-    out = out or Path(run_config.workdir) / "canary-local"
     faults = Faults(challenger_delay_ms, challenger_abort_percent)
-    with tempfile.TemporaryDirectory() as tmp:
-        bundles = {CHAMPION: champion_bundle or _registry_bundle(run_config, CHAMPION, Path(tmp)),
-                   CHALLENGER: challenger_bundle or _registry_bundle(run_config, CHALLENGER, Path(tmp))}
-        dataset = Chain(run_config).dataset(with_impressions=True)
-        settings = _server_settings(config, run_config)
-        repo = feature_repo or Path(run_config.workdir) / "feature_repo"
-        if serve:
-            with local_canary(settings, bundles[CHAMPION], bundles[CHALLENGER], repo, percent, out,
-                              run_config.canary.seed, faults, log=typer.echo) as canary:
-                labelled, _, unlabelled = replay_queries(dataset, run_config, run_config.eval.split)
-                if requests:
-                    failed = send_traffic(canary, run_config.serving.model_name, unlabelled + labelled, requests)
-                    typer.echo(f"traffic: {requests} requests {canary.splitter.counts}, failed {failed}")
-                atomic_write_json(out / "local-canary.json", canary.to_dict())
-                typer.echo(f"serving until Ctrl-C / SIGTERM ({out / 'local-canary.json'}); watch it with:\n  "
-                           + shlex.join(["relevance", "canary", "watch", *settings, "--splitter-url", canary.split_url,
-                                         "--champion-url", canary.urls["champion"],
-                                         "--challenger-url", canary.urls["challenger"]]))
-                _wait_until_stopped()
-            return
-        result = run_local_canary(run_config, settings, bundles[CHAMPION], bundles[CHALLENGER], repo, dataset,
-                                  _teacher(run_config, teacher, judge), percent, requests, out, log=typer.echo,
-                                  faults=faults)
+    result = run_local(run_config, _server_settings(config, run_config), champion_bundle, challenger_bundle,
+                       feature_repo, percent, requests, out, teacher, judge, faults, serve, log=typer.echo)
+    if serve:
+        return
     _echo_decision(result, Path(result["report"]))
     typer.echo(json.dumps(result["context"]["split_requests"]))
 
@@ -268,44 +203,13 @@ def watch(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profil
     """Analyse the running canary and act on the decision by itself: rollback and promote are applied (kubectl
     and the registry aliases, or the local splitter), hold does nothing. Exit codes: 0 nothing to do, held or
     promoted; 3 rolled back; 4 not carried out (a person must look); 2 bad input."""
-    from contextlib import contextmanager
-
-    from relevance.chain import Chain
-    from relevance.config import CanaryConfig
-    from relevance.platform.registry import CHAMPION, Registry
-    from relevance.serving.canary.watch import NO_CANARY, ClusterTarget, SplitterTarget, WatchError, rerank_servers
-    from relevance.serving.canary.watch import watch as run_watch
+    from relevance.serving.canary.watch import NO_CANARY, WatchError, watch_canary
 
     run_config = _setup(config, profile, tracking_uri)
-    if champion_url or challenger_url:  # both at once: the config checks them as a pair
-        run_config.canary = CanaryConfig.model_validate({**run_config.canary.model_dump(),
-                                                         "champion_url": champion_url or "",
-                                                         "challenger_url": challenger_url or ""})
-    if splitter_url and not run_config.canary.champion_url:
-        raise ValueError("--splitter-url (the local loop) needs --champion-url and --challenger-url, the rerank "
-                         "servers behind the splitter (`relevance canary local --serve` prints them): the predictor "
-                         "revision URLs are the cluster's")
-    target = SplitterTarget(splitter_url) if splitter_url else ClusterTarget(run_config)
-    out = out or Path(run_config.workdir) / "canary-watch"
-
-    @contextmanager
-    def evidence():
-        import tempfile
-
-        dataset = Chain(run_config).dataset(with_impressions=True)  # before any server starts: missing data fails fast
-        judge_model = _teacher(run_config, teacher, judge)
-        with tempfile.TemporaryDirectory() as tmp:
-            chosen = bundle
-            if chosen is None and not run_config.canary.champion_url:
-                chosen = _registry_bundle(run_config, CHAMPION, Path(tmp))
-            with rerank_servers(run_config, _server_settings(config, run_config), chosen,
-                                feature_repo or Path(run_config.workdir) / "feature_repo", out,
-                                log=typer.echo) as urls:
-                yield urls, dataset, judge_model
-
     try:
-        result = run_watch(run_config, Registry(run_config.registry), target, evidence, out, rounds, every, dry_run,
-                           log=typer.echo)
+        result = watch_canary(run_config, _server_settings(config, run_config), champion_url, challenger_url,
+                              splitter_url, bundle, feature_repo, teacher, judge, rounds, every, dry_run, out,
+                              log=typer.echo)
     except WatchError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(error.exit_code) from None

@@ -11,6 +11,9 @@ A revision proxy is the local stand-in for Knative's queue-proxy, the sidecar in
 every request and measures the inference requests as a client sees them. For demonstrations it also injects
 faults the way an Istio VirtualService does (``fault.delay``: a fixed delay; ``fault.abort``: HTTP 503 for a share
 of requests), so that a challenger breaking an SLO can be shown without fault hooks in the product server.
+
+`relevance canary local` is :func:`run_local`: analysed once (:func:`run_local_canary`) or, with ``--serve``, kept
+up for the watch (:func:`serve_local_canary`).
 """
 
 from __future__ import annotations
@@ -331,3 +334,102 @@ def run_local_canary(config, settings: list[str], champion_bundle: Path, challen
                "challenger_faults": canary.faults.line()}
     md, js = write_report(decision, out_dir, context)
     return {**decision.to_dict(), "context": context, "report": str(md), "json": str(js)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# `relevance canary local`: what it starts from, and the loop itself
+# ------------------------------------------------------------------------------------------------------------
+
+
+def registry_bundle(config, alias: str, directory: Path) -> Path:
+    """The serving bundle (the registered student's onnx/ folder) of ``alias``, downloaded into ``directory``."""
+    from relevance.platform.registry import Registry
+
+    downloaded = Registry(config.registry).download(config.registry.student_name, alias, directory / alias)
+    if downloaded is None:
+        raise ValueError(f"no --{alias}-bundle and the registry has no {alias!r} for "
+                         f"{config.registry.student_name}")
+    return downloaded / "onnx"
+
+
+def judge_teacher(config, teacher_dir: Path | None, judge: bool):
+    """The teacher that judges unlabelled replayed queries (``teacher_dir``, default the run's workdir/teacher);
+    None when not asked for (``judge`` off, or ``canary.judge_queries`` 0)."""
+    if not judge or config.canary.judge_queries == 0:
+        return None
+    from relevance.chain import Chain
+    from relevance.teacher.model import Teacher
+
+    directory = teacher_dir or Chain(config).teacher_dir
+    if not Path(directory).exists():
+        raise FileNotFoundError(f"teacher {directory} not found: pass --teacher, or --no-judge to skip the "
+                                "teacher-judged queries")
+    return Teacher.load(directory)
+
+
+def wait_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM, so that the caller's context managers stop the servers they started."""
+    import signal
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve_local_canary(config, settings: list[str], champion_bundle: Path, challenger_bundle: Path,
+                       feature_repo: Path, dataset, percent: int, requests: int, out_dir: Path,
+                       faults: Faults | None = None, log=print, wait=wait_until_stopped) -> dict:
+    """The loop kept up for `relevance canary watch --splitter-url`: both servers and the splitter started,
+    ``requests`` requests sent through it, their URLs written to ``out_dir``/local-canary.json, then ``wait()``
+    (until Ctrl-C / SIGTERM) before everything stops. Returns what local-canary.json says."""
+    import shlex
+
+    from relevance.common.files import atomic_write_json
+    from relevance.serving.canary.analysis import replay_queries
+
+    with local_canary(settings, champion_bundle, challenger_bundle, feature_repo, percent, out_dir,
+                      config.canary.seed, faults, log=log) as canary:
+        labelled, _, unlabelled = replay_queries(dataset, config, config.eval.split)
+        if requests:
+            failed = send_traffic(canary, config.serving.model_name, unlabelled + labelled, requests)
+            log(f"traffic: {requests} requests {canary.splitter.counts}, failed {failed}")
+        state = canary.to_dict()
+        atomic_write_json(Path(out_dir) / "local-canary.json", state)
+        log(f"serving until Ctrl-C / SIGTERM ({Path(out_dir) / 'local-canary.json'}); watch it with:\n  "
+            + shlex.join(["relevance", "canary", "watch", *settings, "--splitter-url", canary.split_url,
+                          "--champion-url", canary.urls["champion"], "--challenger-url", canary.urls["challenger"]]))
+        wait()
+    return state
+
+
+def run_local(config, settings: list[str], champion_bundle: Path | None = None,
+              challenger_bundle: Path | None = None, feature_repo: Path | None = None, percent: int = 10,
+              requests: int = 200, out_dir: Path | None = None, teacher_dir: Path | None = None, judge: bool = True,
+              faults: Faults | None = None, serve: bool = False, log=print) -> dict:
+    """What `relevance canary local` runs: the registry's champion and challenger bundles where none are given,
+    the run's dataset and feature repo (workdir/feature_repo by default), then either the loop analysed once
+    (:func:`run_local_canary`; returns the analysis) or, with ``serve``, kept up for the watch
+    (:func:`serve_local_canary`; returns where it ran). ``settings``: the servers' config arguments."""
+    import tempfile
+
+    from relevance.chain import Chain
+    from relevance.platform.registry import CHALLENGER, CHAMPION
+
+    out_dir = out_dir or Path(config.workdir) / "canary-local"
+    with tempfile.TemporaryDirectory() as tmp:
+        champion = champion_bundle or registry_bundle(config, CHAMPION, Path(tmp))
+        challenger = challenger_bundle or registry_bundle(config, CHALLENGER, Path(tmp))
+        dataset = Chain(config).dataset(with_impressions=True)
+        repo = feature_repo or Path(config.workdir) / "feature_repo"
+        if serve:
+            return serve_local_canary(config, settings, champion, challenger, repo, dataset, percent, requests,
+                                      out_dir, faults, log=log)
+        return run_local_canary(config, settings, champion, challenger, repo, dataset,
+                                judge_teacher(config, teacher_dir, judge), percent, requests, out_dir, log=log,
+                                faults=faults)

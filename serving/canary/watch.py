@@ -1,6 +1,7 @@
 """`relevance canary watch`: the canary analysis on a schedule, acting on its own decision, so that a bad canary is
 rolled back with no person in the loop. It runs as a Kubernetes CronJob (infra/kserve/overlays/canary-watch),
-from a workstation against the cluster, or on this machine against the local loop's splitter (local.py).
+from a workstation against the cluster, or on this machine against the local loop's splitter (local.py); the
+command is :func:`watch_canary`, which sets up the target and the evidence and runs :func:`watch`.
 
 One round:
 
@@ -352,3 +353,47 @@ def watch(config: RunConfig, registry: Registry, target, evidence, out_dir: Path
                 break
             time.sleep(every)
     return result
+
+
+def watch_canary(config: RunConfig, settings: list[str], champion_url: str | None = None,
+                 challenger_url: str | None = None, splitter_url: str | None = None, bundle: Path | None = None,
+                 feature_repo: Path | None = None, teacher_dir: Path | None = None, judge: bool = True,
+                 rounds: int = 1, every: float = 0.0, dry_run: bool = False, out_dir: Path | None = None,
+                 log=print) -> RoundResult:
+    """What `relevance canary watch` (and the CronJob) runs: the rounds of :func:`watch` on the cluster's
+    InferenceService, or on the local loop's splitter at ``splitter_url``. The rerank servers compared are
+    ``champion_url`` and ``challenger_url`` (both, default the config's ``canary.*_url``), or transformers
+    started here on the predictor revisions, loading ``bundle`` (default: the registry champion's) and
+    ``feature_repo`` (default: workdir/feature_repo). ``settings``: those transformers' config arguments."""
+    from relevance.config import CanaryConfig
+
+    if champion_url or challenger_url:  # both at once: the config checks them as a pair
+        canary = CanaryConfig.model_validate({**config.canary.model_dump(), "champion_url": champion_url or "",
+                                              "challenger_url": challenger_url or ""})
+        config = config.model_copy()
+        config.canary = canary  # validated against the rest of the config
+    if splitter_url and not config.canary.champion_url:
+        raise ValueError("--splitter-url (the local loop) needs --champion-url and --challenger-url, the rerank "
+                         "servers behind the splitter (`relevance canary local --serve` prints them): the predictor "
+                         "revision URLs are the cluster's")
+    target = SplitterTarget(splitter_url) if splitter_url else ClusterTarget(config)
+    out_dir = out_dir or Path(config.workdir) / "canary-watch"
+
+    @contextmanager
+    def evidence():
+        import tempfile
+
+        from relevance.chain import Chain
+        from relevance.serving.canary.local import judge_teacher, registry_bundle
+
+        dataset = Chain(config).dataset(with_impressions=True)  # before any server starts: missing data fails fast
+        teacher = judge_teacher(config, teacher_dir, judge)
+        with tempfile.TemporaryDirectory() as tmp:
+            chosen = bundle
+            if chosen is None and not config.canary.champion_url:
+                chosen = registry_bundle(config, CHAMPION, Path(tmp))
+            with rerank_servers(config, settings, chosen, feature_repo or Path(config.workdir) / "feature_repo",
+                                out_dir, log=log) as urls:
+                yield urls, dataset, teacher
+
+    return watch(config, Registry(config.registry), target, evidence, out_dir, rounds, every, dry_run, log=log)

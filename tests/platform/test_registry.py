@@ -1,4 +1,4 @@
-"""The MLflow registry: aliases through the CLI, and the challenger gate."""
+"""The MLflow registry: aliases through the CLI, and the evaluate step's adapter."""
 
 from __future__ import annotations
 
@@ -30,14 +30,36 @@ def test_registry_alias_flow_through_the_cli(cli, tmp_path):
     assert bad.returncode == 2 and "no version 7" in bad.stderr
 
 
-def test_challenger_gate_needs_thresholds_and_a_win_over_the_champion():
-    from relevance.platform.registry import challenger_gate
+def test_the_evaluate_step_brings_the_champion_and_the_feature_store_and_only_delegates(tmp_path, monkeypatch):
+    """evaluate_challenger is an adapter: the registry's champion and a Feast reader go to the core's one evaluation
+    path (relevance.evaluation.challenger.gate_challenger, tested in tests/evaluation), whose outcome it returns."""
+    from relevance.config import RunConfig
+    from relevance.evaluation import challenger
+    from relevance.platform import feature_store, registry
 
-    config = RegistryConfig(min_accuracy=0.4, min_ndcg=0.8)
-    good = {"accuracy": 0.5, "ndcg@20": 0.9}
-    assert challenger_gate(good, None, config, "ndcg@20")[0]
-    assert not challenger_gate({"accuracy": 0.3, "ndcg@20": 0.9}, None, config, "ndcg@20")[0]
-    assert not challenger_gate({"accuracy": 0.5, "ndcg@20": 0.7}, None, config, "ndcg@20")[0]
-    assert challenger_gate(good, {"accuracy": 0.5, "ndcg@20": 0.89}, config, "ndcg@20")[0]
-    passed, reason = challenger_gate(good, {"accuracy": 0.5, "ndcg@20": 0.9}, config, "ndcg@20")
-    assert not passed and "not above" in reason  # a tie keeps the champion
+    downloads, calls = [], []
+
+    class FakeRegistry:
+        def __init__(self, config):
+            self.config = config
+
+        def download(self, name, alias, destination):
+            downloads.append((name, alias))
+            return destination
+
+    def gate(config, dataset, student_dir, teacher_dir, html_path, work_dir, champion, item_features):
+        calls.append((student_dir, teacher_dir, html_path, champion.relative_to(work_dir), item_features))
+        return {"gate_passed": True}
+
+    monkeypatch.setattr(registry, "Registry", FakeRegistry)
+    monkeypatch.setattr(challenger, "gate_challenger", gate)
+    monkeypatch.setattr(feature_store, "item_features_from_store", lambda repo, ids: (repo, ids))
+    config = RunConfig()
+    assert registry.evaluate_challenger(config, None, tmp_path / "s", tmp_path / "t", tmp_path / "r.html",
+                                        tmp_path / "repo") == {"gate_passed": True}
+    assert downloads == [(config.registry.student_name, registry.CHAMPION)]
+    (student, teacher, html, champion, item_features), = calls
+    assert (student, teacher, html, str(champion)) == (tmp_path / "s", tmp_path / "t", tmp_path / "r.html", "champion")
+    assert item_features(["a"]) == (tmp_path / "repo", ["a"])
+    registry.evaluate_challenger(config, None, tmp_path / "s", tmp_path / "t", tmp_path / "r.html")
+    assert calls[-1][-1] is None  # no feature repo: the items' features are computed from the catalog

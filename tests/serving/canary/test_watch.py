@@ -460,3 +460,55 @@ def test_a_fault_while_gathering_evidence_exits_4(registry_config, tmp_path, mon
     monkeypatch.setattr(watch, "assess", bad_data)  # bad input stays bad input: the CLI's exit 2
     with pytest.raises(DataContractError):
         watch.watch(config, registry, FakeTarget(), Evidence, tmp_path)
+
+
+# ---- the watch as a library function (what `relevance canary watch` and the CronJob call) -------------------------
+
+
+def test_watch_canary_checks_its_urls_and_leaves_the_config_alone(registry_config, tmp_path):
+    config, _ = registry_config
+    with pytest.raises(ValueError, match="give both rerank servers or neither"):
+        watch.watch_canary(config, ["--profile", "quick"], champion_url="http://127.0.0.1:8")
+    with pytest.raises(ValueError, match="--splitter-url \\(the local loop\\) needs --champion-url"):
+        watch.watch_canary(config, ["--profile", "quick"], splitter_url="http://127.0.0.1:9")
+    quiet = watch.watch_canary(config, ["--profile", "quick"], "http://127.0.0.1:8", "http://127.0.0.1:7",
+                               splitter_url="http://127.0.0.1:9")
+    assert (quiet.status, quiet.exit_code) == (watch.NO_CANARY, watch.EXIT_OK)
+    assert config.canary.champion_url == "", "the caller's config is not changed"
+    assert not (tmp_path / "run").exists(), "no canary: no dataset read, no server started"
+
+
+def test_watch_canary_gathers_its_evidence_once_a_canary_runs(registry_config, tmp_path, monkeypatch):
+    """The round's evidence: the run's dataset, the judge, then transformers on the predictor revisions loading
+    the registry champion's bundle (no rerank servers configured); the reports go to workdir/canary-watch."""
+    from contextlib import contextmanager
+
+    import relevance.chain
+    from relevance.serving.canary import local
+
+    config, _ = _with_canary(registry_config)
+    seen = {}
+
+    @contextmanager
+    def servers(config_, settings, bundle, feature_repo, out_dir, log):
+        seen["servers"] = (settings, bundle, feature_repo, out_dir)
+        yield {"champion": "http://a", "challenger": "http://b"}
+
+    def fake_watch(config_, registry, target, evidence, out_dir, rounds, every, dry_run, log):
+        seen["target"], seen["out"], seen["rounds"] = target, out_dir, (rounds, every, dry_run)
+        with evidence() as gathered:
+            seen["evidence"] = gathered
+        return "result"
+
+    chain = type("Chain", (), {"dataset": lambda self, **kw: "data"})
+    monkeypatch.setattr(relevance.chain, "Chain", lambda config: chain())
+    monkeypatch.setattr(local, "judge_teacher", lambda config, teacher_dir, judge: ("judge", teacher_dir, judge))
+    monkeypatch.setattr(local, "registry_bundle", lambda config, alias, directory: f"{alias} bundle")
+    monkeypatch.setattr(watch, "rerank_servers", servers)
+    monkeypatch.setattr(watch, "watch", fake_watch)
+    assert watch.watch_canary(config, ["--profile", "quick"], judge=False, rounds=3, every=5.0) == "result"
+    run = tmp_path / "run"
+    assert isinstance(seen["target"], watch.ClusterTarget) and seen["out"] == run / "canary-watch"
+    assert seen["rounds"] == (3, 5.0, False)
+    assert seen["servers"] == (["--profile", "quick"], "champion bundle", run / "feature_repo", run / "canary-watch")
+    assert seen["evidence"] == ({"champion": "http://a", "challenger": "http://b"}, "data", ("judge", None, False))

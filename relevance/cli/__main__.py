@@ -1,0 +1,5 @@
+"""`python -m relevance.cli`: the `relevance` command line."""
+
+from relevance.cli import main
+
+main()

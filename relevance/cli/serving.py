@@ -1,0 +1,86 @@
+"""Online serving: the KServe model server (serve), the student alone behind the V2 protocol (serve-predictor), and
+a request to a running server (score)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, run_config
+from relevance.common.console import clear_errors
+
+KSERVE_FLAGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+KSERVE_HELP = ("Any model-server flag of KServe's (--http_port, default 8080; --model_name; --predictor_host; "
+               "--protocol; …) is accepted and parsed by KServe's own parser: KServe appends them to the container.")
+
+
+def _kserve_argv(ctx: typer.Context) -> list[str]:
+    """KServe's flags, left over by typer. KServe reads its flags from sys.argv when imported (its module-level
+    parser), so the process's argv is narrowed to them before the server module is imported: our own options
+    (--config could pass for an abbreviation of KServe's --configure_logging) are not KServe's business."""
+    sys.argv = [sys.argv[0], *ctx.args]
+    return list(ctx.args)
+
+
+@clear_errors()
+def serve(ctx: typer.Context, config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+          workdir: Optional[str] = WorkdirOption,
+          bundle: Optional[Path] = typer.Option(None, help="Serving bundle (default: workdir/export)."),
+          feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
+                                                                  "workdir/feature_repo)."),
+          predictor_url: Optional[str] = typer.Option(None, help="Score on this Triton / V2 server instead of "
+                                                                 "in process, e.g. http://127.0.0.1:8000.")):
+    """The KServe model server: rerank requests (V1 and V2) → cached query embedding + Feast online features →
+    the training featurizer → the student (in process, or on --predictor-url / --predictor_host) → reranked
+    candidates."""
+    argv = _kserve_argv(ctx)
+    from relevance.serving.server import model_server_args
+    from relevance.serving.server import serve as start
+
+    loaded = run_config(config, profile, workdir)
+    args, given = model_server_args(argv)
+    start(bundle or Path(loaded.workdir) / "export", feature_repo or Path(loaded.workdir) / "feature_repo",
+          loaded.serving, args, given, predictor_url)
+
+
+@clear_errors()
+def serve_predictor(ctx: typer.Context,
+                    model_repository: Path = typer.Option(..., exists=True, file_okay=False,
+                                                          help="Triton model repository (export/model_repository)."),
+                    config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption):
+    """The student alone behind the V2 protocol, from a Triton model repository: a stand-in for Triton where
+    none runs (`relevance serve --predictor-url` talks to either the same way)."""
+    argv = _kserve_argv(ctx)
+    from relevance.serving.server import model_server_args
+    from relevance.serving.server import serve_predictor as start
+
+    args, _ = model_server_args(argv, prog="relevance serve-predictor")
+    start(model_repository, run_config(config, profile, None).serving, args)
+
+
+@clear_errors()
+def score(query: str = typer.Option(..., help="The search query."),
+          candidates: str = typer.Option(..., help="Candidate item ids, comma-separated."),
+          locale: str = typer.Option("", help="The query's locale, e.g. en-US."),
+          url: str = typer.Option("http://127.0.0.1:8080", help="The model server."),
+          model: str = typer.Option("relevance-student", help="Model name on the server."),
+          as_json: bool = typer.Option(False, "--json", help="Print the response as JSON.")):
+    """Rerank candidates for a query on a running server (V2 protocol, tritonclient.http)."""
+    from relevance.serving.client import ScoreError, rerank
+
+    try:
+        ranking = rerank(url, model, query, [c.strip() for c in candidates.split(",") if c.strip()], locale)
+    except ScoreError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(ranking, indent=2))
+        return
+    for position, item in enumerate(ranking["items"], 1):
+        flag = "  (unknown item: scored with defaults)" if item["unknown"] else ""
+        typer.echo(f"{position:3d}. {item['item_id']}  score {item['score']:.3f}  "
+                   f"p={[round(p, 3) for p in item['probs']]}{flag}")

