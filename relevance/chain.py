@@ -209,6 +209,25 @@ class Chain:
                            labeller=self.labeller(dataset))
         return outputs
 
+    def grading_project(self, dataset: Dataset, strategy: str, budget: int, per_query: int, seed: int,
+                        pre_annotate: bool, out: Path | None = None, log=_log):
+        """Pool pairs for human grading (relevance.labels.active) written as a Label Studio project in ``out``
+        (default workdir/label-studio) with the selection beside it; returns the chosen pairs."""
+        from relevance.labels.active import select_for_grading
+        from relevance.labels.annotation import write_project
+        from relevance.models.bm25 import lexical_item_texts
+
+        labels_dir = self.labels(dataset)
+        chosen = select_for_grading(self.config, dataset, labels_dir, self.pool_path, strategy, budget, per_query,
+                                    seed, self.student_dirs["student"], self.embeddings_dir, log=log)
+        out = out or self.root / "label-studio"
+        teacher = read_manifest(self.teacher_dir, "teacher")["teacher_version"]
+        write_project(out, chosen, dataset, lexical_item_texts(dataset.items, self.config.text), pre_annotate,
+                      teacher, {"strategy": strategy, "budget": budget, "per_query": per_query, "seed": seed,
+                                "teacher_version": teacher, "queries": int(chosen["query_id"].nunique())})
+        chosen.to_parquet(out / "selection.parquet", index=False)
+        return chosen
+
     def report(self, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
         from relevance.evaluation.challenger import evaluate_run
 

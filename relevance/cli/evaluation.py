@@ -33,9 +33,8 @@ def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, 
     """Compare two rankers on queries nobody graded and no student learnt (the judge holdout): a stratified
     sample, judged by a cross-encoder that was checked against humans first; the nDCG difference with its
     confidence interval."""
-    from relevance.common.files import atomic_write_json, atomic_write_text
     from relevance.evaluation.judge_eval import judge_eval as run_judge_eval
-    from relevance.evaluation.judge_eval import report_markdown
+    from relevance.evaluation.judge_eval import report_markdown, write_report
 
     if allocation not in ("neyman", "proportional"):
         raise typer.BadParameter(f"expected neyman or proportional, got {allocation!r}", param_hint="--allocation")
@@ -44,10 +43,7 @@ def judge_eval(baseline: Path = typer.Option(..., exists=True, file_okay=False, 
     report = run_judge_eval(chain.config, dataset, baseline, candidate, judge or chain.teacher_dir,
                             chain.embeddings_dir, queries, allocation, k=top_k, min_agreement=min_agreement,
                             seed=seed, log=typer.echo)
-    out = out or chain.root / "judge-eval"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "judge-eval.json", report)
-    atomic_write_text(out / "judge-eval.md", report_markdown(report))
+    write_report(report, out or chain.root / "judge-eval")
     typer.echo(report_markdown(report))
 
 

@@ -23,25 +23,15 @@ def select(budget: int = typer.Option(..., "--budget", "-n", help="How many pair
            config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
            workdir: Optional[str] = WorkdirOption):
     """Choose pool pairs for human grading (active learning) and write a Label Studio project for them."""
-    from relevance.common.files import read_manifest
-    from relevance.labels.active import STRATEGIES, select_for_grading
-    from relevance.labels.annotation import write_project
-    from relevance.models.bm25 import lexical_item_texts
+    from relevance.labels.active import STRATEGIES
 
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}",
                                  param_hint="--strategy")
     chain = open_chain(config, profile, workdir)
-    dataset = chain.dataset()
-    labels_dir = chain.labels(dataset)
-    chosen = select_for_grading(chain.config, dataset, labels_dir, chain.pool_path, strategy, budget, per_query,
-                                seed, chain.student_dirs["student"], chain.embeddings_dir, log=typer.echo)
     out = out or chain.root / "label-studio"
-    teacher = read_manifest(chain.teacher_dir, "teacher")["teacher_version"]
-    write_project(out, chosen, dataset, lexical_item_texts(dataset.items, chain.config.text), pre_annotate,
-                  teacher, {"strategy": strategy, "budget": budget, "per_query": per_query, "seed": seed,
-                            "teacher_version": teacher, "queries": int(chosen["query_id"].nunique())})
-    chosen.to_parquet(out / "selection.parquet", index=False)
+    chosen = chain.grading_project(chain.dataset(), strategy, budget, per_query, seed, pre_annotate, out,
+                                   log=typer.echo)
     typer.echo(f"{len(chosen)} pair(s) over {chosen['query_id'].nunique()} queries by {strategy} → {out}/tasks.json "
                f"(labelling config: {out}/label_config.xml)")
 

@@ -226,6 +226,17 @@ def _estimates(scored: pd.DataFrame, rest: pd.Series, confidence: float, log) ->
     }, estimate
 
 
+def write_report(report: dict, out: str | Path) -> Path:
+    """judge-eval.json (every figure) and judge-eval.md (what a person reads) in ``out``, each written atomically."""
+    from relevance.common.files import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "judge-eval.json", report)
+    atomic_write_text(out / "judge-eval.md", report_markdown(report))
+    return out
+
+
 def report_markdown(report: dict) -> str:
     d, s = report["difference"], report["srs_difference"]
     agreement = report["judge_agreement"]["overall"]
