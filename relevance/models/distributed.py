@@ -45,7 +45,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record  # noqa: F401  (re-exported)
 
 # Test-only fault injection: "RANK:STEP" makes that rank SIGKILL itself right after that optimizer step, as the
-# kernel's OOM killer or a lost node would. tests/test_distributed.py uses it to check that the launcher reports
+# kernel's OOM killer or a lost node would. tests/models/test_distributed.py uses it to check that the launcher reports
 # the dead rank; nothing else sets it.
 FAULT_INJECTION_ENV = "RELEVANCE_TEST_KILL_RANK_AT_STEP"
 

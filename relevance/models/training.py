@@ -33,6 +33,13 @@ class Schedule:
     total_steps: int | None = None
     checkpoint_every_batches: int | None = None
 
+    def __post_init__(self) -> None:
+        # A patience of 0 would stop before the first batch: refused here, not only by the configs that build one.
+        for name in ("epochs", "patience", "eval_every_steps", "total_steps", "checkpoint_every_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"Schedule.{name}: expected at least 1, got {value}")
+
     def evaluates_after(self, step: int) -> bool:
         return self.eval_every_steps is not None and (step % self.eval_every_steps == 0 or step == self.total_steps)
 

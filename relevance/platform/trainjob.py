@@ -74,7 +74,7 @@ def schema_from_crd(crd_text: str, source: dict) -> dict:
     from. To update it: fetch kubeflow/trainer, then
     ``schema_from_crd(Path("manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml").read_text(),
     {"repository": "kubeflow/trainer", "commit": "<sha>", "path": "manifests/base/crds/…"})``, written with
-    ``json.dumps(…, indent=1, sort_keys=True)``; then run tests/test_distributed.py, which fails on a CEL rule
+    ``json.dumps(…, indent=1, sort_keys=True)``; then run tests/models/test_distributed.py, which fails on a CEL rule
     :func:`cel_check` does not know yet."""
     crd = yaml.safe_load(crd_text)
     if crd.get("kind") != "CustomResourceDefinition" or crd["spec"]["names"]["kind"] != KIND:

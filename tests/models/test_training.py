@@ -173,3 +173,14 @@ def test_the_student_resumes_a_killed_fit_bit_for_bit(tmp_path):
     assert metrics == whole_metrics
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_schedule_that_would_train_nothing_is_refused():
+    import pytest
+
+    from relevance.models.training import Schedule
+
+    with pytest.raises(ValueError, match="Schedule.patience: expected at least 1, got 0"):
+        Schedule(epochs=3, patience=0)
+    with pytest.raises(ValueError, match="Schedule.epochs"):
+        Schedule(epochs=0, patience=2)
