@@ -210,7 +210,7 @@ def evaluate_student(run_config: Input[Artifact], dataset: Input[Dataset], stude
 
     from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
-    from relevance.platform.registry import evaluate_challenger
+    from relevance.platform.evaluate_step import evaluate_challenger
 
     config = read_run_config(run_config.path)
     outcome = evaluate_challenger(config, Tables.load(dataset.path), Path(student.path), Path(teacher.path),

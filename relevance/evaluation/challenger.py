@@ -1,5 +1,5 @@
 """The run's evaluation, one path for `relevance run` (relevance.chain.Chain.report) and the pipeline's evaluate step
-(relevance.platform.registry.evaluate_challenger, which only brings what lives on the platform: the registry's
+(relevance.platform.evaluate_step.evaluate_challenger, which only brings what lives on the platform: the registry's
 champion and the item features read from Feast).
 
 :func:`evaluate_run` scores the run's models (and the champion, when there is one) with the baselines on the same

@@ -11,8 +11,9 @@ Alias semantics:
 - ``champion``: what production serves. :func:`Registry.promote` moves it to the challenger and remembers the
   previous champion in the registered model's ``previous_champion`` tag; :func:`Registry.rollback` restores it.
 
-The evaluation and the challenger gate are the core's (relevance.evaluation.challenger): this adapter brings them
-the champion and the Feast features (:func:`evaluate_challenger`) and records the outcome (:func:`register_run`).
+The evaluation and the challenger gate are the core's (relevance.evaluation.challenger); the pipeline's evaluate
+step brings them the champion and the Feast features (relevance.platform.evaluate_step). This adapter only records
+the outcome (:func:`register_run`).
 """
 
 from __future__ import annotations
@@ -199,26 +200,6 @@ class Registry:
         if current is not None:
             self.client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, str(current))
         return int(previous)
-
-
-def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, teacher_dir: Path,
-                        html_path: Path, feature_repo: Path | None = None) -> dict:
-    """The pipeline's evaluate step (relevance.evaluation.challenger.gate_challenger) with what lives on the
-    platform: the registry's current champion, and the items' features read from ``feature_repo`` (the Feast
-    offline store) when given."""
-    import tempfile
-
-    from relevance.evaluation.challenger import gate_challenger
-
-    def item_features(item_ids: list[str]):
-        from relevance.platform.feature_store import item_features_from_store
-
-        return item_features_from_store(feature_repo, item_ids)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        champion = Registry(config.registry).download(config.registry.student_name, CHAMPION, Path(tmp) / "champion")
-        return gate_challenger(config, dataset, student_dir, teacher_dir, html_path, Path(tmp), champion,
-                               item_features if feature_repo is not None else None)
 
 
 def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, student_dir: Path, onnx_dir: Path,
