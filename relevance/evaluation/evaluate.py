@@ -22,6 +22,7 @@ from relevance.common.console import log
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo, check_references
 from relevance.common.files import atomic_write, atomic_write_json, atomic_write_text, read_manifest
 from relevance.models.metrics import evaluate_predictions
+from relevance.models.saved import saved_kind
 
 
 @dataclass
@@ -157,6 +158,24 @@ def saved_manifest(directory: str | Path) -> dict:
     return read_manifest(Path(directory))
 
 
+def _featurized(directory: Path, items: pd.DataFrame, cache_dir: Path):
+    """A model on the student's features (a student or a GBDT), loaded by the kind its manifest names."""
+    import relevance.student.gbdt  # noqa: F401  (registers the kinds load_saved can load)
+    import relevance.student.model  # noqa: F401
+    from relevance.models.saved import load_saved
+
+    return FeaturizedScorer(load_saved(directory), items, cache_dir)
+
+
+# How each saved kind is scored (a serving bundle, which has no manifest.json, is told apart first).
+_SCORERS = {
+    "teacher": lambda directory, items, cache_dir: TeacherScorer(directory, items),
+    "student": _featurized,
+    "gbdt": _featurized,
+    "ensemble": lambda directory, items, cache_dir: EnsembleScorer(directory, items, cache_dir),
+}
+
+
 def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Path):
     """One interface over any saved model: a teacher, a student, a GBDT, an ensemble of them, or a serving bundle
     (an exported student, scored the way the server scores it)."""
@@ -164,20 +183,9 @@ def load_scorer(directory: str | Path, items: pd.DataFrame, cache_dir: str | Pat
 
     if (Path(directory) / BUNDLE_MANIFEST).exists():
         return BundleScorer(Path(directory), items, Path(cache_dir))
-    manifest = read_manifest(Path(directory))
-    kind = manifest.get("kind")
-    if kind == "teacher":
-        return TeacherScorer(Path(directory), items)
-    if kind == "student":
-        from relevance.student.model import Student
-
-        return FeaturizedScorer(Student.load(directory), items, Path(cache_dir))
-    if kind == "gbdt":
-        from relevance.student.gbdt import GBDT
-
-        return FeaturizedScorer(GBDT.load(directory), items, Path(cache_dir))
-    if kind == "ensemble":
-        return EnsembleScorer(Path(directory), items, Path(cache_dir))
+    kind = saved_kind(directory)
+    if kind in _SCORERS:
+        return _SCORERS[kind](Path(directory), items, Path(cache_dir))
     raise ValueError(f"{directory}: unknown model kind {kind!r}; expected teacher, student, gbdt or ensemble")
 
 
