@@ -28,7 +28,7 @@ def largest_ndcg(config: RunConfig) -> str:
     return f"ndcg@{max(config.eval.ks)}"
 
 
-def challenger_gate(metrics: dict[str, float], champion: dict[str, float] | None, config: RegistryConfig,
+def gate_decision(metrics: dict[str, float], champion: dict[str, float] | None, config: RegistryConfig,
                     ndcg_key: str) -> tuple[bool, str]:
     """Whether a new student may become ``challenger``: thresholds met, and better than the champion (when
     there is one) on the same evaluation set. Returns the decision and a sentence saying why."""
@@ -96,7 +96,7 @@ def gate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, teac
     plot = (work_dir / "confusion.png").read_bytes()
     ndcg = largest_ndcg(config)
     overall = {name: block["overall"] for name, block in report["models"].items()}
-    passed, reason = challenger_gate(overall["student"], overall.get("champion"), config.registry, ndcg)
+    passed, reason = gate_decision(overall["student"], overall.get("champion"), config.registry, ndcg)
     log(f"challenger gate: {'pass' if passed else 'fail'}: {reason}")
     headline = f"Challenger gate: {'PASS' if passed else 'FAIL'} ({reason})"
     atomic_write_text(html_path, html_report(report, plot, headline))

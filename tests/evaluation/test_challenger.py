@@ -10,7 +10,7 @@ import pytest
 
 from relevance.config import RegistryConfig, build_config
 from relevance.evaluation.challenger import (
-    challenger_gate,
+    gate_decision,
     evaluate_run,
     gate_challenger,
     gbdt_baselines,
@@ -21,11 +21,11 @@ from relevance.evaluation.challenger import (
 def test_challenger_gate_needs_thresholds_and_a_win_over_the_champion():
     config = RegistryConfig(min_accuracy=0.4, min_ndcg=0.8)
     good = {"accuracy": 0.5, "ndcg@20": 0.9}
-    assert challenger_gate(good, None, config, "ndcg@20")[0]
-    assert not challenger_gate({"accuracy": 0.3, "ndcg@20": 0.9}, None, config, "ndcg@20")[0]
-    assert not challenger_gate({"accuracy": 0.5, "ndcg@20": 0.7}, None, config, "ndcg@20")[0]
-    assert challenger_gate(good, {"accuracy": 0.5, "ndcg@20": 0.89}, config, "ndcg@20")[0]
-    passed, reason = challenger_gate(good, {"accuracy": 0.5, "ndcg@20": 0.9}, config, "ndcg@20")
+    assert gate_decision(good, None, config, "ndcg@20")[0]
+    assert not gate_decision({"accuracy": 0.3, "ndcg@20": 0.9}, None, config, "ndcg@20")[0]
+    assert not gate_decision({"accuracy": 0.5, "ndcg@20": 0.7}, None, config, "ndcg@20")[0]
+    assert gate_decision(good, {"accuracy": 0.5, "ndcg@20": 0.89}, config, "ndcg@20")[0]
+    passed, reason = gate_decision(good, {"accuracy": 0.5, "ndcg@20": 0.9}, config, "ndcg@20")
     assert not passed and "not above" in reason  # a tie keeps the champion
 
 
@@ -65,7 +65,7 @@ def test_the_pipeline_step_adds_the_champion_the_baselines_and_the_gate(prepared
     overall = {name: block["overall"] for name, block in report["models"].items()}
     ndcg = largest_ndcg(config)
     assert ndcg == "ndcg@10"
-    assert (outcome["gate_passed"], outcome["gate_reason"]) == challenger_gate(
+    assert (outcome["gate_passed"], outcome["gate_reason"]) == gate_decision(
         overall["student"], overall["champion"], config.registry, ndcg)
     assert outcome["metrics"]["student_accuracy"] == overall["student"]["accuracy"]
     assert outcome["metrics"]["champion_ndcg_at_10"] == overall["champion"]["ndcg@10"]
