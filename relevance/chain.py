@@ -210,9 +210,9 @@ class Chain:
         return outputs
 
     def grading_project(self, dataset: Dataset, strategy: str, budget: int, per_query: int, seed: int,
-                        pre_annotate: bool, out: Path | None = None, log=_log):
+                        pre_annotate: bool, out: Path, log=_log):
         """Pool pairs for human grading (relevance.labels.active) written as a Label Studio project in ``out``
-        (default workdir/label-studio) with the selection beside it; returns the chosen pairs."""
+        with the selection beside it; returns the chosen pairs."""
         from relevance.labels.active import select_for_grading
         from relevance.labels.annotation import write_project
         from relevance.models.bm25 import lexical_item_texts
@@ -220,7 +220,6 @@ class Chain:
         labels_dir = self.labels(dataset)
         chosen = select_for_grading(self.config, dataset, labels_dir, self.pool_path, strategy, budget, per_query,
                                     seed, self.student_dirs["student"], self.embeddings_dir, log=log)
-        out = out or self.root / "label-studio"
         teacher = read_manifest(self.teacher_dir, "teacher")["teacher_version"]
         write_project(out, chosen, dataset, lexical_item_texts(dataset.items, self.config.text), pre_annotate,
                       teacher, {"strategy": strategy, "budget": budget, "per_query": per_query, "seed": seed,

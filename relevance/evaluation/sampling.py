@@ -172,6 +172,14 @@ def _scored_strata(values: pd.Series, strata: pd.Series, population: pd.Series) 
     return frame, scored / scored.sum()
 
 
+def _pooled_within_variance(groups: dict) -> tuple[float, int]:
+    """The within-stratum variance pooled over the strata with two or more scored queries, and its degrees of
+    freedom Σ (n_h − 1): what a stratum with a single query borrows. (0.0, 0) when no stratum has two."""
+    parts = [(len(y) - 1, float(y.var(ddof=1))) for y in groups.values() if len(y) > 1]
+    df = sum(d for d, _ in parts)
+    return (sum(d * v for d, v in parts) / df if df else 0.0), df
+
+
 def _variance_components(groups: dict, weights: pd.Series, population: pd.Series) -> tuple[list, list, list]:
     """(variance, degrees of freedom) per component of the stratified variance, and the strata whose variance was
     collapsed or borrowed. A stratum sampled whole (n_h = N_h) has no sampling variance and adds nothing."""
@@ -199,13 +207,11 @@ def _variance_components(groups: dict, weights: pd.Series, population: pd.Series
         # One single: it borrows the pooled within-stratum variance of the strata that have one, on their pooled
         # degrees of freedom. Pairing it with a neighbour would replace the neighbour's variance by the squared
         # difference of two weighted means, roughly the squared effect itself: an interval that always holds 0.
-        pooled = [(len(y) - 1, float(y.var(ddof=1))) for y in groups.values() if len(y) > 1]
-        df = sum(d for d, _ in pooled)
+        pooled, df = _pooled_within_variance(groups)
         if not df:
             raise ValueError("one scored query: a standard error needs at least two in one stratum")
         h = singles[0]
-        components.append((weights[h] ** 2 * (1 - 1 / float(population[h])) * sum(d * v for d, v in pooled) / df,
-                           df))
+        components.append((weights[h] ** 2 * (1 - 1 / float(population[h])) * pooled, df))
         borrowed = singles
     return components, collapsed, borrowed
 
@@ -251,13 +257,9 @@ def population_variance(values: pd.Series, strata: pd.Series | None = None,
     frame, weights = _scored_strata(values, strata, population)
     groups = frame.groupby("h")["y"]
     means = groups.mean().reindex(weights.index)
-    within = groups.var(ddof=1).reindex(weights.index)
     # A stratum with one scored query has no variance of its own: it takes the pooled within-stratum variance of
     # the others (as stratified_estimate does), not zero, which would understate S² when many strata are singles.
-    counts = groups.size().reindex(weights.index)
-    pooled_df = (counts - 1).clip(lower=0).sum()
-    pooled = float(((counts - 1).clip(lower=0) * within.fillna(0.0)).sum() / pooled_df) if pooled_df else 0.0
-    within = within.fillna(pooled)
+    within = groups.var(ddof=1).reindex(weights.index).fillna(_pooled_within_variance(dict(tuple(groups)))[0])
     mean = float((weights * means).sum())
     return float((weights * within).sum() + (weights * (means - mean) ** 2).sum())
 
