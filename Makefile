@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow lint-imports bench-quality bench-quality-minilm bench-scale bench-serving bench-canary report image image-base image-push clean
+.PHONY: demo demo-core test test-slow triton-env lint-imports bench-quality bench-quality-minilm bench-scale bench-serving bench-canary report image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -17,6 +17,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,platform,serving,dev]'
 	@command -v kubectl >/dev/null || echo "warning: kubectl is not on PATH; tests/serving/canary renders and patches manifests with it (any recent client, no cluster needed)"
 	touch $(STAMP)
+
+## A real Triton Inference Server for loopback (relevance serve-triton, the Triton tests, bench-serving): the
+## nvidia-pytriton wheel's tritonserver (2.51, Python backend) with ONNX Runtime, in a venv of its own (~440 MB):
+## the server is a separate process, and the wheel's pins need not agree with the project's.
+TRITON_VENV  := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+$(TRITON_STAMP): Makefile
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q nvidia-pytriton==0.7.0 onnxruntime==1.31.1
+	touch $(TRITON_STAMP)
+triton-env: $(TRITON_STAMP)
 
 ## Main job: the KFP training pipeline run locally (kfp.local) on the synthetic shop, quick profile, MiniLM-L6:
 ## GX gate → Feast features → teacher → labels (fan-out) → student → evaluation → ONNX → MLflow registry.
@@ -28,12 +39,12 @@ demo-core: $(STAMP)
 	$(VENV)/bin/relevance run --profile quick
 
 ## Set up and pass the test suite (tiny random models; no downloads, no GPU), then the layering contracts.
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint-imports
 
 ## The slow tests (minutes on real weights): the wheel, installed outside the checkout, runs the quick profile.
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q -m slow
 
 ## The layers (pyproject.toml [tool.importlinter]), checked on the built wheel: there every module sits where it
@@ -65,7 +76,7 @@ bench-scale: $(STAMP)
 
 ## Serving on Home Depot (needs the bench-quality-minilm run): a real server pinned to one core, 100-candidate requests,
 ## cache replays, teacher cost, int8 quality → benchmarks/results/serving.{json,md} + serving-latency.png
-bench-serving: $(STAMP)
+bench-serving: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m benchmarks.serving --config configs/homedepot-minilm.yaml
 
 ## The local canary loop on Home Depot (needs the bench-quality-minilm run, about 1 minute): human-only student (champion)

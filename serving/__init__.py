@@ -1,2 +1,3 @@
-"""Online serving of the student: the Triton model repository, the KServe transformer/predictor server, and a
-tritonclient.http client. The scoring logic itself is framework-free, in relevance.student.scoring."""
+"""Online serving of the student: the Triton model repository (cluster and loopback variants), a real Triton on
+loopback, the KServe transformer, and the V2 clients (rerank; the predictor over REST or gRPC). The scoring logic
+itself is framework-free, in relevance.student.scoring."""

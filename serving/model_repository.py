@@ -1,8 +1,17 @@
 """The Triton model repository for the student: ``<repo>/<model>/config.pbtxt`` + ``<repo>/<model>/<v>/model.onnx``.
 
+Two variants from one bundle, the same graph and the same inputs:
+
+- ``onnxruntime`` (the cluster's): ``platform: "onnxruntime_onnx"``, what Triton's container image serves;
+- ``python`` (loopback): ``backend: "python"`` with ``model.py`` (relevance.serving.triton_backend) running the
+  same model.onnx on ONNX Runtime, for the ``tritonserver`` of the nvidia-pytriton wheel, which has no ONNX
+  Runtime backend (relevance.serving.triton starts it).
+
 config.pbtxt is written and read with Triton's own ModelConfig protobuf (shipped in tritonclient), so a field
 Triton doesn't know is an error here, not at pod start. The folder name is the model name, which is also the
-InferenceService's predictor model name (ServingConfig.model_name).
+InferenceService's predictor model name (ServingConfig.model_name). Inputs are per candidate (``query``,
+``item``, ``lexical``: relevance.student.scoring.Prepared.student_inputs with one query row per candidate), so
+Triton's dynamic batcher can put several requests' candidates in one run.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from relevance.config import ServingConfig
 from relevance.student.scoring import ServingBundle
 
 PLATFORM = "onnxruntime_onnx"
+BACKENDS = ("onnxruntime", "python")
 
 
 class ModelRepositoryError(ValueError):
@@ -47,19 +57,29 @@ def _onnx_io(path: Path) -> tuple[dict[str, list], dict[str, list]]:
 
 
 def build_model_repository(bundle_dir: str | Path, repo_dir: str | Path, config: ServingConfig,
-                           version: int = 1) -> Path:
-    """Write the student's model folder (config.pbtxt + <version>/model.onnx) into ``repo_dir``; returns it."""
+                           version: int = 1, backend: str = "onnxruntime") -> Path:
+    """Write the student's model folder (config.pbtxt + <version>/model.onnx, and model.py for the python
+    backend) into ``repo_dir``; returns it."""
+    if backend not in BACKENDS:
+        raise ModelRepositoryError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
     pb2 = model_config_pb2()
     bundle = ServingBundle(bundle_dir)
     source = bundle.model_file("student", config.int8)
     model_dir = Path(repo_dir) / config.model_name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     shutil.copy2(source, model_dir / str(version) / "model.onnx")
-    features = bundle.manifest["num_features"]
-    grades = bundle.manifest["num_grades"]
-    model = pb2.ModelConfig(name=config.model_name, platform=PLATFORM, max_batch_size=config.triton_max_batch_size)
-    model.input.add(name="features", data_type=pb2.TYPE_FP32, dims=[features])
-    model.output.add(name="probs", data_type=pb2.TYPE_FP32, dims=[grades])
+    inputs, outputs = _onnx_io(source)
+    if backend == "python":
+        model = pb2.ModelConfig(name=config.model_name, backend="python",
+                                max_batch_size=config.triton_max_batch_size)
+        shutil.copy2(Path(__file__).with_name("triton_backend.py"), model_dir / str(version) / "model.py")
+        model.parameters["intra_op_threads"].string_value = str(config.onnx_threads)
+    else:
+        model = pb2.ModelConfig(name=config.model_name, platform=PLATFORM, max_batch_size=config.triton_max_batch_size)
+    for name, dims in inputs.items():
+        model.input.add(name=name, data_type=pb2.TYPE_FP32, dims=dims[1:])
+    for name, dims in outputs.items():
+        model.output.add(name=name, data_type=pb2.TYPE_FP32, dims=dims[1:])
     # A request is one query's candidates (up to max_candidates rows); concurrent queries batch together.
     preferred = sorted({min(size, config.triton_max_batch_size)
                         for size in (config.max_candidates, 2 * config.max_candidates)})
@@ -96,8 +116,8 @@ def validate_model_repository(repo_dir: str | Path, model_name: str) -> Path:
     problems = []
     if config.name != model_dir.name:
         problems.append(f"config name {config.name!r} differs from its folder {model_dir.name!r}")
-    if config.platform != PLATFORM:
-        problems.append(f"platform {config.platform!r}, expected {PLATFORM!r}")
+    if config.backend != "python" and config.platform != PLATFORM:
+        problems.append(f"platform {config.platform!r}, expected {PLATFORM!r} (or backend 'python')")
     if config.max_batch_size <= 0:
         problems.append("max_batch_size must be > 0 for dynamic batching")
     if not config.HasField("dynamic_batching"):
@@ -108,6 +128,8 @@ def validate_model_repository(repo_dir: str | Path, model_name: str) -> Path:
     model_path = model_dir / str(versions[-1]) / "model.onnx"
     if not model_path.exists():
         raise ModelRepositoryError(f"{model_path}: missing")
+    if config.backend == "python" and not model_path.with_name("model.py").exists():
+        problems.append(f"backend 'python' but no {model_path.with_name('model.py')}")
     inputs, outputs = _onnx_io(model_path)
     for kind, declared, graph in (("input", config.input, inputs), ("output", config.output, outputs)):
         for tensor in declared:

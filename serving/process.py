@@ -34,7 +34,8 @@ def wait_ready(url: str, process: subprocess.Popen | None = None, log: Path | No
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s" + (f"; its log ends:\n{tail}" if tail else ""))
 
 
 @contextmanager

@@ -1,16 +1,13 @@
 """`relevance serve`: the KServe model server for the student.
 
-Two models, each a kserve.Model with load / preprocess / predict / postprocess:
+:class:`RerankModel` is a kserve.Model with load / preprocess / predict / postprocess: the transformer and (by
+default) the predictor in one process. preprocess turns a rerank request into the student's inputs
+(relevance.student.scoring: cached ONNX query encoder, Feast online item features, the training featurizer's
+lexical block); predict runs the student's serving graph with ONNX Runtime, or, with ``predictor_url``, on a
+Triton (or any Open Inference Protocol V2) server over REST or gRPC (relevance.serving.client.RemoteStudent);
+postprocess reranks. Triton itself runs from the same model repository (relevance.serving.triton on loopback).
 
-- :class:`RerankModel`, the transformer and (by default) the predictor in one process. preprocess turns a rerank
-  request into the student's features (relevance.student.scoring: cached ONNX query encoder, Feast online item features,
-  the training featurizer); predict runs the student with ONNX Runtime, or, with ``predictor_url``, on a Triton
-  (or any Open Inference Protocol V2) server through tritonclient.http; postprocess reranks.
-- :class:`StudentPredictor`, a V2 predictor over the Triton model repository's student (``relevance
-  serve-predictor``): the same contract Triton serves, for machines without Triton (this one: no container
-  registry).
-
-Both take KServe's model-server flags (``--http_port``, ``--model_name``, ``--predictor_host``, ``--protocol``, …:
+It takes KServe's model-server flags (``--http_port``, ``--model_name``, ``--predictor_host``, ``--protocol``, …:
 what KServe appends to a transformer container's args), parsed by KServe's own parser (:func:`model_server_args`).
 Importing this module changes nothing: the Prometheus collectors (relevance.serving.metrics) are created on
 first use.
@@ -43,7 +40,7 @@ from relevance.config import ServingConfig
 # LATENCY_BUCKETS is also named here for the canary's proxies, which measure with the server's buckets.
 from relevance.serving.metrics import LATENCY_BUCKETS as LATENCY_BUCKETS
 from relevance.serving.metrics import metrics
-from relevance.student.scoring import OnlineScorer, OnnxStudent, Prepared, RequestError, rank
+from relevance.student.scoring import OnlineScorer, OnnxStudent, Prepared, RequestError, batch_inputs, rank
 
 V2_INPUTS = {"query": "BYTES", "candidates": "BYTES", "locale": "BYTES"}
 
@@ -132,18 +129,32 @@ class RerankModel(kserve.Model):
         self.scorer: OnlineScorer | None = None
         self.predictor_url = predictor_url
         self.predictor_timeout_s = predictor_timeout_s
-        self.triton = None
+        self.predictor = None  # relevance.serving.client.RemoteStudent, made on the first request
         self.num_grades = 0
 
     def load(self) -> bool:
         self.scorer = self.scorer_factory()
         self.num_grades = int(self.scorer.bundle.manifest["num_grades"])
         if self.predictor_url:
-            from relevance.serving.client import triton_client
+            import asyncio
 
-            self.triton = triton_client(self.predictor_url, self.predictor_timeout_s)
-            if not self.triton.is_model_ready(self.name):
-                raise RuntimeError(f"predictor {self.predictor_url} has no ready model {self.name!r}")
+            from relevance.serving.client import RemoteStudent
+
+            async def ready() -> bool:
+                client = RemoteStudent(self.predictor_url, self.predictor_timeout_s)
+                try:
+                    return await client.is_ready(self.name)
+                finally:
+                    await client.close()
+
+            # A loop of its own, closed after: the server's loop does not exist yet (and asyncio.run would leave
+            # the main thread without one), and predict makes its own client there.
+            loop = asyncio.new_event_loop()
+            try:
+                if not loop.run_until_complete(ready()):
+                    raise RuntimeError(f"predictor {self.predictor_url} has no ready model {self.name!r}")
+            finally:
+                loop.close()
         elif self.scorer.student is None:
             raise RuntimeError("no predictor: give the scorer an in-process student or a predictor URL")
         self.ready = True
@@ -238,22 +249,29 @@ class RerankModel(kserve.Model):
         collectors.cache_hit_rate.labels(self.name).set(self.scorer.query_cache_hits / lookups if lookups else 0.0)
         return Batch(protocol, prepared, request_id)
 
-    def predict(self, batch: Batch, headers=None) -> Batch:
-        features = np.concatenate([p.features for p in batch.prepared]).astype(np.float32, copy=False)
-        if self.triton is None:
-            batch.probs = self.scorer.student.predict(features)
-            return batch
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException
+    def stop(self) -> None:
+        """KServe's shutdown hook: close the predictor's connections (an open aiohttp session warns on exit)."""
+        if self.predictor is not None:
+            import asyncio
 
-        tensor = httpclient.InferInput("features", list(features.shape), "FP32")
-        tensor.set_data_from_numpy(features, binary_data=True)
+            try:
+                asyncio.get_running_loop().create_task(self.predictor.close())
+            except RuntimeError:  # no loop running any more: nothing to close it on
+                pass
+        super().stop()
+
+    async def predict(self, batch: Batch, headers=None) -> Batch:
+        if self.predictor_url is None:  # in process: one query row each, its first-layer share computed once
+            batch.probs = np.concatenate([self.scorer.student.predict(p.student_inputs()) for p in batch.prepared])
+            return batch
+        from relevance.serving.client import PredictorError, RemoteStudent
+
+        if self.predictor is None:  # made in the server's event loop, which its connections belong to
+            self.predictor = RemoteStudent(self.predictor_url, self.predictor_timeout_s)
         try:
-            result = self.triton.infer(self.name, [tensor], request_id=batch.request_id,
-                                       outputs=[httpclient.InferRequestedOutput("probs", binary_data=True)])
-        except InferenceServerException as error:
-            raise kserve.errors.InferenceError(f"predictor {self.predictor_url}: {error.message()}") from None
-        batch.probs = result.as_numpy("probs")
+            batch.probs = await self.predictor.predict(self.name, batch_inputs(batch.prepared), batch.request_id)
+        except PredictorError as error:
+            raise kserve.errors.InferenceError(str(error)) from None
         return batch
 
     def postprocess(self, batch: Batch, headers=None):
@@ -274,46 +292,6 @@ class RerankModel(kserve.Model):
         outputs[3].set_data_from_numpy(ranking.unknown.astype(bool), binary_data=False)
         return InferResponse(batch.request_id, self.name, outputs, parameters={"query_cache_hit":
                                                                                prepared.query_cache_hit})
-
-
-class StudentPredictor(kserve.Model):
-    """The student from a Triton model repository behind the V2 protocol (``features`` → ``probs``)."""
-
-    def __init__(self, repo_dir, config: ServingConfig):
-        super().__init__(config.model_name)
-        self.repo_dir = repo_dir
-        self.config = config
-        self.student: OnnxStudent | None = None
-
-    def load(self) -> bool:
-        from relevance.serving.model_repository import read_model_config, validate_model_repository
-
-        self.student = OnnxStudent(validate_model_repository(self.repo_dir, self.name), self.config.onnx_threads)
-        self.max_batch = read_model_config(self.repo_dir, self.name).max_batch_size
-        self.ready = True
-        return self.ready
-
-    def predict(self, request, headers=None):
-        if not isinstance(request, InferRequest):
-            raise InvalidInput("this predictor speaks the V2 protocol only: POST /v2/models/<name>/infer")
-        if [t.name for t in request.inputs] != ["features"]:
-            raise InvalidInput(f"expected one input 'features', got {[t.name for t in request.inputs]}")
-        tensor = request.inputs[0]
-        if tensor.datatype != "FP32":
-            raise InvalidInput(f"input 'features': expected datatype FP32, got {tensor.datatype}")
-        shape = list(tensor.shape)
-        if len(shape) != 2 or shape[1] != self.student.num_features or not 1 <= shape[0] <= self.max_batch:
-            raise InvalidInput(f"input 'features': expected shape [1..{self.max_batch}, "
-                               f"{self.student.num_features}], got {shape}")
-        try:
-            features = tensor.as_numpy()
-        except (ValueError, TypeError) as error:
-            raise InvalidInput(f"input 'features': {error}") from None
-        probs = self.student.predict(features)
-        output = InferOutput("probs", list(probs.shape), "FP32")
-        output.set_data_from_numpy(probs, binary_data=request.use_binary_outputs if hasattr(
-            request, "use_binary_outputs") else False)
-        return InferResponse(request.id or str(uuid.uuid4()), self.name, [output])
 
 
 class HttpGuard:
@@ -376,18 +354,20 @@ def run_server(models: list, config: ServingConfig, args: argparse.Namespace) ->
 
 def predictor_url(args: argparse.Namespace, given: set[str], config: ServingConfig) -> str | None:
     """Where the transformer's predictor is, from KServe's flags: ``--predictor_host`` (with ``--protocol`` /
-    ``--predictor_protocol`` v2, and ``--predictor_use_ssl``), checked against the serving config."""
+    ``--predictor_protocol`` v2 for REST or grpc-v2 for gRPC, and ``--predictor_use_ssl``), checked against the
+    serving config."""
     if "model_name" in given and args.model_name != config.model_name:
         raise ValueError(f"--model_name {args.model_name!r} (the InferenceService name) must equal "
                          f"serving.model_name {config.model_name!r}: the transformer serves, and asks the predictor "
                          "for, that one model name")
-    for flag in ("protocol", "predictor_protocol"):
-        if flag in given and getattr(args, flag) != "v2":
-            raise ValueError(f"--{flag}: the transformer calls its predictor over the V2 REST protocol, got "
-                             f"{getattr(args, flag)!r}")
+    protocols = {getattr(args, flag) for flag in ("protocol", "predictor_protocol") if flag in given}
+    if not protocols <= {"v2", "grpc-v2"} or len(protocols) > 1:
+        raise ValueError(f"--protocol / --predictor_protocol: the transformer calls its predictor over the V2 "
+                         f"protocol, REST (v2) or gRPC (grpc-v2), got {sorted(protocols)}")
     if not args.predictor_host:
         return None
-    return f"{'https' if args.predictor_use_ssl else 'http'}://{args.predictor_host}"
+    scheme = "grpc" if protocols == {"grpc-v2"} else "http"
+    return f"{scheme}{'s' if args.predictor_use_ssl else ''}://{args.predictor_host}"
 
 
 def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namespace, given: set[str],
@@ -397,10 +377,14 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
     from relevance.platform.feature_store import FeastItemSource
     from relevance.student.scoring import ServingBundle
 
+    from relevance.serving.client import check_predictor_url
+
     from_flags = predictor_url(args, given, config)
     if predictor and from_flags:
         raise ValueError("give --predictor-url or --predictor_host, not both")
     predictor = predictor or from_flags
+    if predictor:
+        check_predictor_url(predictor)
     # KServe's default predictor timeout (600 s) suits batch models; a rerank request has milliseconds.
     timeout = float(args.predictor_request_timeout_seconds) if "predictor_request_timeout_seconds" in given else 5.0
 
@@ -414,8 +398,3 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
         return OnlineScorer(bundle, items, config, student=student)
 
     run_server([RerankModel(config, scorer, predictor, timeout)], config, args)
-
-
-def serve_predictor(repo_dir, config: ServingConfig, args: argparse.Namespace) -> None:
-    """The student alone behind V2, from a Triton model repository (what Triton serves in the cluster)."""
-    run_server([StudentPredictor(repo_dir, config)], config, args)

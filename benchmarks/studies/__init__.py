@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "studies"
 # In the report's order.
-STUDIES = ("teachers", "lambdamart", "scaling", "active", "judged", "ablation", "backbones", "labelling", "locales",
+STUDIES = ("teachers", "lambdamart", "scaling", "pareto", "active", "judged", "ablation", "backbones", "labelling", "locales",
            "gpu")
 
 

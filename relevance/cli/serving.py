@@ -1,5 +1,5 @@
-"""Online serving: the KServe model server (serve), the student alone behind the V2 protocol (serve-predictor), and
-a request to a running server (score)."""
+"""Online serving: the KServe model server (serve), the student on a real Triton server on loopback (serve-triton),
+and a request to a running server (score)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def serve(ctx: typer.Context, config: Optional[Path] = ConfigOption, profile: Op
           feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
                                                                   "workdir/feature_repo)."),
           predictor_url: Optional[str] = typer.Option(None, help="Score on this Triton / V2 server instead of "
-                                                                 "in process, e.g. http://127.0.0.1:8000.")):
+                                                                 "in process: http://127.0.0.1:8000 (REST) or "
+                                                                 "grpc://127.0.0.1:8001 (gRPC).")):
     """The KServe model server: rerank requests (V1 and V2) → cached query embedding + Feast online features →
     the training featurizer → the student (in process, or on --predictor-url / --predictor_host) → reranked
     candidates."""
@@ -47,19 +48,38 @@ def serve(ctx: typer.Context, config: Optional[Path] = ConfigOption, profile: Op
           loaded.serving, args, given, predictor_url)
 
 
-@clear_errors()
-def serve_predictor(ctx: typer.Context,
-                    model_repository: Path = typer.Option(..., exists=True, file_okay=False,
-                                                          help="Triton model repository (export/model_repository)."),
-                    config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption):
-    """The student alone behind the V2 protocol, from a Triton model repository: a stand-in for Triton where
-    none runs (`relevance serve --predictor-url` talks to either the same way)."""
-    argv = _kserve_argv(ctx)
-    from relevance.serving.server import model_server_args
-    from relevance.serving.server import serve_predictor as start
+@clear_errors(RuntimeError)  # the server exiting or not getting ready: its log's tail, in one message
+def serve_triton(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                 workdir: Optional[str] = WorkdirOption,
+                 bundle: Optional[Path] = typer.Option(None, help="Serving bundle (default: workdir/export)."),
+                 http_port: int = typer.Option(8000, help="Triton's HTTP port (127.0.0.1)."),
+                 grpc_port: int = typer.Option(8001, help="Triton's gRPC port (127.0.0.1)."),
+                 metrics_port: int = typer.Option(8002, help="Triton's Prometheus metrics port (127.0.0.1)."),
+                 triton_env: Optional[Path] = typer.Option(None, help="The Triton venv (default: "
+                                                                      "$RELEVANCE_TRITON_ENV or .venv-triton; "
+                                                                      "`make triton-env` makes it).")):
+    """The student on a real Triton Inference Server on loopback (the nvidia-pytriton wheel's tritonserver, Python
+    backend running the bundle's ONNX graph), until Ctrl-C. Then: `relevance serve --predictor-url
+    http://127.0.0.1:8000` (or grpc://127.0.0.1:8001)."""
+    import time
 
-    args, _ = model_server_args(argv, prog="relevance serve-predictor")
-    start(model_repository, run_config(config, profile, None).serving, args)
+    from relevance.serving.model_repository import build_model_repository
+    from relevance.serving.triton import triton_install, triton_server
+
+    triton_install(triton_env)  # before any work: no Triton venv is the likeliest setup error
+    loaded = run_config(config, profile, workdir)
+    bundle = bundle or Path(loaded.workdir) / "export"
+    repo = bundle / "model_repository-python"
+    build_model_repository(bundle, repo, loaded.serving, backend="python")
+    ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+    with triton_server(repo, bundle / ".triton", bundle / "triton.log", ports=ports, env=triton_env) as server:
+        typer.echo(f"Triton ready: {server.http_url} (HTTP), {server.grpc_url} (gRPC), {server.metrics_url}; "
+                   f"log {bundle / 'triton.log'}. Ctrl-C stops it.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 @clear_errors()

@@ -101,8 +101,8 @@ class EnsembleScorer:
 
 class BundleScorer:
     """A serving bundle (relevance.student.export.export_bundle) scored through the serving path itself: the ONNX query
-    encoder, BM25 from the bundle's index, :func:`relevance.student.featurizer.featurize` and the ONNX student, one
-    request per query (relevance.student.scoring.OnlineScorer). Item features come from the catalog with embeddings from
+    encoder, BM25 from the bundle's index, :func:`relevance.student.featurizer.lexical_features` and the student's
+    serving graph, one request per query (relevance.student.scoring.OnlineScorer). Item features come from the catalog with embeddings from
     the run's cache (relevance.student.scoring.CatalogItemSource), which is what the feature store is materialized from.
     What a canary serves is what gets compared."""
 
@@ -145,7 +145,7 @@ class BundleScorer:
             for start in range(0, len(rows), limit):
                 part = rows[start:start + limit]
                 prepared = self.online.prepare(query_text[query_id], "", items[part].tolist())
-                probs[part] = self.online.student.predict(prepared.features)
+                probs[part] = self.online.student.predict(prepared.student_inputs())
         return Scored(probs, time.perf_counter() - started)
 
 

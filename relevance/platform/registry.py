@@ -227,6 +227,8 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
         "teacher_version": teacher_manifest["teacher_version"],
         "feature_views": json.dumps(feature_views, sort_keys=True),
         "feature_version": str(student_manifest["feature_version"]),
+        # What the transformer sends the predictor: two versions of a canary share one transformer.
+        "student_inputs": ",".join(json.loads((Path(onnx_dir) / "bundle.json").read_text())["student_inputs"]),
         "gate_reason": str(evaluation.get("gate_reason", "")),
     }
     registry = Registry(config.registry)

@@ -1,8 +1,9 @@
 """ONNX export of what serves online: the student MLP and the query encoder, each with a parity check; and of
 the teacher, for labelling on ONNX Runtime (fp32 or int8).
 
-- Student: input ``features`` [batch, F] (raw featurizer output; the standardisation is inside the graph),
-  output ``probs`` [batch, K]. Exported with the torch.export-based exporter.
+- Student, the serving graph: inputs ``query`` [1 or batch, d], ``item`` [batch, d], ``lexical`` [batch, L]
+  (relevance.student.scoring.Prepared.student_inputs), output ``probs`` [batch, K]. The interactions, the
+  standardisation and the calibration are inside the graph; see :class:`_ServingStudent`.
 - Query encoder: inputs ``input_ids`` / ``attention_mask`` (+ ``token_type_ids`` for BERT) [batch, seq], output
   ``embedding`` [batch, d], mean-pooled and L2-normalised exactly as :class:`relevance.student.encoder.BiEncoder`.
   Exported with the TorchScript exporter from an eager-attention model: that is the graph onnxruntime's
@@ -27,6 +28,7 @@ from relevance.common.onnx_session import onnx_session
 from relevance.models.pooling import pool_hidden
 from relevance.student.encoder import BiEncoder
 from relevance.student.model import Student
+from relevance.student.scoring import STUDENT_INPUTS
 
 
 @dataclass
@@ -41,13 +43,40 @@ class ExportParityError(RuntimeError):
     pass
 
 
-class _StudentProbabilities(nn.Module):
-    def __init__(self, student: Student):
-        super().__init__()
-        self.mlp = student.model
+class _ServingStudent(nn.Module):
+    """The student as served: (query [1 or N, d], item [N, d], lexical [N, L]) → calibrated probabilities [N, K].
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.mlp(features), dim=-1)
+    The interactions are computed in the graph (relevance.student.featurizer.pair_blocks, the training
+    definition), so a caller sends 2·d + L floats per candidate, not the 4·d + L + 1 of the training vector. The
+    first layer's query columns are applied to the query rows alone: with one query row (the in-process server) that share of the first layer is computed once per
+    request, not once per candidate; with N rows (Triton, where requests batch together) it broadcasts nothing."""
+
+    def __init__(self, student: Student, dimension: int):
+        super().__init__()
+        mlp = student.model
+        first = mlp.layers[0]
+        # The standardisation stays a step of its own rather than folded into the weights: dynamic int8 quantises
+        # a MatMul's input with one scale per tensor, and raw inputs mix lexical features (~10) with embedding
+        # interactions (~0.003), which would round to zero; standardised, they share one range.
+        for name, buffer in (("mean", mlp.feature_mean), ("std", mlp.feature_std)):
+            self.register_buffer(f"query_{name}", buffer[:dimension].clone())
+            self.register_buffer(f"pair_{name}", buffer[dimension:].clone())
+        self.register_buffer("query_weight", first.weight[:, :dimension].T.detach().contiguous())
+        self.register_buffer("pair_weight", first.weight[:, dimension:].T.detach().contiguous())
+        self.register_buffer("bias", first.bias.detach().clone())
+        self.rest = mlp.layers[1:]
+        self.register_buffer("calibration_scale", mlp.calibration_scale.clone())
+        self.register_buffer("calibration_bias", mlp.calibration_bias.clone())
+
+    def forward(self, query: torch.Tensor, item: torch.Tensor, lexical: torch.Tensor) -> torch.Tensor:
+        from relevance.student.featurizer import pair_blocks
+
+        query_block, *pair = pair_blocks(query, item, lexical)
+        pair = (torch.cat(pair, 1) - self.pair_mean) / self.pair_std
+        query_block = (query_block - self.query_mean) / self.query_std
+        hidden = pair @ self.pair_weight + (query_block @ self.query_weight + self.bias)
+        logits = torch.log_softmax(self.rest(hidden), dim=-1)
+        return torch.softmax(self.calibration_scale * logits + self.calibration_bias, dim=-1)
 
 
 class _QueryEncoder(nn.Module):
@@ -76,26 +105,40 @@ def check_parity(path: Path, feeds: dict[str, np.ndarray], expected: np.ndarray,
 
 def export_student(student_dir: str | Path, out_path: str | Path, tolerance: float = 1e-4,
                    sample_rows: int = 64) -> ExportResult:
+    """The serving graph (:class:`_ServingStudent`), checked against the trained model on its training vector
+    (relevance.student.featurizer.assemble) with one query row and with one per candidate."""
+    from relevance.student.featurizer import assemble
+
     student = Student.load(student_dir)
-    module = _StudentProbabilities(student).eval()
-    num_features = student.model.feature_mean.shape[0]
-    # Sample inputs spread like real features (the model standardises them): mean ± 3 std.
+    dimension = int(student.manifest["embedding_dim"])
+    module = _ServingStudent(student, dimension).eval()
+    lexical_width = student.model.feature_mean.shape[0] - 4 * dimension - 1
+    # Sample inputs like real ones: unit vectors (the items near the query), lexical features at mean ± 3 std.
     rng = np.random.default_rng(0)
-    mean, std = student.model.feature_mean.numpy(), student.model.feature_std.numpy()
-    sample = (mean + std * rng.normal(0, 1.5, size=(sample_rows, num_features))).astype(np.float32)
+    query = _unit(rng.normal(size=(1, dimension)))
+    items = _unit(query + rng.normal(0, 0.8, size=(sample_rows, dimension)))
+    mean, std = (buffer.numpy()[-lexical_width:] for buffer in (student.model.feature_mean, student.model.feature_std))
+    lexical = (mean + std * rng.normal(0, 1.5, size=(sample_rows, lexical_width))).astype(np.float32)
+    rows = np.repeat(query, sample_rows, 0)
+    with torch.no_grad():
+        expected = torch.softmax(student.model(torch.from_numpy(assemble(rows, items, lexical))), -1).numpy()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1)
+    # The TorchScript exporter: it traces the broadcast of the query rows as ONNX broadcasting, whatever their
+    # number; torch.export specialises a dimension traced at 1, or unifies it with the batch traced at 2.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.from_numpy(sample[:2]),), str(out_path), dynamo=True,
-                          input_names=["features"], output_names=["probs"],
-                          dynamic_shapes={"features": {0: batch}}, verbose=False,
-                          external_data=False)  # one self-contained file: Triton loads model.onnx alone
-    with torch.no_grad():
-        expected = module(torch.from_numpy(sample)).numpy()
-    diff = check_parity(out_path, {"features": sample}, expected, tolerance)
-    return ExportResult(out_path, diff, ["features"], ["probs"])
+        torch.onnx.export(module, tuple(torch.from_numpy(a[:3]) for a in (query, items, lexical)), str(out_path),
+                          dynamo=False, input_names=list(STUDENT_INPUTS), output_names=["probs"], opset_version=17,
+                          dynamic_axes={"query": {0: "queries"}, "item": {0: "batch"}, "lexical": {0: "batch"},
+                                        "probs": {0: "batch"}})
+    diff = max(check_parity(out_path, {"query": q, "item": items, "lexical": lexical}, expected, tolerance)
+               for q in (query, rows))
+    return ExportResult(out_path, diff, list(STUDENT_INPUTS), ["probs"])
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
 def export_query_encoder(encoder_name: str, max_length: int, out_path: str | Path, tolerance: float = 1e-4,
@@ -246,7 +289,7 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
             # How item text was assembled and what the grades mean: an offline replay (relevance evaluate,
             # judge-eval) rebuilds the same features and reads the probabilities right.
             "text": manifest["text"], "dataset": manifest["dataset"],
-            "catalog_items": int(len(item_text)), "int8": int8,
+            "catalog_items": int(len(item_text)), "int8": int8, "student_inputs": list(STUDENT_INPUTS),
             "max_abs_diff": {result.path.stem: result.max_abs_diff for result in results},
         }
         if "judge_holdout" in manifest:  # a student made before the record existed has none, and its bundle neither

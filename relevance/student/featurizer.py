@@ -1,19 +1,22 @@
 """The student featurizer: the single definition of what the student sees, used by training and by serving.
 
-:func:`featurize` is a pure function of arrays and strings (no I/O), so the KServe transformer can call it on
-features read from the Feast online store and a cached query embedding, and get exactly the vector the student
-was trained on. :class:`PairFeaturizer` wires the same function to the offline sources (embedding cache, BM25
-index) for training and batch evaluation.
-
 Feature vector = [q, i, q⊙i, |q−i|] (the bi-encoder embeddings and their interactions; Conneau et al., 2017,
-"InferSent") followed by the cheap lexical features named in LEXICAL_FEATURES, put together by :func:`assemble`
-alone.
+"InferSent"), the cosine, and the cheap lexical features named in LEXICAL_FEATURES. Two pure functions (no I/O)
+define it: :func:`lexical_features` (strings and BM25 → the lexical block) and :func:`pair_blocks` (the
+embeddings' blocks and their order, for numpy and torch alike). Training puts the vector together with
+:func:`assemble`; serving sends the query and item embeddings and the lexical block to the exported graph, which
+computes the interactions with the same :func:`pair_blocks` (relevance.student.export), so a served candidate's
+vector is the one the student was trained on. :class:`PairFeaturizer` wires them to the offline sources
+(embedding cache, BM25 index) for training and batch evaluation.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -38,11 +41,26 @@ LEXICAL_FEATURES = (
 _DIGIT = re.compile(r"\d")
 
 
+@dataclass(frozen=True)
+class _Query:
+    """What the lexical features need of a query, computed once per distinct query text."""
+
+    terms: tuple[str, ...]
+    counts: tuple[tuple[str, int], ...]  # each distinct term and how often it occurs (repeats count again)
+    prefix_counts: tuple[tuple[str, int], ...]  # each distinct 4-character prefix and how often
+    numbers: tuple[str, ...]  # numeric terms (sizes, model numbers)
+    trigrams: frozenset[str]
+    phrase: str  # " term term … ": the terms as a contiguous phrase
+
+    def count_in(self, words: frozenset[str]) -> int:
+        return sum(n for t, n in self.counts if t in words)
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _query_side(query: str) -> tuple[list[str], list[str], frozenset[str], str]:
-    """(terms, numeric terms, character trigrams, joined terms) of a query."""
+def _query_side(query: str) -> _Query:
     terms = tokenize_words(query)
-    return terms, [t for t in terms if _DIGIT.search(t)], _trigrams(query), " ".join(terms)
+    return _Query(tuple(terms), tuple(Counter(terms).items()), tuple(Counter(t[:4] for t in terms).items()),
+                  tuple(t for t in terms if _DIGIT.search(t)), _trigrams(query), f" {' '.join(terms)} ")
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -62,63 +80,60 @@ def _trigrams(text: str) -> frozenset[str]:
 
 
 def lexical_features(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray) -> np.ndarray:
-    """[N, len(LEXICAL_FEATURES) - 1] lexical features (cosine is added by :func:`featurize`)."""
+    """[N, len(LEXICAL_FEATURES) - 1] lexical features (cosine is added by :func:`pair_blocks`)."""
     if not (len(queries) == len(item_texts) == len(titles) == len(bm25)):
         raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
                          f"titles={len(titles)} bm25={len(bm25)}")
-    out = np.zeros((len(queries), len(LEXICAL_FEATURES) - 1), dtype=np.float32)
-    for row, (query, text, title, score) in enumerate(zip(queries, item_texts, titles, bm25)):
-        terms, numbers, query_trigrams, phrase = _query_side(query)
-        n_terms = max(len(terms), 1)
+    rows = []
+    for query, text, title, score in zip(queries, item_texts, titles, bm25):
+        q = _query_side(query)
+        n_terms = max(len(q.terms), 1)
         words, prefixes, n_words, joined, _ = _item_side(text)
         title_words, _, _, _, title_trigrams = _item_side(title)
-        matched = sum(t in words for t in terms)
-        union = len(query_trigrams | title_trigrams)
+        matched = q.count_in(words)
+        shared = len(q.trigrams & title_trigrams)
+        union = len(q.trigrams) + len(title_trigrams) - shared
         score = float(score)
-        out[row] = (
-            np.log1p(max(score, 0.0)),
+        rows.append((
+            math.log1p(max(score, 0.0)),
             score / n_terms,
             matched / n_terms,
-            sum(t in title_words for t in terms) / n_terms,
-            sum(t[:4] in prefixes for t in terms) / n_terms,
-            float(bool(terms) and matched == len(terms)),
-            float(f" {phrase} " in joined) if terms else 0.0,
-            sum(t in words for t in numbers) / len(numbers) if numbers else 1.0,
-            len(query_trigrams & title_trigrams) / union if union else 0.0,
-            np.log1p(len(terms)),
-            np.log1p(n_words),
-        )
-    return out
+            q.count_in(title_words) / n_terms,
+            sum(n for t, n in q.prefix_counts if t in prefixes) / n_terms,
+            float(bool(q.terms) and matched == len(q.terms)),
+            float(q.phrase in joined) if q.terms else 0.0,
+            sum(t in words for t in q.numbers) / len(q.numbers) if q.numbers else 1.0,
+            shared / union if union else 0.0,
+            math.log1p(len(q.terms)),
+            math.log1p(n_words),
+        ))
+    return np.array(rows, dtype=np.float32).reshape(len(rows), len(LEXICAL_FEATURES) - 1)
 
 
-def featurize(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray,
-              query_embeddings: np.ndarray, item_embeddings: np.ndarray) -> np.ndarray:
-    """The student's input vectors [N, 4·d + len(LEXICAL_FEATURES)] for N (query, item) pairs.
-
-    Embeddings must be L2-normalised rows aligned with the pairs (row i of each is pair i).
-    """
-    if query_embeddings.shape[0] != len(queries):
-        raise ValueError(f"expected query and item embeddings of shape [{len(queries)}, d], got "
-                         f"{query_embeddings.shape} and {item_embeddings.shape}")
-    lexical = lexical_features(queries, item_texts, titles, np.asarray(bm25, dtype=np.float32))
-    return assemble(query_embeddings, item_embeddings, lexical)
+def pair_blocks(query_embeddings, item_embeddings, lexical) -> list:
+    """The student's input blocks [q, i, q⊙i, |q−i|, cosine, lexical]: the one definition of their order and of
+    the interactions, for numpy arrays (:func:`assemble`, training) and torch tensors alike (the exported serving
+    graph computes the interactions itself, relevance.student.export). ``query_embeddings`` may be one row that
+    broadcasts over the items: the serving graph computes the query block's share of the first layer once."""
+    product = query_embeddings * item_embeddings
+    cosine = product.sum(1)[:, None]  # the vectors are L2-normalised
+    return [query_embeddings, item_embeddings, product, abs(query_embeddings - item_embeddings), cosine, lexical]
 
 
 def assemble(query_embeddings: np.ndarray, item_embeddings: np.ndarray, lexical: np.ndarray) -> np.ndarray:
-    """[q, i, q⊙i, |q−i|, cosine, lexical]: the one place the student's vector is put together.
+    """[q, i, q⊙i, |q−i|, cosine, lexical] (:func:`pair_blocks`) as one array: the student's training vector.
 
-    :func:`featurize` calls it on freshly computed lexical features (serving, evaluation); out-of-core
-    distillation (relevance.student.pairstore) calls it per batch on stored lexical features and embeddings gathered from
+    :class:`PairFeaturizer` calls it on freshly computed lexical features (training, evaluation); out-of-core distillation
+    (relevance.student.pairstore) calls it per batch on stored lexical features and embeddings gathered from
     memory-mapped tables, so a pair's vector is never stored and never assembled by a second definition."""
     if (query_embeddings.shape != item_embeddings.shape or query_embeddings.ndim != 2
             or lexical.shape != (query_embeddings.shape[0], len(LEXICAL_FEATURES) - 1)):
         raise ValueError(f"expected query and item embeddings of one shape [N, d] and lexical features "
                          f"[N, {len(LEXICAL_FEATURES) - 1}], got {query_embeddings.shape}, {item_embeddings.shape} "
                          f"and {lexical.shape}")
-    q = query_embeddings.astype(np.float32, copy=False)
-    i = item_embeddings.astype(np.float32, copy=False)
-    cosine = np.einsum("nd,nd->n", q, i)[:, None]
-    return np.concatenate([q, i, q * i, np.abs(q - i), cosine, lexical.astype(np.float32, copy=False)], axis=1)
+    blocks = pair_blocks(query_embeddings.astype(np.float32, copy=False),
+                         item_embeddings.astype(np.float32, copy=False), lexical.astype(np.float32, copy=False))
+    return np.concatenate(blocks, axis=1)
 
 
 def feature_names(dimension: int) -> list[str]:
@@ -187,7 +202,7 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
 
 
 class PairFeaturizer:
-    """Offline wiring of :func:`featurize`: texts from the catalog, embeddings from the cache, BM25 from an index.
+    """Offline wiring of :func:`lexical_features` and :func:`assemble`: texts from the catalog, embeddings from the cache, BM25 from an index.
 
     ``item_text`` is the assembled lexical text of each item and ``titles`` its title, both indexed by item id.
     ``item_vectors`` (item id → embedding), when given, replaces the cache for items (vectors read from the

@@ -7,8 +7,10 @@ A request is (query, locale, candidate item ids). Scoring it:
 2. the candidates' features (embedding, title, lexical text) from an item source: in serving, the Feast online
    store behind a TTL cache (relevance.platform.feature_store.FeastItemSource);
 3. BM25 against the catalog's saved index (its IDF and average length are the training catalog's);
-4. :func:`relevance.student.featurizer.featurize`: the student's one featurizer, the function training used;
-5. the student (ONNX) gives K grade probabilities per candidate; candidates are reranked by expected grade.
+4. :func:`relevance.student.featurizer.lexical_features`: the lexical block, the function training used;
+5. the student's serving graph (ONNX; relevance.student.export) takes the query embedding, the candidates'
+   embeddings and their lexical block, computes the interactions as training did, and gives K grade
+   probabilities per candidate; candidates are reranked by expected grade.
 
 Steps 1–4 are :meth:`OnlineScorer.prepare` (the transformer's preprocess); step 5's model call can run here
 (:class:`OnnxStudent`) or on a Triton server; :func:`rank` turns probabilities into the response.
@@ -27,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from relevance.config import ServingConfig
-from relevance.student.featurizer import FEATURE_VERSION, featurize
+from relevance.student.featurizer import FEATURE_VERSION, lexical_features
 from relevance.models.metrics import expected_grade
 from relevance.common.onnx_session import onnx_session
 
 BUNDLE_MANIFEST = "bundle.json"
+STUDENT_INPUTS = ("query", "item", "lexical")  # the serving graph's inputs (relevance.student.export)
 UNKNOWN_ITEM_DEFAULTS = {
     "embedding": "zero vector (cosine 0 with every query)",
     "title": "empty",
@@ -76,15 +79,18 @@ def validate_request(query, locale, candidates, config: ServingConfig) -> tuple[
 
 
 class OnnxStudent:
-    """The student in process (ONNX Runtime): ``features`` [N, F] → ``probs`` [N, K]."""
+    """The student's serving graph in process (ONNX Runtime): :meth:`Prepared.student_inputs` → ``probs`` [N, K]."""
 
     def __init__(self, path: str | Path, threads: int = 1):
         self.path = Path(path)
         self.session = onnx_session(self.path, threads)
-        self.num_features = int(self.session.get_inputs()[0].shape[1])
+        names = tuple(i.name for i in self.session.get_inputs())
+        if names != STUDENT_INPUTS:
+            raise ValueError(f"{self.path}: the student graph takes {list(names)}, this server sends "
+                             f"{list(STUDENT_INPUTS)}; re-export the bundle with `relevance export`")
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return self.session.run(["probs"], {"features": features.astype(np.float32, copy=False)})[0]
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["probs"], inputs)[0]
 
 
 class QueryEncoder:
@@ -146,14 +152,31 @@ def lookup_cache(size: int):
 
 @dataclass
 class Prepared:
-    """The transformer's output for one request: the student's input and what the response needs besides."""
+    """The transformer's output for one request: the student's inputs and what the response needs besides."""
 
     query: str
     locale: str
     item_ids: list[str]
-    features: np.ndarray  # [n, F] float32
+    query_embedding: np.ndarray  # [d] float32
+    item_embeddings: np.ndarray  # [n, d] float32, zeros where unknown
+    lexical: np.ndarray  # [n, L] float32 (relevance.student.featurizer.lexical_features)
     unknown: np.ndarray  # [n] bool
     query_cache_hit: bool
+
+    def student_inputs(self, per_candidate: bool = False) -> dict[str, np.ndarray]:
+        """The serving graph's inputs. The query goes as one row, whose share of the first layer the graph then
+        computes once, or with ``per_candidate`` as one row per candidate: what a batching predictor (Triton)
+        needs, since requests batched together must agree on their rows."""
+        query = self.query_embedding[None, :]
+        if per_candidate:
+            query = np.repeat(query, len(self.item_ids), axis=0)
+        return {"query": query, "item": self.item_embeddings, "lexical": self.lexical}
+
+
+def batch_inputs(prepared: list[Prepared]) -> dict[str, np.ndarray]:
+    """Several requests' inputs as one batch (one query row per candidate), in order."""
+    parts = [p.student_inputs(per_candidate=True) for p in prepared]
+    return {name: np.concatenate([part[name] for part in parts]) for name in STUDENT_INPUTS}
 
 
 @dataclass
@@ -189,6 +212,10 @@ class ServingBundle:
             raise FileNotFoundError(f"{self.directory}: not a serving bundle (no {BUNDLE_MANIFEST}); build one with "
                                     "`relevance export`")
         self.manifest = json.loads(path.read_text())
+        if self.manifest.get("student_inputs") != list(STUDENT_INPUTS):
+            raise ValueError(f"{self.directory}: exported before the student's serving graph took "
+                             f"{list(STUDENT_INPUTS)} (its inputs: {self.manifest.get('student_inputs', ['features'])}); "
+                             "re-export it with `relevance export`")
 
     def model_file(self, name: str, int8: bool) -> Path:
         path = self.directory / (f"{name}-int8.onnx" if int8 else f"{name}.onnx")
@@ -234,14 +261,14 @@ class OnlineScorer:
         query, locale, candidates = validate_request(query, locale, candidates, self.config)
         vector, hit = self.query_embedding(query)
         items = self.items.get(candidates)
-        n = len(candidates)
-        features = featurize([query] * n, items.texts, items.titles, self.bm25.score_items(query, candidates),
-                             np.broadcast_to(vector, (n, vector.shape[0])), items.embeddings)
-        return Prepared(query, locale, candidates, features, ~items.known, hit)
+        lexical = lexical_features([query] * len(candidates), items.texts, items.titles,
+                                   self.bm25.score_items(query, candidates))
+        return Prepared(query, locale, candidates, np.asarray(vector, dtype=np.float32), items.embeddings, lexical,
+                        ~items.known, hit)
 
     def score(self, query, locale, candidates) -> Ranking:
         """prepare → in-process student → rank (the whole request without a network hop)."""
         if self.student is None:
             raise RuntimeError("this scorer has no in-process student; pass one or call prepare() and a predictor")
         prepared = self.prepare(query, locale, candidates)
-        return rank(prepared, self.student.predict(prepared.features))
+        return rank(prepared, self.student.predict(prepared.student_inputs()))

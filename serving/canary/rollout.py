@@ -74,11 +74,13 @@ def _version_source(registry: Registry, name: str, version: int) -> str:
     raise CanaryError(f"{name} has no version {version} in the registry at {registry.uri}; versions: {known}")
 
 
-def _feature_version(registry: Registry, name: str, version: int) -> str | None:
+def _serving_contract(registry: Registry, name: str, version: int) -> tuple[str | None, str | None]:
+    """What a version needs of the shared transformer: the feature version and the serving graph's inputs (a
+    version registered before the graph took them has none: its graph takes the old ``features``)."""
     for info in registry.versions(name):
         if info.version == version:
-            return info.tags.get("feature_version")
-    return None
+            return info.tags.get("feature_version"), info.tags.get("student_inputs", "features")
+    return None, None
 
 
 def plan_start(config: RunConfig, registry: Registry, version: int, percent: int) -> Plan:
@@ -94,10 +96,11 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
     if version == champion:
         raise CanaryError(f"{name} v{version} is already the champion")
     source = _version_source(registry, name, version)
-    theirs, ours = _feature_version(registry, name, version), _feature_version(registry, name, champion)
+    theirs, ours = _serving_contract(registry, name, version), _serving_contract(registry, name, champion)
     if theirs != ours:
-        raise CanaryError(f"{name} v{version} computes feature version {theirs}, the champion v{champion} "
-                          f"{ours}: the shared transformer cannot serve both; roll out a new transformer instead")
+        raise CanaryError(f"{name} v{version} computes feature version {theirs[0]} with graph inputs {theirs[1]}, "
+                          f"the champion v{champion} feature version {ours[0]} with {ours[1]}: the shared "
+                          "transformer cannot serve both; roll out a new transformer instead")
     patch = {"spec": {"predictor": {"canaryTrafficPercent": percent,
                                     "model": {"storageUri": model_repository_uri(source)}}}}
 

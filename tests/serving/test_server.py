@@ -1,11 +1,12 @@
 """Online serving, end to end on loopback: a tiny run is exported (ONNX + Triton model repository), its features
-materialized to Feast's SQLite online store, and real KServe servers are started with `relevance serve` and
-`relevance serve-predictor`.
+materialized to Feast's SQLite online store, and real servers are started: `relevance serve` in process, a real
+Triton Inference Server (the nvidia-pytriton wheel's tritonserver, `make triton-env`) serving the student, and
+`relevance serve --predictor-url` in front of it over HTTP and over gRPC.
 
 What is checked: the served scores equal offline scoring with the training featurizer (so serving has no second
-featurizer), V1 and V2 agree, the Triton-path predictor agrees with the in-process one, health/metadata/metrics
-endpoints, every kind of bad input gets a 4xx with a precise message, unknown ids are flagged, and 1,000
-generated requests never produce a 5xx.
+featurizer), V1 and V2 agree, the transformer → Triton paths (HTTP and gRPC) agree with the in-process one, health,
+metadata and metrics endpoints (ours and Triton's), every kind of bad input gets a 4xx with a precise message
+(ours and Triton's), unknown ids are flagged, and 1,000 generated requests never produce a 5xx.
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ ENV = {"HF_HUB_OFFLINE": "1", "RELEVANCE_THREADS": "1", "RELEVANCE_CPU_BF16": "0
 
 @pytest.fixture(scope="module")
 def deployment(run_settings, cli, tmp_path_factory, tiny_bert):
-    """A tiny run, exported and materialized, served three ways: in process, a V2 predictor, and the transformer
-    in front of that predictor (--predictor-url)."""
+    """A tiny run, exported and materialized, served four ways: in process, a real Triton with the student, and
+    the transformer in front of Triton over HTTP and over gRPC (--predictor-url)."""
+    from relevance.config import load_config
+    from relevance.serving.model_repository import build_model_repository
+    from relevance.serving.triton import triton_server
+
     tmp = tmp_path_factory.mktemp("serving")
     patch = pytest.MonkeyPatch()
     patch.setenv("RELEVANCE_CPU_BF16", "0")
@@ -47,16 +52,18 @@ def deployment(run_settings, cli, tmp_path_factory, tiny_bert):
     cli("run", "--config", str(config_path))
     cli("features", "--config", str(config_path))
     cli("export", "--config", str(config_path), "--int8")
+    repo = tmp / "triton-repository"
+    build_model_repository(tmp / "run/export", repo, load_config(config_path).serving, backend="python")
     with ExitStack() as servers:
         urls = {"local": servers.enter_context(model_server(["serve", "--config", str(config_path)], free_port(),
                                                             tmp / "local.log", ENV))}
-        urls["predictor"] = servers.enter_context(model_server(
-            ["serve-predictor", "--model-repository", str(tmp / "run/export/model_repository"), "--config",
-             str(config_path)], free_port(), tmp / "predictor.log", ENV))
-        urls["remote"] = servers.enter_context(model_server(
-            ["serve", "--config", str(config_path), "--predictor-url", urls["predictor"]], free_port(),
-            tmp / "remote.log", ENV))
-        yield {"tmp": tmp, "config": config_path, "urls": urls, "workdir": tmp / "run"}
+        triton = servers.enter_context(triton_server(repo, tmp / "triton-work", tmp / "triton.log"))
+        for name, predictor in (("remote", triton.http_url), ("remote-grpc", triton.grpc_url)):
+            urls[name] = servers.enter_context(model_server(
+                ["serve", "--config", str(config_path), "--predictor-url", predictor], free_port(),
+                tmp / f"{name}.log", ENV))
+        yield {"tmp": tmp, "config": config_path, "urls": urls, "workdir": tmp / "run", "triton": triton,
+               "triton_repository": repo}
     patch.undo()
 
 
@@ -86,22 +93,27 @@ def _v2(url: str, body, **kwargs) -> httpx.Response:
     return httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=30, **kwargs)
 
 
-def test_triton_model_repository_layout_and_config(deployment):
+def test_triton_model_repositories_layout_and_config(deployment):
     from relevance.serving.model_repository import ModelRepositoryError, read_model_config, validate_model_repository
 
     repo = deployment["workdir"] / "export/model_repository"
     assert sorted(p.name for p in repo.iterdir()) == [MODEL]
     assert validate_model_repository(repo, MODEL) == repo / MODEL / "1" / "model.onnx"
     config = read_model_config(repo, MODEL)
-    bundle = json.loads((deployment["workdir"] / "export/bundle.json").read_text())
+    d = json.loads((deployment["workdir"] / "export/bundle.json").read_text())["embedding_dim"]
     assert config.name == MODEL and config.platform == "onnxruntime_onnx"
-    assert list(config.input[0].dims) == [bundle["num_features"]] and list(config.output[0].dims) == [5]
+    assert [(i.name, list(i.dims)) for i in config.input] == [("query", [d]), ("item", [d]), ("lexical", [11])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("probs", [5])]
     assert config.max_batch_size >= 50 and config.dynamic_batching.max_queue_delay_microseconds >= 0
+    # The loopback variant: the same graph and inputs on the python backend, with its model.py.
+    python = read_model_config(deployment["triton_repository"], MODEL)
+    assert python.backend == "python" and not python.platform and python.input == config.input
+    assert (deployment["triton_repository"] / MODEL / "1" / "model.py").exists()
     # A config that disagrees with the ONNX graph is caught before Triton would refuse to load it.
     broken = deployment["tmp"] / "broken"
     (broken / MODEL / "1").mkdir(parents=True)
     (broken / MODEL / "1" / "model.onnx").write_bytes((repo / MODEL / "1" / "model.onnx").read_bytes())
-    text = (repo / MODEL / "config.pbtxt").read_text().replace(f"dims: {bundle['num_features']}", "dims: 7")
+    text = (repo / MODEL / "config.pbtxt").read_text().replace("dims: 11", "dims: 7")
     (broken / MODEL / "config.pbtxt").write_text(text.replace('platform: "onnxruntime_onnx"', 'platform: "pytorch"'))
     with pytest.raises(ModelRepositoryError, match=r"config dims \[7\].*|platform 'pytorch'"):
         validate_model_repository(broken, MODEL)
@@ -138,19 +150,84 @@ def test_served_scores_equal_offline_scoring_with_the_training_featurizer(deploy
         assert item["unknown"] is False
 
 
-def test_v2_and_the_triton_predictor_path_agree_with_v1(deployment, catalog):
+def test_v2_and_the_transformer_on_triton_over_http_and_grpc_agree_with_v1(deployment, catalog):
+    """Triton runs the same graph with one query row per candidate (requests batch together there), in process it
+    gets one row: each item's score agrees to float rounding (1e-5), and each ranking is best first."""
     _, query, candidates = catalog
     v1 = _v1(deployment["urls"]["local"], {"instances": [{"query": query, "candidates": candidates}]}).json()
     expected = [(i["item_id"], i["score"]) for i in v1["predictions"][0]["items"]]
-    for name in ("local", "remote"):
+    for name in ("local", "remote", "remote-grpc"):
         response = _v2(deployment["urls"][name], _v2_body(query, candidates))
         assert response.status_code == 200, response.text
         outputs = {o["name"]: o for o in response.json()["outputs"]}
         assert set(outputs) == {"item_id", "score", "probs", "unknown"}
         assert outputs["probs"]["shape"] == [len(candidates), 5]
-        got = list(zip(outputs["item_id"]["data"], outputs["score"]["data"]))
-        assert [i for i, _ in got] == [i for i, _ in expected], name
-        np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-4)
+        got = dict(zip(outputs["item_id"]["data"], outputs["score"]["data"]))
+        assert sorted(got) == sorted(candidates) and list(got.values()) == sorted(got.values(), reverse=True), name
+        np.testing.assert_allclose([got[i] for i, _ in expected], [s for _, s in expected], atol=1e-5)
+    two = {"instances": [{"query": query, "candidates": candidates[:4]}, {"query": "drill", "candidates": candidates}]}
+    local = _v1(deployment["urls"]["local"], two).json()["predictions"]
+    for name in ("remote", "remote-grpc"):  # several instances: one Triton request, split back per query
+        remote = _v1(deployment["urls"][name], two).json()["predictions"]
+        for a, b in zip(local, remote, strict=True):
+            scores = {i["item_id"]: i["score"] for i in b["items"]}
+            np.testing.assert_allclose([scores[i["item_id"]] for i in a["items"]], [i["score"] for i in a["items"]],
+                                       atol=1e-5)
+
+
+def _triton_inputs(rows: int, dimension: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    unit = rng.normal(size=(rows + 1, dimension))
+    unit = (unit / np.linalg.norm(unit, axis=1, keepdims=True)).astype(np.float32)
+    return {"query": np.repeat(unit[:1], rows, 0), "item": unit[1:],
+            "lexical": rng.normal(size=(rows, 11)).astype(np.float32)}
+
+
+def _fp32_tensor(name: str, array: np.ndarray, datatype: str = "FP32") -> dict:
+    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.reshape(-1).tolist()}
+
+
+def test_triton_serves_the_exported_graph_with_health_metadata_metrics_and_4xx(deployment):
+    """The real Triton, asked directly: what the transformer relies on, and what a bad request gets."""
+    from relevance.common.onnx_session import onnx_session
+
+    triton, url = deployment["triton"], deployment["triton"].http_url
+    assert httpx.get(f"{url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{url}/v2/models/{MODEL}/ready").status_code == 200
+    metadata = httpx.get(f"{url}/v2/models/{MODEL}").json()
+    dimension = json.loads((deployment["workdir"] / "export/bundle.json").read_text())["embedding_dim"]
+    assert [(i["name"], i["datatype"], i["shape"]) for i in metadata["inputs"]] == [
+        ("query", "FP32", [-1, dimension]), ("item", "FP32", [-1, dimension]), ("lexical", "FP32", [-1, 11])]
+    assert [(o["name"], o["shape"]) for o in metadata["outputs"]] == [("probs", [-1, 5])]
+
+    inputs = _triton_inputs(7, dimension)
+    response = httpx.post(f"{url}/v2/models/{MODEL}/infer", json={"inputs": [_fp32_tensor(n, a) for n, a in
+                                                                           inputs.items()]}, timeout=30)
+    assert response.status_code == 200, response.text
+    probs = np.array(response.json()["outputs"][0]["data"], dtype=np.float32).reshape(7, 5)
+    expected = onnx_session(deployment["workdir"] / "export/student.onnx").run(["probs"], inputs)[0]
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+    def metric(name: str) -> float:
+        text = httpx.get(triton.metrics_url).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    bad = {
+        "wrong datatype": [_fp32_tensor("query", inputs["query"].astype(np.int32), "INT32"),
+                           _fp32_tensor("item", inputs["item"]), _fp32_tensor("lexical", inputs["lexical"])],
+        "wrong width": [_fp32_tensor("query", inputs["query"][:, :-1]), _fp32_tensor("item", inputs["item"]),
+                        _fp32_tensor("lexical", inputs["lexical"])],
+        "unknown input": [_fp32_tensor("features", inputs["item"]), _fp32_tensor("item", inputs["item"]),
+                          _fp32_tensor("lexical", inputs["lexical"])],
+        "missing input": [_fp32_tensor("item", inputs["item"]), _fp32_tensor("lexical", inputs["lexical"])],
+        "rows disagree": [_fp32_tensor("query", inputs["query"][:1]), _fp32_tensor("item", inputs["item"]),
+                          _fp32_tensor("lexical", inputs["lexical"])],
+    }
+    for name, tensors in bad.items():
+        response = httpx.post(f"{url}/v2/models/{MODEL}/infer", json={"inputs": tensors}, timeout=30)
+        assert 400 <= response.status_code < 500 and response.json().get("error"), f"{name}: {response.text[:300]}"
+    assert httpx.get(f"{url}/v2/models/{MODEL}/ready").status_code == 200  # still serving
+    assert metric("nv_inference_request_success") >= 1
 
 
 def test_score_cli_is_a_tritonclient_rerank(cli, deployment, catalog):
@@ -167,7 +244,7 @@ def test_score_cli_is_a_tritonclient_rerank(cli, deployment, catalog):
 
 @pytest.mark.parametrize("flags,message", [
     (["--model_name", "other"], "must equal serving.model_name"),
-    (["--predictor_host", "triton:8000", "--protocol", "v1"], "over the V2 REST protocol"),
+    (["--predictor_host", "triton:8000", "--protocol", "v1"], "REST (v2) or gRPC (grpc-v2), got ['v1']"),
     (["--workers", "2"], "one worker"),
     (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
     (["--http_port", "eighty"], "invalid int value"),
@@ -175,6 +252,21 @@ def test_score_cli_is_a_tritonclient_rerank(cli, deployment, catalog):
 def test_kserve_flags_are_parsed_by_kserves_parser_and_checked(cli, deployment, flags, message):
     result = cli("serve", "--config", deployment["config"], *flags, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_kserves_predictor_flags_name_a_rest_or_grpc_predictor():
+    from relevance.config import ServingConfig
+    from relevance.serving.server import model_server_args, predictor_url
+
+    def url(*flags: str) -> str | None:
+        return predictor_url(*model_server_args(list(flags)), ServingConfig())
+
+    assert url() is None
+    assert url("--predictor_host", "student-predictor:8080") == "http://student-predictor:8080"
+    assert url("--predictor_host", "p:8080", "--protocol", "v2", "--predictor_use_ssl", "true") == "https://p:8080"
+    assert url("--predictor_host", "p:8081", "--predictor_protocol", "grpc-v2") == "grpc://p:8081"
+    with pytest.raises(ValueError, match="got \\['grpc-v2', 'v2'\\]"):
+        url("--predictor_host", "p:8081", "--protocol", "v2", "--predictor_protocol", "grpc-v2")
 
 
 def test_importing_the_server_changes_nothing():

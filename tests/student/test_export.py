@@ -1,4 +1,5 @@
-"""ONNX export: dynamic batch and parity with torch for the student MLP and the query encoder."""
+"""ONNX export: the student's serving graph (interactions in the graph, one query row or one per candidate) and the
+query encoder, each in parity with torch."""
 
 import numpy as np
 import pytest
@@ -16,26 +17,41 @@ from relevance.student.export import (
 from relevance.student.model import Student, StudentMLP
 
 
+D = 4  # embedding dimension: the student reads 4·D + the cosine + the lexical features
+FEATURES = 4 * D + 1 + 11
+
+
 @pytest.fixture()
 def student_dir(tmp_path):
     config = StudentConfig(hidden=[16, 8])
-    model = StudentMLP(12, 5, config.hidden, 0.0)
-    model.feature_mean.copy_(torch.linspace(-1, 1, 12))
-    model.feature_std.copy_(torch.linspace(0.5, 2, 12))
-    return Student(model.eval(), {"kind": "student", "num_grades": 5, "num_features": 12,
+    model = StudentMLP(FEATURES, 5, config.hidden, 0.0)
+    model.feature_mean.copy_(torch.linspace(-1, 1, FEATURES))
+    model.feature_std.copy_(torch.linspace(0.5, 2, FEATURES))
+    model.calibration_scale.copy_(torch.tensor([1.2, 0.9, 1.0, 1.1, 0.8]))
+    return Student(model.eval(), {"kind": "student", "num_grades": 5, "num_features": FEATURES, "embedding_dim": D,
                                   "config": config.model_dump()}).save(tmp_path / "student")
 
 
-def test_student_export_matches_torch_at_any_batch_size(student_dir, tmp_path):
+def _inputs(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    unit = lambda v: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return unit(rng.normal(size=(1, D))), unit(rng.normal(size=(rows, D))), rng.normal(size=(rows, 11)).astype(np.float32)
+
+
+def test_the_serving_graph_is_the_trained_student_on_its_training_vector(student_dir, tmp_path):
+    from relevance.student.featurizer import assemble
+
     result = export_student(student_dir, tmp_path / "student.onnx")
-    assert result.max_abs_diff < 1e-5 and result.inputs == ["features"] and result.outputs == ["probs"]
+    assert result.max_abs_diff < 1e-5 and result.inputs == ["query", "item", "lexical"] and result.outputs == ["probs"]
     session = onnx_session(result.path)
     student = Student.load(student_dir)
     for rows in (1, 7, 300):
-        features = np.random.default_rng(rows).normal(size=(rows, 12)).astype(np.float32)
-        probs = session.run(None, {"features": features})[0]
-        np.testing.assert_allclose(probs, student.predict_proba(features), atol=1e-5)
-        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+        query, items, lexical = _inputs(rows, rows)
+        expected = student.predict_proba(assemble(np.repeat(query, rows, 0), items, lexical))
+        for query_rows in (query, np.repeat(query, rows, 0)):  # in process: one row; Triton: one per candidate
+            probs = session.run(None, {"query": query_rows, "item": items, "lexical": lexical})[0]
+            np.testing.assert_allclose(probs, expected, atol=1e-5)
+            np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
 def test_query_encoder_export_matches_the_bi_encoder(tiny_bert, tmp_path):
@@ -55,6 +71,30 @@ def test_query_encoder_export_matches_the_bi_encoder(tiny_bert, tmp_path):
 
 def test_parity_failures_raise(tmp_path, student_dir):
     result = export_student(student_dir, tmp_path / "s.onnx")
-    features = np.zeros((2, 12), dtype=np.float32)
+    query, items, lexical = _inputs(2, 0)
     with pytest.raises(ExportParityError, match="differs from torch"):
-        check_parity(result.path, {"features": features}, np.full((2, 5), 0.9, dtype=np.float32), 1e-4)
+        check_parity(result.path, {"query": query, "item": items, "lexical": lexical},
+                     np.full((2, 5), 0.9, dtype=np.float32), 1e-4)
+
+
+def test_int8_serving_graph_agrees_with_fp32_on_inputs_of_real_ranges(tmp_path):
+    """Embedding interactions are ~100× smaller than lexical features; dynamic int8 quantises a MatMul's input with
+    one scale, so the graph must standardise before its first MatMul or those features round to zero."""
+    torch.manual_seed(0)
+    model = StudentMLP(FEATURES, 5, [32], 0.0)
+    std = torch.cat([torch.full((4 * D + 1,), 0.02), torch.full((11,), 5.0)])
+    model.feature_mean.copy_(torch.cat([torch.zeros(4 * D + 1), torch.full((11,), 3.0)]))
+    model.feature_std.copy_(std)
+    directory = Student(model.eval(), {"kind": "student", "num_grades": 5, "num_features": FEATURES, "embedding_dim": D,
+                                       "config": StudentConfig(hidden=[32]).model_dump()}).save(tmp_path / "student")
+    result = export_student(directory, tmp_path / "student.onnx")
+    int8 = quantize_int8(result.path, tmp_path / "student-int8.onnx")
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(1, D)).astype(np.float32)
+    items = (query + rng.normal(0, 0.05, size=(500, D))).astype(np.float32)
+    lexical = (3.0 + 5.0 * rng.normal(size=(500, 11))).astype(np.float32)
+    feeds = {"query": query, "item": items, "lexical": lexical}
+    fp32 = onnx_session(result.path).run(None, feeds)[0]
+    quantized = onnx_session(int8).run(None, feeds)[0]
+    assert (fp32.argmax(1) == quantized.argmax(1)).mean() >= 0.95
+    assert np.abs(fp32 - quantized).mean() < 0.02

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relevance.student.featurizer import LEXICAL_FEATURES, PairFeaturizer, feature_names, featurize, lexical_features
+from relevance.student.featurizer import (LEXICAL_FEATURES, PairFeaturizer, assemble, feature_names, lexical_features,
+                                         pair_blocks)
 
 
 def test_lexical_features_by_hand():
@@ -22,15 +23,38 @@ def test_lexical_features_by_hand():
     assert inside_a_word["exact_phrase"] == 0, "a phrase matches whole words only"
 
 
-def test_featurize_layout_and_validation():
+def test_assemble_layout_and_validation():
     rng = np.random.default_rng(0)
     q, i = rng.normal(size=(2, 8)).astype(np.float32), rng.normal(size=(2, 8)).astype(np.float32)
-    x = featurize(["a", "b"], ["a", "c"], ["a", "c"], np.zeros(2), q, i)
+    x = assemble(q, i, lexical_features(["a", "b"], ["a", "c"], ["a", "c"], np.zeros(2)))
     assert x.shape == (2, 4 * 8 + len(LEXICAL_FEATURES)) == (2, len(feature_names(8)))
     np.testing.assert_allclose(x[:, 16:24], q * i)
     np.testing.assert_allclose(x[:, 32], np.einsum("nd,nd->n", q, i), rtol=1e-6)
     with pytest.raises(ValueError, match="shape"):
-        featurize(["a"], ["a"], ["a"], np.zeros(1), q, i)
+        assemble(q[:1], i, np.zeros((2, len(LEXICAL_FEATURES) - 1), np.float32))
+
+
+def test_pair_blocks_are_one_definition_for_numpy_and_torch_and_broadcast_one_query_row():
+    import torch
+
+    rng = np.random.default_rng(1)
+    q, i = rng.normal(size=(1, 8)).astype(np.float32), rng.normal(size=(5, 8)).astype(np.float32)
+    lexical = rng.normal(size=(5, len(LEXICAL_FEATURES) - 1)).astype(np.float32)
+    rows = np.repeat(q, 5, 0)
+    expected = assemble(rows, i, lexical)
+    blocks = pair_blocks(torch.from_numpy(q), torch.from_numpy(i), torch.from_numpy(lexical))
+    # The query block stays one row (the serving graph applies its weights once); the rest broadcast over items.
+    assert tuple(blocks[0].shape) == (1, 8)
+    got = torch.cat([blocks[0].expand(5, -1), *blocks[1:]], 1).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_lexical_features_count_repeated_terms_and_take_no_rows():
+    # Repeats count again (as bm25s counts them): "drill drill 20v" matches 2 of 3 terms in "drill".
+    named = dict(zip(LEXICAL_FEATURES[1:], lexical_features(["drill drill 20v"], ["drill"], ["drill"],
+                                                            np.array([0.0]))[0]))
+    assert named["terms_matched"] == pytest.approx(2 / 3) and named["prefix_matched"] == pytest.approx(2 / 3)
+    assert lexical_features([], [], [], np.zeros(0)).shape == (0, len(LEXICAL_FEATURES) - 1)
 
 
 class _FakeCache:
@@ -40,14 +64,14 @@ class _FakeCache:
         return np.stack([np.full(4, (hash(t) % 97) / 97, dtype=np.float32) for t in texts])
 
 
-def test_pair_featurizer_is_featurize_on_looked_up_inputs(index, four_items):
+def test_pair_featurizer_is_assemble_on_looked_up_inputs(index, four_items):
     item_text = four_items.set_index("item_id")["title"]
     featurizer = PairFeaturizer(item_text, item_text, _FakeCache(), index)
     x = featurizer.transform(["cordless drill", "red sofa"], ["drill", "sofa"])
     cache = _FakeCache()
-    expected = featurize(["cordless drill", "red sofa"], ["cordless drill 18v", "red leather sofa"],
-                         ["cordless drill 18v", "red leather sofa"],
-                         index.score_pairs(["cordless drill", "red sofa"], ["drill", "sofa"]),
-                         cache.embed(["cordless drill", "red sofa"]), cache.embed(["cordless drill 18v",
-                                                                                   "red leather sofa"]))
+    lexical = lexical_features(["cordless drill", "red sofa"], ["cordless drill 18v", "red leather sofa"],
+                               ["cordless drill 18v", "red leather sofa"],
+                               index.score_pairs(["cordless drill", "red sofa"], ["drill", "sofa"]))
+    expected = assemble(cache.embed(["cordless drill", "red sofa"]),
+                        cache.embed(["cordless drill 18v", "red leather sofa"]), lexical)
     np.testing.assert_array_equal(x, expected)

@@ -34,7 +34,8 @@ def test_a_bad_request_says_precisely_what_is_wrong(query, locale, candidates, m
 
 
 def test_rank_orders_by_expected_grade_and_keeps_ties_in_request_order():
-    prepared = Prepared("q", "", ["a", "b", "c"], np.zeros((3, 2), np.float32), np.array([False, True, False]), False)
+    prepared = Prepared("q", "", ["a", "b", "c"], np.zeros(2, np.float32), np.zeros((3, 2), np.float32),
+                        np.zeros((3, 11), np.float32), np.array([False, True, False]), False)
     probs = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]], np.float32)
     ranking = rank(prepared, probs)
     assert ranking.item_ids == ["b", "a", "c"]
@@ -49,3 +50,19 @@ def test_no_cache_for_size_zero():
     cache = lookup_cache(2)
     cache.set("q", 1)
     assert cache.get("q") == (1, True)
+
+
+def test_student_inputs_send_the_query_once_or_once_per_candidate():
+    from relevance.student.scoring import batch_inputs
+
+    def prepared(n: int, value: float) -> Prepared:
+        return Prepared("q", "", [f"i{k}" for k in range(n)], np.full(2, value, np.float32),
+                        np.full((n, 2), value, np.float32), np.full((n, 11), value, np.float32), np.zeros(n, bool),
+                        False)
+
+    one = prepared(3, 1.0).student_inputs()
+    assert one["query"].shape == (1, 2) and one["item"].shape == (3, 2) and one["lexical"].shape == (3, 11)
+    assert prepared(3, 1.0).student_inputs(per_candidate=True)["query"].shape == (3, 2)
+    both = batch_inputs([prepared(3, 1.0), prepared(2, 2.0)])
+    assert {k: v.shape for k, v in both.items()} == {"query": (5, 2), "item": (5, 2), "lexical": (5, 11)}
+    assert both["query"][:, 0].tolist() == [1, 1, 1, 2, 2]

@@ -36,11 +36,14 @@ def mlflow_templates(tmp_path_factory) -> dict:
         registry = Registry(config.registry)
         name = config.registry.student_name
         if kind == "file":
-            for version, feature_version in ((1, "3"), (2, "3"), (3, "4")):
+            # v4: same features, but a serving graph of other inputs (v1–v3 predate the tag: "features")
+            for version, tags in ((1, {"feature_version": "3"}), (2, {"feature_version": "3"}),
+                                  (3, {"feature_version": "4"}),
+                                  (4, {"feature_version": "3", "student_inputs": "query,item,lexical"})):
                 model = root / f"student-{version}"
                 model.mkdir()
                 (model / "manifest.json").write_text(json.dumps({"kind": "student"}))
-                registry.register(name, model, {}, {"accuracy": 0.5}, {"feature_version": feature_version},
+                registry.register(name, model, {}, {"accuracy": 0.5}, tags,
                                   alias=CHAMPION if version == 1 else None)
         else:
             registry.client.create_registered_model(name)

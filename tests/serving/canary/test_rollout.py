@@ -71,8 +71,12 @@ def test_start_promote_rollback_patches_round_trip(registry_config, rendered):
 
 def test_start_refuses_what_cannot_work(registry_config):
     config, registry = registry_config
-    with pytest.raises(CanaryError, match="computes feature version 4, the champion v1 3"):
+    with pytest.raises(CanaryError, match="computes feature version 4 with graph inputs features, the champion v1 "
+                                          "feature version 3 with features"):
         plan_start(config, registry, 3, 10)
+    with pytest.raises(CanaryError, match="graph inputs query,item,lexical, the champion v1 feature version 3 with "
+                                          "features"):
+        plan_start(config, registry, 4, 10)
     with pytest.raises(CanaryError, match="already the champion"):
         plan_start(config, registry, 1, 10)
     with pytest.raises(CanaryError, match="has no version 9"):
