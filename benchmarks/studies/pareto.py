@@ -157,7 +157,7 @@ def run(steps, args, command: str) -> dict:
         return out
 
     latency = steps("latency", {"work": work.name, "models": versions, "repeats": REPEATS,
-                                "graph": "standardised"}, timings)
+                                "graph": "scaled, mean in the bias"}, timings)
 
     valid = scores["valid"]
     best = {m: max(models, key=lambda n: valid[n][m]) for m in ("accuracy", "ndcg@20")}

@@ -55,15 +55,16 @@ class _ServingStudent(nn.Module):
         super().__init__()
         mlp = student.model
         first = mlp.layers[0]
-        # The standardisation stays a step of its own rather than folded into the weights: dynamic int8 quantises
-        # a MatMul's input with one scale per tensor, and raw inputs mix lexical features (~10) with embedding
-        # interactions (~0.003), which would round to zero; standardised, they share one range.
-        for name, buffer in (("mean", mlp.feature_mean), ("std", mlp.feature_std)):
-            self.register_buffer(f"query_{name}", buffer[:dimension].clone())
-            self.register_buffer(f"pair_{name}", buffer[dimension:].clone())
+        # (x − μ)/σ · Wᵀ + b = (x/σ) · Wᵀ + (b − W·μ/σ): the mean folds into the bias, but the scaling stays a step
+        # of its own. Dynamic int8 quantises a MatMul's input with one scale per tensor, and raw inputs mix lexical
+        # features (~10) with embedding interactions (~0.003), which would round to zero; divided by σ, they share
+        # one range.
+        inverse = 1.0 / mlp.feature_std
+        self.register_buffer("query_scale", inverse[:dimension].clone())
+        self.register_buffer("pair_scale", inverse[dimension:].clone())
         self.register_buffer("query_weight", first.weight[:, :dimension].T.detach().contiguous())
         self.register_buffer("pair_weight", first.weight[:, dimension:].T.detach().contiguous())
-        self.register_buffer("bias", first.bias.detach().clone())
+        self.register_buffer("bias", (first.bias - first.weight @ (mlp.feature_mean * inverse)).detach().clone())
         self.rest = mlp.layers[1:]
         self.register_buffer("calibration_scale", mlp.calibration_scale.clone())
         self.register_buffer("calibration_bias", mlp.calibration_bias.clone())
@@ -72,9 +73,8 @@ class _ServingStudent(nn.Module):
         from relevance.student.featurizer import pair_blocks
 
         query_block, *pair = pair_blocks(query, item, lexical)
-        pair = (torch.cat(pair, 1) - self.pair_mean) / self.pair_std
-        query_block = (query_block - self.query_mean) / self.query_std
-        hidden = pair @ self.pair_weight + (query_block @ self.query_weight + self.bias)
+        pair = torch.cat(pair, 1) * self.pair_scale
+        hidden = pair @ self.pair_weight + ((query_block * self.query_scale) @ self.query_weight + self.bias)
         logits = torch.log_softmax(self.rest(hidden), dim=-1)
         return torch.softmax(self.calibration_scale * logits + self.calibration_bias, dim=-1)
 
