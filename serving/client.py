@@ -86,13 +86,15 @@ class RemoteStudent:
         host = host.rstrip("/")
         self.url, self.grpc, self.timeout_s = url, scheme.startswith("grpc"), timeout_s
         if self.grpc:
-            from kserve import InferenceGRPCClient
+            from kserve import InferenceGRPCClient, InferInput, InferRequest
 
+            self._grpc_types = (InferInput, InferRequest)  # imported once here, not on every request
             # retries: gRPC's retry policy needs maxAttempts >= 2 (it retries UNAVAILABLE only); 1 is refused.
             self.client = InferenceGRPCClient(host, use_ssl=scheme == "grpcs", timeout=timeout_s, retries=2)
         else:
             import tritonclient.http.aio as httpclient
 
+            self._http = httpclient
             self.client = httpclient.InferenceServerClient(host, ssl=scheme == "https", conn_timeout=timeout_s)
 
     async def is_ready(self, model: str) -> bool:
@@ -105,14 +107,12 @@ class RemoteStudent:
         """``probs`` [N, K] for the graph's inputs (one query row per candidate)."""
         try:
             if self.grpc:
-                from kserve import InferInput, InferRequest
-
+                InferInput, InferRequest = self._grpc_types
                 tensors = [InferInput(name, list(array.shape), "FP32", data=np.ascontiguousarray(array, np.float32))
                            for name, array in inputs.items()]
                 response = await self.client.infer(InferRequest(model, tensors, request_id=request_id or None))
                 return next(o for o in response.outputs if o.name == "probs").as_numpy()
-            import tritonclient.http.aio as httpclient
-
+            httpclient = self._http
             tensors = []
             for name, array in inputs.items():
                 tensor = httpclient.InferInput(name, list(array.shape), "FP32")

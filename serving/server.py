@@ -37,6 +37,7 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from relevance.config import ServingConfig
+from relevance.serving.client import PredictorError, RemoteStudent, check_predictor_url
 # LATENCY_BUCKETS is also named here for the canary's proxies, which measure with the server's buckets.
 from relevance.serving.metrics import LATENCY_BUCKETS as LATENCY_BUCKETS
 from relevance.serving.metrics import metrics
@@ -137,8 +138,6 @@ class RerankModel(kserve.Model):
         self.num_grades = int(self.scorer.bundle.manifest["num_grades"])
         if self.predictor_url:
             import asyncio
-
-            from relevance.serving.client import RemoteStudent
 
             async def ready() -> bool:
                 client = RemoteStudent(self.predictor_url, self.predictor_timeout_s)
@@ -264,8 +263,6 @@ class RerankModel(kserve.Model):
         if self.predictor_url is None:  # in process: one query row each, its first-layer share computed once
             batch.probs = np.concatenate([self.scorer.student.predict(p.student_inputs()) for p in batch.prepared])
             return batch
-        from relevance.serving.client import PredictorError, RemoteStudent
-
         if self.predictor is None:  # made in the server's event loop, which its connections belong to
             self.predictor = RemoteStudent(self.predictor_url, self.predictor_timeout_s)
         try:
@@ -376,8 +373,6 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
     or on the predictor that ``predictor`` (a URL) or ``--predictor_host`` names."""
     from relevance.platform.feature_store import FeastItemSource
     from relevance.student.scoring import ServingBundle
-
-    from relevance.serving.client import check_predictor_url
 
     from_flags = predictor_url(args, given, config)
     if predictor and from_flags:

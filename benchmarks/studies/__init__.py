@@ -67,6 +67,13 @@ class Steps:
         return self.root / f"{name}-{_key(inputs)}"
 
 
+def link(target: Path, at: Path) -> None:
+    """``at`` → ``target`` (a symlink), unless ``at`` exists: a study reuses another run's folders without copying."""
+    if not at.exists():
+        at.parent.mkdir(parents=True, exist_ok=True)
+        at.symlink_to(target.resolve(), target_is_directory=target.is_dir())
+
+
 def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

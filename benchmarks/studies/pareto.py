@@ -32,12 +32,6 @@ CANDIDATES = 100
 REPEATS = 400
 
 
-def _link(target: Path, link: Path) -> None:
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(target.resolve(), target_is_directory=target.is_dir())
-
-
 def _name(hidden: list[int]) -> str:
     return "mlp-" + "x".join(str(h) for h in hidden)
 
@@ -92,7 +86,7 @@ def bootstrap_errors(dataset, directory: Path, embeddings: Path, seed: int = 0) 
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, record, table
+    from benchmarks.studies import figure_png, link, record, table
     from relevance.common.files import read_manifest
     from relevance.config import load_config
     from relevance.data.schema import Dataset
@@ -109,7 +103,7 @@ def run(steps, args, command: str) -> dict:
     work = steps.directory("students", {"teacher": version, "pool": labels["pool"], "rows": labels["rows"],
                                         "student": source.student.model_dump(exclude={"hidden"})})
     for name in ("data", "teacher", "embeddings"):
-        _link(base / name, work / name)
+        link(base / name, work / name)
     dataset = Dataset.load(work / "data", with_impressions=False)
     featurizer = build_featurizer(dataset.items, featurizer_settings(source), work / "embeddings")
     models = {}

@@ -32,12 +32,6 @@ STUDENT = {"early_stopping_patience": 3, "table_dtype": "float16"}
 LABEL_PRECISION = "bf16"
 
 
-def _link(target: Path, link: Path) -> None:
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(target.resolve(), target_is_directory=target.is_dir())
-
-
 def nested_depths(pool, train_pairs: int, multiples) -> dict[int, int]:
     """For each multiple m, the smallest BM25 depth d such that the impressions plus every candidate of rank < d
     reach m × the train pairs (d = 0: the impressions alone)."""
@@ -86,7 +80,7 @@ def _ranked_pool(config, dataset, work: Path):
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, record, table
+    from benchmarks.studies import figure_png, link, record, table
     from relevance.common.files import read_manifest
     from relevance.config import load_config
     from relevance.data.schema import Dataset, prob_columns
@@ -104,7 +98,7 @@ def run(steps, args, command: str) -> dict:
     work = steps.directory("pool", {"teacher": version, "max_depth": MAX_DEPTH, "precision": LABEL_PRECISION})
     config.workdir = str(work)
     for name in ("data", "teacher", "embeddings"):  # the bench-quality run's: same data, teacher and item vectors
-        _link(Path(source.workdir) / name, work / name)
+        link(Path(source.workdir) / name, work / name)
     dataset = Dataset.load(work / "data", with_impressions=False)
     train_pairs = len(dataset.split("train"))
     k = dataset.num_grades
