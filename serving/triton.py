@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from relevance.serving.process import free_port, wait_ready
+from relevance.serving.process import v2_ready
+
+from relevance.common.processes import LoopbackProcess, free_port
 
 ENV_VARIABLE = "RELEVANCE_TRITON_ENV"
 
@@ -126,31 +128,12 @@ def triton_server(repo: str | Path, work: str | Path, log: str | Path, prefix: l
     work.mkdir(parents=True, exist_ok=True)
     ports = ports or {name: free_port() for name in ("http", "grpc", "metrics")}
     command = [*(prefix or []), *server_command(install, Path(repo).resolve(), work, ports)]
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=install.environment(),
-                                   start_new_session=True)
-        server = TritonServer(f"http://127.0.0.1:{ports['http']}", f"grpc://127.0.0.1:{ports['grpc']}",
-                              f"http://127.0.0.1:{ports['metrics']}/metrics", process.pid)
-        try:
-            # Its own deadline: a backend stub that cannot start (a missing shared library) leaves the server
-            # neither ready nor exited.
-            wait_ready(server.http_url, process, log, timeout)
-            yield server
-        finally:
-            _stop(process)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (it and its backend stubs), SIGKILL if it has not gone in 20 s."""
-    import signal
-
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    log.write_text("")
+    server = TritonServer(f"http://127.0.0.1:{ports['http']}", f"grpc://127.0.0.1:{ports['grpc']}",
+                          f"http://127.0.0.1:{ports['metrics']}/metrics", 0)
+    # Its own deadline: a backend stub that cannot start (a missing shared library) leaves the server neither
+    # ready nor exited. Stopped as a process group: the server and its backend stubs.
+    with LoopbackProcess("tritonserver", command, log, v2_ready(server.http_url), env=install.environment(),
+                         timeout=timeout, clean_env=True) as process:
+        server.pid = process.pid
+        yield server

@@ -45,7 +45,6 @@ from relevance.config.pods import STEP_BASELINE, RetryBackoff, StepSettings, Tol
 from relevance.config.profiles import PROFILES, Profile
 from relevance.config.serving import CanaryConfig, ServingConfig
 from relevance.config.steps import (
-    NOT_RETRYABLE_STEPS,
     PIPELINE_STEPS,
     STEPS,
     Step,
@@ -57,7 +56,6 @@ from relevance.config.steps import (
 __all__ = [
     "DEFAULT_BACKBONE",
     "K8S_NAME",
-    "NOT_RETRYABLE_STEPS",
     "PIPELINE_STEPS",
     "PROFILES",
     "STEPS",

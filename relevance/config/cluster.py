@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from relevance.config.base import K8S_NAME, Strict
 from relevance.config.pods import STEP_BASELINE, RetryBackoff, StepSettings, cpu_cores, memory_bytes
-from relevance.config.steps import NOT_RETRYABLE_STEPS, PIPELINE_STEPS, STEPS, StepNames, require_pipeline_steps
+from relevance.config.steps import PIPELINE_STEPS, STEPS, StepNames, require_pipeline_steps
 
 
 class TrainJobConfig(Strict):
@@ -146,9 +146,7 @@ class ClusterConfig(Strict):
         own = self.steps.get(name, StepSettings())
         values = {}
         for field in StepSettings.model_fields:
-            # A step that must not be retried does not inherit `default`'s retries (set on it, they are refused).
-            layers = (own, STEP_BASELINE) if field == "retries" and name in NOT_RETRYABLE_STEPS else \
-                (own, self.default, STEP_BASELINE)
+            layers = (own, self.default, STEP_BASELINE)
             values[field] = next((getattr(layer, field) for layer in layers if getattr(layer, field) is not None),
                                  None)
         return StepSettings.model_validate(values)
@@ -168,7 +166,4 @@ class ClusterConfig(Strict):
             if bool(step.accelerator_type) != bool(step.accelerator_count):
                 raise ValueError(f"{where}: expected accelerator_type and accelerator_count >= 1 together, got "
                                  f"type {step.accelerator_type} and count {step.accelerator_count}")
-            if name in NOT_RETRYABLE_STEPS and step.retries:
-                raise ValueError(f"{where}: retries must be 0, since registering again could register a second "
-                                 f"model version; got {step.retries}")
         return self

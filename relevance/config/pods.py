@@ -68,9 +68,8 @@ class StepSettings(Strict):
     accelerator_count: int | None = Field(None, ge=0)
     node_selector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = None
-    # Retries after a failure (a preempted node, an evicted pod), spaced by cluster.backoff. Only for steps that
-    # are safe to rerun: every step writes its outputs atomically, except registration
-    # (declared retryable=False in relevance.config.steps).
+    # Retries after a failure (a preempted node, an evicted pod), spaced by cluster.backoff. Every step is safe to
+    # rerun: each writes its outputs atomically, and registration is idempotent (relevance.platform.registry).
     retries: int | None = Field(None, ge=0, le=10)
 
     @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")

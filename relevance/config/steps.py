@@ -29,7 +29,6 @@ class Step:
     settings: tuple[str, ...] = ()
     pod: StepSettings | None = None  # on CPU nodes, over cluster.default (every profile)
     gpu_pod: StepSettings | None = None  # the gpu profile's pod, in place of `pod`: the steps that run the teacher
-    retryable: bool = True  # False: never retried (cluster.default's retries skip it; its own are refused)
     cacheable: bool = True  # may KFP reuse its output from an earlier run with the same inputs
     # Reads paths from the config (data.path, validation.reference, teacher.backbone, student.encoder,
     # features.repo): cluster.data_volume is mounted here unless its `steps` say otherwise.
@@ -88,15 +87,14 @@ STEPS: tuple[Step, ...] = (
          gpu_pod=_gpu_pod(("48Gi", "64Gi")), cacheable=False, mounts_data=True, uses_registry=True),
     Step("export_onnx", pod=_pod("2", ("4Gi", "8Gi")), mounts_data=True),
     Step("challenger_gate", pod=_SMALL),
-    # A retried registration could register a second model version and move the aliases twice: never retried. A
-    # cached one would register nothing for this run's models.
-    Step("register_models", retryable=False, cacheable=False, uses_registry=True),
+    # Retried (cluster.default's retries): registration is idempotent (Registry.register's key), so a retry after
+    # a crash or an MLflow outage registers nothing twice. Never cached: a cached one would register nothing.
+    Step("register_models", cacheable=False, uses_registry=True),
 )
 
 STEPS_BY_NAME = {step.name: step for step in STEPS}
 # The training pipeline's steps (relevance.components.steps), the keys of cluster.steps.
 PIPELINE_STEPS = tuple(STEPS_BY_NAME)
-NOT_RETRYABLE_STEPS = tuple(step.name for step in STEPS if not step.retryable)
 
 
 def require_pipeline_steps(names, where: str | None = None):

@@ -18,6 +18,7 @@ the outcome (:func:`register_run`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from relevance.data.schema import Dataset
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
+# A version's tag naming what was registered (model versions and lineage): Registry.register's idempotency key.
+REGISTRATION_KEY_TAG = "registration_key"
 DEFAULT_ROOT = Path("runs/mlflow")
 
 
@@ -95,21 +98,51 @@ class Registry:
             location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
+    def version_with_key(self, name: str, key: str) -> int | None:
+        """The version of ``name`` registered under ``key`` (None: none is)."""
+        found = [v.version for v in self.versions(name) if v.tags.get(REGISTRATION_KEY_TAG) == key]
+        return min(found) if found else None
+
+    def _fail_unfinished(self, experiment_id: str, key: str) -> None:
+        """Runs of an earlier attempt at ``key`` that died before their version was created: marked FAILED, so
+        that nobody takes their (maybe half-uploaded) artifacts for a model."""
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.{REGISTRATION_KEY_TAG} = '{key}'")
+        for run in runs:
+            if run.info.status in ("RUNNING", "SCHEDULED"):
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+                log(f"registry: run {run.info.run_id} of an interrupted registration of {key} marked FAILED")
+
     def register(self, name: str, model_dir: str | Path, params: dict, metrics: dict[str, float],
-                 tags: dict[str, str], alias: str | None = None, experiment: str = "relevance") -> int:
-        """Log a run (params, metrics, the model directory) and create a version of registered model ``name``."""
+                 tags: dict[str, str], alias: str | None = None, experiment: str = "relevance",
+                 key: str | None = None) -> int:
+        """Log a run (params, metrics, the model directory) and create a version of registered model ``name``.
+
+        ``key`` makes it idempotent: a version already registered under it is returned (its alias set) instead
+        of a second one, so a register step retried after a crash (the pipeline's, the Job's) registers nothing
+        twice. The key is checked on the version, the last thing created: a crash before it leaves only a run,
+        which the retry marks FAILED and replaces."""
         model_dir = Path(model_dir)
         if not (model_dir / "manifest.json").exists():
             raise RegistryError(f"{model_dir}: not a saved model (no manifest.json)")
         from mlflow.exceptions import MlflowException
 
-        run = self.client.create_run(self._experiment_id(experiment), run_name=f"{name}",
-                                     tags={k: str(v) for k, v in tags.items()})
+        tags = {k: str(v) for k, v in tags.items()}
+        experiment_id = self._experiment_id(experiment)
+        if key:
+            existing = self.version_with_key(name, key)
+            if existing is not None:
+                if alias:
+                    self.client.set_registered_model_alias(name, alias, str(existing))
+                log(f"registry: {name} v{existing} is registered under {key} already; not registered again")
+                return existing
+            self._fail_unfinished(experiment_id, key)
+            tags[REGISTRATION_KEY_TAG] = key
+        run = self.client.create_run(experiment_id, run_name=f"{name}", tags=tags)
         run_id = run.info.run_id
-        for key, value in _flatten("", params, {}).items():
-            self.client.log_param(run_id, key[:250], str(value)[:6000])
-        for key, value in metrics.items():
-            self.client.log_metric(run_id, key.replace("@", "_at_"), float(value))
+        for param, value in _flatten("", params, {}).items():
+            self.client.log_param(run_id, param[:250], str(value)[:6000])
+        for metric, value in metrics.items():
+            self.client.log_metric(run_id, metric.replace("@", "_at_"), float(value))
         self.client.log_artifacts(run_id, str(model_dir), artifact_path="model")
         self.client.set_terminated(run_id)
         try:
@@ -117,7 +150,7 @@ class Registry:
         except MlflowException:
             self.client.create_registered_model(name, description="Relevance model registered by the pipeline.")
         version = self.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
-                                                   tags={k: str(v) for k, v in tags.items()})
+                                                   tags=tags)
         if alias:
             self.client.set_registered_model_alias(name, alias, version.version)
         return int(version.version)
@@ -202,12 +235,20 @@ class Registry:
         return int(previous)
 
 
+def registration_key(*parts) -> str:
+    """What identifies one registration: a hash of the model's content version and everything recorded with it
+    (the same inputs, retried, give the same key)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
 def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, student_dir: Path, onnx_dir: Path,
                  evaluation: dict, validation: dict, feature_views: dict) -> dict[str, int]:
     """Register the teacher and the student (with its ONNX export) in MLflow; the student becomes `challenger`.
 
     Lineage tags: the training data's hash, the Great Expectations result, the teacher version and the feature
-    views' versions, so any model version can be traced to what it was trained on.
+    views' versions, so any model version can be traced to what it was trained on. Idempotent: a step retried
+    after a crash (KFP retries, a killed pod) finds what the first attempt registered and registers nothing twice.
     """
     import shutil
     import tempfile
@@ -234,7 +275,9 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
     registry = Registry(config.registry)
     teacher_version = registry.register(
         config.registry.teacher_name, teacher_dir, {"teacher": config.teacher.model_dump(), "text": config.text.model_dump()},
-        {k.removeprefix("teacher_"): v for k, v in numbers.items() if k.startswith("teacher_")}, lineage)
+        {k.removeprefix("teacher_"): v for k, v in numbers.items() if k.startswith("teacher_")}, lineage,
+        key=registration_key(config.registry.teacher_name, teacher_manifest["teacher_version"], lineage))
+    bundle_json = json.loads((Path(onnx_dir) / "bundle.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "student"
         shutil.copytree(student_dir, bundle)
@@ -247,7 +290,8 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
             {**lineage, "teacher_model_version": str(teacher_version),
              "accuracy": f"{numbers.get('student_accuracy', float('nan')):.4f}",
              "ndcg": f"{numbers.get(f'student_{ndcg}', float('nan')):.4f}"},
-            alias=CHALLENGER)
+            alias=CHALLENGER, key=registration_key(config.registry.student_name, student_manifest["student_version"],
+                                                   bundle_json, lineage, teacher_version))
     log(f"registry: {config.registry.teacher_name} v{teacher_version}, {config.registry.student_name} "
          f"v{student_version} as {CHALLENGER} ({registry.uri})")
     return {"teacher": teacher_version, "student": student_version}

@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from relevance.config import build_config
 from relevance.config.cluster import ClusterConfig, DistributedConfig, LabelFanOutConfig
 from relevance.config.pods import STEP_BASELINE
-from relevance.config.steps import NOT_RETRYABLE_STEPS
 
 
 def test_a_step_takes_its_own_then_defaults_then_the_baseline_field_by_field():
@@ -23,11 +22,9 @@ def test_a_step_takes_its_own_then_defaults_then_the_baseline_field_by_field():
         cluster.step("labelling")
 
 
-def test_registration_never_inherits_retries_and_refuses_its_own():
-    [step] = NOT_RETRYABLE_STEPS
-    assert ClusterConfig(default={"retries": 3}).step(step).retries == 0
-    with pytest.raises(ValidationError, match="retries must be 0"):
-        ClusterConfig(steps={step: {"retries": 1}})
+def test_registration_is_retried_like_any_step_since_it_is_idempotent():
+    assert ClusterConfig(default={"retries": 3}).step("register_models").retries == 3
+    assert ClusterConfig(steps={"register_models": {"retries": 1}}).step("register_models").retries == 1
 
 
 def test_the_fan_out_plan_is_its_own_class_with_time_for_a_shard():

@@ -8,7 +8,7 @@ import pytest
 from relevance.chain import STEP_SETTINGS
 from relevance.config import RunConfig
 from relevance.config.cluster import DataVolume, SecretEnv
-from relevance.config.steps import NOT_RETRYABLE_STEPS, PIPELINE_STEPS, STEPS, declared_step
+from relevance.config.steps import PIPELINE_STEPS, STEPS, declared_step
 
 
 def test_each_step_is_declared_once_with_known_settings():
@@ -39,7 +39,6 @@ def test_data_volume_secrets_and_retries_follow_the_declarations():
                                                    "finetune_teacher", "distill_student", "evaluate_student",
                                                    "export_onnx"]
     assert SecretEnv(name="mlflow", env={"KEY": "MLFLOW_KEY"}).steps == ["evaluate_student", "register_models"]
-    assert NOT_RETRYABLE_STEPS == ("register_models",)
     assert declared_step("register_models").cacheable is False
     with pytest.raises(ValueError, match=r"unknown step\(s\) \['label_shards'\]"):
         declared_step("label_shards")

@@ -10,7 +10,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from relevance.config import NOT_RETRYABLE_STEPS, PIPELINE_STEPS, build_config
+from relevance.config import PIPELINE_STEPS, build_config
 from relevance.labels.capacity import plan_for
 
 GPU_STEPS = ("finetune_teacher", "label_shard", "distill_student", "evaluate_student")
@@ -88,9 +88,10 @@ def test_retries_with_backoff_where_a_rerun_is_safe(compiled):
                                                                                                           3600)
     assert pipeline.task("finetune_teacher").retry_policy.max_retry_count == 1
     assert pipeline.task("prepare_data").retry_policy.max_retry_count == 2
-    for step in NOT_RETRYABLE_STEPS + ("require_valid_data", "resolve_config", "challenger_gate"):
+    for step in ("require_valid_data", "resolve_config", "challenger_gate"):
         assert not pipeline.task(step).HasField("retry_policy"), step
-    assert config.cluster.step("register_models").retries == 0  # not inherited from `default`
+    # registration is idempotent (a retry registers nothing twice): it inherits `default`'s retries
+    assert pipeline.task("register_models").retry_policy.max_retry_count == config.cluster.step("register_models").retries == 2
 
 
 def test_a_config_file_compiles_to_its_own_pipeline(cli, read_compiled, tmp_path):
@@ -178,7 +179,6 @@ def test_a_local_run_keeps_this_machines_thread_count(read_compiled, tmp_path):
      r"cpu_limit must be at least cpu_request \(8\), got 4"),
     ({"steps": {"label_shard": {"memory_request": "8Gi", "memory_limit": "4096Mi"}}},
      r"memory_limit must be at least memory_request \(8Gi\), got 4096Mi"),
-    ({"steps": {"register_models": {"retries": 2}}}, r"retries must be 0, .* got 2"),
     ({"steps": {"label_shards": {"retries": 2}}}, r"unknown step\(s\) \['label_shards'\]"),
     ({"steps": {"label_shard": {"retries": -1}}}, r"greater than or equal to 0"),
     ({"labeling": {"max_devices": 0}}, r"greater than or equal to 1"),
