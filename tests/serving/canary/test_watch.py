@@ -146,6 +146,8 @@ def test_a_rollback_that_cannot_be_sent_leaves_the_registry_and_says_so(registry
 
 
 def test_a_registry_that_does_not_answer_is_not_a_quiet_round(registry_config, tmp_path, monkeypatch):
+    """A registry down before the round starts (nothing listens at the URI): no evidence is gathered. A real
+    server dying mid-round, and coming back, is tests/platform/test_mlflow_server.py's."""
     from relevance.platform.registry import Registry
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's default backs off for minutes
