@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test test-slow triton-env lint-imports bench-quality bench-quality-minilm bench-scale bench-serving bench-canary report image image-base image-push clean
+.PHONY: demo demo-core test test-slow triton-env lint-imports bench-quality bench-quality-minilm bench-scale bench-serving bench-canary bench-services report image image-base image-push clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -29,6 +29,18 @@ $(TRITON_STAMP): Makefile
 	touch $(TRITON_STAMP)
 triton-env: $(TRITON_STAMP)
 
+## Label Studio 1.23.2 on loopback (relevance.platform.services.label_studio: the human-grading round trip of
+## make test-slow, and a team's trial) in a venv of its own (~1 GB, ~3 min): a Django app whose pins, those of the
+## label-studio-sdk 2.1.2 it brings among them, would downgrade the project's numpy and PyJWT.
+LABEL_STUDIO_VENV  := .venv-labelstudio
+LABEL_STUDIO_STAMP := $(LABEL_STUDIO_VENV)/.installed
+.PHONY: label-studio-env
+$(LABEL_STUDIO_STAMP): Makefile
+	$(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install -q label-studio==1.23.2
+	touch $(LABEL_STUDIO_STAMP)
+label-studio-env: $(LABEL_STUDIO_STAMP)
+
 ## Main job: the KFP training pipeline run locally (kfp.local) on the synthetic shop, quick profile, MiniLM-L6:
 ## GX gate → Feast features → teacher → labels (fan-out) → student → evaluation → ONNX → MLflow registry.
 demo: $(STAMP)
@@ -44,7 +56,7 @@ test: $(STAMP) $(TRITON_STAMP)
 	$(MAKE) --no-print-directory lint-imports
 
 ## The slow tests (minutes on real weights): the wheel, installed outside the checkout, runs the quick profile.
-test-slow: $(STAMP) $(TRITON_STAMP)
+test-slow: $(STAMP) $(TRITON_STAMP) $(LABEL_STUDIO_STAMP)
 	$(PY) -m pytest -q -m slow
 
 ## The layers (pyproject.toml [tool.importlinter]), checked on the built wheel: there every module sits where it
@@ -83,6 +95,11 @@ bench-serving: $(STAMP) $(TRITON_STAMP)
 ## vs distilled student (challenger) behind a 10% splitter → benchmarks/results/canary-homedepot.{md,json,png}
 bench-canary: $(STAMP)
 	$(PY) -m benchmarks.canary_homedepot --config configs/homedepot-minilm.yaml
+
+## The platform's services on loopback (Redis, an MLflow server, Label Studio): start-up time, cold and warm, and
+## memory, three starts each (~5 minutes) → benchmarks/results/services.{json,md}
+bench-services: $(STAMP) $(LABEL_STUDIO_STAMP)
+	$(PY) -m benchmarks.services
 
 ## The studies and their report (need the bench-quality-minilm run; each step is cached under runs/studies, so a rerun
 ## after one change redoes only what it touched): benchmarks/results/report.html + studies.json.

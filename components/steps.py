@@ -232,9 +232,10 @@ def challenger_gate(evaluation: Input[Metrics]) -> bool:
 
 @component
 def export_onnx(run_config: Input[Artifact], dataset: Input[Dataset], student: Input[Model],
-                onnx_model: Output[Model]):
+                feature_repo: Input[Artifact], onnx_model: Output[Model]):
     """The serving bundle: student and query encoder as ONNX (dynamic batch, each checked against torch), the
-    tokenizer, the catalog's BM25 index, and the Triton model repository that the InferenceService loads."""
+    tokenizer, the catalog's BM25 index, and the Triton model repository that the InferenceService loads. The
+    bundle names the versioned Feast project compute_features materialized: the transformer reads that one."""
     from pathlib import Path
 
     from relevance.config import read_run_config
@@ -244,7 +245,8 @@ def export_onnx(run_config: Input[Artifact], dataset: Input[Dataset], student: I
 
     config = read_run_config(run_config.path)
     items = Tables.load(dataset.path, with_impressions=False).items
-    for result in export_bundle(student.path, onnx_model.path, items):
+    for result in export_bundle(student.path, onnx_model.path, items,
+                                feature_project=feature_repo.metadata.get("project")):
         onnx_model.metadata[f"{result.path.stem}_max_abs_diff"] = float(result.max_abs_diff)
     model_dir = build_model_repository(onnx_model.path, Path(onnx_model.path) / "model_repository", config.serving)
     onnx_model.metadata["triton_model"] = model_dir.name

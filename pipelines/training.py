@@ -153,7 +153,8 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
         evaluation = step(steps.evaluate_student(run_config=settings, dataset=dataset,
                                                  student=student.outputs["student"], teacher=teacher.outputs["teacher"],
                                                  feature_repo=features.outputs["feature_repo"]))
-        export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"]))
+        export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"],
+                                        feature_repo=features.outputs["feature_repo"]))
         decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))
         with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
             step(steps.register_models(

@@ -20,7 +20,10 @@ Request schema (documented in docs/serving.md, and in /v2/models/<name> metadata
   (optional) → outputs ``item_id`` BYTES [N], ``score`` FP32 [N], ``probs`` FP32 [N, K], ``unknown`` BOOL [N],
   best first.
 
-Every malformed request gets a 400 naming what is wrong (KServe maps InvalidInput to 400).
+Every malformed request gets a 400 naming what is wrong (KServe maps InvalidInput to 400). When the feature store's
+online store does not answer, a request gets a 503 saying so (``{"error": "the feature store (online store) does
+not answer: ...; retry"}``, counted as an ``error`` in relevance_requests) and the server stays up: the next request
+reads the store again.
 """
 
 from __future__ import annotations
@@ -41,7 +44,15 @@ from relevance.serving.client import PredictorError, RemoteStudent, check_predic
 # LATENCY_BUCKETS is also named here for the canary's proxies, which measure with the server's buckets.
 from relevance.serving.metrics import LATENCY_BUCKETS as LATENCY_BUCKETS
 from relevance.serving.metrics import metrics
-from relevance.student.scoring import OnlineScorer, OnnxStudent, Prepared, RequestError, batch_inputs, rank
+from relevance.student.scoring import (
+    ItemSourceUnavailable,
+    OnlineScorer,
+    OnnxStudent,
+    Prepared,
+    RequestError,
+    batch_inputs,
+    rank,
+)
 
 V2_INPUTS = {"query": "BYTES", "candidates": "BYTES", "locale": "BYTES"}
 
@@ -330,6 +341,17 @@ async def _invalid_request_body(request, error):
     return JSONResponse({"error": f"invalid V2 inference request: {problems}"}, status_code=400)
 
 
+async def _item_source_unavailable(request, error):
+    """The feature store's online store did not answer: 503 with one line saying so, and one log line (KServe's
+    catch-all would answer 500 and log a traceback for what is an outage of another service, not a bug here).
+    The server stays up, and the next request reads the store again."""
+    from kserve.logging import logger
+    from starlette.responses import JSONResponse
+
+    logger.warning("503 %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse({"error": f"{error}; retry"}, status_code=503, headers={"Retry-After": "1"})
+
+
 def run_server(models: list, config: ServingConfig, args: argparse.Namespace) -> None:
     """Start the KServe model server with KServe's flags ``args`` (see :func:`model_server_args`): REST only,
     one worker (the caches live in the process). It binds 0.0.0.0, as KServe does in a pod."""
@@ -342,6 +364,7 @@ def run_server(models: list, config: ServingConfig, args: argparse.Namespace) ->
     metrics()
     app.add_middleware(HttpGuard, max_request_bytes=config.max_request_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request_body)
+    app.add_exception_handler(ItemSourceUnavailable, _item_source_unavailable)
     for model in models:
         model.load()
     kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1,
@@ -385,8 +408,9 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
 
     def scorer() -> OnlineScorer:
         bundle = ServingBundle(bundle_dir)
+        # The bundle's feature project, when it names one: the features its student was exported against.
         items = FeastItemSource(feature_repo, int(bundle.manifest["embedding_dim"]), config.item_cache_size,
-                                config.item_cache_ttl_seconds)
+                                config.item_cache_ttl_seconds, project=bundle.manifest.get("feature_project"))
         student = None
         if predictor is None:  # serving.int8 picks the int8 student, as it picks the int8 encoder
             student = OnnxStudent(bundle.model_file("student", config.int8), config.onnx_threads)

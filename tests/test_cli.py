@@ -200,7 +200,11 @@ def test_killed_labelling_resumes_without_losing_or_duplicating_rows(cli, finish
 
 @pytest.mark.parametrize("strategy", ["entropy", "disagreement", "diverse"])
 def test_select_then_import_labels_round_trip(cli, finished_run, tmp_path, strategy):
-    """`relevance select` writes a Label Studio project; its JSON export comes back through `import-labels`."""
+    """`relevance select` writes a Label Studio project; its JSON export comes back through `import-labels`.
+
+    The export is written here (in 1.23.2's shape), so that every strategy, the per-query cap, the stale-teacher
+    refusal and a refused import that leaves the judgments unchanged run in the default suite; the same loop
+    through a running Label Studio is tests/labels/test_label_studio.py (make test-slow)."""
     import shutil
 
     source, config = finished_run[0] / "run", yaml.safe_load(finished_run[1].read_text())

@@ -108,12 +108,16 @@ def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profi
            int8: bool = typer.Option(False, help="Also write per-channel int8 (dynamic) quantized copies.")):
     """The serving bundle (workdir/export/): the student and its query encoder as ONNX, each checked against
     torch, the tokenizer, the catalog's BM25 index, and the Triton model repository (export/model_repository)."""
+    from relevance.platform.feature_store import repo_project
     from relevance.serving.model_repository import build_model_repository
     from relevance.student.export import export_bundle
 
     chain = open_chain(config, profile, workdir)
     out = chain.root / "export"
-    for result in export_bundle(chain.student_dirs["student"], out, chain.dataset().items, int8=int8):
+    repo = chain.root / "feature_repo"  # `relevance features`' repo: its versioned project, if it ran first
+    project = repo_project(repo) if (repo / "feature_store.yaml").exists() else None
+    for result in export_bundle(chain.student_dirs["student"], out, chain.dataset().items, int8=int8,
+                                feature_project=project):
         typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
                    f"{result.max_abs_diff:.2e}")
         if int8:

@@ -7,6 +7,16 @@ only; shipped in the wheel as relevance/feature_repo). :func:`build_feature_repo
 files it writes, so a run's store is self-contained (`feast -c <run>/feature_repo plan` works on it) and the
 folder in git never holds data.
 
+Versions: a built repo's Feast project is ``<project>_<12 hex>``, a hash of its feature tables and definitions
+(:func:`content_version`). Feast keys every online row by project (Redis: entity key + project; SQLite: one
+table per project and view), so a materialization of new content never touches the keys of the version being
+served, and one retried with the same content resumes into the same keys. Feast's registry records a view's
+materialization interval only once its rows are written: serving (:class:`FeastItemSource`) refuses a project
+whose views have none, so a materialization killed midway is never served. The record lives in the registry
+(a SQL database shared by the pipeline and the transformers in a cluster), not next to the repo, so a
+transformer started from the definitions alone can check it; the serving bundle names the project its student
+was exported against (bundle.json ``feature_project``) and the transformer reads that one.
+
 Feast is imported lazily (it takes seconds): only the steps that touch the store pay for it.
 """
 
@@ -14,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import re
 import shutil
 import tempfile
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,13 +39,34 @@ from relevance.common.console import log
 from relevance.common.files import atomic_write
 from relevance.config import RunConfig
 from relevance.data.schema import DataContractError, Dataset
-from relevance.student.scoring import ItemFeatures, lookup_cache
+from relevance.student.scoring import ItemFeatures, ItemSourceUnavailable, lookup_cache
 
 # The feature service the student reads, and the views it is made of (each must exist in the definitions).
 STUDENT_FEATURES = "student_item_features"
 ITEM_EMBEDDINGS, ITEM_TEXT = "item_embeddings", "item_text"
 FEATURE_VIEWS = (ITEM_EMBEDDINGS, ITEM_TEXT)
 DEFINITION_FILES = ("feature_store.yaml", "*.py")
+# The environment variable Feast reads a feature_store.yaml's path from, instead of <repo>/feature_store.yaml.
+FEAST_YAML_ENV = "FEAST_FS_YAML_FILE_PATH"
+_PROJECT_LINE = re.compile(r"^project:[ \t]*(\S+)[ \t]*(#.*)?$", re.MULTILINE)
+
+# Serving reads the online store inside a request, on the server's event loop: when Redis does not answer, the
+# request must fail within about a second (a 503 the caller retries), not wait on redis-py's defaults (no socket
+# timeout, and 3 retries with exponential backoff: 10 s per request on a refused connection, measured). Feast
+# passes a connection string's key=value options to redis-py in the order given, so these come first and any
+# the connection string sets itself win. retry=null is redis-py's retry=None: no retries. A pooled connection
+# that went stale (Redis restarted) is still replaced when it is checked out, so no retry is needed for that.
+SERVING_REDIS_OPTIONS = {
+    "redis": "socket_connect_timeout=1,socket_timeout=1,retry=null",
+    "redis_sentinel": "socket_connect_timeout=1,socket_timeout=1,retry=null",
+    # RedisCluster refuses a retry in its connection options; its own retries are cluster_error_retry_attempts.
+    "redis_cluster": "socket_connect_timeout=1,socket_timeout=1,cluster_error_retry_attempts=0",
+}
+
+
+class IncompleteMaterialization(ValueError):
+    """A feature project whose materialization did not finish (or was never run): serving it could read a
+    half-written version."""
 
 
 def definitions_dir(repo: str | Path | None) -> Path:
@@ -50,7 +83,7 @@ def feature_tables(dataset: Dataset, item_text: pd.Series, embed: Callable[[list
     ``item_text`` is the assembled lexical text per item id (relevance.models.bm25.lexical_item_texts), and ``embed``
     the student's bi-encoder (through its cache): the same inputs the offline featurizer uses.
     """
-    stamp = pd.Timestamp(timestamp or datetime.now(timezone.utc))
+    stamp = pd.Timestamp(timestamp or datetime.now(UTC))
     items = dataset.items.set_index("item_id")
     ids = items.index.tolist()
     texts = item_text.reindex(ids).fillna("")
@@ -79,15 +112,62 @@ def definitions_version(definitions: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def content_version(tables: dict[str, pd.DataFrame], definitions: list[Path]) -> str:
+    """12 hex digits that change with any feature value, item or definition, and with nothing else: the event
+    timestamps are left out, so a retried materialization of the same content (stamped later) gets the same
+    version and resumes into the same online keys; and the store's settings too, so the same features in SQLite
+    and in Redis are one version (the one a serving bundle names)."""
+    digest = hashlib.sha256()
+    for path in definitions:
+        if path.suffix == ".py":
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name in FEATURE_VIEWS:
+        frame = tables[name].sort_values("item_id", kind="stable")
+        digest.update(f"\0view {name}\0".encode())
+        for column in sorted(c for c in frame.columns if c != "event_timestamp"):
+            values = frame[column]
+            digest.update(f"\0{column}\0".encode())
+            if values.map(lambda v: isinstance(v, (np.ndarray, list))).any():
+                digest.update(np.stack([np.asarray(v, dtype=np.float32) for v in values]).tobytes())
+            else:
+                digest.update("\0".join(map(str, values)).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:12]
+
+
+def _config_source(definitions: Path) -> Path:
+    """The feature_store.yaml a build copies: the one Feast would read for the definitions, i.e. the file
+    $FEAST_FS_YAML_FILE_PATH names when it is set (the production config in a pod), else the definitions' own."""
+    named = os.environ.get(FEAST_YAML_ENV)
+    if not named:
+        return definitions / "feature_store.yaml"
+    if not Path(named).is_file():
+        raise FileNotFoundError(f"${FEAST_YAML_ENV} names {named}, which is not a file")
+    return Path(named)
+
+
 def build_feature_repo(definitions: str | Path, out_dir: str | Path, tables: dict[str, pd.DataFrame]) -> Path:
-    """Copy the definitions to ``out_dir`` and write each view's parquet to ``out_dir/data/<view>.parquet``."""
+    """Copy the definitions to ``out_dir`` and write each view's parquet to ``out_dir/data/<view>.parquet``.
+
+    The copy's feature_store.yaml is the config in effect (see :func:`_config_source`) with its ``project:`` line
+    versioned (``<project>_<content version>``; every other line, comments included, as it was), so the built repo
+    carries its own config: :func:`open_store` reads it and nothing else."""
     definitions, out_dir = Path(definitions), Path(out_dir)
     missing = [name for name in FEATURE_VIEWS if name not in tables]
     if missing:
         raise ValueError(f"feature tables missing for view(s) {missing}")
+    paths = _definition_paths(definitions)
+    source = _config_source(definitions)
+    text = source.read_text()
+    match = _PROJECT_LINE.search(text)
+    if match is None:
+        raise ValueError(f"{source}: no top-level `project: <name>` line to version")
+    project = f"{match.group(1)}_{content_version(tables, paths)}"
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
-    for path in _definition_paths(definitions):
-        shutil.copy2(path, out_dir / path.name)
+    for path in paths:
+        if path.name != "feature_store.yaml":
+            shutil.copy2(path, out_dir / path.name)
+    with atomic_write(out_dir / "feature_store.yaml") as tmp:
+        tmp.write_text(text[:match.start(1)] + project + text[match.end(1):])
     for name, frame in tables.items():
         with atomic_write(out_dir / "data" / f"{name}.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
@@ -116,23 +196,100 @@ def _definitions(repo: Path) -> list:
     return objects
 
 
-def open_store(repo: str | Path):
+def _unset_variables(path: Path) -> list[str]:
+    """The ${NAME}s a feature_store.yaml's settings name (comments aside) that the environment does not set:
+    Feast would keep them as literal text and fail later, far from the cause."""
+    import yaml
+
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    names = set()
+    for value in strings(yaml.safe_load(path.read_text())):
+        for braced, bare in re.findall(r"\$\{(\w+)\}|\$(\w+)", value):  # Feast expands both forms
+            names.add(braced or bare)
+    return sorted(name for name in names if name not in os.environ)
+
+
+def repo_project(repo: str | Path) -> str:
+    """The Feast project ``repo``/feature_store.yaml names (a built repo's is versioned), read without Feast."""
+    path = Path(repo) / "feature_store.yaml"
+    match = _PROJECT_LINE.search(path.read_text()) if path.exists() else None
+    if match is None:
+        raise FileNotFoundError(f"{repo}: not a Feast repo (no feature_store.yaml with a `project:` line)")
+    return match.group(1)
+
+
+def open_store(repo: str | Path, serving: bool = False, project: str | None = None):
+    """The Feast store of the repo at ``repo``, configured by ``repo``/feature_store.yaml alone (a built repo's
+    versioned project is there; $FEAST_FS_YAML_FILE_PATH was read when it was built). ``serving``: bound every
+    wait on a Redis online store (:data:`SERVING_REDIS_OPTIONS`). ``project``: read this Feast project instead
+    of the file's (a serving bundle's). With ``project``, the store's config is the one Feast itself would read,
+    $FEAST_FS_YAML_FILE_PATH when it is set: a transformer in a cluster starts from the image's definitions
+    (feature_store.yaml there is the local SQLite one) with the production config named by that variable, and
+    the bundle's project."""
     from feast import FeatureStore
+    from feast.repo_config import load_repo_config
 
     repo = Path(repo)
-    if not (repo / "feature_store.yaml").exists():
-        raise FileNotFoundError(f"{repo}: not a Feast repo (no feature_store.yaml)")
-    return FeatureStore(repo_path=str(repo))
+    path = repo / "feature_store.yaml"
+    if project and os.environ.get(FEAST_YAML_ENV):
+        path = Path(os.environ[FEAST_YAML_ENV])
+    if not path.exists():
+        raise FileNotFoundError(f"{repo}: not a Feast repo (no {path})")
+    unset = _unset_variables(path)
+    if unset:
+        raise ValueError(f"{path} reads the environment variable(s) {unset}, which are not set (the production "
+                         "config needs FEAST_REGISTRY_URL, a SQLAlchemy URL, and REDIS_CONNECTION, host:port)")
+    config = load_repo_config(repo, path)
+    if project:
+        config.project = project
+    online = config.online_store
+    if serving and online.type == "redis":
+        online.connection_string = f"{SERVING_REDIS_OPTIONS[online.redis_type.value]},{online.connection_string}"
+    return FeatureStore(repo_path=str(repo), config=config)
 
 
 def apply_and_materialize(repo: str | Path, end: datetime | None = None) -> dict[str, str]:
-    """`feast apply` then materialize every view up to ``end``; returns {view: version tag} for lineage."""
-    objects = _definitions(Path(repo))
+    """`feast apply` then materialize every view up to ``end``; returns {view: version tag} for lineage.
+
+    Feast records each view's interval in its registry once the view's rows are written: a materialization
+    killed before that leaves the project unrecorded, and serving refuses it (:func:`require_materialized`).
+    Rerunning this on the same build resumes into the same project and keys."""
+    repo = Path(repo)
+    objects = _definitions(repo)
     store = open_store(repo)
     store.apply(objects)
-    end = end or datetime.now(timezone.utc)
-    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=end)
+    end = end or datetime.now(UTC)
+    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
     return {view.name: view.tags.get("version", "0") for view in store.list_feature_views()}
+
+
+def require_materialized(store) -> None:
+    """Refuse a Feast project (``store``'s) whose student views were never completely materialized: Feast's
+    registry has no materialization interval for them."""
+    from feast.errors import FeatureViewNotFoundException
+
+    project = store.config.project
+    for name in FEATURE_VIEWS:
+        try:
+            intervals = store.get_feature_view(name).materialization_intervals
+        except FeatureViewNotFoundException:
+            intervals = None
+        if not intervals:
+            raise IncompleteMaterialization(
+                f"Feast project {project!r}: feature view {name!r} was "
+                f"{'never applied' if intervals is None else 'not materialized to the end'} (Feast's registry "
+                "records no materialization of it); serving it could read a half-written version. Serve a project "
+                "that `relevance features` (or the pipeline's compute_features step) materialized, or rerun it "
+                "to complete this one")
 
 
 def student_features(store):
@@ -148,7 +305,7 @@ def item_features_from_store(repo: str | Path, item_ids: list[str], at: datetime
     """
     store = open_store(repo)
     unique = list(dict.fromkeys(item_ids))
-    entity_df = pd.DataFrame({"item_id": unique, "event_timestamp": pd.Timestamp(at or datetime.now(timezone.utc))})
+    entity_df = pd.DataFrame({"item_id": unique, "event_timestamp": pd.Timestamp(at or datetime.now(UTC))})
     frame = store.get_historical_features(entity_df=entity_df, features=student_features(store)).to_df()
     frame = frame.drop_duplicates("item_id").set_index("item_id")
     absent = frame[frame["embedding"].isna()].index.tolist() + [i for i in unique if i not in frame.index]
@@ -181,8 +338,23 @@ def materialize_features(config: RunConfig, dataset: Dataset, repo_dir: str | Pa
                                 lambda texts: featurizer.cache.embed(texts, "item embeddings"))
     build_feature_repo(definitions, repo_dir, tables)
     versions = apply_and_materialize(repo_dir)
-    log(f"features: {len(tables[ITEM_EMBEDDINGS])} items materialized → {repo_dir}")
-    return {**versions, "definitions": definitions_version(definitions)}
+    project = repo_project(repo_dir)
+    log(f"features: {len(tables[ITEM_EMBEDDINGS])} items materialized → {repo_dir} (Feast project {project})")
+    # project: the feature version (the content hash) a model trained and served on these features records
+    return {**versions, "definitions": definitions_version(definitions), "project": project}
+
+
+def _unanswered_errors() -> tuple[type[BaseException], ...]:
+    """What an online store raises when it does not answer (refused, reset, timed out, still loading), as
+    opposed to a broken repo or a bug: socket errors, and redis-py's connection and timeout errors (redis-py
+    comes with feast[redis]; a SQLite-only install has no Redis to lose)."""
+    errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return errors
+    return (*errors, RedisConnectionError, RedisTimeoutError)
 
 
 class FeastItemSource:
@@ -191,19 +363,32 @@ class FeastItemSource:
     The store is read once per request for the ids the cache lacks; values live ``ttl_seconds``, so a
     materialization is visible within that time. Unknown ids are cached too: a burst of them must not hammer
     the store.
+
+    Only a project whose materialization finished is served (:func:`require_materialized`): the repo's, or
+    ``project`` (the serving bundle's) through the repo's registry and online store. When the online store does
+    not answer, a read raises :class:`ItemSourceUnavailable` within about a second (:data:`SERVING_REDIS_OPTIONS`)
+    and the next one tries again: Feast keeps one redis-py client, whose pool reconnects once Redis is back.
     """
 
-    def __init__(self, repo: str | Path, dimension: int, cache_size: int = 200_000, ttl_seconds: float = 300.0):
-
-        self.store = open_store(repo)
+    def __init__(self, repo: str | Path, dimension: int, cache_size: int = 200_000, ttl_seconds: float = 300.0,
+                 project: str | None = None):
+        self.store = open_store(repo, serving=True, project=project)
+        require_materialized(self.store)
+        self.project = self.store.config.project
         self.dimension = dimension
         self.ttl = timedelta(seconds=ttl_seconds)
         self.cache = lookup_cache(cache_size)
         self.reads = 0
+        self._unanswered = _unanswered_errors()
 
     def _read(self, item_ids: list[str]) -> dict[str, tuple[np.ndarray, str, str] | None]:
         self.reads += 1
-        rows = online_item_features(self.store, item_ids)
+        try:
+            rows = online_item_features(self.store, item_ids)
+        except self._unanswered as error:
+            # redis-py's messages name the host and port (never the password) and end with a full stop.
+            raise ItemSourceUnavailable(f"the feature store (online store) does not answer: "
+                                        f"{str(error).rstrip('.') or type(error).__name__}") from error
         found: dict[str, tuple[np.ndarray, str, str] | None] = {}
         for item_id, vector, title, text in zip(item_ids, rows["embedding"], rows["title"], rows["lexical_text"]):
             if vector is None:

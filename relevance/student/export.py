@@ -243,14 +243,17 @@ def onnx_teacher_proba(session, teacher, queries: list[str], item_texts: list[st
     return probs
 
 
-def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: bool = False) -> list[ExportResult]:
+def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: bool = False,
+                  feature_project: str | None = None) -> list[ExportResult]:
     """Everything online scoring needs from a student, in one folder (a "serving bundle"):
 
     - ``student.onnx`` and ``query_encoder.onnx`` (plus ``-int8`` copies with ``int8``), each checked against torch;
     - ``tokenizer/``: the encoder's tokenizer, so serving tokenizes queries as training did;
     - ``bm25/``: the BM25 index of the catalog the student was trained on (its IDF and average length), rebuilt
       from ``items`` and checked against the catalog hash in the student's manifest;
-    - ``bundle.json``: what the server checks it is compatible with (feature version, dimensions, grades).
+    - ``bundle.json``: what the server checks it is compatible with (feature version, dimensions, grades), and
+      ``feature_project``: the versioned feature-store project whose item features the server reads (None when
+      the features were not materialized before the export: the server then reads its feature repo's).
 
     The Triton model repository (relevance.serving.model_repository) is built from this folder.
     """
@@ -290,6 +293,7 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
             # judge-eval) rebuilds the same features and reads the probabilities right.
             "text": manifest["text"], "dataset": manifest["dataset"],
             "catalog_items": int(len(item_text)), "int8": int8, "student_inputs": list(STUDENT_INPUTS),
+            "feature_project": feature_project,
             "max_abs_diff": {result.path.stem: result.max_abs_diff for result in results},
         }
         if "judge_holdout" in manifest:  # a student made before the record existed has none, and its bundle neither

@@ -47,6 +47,12 @@ class RequestError(ValueError):
     """A request that breaks the request schema or a configured limit; the message says which and how."""
 
 
+class ItemSourceUnavailable(RuntimeError):
+    """The item source (in serving, the feature store's online store) did not answer: the request could not be
+    scored now, and may be retried; nothing is wrong with the request or the server. The message says which
+    store and what happened."""
+
+
 def validate_request(query, locale, candidates, config: ServingConfig) -> tuple[str, str, list[str]]:
     """(query, locale, candidates) checked against the request schema and limits; returns them normalised."""
     if not isinstance(query, str):

@@ -1,13 +1,16 @@
-"""The Label Studio round trip: a project written for selected pairs, Label Studio's JSON export read back
-(several annotators aggregated, agreement reported), merged into the judgments; bad exports change nothing.
+"""The Label Studio round trip's parts that the real one (tests/labels/test_label_studio.py, `make test-slow`: a
+running Label Studio 1.23.2, three annotators, its JSON and snapshot exports through `relevance import-labels`)
+does not reach, in seconds: the project files' variants (image URLs, pre-annotations), the mean aggregate and a
+pair rated twice by one annotator, a merge into judgments that already hold a pair or the round, exports the server
+never writes (another format, a hand-edited file, a project made elsewhere), and merges refused.
 
-The exports below follow Label Studio's documented JSON export format (labelstud.io/guide/task_format: a list of
-tasks, each with ``data``, ``annotations`` [{id, completed_by, result: [{id, from_name, to_name, type, value,
-origin}], was_cancelled, ground_truth, lead_time, …}] and ``predictions``); label-studio itself is not installed.
+The exports below have the shape Label Studio 1.23.2 wrote in that test: ``completed_by`` a user id (the snapshot
+export expands it to {id, email, …}), a skipped task an annotation with ``was_cancelled`` and an empty result.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import xml.etree.ElementTree as ET
 
@@ -15,9 +18,15 @@ import pandas as pd
 import pytest
 
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo
-from relevance.labels.annotation import label_config, merge_judgments, read_export, write_project
+from relevance.labels.annotation import (
+    label_config,
+    merge_judgments,
+    read_export,
+    write_project,
+)
 
 GRADES = ["irrelevant", "partial", "exact"]
+ANNOTATION_IDS = itertools.count(1)
 
 
 @pytest.fixture()
@@ -31,26 +40,22 @@ def dataset_dir(tmp_path):
     return tmp_path / "data"
 
 
-def _annotation(who, grade, cancelled=False, n=[0]):
-    n[0] += 1
-    return {"id": n[0], "completed_by": who, "was_cancelled": cancelled, "ground_truth": False,
-            "created_at": "2026-11-30T10:00:00.000000Z", "updated_at": "2026-11-30T10:00:00.000000Z",
-            "lead_time": 3.2, "result_count": 0, "task": 1,
-            "result": [{"id": f"r{n[0]}", "from_name": "grade", "to_name": "item", "type": "choices",
-                        "origin": "manual", "value": {"choices": [grade]}}]}
+def _annotation(who, grade, cancelled=False):
+    result = [] if cancelled else [{"from_name": "grade", "to_name": "item", "type": "choices",
+                                    "value": {"choices": [grade]}}]
+    return {"id": next(ANNOTATION_IDS), "completed_by": who, "result": result, "was_cancelled": cancelled,
+            "ground_truth": False, "lead_time": 3.2, "task": 1, "project": 7}
 
 
 def _task(task_id, query_id, item_id, *annotations):
-    return {"id": task_id, "project": 7, "data": {"query": "…", "item": "…", "query_id": query_id,
-                                                   "item_id": item_id},
-            "annotations": list(annotations), "predictions": [], "drafts": [], "meta": {},
-            "created_at": "2026-11-30T09:00:00.000000Z", "updated_at": "2026-11-30T10:00:00.000000Z",
-            "inner_id": task_id, "total_annotations": len(annotations), "cancelled_annotations": 0,
-            "total_predictions": 0, "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None,
-            "updated_by": [], "file_upload": "tasks.json", "comment_authors": []}
+    return {"id": task_id, "inner_id": task_id, "project": 7, "annotations": list(annotations), "drafts": [],
+            "predictions": [], "data": {"query": "…", "item": "…", "query_id": query_id, "item_id": item_id},
+            "meta": {}, "total_annotations": len(annotations), "cancelled_annotations": 0}
 
 
 def test_project_files_are_a_label_studio_project(tmp_path, dataset_dir):
+    """The real round trip shows Label Studio accepts the files of a catalog without images and without
+    pre-annotations; here: the image variant, the choices best grade first, and pre-annotations only when asked."""
     dataset = Dataset.load(dataset_dir)
     pairs = pd.DataFrame({"query_id": ["q4", "q4"], "item_id": ["a", "b"], "p_0": [0.1, 0.7], "p_1": [0.2, 0.2],
                           "p_2": [0.7, 0.1]})
@@ -71,32 +76,36 @@ def test_project_files_are_a_label_studio_project(tmp_path, dataset_dir):
     assert "<Image" not in label_config(GRADES)
 
 
-def test_an_export_round_trips_into_the_judgments(tmp_path, dataset_dir):
+def test_the_mean_aggregate_and_a_pair_rated_twice(tmp_path):
+    """What the real round trip leaves out: --aggregate mean, and one annotator grading the same pair in two tasks
+    (tasks.json imported twice), where their later grade counts once."""
     export = tmp_path / "export.json"
     export.write_text(json.dumps([
-        _task(1, "q4", "a", _annotation(1, "exact"), _annotation(2, "exact"), _annotation(3, "partial")),
-        _task(2, "q4", "b", _annotation(1, "partial"), _annotation({"id": 2, "email": "b@x"}, "irrelevant"),
-              _annotation(3, "exact", cancelled=True)),
-        _task(3, "q1", "b", _annotation(1, "irrelevant")),
-        _task(4, "q1", "a", _annotation(2, "partial")),  # already judged (train): left as it was
-        _task(5, "q1", "c"),  # nobody graded it yet
+        _task(1, "q4", "a", _annotation(1, "exact"), _annotation(2, "partial")),
+        _task(2, "q4", "b", _annotation(1, "partial"), _annotation(2, "irrelevant"), _annotation(3, "exact")),
+        _task(3, "q4", "b", _annotation(1, "exact")),  # the same pair again: annotator 1 changed their mind
     ]))
-    imported = read_export(export, GRADES, "majority")
-    grades = imported.judgments.set_index(["query_id", "item_id"])["grade"].to_dict()
-    # Majority 2 of 3; a 1-vs-0 tie goes to the grade nearest the median (0.5 → the lower one).
-    assert grades == {("q4", "a"): 2, ("q4", "b"): 0, ("q1", "b"): 0, ("q1", "a"): 1}
-    assert imported.skipped["cancelled annotations"] == 1 and imported.skipped["tasks without annotations"] == 1
-    assert imported.exact_agreement == pytest.approx(2 / 8)  # (a: 2 of 6 ordered pairs agree; b: 0 of 2)
-    assert imported.krippendorff_alpha is not None and -1 <= imported.krippendorff_alpha <= 1
-    assert read_export(export, GRADES, "mean").judgments.set_index(["query_id", "item_id"])["grade"][("q4", "b")] == 0
+    mean = read_export(export, GRADES, "mean")
+    grades = mean.judgments.set_index(["query_id", "item_id"])[["grade", "annotators"]]
+    # a: mean 1.5, rounded half to even → 2; b: (2 + 0 + 2) / 3 → 1, from three ratings, not four.
+    assert grades.to_dict("index") == {("q4", "a"): {"grade": 2, "annotators": 2},
+                                       ("q4", "b"): {"grade": 1, "annotators": 3}}
+    assert mean.skipped["repeated ratings by one annotator"] == 1
+    assert read_export(export, GRADES, "majority").judgments.set_index("item_id")["grade"].to_dict() == {"a": 1,
+                                                                                                         "b": 2}
 
-    outcome = merge_judgments(dataset_dir, imported.judgments, round_tag=1)
-    assert outcome == {"added": 3, "already_judged": 1, "round": 1, "judgments": 6}
+
+def test_a_merge_leaves_judged_pairs_alone_and_takes_a_round_once(dataset_dir):
+    """What the real round trip leaves out (its pairs come from the pool, never judged): a pair already judged
+    keeps its grade and round, and the same round is not imported twice."""
+    imported = pd.DataFrame({"query_id": ["q4", "q1", "q1"], "item_id": ["a", "b", "a"], "grade": [2, 0, 1]})
+    outcome = merge_judgments(dataset_dir, imported, round_tag=1)
+    assert outcome == {"added": 2, "already_judged": 1, "round": 1, "judgments": 5}
     merged = Dataset.load(dataset_dir).judgments.set_index(["query_id", "item_id"])
     assert merged.loc[("q4", "a"), "split"] == "train" and merged.loc[("q4", "a"), "round"] == 1
     assert merged.loc[("q1", "a"), "grade"] == 2 and merged.loc[("q1", "a"), "round"] == 0
     with pytest.raises(DataContractError, match="round 1 was imported already"):
-        merge_judgments(dataset_dir, imported.judgments, round_tag=1)
+        merge_judgments(dataset_dir, imported, round_tag=1)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -109,6 +118,8 @@ def test_an_export_round_trips_into_the_judgments(tmp_path, dataset_dir):
     (json.dumps([_task(1, "q4", "a", {**_annotation(1, "exact"), "completed_by": None})]), "no completed_by"),
 ])
 def test_bad_exports_are_clear_errors(tmp_path, content, message):
+    """Exports Label Studio does not write for a `relevance select` project (JSON-MIN or CSV, a hand-edited file,
+    a project made some other way): one error naming the task and what is wrong."""
     export = tmp_path / "export.json"
     export.write_text(content)
     with pytest.raises(DataContractError, match=message):
@@ -121,6 +132,7 @@ def test_bad_exports_are_clear_errors(tmp_path, content, message):
     ({"query_id": ["q4"], "item_id": ["ghost"]}, "1 unknown item id"),
 ])
 def test_a_refused_merge_writes_nothing(dataset_dir, pairs, message):
+    """Grades for evaluation queries or for ids the dataset lacks (selected from another dataset) change nothing."""
     before = (dataset_dir / "judgments.parquet").read_bytes()
     imported = pd.DataFrame({**pairs, "grade": [1] * len(pairs["query_id"])})
     with pytest.raises(DataContractError, match=message):

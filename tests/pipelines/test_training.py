@@ -4,6 +4,7 @@ gate stopping a run, submission and scheduling on a cluster."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -94,11 +95,15 @@ def test_local_run_registers_a_challenger_with_lineage(local_run):
     assert tags["gx_success"] == "True" and int(tags["gx_checked_expectations"]) > 10
     assert len(tags["data_hash"]) >= 12 and tags["teacher_version"].startswith("teacher-")
     views = json.loads(tags["feature_views"])
-    assert views == {"item_embeddings": "1", "item_text": "2", "definitions": views["definitions"]}
+    assert views == {"item_embeddings": "1", "item_text": "2", "definitions": views["definitions"],
+                     "project": views["project"]}
+    # the versioned Feast project the features were materialized to, which the serving bundle names too
+    assert re.fullmatch(r"relevance_[0-9a-f]{12}", views["project"])
     run = registry.client.get_run(student[0].run_id)
     assert "accuracy" in run.data.metrics and "student.hidden" in run.data.params
     downloaded = registry.download("relevance-student", CHALLENGER, Path(run.info.artifact_uri.removeprefix("file://")).parent / "dl")
     assert (downloaded / "manifest.json").exists() and (downloaded / "onnx" / "student.onnx").exists()
+    assert json.loads((downloaded / "onnx" / "bundle.json").read_text())["feature_project"] == views["project"]
 
 
 def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
