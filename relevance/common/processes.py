@@ -97,7 +97,8 @@ class LoopbackProcess:
         return self
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is not None:
+        # Once it has exited (and was reaped), its pid may be another process's: never signal it again.
+        if self.process is not None and self.process.poll() is None:
             stop_group(self.process, kill=kill)
 
     def running(self) -> bool:

@@ -48,7 +48,7 @@ FEATURE_VIEWS = (ITEM_EMBEDDINGS, ITEM_TEXT)
 DEFINITION_FILES = ("feature_store.yaml", "*.py")
 # The environment variable Feast reads a feature_store.yaml's path from, instead of <repo>/feature_store.yaml.
 FEAST_YAML_ENV = "FEAST_FS_YAML_FILE_PATH"
-_PROJECT_LINE = re.compile(r"^project:[ \t]*(\S+)[ \t]*(#.*)?$", re.MULTILINE)
+_PROJECT_LINE = re.compile(r"^project:[ \t]*[\"']?([A-Za-z0-9_]+)[\"']?[ \t]*(#.*)?$", re.MULTILINE)
 
 # Serving reads the online store inside a request, on the server's event loop: when Redis does not answer, the
 # request must fail within about a second (a 503 the caller retries), not wait on redis-py's defaults (no socket
@@ -231,7 +231,7 @@ def open_store(repo: str | Path, serving: bool = False, project: str | None = No
     """The Feast store of the repo at ``repo``, configured by ``repo``/feature_store.yaml alone (a built repo's
     versioned project is there; $FEAST_FS_YAML_FILE_PATH was read when it was built). ``serving``: bound every
     wait on a Redis online store (:data:`SERVING_REDIS_OPTIONS`). ``project``: read this Feast project instead
-    of the file's (a serving bundle's). With ``project``, the store's config is the one Feast itself would read,
+    of the file's (a serving bundle's). With ``project`` or ``serving``, the store's config is the one Feast itself would read,
     $FEAST_FS_YAML_FILE_PATH when it is set: a transformer in a cluster starts from the image's definitions
     (feature_store.yaml there is the local SQLite one) with the production config named by that variable, and
     the bundle's project."""
@@ -240,7 +240,7 @@ def open_store(repo: str | Path, serving: bool = False, project: str | None = No
 
     repo = Path(repo)
     path = repo / "feature_store.yaml"
-    if project and os.environ.get(FEAST_YAML_ENV):
+    if (project or serving) and os.environ.get(FEAST_YAML_ENV):
         path = Path(os.environ[FEAST_YAML_ENV])
     if not path.exists():
         raise FileNotFoundError(f"{repo}: not a Feast repo (no {path})")

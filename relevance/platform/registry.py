@@ -99,9 +99,18 @@ class Registry:
         return self.client.create_experiment(name, artifact_location=location)
 
     def version_with_key(self, name: str, key: str) -> int | None:
-        """The version of ``name`` registered under ``key`` (None: none is)."""
-        found = [v.version for v in self.versions(name) if v.tags.get(REGISTRATION_KEY_TAG) == key]
-        return min(found) if found else None
+        """The version of ``name`` registered under ``key`` (None: none is). A registry that does not answer is a
+        RegistryError, never "not registered": that would register a second version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name='{name}'")
+        except MlflowException as error:
+            if is_not_found(error):
+                return None
+            raise RegistryError(f"the registry at {self.uri} did not answer for {name}: {error}") from None
+        keyed = [int(v.version) for v in found if (v.tags or {}).get(REGISTRATION_KEY_TAG) == key]
+        return min(keyed) if keyed else None
 
     def _fail_unfinished(self, experiment_id: str, key: str) -> None:
         """Runs of an earlier attempt at ``key`` that died before their version was created: marked FAILED, so
@@ -131,7 +140,9 @@ class Registry:
         if key:
             existing = self.version_with_key(name, key)
             if existing is not None:
-                if alias:
+                # The same content registered again (a retry, or a rerun that changed nothing): never move an
+                # alias onto the version that is champion (a challenger must be a new version).
+                if alias and self.alias_version(name, CHAMPION) != existing:
                     self.client.set_registered_model_alias(name, alias, str(existing))
                 log(f"registry: {name} v{existing} is registered under {key} already; not registered again")
                 return existing
@@ -144,13 +155,14 @@ class Registry:
         for metric, value in metrics.items():
             self.client.log_metric(run_id, metric.replace("@", "_at_"), float(value))
         self.client.log_artifacts(run_id, str(model_dir), artifact_path="model")
-        self.client.set_terminated(run_id)
         try:
             self.client.get_registered_model(name)
         except MlflowException:
             self.client.create_registered_model(name, description="Relevance model registered by the pipeline.")
         version = self.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
                                                    tags=tags)
+        # Finished only once its version exists: a crash before leaves a RUNNING run, which a retry marks FAILED.
+        self.client.set_terminated(run_id)
         if alias:
             self.client.set_registered_model_alias(name, alias, version.version)
         return int(version.version)
