@@ -9,21 +9,14 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from relevance.common.processes import LoopbackProcess, free_port, wait_until
+from relevance.common.processes import LoopbackProcess, free_port, http_ready, wait_until
 
 __all__ = ["free_port", "model_server", "v2_ready", "wait_ready"]
 
 
 def v2_ready(url: str):
     """A readiness check: ``url`` answers the V2 readiness probe with 200."""
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    return ready
+    return http_ready(f"{url}/v2/health/ready", timeout=1)
 
 
 def wait_ready(url: str, process: subprocess.Popen | None = None, log: Path | None = None,

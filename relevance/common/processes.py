@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
@@ -26,6 +28,17 @@ def free_port() -> int:
 
 def log_tail(log: Path | None, chars: int = 3000) -> str:
     return Path(log).read_text(errors="replace")[-chars:] if log and Path(log).exists() else ""
+
+
+def http_ready(url: str, body: Callable[[bytes], bool] | None = None, timeout: float = 2.0) -> Callable[[], bool]:
+    """A readiness check: GET ``url`` answers 200 (and ``body`` accepts its content, when given)."""
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status == 200 and (body is None or body(response.read()))
+        except (OSError, ValueError):  # refused, timed out, an HTTP error status, a body that does not parse
+            return False
+    return ready
 
 
 def wait_until(ready: Callable[[], bool], what: str, process: subprocess.Popen | None = None,

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from relevance.common.processes import LoopbackProcess, free_port
+from relevance.common.processes import LoopbackProcess, free_port, http_ready
 
 ENV_VARIABLE = "RELEVANCE_LABEL_STUDIO_ENV"
 DEFAULT_ENV = ".venv-labelstudio"
@@ -75,13 +75,7 @@ class LabelStudio:
 def health_check(url: str):
     """Ready when ``url``/health answers Label Studio's own body: Label Studio moves to the next port, silently,
     when its port is taken, so a 200 from whatever else holds the port must not count."""
-    def ready() -> bool:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            try:
-                return response.status == 200 and json.loads(response.read()) == {"status": "UP"}
-            except ValueError:  # not JSON: not Label Studio
-                return False
-    return ready
+    return http_ready(f"{url}/health", body=lambda content: json.loads(content) == {"status": "UP"})
 
 
 def server_environment(executable: Path, data_dir: Path, username: str, password: str, token: str) -> dict[str, str]:

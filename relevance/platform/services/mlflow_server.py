@@ -15,9 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from relevance.common.processes import LoopbackProcess, free_port
+from relevance.common.processes import LoopbackProcess, free_port, http_ready
 
 
 @dataclass
@@ -25,15 +23,6 @@ class MlflowServer:
     url: str  # the tracking URI (and registry URI) clients use
     process: LoopbackProcess
     artifacts: Path
-
-
-def _healthy(url: str):
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-    return ready
 
 
 def server_command(work_dir: Path, port: int) -> list[str]:
@@ -54,6 +43,6 @@ def mlflow_server(work_dir: str | Path, port: int | None = None, log: str | Path
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     process = LoopbackProcess("mlflow server", server_command(work_dir, port), log or work_dir / "mlflow-server.log",
-                              _healthy(url), timeout=timeout)
+                              http_ready(f"{url}/health"), timeout=timeout)
     with process:
         yield MlflowServer(url, process, work_dir / "artifacts")
