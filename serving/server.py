@@ -352,24 +352,38 @@ async def _item_source_unavailable(request, error):
     return JSONResponse({"error": f"{error}; retry"}, status_code=503, headers={"Retry-After": "1"})
 
 
-def run_server(models: list, config: ServingConfig, args: argparse.Namespace) -> None:
-    """Start the KServe model server with KServe's flags ``args`` (see :func:`model_server_args`): REST only,
-    one worker (the caches live in the process). It binds 0.0.0.0, as KServe does in a pod."""
+def run_server(models: list, config: ServingConfig, args: argparse.Namespace, given: set[str] | None = None) -> None:
+    """Start the KServe model server with KServe's flags ``args`` (see :func:`model_server_args`; ``given``: the
+    ones set explicitly): REST only, one worker (the caches live in the process). It binds 0.0.0.0, as KServe
+    does in a pod.
+
+    KServe's per-request latency lines (``--enable_latency_logging``, and its timing middleware's lines on the
+    ``kserve.trace`` logger) are off unless the flag is given: two log lines a request cost about a tenth of a
+    millisecond on one core, and relevance_request_seconds already holds the latencies."""
+    import logging
+
     from fastapi.exceptions import RequestValidationError
+    from kserve.logging import KSERVE_TRACE_LOGGER_NAME
     from kserve.model_server import app
 
     if args.workers != 1:
         raise ValueError(f"--workers {args.workers}: the server runs one worker (the query and item caches live in "
                          "the process); scale with replicas instead, and leave containerConcurrency unset")
+    latency_logging = bool(args.enable_latency_logging) if "enable_latency_logging" in (given or set()) else False
     metrics()
     app.add_middleware(HttpGuard, max_request_bytes=config.max_request_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request_body)
     app.add_exception_handler(ItemSourceUnavailable, _item_source_unavailable)
     for model in models:
         model.load()
-    kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1,
-                       enable_docs_url=args.enable_docs_url, timeout_keep_alive=args.timeout_keep_alive,
-                       ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile).start(models)
+    server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1,
+                                enable_docs_url=args.enable_docs_url, timeout_keep_alive=args.timeout_keep_alive,
+                                enable_latency_logging=latency_logging, access_log_format=args.access_log_format,
+                                event_loop=args.event_loop, ssl_certfile=args.ssl_certfile,
+                                ssl_keyfile=args.ssl_keyfile)
+    if not latency_logging:  # after ModelServer, which configures KServe's loggers
+        logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
+    server.start(models)
 
 
 def predictor_url(args: argparse.Namespace, given: set[str], config: ServingConfig) -> str | None:
@@ -416,4 +430,4 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
             student = OnnxStudent(bundle.model_file("student", config.int8), config.onnx_threads)
         return OnlineScorer(bundle, items, config, student=student)
 
-    run_server([RerankModel(config, scorer, predictor, timeout)], config, args)
+    run_server([RerankModel(config, scorer, predictor, timeout)], config, args, given)

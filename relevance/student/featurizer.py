@@ -46,21 +46,27 @@ class _Query:
     """What the lexical features need of a query, computed once per distinct query text."""
 
     terms: tuple[str, ...]
-    counts: tuple[tuple[str, int], ...]  # each distinct term and how often it occurs (repeats count again)
-    prefix_counts: tuple[tuple[str, int], ...]  # each distinct 4-character prefix and how often
-    numbers: tuple[str, ...]  # numeric terms (sizes, model numbers)
+    counts: dict[str, int]  # each distinct term and how often it occurs (repeats count again)
+    prefix_counts: dict[str, int]  # each distinct 4-character prefix and how often
+    number_counts: dict[str, int]  # each distinct numeric term (sizes, model numbers) and how often
     trigrams: frozenset[str]
     phrase: str  # " term term … ": the terms as a contiguous phrase
 
-    def count_in(self, words: frozenset[str]) -> int:
-        return sum(n for t, n in self.counts if t in words)
+
+def _count_in(counts: dict[str, int], collections: list[frozenset[str]]) -> list[int]:
+    """For each collection, how many of ``counts``' keys it holds, each weighted by its count (a term repeated in
+    the query counts again): one set intersection per collection, in C, not a test per term in Python."""
+    keys = frozenset(counts)
+    if all(count == 1 for count in counts.values()):
+        return [len(collection & keys) for collection in collections]
+    return [sum(counts[key] for key in collection & keys) for collection in collections]
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _query_side(query: str) -> _Query:
     terms = tokenize_words(query)
-    return _Query(tuple(terms), tuple(Counter(terms).items()), tuple(Counter(t[:4] for t in terms).items()),
-                  tuple(t for t in terms if _DIGIT.search(t)), _trigrams(query), f" {' '.join(terms)} ")
+    return _Query(tuple(terms), dict(Counter(terms)), dict(Counter(t[:4] for t in terms)),
+                  dict(Counter(t for t in terms if _DIGIT.search(t))), _trigrams(query), f" {' '.join(terms)} ")
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -80,34 +86,63 @@ def _trigrams(text: str) -> frozenset[str]:
 
 
 def lexical_features(queries: list[str], item_texts: list[str], titles: list[str], bm25: np.ndarray) -> np.ndarray:
-    """[N, len(LEXICAL_FEATURES) - 1] lexical features (cosine is added by :func:`pair_blocks`)."""
+    """[N, len(LEXICAL_FEATURES) - 1] lexical features (cosine is added by :func:`pair_blocks`).
+
+    Computed a column at a time for each distinct query's rows (a request is one query and its candidates; the
+    pair store's shards hold each query's candidates together), with one set intersection per item and column
+    rather than a test per query term. The counts are integers and every ratio is formed in float64 before the
+    one cast to float32: the values do not depend on how rows are grouped."""
     if not (len(queries) == len(item_texts) == len(titles) == len(bm25)):
         raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
                          f"titles={len(titles)} bm25={len(bm25)}")
-    rows = []
-    for query, text, title, score in zip(queries, item_texts, titles, bm25):
+    n = len(queries)
+    item_texts, titles = list(item_texts), list(titles)  # by position, whatever sequence they came in
+    rows_of: dict[str, list[int]] = {}
+    for row, query in enumerate(queries):
+        rows_of.setdefault(query, []).append(row)
+    # Per pair, integer counts: one list per column, filled query by query and turned into an array once.
+    columns: list[list[int]] = [[] for _ in range(10)]
+    order: list[int] = []
+    for query, rows in rows_of.items():
         q = _query_side(query)
-        n_terms = max(len(q.terms), 1)
-        words, prefixes, n_words, joined, _ = _item_side(text)
-        title_words, _, _, _, title_trigrams = _item_side(title)
-        matched = q.count_in(words)
-        shared = len(q.trigrams & title_trigrams)
-        union = len(q.trigrams) + len(title_trigrams) - shared
-        score = float(score)
-        rows.append((
-            math.log1p(max(score, 0.0)),
-            score / n_terms,
-            matched / n_terms,
-            q.count_in(title_words) / n_terms,
-            sum(n for t, n in q.prefix_counts if t in prefixes) / n_terms,
-            float(bool(q.terms) and matched == len(q.terms)),
-            float(q.phrase in joined) if q.terms else 0.0,
-            sum(t in words for t in q.numbers) / len(q.numbers) if q.numbers else 1.0,
-            shared / union if union else 0.0,
-            math.log1p(len(q.terms)),
-            math.log1p(n_words),
-        ))
-    return np.array(rows, dtype=np.float32).reshape(len(rows), len(LEXICAL_FEATURES) - 1)
+        single = len(rows_of) == 1  # a request: every row, no gathering
+        sides = [_item_side(text) for text in (item_texts if single else [item_texts[row] for row in rows])]
+        title_sides = [_item_side(title) for title in (titles if single else [titles[row] for row in rows])]
+        words = [side[0] for side in sides]
+        title_trigrams = [side[4] for side in title_sides]
+        shared = [len(trigrams & q.trigrams) for trigrams in title_trigrams]
+        for column, values in zip(columns, (
+                _count_in(q.counts, words),
+                _count_in(q.counts, [side[0] for side in title_sides]),
+                _count_in(q.prefix_counts, [side[1] for side in sides]),
+                _count_in(q.number_counts, words),
+                shared,
+                [len(q.trigrams) + len(trigrams) - common for trigrams, common in zip(title_trigrams, shared)],
+                [q.phrase in side[3] for side in sides] if q.terms else [False] * len(rows),
+                [side[2] for side in sides],
+                [len(q.terms)] * len(rows),
+                [sum(q.number_counts.values())] * len(rows))):
+            column.extend(values)
+        order.extend(rows)
+    counts = np.zeros((n, len(columns)), dtype=np.int64)
+    if n:
+        counts[order] = np.array(columns, dtype=np.int64).T
+    matched, matched_title, prefix, numbers_found, shared, union, phrase, n_words, n_terms, n_numbers = counts.T
+    score = np.asarray(bm25, dtype=np.float64)
+    per_term = np.maximum(n_terms, 1)
+    out = np.empty((n, len(LEXICAL_FEATURES) - 1), dtype=np.float64)
+    out[:, 0] = [math.log1p(max(value, 0.0)) for value in score.tolist()]  # math's log1p, not numpy's: one libm
+    out[:, 1] = score / per_term
+    out[:, 2] = matched / per_term
+    out[:, 3] = matched_title / per_term
+    out[:, 4] = prefix / per_term
+    out[:, 5] = (n_terms > 0) & (matched == n_terms)
+    out[:, 6] = phrase
+    out[:, 7] = np.divide(numbers_found, n_numbers, out=np.ones(n), where=n_numbers > 0)
+    out[:, 8] = np.divide(shared, union, out=np.zeros(n), where=union > 0)
+    out[:, 9] = [math.log1p(terms) for terms in n_terms.tolist()]
+    out[:, 10] = [math.log1p(words) for words in n_words.tolist()]
+    return out.astype(np.float32)
 
 
 def pair_blocks(query_embeddings, item_embeddings, lexical) -> list:

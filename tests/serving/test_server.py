@@ -59,8 +59,10 @@ def deployment(run_settings, cli, tmp_path_factory, tiny_bert):
                                                             tmp / "local.log", ENV))}
         triton = servers.enter_context(triton_server(repo, tmp / "triton-work", tmp / "triton.log"))
         for name, predictor in (("remote", triton.http_url), ("remote-grpc", triton.grpc_url)):
+            # The HTTP transformer asks for KServe's per-request latency lines, which are off by default.
+            latency = ["--enable_latency_logging", "true"] if name == "remote" else []
             urls[name] = servers.enter_context(model_server(
-                ["serve", "--config", str(config_path), "--predictor-url", predictor], free_port(),
+                ["serve", "--config", str(config_path), "--predictor-url", predictor, *latency], free_port(),
                 tmp / f"{name}.log", ENV))
         yield {"tmp": tmp, "config": config_path, "urls": urls, "workdir": tmp / "run", "triton": triton,
                "triton_repository": repo}
@@ -288,6 +290,17 @@ def test_unknown_ids_are_scored_with_defaults_and_flagged(deployment, catalog):
     # Both ghosts get the same default features, so the same score.
     assert ghosts[0]["score"] == pytest.approx(ghosts[1]["score"]) and all(abs(sum(i["probs"]) - 1) < 1e-4
                                                                           for i in items)
+
+
+def test_kserves_latency_log_lines_only_when_asked_for(deployment, catalog):
+    _, query, candidates = catalog
+    for name in ("local", "remote"):
+        response = httpx.post(f"{deployment['urls'][name]}/v1/models/{MODEL}:predict",
+                              json={"instances": [{"query": query, "candidates": candidates}]})
+        assert response.status_code == 200
+    logs = {name: (deployment["tmp"] / f"{name}.log").read_text() for name in ("local", "remote")}
+    assert "preprocess_ms" not in logs["local"] and "kserve.io" not in logs["local"]
+    assert "preprocess_ms" in logs["remote"] and "kserve.io" in logs["remote"]
 
 
 def test_health_metadata_and_metrics(deployment, catalog):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from relevance.student.featurizer import (LEXICAL_FEATURES, PairFeaturizer, assemble, feature_names, lexical_features,
@@ -21,6 +22,26 @@ def test_lexical_features_by_hand():
     inside_a_word = dict(zip(LEXICAL_FEATURES[1:], lexical_features(["ham"], ["hammer drill"], ["hammer drill"],
                                                                      np.array([0.0]))[0]))
     assert inside_a_word["exact_phrase"] == 0, "a phrase matches whole words only"
+
+
+def test_lexical_features_do_not_depend_on_how_rows_are_grouped():
+    # Rows are computed a query at a time: interleaved queries, a pandas Series with a shuffled index (taken by
+    # position), float64 BM25 and repeated numbers give each row what it gets alone.
+    rng = np.random.default_rng(3)
+    queries = ["2 x 4 stud 2", "cordless drill drill", "", "red sofa", "2 x 4 stud 2"] * 4
+    texts = ["2 x 4 in. x 8 ft. stud", "cordless drill 18v kit", "", "sofa red leather", "2x4 stud"] * 4
+    titles = ["2 x 4 stud", "drill", "x", "sofa", ""] * 4
+    order = rng.permutation(len(queries))
+    queries, texts, titles = ([column[i] for i in order] for column in (queries, texts, titles))
+    bm25 = rng.gamma(2.0, 3.0, len(queries))
+    bm25[::3] = -0.25  # BM25 variants can score below zero; log_bm25 clips at 0
+    together = lexical_features(queries, pd.Series(texts, index=rng.permutation(len(texts))), titles, bm25)
+    alone = np.concatenate([lexical_features([q], [t], [ti], bm25[n:n + 1])
+                            for n, (q, t, ti) in enumerate(zip(queries, texts, titles))])
+    np.testing.assert_array_equal(together, alone)
+    named = dict(zip(LEXICAL_FEATURES[1:], lexical_features(["2 x 4 stud 2"], ["2 x 4 stud"], ["stud"],
+                                                            np.array([1.0]))[0]))
+    assert named["numbers_matched"] == 1 and named["terms_matched"] == 1 and named["terms_matched_title"] == 1 / 5
 
 
 def test_assemble_layout_and_validation():
