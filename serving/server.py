@@ -134,7 +134,7 @@ class RerankModel(kserve.Model):
     """The transformer (+ in-process predictor) for rerank requests; see the module docstring."""
 
     def __init__(self, config: ServingConfig, scorer_factory, predictor_url: str | None = None,
-                 predictor_timeout_s: float = 5.0):
+                 predictor_timeout_s: float = 5.0, traffic=None):
         super().__init__(config.model_name)
         self.config = config
         self.scorer_factory = scorer_factory
@@ -143,10 +143,16 @@ class RerankModel(kserve.Model):
         self.predictor_timeout_s = predictor_timeout_s
         self.predictor = None  # relevance.serving.client.RemoteStudent, made on the first request
         self.num_grades = 0
+        # What each response names: the student's content version and the feature version its items come from.
+        self.versions = {"model_version": "", "embedding_version": ""}
+        self.traffic = traffic  # a relevance.traffic.TrafficLog: each response's records are appended to it
 
     def load(self) -> bool:
         self.scorer = self.scorer_factory()
-        self.num_grades = int(self.scorer.bundle.manifest["num_grades"])
+        manifest = self.scorer.bundle.manifest
+        self.num_grades = int(manifest["num_grades"])
+        self.versions = {"model_version": str(manifest.get("student_version", "")),
+                         "embedding_version": str(manifest.get("feature_project") or "")}
         if self.predictor_url:
             import asyncio
 
@@ -260,7 +266,10 @@ class RerankModel(kserve.Model):
         return Batch(protocol, prepared, request_id)
 
     def stop(self) -> None:
-        """KServe's shutdown hook: close the predictor's connections (an open aiohttp session warns on exit)."""
+        """KServe's shutdown hook: compact the traffic log (every record readable), and close the predictor's
+        connections (an open aiohttp session warns on exit)."""
+        if self.traffic is not None:
+            self.traffic.close()
         if self.predictor is not None:
             import asyncio
 
@@ -289,7 +298,10 @@ class RerankModel(kserve.Model):
             rankings.append((prepared, rank(prepared, batch.probs[start:end])))
             start = end
         if batch.protocol == "v1":
-            return {"predictions": [{"query": p.query, "locale": p.locale, **r.to_dict()} for p, r in rankings]}
+            response = {"predictions": [{"query": p.query, "locale": p.locale, **self.versions,
+                                         "query_cache_hit": p.query_cache_hit, **r.to_dict()} for p, r in rankings]}
+            self._capture(batch, response)
+            return response
         prepared, ranking = rankings[0]
         n = len(ranking.item_ids)
         outputs = [InferOutput("item_id", [n], "BYTES", ranking.item_ids),
@@ -298,58 +310,25 @@ class RerankModel(kserve.Model):
         outputs[1].set_data_from_numpy(ranking.scores.astype(np.float32), binary_data=False)
         outputs[2].set_data_from_numpy(ranking.probs.astype(np.float32), binary_data=False)
         outputs[3].set_data_from_numpy(ranking.unknown.astype(bool), binary_data=False)
-        return InferResponse(batch.request_id, self.name, outputs, parameters={"query_cache_hit":
-                                                                               prepared.query_cache_hit})
+        response = InferResponse(batch.request_id, self.name, outputs, parameters={
+            "query": prepared.query, "locale": prepared.locale, **self.versions,
+            "query_cache_hit": prepared.query_cache_hit})
+        if self.traffic is not None:
+            self._capture(batch, response.to_rest()[0])
+        return response
 
+    def _capture(self, batch: Batch, body: dict) -> None:
+        """Append the response's traffic records (serving.traffic: the payload logger's sink reads responses the
+        same way). A record the log refuses is counted there, never an error for the request."""
+        if self.traffic is None:
+            return
+        from datetime import datetime, timezone
 
-class HttpGuard:
-    """ASGI middleware: refuse bodies over the limit before they are read (413), and count every response by
-    status code, including the ones KServe gives before a model is reached. Plain ASGI rather than
-    @app.middleware("http"), which costs a task switch per request."""
+        from relevance.serving.traffic import response_records
 
-    def __init__(self, app, max_request_bytes: int):
-        self.app = app
-        self.max_request_bytes = max_request_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0").decode("latin-1")
-        if not length.isdigit() or int(length) > self.max_request_bytes:
-            from starlette.responses import JSONResponse
-
-            metrics().http_responses.labels("413").inc()
-            response = JSONResponse({"error": f"request body over the {self.max_request_bytes}-byte limit "
-                                              f"(content-length {length[:20]})"}, status_code=413)
-            return await response(scope, receive, send)
-
-        async def counted(message):
-            if message["type"] == "http.response.start":
-                metrics().http_responses.labels(str(message["status"])).inc()
-            await send(message)
-
-        await self.app(scope, receive, counted)
-
-
-async def _invalid_request_body(request, error):
-    """A body that isn't a V2 InferenceRequest: 400 naming each bad field. FastAPI's default handler echoes the
-    offending values back, and fails with a 500 on the ones JSON can't hold (NaN, Infinity)."""
-    from starlette.responses import JSONResponse
-
-    problems = "; ".join(f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg', '')}"
-                         for e in error.errors()[:10])
-    return JSONResponse({"error": f"invalid V2 inference request: {problems}"}, status_code=400)
-
-
-async def _item_source_unavailable(request, error):
-    """The feature store's online store did not answer: 503 with one line saying so, and one log line (KServe's
-    catch-all would answer 500 and log a traceback for what is an outage of another service, not a bug here).
-    The server stays up, and the next request reads the store again."""
-    from kserve.logging import logger
-    from starlette.responses import JSONResponse
-
-    logger.warning("503 %s %s: %s", request.method, request.url.path, error)
-    return JSONResponse({"error": f"{error}; retry"}, status_code=503, headers={"Retry-After": "1"})
+        for record in response_records(body, batch.request_id, datetime.now(timezone.utc), self.name,
+                                       "transformer"):
+            self.traffic.append(record)
 
 
 def run_server(models: list, config: ServingConfig, args: argparse.Namespace, given: set[str] | None = None) -> None:
@@ -366,14 +345,16 @@ def run_server(models: list, config: ServingConfig, args: argparse.Namespace, gi
     from kserve.logging import KSERVE_TRACE_LOGGER_NAME
     from kserve.model_server import app
 
+    from relevance.serving.guards import HttpGuard, invalid_request_body, item_source_unavailable
+
     if args.workers != 1:
         raise ValueError(f"--workers {args.workers}: the server runs one worker (the query and item caches live in "
                          "the process); scale with replicas instead, and leave containerConcurrency unset")
     latency_logging = bool(args.enable_latency_logging) if "enable_latency_logging" in (given or set()) else False
     metrics()
     app.add_middleware(HttpGuard, max_request_bytes=config.max_request_bytes)
-    app.add_exception_handler(RequestValidationError, _invalid_request_body)
-    app.add_exception_handler(ItemSourceUnavailable, _item_source_unavailable)
+    app.add_exception_handler(RequestValidationError, invalid_request_body)
+    app.add_exception_handler(ItemSourceUnavailable, item_source_unavailable)
     for model in models:
         model.load()
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1,
@@ -430,4 +411,10 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
             student = OnnxStudent(bundle.model_file("student", config.int8), config.onnx_threads)
         return OnlineScorer(bundle, items, config, student=student)
 
-    run_server([RerankModel(config, scorer, predictor, timeout)], config, args, given)
+    traffic = None
+    if config.traffic_dir:  # closed (every record compacted) by RerankModel.stop, KServe's shutdown hook
+        from relevance.traffic import TrafficLog
+
+        traffic = TrafficLog(config.traffic_dir, segment_seconds=config.traffic_segment_seconds,
+                             fsync=config.traffic_fsync, background=True)
+    run_server([RerankModel(config, scorer, predictor, timeout, traffic)], config, args, given)

@@ -1,5 +1,5 @@
 """Online serving: the KServe model server (serve), the student on a real Triton server on loopback (serve-triton),
-and a request to a running server (score)."""
+a request to a running server (score), and the sink for KServe's payload logger (traffic-sink)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def serve(ctx: typer.Context, config: Optional[Path] = ConfigOption, profile: Op
                                                                   "workdir/feature_repo)."),
           predictor_url: Optional[str] = typer.Option(None, help="Score on this Triton / V2 server instead of "
                                                                  "in process: http://127.0.0.1:8000 (REST) or "
-                                                                 "grpc://127.0.0.1:8001 (gRPC).")):
+                                                                 "grpc://127.0.0.1:8001 (gRPC)."),
+          traffic_dir: Optional[Path] = typer.Option(None, help="Write a traffic record per reranked query here "
+                                                                "(default: serving.traffic_dir; none if empty).")):
     """The KServe model server: rerank requests (V1 and V2) → cached query embedding + Feast online features →
     the training featurizer → the student (in process, or on --predictor-url / --predictor_host) → reranked
     candidates."""
@@ -43,6 +45,8 @@ def serve(ctx: typer.Context, config: Optional[Path] = ConfigOption, profile: Op
     from relevance.serving.server import serve as start
 
     loaded = run_config(config, profile, workdir)
+    if traffic_dir is not None:
+        loaded.serving.traffic_dir = str(traffic_dir)
     args, given = model_server_args(argv)
     start(bundle or Path(loaded.workdir) / "export", feature_repo or Path(loaded.workdir) / "feature_repo",
           loaded.serving, args, given, predictor_url)
@@ -80,6 +84,21 @@ def serve_triton(config: Optional[Path] = ConfigOption, profile: Optional[str] =
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+@clear_errors()
+def traffic_sink(directory: Path = typer.Option(..., "--dir", help="The traffic directory records are written to."),
+                 config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                 port: int = typer.Option(8080, help="HTTP port."),
+                 host: str = typer.Option("0.0.0.0", help="Address to bind (0.0.0.0 in a pod; 127.0.0.1 "
+                                                         "on a workstation).")):
+    """The sink for KServe's payload logger: CloudEvents of the rerank server's responses → traffic records
+    (partitioned parquet under --dir; serving.traffic_* settings). POST /, GET /healthz, GET /metrics."""
+    from relevance.serving.traffic_sink import run_sink
+
+    serving = run_config(config, profile, None).serving
+    run_sink(str(directory), port, host, serving.traffic_max_event_bytes, serving.traffic_segment_seconds,
+             serving.traffic_fsync, serving.model_name)
 
 
 @clear_errors()

@@ -28,6 +28,14 @@ class ServingConfig(Strict):
     onnx_threads: int = Field(1, ge=1)  # intra-op threads per session: one core per server process
     triton_max_batch_size: int = Field(4096, ge=1)  # rows (candidates), across the requests Triton batches
     triton_max_queue_delay_us: int = Field(200, ge=0)
+    # Traffic capture (relevance.traffic): where `relevance serve` writes a record per reranked query ("": it
+    # writes none; the payload logger's sink, `relevance traffic-sink`, captures it instead). Records become
+    # readable within traffic_segment_seconds; traffic_fsync forces each to the disk (a power loss, not only a
+    # killed process, then loses nothing), at a disk flush per request.
+    traffic_dir: str = ""
+    traffic_segment_seconds: float = Field(60.0, gt=0)
+    traffic_fsync: bool = False
+    traffic_max_event_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # one payload-logger event the sink accepts
 
     @model_validator(mode="after")
     def _batch_holds_a_request(self) -> ServingConfig:

@@ -46,7 +46,8 @@ def deployment(run_settings, cli, tmp_path_factory, tiny_bert):
     patch.setenv("RELEVANCE_CPU_BF16", "0")
     config = {"profile": "quick", "workdir": str(tmp / "run"),
               **run_settings(items=200, judged_queries=40, impressions=600),
-              "serving": {"max_candidates": 50, "max_query_chars": 200, "query_cache_size": 100}}
+              "serving": {"max_candidates": 50, "max_query_chars": 200, "query_cache_size": 100,
+                          "traffic_segment_seconds": 0.3}}
     config_path = tmp / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     cli("run", "--config", str(config_path))
@@ -55,8 +56,9 @@ def deployment(run_settings, cli, tmp_path_factory, tiny_bert):
     repo = tmp / "triton-repository"
     build_model_repository(tmp / "run/export", repo, load_config(config_path).serving, backend="python")
     with ExitStack() as servers:
-        urls = {"local": servers.enter_context(model_server(["serve", "--config", str(config_path)], free_port(),
-                                                            tmp / "local.log", ENV))}
+        urls = {"local": servers.enter_context(model_server(
+            ["serve", "--config", str(config_path), "--traffic-dir", str(tmp / "traffic")], free_port(),
+            tmp / "local.log", ENV))}
         triton = servers.enter_context(triton_server(repo, tmp / "triton-work", tmp / "triton.log"))
         for name, predictor in (("remote", triton.http_url), ("remote-grpc", triton.grpc_url)):
             # The HTTP transformer asks for KServe's per-request latency lines, which are off by default.
@@ -301,6 +303,38 @@ def test_kserves_latency_log_lines_only_when_asked_for(deployment, catalog):
     logs = {name: (deployment["tmp"] / f"{name}.log").read_text() for name in ("local", "remote")}
     assert "preprocess_ms" not in logs["local"] and "kserve.io" not in logs["local"]
     assert "preprocess_ms" in logs["remote"] and "kserve.io" in logs["remote"]
+
+
+def test_the_server_writes_a_traffic_record_per_reranked_query(deployment, catalog):
+    from relevance.common.processes import wait_until
+    from relevance.traffic import read_traffic
+
+    _, query, candidates = catalog
+    url = deployment["urls"]["local"]
+    v1 = httpx.post(f"{url}/v1/models/{MODEL}:predict", headers={"x-request-id": "traffic-v1"},
+                    json={"instances": [{"query": query, "candidates": candidates},
+                                        {"query": "sofa", "locale": "de-DE", "candidates": candidates[:3]}]}).json()
+    v2 = httpx.post(f"{url}/v2/models/{MODEL}/infer", json={"id": "traffic-v2", "inputs": [
+        {"name": "query", "datatype": "BYTES", "shape": [1], "data": [query]},
+        {"name": "candidates", "datatype": "BYTES", "shape": [len(candidates)], "data": candidates}]}).json()
+    traffic = deployment["tmp"] / "traffic"
+    ids = {"traffic-v1", "traffic-v2"}
+    wait_until(lambda: ids <= set(read_traffic(traffic, columns=["request_id"])["request_id"]), "traffic records")
+    frame = read_traffic(traffic).set_index(["request_id", "instance"])
+    bundle = json.loads((deployment["workdir"] / "export/bundle.json").read_text())
+    for (request_id, instance), prediction in [(("traffic-v1", 0), v1["predictions"][0]),
+                                               (("traffic-v1", 1), v1["predictions"][1])]:
+        row = frame.loc[(request_id, instance)]
+        assert row["query"] == prediction["query"] and row["locale"] == prediction["locale"]
+        assert row["item_ids"].tolist() == [item["item_id"] for item in prediction["items"]]
+        np.testing.assert_allclose(row["scores"], [item["score"] for item in prediction["items"]], rtol=1e-6)
+        assert row["model_version"] == prediction["model_version"] == bundle["student_version"]
+        assert row["embedding_version"] == prediction["embedding_version"] == bundle["feature_project"]
+        assert row["source"] == "transformer" and row["model_name"] == MODEL
+    row = frame.loc[("traffic-v2", 0)]
+    outputs = {output["name"]: output["data"] for output in v2["outputs"]}
+    assert row["item_ids"].tolist() == outputs["item_id"] and row["query"] == query
+    assert v2["parameters"]["model_version"] == bundle["student_version"]
 
 
 def test_health_metadata_and_metrics(deployment, catalog):
