@@ -44,7 +44,8 @@ KNATIVE_MODES = ("Serverless", "Knative")  # the same mode before and after KSer
 # a running canary's spec.
 SERVING_OVERLAYS = ("dev", "prod", "canary")
 WATCH_OVERLAY = "canary-watch"
-OVERLAYS = (*SERVING_OVERLAYS, WATCH_OVERLAY)
+SINK_OVERLAY = "traffic-sink"  # the payload logger's sink (relevance.serving.traffic_sink); no InferenceService
+OVERLAYS = (*SERVING_OVERLAYS, WATCH_OVERLAY, SINK_OVERLAY)
 # What the watch's Role may do, and on what (kubectl get: is a canary in the spec, which revisions; kubectl patch:
 # promote / rollback, which GETs the object first). It never lists, watches, creates or deletes anything.
 WATCH_RULE = {"apiGroups": [KSERVE_API], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}
@@ -62,7 +63,8 @@ def kserve_dir() -> Path:
 
 
 def overlay_dir(overlay: str | Path) -> Path:
-    """A kustomize directory: a shipped overlay by name (dev, prod, canary, canary-watch), or any directory path."""
+    """A kustomize directory: a shipped overlay by name (dev, prod, canary, canary-watch, traffic-sink), or any
+    directory path."""
     if str(overlay) in OVERLAYS:
         return kserve_dir() / "overlays" / str(overlay)
     path = Path(overlay)

@@ -106,3 +106,44 @@ def test_a_killed_sink_loses_nothing_it_acknowledged_and_retries_are_read_once(s
     assert sorted(set(frame["request_id"]), key=lambda r: int(r[2:])) == [f"r-{n}" for n in range(40)]
     assert len(frame) == len(frame.drop_duplicates(["request_id", "instance"])) == 40 + 20  # odd ids: 2 queries
     assert not list(Path(sink["dir"], "_wal").glob("segment-*"))
+
+
+def test_the_sink_overlay_validates_offline_and_prod_logs_to_it(tmp_path):
+    """Rendered with kubectl kustomize, checked with kubernetes-validate --strict and the KServe CRD schema (no
+    API server here): the sink's command and config load, and prod's transformer logger names its Service."""
+    import subprocess
+
+    from typer.main import get_command
+
+    from relevance.cli import app
+    from relevance.config import load_config
+    from relevance.serving.canary.manifests import (
+        KUBERNETES_VERSION,
+        SINK_OVERLAY,
+        inference_service,
+        overlay_dir,
+        render,
+        validate,
+    )
+
+    resources = render(overlay_dir(SINK_OVERLAY))
+    kinds = {r["kind"]: r for r in resources}
+    assert sorted(kinds) == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Service"]
+    assert validate(resources) == []
+    path = tmp_path
+    manifest = path / "traffic-sink.yaml"
+    manifest.write_text(yaml.safe_dump_all(resources))
+    result = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "-k",
+                             KUBERNETES_VERSION, str(manifest)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (container,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["relevance", "traffic-sink"]
+    options = {p.opts[0] for p in get_command(app).commands["traffic-sink"].params if p.opts}
+    assert {arg for arg in container["args"] if arg.startswith("--")} <= options
+    config = kinds["ConfigMap"]["data"]["config.yaml"]
+    (path / "sink-config.yaml").write_text(config)
+    assert load_config(path / "sink-config.yaml").serving.traffic_segment_seconds == 60
+    service = kinds["Service"]["metadata"]
+    logger = inference_service(render(overlay_dir("prod")))["spec"]["transformer"]["logger"]
+    assert logger == {"mode": "response",
+                      "url": f"http://{service['name']}.{service['namespace']}.svc.cluster.local"}

@@ -17,6 +17,7 @@ from relevance.serving.canary.manifests import (
     KUBERNETES_VERSION,
     OVERLAYS,
     SERVING_OVERLAYS,
+    SINK_OVERLAY,
     WATCH_OVERLAY,
     ManifestError,
     inference_service,
@@ -171,8 +172,9 @@ def test_the_overlay_ships_and_dry_run_targets_only_serving_overlays(rendered, r
     shipped = kserve_dir() / "overlays"
     assert sorted(p.name for p in shipped.iterdir() if p.is_dir()) == sorted(OVERLAYS)
     # pyproject's package data is relevance.kserve = ["**/*.yaml"]: every file of the overlay must match it.
-    assert all(p.suffix == ".yaml" for p in (shipped / WATCH_OVERLAY).rglob("*") if p.is_file())
-    assert set(SERVING_OVERLAYS) | {WATCH_OVERLAY} == set(OVERLAYS)
+    for overlay in (WATCH_OVERLAY, SINK_OVERLAY):
+        assert all(p.suffix == ".yaml" for p in (shipped / overlay).rglob("*") if p.is_file())
+    assert set(SERVING_OVERLAYS) | {WATCH_OVERLAY, SINK_OVERLAY} == set(OVERLAYS)
     config, registry = registry_config
     plan = plan_start(config, registry, 2, 10)
     config.canary.overlay = WATCH_OVERLAY
