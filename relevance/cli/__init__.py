@@ -12,7 +12,7 @@ Every command parses its options, calls one library function and prints; the com
     steps.py       prepare, train-teacher, candidates, label, train-student, fetch-backbone, export, features, run
     labels.py      select, import-labels (human grading through Label Studio)
     evaluation.py  evaluate, judge-eval
-    serving.py     serve, serve-triton, score, traffic-sink
+    serving.py     serve, serve-triton, score, traffic-sink, monitor
     pipeline.py    relevance pipeline …  (compile, run, submit, schedule)
     registry.py    relevance registry …  (list, promote, rollback)
     relevance canary …  is relevance.serving.canary.cli
@@ -56,6 +56,7 @@ app.command(context_settings=serving.KSERVE_FLAGS, epilog=serving.KSERVE_HELP)(s
 app.command("serve-triton")(serving.serve_triton)
 app.command()(serving.score)
 app.command("traffic-sink")(serving.traffic_sink)
+app.command()(serving.monitor)
 app.command()(steps.run)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(registry_app, name="registry")

@@ -102,6 +102,51 @@ def traffic_sink(directory: Path = typer.Option(..., "--dir", help="The traffic 
 
 
 @clear_errors()
+def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (relevance serve --traffic-dir, or "
+                                                        "the traffic sink's --dir)."),
+            config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+            workdir: Optional[str] = WorkdirOption,
+            bundle: Optional[Path] = typer.Option(None, help="Serving bundle of the student monitored (default: "
+                                                             "workdir/export)."),
+            feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
+                                                                    "workdir/feature_repo)."),
+            since: Optional[str] = typer.Option(None, help="Window start, ISO 8601 with an offset (default: "
+                                                           "monitor.window_hours before --until)."),
+            until: Optional[str] = typer.Option(None, help="Window end, ISO 8601 with an offset (default: now)."),
+            out: Optional[Path] = typer.Option(None, help="Report directory (default: workdir/monitor)."),
+            pushgateway: Optional[str] = typer.Option(None, help="Also push the gauges to this Prometheus "
+                                                                 "Pushgateway (host:port).")):
+    """Drift of a window of served traffic against the training reference (features, scores, queries,
+    coverage): monitor.json, monitor.html, monitor.prom. Exit 0: no alert; 3: drift alert; 4: too little
+    traffic of this student in the window."""
+    from datetime import datetime, timedelta, timezone
+
+    from relevance.serving.monitor import monitor as run_monitor
+
+    loaded = run_config(config, profile, workdir)
+
+    def moment(value: str, name: str) -> datetime:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--{name}: expected an ISO 8601 time such as 2026-12-03T10:00:00Z, got {value!r}")
+        if parsed.tzinfo is None:
+            raise ValueError(f"--{name}: expected a time with a UTC offset (…Z or …+01:00), got {value!r}")
+        return parsed
+
+    end = moment(until, "until") if until else datetime.now(timezone.utc)
+    start = moment(since, "since") if since else end - timedelta(hours=loaded.monitor.window_hours)
+    if start >= end:
+        raise ValueError(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+    if not traffic_dir.is_dir():
+        raise ValueError(f"--traffic-dir {traffic_dir}: not a directory")
+    root = Path(loaded.workdir)
+    result = run_monitor(loaded, bundle or root / "export", feature_repo or root / "feature_repo", traffic_dir,
+                         start, end, out or root / "monitor", pushgateway, log=typer.echo)
+    raise typer.Exit(result.exit_code)
+
+
+@clear_errors()
 def score(query: str = typer.Option(..., help="The search query."),
           candidates: str = typer.Option(..., help="Candidate item ids, comma-separated."),
           locale: str = typer.Option("", help="The query's locale, e.g. en-US."),

@@ -43,7 +43,7 @@ from relevance.config.ml import (
 from relevance.config.platform import FeatureStoreConfig, RegistryConfig, ValidationConfig
 from relevance.config.pods import STEP_BASELINE, RetryBackoff, StepSettings, Toleration, cpu_cores, memory_bytes
 from relevance.config.profiles import PROFILES, Profile
-from relevance.config.serving import CanaryConfig, ServingConfig
+from relevance.config.serving import CanaryConfig, MonitorConfig, ServingConfig
 from relevance.config.steps import (
     PIPELINE_STEPS,
     STEPS,
@@ -61,6 +61,7 @@ __all__ = [
     "STEPS",
     "STEP_BASELINE",
     "CanaryConfig",
+    "MonitorConfig",
     "CandidateConfig",
     "ClusterConfig",
     "DataConfig",
@@ -117,6 +118,7 @@ class RunConfig(Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # the compiled pipeline's pods
 
     @model_validator(mode="after")

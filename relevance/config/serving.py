@@ -96,3 +96,22 @@ class CanaryConfig(Strict):
                 raise ValueError(f"canary.{key}: expected a URL whose only placeholders are {{name}} and "
                                  f"{{namespace}}, got {getattr(self, key)!r} ({error!r})") from None
         return self
+
+
+class MonitorConfig(Strict):
+    """`relevance monitor`: a window of captured traffic (relevance.traffic) against the training reference.
+
+    The reference is the served student on training queries (their BM25 candidates reranked, the top_k kept);
+    the window's records are sampled, and their top_k items featurized again by the same scorer. An alert
+    (exit 3) when any feature's or the score's PSI, or the query-novelty PSI, exceeds psi_alert, or when more
+    than max_unknown_items of the served items are unknown to the feature store."""
+
+    window_hours: float = Field(24.0, gt=0)  # the default window: the last this many hours
+    min_records: int = Field(200, ge=1)  # fewer records of the bundle's student in the window: exit 4, no verdict
+    max_records: int = Field(2000, ge=1)  # records sampled from the window for the feature and novelty checks
+    reference_queries: int = Field(500, ge=10)  # training queries replayed for the reference (and as many held out)
+    candidates: int = Field(100, ge=1)  # BM25 candidates per reference query, as a retrieval stage sends
+    top_k: int = Field(20, ge=1)  # the items of each ranking whose features are compared: what users see
+    psi_alert: float = Field(0.25, gt=0)  # the usual "significant shift"; 0.1–0.25 is reported as moderate
+    max_unknown_items: float = Field(0.05, ge=0, le=1)
+    seed: int = 0

@@ -468,3 +468,66 @@ def _client() -> httpx.Client:
     if "c" not in _clients:
         _clients["c"] = httpx.Client(timeout=30)
     return _clients["c"]
+
+
+def test_the_monitor_tells_drifted_traffic_from_undrifted(deployment, catalog, cli, tmp_path):
+    """Training queries with their BM25 candidates (the reference's distribution) against queries of words the
+    catalog never had with random candidates: no alert (exit 0), then a drift alert (exit 3); an empty window
+    is exit 4 and a bad time exit 2."""
+    from datetime import datetime, timedelta, timezone
+
+    from relevance.common.processes import wait_until
+    from relevance.models.bm25 import BM25Index
+    from relevance.traffic import read_traffic
+
+    dataset, _, _ = catalog
+    url, traffic = deployment["urls"]["local"], deployment["tmp"] / "traffic"
+    index = BM25Index.load(deployment["workdir"] / "export/bm25")
+    train = sorted(set(dataset.query_text.reindex(dataset.split("train")["query_id"])))
+    items = dataset.items["item_id"].tolist()
+    rng = np.random.default_rng(0)
+    moments = [datetime.now(timezone.utc)]
+    with httpx.Client(timeout=30) as client:
+        for kind in ("undrifted", "drifted"):
+            for n in range(120):
+                if kind == "undrifted":
+                    query = train[n % len(train)]
+                    candidates = index.top_k(query, 50)[0].tolist()
+                else:
+                    query = f"zq{n % 13} xvw{n % 7} 99{n % 5}kk"
+                    candidates = rng.choice(items, 30, replace=False).tolist()
+                response = client.post(f"{url}/v1/models/{MODEL}:predict", headers={"x-request-id": f"{kind}-{n}"},
+                                       json={"instances": [{"query": query, "candidates": candidates}]})
+                assert response.status_code == 200, response.text
+            moments.append(datetime.now(timezone.utc))
+    wait_until(lambda: len(read_traffic(traffic, since=moments[0], until=moments[2])) >= 240, "240 records")
+    config = yaml.safe_load(deployment["config"].read_text())
+    config["monitor"] = {"min_records": 100, "max_records": 120, "reference_queries": 50, "candidates": 50}
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def monitor(since, until, out):
+        return cli("monitor", "--config", path, "--traffic-dir", traffic, "--since", since.isoformat(),
+                   "--until", until.isoformat(), "--out", tmp_path / out, check=False)
+
+    calm = monitor(moments[0], moments[1], "calm")
+    assert calm.returncode in (0, 3), calm.stdout + calm.stderr[-3000:]
+    report = json.loads((tmp_path / "calm/monitor.json").read_text())
+    assert calm.returncode == 0, (report["alerts"], report["drift"])
+    assert report["records_of_this_student"] == 120 and report["coverage"]["unseen_queries"] == 0
+    assert report["consistency"]["max_abs_score_difference"] < 1e-3  # the served scores are this bundle's
+    assert 'relevance_monitor_psi{feature="terms_matched"}' in (tmp_path / "calm/monitor.prom").read_text()
+    assert (tmp_path / "calm/monitor.html").read_text().count("data:image/png;base64") == 1
+
+    drifted = monitor(moments[1], moments[2], "drifted")
+    assert drifted.returncode in (0, 3), drifted.stdout + drifted.stderr[-3000:]
+    report = json.loads((tmp_path / "drifted/monitor.json").read_text())
+    assert drifted.returncode == 3, report["drift"]
+    assert report["coverage"]["unseen_queries"] == 1.0
+    assert any(alert.startswith(("terms_matched", "log_bm25", "cosine")) for alert in report["alerts"])
+    assert "relevance_monitor_alert 1.0" in (tmp_path / "drifted/monitor.prom").read_text()
+
+    empty = monitor(moments[2] + timedelta(hours=1), moments[2] + timedelta(hours=2), "empty")
+    assert empty.returncode == 4 and "too little traffic" in empty.stdout
+    bad = cli("monitor", "--config", path, "--traffic-dir", traffic, "--since", "yesterday", check=False)
+    assert bad.returncode == 2 and "--since: expected an ISO 8601 time" in bad.stderr
