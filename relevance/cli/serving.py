@@ -108,6 +108,9 @@ def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (re
             workdir: Optional[str] = WorkdirOption,
             bundle: Optional[Path] = typer.Option(None, help="Serving bundle of the student monitored (default: "
                                                              "workdir/export)."),
+            registry_alias: Optional[str] = typer.Option(None, help="Monitor the registry's student under this "
+                                                                    "alias (champion), downloaded, instead of "
+                                                                    "--bundle."),
             feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
                                                                     "workdir/feature_repo)."),
             since: Optional[str] = typer.Option(None, help="Window start, ISO 8601 with an offset (default: "
@@ -119,6 +122,7 @@ def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (re
     """Drift of a window of served traffic against the training reference (features, scores, queries,
     coverage): monitor.json, monitor.html, monitor.prom. Exit 0: no alert; 3: drift alert; 4: too little
     traffic of this student in the window."""
+    import tempfile
     from datetime import datetime, timedelta, timezone
 
     from relevance.serving.monitor import monitor as run_monitor
@@ -140,9 +144,20 @@ def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (re
         raise ValueError(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
     if not traffic_dir.is_dir():
         raise ValueError(f"--traffic-dir {traffic_dir}: not a directory")
+    if bundle and registry_alias:
+        raise ValueError("give --bundle or --registry-alias, not both")
     root = Path(loaded.workdir)
-    result = run_monitor(loaded, bundle or root / "export", feature_repo or root / "feature_repo", traffic_dir,
-                         start, end, out or root / "monitor", pushgateway, log=typer.echo)
+    with tempfile.TemporaryDirectory() as scratch:
+        if registry_alias:
+            from relevance.serving.canary.local import registry_bundle
+
+            try:
+                bundle = registry_bundle(loaded, registry_alias, Path(scratch))
+            except ValueError:
+                raise ValueError(f"--registry-alias {registry_alias}: the registry has no such alias for "
+                                 f"{loaded.registry.student_name}") from None
+        result = run_monitor(loaded, bundle or root / "export", feature_repo or root / "feature_repo", traffic_dir,
+                             start, end, out or root / "monitor", pushgateway, log=typer.echo)
     raise typer.Exit(result.exit_code)
 
 

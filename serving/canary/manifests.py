@@ -45,7 +45,8 @@ KNATIVE_MODES = ("Serverless", "Knative")  # the same mode before and after KSer
 SERVING_OVERLAYS = ("dev", "prod", "canary")
 WATCH_OVERLAY = "canary-watch"
 SINK_OVERLAY = "traffic-sink"  # the payload logger's sink (relevance.serving.traffic_sink); no InferenceService
-OVERLAYS = (*SERVING_OVERLAYS, WATCH_OVERLAY, SINK_OVERLAY)
+MONITOR_OVERLAY = "monitor"  # `relevance monitor` as a CronJob (relevance.serving.monitor); no InferenceService
+OVERLAYS = (*SERVING_OVERLAYS, WATCH_OVERLAY, SINK_OVERLAY, MONITOR_OVERLAY)
 # What the watch's Role may do, and on what (kubectl get: is a canary in the spec, which revisions; kubectl patch:
 # promote / rollback, which GETs the object first). It never lists, watches, creates or deletes anything.
 WATCH_RULE = {"apiGroups": [KSERVE_API], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}
@@ -320,10 +321,25 @@ def check_rbac(resource: dict) -> list[str]:
     return errors
 
 
+def cron_jobs() -> dict[str, tuple[list[str], int]]:
+    """The shipped CronJobs by name: the command each runs, and the exit code a retry would hide (the watch's
+    rollback, the monitor's drift alert)."""
+    from relevance.serving.canary.watch import EXIT_ROLLED_BACK
+    from relevance.serving.monitor import EXIT_DRIFT
+
+    return {"relevance-canary-watch": (["relevance", "canary", "watch"], EXIT_ROLLED_BACK),
+            "relevance-monitor": (["relevance", "monitor"], EXIT_DRIFT)}
+
+
 def check_watch_job(cronjob: dict) -> list[str]:
-    """What the canary watch's CronJob must be and the schema does not say: one round at a time, no retry of a
-    round that decided (exit codes 2 and 3), a non-root read-only container with resource bounds, and MLflow
-    credentials from a Secret, never a literal value."""
+    """What a shipped CronJob (the canary watch, the traffic monitor) must be and the schema does not say: one
+    round at a time, no retry of a round that decided (exit code 2, and 3: rolled back / drift), a non-root
+    read-only container with resource bounds, and MLflow credentials from a Secret, never a literal value."""
+    name = (cronjob.get("metadata") or {}).get("name", "")
+    jobs = cron_jobs()
+    if name not in jobs:
+        return [f"metadata.name: expected one of the shipped CronJobs {sorted(jobs)}, got {name!r}"]
+    command, decided = jobs[name]
     errors = []
     spec = cronjob.get("spec") or {}
     if spec.get("concurrencyPolicy") != "Forbid":
@@ -333,26 +349,24 @@ def check_watch_job(cronjob: dict) -> list[str]:
     if not job.get("activeDeadlineSeconds"):
         errors.append("spec.jobTemplate.spec.activeDeadlineSeconds: expected a deadline: with Forbid, a hung round "
                       "would block every later one")
-    from relevance.serving.canary.watch import EXIT_ROLLED_BACK
-
     stops = [rule for rule in (job.get("podFailurePolicy") or {}).get("rules", []) if rule.get("action") == "FailJob"
              and (rule.get("onExitCodes") or {}).get("operator") == "In"
-             and EXIT_ROLLED_BACK in (rule.get("onExitCodes") or {}).get("values", [])]
+             and decided in (rule.get("onExitCodes") or {}).get("values", [])]
     if job.get("backoffLimit") != 0 and not stops:
         errors.append(f"spec.jobTemplate.spec: expected backoffLimit 0 or a podFailurePolicy rule FailJob on exit "
-                      f"code {EXIT_ROLLED_BACK}: a retried round after a rollback finds no canary and succeeds, "
-                      "hiding the rollback")
+                      f"code {decided}: a retried round after a decision (a rollback, an alert) may succeed and "
+                      "hide it")
     pod = (job.get("template") or {}).get("spec") or {}
     if not pod.get("serviceAccountName") or pod.get("serviceAccountName") == "default":
-        errors.append(f"spec.jobTemplate.spec.template.spec.serviceAccountName: expected the watch's own "
+        errors.append(f"spec.jobTemplate.spec.template.spec.serviceAccountName: expected the job's own "
                       f"ServiceAccount, got {pod.get('serviceAccountName')!r}")
     if (pod.get("securityContext") or {}).get("runAsNonRoot") is not True:
         errors.append("spec.jobTemplate.spec.template.spec.securityContext.runAsNonRoot: expected true")
     for index, container in enumerate(pod.get("containers") or []):
         where = f"spec.jobTemplate.spec.template.spec.containers.{index}"
-        if [*container.get("command", []), *container.get("args", [])][:3] != ["relevance", "canary", "watch"]:
-            errors.append(f"{where}.command: expected `relevance canary watch …`, got "
-                          f"{[*container.get('command', []), *container.get('args', [])][:3]}")
+        given = [*container.get("command", []), *container.get("args", [])][:len(command)]
+        if given != command:
+            errors.append(f"{where}.command: expected `{' '.join(command)} …`, got {given}")
         context = container.get("securityContext") or {}
         for key, expected in (("readOnlyRootFilesystem", True), ("allowPrivilegeEscalation", False)):
             if context.get(key) is not expected:

@@ -147,3 +147,34 @@ def test_the_sink_overlay_validates_offline_and_prod_logs_to_it(tmp_path):
     logger = inference_service(render(overlay_dir("prod")))["spec"]["transformer"]["logger"]
     assert logger == {"mode": "response",
                       "url": f"http://{service['name']}.{service['namespace']}.svc.cluster.local"}
+
+
+def test_the_monitor_overlay_is_an_hourly_job_without_api_access(tmp_path):
+    """The monitor's CronJob validates offline, runs `relevance monitor` with options that exist, fails the Job
+    on exit 2, 3 and 4 (no retry hides an alert), and its ServiceAccount has no Role and no token."""
+    from typer.main import get_command
+
+    from relevance.cli import app
+    from relevance.config import load_config
+    from relevance.serving.canary.manifests import MONITOR_OVERLAY, SINK_OVERLAY, overlay_dir, render, validate
+    from relevance.serving.monitor import EXIT_DRIFT, EXIT_TOO_FEW
+
+    resources = render(overlay_dir(MONITOR_OVERLAY))
+    kinds = {r["kind"]: r for r in resources}
+    assert sorted(kinds) == ["ConfigMap", "CronJob", "ServiceAccount"]  # no Role, no RoleBinding
+    assert validate(resources) == []
+    job = kinds["CronJob"]["spec"]["jobTemplate"]["spec"]
+    (rule, _) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and {2, EXIT_DRIFT, EXIT_TOO_FEW} <= set(rule["onExitCodes"]["values"])
+    pod = job["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and kinds["ServiceAccount"]["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    options = {p.opts[0] for p in get_command(app).commands["monitor"].params if p.opts}
+    assert {arg for arg in container["args"] if arg.startswith("--")} <= options
+    (tmp_path / "config.yaml").write_text(kinds["ConfigMap"]["data"]["config.yaml"])
+    assert load_config(tmp_path / "config.yaml").monitor.window_hours == 1
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    sink = {r["kind"]: r for r in render(overlay_dir(SINK_OVERLAY))}["PersistentVolumeClaim"]
+    assert sink["metadata"]["name"] in claims and sink["spec"]["accessModes"] == ["ReadWriteMany"]
+    broken = [dict(r, metadata={**r["metadata"], "name": "other"}) if r["kind"] == "CronJob" else r for r in resources]
+    assert any("shipped CronJobs" in error for error in validate(broken))

@@ -15,6 +15,7 @@ import yaml
 from relevance.serving.canary.cli import canary_app
 from relevance.serving.canary.manifests import (
     KUBERNETES_VERSION,
+    MONITOR_OVERLAY,
     OVERLAYS,
     SERVING_OVERLAYS,
     SINK_OVERLAY,
@@ -148,7 +149,7 @@ BROKEN = [
     (f"{POD}.containers.0.env.1", {"name": "MLFLOW_TRACKING_PASSWORD", "value": "hunter2"},
      "a credential as a literal value"),
     (f"{POD}.containers.0.command", ["relevance", "canary", "analyze"], "expected `relevance canary watch …`"),
-    (f"{POD}.serviceAccountName", "default", "expected the watch's own ServiceAccount"),
+    (f"{POD}.serviceAccountName", "default", "expected the job's own ServiceAccount"),
 ]
 
 
@@ -172,9 +173,9 @@ def test_the_overlay_ships_and_dry_run_targets_only_serving_overlays(rendered, r
     shipped = kserve_dir() / "overlays"
     assert sorted(p.name for p in shipped.iterdir() if p.is_dir()) == sorted(OVERLAYS)
     # pyproject's package data is relevance.kserve = ["**/*.yaml"]: every file of the overlay must match it.
-    for overlay in (WATCH_OVERLAY, SINK_OVERLAY):
+    for overlay in (WATCH_OVERLAY, SINK_OVERLAY, MONITOR_OVERLAY):
         assert all(p.suffix == ".yaml" for p in (shipped / overlay).rglob("*") if p.is_file())
-    assert set(SERVING_OVERLAYS) | {WATCH_OVERLAY, SINK_OVERLAY} == set(OVERLAYS)
+    assert set(SERVING_OVERLAYS) | {WATCH_OVERLAY, SINK_OVERLAY, MONITOR_OVERLAY} == set(OVERLAYS)
     config, registry = registry_config
     plan = plan_start(config, registry, 2, 10)
     config.canary.overlay = WATCH_OVERLAY
