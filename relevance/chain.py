@@ -227,6 +227,38 @@ class Chain:
         chosen.to_parquet(out / "selection.parquet", index=False)
         return chosen
 
+    def traffic_grading_project(self, dataset: Dataset, records, strategy: str, budget: int, per_query: int,
+                                seed: int, top_k: int, pre_annotate: bool, out: Path, log=_log):
+        """Served pairs for human grading (relevance.labels.from_traffic) as a Label Studio project in ``out``;
+        queries first seen in traffic are added to the prepared dataset. Returns the chosen pairs."""
+        from relevance.labels.annotation import add_queries, write_project
+        from relevance.labels.from_traffic import select_from_traffic
+        from relevance.models.bm25 import lexical_item_texts
+
+        if pre_annotate and strategy == "random":
+            raise ValueError("--pre-annotate shows the teacher's grade, which the random strategy does not compute")
+        teacher, texts, version = None, lexical_item_texts(dataset.items, self.config.text), None
+        if strategy != "random":
+            from relevance.teacher.model import Teacher
+
+            if not (self.teacher_dir / "manifest.json").exists():
+                raise FileNotFoundError(f"{self.teacher_dir}: no teacher; the {strategy} strategy needs one "
+                                        "(train-teacher first), or use --strategy random")
+            model = Teacher.load(self.teacher_dir)
+            teacher, texts = model.predict_proba, model.item_texts(dataset.items)
+            version = read_manifest(self.teacher_dir, "teacher")["teacher_version"]
+        chosen, new_queries = select_from_traffic(records, dataset, strategy, budget, per_query, seed, top_k,
+                                                  teacher, texts, log=log)
+        added = add_queries(self.data_dir, new_queries)
+        log(f"select: {added} query text(s) first seen in traffic added to {self.data_dir / 'queries.parquet'}")
+        dataset = Dataset.load(self.data_dir, with_impressions=False)  # with those queries' texts
+        write_project(out, chosen, dataset, lexical_item_texts(dataset.items, self.config.text), pre_annotate,
+                      version, {"strategy": strategy, "budget": budget, "per_query": per_query, "seed": seed,
+                                "source": "traffic", "top_k": top_k, "teacher_version": version,
+                                "queries": int(chosen["query_id"].nunique()), "new_queries": added})
+        chosen.to_parquet(out / "selection.parquet", index=False)
+        return chosen
+
     def report(self, dataset: Dataset, model_dirs: dict[str, Path]) -> dict:
         from relevance.evaluation.challenger import evaluate_run
 

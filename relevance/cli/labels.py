@@ -20,18 +20,43 @@ def select(budget: int = typer.Option(..., "--budget", "-n", help="How many pair
            pre_annotate: bool = typer.Option(False, help="Show the teacher's grade as a pre-annotation (biases "
                                                           "raters towards the teacher: off by default)."),
            out: Optional[Path] = typer.Option(None, help="Project directory (default: workdir/label-studio)."),
+           from_traffic: Optional[Path] = typer.Option(None, help="Choose among the pairs users were shown in this "
+                                                                  "captured traffic, not the pool."),
+           since: Optional[str] = typer.Option(None, help="With --from-traffic: only records from this time on "
+                                                          "(ISO 8601 with an offset)."),
+           top_k: int = typer.Option(10, help="With --from-traffic: the top this many items of each ranking."),
            config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
            workdir: Optional[str] = WorkdirOption):
-    """Choose pool pairs for human grading (active learning) and write a Label Studio project for them."""
+    """Choose pool pairs (or, --from-traffic, served pairs) for human grading (active learning) and write a Label
+    Studio project for them."""
     from relevance.labels.active import STRATEGIES
 
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}",
                                  param_hint="--strategy")
+    if since and not from_traffic:
+        raise typer.BadParameter("--since reads traffic: give --from-traffic too", param_hint="--since")
     chain = open_chain(config, profile, workdir)
     out = out or chain.root / "label-studio"
-    chosen = chain.grading_project(chain.dataset(), strategy, budget, per_query, seed, pre_annotate, out,
-                                   log=typer.echo)
+    if from_traffic:
+        from datetime import datetime
+
+        from relevance.traffic import read_traffic
+
+        if not from_traffic.is_dir():
+            raise typer.BadParameter(f"{from_traffic}: not a directory of captured traffic", param_hint="--from-traffic")
+        try:
+            start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+        except ValueError:
+            raise typer.BadParameter(f"expected an ISO 8601 time such as 2026-12-03T10:00:00Z, got {since!r}",
+                                     param_hint="--since") from None
+        records = read_traffic(from_traffic, since=start)
+        typer.echo(f"select: {len(records)} traffic record(s) from {from_traffic}")
+        chosen = chain.traffic_grading_project(chain.dataset(), records, strategy, budget, per_query, seed, top_k,
+                                               pre_annotate, out, log=typer.echo)
+    else:
+        chosen = chain.grading_project(chain.dataset(), strategy, budget, per_query, seed, pre_annotate, out,
+                                       log=typer.echo)
     typer.echo(f"{len(chosen)} pair(s) over {chosen['query_id'].nunique()} queries by {strategy} → {out}/tasks.json "
                f"(labelling config: {out}/label_config.xml)")
 

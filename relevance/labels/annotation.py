@@ -251,3 +251,23 @@ def merge_judgments(dataset_dir: str | Path, imported: pd.DataFrame, round_tag: 
         merged.to_parquet(tmp, index=False)
     return {"added": int(len(new)), "already_judged": int(known.sum()), "round": round_tag,
             "judgments": int(len(merged))}
+
+
+def add_queries(dataset_dir: str | Path, queries: pd.DataFrame) -> int:
+    """Append ``queries`` (query_id, query) to the prepared dataset's queries, those whose id it lacks; the number
+    added. Existing rows never change, and the table is replaced in one rename. Queries first seen in traffic
+    come in this way (relevance.labels.from_traffic), so that their grades import like any other."""
+    from relevance.data.schema import DEFAULT_LOCALE, validate_queries
+
+    path = Path(dataset_dir) / "queries.parquet"
+    current = pd.read_parquet(path)
+    new = queries[~queries["query_id"].isin(current["query_id"])].drop_duplicates("query_id")
+    if new.empty:
+        return 0
+    locale = new["locale"] if "locale" in new.columns else pd.Series("", index=new.index)
+    new = pd.DataFrame({"query_id": new["query_id"], "query": new["query"],
+                        "locale": locale.fillna("").replace("", DEFAULT_LOCALE)})
+    merged = validate_queries(pd.concat([current, new], ignore_index=True))
+    with atomic_write(path) as tmp:
+        merged.to_parquet(tmp, index=False)
+    return int(len(new))

@@ -531,3 +531,51 @@ def test_the_monitor_tells_drifted_traffic_from_undrifted(deployment, catalog, c
     assert empty.returncode == 4 and "too little traffic" in empty.stdout
     bad = cli("monitor", "--config", path, "--traffic-dir", traffic, "--since", "yesterday", check=False)
     assert bad.returncode == 2 and "--since: expected an ISO 8601 time" in bad.stderr
+
+
+def test_served_pairs_go_to_human_grading_and_come_back_as_judgments(deployment, catalog, cli, tmp_path):
+    """The loop's labelling leg on what the server captured: `relevance select --from-traffic` (the teacher's
+    entropy, at most 2 pairs a query, no valid/test query), then grades for them through `import-labels`."""
+    import shutil
+
+    import pandas as pd
+
+    from relevance.data.splits import normalize_query
+    from relevance.labels.from_traffic import traffic_query_id
+
+    dataset, _, _ = catalog
+    url, traffic = deployment["urls"]["local"], deployment["tmp"] / "traffic"
+    new_query = "zzfresh traffic query"
+    for query in (new_query, *dataset.queries["query"].head(10)):
+        response = httpx.post(f"{url}/v1/models/{MODEL}:predict", timeout=30,
+                              json={"instances": [{"query": query, "candidates": dataset.items["item_id"][:20].tolist()}]})
+        assert response.status_code == 200
+    from relevance.common.processes import wait_until
+    from relevance.traffic import read_traffic
+
+    wait_until(lambda: new_query in set(read_traffic(traffic, columns=["query"])["query"]), "the new query's record")
+    workdir = tmp_path / "run"
+    shutil.copytree(deployment["workdir"], workdir)  # the dataset changes: not the shared run's
+    cli("select", "--config", deployment["config"], "--workdir", workdir, "--from-traffic", traffic, "--budget", 12,
+        "--per-query", 2, "--strategy", "entropy", "--top-k", 5, "--out", tmp_path / "project")
+    tasks = json.loads((tmp_path / "project/tasks.json").read_text())
+    assert 0 < len(tasks) <= 12
+    chosen = pd.DataFrame([task["data"] for task in tasks])
+    assert chosen.groupby("query_id").size().max() <= 2
+    held = set(dataset.query_text.reindex(pd.concat([dataset.split("valid"), dataset.split("test")])["query_id"])
+               .map(normalize_query))
+    assert not set(chosen["query"].map(normalize_query)) & held
+    queries = pd.read_parquet(workdir / "data/queries.parquet")
+    assert len(queries) >= len(dataset.queries) and set(dataset.queries["query_id"]) <= set(queries["query_id"])
+    fresh = traffic_query_id(new_query)
+    assert (fresh in set(chosen["query_id"])) == (fresh in set(queries["query_id"]))
+    export = [{"id": n, "data": task["data"], "annotations": [
+        {"id": n, "completed_by": 1, "was_cancelled": False, "result": [
+            {"from_name": "grade", "to_name": "item", "type": "choices",
+             "value": {"choices": [dataset.info.grade_names[n % dataset.num_grades]]}}]}]}
+        for n, task in enumerate(tasks)]
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    cli("import-labels", tmp_path / "export.json", "--round", 1, "--config", deployment["config"], "--workdir", workdir)
+    judgments = pd.read_parquet(workdir / "data/judgments.parquet")
+    added = judgments[judgments["round"] == 1]
+    assert len(added) == len(tasks) and set(added["split"]) == {"train"}
