@@ -136,9 +136,15 @@ def drive(url: str, bodies: list[bytes], concurrency: int) -> tuple[np.ndarray, 
                 if index is None:
                     return
                 started = time.perf_counter()
-                connection.request("POST", path, body=bodies[index], headers={"content-type": "application/json"})
-                response = connection.getresponse()
-                text = response.read()
+                try:
+                    connection.request("POST", path, body=bodies[index],
+                                       headers={"content-type": "application/json"})
+                    response = connection.getresponse()
+                    text = response.read()
+                except (OSError, http.client.HTTPException) as error:  # counted, never a silent 0 ms
+                    errors.append(f"{type(error).__name__}: {error}")
+                    connection.close()
+                    continue
                 latencies[index] = time.perf_counter() - started
                 if response.status != 200:
                     errors.append(f"{response.status} {text[:200]!r}")

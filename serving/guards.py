@@ -7,33 +7,67 @@ from __future__ import annotations
 from relevance.serving.metrics import metrics
 
 
-class HttpGuard:
-    """ASGI middleware: refuse bodies over the limit before they are read (413), and count every response by
-    status code, including the ones KServe gives before a model is reached. Plain ASGI rather than
-    @app.middleware("http"), which costs a task switch per request."""
+class _BodyTooLarge(Exception):
+    pass
 
-    def __init__(self, app, max_request_bytes: int):
+
+def _count_status(status: int) -> None:
+    metrics().http_responses.labels(str(status)).inc()
+
+
+class HttpGuard:
+    """ASGI middleware: refuse bodies over the limit (413) — by Content-Length before they are read, and while
+    they stream when there is none (chunked) — and count every response by status code (``count``; the rerank
+    server's relevance_http_responses by default), including the ones KServe gives before a model is reached.
+    Plain ASGI rather than @app.middleware("http"), which costs a task switch per request. The traffic sink
+    (relevance.serving.traffic_sink) guards its events with it too."""
+
+    def __init__(self, app, max_request_bytes: int, count=_count_status):
         self.app = app
         self.max_request_bytes = max_request_bytes
+        self.count = count
+
+    async def _refuse(self, scope, receive, send, what: str) -> None:
+        from starlette.responses import JSONResponse
+
+        self.count(413)
+        response = JSONResponse({"error": f"request body over the {self.max_request_bytes}-byte limit ({what})"},
+                                status_code=413)
+        await response(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0").decode("latin-1")
-        if not length.isdigit() or int(length) > self.max_request_bytes:
-            from starlette.responses import JSONResponse
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            text = length.decode("latin-1")
+            if not text.isdigit() or int(text) > self.max_request_bytes:
+                return await self._refuse(scope, receive, send, f"content-length {text[:20]}")
+        received, started = 0, False
 
-            metrics().http_responses.labels("413").inc()
-            response = JSONResponse({"error": f"request body over the {self.max_request_bytes}-byte limit "
-                                              f"(content-length {length[:20]})"}, status_code=413)
-            return await response(scope, receive, send)
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_request_bytes:
+                    raise _BodyTooLarge
+            return message
 
         async def counted(message):
+            nonlocal started
             if message["type"] == "http.response.start":
-                metrics().http_responses.labels(str(message["status"])).inc()
+                started = True
+                self.count(message["status"])
             await send(message)
 
-        await self.app(scope, receive, counted)
+        try:
+            await self.app(scope, limited if length is None else receive, counted)
+        except _BodyTooLarge:
+            if started:  # the app answered before it read the whole body: nothing more to say
+                return
+            await self._refuse(scope, receive, send, "a streamed body")
 
 
 async def invalid_request_body(request, error):

@@ -29,6 +29,7 @@ class ServerMetrics:
     cache_hit_rate: object
     unknown_items: object
     candidates: object
+    capture_failures: object
     server: object
 
 
@@ -50,6 +51,8 @@ def metrics() -> ServerMetrics:
                                   "predict → postprocess)", ["model_name", "protocol"], buckets=LATENCY_BUCKETS),
         requests=Counter("relevance_requests", "Rerank requests by outcome (ok, bad_request, error)",
                          ["model_name", "protocol", "outcome"]),
+        capture_failures=Counter("relevance_traffic_capture_failures", "Responses whose traffic records could not be "
+                                 "written (the request was answered)", ["model_name"]),
         http_responses=Counter("relevance_http_responses", "HTTP responses by status code, including requests "
                                "refused before reaching a model (malformed JSON, oversized body)", ["code"]),
         cache_hits=Counter("relevance_query_cache_hits", "Query-embedding cache hits", ["model_name"]),

@@ -47,12 +47,23 @@ class Sample:
     unknown: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
-def featurize(scorer, rankings: list[tuple[str, str, list[str]]], top_k: int, served: list | None = None) -> Sample:
+def featurize(scorer, rankings: list[tuple[str, str, list[str]]], top_k: int, served: list | None = None,
+              skipped: list | None = None) -> Sample:
     """Each (query, locale, item ids) through ``scorer.prepare`` and its student: the cosine and lexical features
-    of the top_k items (ranked by the student when ``served`` is None, else as served, with the served scores)."""
-    features, scores, bundle_scores, unknown = [], [], [], []
+    of the top_k items (ranked by the student when ``served`` is None, else as served, with the served scores).
+    A ranking the scorer refuses (over this config's request limits) is left out and its query appended to
+    ``skipped``."""
+    from relevance.student.scoring import RequestError
+
+    features, scores, bundle_scores, unknown, queries = [], [], [], [], []
     for n, (query, locale, item_ids) in enumerate(rankings):
-        prepared = scorer.prepare(query, locale, list(item_ids))
+        try:
+            prepared = scorer.prepare(query, locale, list(item_ids))
+        except RequestError:
+            if skipped is not None:
+                skipped.append(query)
+            continue
+        queries.append(query)
         probs = scorer.student.predict(prepared.student_inputs())
         grades = probs @ np.arange(probs.shape[1])
         keep = np.argsort(-grades, kind="stable")[:top_k] if served is None else np.arange(min(top_k, len(item_ids)))
@@ -61,8 +72,11 @@ def featurize(scorer, rankings: list[tuple[str, str, list[str]]], top_k: int, se
         bundle_scores.append(grades[keep])
         scores.append(grades[keep] if served is None else np.asarray(served[n][:len(keep)], dtype=np.float64))
         unknown.append(prepared.unknown[keep])
-    return Sample(np.vstack(features), np.concatenate(scores), np.concatenate(bundle_scores),
-                  [query for query, _, _ in rankings], np.concatenate(unknown))
+    if not features:
+        raise ValueError(f"none of the {len(rankings)} ranking(s) could be featurized (every one over the "
+                         "serving config's request limits, or none retrieved a candidate)")
+    return Sample(np.vstack(features), np.concatenate(scores), np.concatenate(bundle_scores), queries,
+                  np.concatenate(unknown))
 
 
 def training_queries(dataset, data_dir: Path) -> tuple[list[str], set[str]]:
@@ -105,13 +119,20 @@ class MonitorResult:
     exit_code: int
 
 
-def _records(config, bundle, traffic_dir: Path, since: datetime, until: datetime):
+def _records(bundle, traffic_dir: Path, since: datetime, until: datetime, max_records: int, seed: int):
+    """The window's light columns (every record: versions, cache hits), and a sample of at most ``max_records``
+    of this student's records with everything: the lists of items and scores are read for the sample only."""
     from relevance.traffic import read_traffic
 
-    frame = read_traffic(traffic_dir, since, until)
-    versions = {str(k): int(v) for k, v in frame["model_version"].value_counts().items()} if len(frame) else {}
-    mine = frame[frame["model_version"] == bundle.manifest["student_version"]] if len(frame) else frame
-    return frame, mine, versions
+    light = read_traffic(traffic_dir, since, until,
+                         columns=["request_id", "instance", "model_version", "query_cache_hit"])
+    versions = {str(k): int(v) for k, v in light["model_version"].value_counts().items()}
+    mine = light[light["model_version"] == bundle.manifest["student_version"]]
+    sample = mine.sample(n=min(max_records, len(mine)), random_state=seed)
+    full = read_traffic(traffic_dir, since, until, request_ids=set(sample["request_id"])) if len(sample) else None
+    if full is not None:
+        full = full.merge(sample[["request_id", "instance"]], on=["request_id", "instance"])
+    return light, len(mine), versions, full
 
 
 def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, since: datetime, until: datetime,
@@ -124,12 +145,13 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
 
     settings = config.monitor
     bundle = ServingBundle(bundle_dir)
-    frame, mine, versions = _records(config, bundle, traffic_dir, since, until)
+    frame, mine, versions, sample = _records(bundle, traffic_dir, since, until, settings.max_records,
+                                             settings.seed)
     report = {"window": {"since": since.isoformat(), "until": until.isoformat()}, "traffic_dir": str(traffic_dir),
               "model_version": bundle.manifest["student_version"], "records": len(frame),
-              "records_by_model_version": versions, "records_of_this_student": len(mine)}
-    if len(mine) < settings.min_records:
-        report["verdict"] = (f"too little traffic: {len(mine)} record(s) of student {report['model_version']} in the "
+              "records_by_model_version": versions, "records_of_this_student": mine}
+    if mine < settings.min_records:
+        report["verdict"] = (f"too little traffic: {mine} record(s) of student {report['model_version']} in the "
                              f"window, monitor.min_records is {settings.min_records}")
         return _finish(report, EXIT_TOO_FEW, out, pushgateway, log)
     items = FeastItemSource(feature_repo, int(bundle.manifest["embedding_dim"]), config.serving.item_cache_size,
@@ -143,12 +165,12 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     rng = np.random.default_rng(settings.seed)
     drawn = [train[i] for i in rng.permutation(len(train))[:2 * settings.reference_queries]]
     reference_queries, held_out_queries = drawn[::2], drawn[1::2]
-    log(f"monitor: reference from {len(reference_queries)} training queries, {len(mine)} records in the window")
+    log(f"monitor: reference from {len(reference_queries)} training queries, {mine} records in the window")
     retrieved = [(q, "", scorer.bm25.top_k(q, settings.candidates)[0].tolist()) for q in reference_queries]
     reference = featurize(scorer, [ranking for ranking in retrieved if ranking[2]], settings.top_k)
-    sample = mine.sample(n=min(settings.max_records, len(mine)), random_state=settings.seed)
+    skipped: list[str] = []
     current = featurize(scorer, list(zip(sample["query"], sample["locale"], sample["item_ids"].map(list))),
-                        settings.top_k, served=sample["scores"].map(list).tolist())
+                        settings.top_k, served=sample["scores"].map(list).tolist(), skipped=skipped)
     encode = scorer.encoder.encode
     anchor = encode(reference_queries)
     held_out = nearest_similarity(encode(held_out_queries), anchor)
@@ -166,7 +188,7 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
         "consistency": {"max_abs_score_difference": round(float(np.abs(current.scores - current.bundle_scores).max()),
                                                           5)},
         "samples": {"reference_pairs": len(reference.scores), "served_pairs": len(current.scores),
-                    "served_records": len(sample)},
+                    "served_records": len(sample), "served_records_skipped": len(skipped)},
     })
     # Served queries closer to the training queries than held-out ones (the same queries again) are no drift.
     novel = float(np.mean(served)) < float(np.mean(held_out))

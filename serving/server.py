@@ -83,6 +83,9 @@ class Batch:
     protocol: str  # "v1" or "v2"
     prepared: list[Prepared]
     request_id: str
+    # The traffic record's id: the gateway's x-request-id (what the payload logger's events carry as ce-id), or
+    # one of the server's own; never a V2 body's id, which clients need not make unique.
+    capture_id: str = ""
     probs: np.ndarray | None = None
 
 
@@ -146,13 +149,18 @@ class RerankModel(kserve.Model):
         # What each response names: the student's content version and the feature version its items come from.
         self.versions = {"model_version": "", "embedding_version": ""}
         self.traffic = traffic  # a relevance.traffic.TrafficLog: each response's records are appended to it
+        self._capture_warned = -1e9
 
     def load(self) -> bool:
         self.scorer = self.scorer_factory()
         manifest = self.scorer.bundle.manifest
         self.num_grades = int(manifest["num_grades"])
-        self.versions = {"model_version": str(manifest.get("student_version", "")),
-                         "embedding_version": str(manifest.get("feature_project") or "")}
+        # The feature project actually read (the bundle's, or the repo's for a bundle naming none).
+        project = manifest.get("feature_project") or getattr(self.scorer.items, "project", None) or ""
+        self.versions = {"model_version": str(manifest.get("student_version", "")), "embedding_version": str(project)}
+        if self.traffic is not None and not self.versions["model_version"]:
+            raise RuntimeError("traffic capture needs the bundle's student_version (bundle.json names none); "
+                               "re-export the bundle with `relevance export`")
         if self.predictor_url:
             import asyncio
 
@@ -263,21 +271,24 @@ class RerankModel(kserve.Model):
             collectors.candidates.labels(self.name).observe(len(item.item_ids))
         lookups = self.scorer.query_cache_hits + self.scorer.query_cache_misses
         collectors.cache_hit_rate.labels(self.name).set(self.scorer.query_cache_hits / lookups if lookups else 0.0)
-        return Batch(protocol, prepared, request_id)
+        capture_id = (headers or {}).get("x-request-id") or str(uuid.uuid4())
+        return Batch(protocol, prepared, request_id, capture_id)
 
     def stop(self) -> None:
         """KServe's shutdown hook: compact the traffic log (every record readable), and close the predictor's
         connections (an open aiohttp session warns on exit)."""
-        if self.traffic is not None:
-            self.traffic.close()
-        if self.predictor is not None:
-            import asyncio
+        try:
+            if self.traffic is not None:
+                self.traffic.close()
+        finally:
+            if self.predictor is not None:
+                import asyncio
 
-            try:
-                asyncio.get_running_loop().create_task(self.predictor.close())
-            except RuntimeError:  # no loop running any more: nothing to close it on
-                pass
-        super().stop()
+                try:
+                    asyncio.get_running_loop().create_task(self.predictor.close())
+                except RuntimeError:  # no loop running any more: nothing to close it on
+                    pass
+            super().stop()
 
     async def predict(self, batch: Batch, headers=None) -> Batch:
         if self.predictor_url is None:  # in process: one query row each, its first-layer share computed once
@@ -319,16 +330,27 @@ class RerankModel(kserve.Model):
 
     def _capture(self, batch: Batch, body: dict) -> None:
         """Append the response's traffic records (serving.traffic: the payload logger's sink reads responses the
-        same way). A record the log refuses is counted there, never an error for the request."""
+        same way). Never an error for the request: a record the log refuses is counted there, and a log that
+        fails (a full disk) is counted in relevance_traffic_capture_failures and logged once a minute."""
         if self.traffic is None:
             return
         from datetime import datetime, timezone
 
         from relevance.serving.traffic import response_records
 
-        for record in response_records(body, batch.request_id, datetime.now(timezone.utc), self.name,
-                                       "transformer"):
-            self.traffic.append(record)
+        try:
+            for record in response_records(body, batch.capture_id, datetime.now(timezone.utc), self.name,
+                                           "transformer"):
+                self.traffic.append(record)
+        except Exception as error:
+            metrics().capture_failures.labels(self.name).inc()
+            now = time.monotonic()
+            if now - self._capture_warned > 60:
+                from kserve.logging import logger
+
+                self._capture_warned = now
+                logger.warning("traffic capture failed (the request was answered): %s: %s",
+                               type(error).__name__, error)
 
 
 def run_server(models: list, config: ServingConfig, args: argparse.Namespace, given: set[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """`relevance traffic-sink`: where KServe's payload logger sends the rerank server's traffic.
 
-An InferenceService whose transformer has ``logger: {mode: all, url: <this service>}`` posts two CloudEvents per
-request (binary mode; ``ce-id`` is the request id, ``ce-type`` ends in ``.request`` or ``.response``). The
+An InferenceService whose transformer has ``logger: {mode: response, url: <this service>}`` (``all`` also posts
+the requests) posts a CloudEvent per response (binary mode; ``ce-id`` is the request id, ``ce-type`` ends in
+``.request`` or ``.response``). The
 response alone holds everything a traffic record needs (relevance.serving.traffic reads it, as the server does
 when it writes its own records), so request events are counted and acknowledged, and each response event
 becomes records in a :class:`relevance.traffic.TrafficLog`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import collections
 from datetime import datetime, timezone
 
 from relevance.serving.traffic import response_records
@@ -25,32 +27,16 @@ from relevance.traffic import TrafficLog, TrafficRecordError
 OUTCOMES = ("stored", "request_event", "oversized", "malformed", "not_a_response", "rejected_record")
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _body(request, limit: int) -> bytes:
-    """The request body, refusing (before reading it all) one over ``limit`` bytes, with or without a length."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def sink_app(log: TrafficLog, max_event_bytes: int, model_name: str):
     """The sink's ASGI app: POST / (CloudEvents), GET /healthz, GET /metrics (Prometheus, its own registry)."""
-    from cloudevents.exceptions import GenericException
     from cloudevents.http import from_http
     from prometheus_client import CollectorRegistry, Counter, generate_latest
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
+
+    from relevance.serving.guards import HttpGuard
 
     registry = CollectorRegistry()
     events = Counter("relevance_traffic_events", "Payload-logger events the traffic sink received, by outcome",
@@ -64,14 +50,11 @@ def sink_app(log: TrafficLog, max_event_bytes: int, model_name: str):
         return JSONResponse({"error": message}, status_code=status)
 
     async def receive(request) -> Response:
-        try:
-            body = await _body(request, max_event_bytes)
-        except _TooLarge:
-            return refuse("oversized", 413, f"event over the {max_event_bytes}-byte limit")
+        body = await request.body()  # within the limit: HttpGuard refused (413) anything larger
         try:
             event = from_http(dict(request.headers), body, data_unmarshaller=lambda data: data)
-        except GenericException as error:
-            return refuse("malformed", 400, f"not a CloudEvent: {str(error)[:300]}")
+        except Exception as error:  # the SDK's own errors, and what it lets through (bad UTF-8, deep JSON)
+            return refuse("malformed", 400, f"not a CloudEvent: {type(error).__name__}: {str(error)[:300]}")
         kind = str(event["type"])
         if kind.endswith(".request"):  # the response carries what a record needs
             events.labels("request_event").inc()
@@ -81,24 +64,30 @@ def sink_app(log: TrafficLog, max_event_bytes: int, model_name: str):
                                                  "….request or ….response event")
         try:
             data = json.loads(event.data) if isinstance(event.data, (bytes, str)) else event.data
-            moment = datetime.fromisoformat(event["time"].replace("Z", "+00:00")) if event.get("time") else None
-        except (ValueError, TypeError) as error:
-            return refuse("malformed", 400, f"event data or time is not valid: {str(error)[:200]}")
+            moment = event.get("time")
+            moment = datetime.fromisoformat(str(moment).replace("Z", "+00:00")) if moment else None
+        except (ValueError, TypeError, RecursionError, OverflowError) as error:
+            return refuse("malformed", 400, f"event data or time is not valid: {type(error).__name__}: "
+                                            f"{str(error)[:200]}")
         name = str(event.get("inferenceservicename") or model_name)
         try:
             found = response_records(data, str(event["id"]), moment or datetime.now(timezone.utc), name, "logger")
         except TrafficRecordError as error:
             return refuse("malformed", 400, f"not a rerank response: {error}")
+        before = collections.Counter(log.rejected)
         stored = sum(log.append(record) for record in found)
         records.inc(stored)
         if stored < len(found):
+            reasons = dict((log.rejected - before).most_common(3))
             return refuse("rejected_record", 400, f"{len(found) - stored} of {len(found)} record(s) refused: "
-                                                  f"{dict(log.rejected.most_common(3))}")
+                                                  f"{reasons}")
         events.labels("stored").inc()
         return Response(status_code=202)
 
     async def healthz(request) -> Response:
-        return JSONResponse({"status": "ok", "appended": log.appended, "compacted": log.compacted})
+        return JSONResponse({"status": "ok", "appended": log.appended, "compacted": log.compacted,
+                             "rejected": dict(log.rejected), "compaction_errors": log.compaction_errors,
+                             "last_error": log.last_error})
 
     async def metrics(request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
@@ -110,8 +99,13 @@ def sink_app(log: TrafficLog, max_event_bytes: int, model_name: str):
         # which ends the process before any code after it.
         log.close()
 
+    def counted(status: int) -> None:
+        if status == 413:
+            events.labels("oversized").inc()
+
     return Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/healthz", healthz),
-                             Route("/metrics", metrics)], lifespan=lifespan)
+                             Route("/metrics", metrics)], lifespan=lifespan,
+                     middleware=[Middleware(HttpGuard, max_request_bytes=max_event_bytes, count=counted)])
 
 
 def run_sink(directory: str, port: int, host: str, max_event_bytes: int, segment_seconds: float, fsync: bool,

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, open_chain
+from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, iso_time, open_chain
 from relevance.common.console import clear_errors
 
 
@@ -39,17 +39,12 @@ def select(budget: int = typer.Option(..., "--budget", "-n", help="How many pair
     chain = open_chain(config, profile, workdir)
     out = out or chain.root / "label-studio"
     if from_traffic:
-        from datetime import datetime
-
         from relevance.traffic import read_traffic
 
         if not from_traffic.is_dir():
-            raise typer.BadParameter(f"{from_traffic}: not a directory of captured traffic", param_hint="--from-traffic")
-        try:
-            start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
-        except ValueError:
-            raise typer.BadParameter(f"expected an ISO 8601 time such as 2026-12-03T10:00:00Z, got {since!r}",
-                                     param_hint="--since") from None
+            raise typer.BadParameter(f"{from_traffic}: not a directory of captured traffic",
+                                     param_hint="--from-traffic")
+        start = iso_time(since, "--since") if since else None
         records = read_traffic(from_traffic, since=start)
         typer.echo(f"select: {len(records)} traffic record(s) from {from_traffic}")
         chosen = chain.traffic_grading_project(chain.dataset(), records, strategy, budget, per_query, seed, top_k,

@@ -28,3 +28,16 @@ def open_chain(config: Optional[Path], profile: Optional[str], workdir: Optional
     from relevance.chain import Chain
 
     return Chain(run_config(config, profile, workdir))
+
+
+def iso_time(value: str, option: str):
+    """An option's ISO 8601 time with a UTC offset (``…Z`` or ``…+01:00``), or a ValueError naming the option."""
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{option}: expected an ISO 8601 time such as 2026-12-03T10:00:00Z, got {value!r}") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{option}: expected a time with a UTC offset (…Z or …+01:00), got {value!r}")
+    return parsed

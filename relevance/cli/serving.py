@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, run_config
+from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, iso_time, run_config
 from relevance.common.console import clear_errors
 
 KSERVE_FLAGS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -129,17 +129,11 @@ def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (re
 
     loaded = run_config(config, profile, workdir)
 
-    def moment(value: str, name: str) -> datetime:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"--{name}: expected an ISO 8601 time such as 2026-12-03T10:00:00Z, got {value!r}")
-        if parsed.tzinfo is None:
-            raise ValueError(f"--{name}: expected a time with a UTC offset (…Z or …+01:00), got {value!r}")
-        return parsed
-
-    end = moment(until, "until") if until else datetime.now(timezone.utc)
-    start = moment(since, "since") if since else end - timedelta(hours=loaded.monitor.window_hours)
+    end = iso_time(until, "--until") if until else datetime.now(timezone.utc)
+    try:
+        start = iso_time(since, "--since") if since else end - timedelta(hours=loaded.monitor.window_hours)
+    except OverflowError:
+        raise ValueError(f"monitor.window_hours {loaded.monitor.window_hours} reaches before year 1") from None
     if start >= end:
         raise ValueError(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
     if not traffic_dir.is_dir():

@@ -8,6 +8,13 @@ from pydantic import Field, PositiveInt, model_validator
 from relevance.config.base import K8S_NAME, Strict
 
 
+# The most any deployment may allow, whatever its config: what a traffic record (relevance.traffic.records)
+# can hold, so that every request the server accepts can be captured.
+CANDIDATES_LIMIT = 10_000
+QUERY_CHARS_LIMIT = 4096
+ITEM_ID_CHARS_LIMIT = 256
+
+
 class ServingConfig(Strict):
     """Online scoring: the names the InferenceService and Triton use, request limits, and the caches.
 
@@ -15,9 +22,9 @@ class ServingConfig(Strict):
     """
 
     model_name: str = Field("relevance-student", pattern=K8S_NAME)  # a Kubernetes name
-    max_candidates: int = Field(1000, ge=1)
-    max_query_chars: int = Field(512, ge=1)
-    max_item_id_chars: int = Field(256, ge=1)
+    max_candidates: int = Field(1000, ge=1, le=CANDIDATES_LIMIT)
+    max_query_chars: int = Field(512, ge=1, le=QUERY_CHARS_LIMIT)
+    max_item_id_chars: int = Field(256, ge=1, le=ITEM_ID_CHARS_LIMIT)
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Query embeddings: W-TinyLFU (theine), which keeps the frequent head of a Zipf stream better than LRU.
     query_cache_size: int = Field(10_000, ge=0)  # 0: no cache

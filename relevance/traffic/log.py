@@ -14,8 +14,8 @@ Guarantees:
 - **At least once, then once.** Compacting a segment writes parts named after the segment and only then
   deletes it, so a compaction killed halfway is redone into the same files. A sender that retries (the payload
   logger) may deliver a record twice: :func:`read_traffic` keeps one row per (request_id, instance).
-- **Bounded memory.** A writer holds one open file; compaction reads one segment of at most
-  ``segment_records`` lines.
+- **Bounded memory.** A writer holds one open file; a segment holds at most ``segment_records`` records and
+  ``segment_bytes`` bytes, and compaction streams it in chunks of :data:`CHUNK` records.
 - **Live segments are left alone.** A writer holds an exclusive lock (flock) on its open segment, released by
   the kernel when it dies, so several writers may share a directory and each compacts only dead or closed
   segments. Readers see a record once its segment is compacted: within ``segment_seconds``.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
@@ -38,10 +39,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from relevance.common.files import atomic_write
 from relevance.traffic.records import KEY, SCHEMA, TrafficRecordError, traffic_record
 
 WAL = "_wal"  # a leading underscore: pyarrow's dataset discovery skips it
+_logger = logging.getLogger(__name__)
 
 
 class TrafficLog:
@@ -51,7 +52,7 @@ class TrafficLog:
     :meth:`append` rolls a full segment and :meth:`compact` / :meth:`close` are called by the owner."""
 
     def __init__(self, directory: str | Path, segment_records: int = 10_000, segment_seconds: float = 60.0,
-                 fsync: bool = False, background: bool = False):
+                 fsync: bool = False, background: bool = False, segment_bytes: int = 64 << 20):
         if segment_records < 1 or segment_seconds <= 0:
             raise ValueError(f"segment_records must be >= 1 and segment_seconds > 0, got {segment_records} and "
                              f"{segment_seconds}")
@@ -59,6 +60,7 @@ class TrafficLog:
         self.wal = self.directory / WAL
         self.wal.mkdir(parents=True, exist_ok=True)
         self.segment_records, self.segment_seconds, self.fsync = segment_records, segment_seconds, fsync
+        self.segment_bytes = segment_bytes
         self.appended = 0
         self.compacted = 0  # records written to parquet by this writer
         self.rejected: Counter[str] = Counter()  # why records were skipped, and how many
@@ -66,7 +68,7 @@ class TrafficLog:
         self.last_error = ""
         self._lock = threading.Lock()
         self._handle = None
-        self._count = 0
+        self._count = self._bytes = 0
         self._opened = 0.0
         self._stop = threading.Event()
         self.compact()  # what a killed writer left behind
@@ -80,11 +82,15 @@ class TrafficLog:
         """Check ``record`` and append it; False (counted in :attr:`rejected`) if it is not a record."""
         try:
             normal = traffic_record(record)
+            line = json.dumps({**normal, "time": normal["time"].isoformat()}, ensure_ascii=False,
+                              separators=(",", ":")) + "\n"
+            line.encode("utf-8")  # a lone surrogate cannot be written: refuse it here, not mid-line
         except TrafficRecordError as error:
-            self.rejected[str(error).split(":")[0]] += 1
+            self.rejected[error.field] += 1
             return False
-        line = json.dumps({**normal, "time": normal["time"].isoformat()}, ensure_ascii=False,
-                          separators=(",", ":")) + "\n"
+        except (UnicodeError, ValueError, RecursionError):
+            self.rejected["text that is not valid Unicode"] += 1
+            return False
         with self._lock:
             if self._handle is None:
                 self._open()
@@ -93,16 +99,28 @@ class TrafficLog:
             if self.fsync:
                 os.fsync(self._handle.fileno())
             self._count += 1
+            self._bytes += len(line)
             self.appended += 1
-            if self._count >= self.segment_records:
+            if self._count >= self.segment_records or self._bytes >= self.segment_bytes:
                 self._close_segment()
         return True
 
     def _open(self) -> None:
-        name = f"segment-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._handle = open(self.wal / name, "a", encoding="utf-8")
-        fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live
-        self._count, self._opened = 0, time.monotonic()
+        # Created under a name compaction does not look at, locked, and only then named a segment: a compactor
+        # can never take a fresh segment for an abandoned one in the moment between its creation and its lock.
+        stem = f"segment-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        opening = self.wal / f".{stem}.opening"
+        handle = open(opening, "a", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live
+            os.rename(opening, self.wal / f"{stem}.jsonl")
+            if self.fsync:
+                _fsync_directory(self.wal)
+        except BaseException:
+            handle.close()
+            opening.unlink(missing_ok=True)
+            raise
+        self._handle, self._count, self._bytes, self._opened = handle, 0, 0, time.monotonic()
 
     def _close_segment(self) -> None:
         if self._handle is not None:
@@ -125,7 +143,7 @@ class TrafficLog:
 
     def _compact(self, segment: Path) -> int:
         try:
-            handle = open(segment, encoding="utf-8", errors="replace")
+            handle = open(segment, "rb")
         except FileNotFoundError:  # another writer compacted it meanwhile
             return 0
         with handle:
@@ -133,27 +151,58 @@ class TrafficLog:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # a live writer's open segment (ours included)
                 return 0
-            rows, seen = [], set()
-            for line in handle:
-                try:
-                    row = traffic_record(json.loads(line))
-                except (json.JSONDecodeError, TrafficRecordError):
-                    # A line cut short by a kill mid-write: the request it belonged to was never acknowledged.
-                    self.rejected["unreadable line in the write-ahead log"] += 1
-                    continue
-                key = (row["request_id"], row["instance"])
-                if key not in seen:
-                    seen.add(key)
-                    rows.append(row)
-            hours: dict[tuple[str, str], list[dict]] = {}
-            for row in rows:
-                hours.setdefault((row["time"].strftime("%Y-%m-%d"), row["time"].strftime("%H")), []).append(row)
-            for (day, hour), part in hours.items():
-                path = self.directory / f"date={day}" / f"hour={hour}" / f"part-{segment.stem}.parquet"
-                with atomic_write(path) as tmp:
-                    pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), tmp)
-            segment.unlink()  # only now: killed before this line, the next compaction rewrites the same parts
-        return len(rows)
+            try:  # locked, but is it still the segment? Another compactor may have finished and deleted it.
+                if os.stat(segment).st_ino != os.fstat(handle.fileno()).st_ino:
+                    return 0
+            except FileNotFoundError:
+                return 0
+            written = self._write_parts(handle, segment.stem)
+            if self.fsync:
+                _fsync_directory(self.directory)
+            segment.unlink(missing_ok=True)  # only now: killed before this, the next compaction redoes the parts
+        return written
+
+    def _write_parts(self, handle, stem: str) -> int:
+        """The segment's records into one part per hour, streamed in chunks of :data:`CHUNK` records (memory
+        stays at a chunk whatever the segment's size); duplicates of a key within the segment are dropped."""
+        writers: dict[tuple[str, str], tuple[pq.ParquetWriter, Path, Path]] = {}  # writer, temporary, part
+        seen: set[tuple[str, int]] = set()
+        written = 0
+        try:
+            for chunk in _chunks(handle, CHUNK):
+                rows = []
+                for line in chunk:
+                    row = _stored_row(line)
+                    if row is None:
+                        # A line cut short by a kill mid-write: the request it belonged to was never acknowledged.
+                        self.rejected["unreadable line in the write-ahead log"] += 1
+                        continue
+                    key = (row["request_id"], row["instance"])
+                    if key not in seen:
+                        seen.add(key)
+                        rows.append(row)
+                hours: dict[tuple[str, str], list[dict]] = {}
+                for row in rows:
+                    hours.setdefault((row["time"].strftime("%Y-%m-%d"), row["time"].strftime("%H")), []).append(row)
+                for hour, part in hours.items():
+                    if hour not in writers:
+                        path = self.directory / f"date={hour[0]}" / f"hour={hour[1]}" / f"part-{stem}.parquet"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+                        writers[hour] = (pq.ParquetWriter(tmp, SCHEMA), tmp, path)
+                    writers[hour][0].write_table(pa.Table.from_pylist(part, schema=SCHEMA))
+                written += len(rows)
+            for writer, tmp, path in writers.values():
+                writer.close()
+                if self.fsync:
+                    with open(tmp, "rb") as part:
+                        os.fsync(part.fileno())
+                os.replace(tmp, path)  # a redone compaction replaces the same part: no duplicates
+        finally:
+            for writer, tmp, _ in writers.values():
+                writer.close()  # a second close is a no-op
+                tmp.unlink(missing_ok=True)
+        return written
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.segment_seconds / 2)):
@@ -162,9 +211,11 @@ class TrafficLog:
                     self._close_segment()
             try:
                 self.compact()
-            except OSError as error:  # a full disk, say: the segments stay, and the next round tries again
+            except Exception as error:  # a full disk, a bad part: the segments stay, and the next round retries
                 self.compaction_errors += 1
-                self.last_error = str(error)
+                self.last_error = f"{type(error).__name__}: {error}"[:500]
+                _logger.warning("traffic compaction failed (%d so far; the segments stay): %s",
+                                self.compaction_errors, self.last_error)
 
     def close(self) -> None:
         """Stop the background thread, close the segment and compact everything: all records become visible."""
@@ -175,10 +226,49 @@ class TrafficLog:
         self.compact()
 
 
+CHUNK = 2_000  # records per compaction step
+
+
+def _chunks(handle, size: int):
+    chunk = []
+    for line in handle:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _stored_row(line: bytes) -> dict | None:
+    """A write-ahead-log line back as a row, or None if it is not one (cut short by a kill). Lines were checked
+    when appended (:meth:`TrafficLog.append`): only what a torn write could break is checked again."""
+    try:
+        row = json.loads(line)
+        row["time"] = datetime.fromisoformat(row["time"])
+        if set(row) != set(SCHEMA.names):
+            return None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+        return None
+    return row
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a directory's entries (a created, renamed or deleted file) durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def read_traffic(directory: str | Path, since: datetime | None = None, until: datetime | None = None,
-                 columns: list[str] | None = None) -> pd.DataFrame:
+                 columns: list[str] | None = None, request_ids=None) -> pd.DataFrame:
     """The compacted records in [since, until) (times with a UTC offset), oldest first, one row per
-    (request_id, instance) however often it was delivered. Empty (with the schema's columns) if none."""
+    (request_id, instance) however often it was delivered; only ``columns``, and only ``request_ids`` when given.
+    Hours outside the window are not opened (their folders name them). Empty, with the schema's columns, if
+    there are none. A part that cannot be read (a power loss before it reached the disk) is skipped and logged:
+    its segment was deleted only after it was written, so at worst the records of one segment are missing."""
     directory = Path(directory)
     for name, moment in (("since", since), ("until", until)):
         if moment is not None and moment.tzinfo is None:
@@ -188,18 +278,39 @@ def read_traffic(directory: str | Path, since: datetime | None = None, until: da
     if unknown:
         raise ValueError(f"columns: unknown {unknown}; a traffic record has {SCHEMA.names}")
     read = list(dict.fromkeys([*wanted, *KEY, "time"]))
-    # The parts by name: anything else in the directory (the write-ahead log, a half-written temporary, a file
-    # a person left) is not traffic.
-    parts = sorted(str(path) for path in directory.glob("date=*/hour=*/part-*.parquet"))
+    parts = [str(part) for part in _parts_in(directory, since, until)]
     if not parts:
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in wanted})
+        return SCHEMA.empty_table().select(wanted).to_pandas()
     dataset = ds.dataset(parts, format="parquet", schema=SCHEMA)
     condition = None
-    if since is not None:
-        condition = ds.field("time") >= pa.scalar(since, type=SCHEMA.field("time").type)
-    if until is not None:
-        before = ds.field("time") < pa.scalar(until, type=SCHEMA.field("time").type)
-        condition = before if condition is None else condition & before
+    for clause in (ds.field("time") >= pa.scalar(since, type=SCHEMA.field("time").type) if since else None,
+                   ds.field("time") < pa.scalar(until, type=SCHEMA.field("time").type) if until else None,
+                   ds.field("request_id").isin(list(request_ids)) if request_ids is not None else None):
+        if clause is not None:
+            condition = clause if condition is None else condition & clause
     frame = dataset.to_table(columns=read, filter=condition).to_pandas()
     frame = frame.sort_values("time", kind="stable").drop_duplicates(list(KEY), keep="first")
     return frame[wanted].reset_index(drop=True)
+
+
+def _parts_in(directory: Path, since: datetime | None, until: datetime | None) -> list[Path]:
+    """The readable parts whose hour (from their folders) meets [since, until)."""
+    from datetime import timezone
+
+    low = since.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) if since else None
+    found = []
+    for part in sorted(directory.glob("date=*/hour=*/part-*.parquet")):
+        try:
+            hour = datetime.strptime(f"{part.parent.parent.name[5:]} {part.parent.name[5:]}",
+                                     "%Y-%m-%d %H").replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue  # not a folder this log wrote
+        if (low is not None and hour < low) or (until is not None and hour >= until):
+            continue
+        try:
+            pq.read_metadata(part)
+        except (OSError, pa.ArrowException) as error:
+            _logger.warning("traffic: skipping unreadable part %s (%s)", part, error)
+            continue
+        found.append(part)
+    return found

@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 
+# The serving config's hard limits: a request the server may accept always fits a record.
+from relevance.config.serving import CANDIDATES_LIMIT, ITEM_ID_CHARS_LIMIT, QUERY_CHARS_LIMIT
+
 MAX_REQUEST_ID_CHARS = 256
-MAX_QUERY_CHARS = 4096
-MAX_ITEMS = 10_000
-MAX_ITEM_ID_CHARS = 256
 MAX_VERSION_CHARS = 256
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 SCHEMA = pa.schema([
     ("request_id", pa.string()),
@@ -44,7 +46,12 @@ SOURCES = ("transformer", "logger")
 
 
 class TrafficRecordError(ValueError):
-    """A traffic record that cannot be stored; the message names the field and what is wrong with it."""
+    """A traffic record that cannot be stored; the message names the field and what is wrong with it, and
+    :attr:`field` is the field alone (a bounded set of names to count refusals by)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field or message.split(":")[0].split("[")[0]
 
 
 def _text(record: dict, name: str, limit: int, required: bool = True) -> str:
@@ -59,6 +66,13 @@ def _text(record: dict, name: str, limit: int, required: bool = True) -> str:
 
 
 def _time(value) -> datetime:
+    try:
+        return _parse_time(value)
+    except (OverflowError, OSError):  # beyond what a datetime holds (year 1 with an offset, 1e20 seconds)
+        raise TrafficRecordError(f"time: out of range, got {str(value)[:40]!r}") from None
+
+
+def _parse_time(value) -> datetime:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -82,26 +96,27 @@ def traffic_record(record) -> dict:
     not silently cut down."""
     if not isinstance(record, dict):
         raise TrafficRecordError(f"expected an object, got {type(record).__name__}")
-    unknown_fields = sorted(set(record) - set(SCHEMA.names))
+    unknown_fields = sorted(map(str, set(record) - set(SCHEMA.names)))
     if unknown_fields:
-        raise TrafficRecordError(f"unknown field(s) {unknown_fields[:5]}")
+        raise TrafficRecordError(f"unknown field(s) {[f[:40] for f in unknown_fields[:5]]}", "unknown fields")
     instance = record.get("instance", 0)
     if isinstance(instance, bool) or not isinstance(instance, int) or not 0 <= instance < 1 << 31:
         raise TrafficRecordError(f"instance: expected a non-negative integer, got {instance!r}"[:120])
     items = record.get("item_ids")
     if not isinstance(items, list) or not items:
         raise TrafficRecordError("item_ids: expected a non-empty list of item ids")
-    if len(items) > MAX_ITEMS:
-        raise TrafficRecordError(f"item_ids: at most {MAX_ITEMS} items, got {len(items)}")
+    if len(items) > CANDIDATES_LIMIT:
+        raise TrafficRecordError(f"item_ids: at most {CANDIDATES_LIMIT} items, got {len(items)}")
     for position, item_id in enumerate(items):
-        if not isinstance(item_id, str) or not item_id or len(item_id) > MAX_ITEM_ID_CHARS:
+        if not isinstance(item_id, str) or not item_id or len(item_id) > ITEM_ID_CHARS_LIMIT:
             raise TrafficRecordError(f"item_ids[{position}]: expected a non-empty string of at most "
-                                     f"{MAX_ITEM_ID_CHARS} characters, got {item_id!r}"[:160])
+                                     f"{ITEM_ID_CHARS_LIMIT} characters, got {item_id!r}"[:160])
     scores = record.get("scores")
     if not isinstance(scores, list) or len(scores) != len(items):
         raise TrafficRecordError(f"scores: expected one number per item ({len(items)})")
-    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores):
-        raise TrafficRecordError("scores: expected finite numbers")
+    # Stored as float32: finite there, not only as a Python float (1e300 would be stored as inf).
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and abs(s) <= FLOAT32_MAX for s in scores):
+        raise TrafficRecordError(f"scores: expected finite numbers of at most {FLOAT32_MAX:.4g} in magnitude")
     unknown = record.get("unknown")
     if unknown is None:
         unknown = [False] * len(items)
@@ -120,7 +135,7 @@ def traffic_record(record) -> dict:
         "model_name": _text(record, "model_name", MAX_VERSION_CHARS),
         "model_version": _text(record, "model_version", MAX_VERSION_CHARS),
         "embedding_version": _text(record, "embedding_version", MAX_VERSION_CHARS, required=False),
-        "query": _text(record, "query", MAX_QUERY_CHARS),
+        "query": _text(record, "query", QUERY_CHARS_LIMIT),
         "locale": _text(record, "locale", 35, required=False),
         "item_ids": items,
         "scores": [float(s) for s in scores],

@@ -82,9 +82,9 @@ def test_new_queries_join_the_dataset_and_their_grades_import(tmp_path):
     export = tmp_path / "export.json"
     export.write_text(json.dumps([{"id": 1, "data": {"query": "green rug", "item": "green rug", "query_id": rug,
                                                       "item_id": "i5"},
-                                   "annotations": [{"id": 1, "completed_by": 1, "was_cancelled": False,
-                                                    "result": [{"from_name": "grade", "to_name": "item",
-                                                                "type": "choices", "value": {"choices": ["exact"]}}]}]}]))
+                                   "annotations": [{"id": 1, "completed_by": 1, "was_cancelled": False, "result": [
+                                       {"from_name": "grade", "to_name": "item", "type": "choices",
+                                        "value": {"choices": ["exact"]}}]}]}]))
     outcome = merge_judgments(directory, read_export(export, GRADES).judgments, round_tag=1)
     judgments = Dataset.load(directory).judgments
     assert outcome["added"] == 1

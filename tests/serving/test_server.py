@@ -314,7 +314,10 @@ def test_the_server_writes_a_traffic_record_per_reranked_query(deployment, catal
     v1 = httpx.post(f"{url}/v1/models/{MODEL}:predict", headers={"x-request-id": "traffic-v1"},
                     json={"instances": [{"query": query, "candidates": candidates},
                                         {"query": "sofa", "locale": "de-DE", "candidates": candidates[:3]}]}).json()
-    v2 = httpx.post(f"{url}/v2/models/{MODEL}/infer", json={"id": "traffic-v2", "inputs": [
+    # A V2 body's id is the client's (echoed in the response) and need not be unique: records key on the
+    # gateway's x-request-id, or an id of the server's own.
+    v2 = httpx.post(f"{url}/v2/models/{MODEL}/infer", headers={"x-request-id": "traffic-v2"}, json={
+        "id": "1", "inputs": [
         {"name": "query", "datatype": "BYTES", "shape": [1], "data": [query]},
         {"name": "candidates", "datatype": "BYTES", "shape": [len(candidates)], "data": candidates}]}).json()
     traffic = deployment["tmp"] / "traffic"
@@ -334,7 +337,7 @@ def test_the_server_writes_a_traffic_record_per_reranked_query(deployment, catal
     row = frame.loc[("traffic-v2", 0)]
     outputs = {output["name"]: output["data"] for output in v2["outputs"]}
     assert row["item_ids"].tolist() == outputs["item_id"] and row["query"] == query
-    assert v2["parameters"]["model_version"] == bundle["student_version"]
+    assert v2["parameters"]["model_version"] == bundle["student_version"] and v2["id"] == "1"
 
 
 def test_health_metadata_and_metrics(deployment, catalog):
@@ -547,8 +550,8 @@ def test_served_pairs_go_to_human_grading_and_come_back_as_judgments(deployment,
     url, traffic = deployment["urls"]["local"], deployment["tmp"] / "traffic"
     new_query = "zzfresh traffic query"
     for query in (new_query, *dataset.queries["query"].head(10)):
-        response = httpx.post(f"{url}/v1/models/{MODEL}:predict", timeout=30,
-                              json={"instances": [{"query": query, "candidates": dataset.items["item_id"][:20].tolist()}]})
+        body = {"instances": [{"query": query, "candidates": dataset.items["item_id"][:20].tolist()}]}
+        response = httpx.post(f"{url}/v1/models/{MODEL}:predict", timeout=30, json=body)
         assert response.status_code == 200
     from relevance.common.processes import wait_until
     from relevance.traffic import read_traffic

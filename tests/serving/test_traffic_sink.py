@@ -15,6 +15,7 @@ from relevance.traffic import read_traffic
 from .test_traffic import V1, V2
 
 MAX_EVENT_BYTES = 8192
+ONE = {"predictions": V1["predictions"][:1]}  # one query: refused whole, or stored whole
 
 
 def headers(kind: str, request_id: str, **extra) -> dict:
@@ -75,6 +76,17 @@ def test_bad_events_are_counted_refused_and_the_sink_carries_on(sink):
         (b"x" * (MAX_EVENT_BYTES + 1), headers("response", "x"), 413, "oversized"),
         (json.dumps({"predictions": [{**V1["predictions"][0], "query": ""}]}).encode(), headers("response", "x"),
          400, "rejected_record"),
+        # what a hostile or broken sender can do besides: every one a counted 400, never a 500
+        (json.dumps(ONE).encode(), headers("response", "x") | {"ce-time": "0001-01-01T00:00:00+01:00"}, 400,
+         "rejected_record"),
+        (b"[" * 3000 + b"]" * 3000, headers("response", "x"), 400, "malformed"),
+        (json.dumps({"predictions": [{**V1["predictions"][0], "query": "\ud800"}]}).encode(),
+         headers("response", "x"), 400, "rejected_record"),
+        (json.dumps(ONE).replace("2.5", "1" + "0" * 400).encode(), headers("response", "x"), 400,
+         "rejected_record"),
+        (json.dumps({"specversion": "1.0", "id": "s", "source": "x", "type": "a.response", "time": 7,
+                     "data": V1}).encode(), {"content-type": "application/cloudevents+json"}, 400, "malformed"),
+        (b"\xff\xfe{}", {"content-type": "application/cloudevents+json"}, 400, "malformed"),
     ]
     with httpx.Client() as client:
         for body, sent, status, outcome in cases:
@@ -167,7 +179,8 @@ def test_the_monitor_overlay_is_an_hourly_job_without_api_access(tmp_path):
     (rule, _) = job["podFailurePolicy"]["rules"]
     assert rule["action"] == "FailJob" and {2, EXIT_DRIFT, EXIT_TOO_FEW} <= set(rule["onExitCodes"]["values"])
     pod = job["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False and kinds["ServiceAccount"]["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False
+    assert kinds["ServiceAccount"]["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
     options = {p.opts[0] for p in get_command(app).commands["monitor"].params if p.opts}
     assert {arg for arg in container["args"] if arg.startswith("--")} <= options

@@ -24,6 +24,26 @@ def test_lexical_features_by_hand():
     assert inside_a_word["exact_phrase"] == 0, "a phrase matches whole words only"
 
 
+# Computed by the pair-at-a-time definition the students in benchmarks/results were trained on (commit 953d81d):
+# the column-at-a-time one must give these values bit for bit, or stored pair features no longer match serving.
+GOLDEN = [[1.3862943649291992, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.3862943649291992, 1.945910096168518],
+          [0.0, 0.0, 0.6666666865348816, 0.6666666865348816, 0.6666666865348816, 0.0, 0.0, 0.0, 0.5454545617103577,
+           1.3862943649291992, 0.6931471824645996],
+          [2.110213279724121, 1.4500000476837158, 1.0, 0.20000000298023224, 1.0, 1.0, 0.0, 1.0, 0.3076923191547394,
+           1.7917594909667969, 2.1972246170043945],
+          [0.9162907600402832, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.6931471824645996],
+          [0.0, -0.25, 1.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.2666666805744171, 1.0986123085021973, 1.6094379425048828]]
+
+
+def test_lexical_features_equal_the_definition_students_were_trained_on():
+    queries = ["cordless drill 18v", "drill drill 20v", "2 x 4 stud 2", "", "red sofa"]
+    texts = ["title: cordless drill 18v ; boards: tools", "drill", "2 x 4 in. x 8 ft. stud", "anything",
+             "sofa red leather couch"]
+    titles = ["cordless drill 18v", "drill", "stud", "", "red couch"]
+    bm25 = np.array([3.0, 0.0, 7.25, 1.5, -0.5], dtype=np.float32)
+    np.testing.assert_array_equal(lexical_features(queries, texts, titles, bm25), np.array(GOLDEN, dtype=np.float32))
+
+
 def test_lexical_features_do_not_depend_on_how_rows_are_grouped():
     # Rows are computed a query at a time: interleaved queries, a pandas Series with a shuffled index (taken by
     # position), float64 BM25 and repeated numbers give each row what it gets alone.

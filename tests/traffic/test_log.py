@@ -143,3 +143,25 @@ def test_memory_does_not_grow_with_the_traffic(tmp_path):
     assert later < 2 * first, (first, later)
     assert len(read_traffic(tmp_path, columns=["request_id"])) == 10_000
     assert isinstance(read_traffic(tmp_path).loc[0, "time"], pd.Timestamp)
+
+
+def test_an_unreadable_part_is_skipped_and_segments_roll_by_size(tmp_path):
+    log = TrafficLog(tmp_path, segment_bytes=1000)  # about three records a segment
+    for n in range(10):
+        log.append(record(n))
+    assert len(list((tmp_path / WAL).glob("segment-*"))) >= 3
+    log.close()
+    parts = sorted(tmp_path.glob("date=*/hour=*/*.parquet"))
+    parts[0].write_bytes(b"")  # as a power loss could leave it
+    frame = read_traffic(tmp_path)
+    assert 0 < len(frame) < 10 and frame["request_id"].is_unique
+
+
+def test_records_out_of_range_are_refused(tmp_path):
+    log = TrafficLog(tmp_path)
+    assert not log.append(record(1, scores=[1e300, 1.0]))  # finite as a float64, inf as the float32 stored
+    assert not log.append(record(2, time="0001-01-01T00:00:00+01:00"))
+    assert not log.append(record(3, query="bad \ud800 surrogate"))
+    assert not log.append(record(4, **{f"field{n}": 1 for n in range(50)}))
+    log.close()
+    assert log.rejected == {"scores": 1, "time": 1, "text that is not valid Unicode": 1, "unknown fields": 1}
