@@ -55,7 +55,8 @@ test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint-imports
 
-## The slow tests (minutes on real weights): the wheel, installed outside the checkout, runs the quick profile.
+## The slow tests: the wheel, installed outside the checkout, runs the quick profile on real weights; the real MLflow
+## server's fault tests, torch.distributed and the Label Studio round trip; the scale benchmark's smoke run.
 test-slow: $(STAMP) $(TRITON_STAMP) $(LABEL_STUDIO_STAMP)
 	$(PY) -m pytest -q -m slow
 

@@ -7,8 +7,15 @@ from __future__ import annotations
 from relevance.serving.metrics import metrics
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _body_too_large():
+    """What a streamed body over the limit raises: an HTTPException(413), so that FastAPI, which turns any other
+    error while it reads a body into a 400, passes it on; the guard answers it where the app does not."""
+    from starlette.exceptions import HTTPException
+
+    class BodyTooLarge(HTTPException):
+        pass
+
+    return BodyTooLarge
 
 
 def _count_status(status: int) -> None:
@@ -45,6 +52,7 @@ class HttpGuard:
             if not text.isdigit() or int(text) > self.max_request_bytes:
                 return await self._refuse(scope, receive, send, f"content-length {text[:20]}")
         received, started = 0, False
+        too_large = _body_too_large()
 
         async def limited():
             nonlocal received
@@ -52,7 +60,7 @@ class HttpGuard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_request_bytes:
-                    raise _BodyTooLarge
+                    raise too_large(413, f"request body over the {self.max_request_bytes}-byte limit")
             return message
 
         async def counted(message):
@@ -64,7 +72,7 @@ class HttpGuard:
 
         try:
             await self.app(scope, limited if length is None else receive, counted)
-        except _BodyTooLarge:
+        except too_large:
             if started:  # the app answered before it read the whole body: nothing more to say
                 return
             await self._refuse(scope, receive, send, "a streamed body")

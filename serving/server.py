@@ -53,6 +53,7 @@ from relevance.student.scoring import (
     batch_inputs,
     rank,
 )
+from relevance.traffic.records import MAX_REQUEST_ID_CHARS
 
 V2_INPUTS = {"query": "BYTES", "candidates": "BYTES", "locale": "BYTES"}
 
@@ -271,7 +272,9 @@ class RerankModel(kserve.Model):
             collectors.candidates.labels(self.name).observe(len(item.item_ids))
         lookups = self.scorer.query_cache_hits + self.scorer.query_cache_misses
         collectors.cache_hit_rate.labels(self.name).set(self.scorer.query_cache_hits / lookups if lookups else 0.0)
-        capture_id = (headers or {}).get("x-request-id") or str(uuid.uuid4())
+        capture_id = (headers or {}).get("x-request-id") or ""
+        if not capture_id or len(capture_id) > MAX_REQUEST_ID_CHARS:  # none, or one a record cannot hold
+            capture_id = str(uuid.uuid4())
         return Batch(protocol, prepared, request_id, capture_id)
 
     def stop(self) -> None:

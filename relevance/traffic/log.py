@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -99,7 +100,7 @@ class TrafficLog:
             if self.fsync:
                 os.fsync(self._handle.fileno())
             self._count += 1
-            self._bytes += len(line)
+            self._bytes += len(line.encode("utf-8"))
             self.appended += 1
             if self._count >= self.segment_records or self._bytes >= self.segment_bytes:
                 self._close_segment()
@@ -135,9 +136,15 @@ class TrafficLog:
     # -- compaction -----------------------------------------------------------------------------------------
     def compact(self) -> int:
         """Compact every closed (or abandoned) segment into parquet; the number of records written."""
-        written = 0
+        written, failed = 0, None
         for segment in sorted(self.wal.glob("segment-*.jsonl")):
-            written += self._compact(segment)
+            try:
+                written += self._compact(segment)
+            except Exception as error:  # this segment stays for the next round; the others go on
+                failed = failed or error
+                self.compaction_errors += 1
+                self.last_error = f"{segment.name}: {type(error).__name__}: {error}"[:500]
+                _logger.warning("traffic compaction of %s failed (it stays): %s", segment.name, self.last_error)
         self.compacted += written
         return written
 
@@ -157,8 +164,6 @@ class TrafficLog:
             except FileNotFoundError:
                 return 0
             written = self._write_parts(handle, segment.stem)
-            if self.fsync:
-                _fsync_directory(self.directory)
             segment.unlink(missing_ok=True)  # only now: killed before this, the next compaction redoes the parts
         return written
 
@@ -184,13 +189,13 @@ class TrafficLog:
                 hours: dict[tuple[str, str], list[dict]] = {}
                 for row in rows:
                     hours.setdefault((row["time"].strftime("%Y-%m-%d"), row["time"].strftime("%H")), []).append(row)
-                for hour, part in hours.items():
+                for hour, part in list(hours.items()):
                     if hour not in writers:
                         path = self.directory / f"date={hour[0]}" / f"hour={hour[1]}" / f"part-{stem}.parquet"
                         path.parent.mkdir(parents=True, exist_ok=True)
                         tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
                         writers[hour] = (pq.ParquetWriter(tmp, SCHEMA), tmp, path)
-                    writers[hour][0].write_table(pa.Table.from_pylist(part, schema=SCHEMA))
+                    writers[hour][0].write_table(self._table(part))
                 written += len(rows)
             for writer, tmp, path in writers.values():
                 writer.close()
@@ -198,11 +203,28 @@ class TrafficLog:
                     with open(tmp, "rb") as part:
                         os.fsync(part.fileno())
                 os.replace(tmp, path)  # a redone compaction replaces the same part: no duplicates
+                if self.fsync:  # the part's entry, and the hour and date folders' own, before the segment goes
+                    for folder in (path.parent, path.parent.parent, self.directory):
+                        _fsync_directory(folder)
         finally:
             for writer, tmp, _ in writers.values():
-                writer.close()  # a second close is a no-op
+                with contextlib.suppress(Exception):  # after a failure: keep the first error, clean up the rest
+                    writer.close()
                 tmp.unlink(missing_ok=True)
         return written
+
+    def _table(self, rows: list[dict]) -> pa.Table:
+        try:
+            return pa.Table.from_pylist(rows, schema=SCHEMA)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            # A corrupted line with the right keys: check every row again and keep the good ones.
+            good = []
+            for row in rows:
+                try:
+                    good.append(traffic_record(row))
+                except TrafficRecordError:
+                    self.rejected["unreadable line in the write-ahead log"] += 1
+            return pa.Table.from_pylist(good, schema=SCHEMA)
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.segment_seconds / 2)):
@@ -210,12 +232,11 @@ class TrafficLog:
                 if self._handle is not None and time.monotonic() - self._opened >= self.segment_seconds:
                     self._close_segment()
             try:
-                self.compact()
-            except Exception as error:  # a full disk, a bad part: the segments stay, and the next round retries
+                self.compact()  # counts and logs a segment that fails; anything else must not end the thread
+            except Exception as error:
                 self.compaction_errors += 1
                 self.last_error = f"{type(error).__name__}: {error}"[:500]
-                _logger.warning("traffic compaction failed (%d so far; the segments stay): %s",
-                                self.compaction_errors, self.last_error)
+                _logger.warning("traffic compaction failed: %s", self.last_error)
 
     def close(self) -> None:
         """Stop the background thread, close the segment and compact everything: all records become visible."""
@@ -279,13 +300,14 @@ def read_traffic(directory: str | Path, since: datetime | None = None, until: da
         raise ValueError(f"columns: unknown {unknown}; a traffic record has {SCHEMA.names}")
     read = list(dict.fromkeys([*wanted, *KEY, "time"]))
     parts = [str(part) for part in _parts_in(directory, since, until)]
-    if not parts:
+    if not parts or (request_ids is not None and not len(request_ids)):
         return SCHEMA.empty_table().select(wanted).to_pandas()
     dataset = ds.dataset(parts, format="parquet", schema=SCHEMA)
     condition = None
     for clause in (ds.field("time") >= pa.scalar(since, type=SCHEMA.field("time").type) if since else None,
                    ds.field("time") < pa.scalar(until, type=SCHEMA.field("time").type) if until else None,
-                   ds.field("request_id").isin(list(request_ids)) if request_ids is not None else None):
+                   ds.field("request_id").isin(pa.array(list(request_ids), type=pa.string()))
+                   if request_ids is not None else None):
         if clause is not None:
             condition = clause if condition is None else condition & clause
     frame = dataset.to_table(columns=read, filter=condition).to_pandas()

@@ -137,6 +137,7 @@ def test_scaling_pools_nest_by_bm25_depth():
         nested_depths(pool, train_pairs=3, multiples=(8,))
 
 
+@pytest.mark.slow  # over a minute: `make test-slow`
 def test_the_scale_benchmark_runs_every_stage_in_smoke_mode(tmp_path):
     """benchmarks/scale.py end to end at 10k-40k pairs: every stage in its own process, the report written to
     the work directory (a smoke run is not a result)."""

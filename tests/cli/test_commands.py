@@ -11,7 +11,7 @@ COMMANDS = {  # name → the stage module that holds it, in the order of `releva
     "prepare": steps, "train-teacher": steps, "candidates": steps, "label": steps, "train-student": steps,
     "select": labels, "import-labels": labels, "judge-eval": evaluation, "fetch-backbone": steps,
     "evaluate": evaluation, "export": steps, "features": steps, "serve": serving, "serve-triton": serving,
-    "score": serving, "run": steps,
+    "score": serving, "traffic-sink": serving, "monitor": serving, "run": steps,
 }
 
 

@@ -33,6 +33,9 @@ from relevance.teacher.launch import launch_local
 from relevance.teacher.model import Teacher
 from relevance.teacher.train import check_distributed_settings
 
+# In `make test-slow` (and .ci/run): torch.distributed process groups (over a minute).
+pytestmark = pytest.mark.slow
+
 # Two processes follow one process's optimisation exactly, except for the order of floating-point additions
 # (DDP sums each gradient bucket across ranks; each rank pads its slice to its own longest row; a rank's loss is a
 # sum over its slice). Measured after 8 AdamW steps at lr 1e-3: at most 2e-7 on any parameter (DDP and FSDP) and

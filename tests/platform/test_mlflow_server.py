@@ -16,6 +16,9 @@ import yaml
 
 from relevance.config import RunConfig
 
+# In `make test-slow` (and .ci/run): a real MLflow server per test (about 3 minutes in all).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def mlflow(tmp_path_factory):
