@@ -56,7 +56,7 @@ test: $(STAMP) $(TRITON_STAMP)
 	$(MAKE) --no-print-directory lint-imports
 
 ## The slow tests: the wheel, installed outside the checkout, runs the quick profile on real weights; the real MLflow
-## server's fault tests, torch.distributed and the Label Studio round trip; the scale benchmark's smoke run.
+## server's fault tests, torch.distributed, the local canary loop, the Label Studio round trip, the scale smoke run.
 test-slow: $(STAMP) $(TRITON_STAMP) $(LABEL_STUDIO_STAMP)
 	$(PY) -m pytest -q -m slow
 

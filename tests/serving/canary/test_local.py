@@ -11,6 +11,7 @@ from relevance.serving.canary import analysis, local
 from relevance.config import RunConfig
 
 
+@pytest.mark.slow  # two students trained and served (about two minutes): `make test-slow`
 def test_local_canary_with_two_students(two_students, cli, tmp_path):
     """Champion: a tiny run's student; challenger: a student distilled from the same labels with a different
     architecture and training. Both serve for real behind the splitter; the analysis decides."""

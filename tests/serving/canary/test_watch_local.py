@@ -12,6 +12,7 @@ import sys
 import time
 
 import httpx
+import pytest
 import yaml
 from relevance.serving.canary.analysis import replay_queries
 from relevance.serving.canary.rollout import CANARY, apply, plan_start
@@ -37,6 +38,7 @@ def _wait_for(path, process, log, timeout: float = 300):
     raise AssertionError(f"{path} did not appear in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
 
 
+@pytest.mark.slow  # two students trained and served behind the splitter (about a minute): `make test-slow`
 def test_watch_rolls_back_a_challenger_that_breaks_an_slo(two_students, cli, tmp_path):
     settings = {**two_students.config, "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
                 "canary": {**two_students.config["canary"], "max_p99_ms": SLO_MS}}
