@@ -32,6 +32,7 @@ import argparse
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import kserve
 import numpy as np
@@ -44,6 +45,7 @@ from relevance.serving.client import PredictorError, RemoteStudent, check_predic
 # LATENCY_BUCKETS is also named here for the canary's proxies, which measure with the server's buckets.
 from relevance.serving.metrics import LATENCY_BUCKETS as LATENCY_BUCKETS
 from relevance.serving.metrics import metrics
+from relevance.serving.traffic import response_records
 from relevance.student.scoring import (
     ItemSourceUnavailable,
     OnlineScorer,
@@ -337,10 +339,6 @@ class RerankModel(kserve.Model):
         fails (a full disk) is counted in relevance_traffic_capture_failures and logged once a minute."""
         if self.traffic is None:
             return
-        from datetime import datetime, timezone
-
-        from relevance.serving.traffic import response_records
-
         try:
             for record in response_records(body, batch.capture_id, datetime.now(timezone.utc), self.name,
                                            "transformer"):

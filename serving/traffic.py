@@ -56,7 +56,7 @@ def _v2_records(body: dict) -> list[dict]:
              "unknown": unknown if isinstance(unknown, list) else None}]
 
 
-def response_records(body, request_id: str, time: datetime, model_name: str, source: str) -> list[dict]:
+def response_records(body, request_id: str, time: datetime | str, model_name: str, source: str) -> list[dict]:
     """The traffic records (unchecked: :class:`relevance.traffic.TrafficLog` checks them) of one rerank response
     in its JSON form; :class:`TrafficRecordError` if ``body`` is not one."""
     if not isinstance(body, dict):
