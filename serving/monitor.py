@@ -14,9 +14,19 @@ bundle student's records has its top_k items featurized again by the same scorer
 - **consistency**: the served scores against this bundle's scores for the same items (a skew between what
   serves and the bundle monitored shows here).
 
+- **judged quality** (with a judge): the served lists themselves graded. The judge (the teacher, or any
+  cross-encoder) must first agree with humans on the judge-check slice at ``monitor.judge_min_agreement``, as
+  judge-eval requires. The population is the distinct queries of the window's sample, stratified by seen/unseen
+  query × locale × query length (relevance.evaluation.sampling); ``monitor.judge_lists`` of them are drawn
+  proportionally, the judge grades each one's first ``monitor.judge_depth`` served items, and each list gets
+  nDCG@``monitor.judge_k`` of its served order against those grades (the ideal drawn from all graded items, so
+  a good item left below the cut counts against the list). Overall: the stratified estimate with its interval;
+  per stratum: its mean and t interval. Pinterest measures relevance from traffic this way (arXiv 2509.03764).
+
 Outputs: ``monitor.json``, ``monitor.html`` (plots), ``monitor.prom`` (Prometheus text format, for a textfile
 collector; ``--pushgateway`` pushes the same gauges). Exit codes for a CronJob: 0 no alert, 3 drift alert,
-4 too little traffic of this student in the window to say (2: bad input, as every command).
+4 too little traffic of this student in the window to say, 5 judged quality below ``monitor.judged_ndcg_alert``
+(over a drift alert: what users see comes first) (2: bad input, as every command).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import numpy as np
 from relevance.student.featurizer import LEXICAL_FEATURES
 from relevance.traffic.drift import ks, nearest_similarity, psi
 
-EXIT_OK, EXIT_DRIFT, EXIT_TOO_FEW = 0, 3, 4
+EXIT_OK, EXIT_DRIFT, EXIT_TOO_FEW, EXIT_QUALITY = 0, 3, 4, 5
 SCORE = "expected_grade"
 NOVELTY = "query_novelty"
 
@@ -135,9 +145,93 @@ def _records(bundle, traffic_dir: Path, since: datetime, until: datetime, max_re
     return light, len(mine), versions, full
 
 
+def _interval(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    """The t interval of a mean (None with fewer than two values)."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None, None
+    half = float(t.ppf(1 - (1 - confidence) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return float(values.mean()) - half, float(values.mean()) + half
+
+
+def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], log=print) -> dict:
+    """The judge's verdict on the served lists of ``sample`` (the window's sampled records): judged
+    nDCG@judge_k overall (stratified estimate and interval) and per stratum. Raises DataContractError when the
+    judge is below the agreement floor."""
+    import pandas as pd
+
+    from relevance.evaluation.judge import judge_grades, judged_ndcg
+    from relevance.evaluation.judge_eval import calibrated_judge
+    from relevance.evaluation.sampling import allocate, query_strata, stratified_estimate, stratified_sample
+
+    settings = config.monitor
+    judge, judge_text, calibration = calibrated_judge(judge_dir, dataset, settings.judge_min_agreement, log)
+    # One list per distinct (query, locale): a head query served a thousand times is one unit of the population.
+    served = sample.assign(normal=sample["query"].map(_normal)).drop_duplicates(["normal", "locale"])
+    keys = [f"list{n}" for n in range(len(served))]
+    queries = pd.DataFrame({"query_id": keys, "query": served["query"].to_numpy(),
+                            "locale": served["locale"].to_numpy()})
+    novelty = np.where(served["normal"].isin(seen).to_numpy(), "seen", "unseen")
+    strata = query_strata(queries, traffic_bands=0)
+    strata = pd.Series([f"{n}|{h}" for n, h in zip(novelty, strata)], index=strata.index, name="stratum")
+    sizes = strata.value_counts()
+    chosen = stratified_sample(strata, allocate(sizes, min(settings.judge_lists, len(strata)), "proportional"),
+                               settings.seed)
+    # Items the judge has no text for (not in the catalog it reads) cannot be graded: dropped, and counted.
+    known = set(judge_text.dropna().index)
+    lists, dropped = {}, 0
+    for key, items in zip(keys, served["item_ids"]):
+        if key in chosen:
+            items = [str(i) for i in list(items)[:settings.judge_depth]]
+            lists[key] = [i for i in items if i in known]
+            dropped += len(items) - len(lists[key])
+    text = dict(zip(keys, served["query"]))
+    per_list, judged = judged_ndcg(
+        {"served": lists}, {key: text[key] for key in lists},
+        lambda ids, items: judge_grades(judge, [text[q] for q in ids], judge_text.reindex(items).tolist()),
+        settings.judge_k, judge.num_grades, depth=settings.judge_depth)
+    values = pd.Series(per_list["served"], dtype=float)
+    if len(values) < 2:
+        raise ValueError(f"judged quality: {len(values)} of {len(lists)} sampled served list(s) had anything the "
+                         "judge found relevant; sample more (monitor.judge_lists) or widen the window")
+    estimate = stratified_estimate(values, strata, sizes, settings.confidence)
+    low, high = estimate.interval
+    per_stratum = {}
+    for name in sorted(sizes.index):
+        mine = values[strata.reindex(values.index) == name].to_numpy()
+        lower, upper = _interval(mine, settings.confidence)
+        per_stratum[str(name)] = {"lists": int(sizes[name]), "n": int(len(mine)),
+                                  "mean": round(float(mine.mean()), 4) if len(mine) else None,
+                                  "ci_low": None if lower is None else round(lower, 4),
+                                  "ci_high": None if upper is None else round(upper, 4)}
+    log(f"monitor: judged nDCG@{settings.judge_k} {estimate.mean:.4f} ({settings.confidence:.0%} CI {low:.4f} .. "
+        f"{high:.4f}) on {len(values)} served lists, {judged} pairs judged")
+    return {"metric": f"ndcg@{settings.judge_k}", "judge": str(judge_dir), "judge_version": judge.version,
+            "judge_agreement": calibration["overall"], "agreement_measured_on": calibration["measured_on"]["what"],
+            "min_agreement": settings.judge_min_agreement, "depth": settings.judge_depth,
+            "population_lists": int(len(strata)), "sampled_lists": int(len(lists)), "scored_lists": int(len(values)),
+            "judged_pairs": int(judged), "unjudgeable_items": int(dropped),
+            "overall": {"mean": round(estimate.mean, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
+                        "std_error": round(estimate.std_error, 5), "n": estimate.n,
+                        "confidence": settings.confidence, "notes": estimate.notes()},
+            "strata": per_stratum}
+
+
+def quality_alert(judged: dict, threshold: float | None) -> str | None:
+    """The alert when the judged quality's whole interval lies below ``threshold`` (a mean below it alone may be
+    noise); None without a threshold or a judged estimate."""
+    overall = judged.get("overall")
+    if threshold is None or not overall or overall["ci_high"] >= threshold:
+        return None
+    return (f"judged {judged['metric']} {overall['mean']} ({overall['confidence']:.0%} CI up to "
+            f"{overall['ci_high']}) below {threshold}")
+
+
 def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, since: datetime, until: datetime,
-            out: Path, pushgateway: str | None = None, log=print) -> MonitorResult:
-    """Compare the window [since, until) of ``traffic_dir`` with the training reference; write the reports."""
+            out: Path, pushgateway: str | None = None, judge_dir: Path | None = None, log=print) -> MonitorResult:
+    """Compare the window [since, until) of ``traffic_dir`` with the training reference (and, with
+    ``judge_dir``, judge the served lists); write the reports."""
     from relevance.chain import Chain
     from relevance.data.schema import Dataset
     from relevance.platform.feature_store import FeastItemSource
@@ -159,8 +253,10 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     serving = config.serving.model_copy(update={"max_candidates": max(config.serving.max_candidates,
                                                                       settings.candidates)})
     scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.model_file("student", False)))
-    data_dir = Chain(config).data_dir
-    dataset = Dataset.load(data_dir, with_impressions=False)
+    # The dataset the student was trained on: prepared from data.path into the workdir when not there yet (a
+    # CronJob's fresh volume), as the canary watch does.
+    chain = Chain(config)
+    dataset, data_dir = chain.dataset(with_impressions=False), chain.data_dir
     train, seen = training_queries(dataset, data_dir)
     rng = np.random.default_rng(settings.seed)
     drawn = [train[i] for i in rng.permutation(len(train))[:2 * settings.reference_queries]]
@@ -198,10 +294,28 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
         alerts.append(f"unknown items: {report['coverage']['unknown_items']} of the served top-{settings.top_k} > "
                       f"{settings.max_unknown_items}")
     report["alerts"] = alerts
-    report["verdict"] = "drift: " + "; ".join(alerts) if alerts else "no drift above the alert thresholds"
+    code = EXIT_DRIFT if alerts else EXIT_OK
+    verdict = "drift: " + "; ".join(alerts) if alerts else "no drift above the alert thresholds"
+    if judge_dir is not None:
+        from relevance.data.schema import DataContractError
+
+        try:
+            report["judged"] = judged_quality(config, dataset, Path(judge_dir), sample, seen, log)
+        except (DataContractError, ValueError) as error:
+            # A judge below the floor, or too few judgeable lists: nothing judged is reported, and the drift
+            # report still is (a weak judge must not blind the monitor). The refusal is in the report and a gauge.
+            report["judged"] = {"refused": str(error)}
+            log(f"monitor: no judged quality: {error}")
+        quality = quality_alert(report["judged"], settings.judged_ndcg_alert)
+        if quality:
+            report["quality_alert"] = quality
+            code, verdict = EXIT_QUALITY, f"quality: {quality}" + (f"; {verdict}" if alerts else "")
+    report["verdict"] = verdict
     out.mkdir(parents=True, exist_ok=True)
     _plot(reference, current, held_out, served, statistics, settings.psi_alert, out)
-    return _finish(report, EXIT_DRIFT if alerts else EXIT_OK, out, pushgateway, log)
+    if "overall" in report.get("judged", {}):
+        _plot_judged(report["judged"], settings.judged_ndcg_alert, out)
+    return _finish(report, code, out, pushgateway, log)
 
 
 def _finish(report: dict, code: int, out: Path, pushgateway: str | None, log) -> MonitorResult:
@@ -235,6 +349,18 @@ def _gauges(report: dict, path: Path, pushgateway: str | None) -> None:
         for name, value in report["coverage"].items():
             if value is not None:
                 coverage.labels(name).set(value)
+    if "judged" in report:
+        Gauge("relevance_monitor_judge_refused", "1 if the judge was refused (below the agreement floor) or had "
+              "too few lists to judge", registry=registry).set(int("refused" in report["judged"]))
+    if "overall" in report.get("judged", {}):
+        judged = Gauge("relevance_monitor_judged_ndcg", "Judged nDCG of served lists (the judge's grades), with "
+                       "its interval bounds", ["stratum", "bound"], registry=registry)
+        for name, row in {"overall": report["judged"]["overall"], **report["judged"]["strata"]}.items():
+            for bound in ("mean", "ci_low", "ci_high"):
+                if row[bound] is not None:
+                    judged.labels(name, bound).set(row[bound])
+        Gauge("relevance_monitor_quality_alert", "1 if the last monitor round alerted on judged quality",
+              registry=registry).set(int(report["exit_code"] == EXIT_QUALITY))
     write_to_textfile(str(path), registry)
     if pushgateway:
         push_to_gateway(pushgateway, job="relevance-monitor", registry=registry)
@@ -265,13 +391,38 @@ def _plot(reference: Sample, current: Sample, held_out, served, statistics: dict
     plt.close(fig)
 
 
+def _plot_judged(judged: dict, alert: float | None, out: Path) -> None:
+    """Judged nDCG per stratum and overall, with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"overall": judged["overall"], **{k: v for k, v in judged["strata"].items() if v["mean"] is not None}}
+    names = list(rows)
+    means = np.array([rows[n]["mean"] for n in names], dtype=float)
+    low = np.array([rows[n]["ci_low"] if rows[n]["ci_low"] is not None else rows[n]["mean"] for n in names], float)
+    high = np.array([rows[n]["ci_high"] if rows[n]["ci_high"] is not None else rows[n]["mean"] for n in names], float)
+    fig, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
+    axis.errorbar(means, range(len(names)), xerr=[means - low, high - means], fmt="o", capsize=3)
+    axis.set_yticks(range(len(names)), [f"{n} (n={rows[n]['n']})" for n in names])
+    axis.invert_yaxis()
+    if alert is not None:
+        axis.axvline(alert, color="tab:red", linestyle="--", label=f"alert ({alert})")
+        axis.legend()
+    axis.set_xlabel(f"judged {judged['metric']} of served lists ({judged['overall']['confidence']:.0%} CI)")
+    fig.tight_layout()
+    fig.savefig(out / "judged.png", dpi=90)
+    plt.close(fig)
+
+
 def _html(report: dict, out: Path) -> str:
     import base64
     import html
 
-    image = out / "monitor.png"
-    picture = (f'<img src="data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()}" width="100%">'
-               if image.exists() and "drift" in report else "")
+    pictures = [("monitor.png", "drift"), ("judged.png", "judged")]
+    picture = "".join(f'<img src="data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()}" '
+                      'width="100%">' for name, key in pictures if key in report and (out / name).exists())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>relevance monitor</title></head><body>"
             f"<h1>Traffic monitor</h1><p><b>{html.escape(report['verdict'])}</b> (exit {report['exit_code']})</p>"
             f"{picture}<pre>{html.escape(json.dumps(report, indent=2))}</pre></body></html>")

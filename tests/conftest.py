@@ -208,3 +208,40 @@ def tiny_teacher(tiny_pairs, tmp_path_factory, tiny_bert):
     teacher = train_teacher(judgments, judgments, queries.set_index("query_id")["query"], items, 3, config,
                             TextConfig(fields=["title"], max_length=32), log=lambda _: None)
     return teacher.save(tmp_path_factory.mktemp("teacher") / "teacher"), items, queries, judgments
+
+
+def _label_studio_export(tasks: list[dict], grade_names: list[str]) -> list[dict]:
+    """A Label Studio JSON export in which annotator 1 grades task n with grade_names[n % len(grade_names)]."""
+    return [{"id": n, "data": task["data"], "annotations": [
+        {"id": n, "completed_by": 1, "was_cancelled": False, "result": [
+            {"from_name": "grade", "to_name": "item", "type": "choices",
+             "value": {"choices": [grade_names[n % len(grade_names)]]}}]}]}
+        for n, task in enumerate(tasks)]
+
+
+@pytest.fixture(scope="session")
+def label_studio_export():
+    """``label_studio_export(tasks, grade_names)``: what Label Studio exports once every task is graded (grades
+    cycle through ``grade_names``), for `relevance import-labels`."""
+    return _label_studio_export
+
+
+def _wait_for_json(path: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> dict:
+    import json
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args[3:5]} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"{path} did not appear in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def wait_for_json():
+    """``wait_for_json(path, process, log, timeout=300)``: the JSON file a background `relevance` process writes
+    when it is ready; its log's tail if it exits first or the file never comes."""
+    return _wait_for_json

@@ -12,6 +12,7 @@ import typer
 
 from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, iso_time, run_config
 from relevance.common.console import clear_errors
+from relevance.platform.registry import RegistryError
 
 KSERVE_FLAGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 KSERVE_HELP = ("Any model-server flag of KServe's (--http_port, default 8080; --model_name; --predictor_host; "
@@ -101,7 +102,7 @@ def traffic_sink(directory: Path = typer.Option(..., "--dir", help="The traffic 
              serving.traffic_fsync, serving.model_name)
 
 
-@clear_errors()
+@clear_errors(RegistryError)
 def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (relevance serve --traffic-dir, or "
                                                         "the traffic sink's --dir)."),
             config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
@@ -118,10 +119,16 @@ def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (re
             until: Optional[str] = typer.Option(None, help="Window end, ISO 8601 with an offset (default: now)."),
             out: Optional[Path] = typer.Option(None, help="Report directory (default: workdir/monitor)."),
             pushgateway: Optional[str] = typer.Option(None, help="Also push the gauges to this Prometheus "
-                                                                 "Pushgateway (host:port).")):
+                                                                 "Pushgateway (host:port)."),
+            judge: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="A teacher (or any saved "
+                                                 "cross-encoder) that grades a stratified sample of the served "
+                                                 "lists: judged nDCG with its interval, per stratum."),
+            registry_judge: bool = typer.Option(False, "--registry-judge", help="With --registry-alias: the judge "
+                                                "is the teacher the registered student was distilled from.")):
     """Drift of a window of served traffic against the training reference (features, scores, queries,
-    coverage): monitor.json, monitor.html, monitor.prom. Exit 0: no alert; 3: drift alert; 4: too little
-    traffic of this student in the window."""
+    coverage) and, with a judge, the served lists' judged quality: monitor.json, monitor.html, monitor.prom.
+    Exit 0: no alert; 3: drift alert; 4: too little traffic of this student in the window; 5: judged quality
+    below monitor.judged_ndcg_alert."""
     import tempfile
     from datetime import datetime, timedelta, timezone
 
@@ -140,8 +147,16 @@ def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (re
         raise ValueError(f"--traffic-dir {traffic_dir}: not a directory")
     if bundle and registry_alias:
         raise ValueError("give --bundle or --registry-alias, not both")
+    if registry_judge and (judge or not registry_alias):
+        raise ValueError("--registry-judge takes the judge from the registry with --registry-alias, and excludes "
+                         "--judge")
     root = Path(loaded.workdir)
     with tempfile.TemporaryDirectory() as scratch:
+        if registry_judge:
+            from relevance.platform.registry import Registry
+
+            judge = Registry(loaded.registry).download_teacher_of(
+                loaded.registry.student_name, registry_alias, loaded.registry.teacher_name, Path(scratch) / "judge")
         if registry_alias:
             from relevance.serving.canary.local import registry_bundle
 
@@ -151,7 +166,7 @@ def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (re
                 raise ValueError(f"--registry-alias {registry_alias}: the registry has no such alias for "
                                  f"{loaded.registry.student_name}") from None
         result = run_monitor(loaded, bundle or root / "export", feature_repo or root / "feature_repo", traffic_dir,
-                             start, end, out or root / "monitor", pushgateway, log=typer.echo)
+                             start, end, out or root / "monitor", pushgateway, judge, log=typer.echo)
     raise typer.Exit(result.exit_code)
 
 

@@ -90,6 +90,8 @@ class CanaryConfig(Strict):
     # A promote decision is applied by the watch only with this on; off, it is reported and a person promotes.
     # Rollbacks are always applied: undoing a bad canary is what the watch is for.
     auto_promote: bool = True
+    # The challenger's share when a refresh run (the pipeline's `refresh` parameter) starts its canary.
+    refresh_percent: int = Field(10, ge=1, le=99)
 
     @model_validator(mode="after")
     def _watch_urls(self) -> CanaryConfig:
@@ -111,7 +113,13 @@ class MonitorConfig(Strict):
     The reference is the served student on training queries (their BM25 candidates reranked, the top_k kept);
     the window's records are sampled, and their top_k items featurized again by the same scorer. An alert
     (exit 3) when any feature's or the score's PSI, or the query-novelty PSI, exceeds psi_alert, or when more
-    than max_unknown_items of the served items are unknown to the feature store."""
+    than max_unknown_items of the served items are unknown to the feature store.
+
+    Judged quality (with a judge: `relevance monitor --judge`): the judge, once it agrees with humans on the
+    judge-check slice at judge_min_agreement (exact), grades the first judge_depth items of judge_lists served
+    lists, drawn by strata (seen/unseen query × locale × query length), and the report gives judged nDCG@judge_k
+    with its interval overall (the stratified estimator) and per stratum. An alert (exit 5) when
+    judged_ndcg_alert is set and the overall interval lies below it."""
 
     window_hours: float = Field(24.0, gt=0)  # the default window: the last this many hours
     min_records: int = Field(200, ge=1)  # fewer records of the bundle's student in the window: exit 4, no verdict
@@ -121,4 +129,19 @@ class MonitorConfig(Strict):
     top_k: int = Field(20, ge=1)  # the items of each ranking whose features are compared: what users see
     psi_alert: float = Field(0.25, gt=0)  # the usual "significant shift"; 0.1–0.25 is reported as moderate
     max_unknown_items: float = Field(0.05, ge=0, le=1)
+    judge_lists: int = Field(200, ge=2)  # served lists the judge grades (distinct queries of the window's sample)
+    judge_k: PositiveInt = 10
+    # Items of each served list the judge grades: more than judge_k, so that the ideal ranking can draw on what the
+    # student left below the cut (with judge_depth = judge_k a list is only judged on its own order).
+    judge_depth: PositiveInt = 50
+    judge_min_agreement: float = Field(0.4, ge=0, le=1)  # judge-eval's floor: below it nothing judged is reported
+    judged_ndcg_alert: float | None = Field(None, ge=0, le=1)  # None: judged quality is reported, never alerts
+    confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _judge_depth(self) -> MonitorConfig:
+        if self.judge_depth < self.judge_k:
+            raise ValueError(f"monitor.judge_depth ({self.judge_depth}) must be at least monitor.judge_k "
+                             f"({self.judge_k}): nDCG@k needs the first k items graded")
+        return self

@@ -27,16 +27,22 @@ def judge_grades(judge, queries: list[str], items: list[str]) -> np.ndarray:
 
 def judged_ndcg(tops: dict[str, dict[str, list[str]]], query_text: dict[str, str],
                 grade: Callable[[list[str], list[str]], np.ndarray], k: int,
-                num_grades: int) -> tuple[dict[str, dict[str, float]], int]:
-    """Per ranker, nDCG@k of each query's ranking against the judge's grades of the union of all rankers' top-k.
+                num_grades: int, depth: int | None = None) -> tuple[dict[str, dict[str, float]], int]:
+    """Per ranker, nDCG@k of each query's ranking against the judge's grades of the union of all rankers' top
+    ``depth`` items (default k).
 
-    ``tops``: ranker → query_id → its ranked item ids (the first k count); ``grade(query_ids, item_ids)``: the
-    judge's grades. A ranker's items are at their rank, the other rankers' extra items after the cut-off. Queries
-    with nothing relevant among the union are left out (nDCG is undefined there). Returns (scores, pairs judged)."""
+    ``tops``: ranker → query_id → its ranked item ids; ``grade(query_ids, item_ids)``: the judge's grades. A
+    ranker's items are at their rank, the other rankers' extra items after its own. A depth beyond k lets the ideal
+    ranking draw on items a ranker left below the cut (one ranker alone is otherwise judged only on the order of
+    its own top-k). Queries with nothing relevant among the union are left out (nDCG is undefined there).
+    Returns (scores, pairs judged)."""
+    depth = k if depth is None else depth
+    if depth < k:
+        raise ValueError(f"the judged depth ({depth}) must be at least k ({k})")
     rankers = list(tops)
     rows: list[tuple[str, str]] = []
     for query_id in query_text:
-        union = dict.fromkeys(i for r in rankers for i in tops[r].get(query_id, [])[:k])
+        union = dict.fromkeys(i for r in rankers for i in tops[r].get(query_id, [])[:depth])
         rows.extend((query_id, item) for item in union)
     if not rows:
         return {r: {} for r in rankers}, 0
@@ -44,7 +50,7 @@ def judged_ndcg(tops: dict[str, dict[str, list[str]]], query_text: dict[str, str
     grades = np.asarray(grade(list(query_ids), [i for _, i in rows]))
     out = {}
     for ranker in rankers:
-        position = {(q, i): rank for q, items in tops[ranker].items() for rank, i in enumerate(items[:k])}
+        position = {(q, i): rank for q, items in tops[ranker].items() for rank, i in enumerate(items[:depth])}
         scores = np.array([-position.get(row, 10 ** 6) for row in rows], float)
         out[ranker] = per_query_ndcg(query_ids, grades, scores, k, num_grades)
     return out, len(rows)

@@ -115,7 +115,7 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     for name, state in rankers.items():
         if not state["untouched"]:
             log(f"judge-eval: WARNING the {name} {state['what']}")
-    judge, judge_text, calibration = _calibrated_judge(judge_dir, dataset, min_agreement, log)
+    judge, judge_text, calibration = calibrated_judge(judge_dir, dataset, min_agreement, log)
 
     strata = query_strata(population, traffic)
     sizes = strata.value_counts()
@@ -154,7 +154,7 @@ def judge_eval(config, dataset: Dataset, baseline_dir: Path, candidate_dir: Path
     return report
 
 
-def _calibrated_judge(judge_dir: Path, dataset: Dataset, min_agreement: float, log) -> tuple:
+def calibrated_judge(judge_dir: Path, dataset: Dataset, min_agreement: float, log) -> tuple:
     """The judge, its item texts and its agreement with humans, which must reach ``min_agreement`` (exact)."""
     from relevance.evaluation.judge import require_agreement
     from relevance.teacher.model import Teacher

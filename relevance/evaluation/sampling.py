@@ -29,7 +29,8 @@ def query_strata(queries: pd.DataFrame, traffic: pd.Series | None = None, traffi
     """A stratum name per query (indexed by query_id): locale × query-length band × traffic band.
 
     ``traffic`` (query_id → impressions or searches) is cut into ``traffic_bands`` quantile bands; queries
-    without traffic information fall in one band. Length bands: ≤ 2 words, ≤ 4, longer (``length_bands``)."""
+    without traffic information fall in one band, and ``traffic_bands=0`` leaves the band out of the name.
+    Length bands: ≤ 2 words, ≤ 4, longer (``length_bands``)."""
     from relevance.models.text import tokenize_words
 
     ids = queries["query_id"].astype(str)
@@ -39,14 +40,16 @@ def query_strata(queries: pd.DataFrame, traffic: pd.Series | None = None, traffi
                        for i in np.searchsorted(edges, words, side="left")])
     locale = (queries["locale"].fillna("").astype(str).to_numpy() if "locale" in queries.columns
               else np.full(len(queries), ""))
-    if traffic is not None:
+    if traffic_bands == 0:
+        band = np.full(len(queries), "")
+    elif traffic is not None:
         counts = traffic.reindex(ids).fillna(0).to_numpy(dtype=float)
         ranks = pd.Series(counts).rank(method="first", pct=True).to_numpy()
         band = np.array([f"traffic{min(max(math.ceil(r * traffic_bands), 1), traffic_bands)}/{traffic_bands}"
                          for r in ranks])
     else:
         band = np.full(len(queries), "traffic?")
-    names = [f"{loc}|{ln}|{tb}".lstrip("|") for loc, ln, tb in zip(locale, length, band)]
+    names = ["|".join(part for part in (loc, ln, tb) if part) for loc, ln, tb in zip(locale, length, band)]
     return pd.Series(names, index=ids.to_numpy(), name="stratum")
 
 

@@ -197,13 +197,28 @@ class Registry:
     def download(self, name: str, alias: str, destination: str | Path) -> Path | None:
         """The model directory behind ``name@alias``, copied to ``destination``; None if the alias is unset."""
         version = self.alias_version(name, alias)
-        if version is None:
-            return None
+        return None if version is None else self.download_version(name, version, destination)
+
+    def download_version(self, name: str, version: int, destination: str | Path) -> Path:
+        """The model directory of ``name`` version ``version``, copied to ``destination``."""
         import mlflow.artifacts
 
         source = self.client.get_model_version(name, str(version)).source
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination),
                                                         tracking_uri=self.uri))
+
+    def download_teacher_of(self, student_name: str, alias: str, teacher_name: str,
+                            destination: str | Path) -> Path:
+        """The teacher the student ``student_name@alias`` was distilled from (its ``teacher_model_version``
+        lineage tag), copied to ``destination``."""
+        version = self.alias_version(student_name, alias)
+        if version is None:
+            raise RegistryError(f"the registry at {self.uri} has no {student_name}@{alias}")
+        tag = self.client.get_model_version(student_name, str(version)).tags.get("teacher_model_version")
+        if not tag:
+            raise RegistryError(f"{student_name} v{version} records no teacher_model_version (registered before "
+                                "the lineage tag existed): pass the judge's directory instead")
+        return self.download_version(teacher_name, int(tag), destination)
 
     def _require_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException

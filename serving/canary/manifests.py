@@ -321,14 +321,14 @@ def check_rbac(resource: dict) -> list[str]:
     return errors
 
 
-def cron_jobs() -> dict[str, tuple[list[str], int]]:
-    """The shipped CronJobs by name: the command each runs, and the exit code a retry would hide (the watch's
-    rollback, the monitor's drift alert)."""
+def cron_jobs() -> dict[str, tuple[list[str], tuple[int, ...]]]:
+    """The shipped CronJobs by name: the command each runs, and the exit codes a retry would hide (the watch's
+    rollback, the monitor's drift and judged-quality alerts)."""
     from relevance.serving.canary.watch import EXIT_ROLLED_BACK
-    from relevance.serving.monitor import EXIT_DRIFT
+    from relevance.serving.monitor import EXIT_DRIFT, EXIT_QUALITY
 
-    return {"relevance-canary-watch": (["relevance", "canary", "watch"], EXIT_ROLLED_BACK),
-            "relevance-monitor": (["relevance", "monitor"], EXIT_DRIFT)}
+    return {"relevance-canary-watch": (["relevance", "canary", "watch"], (EXIT_ROLLED_BACK,)),
+            "relevance-monitor": (["relevance", "monitor"], (EXIT_DRIFT, EXIT_QUALITY))}
 
 
 def check_watch_job(cronjob: dict) -> list[str]:
@@ -349,13 +349,13 @@ def check_watch_job(cronjob: dict) -> list[str]:
     if not job.get("activeDeadlineSeconds"):
         errors.append("spec.jobTemplate.spec.activeDeadlineSeconds: expected a deadline: with Forbid, a hung round "
                       "would block every later one")
-    stops = [rule for rule in (job.get("podFailurePolicy") or {}).get("rules", []) if rule.get("action") == "FailJob"
-             and (rule.get("onExitCodes") or {}).get("operator") == "In"
-             and decided in (rule.get("onExitCodes") or {}).get("values", [])]
-    if job.get("backoffLimit") != 0 and not stops:
+    stopped = {code for rule in (job.get("podFailurePolicy") or {}).get("rules", []) if rule.get("action") == "FailJob"
+               and (rule.get("onExitCodes") or {}).get("operator") == "In"
+               for code in (rule.get("onExitCodes") or {}).get("values", [])}
+    if job.get("backoffLimit") != 0 and not set(decided) <= stopped:
         errors.append(f"spec.jobTemplate.spec: expected backoffLimit 0 or a podFailurePolicy rule FailJob on exit "
-                      f"code {decided}: a retried round after a decision (a rollback, an alert) may succeed and "
-                      "hide it")
+                      f"code(s) {sorted(set(decided) - stopped)}: a retried round after a decision (a rollback, an "
+                      "alert) may succeed and hide it")
     pod = (job.get("template") or {}).get("spec") or {}
     if not pod.get("serviceAccountName") or pod.get("serviceAccountName") == "default":
         errors.append(f"spec.jobTemplate.spec.template.spec.serviceAccountName: expected the job's own "

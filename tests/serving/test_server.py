@@ -522,6 +522,36 @@ def test_the_monitor_tells_drifted_traffic_from_undrifted(deployment, catalog, c
     assert 'relevance_monitor_psi{feature="terms_matched"}' in (tmp_path / "calm/monitor.prom").read_text()
     assert (tmp_path / "calm/monitor.html").read_text().count("data:image/png;base64") == 1
 
+    # Judged quality: the run's teacher grades the served lists (floor 0: the tiny teacher is no real judge, and
+    # its grades are too flat to alert on; tests/serving/test_monitor.py checks the figures on a known judge).
+    config["monitor"].update({"judge_lists": 20, "judge_k": 5, "judge_depth": 20, "judge_min_agreement": 0.0})
+    path.write_text(yaml.safe_dump(config))
+    judged_run = cli("monitor", "--config", path, "--traffic-dir", traffic, "--since", moments[0].isoformat(),
+                     "--until", moments[1].isoformat(), "--out", tmp_path / "judged", "--judge",
+                     deployment["workdir"] / "teacher", check=False)
+    report = json.loads((tmp_path / "judged/monitor.json").read_text())
+    judged = report["judged"]
+    assert judged_run.returncode == 0 and "quality_alert" not in report, (judged_run.stdout, judged)
+    assert judged["metric"] == "ndcg@5" and 2 <= judged["scored_lists"] <= judged["sampled_lists"] == 20
+    assert judged["population_lists"] > 20 and judged["judged_pairs"] > 20 * 5
+    overall = judged["overall"]
+    assert 0 <= overall["ci_low"] <= overall["mean"] <= overall["ci_high"] and overall["mean"] <= 1
+    assert judged["strata"] and all(name.startswith("seen|") for name in judged["strata"])  # training queries
+    assert sum(row["lists"] for row in judged["strata"].values()) == judged["population_lists"]
+    prom = (tmp_path / "judged/monitor.prom").read_text()
+    assert 'relevance_monitor_judged_ndcg{bound="mean",stratum="overall"}' in prom
+    assert "relevance_monitor_quality_alert 0.0" in prom
+    assert (tmp_path / "judged/monitor.html").read_text().count("data:image/png;base64") == 2
+    # A judge below the agreement floor judges nothing, and the drift verdict stands.
+    config["monitor"].update({"judge_min_agreement": 1.0, "judged_ndcg_alert": None})
+    path.write_text(yaml.safe_dump(config))
+    refused = cli("monitor", "--config", path, "--traffic-dir", traffic, "--since", moments[0].isoformat(),
+                  "--until", moments[1].isoformat(), "--out", tmp_path / "refused", "--judge",
+                  deployment["workdir"] / "teacher", check=False)
+    report = json.loads((tmp_path / "refused/monitor.json").read_text())
+    assert refused.returncode == 0 and "below the floor" in report["judged"]["refused"], report.get("judged")
+    assert "relevance_monitor_judge_refused 1.0" in (tmp_path / "refused/monitor.prom").read_text()
+
     drifted = monitor(moments[1], moments[2], "drifted")
     assert drifted.returncode in (0, 3), drifted.stdout + drifted.stderr[-3000:]
     report = json.loads((tmp_path / "drifted/monitor.json").read_text())
@@ -536,7 +566,8 @@ def test_the_monitor_tells_drifted_traffic_from_undrifted(deployment, catalog, c
     assert bad.returncode == 2 and "--since: expected an ISO 8601 time" in bad.stderr
 
 
-def test_served_pairs_go_to_human_grading_and_come_back_as_judgments(deployment, catalog, cli, tmp_path):
+def test_served_pairs_go_to_human_grading_and_come_back_as_judgments(deployment, catalog, cli, tmp_path,
+                                                                      label_studio_export):
     """The loop's labelling leg on what the server captured: `relevance select --from-traffic` (the teacher's
     entropy, at most 2 pairs a query, no valid/test query), then grades for them through `import-labels`."""
     import shutil
@@ -572,12 +603,7 @@ def test_served_pairs_go_to_human_grading_and_come_back_as_judgments(deployment,
     assert len(queries) >= len(dataset.queries) and set(dataset.queries["query_id"]) <= set(queries["query_id"])
     fresh = traffic_query_id(new_query)
     assert (fresh in set(chosen["query_id"])) == (fresh in set(queries["query_id"]))
-    export = [{"id": n, "data": task["data"], "annotations": [
-        {"id": n, "completed_by": 1, "was_cancelled": False, "result": [
-            {"from_name": "grade", "to_name": "item", "type": "choices",
-             "value": {"choices": [dataset.info.grade_names[n % dataset.num_grades]]}}]}]}
-        for n, task in enumerate(tasks)]
-    (tmp_path / "export.json").write_text(json.dumps(export))
+    (tmp_path / "export.json").write_text(json.dumps(label_studio_export(tasks, dataset.info.grade_names)))
     cli("import-labels", tmp_path / "export.json", "--round", 1, "--config", deployment["config"], "--workdir", workdir)
     judgments = pd.read_parquet(workdir / "data/judgments.parquet")
     added = judgments[judgments["round"] == 1]

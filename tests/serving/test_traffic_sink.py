@@ -163,13 +163,13 @@ def test_the_sink_overlay_validates_offline_and_prod_logs_to_it(tmp_path):
 
 def test_the_monitor_overlay_is_an_hourly_job_without_api_access(tmp_path):
     """The monitor's CronJob validates offline, runs `relevance monitor` with options that exist, fails the Job
-    on exit 2, 3 and 4 (no retry hides an alert), and its ServiceAccount has no Role and no token."""
+    on exit 2, 3, 4 and 5 (no retry hides an alert), and its ServiceAccount has no Role and no token."""
     from typer.main import get_command
 
     from relevance.cli import app
     from relevance.config import load_config
     from relevance.serving.canary.manifests import MONITOR_OVERLAY, SINK_OVERLAY, overlay_dir, render, validate
-    from relevance.serving.monitor import EXIT_DRIFT, EXIT_TOO_FEW
+    from relevance.serving.monitor import EXIT_DRIFT, EXIT_QUALITY, EXIT_TOO_FEW
 
     resources = render(overlay_dir(MONITOR_OVERLAY))
     kinds = {r["kind"]: r for r in resources}
@@ -177,7 +177,8 @@ def test_the_monitor_overlay_is_an_hourly_job_without_api_access(tmp_path):
     assert validate(resources) == []
     job = kinds["CronJob"]["spec"]["jobTemplate"]["spec"]
     (rule, _) = job["podFailurePolicy"]["rules"]
-    assert rule["action"] == "FailJob" and {2, EXIT_DRIFT, EXIT_TOO_FEW} <= set(rule["onExitCodes"]["values"])
+    assert rule["action"] == "FailJob" and {2, EXIT_DRIFT, EXIT_TOO_FEW, EXIT_QUALITY} <= set(
+        rule["onExitCodes"]["values"])
     pod = job["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert kinds["ServiceAccount"]["automountServiceAccountToken"] is False
