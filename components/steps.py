@@ -253,6 +253,23 @@ def export_onnx(run_config: Input[Artifact], dataset: Input[Dataset], student: I
 
 
 @component
+def check_refresh(run_config: Input[Artifact], dataset: Input[Dataset], refresh: bool):
+    """A refresh run stops here unless there is something to refresh: a champion, no canary running, judgments
+    that changed since the champion was trained. A plain run (refresh off) passes."""
+    if not refresh:
+        print("not a refresh run: nothing to check")
+        return
+    from pathlib import Path
+
+    from relevance.config import read_run_config
+    from relevance.data.schema import Dataset as RelevanceDataset
+    from relevance.serving.canary.refresh import check_refresh as check
+
+    config = read_run_config(run_config.path)
+    print(f"refresh: {check(config, RelevanceDataset.load(Path(dataset.path), with_impressions=False))}")
+
+
+@component
 def register_models(run_config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], student: Input[Model],
                     onnx_model: Input[Model], evaluation: Input[Metrics], validation: Input[Metrics],
                     feature_repo: Input[Artifact]) -> int:
@@ -267,3 +284,13 @@ def register_models(run_config: Input[Artifact], dataset: Input[Dataset], teache
                             Path(onnx_model.path), dict(evaluation.metadata), dict(validation.metadata),
                             dict(feature_repo.metadata))
     return versions["student"]
+
+
+@component
+def start_canary(run_config: Input[Artifact], model_version: int, target: str):
+    """The refreshed student under canary at canary.refresh_percent: kubectl on a cluster, the registry's canary
+    alias alone on kfp.local (``target`` "registry"); `relevance canary watch` decides from there."""
+    from relevance.config import read_run_config
+    from relevance.serving.canary.refresh import start_refresh_canary
+
+    print(start_refresh_canary(read_run_config(run_config.path), model_version, target))

@@ -13,7 +13,7 @@ from pathlib import Path
 from relevance.pipelines.training import PIPELINE_NAME, build_pipeline
 
 
-def local_arguments(profile: str, overrides: dict) -> dict:
+def local_arguments(profile: str, overrides: dict, refresh: bool = False) -> dict:
     """Pipeline arguments for a run on this machine: paths that steps resolve (the Feast definitions when given,
     the registry's SQLite file, the data) are made absolute, because each step runs in its own working
     directory."""
@@ -27,16 +27,16 @@ def local_arguments(profile: str, overrides: dict) -> dict:
     overrides.setdefault("registry", {})["tracking_uri"] = tracking_uri(config.registry)
     if config.data.path:
         overrides.setdefault("data", {})["path"] = str(Path(config.data.path).resolve())
-    return {"profile": profile, "overrides_json": json.dumps(overrides)}
+    return {"profile": profile, "overrides_json": json.dumps(overrides), "refresh": refresh}
 
 
-def run_local(profile: str, overrides: dict, pipeline_root: str | Path) -> Path:
+def run_local(profile: str, overrides: dict, pipeline_root: str | Path, refresh: bool = False) -> Path:
     """Run the whole pipeline here; returns the run's artifact directory. Raises if a step fails."""
     from kfp import local
 
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
-    arguments = local_arguments(profile, overrides)
+    arguments = local_arguments(profile, overrides, refresh)
     pipeline = build_pipeline(profile, json.loads(arguments["overrides_json"]), local=True)
     before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
@@ -73,11 +73,11 @@ def client(host: str, namespace: str | None = None, existing_token: str | None =
 
 
 def submit(host: str, profile: str, overrides: dict, experiment: str, namespace: str | None = None,
-           existing_token: str | None = None, run_name: str | None = None):
+           existing_token: str | None = None, run_name: str | None = None, refresh: bool = False):
     """Compile for this run's config (its pods sized by its ``cluster`` section) and start it on a cluster;
     returns kfp's RunPipelineResult (run_id, and a URL in the logs)."""
     pipeline = build_pipeline(profile, overrides)  # validates: a bad setting should not cost a cluster run
-    arguments = {"profile": profile, "overrides_json": json.dumps(overrides)}
+    arguments = {"profile": profile, "overrides_json": json.dumps(overrides), "refresh": refresh}
     return client(host, namespace, existing_token).create_run_from_pipeline_func(
         pipeline, arguments=arguments, experiment_name=experiment,
         run_name=run_name or f"{PIPELINE_NAME}-{datetime.now():%Y%m%d-%H%M%S}", namespace=namespace)
@@ -101,7 +101,7 @@ def check_cron(expression: str) -> str:
 
 
 def schedule(host: str, profile: str, overrides: dict, experiment: str, cron: str, name: str,
-             namespace: str | None = None, existing_token: str | None = None):
+             namespace: str | None = None, existing_token: str | None = None, refresh: bool = False):
     """A recurring run of the training pipeline on a cluster (KFP has no declarative manifest for one: the API
     server owns ScheduledWorkflow objects). Compiles the pipeline for this config and registers the schedule with
     kfp.Client."""
@@ -110,7 +110,7 @@ def schedule(host: str, profile: str, overrides: dict, experiment: str, cron: st
     from relevance.pipelines.training import compile_pipeline
 
     check_cron(cron)
-    arguments = {"profile": profile, "overrides_json": json.dumps(overrides)}
+    arguments = {"profile": profile, "overrides_json": json.dumps(overrides), "refresh": refresh}
     with tempfile.TemporaryDirectory() as tmp:
         # Compiling validates the config: before connecting anywhere.
         package = compile_pipeline(Path(tmp) / "pipeline.yaml", profile=profile, overrides=overrides)

@@ -112,6 +112,7 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
         profile: str = default_profile,
         overrides_json: str = default_overrides,
         image: str = steps.IMAGE,
+        refresh: bool = False,
     ):
         """Train, evaluate and register a relevance student.
 
@@ -123,6 +124,10 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
                 {"data": {"source": "homedepot", "path": "/data/homedepot"}, "registry": {"min_ndcg": 0.85}}.
                 Its "cluster" key does not resize the pods (they were sized when compiled).
             image: Container image every step runs in (built from infra/docker).
+            refresh: A refresh round, after human grades of served traffic were imported into the dataset this run
+                reads: it stops unless the judgments changed since the champion was trained (and no canary is
+                running), and a registered challenger is put under canary at canary.refresh_percent for the canary
+                watch to promote or roll back.
         """
         def step(task):
             built.append(step_name(task))
@@ -136,13 +141,16 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
         gate = step(steps.require_valid_data(validation=validation.outputs["validation"],
                                              data_docs=validation.outputs["data_docs"]))
         dataset = data.outputs["dataset"]
+        # Before any training: a refresh with nothing new to learn stops in seconds, not after the teacher.
+        fresh = step(steps.check_refresh(run_config=settings, dataset=dataset, refresh=refresh))
+        fresh.set_display_name("check refresh")
 
-        features = step(steps.compute_features(run_config=settings, dataset=dataset)).after(gate)
-        teacher = step(steps.finetune_teacher(run_config=settings, dataset=dataset)).after(gate)
+        features = step(steps.compute_features(run_config=settings, dataset=dataset)).after(gate, fresh)
+        teacher = step(steps.finetune_teacher(run_config=settings, dataset=dataset)).after(gate, fresh)
         if trainjob is not None:  # the TrainJob's nodes and this pod meet on the shared volume
             kubernetes.mount_pvc(teacher, pvc_name=trainjob.shared_volume_claim, mount_path=trainjob.shared_mount_path)
         # The shard size is cut in build_pool, for the pool's actual rows and this parallelism.
-        pool = step(steps.build_pool(run_config=settings, dataset=dataset, parallelism=parallelism)).after(gate)
+        pool = step(steps.build_pool(run_config=settings, dataset=dataset, parallelism=parallelism)).after(gate, fresh)
         with dsl.ParallelFor(pool.outputs["Output"], name="label-shards", parallelism=parallelism) as shard_index:
             labels = step(steps.label_shard(run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
                                             pool=pool.outputs["pool"], shard_index=shard_index))
@@ -157,11 +165,15 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
                                         feature_repo=features.outputs["feature_repo"]))
         decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))
         with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
-            step(steps.register_models(
+            registered = step(steps.register_models(
                 run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
                 student=student.outputs["student"], onnx_model=export.outputs["onnx_model"],
                 evaluation=evaluation.outputs["evaluation"], validation=validation.outputs["validation"],
                 feature_repo=features.outputs["feature_repo"]))
+            with dsl.If(refresh == True, name="refresh-starts-canary"):  # noqa: E712 (a KFP condition)
+                # kfp.local has no cluster to patch: the registry's canary alias alone, and the local loop.
+                step(steps.start_canary(run_config=settings, model_version=registered.output,
+                                        target="registry" if local else "kubectl"))
 
     require_every_step(built)
     return training_pipeline

@@ -21,6 +21,11 @@ def _pipeline_settings(config: Optional[Path], profile: Optional[str]) -> tuple[
     return profile or file_profile or "quick", overrides
 
 
+RefreshOption = typer.Option(False, "--refresh", help="A refresh round: stop unless the judgments changed since the "
+                             "champion was trained; put a registered challenger under canary "
+                             "(canary.refresh_percent) for the canary watch.")
+
+
 @pipeline_app.command("compile")
 @clear_errors()
 def pipeline_compile(out: Path = typer.Option(Path("pipeline.yaml"), "--out", "-o", help="YAML to write."),
@@ -40,7 +45,8 @@ def pipeline_compile(out: Path = typer.Option(Path("pipeline.yaml"), "--out", "-
 def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                  local: bool = typer.Option(..., "--local", help="Run on this machine with kfp.local (required: "
                                             "use `submit` for a cluster)."),
-                 pipeline_root: Path = typer.Option(Path("runs/pipeline"), help="Where local artifacts go.")):
+                 pipeline_root: Path = typer.Option(Path("runs/pipeline"), help="Where local artifacts go."),
+                 refresh: bool = RefreshOption):
     """Run the training pipeline end to end on this machine (kfp.local, one subprocess per step), and compile
     the same pipeline to pipeline_root/pipeline.yaml for the Kubeflow UI."""
     from relevance.pipelines.run import local_outputs, run_local
@@ -49,7 +55,7 @@ def pipeline_run(config: Optional[Path] = ConfigOption, profile: Optional[str] =
 
     chosen, overrides = _pipeline_settings(config, profile)
     try:
-        run_dir = run_local(chosen, overrides, pipeline_root)
+        run_dir = run_local(chosen, overrides, pipeline_root, refresh)
     except RuntimeError as error:  # a step failed; kfp.local has streamed its log above
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         runs = sorted(p for p in Path(pipeline_root).glob("*/") if p.is_dir())  # names sort by start time
@@ -81,12 +87,13 @@ def pipeline_submit(host: str = typer.Option(..., help="KFP API endpoint, e.g. h
                     config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                     experiment: str = typer.Option("relevance", help="KFP experiment to file the run under."),
                     namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace."),
-                    token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed.")):
+                    token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed."),
+                    refresh: bool = RefreshOption):
     """Start the training pipeline on a Kubeflow cluster (kfp.Client)."""
     from relevance.pipelines.run import submit
 
     chosen, overrides = _pipeline_settings(config, profile)
-    result = submit(host, chosen, overrides, experiment, namespace, token)
+    result = submit(host, chosen, overrides, experiment, namespace, token, refresh=refresh)
     typer.echo(f"run id: {result.run_id}")
 
 
@@ -98,11 +105,12 @@ def pipeline_schedule(host: str = typer.Option(..., help="KFP API endpoint, e.g.
                       config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
                       experiment: str = typer.Option("relevance", help="KFP experiment for the runs."),
                       namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace."),
-                      token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed.")):
+                      token: Optional[str] = typer.Option(None, envvar="KFP_TOKEN", help="Bearer token, if needed."),
+                      refresh: bool = RefreshOption):
     """Run the training pipeline on a schedule (a KFP recurring run; one run at a time, no catch-up)."""
     from relevance.pipelines.run import check_cron, schedule
 
     check_cron(cron)  # before connecting anywhere
     chosen, overrides = _pipeline_settings(config, profile)
-    result = schedule(host, chosen, overrides, experiment, cron, name, namespace, token)
+    result = schedule(host, chosen, overrides, experiment, cron, name, namespace, token, refresh=refresh)
     typer.echo(f"recurring run id: {result.recurring_run_id}")

@@ -71,6 +71,9 @@ _STUDENT_SETTINGS = ("data", "text", "candidates", "student", "gbdt")
 STEPS: tuple[Step, ...] = (
     Step("resolve_config", pod=_SMALL),
     Step("prepare_data", output="data", settings=("data",), mounts_data=True),
+    # A refresh run's first check (serving/canary/refresh.py): a champion, no canary running, new judgments. It
+    # reads the registry, which changes: never cached.
+    Step("check_refresh", pod=_SMALL, cacheable=False, uses_registry=True),
     Step("validate_data", pod=_pod(memory=("4Gi", "8Gi")), mounts_data=True),
     Step("require_valid_data", pod=_SMALL),
     Step("compute_features", pod=_pod("4", ("4Gi", "8Gi")), mounts_data=True),
@@ -90,6 +93,9 @@ STEPS: tuple[Step, ...] = (
     # Retried (cluster.default's retries): registration is idempotent (Registry.register's key), so a retry after
     # a crash or an MLflow outage registers nothing twice. Never cached: a cached one would register nothing.
     Step("register_models", cacheable=False, uses_registry=True),
+    # A refresh run's canary: a kubectl patch and a registry alias, both idempotent, so retried like registration.
+    Step("start_canary", pod=StepSettings(cpu_request="250m", cpu_limit="1", memory_request="1Gi",
+                                          memory_limit="2Gi", retries=2), cacheable=False, uses_registry=True),
 )
 
 STEPS_BY_NAME = {step.name: step for step in STEPS}

@@ -148,7 +148,7 @@ def _server_settings(config: Optional[Path], run_config) -> list[str]:
 def local(champion_bundle: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Serving bundle "
                                                          "of the champion (default: the registry's champion)."),
           challenger_bundle: Optional[Path] = typer.Option(None, exists=True, file_okay=False, help="Serving "
-                                                           "bundle of the challenger (default: the registry's)."),
+                                                           "bundle of the challenger (default: the registry's canary version, else its challenger)."),
           feature_repo: Optional[Path] = typer.Option(None, help="Materialized Feast repo (default: "
                                                       "workdir/feature_repo)."),
           percent: int = typer.Option(10, min=0, max=100, help="Challenger share at the splitter."),

@@ -419,12 +419,17 @@ def run_local(config, settings: list[str], champion_bundle: Path | None = None,
     import tempfile
 
     from relevance.chain import Chain
-    from relevance.platform.registry import CHALLENGER, CHAMPION
+    from relevance.platform.registry import CHALLENGER, CHAMPION, Registry
+    from relevance.serving.canary.rollout import CANARY
 
     out_dir = out_dir or Path(config.workdir) / "canary-local"
     with tempfile.TemporaryDirectory() as tmp:
         champion = champion_bundle or registry_bundle(config, CHAMPION, Path(tmp))
-        challenger = challenger_bundle or registry_bundle(config, CHALLENGER, Path(tmp))
+        if challenger_bundle is None:
+            # The version under canary (a refresh run's start step set the alias), else the latest challenger.
+            under_canary = Registry(config.registry).alias_version(config.registry.student_name, CANARY)
+            challenger_bundle = registry_bundle(config, CANARY if under_canary else CHALLENGER, Path(tmp))
+        challenger = challenger_bundle
         dataset = Chain(config).dataset(with_impressions=True)
         repo = feature_repo or Path(config.workdir) / "feature_repo"
         if serve:

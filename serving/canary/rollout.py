@@ -95,6 +95,11 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
                           "`relevance registry promote`)")
     if version == champion:
         raise CanaryError(f"{name} v{version} is already the champion")
+    running = registry.alias_version(name, CANARY)
+    if running is not None and running != version:  # the same version again: a new share (a ramp), allowed
+        raise CanaryError(f"{name} v{running} is under canary: starting v{version} would replace the version the "
+                          "canary watch is analysing. End it first (the watch, or `relevance canary promote|rollback "
+                          "--apply`)")
     source = _version_source(registry, name, version)
     theirs, ours = _serving_contract(registry, name, version), _serving_contract(registry, name, champion)
     if theirs != ours:

@@ -38,7 +38,8 @@ def test_data_volume_secrets_and_retries_follow_the_declarations():
     assert DataVolume(claim_name="data").steps == ["prepare_data", "validate_data", "compute_features",
                                                    "finetune_teacher", "distill_student", "evaluate_student",
                                                    "export_onnx"]
-    assert SecretEnv(name="mlflow", env={"KEY": "MLFLOW_KEY"}).steps == ["evaluate_student", "register_models"]
+    assert SecretEnv(name="mlflow", env={"KEY": "MLFLOW_KEY"}).steps == ["check_refresh", "evaluate_student",
+                                                                         "register_models", "start_canary"]
     assert declared_step("register_models").cacheable is False
     with pytest.raises(ValueError, match=r"unknown step\(s\) \['label_shards'\]"):
         declared_step("label_shards")

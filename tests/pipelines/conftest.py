@@ -81,3 +81,26 @@ def compiled(tmp_path_factory):
 def read_compiled():
     """``read_compiled(path) -> CompiledPipeline``: a pipeline YAML compiled elsewhere (the CLI), parsed strictly."""
     return CompiledPipeline
+
+
+# In the pipeline the labelling plan cuts the shards: at 100 pairs/s with 1 s to load the teacher and shards of at
+# most 6 s, a shard holds at most 500 rows, and a 12 s deadline takes two devices: a fan-out of several shards,
+# two at a time.
+TINY_LABELLING = {"pairs_per_s_per_device": 100.0, "shard_overhead_s": 1.0, "max_shard_s": 6.0, "deadline_s": 12.0,
+                  "expected_pool_rows": 800, "max_devices": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(run_settings):
+    """``tiny_overrides(section={...}, …)``: run overrides for a whole pipeline run in a minute or two (tiny BERT,
+    a small shop, the labelling fan-out planned for a few shards); keyword arguments update whole sections."""
+
+    def make(**extra) -> dict:
+        overrides = run_settings(items=200, judged_queries=40, impressions=600, top_k=8, shard_rows=500,
+                                 teacher_epochs=1, student_epochs=2, max_length=48, student_hidden=16)
+        overrides["cluster"] = {"labeling": dict(TINY_LABELLING)}
+        for key, value in extra.items():
+            overrides.setdefault(key, {}).update(value)
+        return overrides
+
+    return make

@@ -127,8 +127,8 @@ def test_a_config_file_compiles_to_its_own_pipeline(cli, read_compiled, tmp_path
         executor = kubernetes[f"exec-{step.replace('_', '-')}"]
         assert [s.secret_name for s in executor.image_pull_secret] == ["registry-creds"], step
         secrets = [(s.secret_name, [(k.secret_key, k.env_var) for k in s.key_to_env]) for s in executor.secret_as_env]
-        wanted = [("mlflow-auth", [("token", "MLFLOW_TRACKING_TOKEN")])] if step in ("evaluate_student",
-                                                                                    "register_models") else []
+        wanted = [("mlflow-auth", [("token", "MLFLOW_TRACKING_TOKEN")])] if step in (
+            "check_refresh", "evaluate_student", "register_models", "start_canary") else []
         assert secrets == wanted, step
     assert pipeline.labelling_loop().iterator_policy.parallelism_limit == 1  # 200k pairs: one CPU pod in the hour
 

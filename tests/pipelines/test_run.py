@@ -26,7 +26,7 @@ def test_submit_builds_a_kfp_client_run(monkeypatch):
     assert calls["client"] == ("https://kfp.example.com", "team-search", None)
     name, arguments, experiment, namespace = calls["run"]
     assert name == "relevance-distillation-training" and experiment == "relevance"
-    assert arguments == {"profile": "default", "overrides_json": '{"registry": {"min_ndcg": 0.85}}'}
+    assert arguments == {"profile": "default", "overrides_json": '{"registry": {"min_ndcg": 0.85}}', "refresh": False}
     with pytest.raises(ValueError):  # a bad setting fails before anything reaches the cluster
         pipeline_run.submit("https://kfp.example.com", "default", {"registry": {"min_ndcg": 3}}, "relevance")
 

@@ -14,23 +14,6 @@ import yaml
 from relevance.config import RegistryConfig, build_config
 from relevance.data import prepare
 
-# In the pipeline the labelling plan cuts the shards: at 100 pairs/s with 1 s to load the teacher and shards of at
-# most 6 s, a shard holds at most 500 rows, and a 12 s deadline takes two devices: a fan-out of several shards,
-# two at a time.
-TINY_LABELLING = {"pairs_per_s_per_device": 100.0, "shard_overhead_s": 1.0, "max_shard_s": 6.0, "deadline_s": 12.0,
-                  "expected_pool_rows": 800, "max_devices": 2}
-
-
-def _tiny_overrides(run_settings, **extra) -> dict:
-    overrides = run_settings(items=200, judged_queries=40, impressions=600, top_k=8,
-                                  shard_rows=500, teacher_epochs=1, student_epochs=2, max_length=48,
-                                  student_hidden=16)
-    overrides["cluster"] = {"labeling": TINY_LABELLING}
-    for key, value in extra.items():
-        overrides.setdefault(key, {}).update(value)
-    return overrides
-
-
 def test_compiled_yaml_parses_strictly_into_a_pipeline_spec(cli, tmp_path):
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -56,7 +39,18 @@ def test_compiled_yaml_parses_strictly_into_a_pipeline_spec(cli, tmp_path):
     # registration is conditional on the challenger gate (dsl.If)
     conditions = [t for t in root.values() if t.trigger_policy.condition]
     assert len(conditions) == 1 and "challenger-gate" in conditions[0].trigger_policy.condition
-    assert "register-models" in spec.components[conditions[0].component_ref.name].dag.tasks
+    gated = spec.components[conditions[0].component_ref.name].dag.tasks
+    assert "register-models" in gated
+    # a refresh run (the refresh parameter) puts the registered student under canary; it checks first, before
+    # anything trains, that there is something to refresh
+    refreshing = [t for t in gated.values() if t.trigger_policy.condition]
+    assert len(refreshing) == 1 and "pipelinechannel--refresh" in refreshing[0].trigger_policy.condition
+    canary = spec.components[refreshing[0].component_ref.name].dag.tasks["start-canary"]
+    assert canary.inputs.parameters["target"].runtime_value.constant.string_value == "kubectl"
+    assert "register-models" in canary.inputs.parameters["model_version"].component_input_parameter
+    assert spec.root.input_definitions.parameters["refresh"].default_value.bool_value is False
+    for task in ("finetune-teacher", "compute-features", "build-pool"):
+        assert "check-refresh" in root[task].dependent_tasks
     # training waits for the data gate
     for task in ("finetune-teacher", "compute-features", "build-pool"):
         assert "require-valid-data" in root[task].dependent_tasks
@@ -73,12 +67,12 @@ def test_compiled_yaml_parses_strictly_into_a_pipeline_spec(cli, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, run_settings):
+def local_run(tmp_path_factory, tiny_overrides):
     from relevance.pipelines.run import local_outputs, run_local
 
     tmp = tmp_path_factory.mktemp("pipeline")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    overrides = _tiny_overrides(run_settings, registry={"tracking_uri": uri})
+    overrides = tiny_overrides(registry={"tracking_uri": uri})
     run_dir = run_local("quick", overrides, tmp / "root")
     return run_dir, local_outputs(run_dir), uri
 
@@ -106,7 +100,7 @@ def test_local_run_registers_a_challenger_with_lineage(local_run):
     assert json.loads((downloaded / "onnx" / "bundle.json").read_text())["feature_project"] == views["project"]
 
 
-def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
+def test_local_run_leaves_reports_and_a_populated_online_store(local_run, tiny_overrides):
     from relevance.platform.feature_store import online_item_features, open_store
 
     run_dir, outputs, _ = local_run
@@ -121,7 +115,7 @@ def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
     from relevance.config import LabelFanOutConfig
     from relevance.labels.capacity import plan_for
 
-    capacity = LabelFanOutConfig(**TINY_LABELLING)
+    capacity = LabelFanOutConfig(**tiny_overrides()["cluster"]["labeling"])
     shards = sorted(p.name for p in run_dir.glob("for-loop-*/label-shard/labels/shard-*.parquet"))
     pool_rows = len(pd.read_parquet(run_dir / "build-pool" / "pool"))
     parallelism = plan_for(capacity, strict=True).devices
@@ -130,11 +124,11 @@ def test_local_run_leaves_reports_and_a_populated_online_store(local_run):
     assert len(shards) == len(set(shards)) == plan.shards
 
 
-def test_gx_gate_stops_the_pipeline_and_nothing_is_registered(cli, tmp_path, run_settings):
+def test_gx_gate_stops_the_pipeline_and_nothing_is_registered(cli, tmp_path, tiny_overrides):
     from relevance.platform.registry import Registry
 
     source = tmp_path / "source"
-    prepare(build_config("quick", _tiny_overrides(run_settings)).data, source)
+    prepare(build_config("quick", tiny_overrides()).data, source)
     judgments = pd.read_parquet(source / "judgments.parquet")
     judgments.loc[0, "item_id"] = None                                   # a null key
     judgments.loc[1, "grade"] = 9                                        # out of range for K=5
@@ -142,8 +136,8 @@ def test_gx_gate_stops_the_pipeline_and_nothing_is_registered(cli, tmp_path, run
     judgments.to_parquet(source / "judgments.parquet", index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"profile": "quick", **_tiny_overrides(
-        run_settings, data={"source": "prepared", "path": str(source)}, registry={"tracking_uri": uri})}))
+    config.write_text(yaml.safe_dump({"profile": "quick", **tiny_overrides(
+        data={"source": "prepared", "path": str(source)}, registry={"tracking_uri": uri})}))
     result = cli("pipeline", "run", "--local", "-c", str(config), "--pipeline-root", str(tmp_path / "root"),
                   check=False)
     assert result.returncode == 1, result.stderr[-3000:]

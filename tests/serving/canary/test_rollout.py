@@ -85,6 +85,10 @@ def test_start_refuses_what_cannot_work(registry_config):
         plan_start(config, registry, 2, 100)
     with pytest.raises(CanaryError, match="start a canary first"):
         plan_promote(config, registry)
+    plan_start(config, registry, 2, 10).apply_registry()
+    assert plan_start(config, registry, 2, 50).patch["spec"]["predictor"]["canaryTrafficPercent"] == 50  # a ramp
+    with pytest.raises(CanaryError, match="v2 is under canary: starting v3 would replace the version"):
+        plan_start(config, registry, 3, 10)
 
 
 def test_dry_run_patches_the_rendered_overlay(registry_config):

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -26,20 +25,8 @@ from relevance.platform.registry import CHAMPION, Registry
 DELAY_MS, SLO_MS = 400, 300  # every challenger request gets +400 ms; the p99 SLO is 300 ms
 
 
-def _wait_for(path, process, log, timeout: float = 300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())
-        if process.poll() is not None:
-            raise AssertionError(f"`relevance canary local --serve` exited with {process.returncode}:\n"
-                                 f"{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"{path} did not appear in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.mark.slow  # two students trained and served behind the splitter (about a minute): `make test-slow`
-def test_watch_rolls_back_a_challenger_that_breaks_an_slo(two_students, cli, tmp_path):
+def test_watch_rolls_back_a_challenger_that_breaks_an_slo(two_students, cli, wait_for_json, tmp_path):
     settings = {**two_students.config, "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
                 "canary": {**two_students.config["canary"], "max_p99_ms": SLO_MS}}
     path = tmp_path / "watch.yaml"
@@ -61,7 +48,7 @@ def test_watch_rolls_back_a_challenger_that_breaks_an_slo(two_students, cli, tmp
              "--challenger-delay-ms", str(DELAY_MS), "--serve", "--out", str(local_out)],
             stdout=handle, stderr=subprocess.STDOUT, env=env)
     try:
-        state = _wait_for(local_out / "local-canary.json", process, log)
+        state = wait_for_json(local_out / "local-canary.json", process, log)
         splitter = SplitterTarget(state["splitter_url"])
         # `canary start`: the same plan and registry step as on the cluster, with the splitter as traffic control.
         apply(config, plan_start(config, registry, 2, 30), send=splitter.send)
