@@ -95,7 +95,8 @@ class LabelFanOutConfig(Strict):
 class DataVolume(Strict):
     """A PersistentVolumeClaim mounted into the steps that read paths from the config (data.path,
     validation.reference, teacher.backbone, student.encoder, features.repo). Artifacts between steps travel
-    through KFP's pipeline root (object store) instead. Every pod of the fan-out mounts it at once: the claim
+    through KFP's pipeline root (object store) instead. Several steps' pods may mount it at once (features,
+    teacher and distillation run in parallel; the labelling fan-out too if ``steps`` adds label_shard): the claim
     must be ReadOnlyMany or ReadWriteMany."""
 
     claim_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
