@@ -16,12 +16,13 @@ bundle student's records has its top_k items featurized again by the same scorer
 
 - **judged quality** (with a judge): the served lists themselves graded. The judge (the teacher, or any
   cross-encoder) must first agree with humans on the judge-check slice at ``monitor.judge_min_agreement``, as
-  judge-eval requires. The population is the distinct queries of the window's sample, stratified by seen/unseen
-  query × locale × query length (relevance.evaluation.sampling); ``monitor.judge_lists`` of them are drawn
-  proportionally, the judge grades each one's first ``monitor.judge_depth`` served items, and each list gets
-  nDCG@``monitor.judge_k`` of its served order against those grades (the ideal drawn from all graded items, so
-  a good item left below the cut counts against the list). Overall: the stratified estimate with its interval;
-  per stratum: its mean and t interval. Pinterest measures relevance from traffic this way (arXiv 2509.03764).
+  judge-eval requires. The unit is a served list (a record: traffic-weighted, what users saw), stratified by
+  seen/unseen query × locale × query length (relevance.evaluation.sampling); ``monitor.judge_lists`` of the
+  sampled records are drawn proportionally, the judge grades each one's first ``monitor.judge_depth`` served
+  items, and each list gets nDCG@``monitor.judge_k`` of its served order against those grades (the ideal drawn
+  from all graded items, so a good item left below the cut counts against the list; nothing relevant: 0).
+  Overall: the stratified estimate with its interval; per stratum: its mean and t interval. Pinterest measures
+  relevance from traffic this way (arXiv 2509.03764).
 
 Outputs: ``monitor.json``, ``monitor.html`` (plots), ``monitor.prom`` (Prometheus text format, for a textfile
 collector; ``--pushgateway`` pushes the same gauges). Exit codes for a CronJob: 0 no alert, 3 drift alert,
@@ -155,63 +156,77 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float | None, floa
     return float(values.mean()) - half, float(values.mean()) + half
 
 
-def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], log=print) -> dict:
-    """The judge's verdict on the served lists of ``sample`` (the window's sampled records): judged
-    nDCG@judge_k overall (stratified estimate and interval) and per stratum. Raises DataContractError when the
-    judge is below the agreement floor."""
+class JudgeRefused(Exception):
+    """No judged estimate this round (a judge below the agreement floor, fewer than two served lists): the drift
+    report still stands, with the reason in it."""
+
+
+def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], window_records: int,
+                   log=print) -> dict:
+    """The judge's verdict on the served lists of ``sample`` (a random sample of the ``window_records`` records of
+    this student in the window): judged nDCG@judge_k overall (stratified estimate and interval) and per stratum.
+
+    The unit is a served list (a record), so the estimate is traffic-weighted: what users saw, a head query as often
+    as it was served. Every position counts as served: an item the judge has no text for (outside its catalog) is
+    graded 0, never dropped (which would move the items below it up), and a list with nothing relevant in its
+    judged depth scores 0 (users saw nothing relevant, whoever's fault: retrieval's or the ranker's)."""
     import pandas as pd
 
-    from relevance.evaluation.judge import judge_grades, judged_ndcg
+    from relevance.data.schema import DataContractError
+    from relevance.evaluation.judge import judge_grades, per_query_ndcg
     from relevance.evaluation.judge_eval import calibrated_judge
     from relevance.evaluation.sampling import allocate, query_strata, stratified_estimate, stratified_sample
 
     settings = config.monitor
-    judge, judge_text, calibration = calibrated_judge(judge_dir, dataset, settings.judge_min_agreement, log)
-    # One list per distinct (query, locale): a head query served a thousand times is one unit of the population.
-    served = sample.assign(normal=sample["query"].map(_normal)).drop_duplicates(["normal", "locale"])
-    keys = [f"list{n}" for n in range(len(served))]
-    queries = pd.DataFrame({"query_id": keys, "query": served["query"].to_numpy(),
-                            "locale": served["locale"].to_numpy()})
-    novelty = np.where(served["normal"].isin(seen).to_numpy(), "seen", "unseen")
-    strata = query_strata(queries, traffic_bands=0)
-    strata = pd.Series([f"{n}|{h}" for n, h in zip(novelty, strata)], index=strata.index, name="stratum")
-    sizes = strata.value_counts()
-    chosen = stratified_sample(strata, allocate(sizes, min(settings.judge_lists, len(strata)), "proportional"),
+    records = sample.reset_index(drop=True)
+    if len(records) < 2:
+        raise JudgeRefused(f"judged quality needs at least 2 served lists, the window's sample has {len(records)}")
+    try:
+        judge, judge_text, calibration = calibrated_judge(judge_dir, dataset, settings.judge_min_agreement, log)
+    except DataContractError as error:  # below the floor: what it would say measures the judge
+        raise JudgeRefused(str(error)) from None
+    keys = pd.Index([f"list{n}" for n in range(len(records))])
+    novelty = np.where(records["query"].map(_normal).isin(seen).to_numpy(), "seen", "unseen")
+    strata = query_strata(pd.DataFrame({"query_id": keys, "query": records["query"].to_numpy(),
+                                        "locale": records["locale"].to_numpy()}), traffic_bands=0)
+    strata = pd.Series([f"{n}|{h}" for n, h in zip(novelty, strata)], index=keys, name="stratum")
+    drawn = strata.value_counts()
+    chosen = stratified_sample(strata, allocate(drawn, min(settings.judge_lists, len(strata)), "proportional"),
                                settings.seed)
-    # Items the judge has no text for (not in the catalog it reads) cannot be graded: dropped, and counted.
-    known = set(judge_text.dropna().index)
-    lists, dropped = {}, 0
-    for key, items in zip(keys, served["item_ids"]):
-        if key in chosen:
-            items = [str(i) for i in list(items)[:settings.judge_depth]]
-            lists[key] = [i for i in items if i in known]
-            dropped += len(items) - len(lists[key])
-    text = dict(zip(keys, served["query"]))
-    per_list, judged = judged_ndcg(
-        {"served": lists}, {key: text[key] for key in lists},
-        lambda ids, items: judge_grades(judge, [text[q] for q in ids], judge_text.reindex(items).tolist()),
-        settings.judge_k, judge.num_grades, depth=settings.judge_depth)
-    values = pd.Series(per_list["served"], dtype=float)
-    if len(values) < 2:
-        raise ValueError(f"judged quality: {len(values)} of {len(lists)} sampled served list(s) had anything the "
-                         "judge found relevant; sample more (monitor.judge_lists) or widen the window")
-    estimate = stratified_estimate(values, strata, sizes, settings.confidence)
+    # The estimator's population is the window's records, each stratum's size scaled from the sample: a sample of
+    # the window is no census of it (unless it holds every record), so the interval keeps its width.
+    population = drawn * (max(window_records, len(records)) / len(records))
+    position = {key: n for n, key in enumerate(keys)}
+    rows = [(key, records.at[position[key], "query"], str(item), rank) for key in chosen
+            for rank, item in enumerate(list(records.at[position[key], "item_ids"])[:settings.judge_depth])]
+    frame = pd.DataFrame(rows, columns=["key", "query", "item", "rank"])
+    known = frame["item"].isin(set(judge_text.dropna().index))
+    pairs = frame.loc[known, ["query", "item"]].drop_duplicates()  # a list served again is graded once
+    pairs["grade"] = judge_grades(judge, pairs["query"].tolist(), judge_text.reindex(pairs["item"]).tolist())
+    frame = frame.merge(pairs, on=["query", "item"], how="left").fillna({"grade": 0})
+    scores = per_query_ndcg(frame["key"].to_numpy(), frame["grade"].astype(int).to_numpy(),
+                            -frame["rank"].to_numpy(float), settings.judge_k, judge.num_grades)
+    values = pd.Series({key: scores.get(key, 0.0) for key in chosen}, dtype=float)
+    nothing = pd.Series({key: key not in scores for key in chosen})
+    estimate = stratified_estimate(values, strata, population, settings.confidence)
     low, high = estimate.interval
     per_stratum = {}
-    for name in sorted(sizes.index):
+    for name in sorted(drawn.index):
         mine = values[strata.reindex(values.index) == name].to_numpy()
         lower, upper = _interval(mine, settings.confidence)
-        per_stratum[str(name)] = {"lists": int(sizes[name]), "n": int(len(mine)),
-                                  "mean": round(float(mine.mean()), 4) if len(mine) else None,
-                                  "ci_low": None if lower is None else round(lower, 4),
-                                  "ci_high": None if upper is None else round(upper, 4)}
+        per_stratum[str(name)] = {
+            "lists": int(drawn[name]), "n": int(len(mine)),
+            "mean": round(float(mine.mean()), 4) if len(mine) else None,
+            "ci_low": None if lower is None else round(lower, 4), "ci_high": None if upper is None else round(upper, 4),
+            "nothing_relevant": int(nothing[strata.reindex(nothing.index) == name].sum())}
     log(f"monitor: judged nDCG@{settings.judge_k} {estimate.mean:.4f} ({settings.confidence:.0%} CI {low:.4f} .. "
-        f"{high:.4f}) on {len(values)} served lists, {judged} pairs judged")
+        f"{high:.4f}) on {len(values)} served lists, {len(pairs)} pairs judged")
     return {"metric": f"ndcg@{settings.judge_k}", "judge": str(judge_dir), "judge_version": judge.version,
             "judge_agreement": calibration["overall"], "agreement_measured_on": calibration["measured_on"]["what"],
             "min_agreement": settings.judge_min_agreement, "depth": settings.judge_depth,
-            "population_lists": int(len(strata)), "sampled_lists": int(len(lists)), "scored_lists": int(len(values)),
-            "judged_pairs": int(judged), "unjudgeable_items": int(dropped),
+            "population_lists": int(max(window_records, len(records))), "sampled_records": int(len(records)),
+            "judged_lists": int(len(values)), "lists_with_nothing_relevant": int(nothing.sum()),
+            "judged_pairs": int(len(pairs)), "unjudgeable_items": int((~known).sum()),
             "overall": {"mean": round(estimate.mean, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
                         "std_error": round(estimate.std_error, 5), "n": estimate.n,
                         "confidence": settings.confidence, "notes": estimate.notes()},
@@ -238,6 +253,9 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     from relevance.student.scoring import OnlineScorer, OnnxStudent, ServingBundle
 
     settings = config.monitor
+    if judge_dir is not None and not (Path(judge_dir) / "manifest.json").exists():  # before any of the work
+        raise FileNotFoundError(f"--judge {judge_dir}: no manifest.json there; expected a saved teacher or "
+                                "cross-encoder directory")
     bundle = ServingBundle(bundle_dir)
     frame, mine, versions, sample = _records(bundle, traffic_dir, since, until, settings.max_records,
                                              settings.seed)
@@ -253,10 +271,15 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     serving = config.serving.model_copy(update={"max_candidates": max(config.serving.max_candidates,
                                                                       settings.candidates)})
     scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.model_file("student", False)))
-    # The dataset the student was trained on: prepared from data.path into the workdir when not there yet (a
-    # CronJob's fresh volume), as the canary watch does.
-    chain = Chain(config)
-    dataset, data_dir = chain.dataset(with_impressions=False), chain.data_dir
+    # The dataset the student was trained on. A prepared one is read where it is (data.path: the dataset grades
+    # are imported into, which a refresh trains on, so it follows the champion with no copy to replace); another
+    # source is prepared into the workdir once, as the canary watch does.
+    if config.data.source == "prepared":
+        data_dir = Path(config.data.path)
+        dataset = Dataset.load(data_dir, with_impressions=False)
+    else:
+        chain = Chain(config)
+        dataset, data_dir = chain.dataset(with_impressions=False), chain.data_dir
     train, seen = training_queries(dataset, data_dir)
     rng = np.random.default_rng(settings.seed)
     drawn = [train[i] for i in rng.permutation(len(train))[:2 * settings.reference_queries]]
@@ -297,11 +320,9 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     code = EXIT_DRIFT if alerts else EXIT_OK
     verdict = "drift: " + "; ".join(alerts) if alerts else "no drift above the alert thresholds"
     if judge_dir is not None:
-        from relevance.data.schema import DataContractError
-
         try:
-            report["judged"] = judged_quality(config, dataset, Path(judge_dir), sample, seen, log)
-        except (DataContractError, ValueError) as error:
+            report["judged"] = judged_quality(config, dataset, Path(judge_dir), sample, seen, mine, log)
+        except JudgeRefused as error:
             # A judge below the floor, or too few judgeable lists: nothing judged is reported, and the drift
             # report still is (a weak judge must not blind the monitor). The refusal is in the report and a gauge.
             report["judged"] = {"refused": str(error)}
@@ -338,7 +359,7 @@ def _gauges(report: dict, path: Path, pushgateway: str | None) -> None:
     Gauge("relevance_monitor_records", "Records of the monitored student in the window",
           registry=registry).set(report["records_of_this_student"])
     Gauge("relevance_monitor_alert", "1 if the last monitor round alerted on drift",
-          registry=registry).set(int(report["exit_code"] == EXIT_DRIFT))
+          registry=registry).set(int(bool(report.get("alerts"))))  # also when a quality alert took the exit code
     if "drift" in report:
         gauge = Gauge("relevance_monitor_psi", "Population stability index against the training reference",
                       ["feature"], registry=registry)

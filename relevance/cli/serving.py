@@ -12,7 +12,6 @@ import typer
 
 from relevance.cli.options import ConfigOption, ProfileOption, WorkdirOption, iso_time, run_config
 from relevance.common.console import clear_errors
-from relevance.platform.registry import RegistryError
 
 KSERVE_FLAGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 KSERVE_HELP = ("Any model-server flag of KServe's (--http_port, default 8080; --model_name; --predictor_host; "
@@ -102,7 +101,7 @@ def traffic_sink(directory: Path = typer.Option(..., "--dir", help="The traffic 
              serving.traffic_fsync, serving.model_name)
 
 
-@clear_errors(RegistryError)
+@clear_errors()  # a registry that does not answer is no bad input: exit 1, which the CronJob retries
 def monitor(traffic_dir: Path = typer.Option(..., help="The captured traffic (relevance serve --traffic-dir, or "
                                                         "the traffic sink's --dir)."),
             config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,

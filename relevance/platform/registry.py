@@ -210,14 +210,15 @@ class Registry:
     def download_teacher_of(self, student_name: str, alias: str, teacher_name: str,
                             destination: str | Path) -> Path:
         """The teacher the student ``student_name@alias`` was distilled from (its ``teacher_model_version``
-        lineage tag), copied to ``destination``."""
+        lineage tag), copied to ``destination``. ValueError when there is no such alias or tag (the input is
+        wrong); a registry that does not answer stays a RegistryError (worth a retry)."""
         version = self.alias_version(student_name, alias)
         if version is None:
-            raise RegistryError(f"the registry at {self.uri} has no {student_name}@{alias}")
+            raise ValueError(f"the registry at {self.uri} has no {student_name}@{alias}")
         tag = self.client.get_model_version(student_name, str(version)).tags.get("teacher_model_version")
         if not tag:
-            raise RegistryError(f"{student_name} v{version} records no teacher_model_version (registered before "
-                                "the lineage tag existed): pass the judge's directory instead")
+            raise ValueError(f"{student_name} v{version} records no teacher_model_version (registered before the "
+                             "lineage tag existed): pass the judge's directory instead")
         return self.download_version(teacher_name, int(tag), destination)
 
     def _require_model(self, name: str) -> None:

@@ -333,8 +333,9 @@ def cron_jobs() -> dict[str, tuple[list[str], tuple[int, ...]]]:
 
 def check_watch_job(cronjob: dict) -> list[str]:
     """What a shipped CronJob (the canary watch, the traffic monitor) must be and the schema does not say: one
-    round at a time, no retry of a round that decided (exit code 2, and 3: rolled back / drift), a non-root
-    read-only container with resource bounds, and MLflow credentials from a Secret, never a literal value."""
+    round at a time, no retry of a round that decided (exit code 2, and cron_jobs()' codes: rolled back, drift,
+    judged quality), a non-root read-only container with resource bounds, and MLflow credentials from a Secret,
+    never a literal value."""
     name = (cronjob.get("metadata") or {}).get("name", "")
     jobs = cron_jobs()
     if name not in jobs:

@@ -83,6 +83,16 @@ def _serving_contract(registry: Registry, name: str, version: int) -> tuple[str 
     return None, None
 
 
+def require_no_other_canary(registry: Registry, name: str, version: int | None = None) -> None:
+    """CanaryError while a version other than ``version`` (None: any) is under canary: starting another would
+    replace the version the canary watch is analysing. The same version again is a new share (a ramp)."""
+    running = registry.alias_version(name, CANARY)
+    if running is not None and running != version:
+        starting = f"starting v{version}" if version is not None else "a refresh"
+        raise CanaryError(f"{name} v{running} is under canary: {starting} would replace the version the canary watch "
+                          "is analysing. End it first (the watch, or `relevance canary promote|rollback --apply`)")
+
+
 def plan_start(config: RunConfig, registry: Registry, version: int, percent: int) -> Plan:
     if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 99:
         raise CanaryError(f"--percent: expected an integer in 1..99 (0 is a rollback, 100 a promotion), "
@@ -95,11 +105,7 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
                           "`relevance registry promote`)")
     if version == champion:
         raise CanaryError(f"{name} v{version} is already the champion")
-    running = registry.alias_version(name, CANARY)
-    if running is not None and running != version:  # the same version again: a new share (a ramp), allowed
-        raise CanaryError(f"{name} v{running} is under canary: starting v{version} would replace the version the "
-                          "canary watch is analysing. End it first (the watch, or `relevance canary promote|rollback "
-                          "--apply`)")
+    require_no_other_canary(registry, name, version)
     source = _version_source(registry, name, version)
     theirs, ours = _serving_contract(registry, name, version), _serving_contract(registry, name, champion)
     if theirs != ours:

@@ -9,7 +9,7 @@ import pytest
 
 from relevance.config import build_config
 from relevance.models.metrics import ranking_metrics
-from relevance.serving.monitor import judged_quality, quality_alert
+from relevance.serving.monitor import JudgeRefused, judged_quality, quality_alert
 
 
 class OverlapJudge:
@@ -44,45 +44,53 @@ def _sample(rows):
     return pd.DataFrame(rows, columns=["query", "locale", "item_ids"])
 
 
-def test_served_lists_are_judged_against_every_graded_item_per_stratum(judge):
+def test_served_lists_are_judged_as_served_per_stratum(judge):
     sample = _sample([
         ("red lamp", "en-US", ["i3", "i4", "i0", "i1", "i2"]),  # the perfect item served third: below k = 2
-        ("red lamp", "en-US", ["i0", "i3"]),  # the same query again: one list per distinct query
+        ("red lamp", "en-US", ["i0", "i3"]),  # the same query served again counts again: what users saw
         ("blue chair", "en-US", ["i1", "i5", "i2"]),  # perfect order
         ("green sofa", "en-US", ["i4", "i0"]),
-        ("blue lamp", "en-US", ["i2", "i5", "zz-not-in-catalog"]),
+        ("blue lamp", "en-US", ["i2", "zz-not-in-catalog", "i5"]),  # the unknown item keeps its place, graded 0
+        ("purple desk", "en-US", ["i0", "i1"]),  # nothing relevant served: 0, not left out
     ])
-    report = judged_quality(_config(), None, "judge", sample, seen={"red lamp", "blue lamp"}, log=lambda _: None)
-    assert report["population_lists"] == 4 and report["sampled_lists"] == 4 and report["unjudgeable_items"] == 1
+    report = judged_quality(_config(), None, "judge", sample, {"red lamp", "blue lamp"}, 6, log=lambda _: None)
+    assert report["population_lists"] == report["judged_lists"] == 6 and report["unjudgeable_items"] == 1
+    assert report["lists_with_nothing_relevant"] == 1
     strata = report["strata"]
     assert set(strata) == {"seen|en-US|len≤2", "unseen|en-US|len≤2"}
-    # red lamp, served i3 (1), i4 (0), i0 (2), …: nDCG@2 against the ideal of all five graded items.
-    grades = np.array([1, 0, 2, 0, 1])
-    red = ranking_metrics(np.zeros(5), grades, -np.arange(5.0), ks=[2], num_grades=3)["ndcg@2"]
-    blue_lamp = ranking_metrics(np.zeros(2), np.array([0, 2]), -np.arange(2.0), ks=[2], num_grades=3)["ndcg@2"]
-    assert red < 0.5 and strata["seen|en-US|len≤2"]["mean"] == pytest.approx((red + blue_lamp) / 2, abs=1e-4)
-    assert strata["unseen|en-US|len≤2"]["mean"] == 1.0 and strata["unseen|en-US|len≤2"]["n"] == 2
+
+    def ndcg(grades):
+        grades = np.array(grades)
+        return ranking_metrics(np.zeros(len(grades)), grades, -np.arange(len(grades), dtype=float), ks=[2],
+                               num_grades=3)["ndcg@2"]
+
+    red, blue_lamp = ndcg([1, 0, 2, 0, 1]), ndcg([0, 0, 2])  # against the ideal of every graded item
+    assert red < 0.5 and blue_lamp == 0.0  # were the unknown item dropped, i5 would rise into the top 2
+    assert strata["seen|en-US|len≤2"]["mean"] == pytest.approx((red + 1 + blue_lamp) / 3, abs=1e-4)
+    unseen = strata["unseen|en-US|len≤2"]
+    assert unseen["mean"] == pytest.approx(2 / 3, abs=1e-4) and unseen["n"] == 3 and unseen["nothing_relevant"] == 1
     overall = report["overall"]
-    assert overall["mean"] == pytest.approx((red + blue_lamp + 2) / 4, abs=1e-4)
-    assert overall["std_error"] == 0.0  # every list of the population judged: a census has no sampling error
+    assert overall["mean"] == pytest.approx((red + 1 + blue_lamp + 2) / 6, abs=1e-4)
+    assert overall["std_error"] == 0.0  # the window had these 6 records and all were judged: a census
 
     # Judged only to the cut (depth = k), the same list looks better: its order among its own top-2 is all
     # that counts then, which is why the monitor grades deeper.
-    shallow = judged_quality(_config(judge_depth=2), None, "judge", sample, seen={"red lamp", "blue lamp"},
+    shallow = judged_quality(_config(judge_depth=2), None, "judge", sample, {"red lamp", "blue lamp"}, 6,
                              log=lambda _: None)
     assert shallow["strata"]["seen|en-US|len≤2"]["mean"] > strata["seen|en-US|len≤2"]["mean"]
 
 
-def test_a_sample_of_lists_has_an_interval_and_alerts_only_when_all_of_it_is_below(judge):
+def test_a_sample_of_a_window_has_an_interval_and_alerts_only_when_all_of_it_is_below(judge):
     rng = np.random.default_rng(0)
     items = list(TEXTS)
     rows = [(f"{w} {v}", "en-US", list(rng.permutation(items))) for w in ("red", "blue", "green") for v in
             ("lamp", "chair", "sofa", "shade")]
     rows += [(f"{w} {v} x{n}", "en-US", list(rng.permutation(items))) for n in range(30) for w, v in
              [("red", "lamp")]]
-    report = judged_quality(_config(judge_lists=20), None, "judge", _sample(rows), seen=set(), log=lambda _: None)
+    # Every sampled record judged, but the sample is 42 of the window's 1,000: no census, the interval stays.
+    report = judged_quality(_config(judge_lists=42), None, "judge", _sample(rows), set(), 1000, log=lambda _: None)
     overall = report["overall"]
-    assert report["sampled_lists"] == 20 and report["population_lists"] == len(rows)
+    assert report["judged_lists"] == 42 and report["population_lists"] == 1000
     assert overall["ci_low"] < overall["mean"] < overall["ci_high"] and overall["std_error"] > 0
     assert quality_alert(report, None) is None
     assert quality_alert(report, overall["ci_high"]) is None  # the interval reaches the threshold
@@ -90,10 +98,20 @@ def test_a_sample_of_lists_has_an_interval_and_alerts_only_when_all_of_it_is_bel
     assert quality_alert({"refused": "a weak judge"}, 0.9) is None
 
 
-def test_too_few_judgeable_lists_is_an_error_the_monitor_records(judge):
-    sample = _sample([("purple desk", "en-US", ["i0", "i1"])])  # nothing relevant: nDCG undefined
-    with pytest.raises(ValueError, match="judged quality: 0 of 1"):
-        judged_quality(_config(), None, "judge", sample, seen=set(), log=lambda _: None)
+def test_no_estimate_from_one_list_or_a_judge_below_the_floor(judge, monkeypatch):
+    from relevance.data.schema import DataContractError
+
+    with pytest.raises(JudgeRefused, match="at least 2 served lists"):
+        judged_quality(_config(), None, "judge", _sample([("red lamp", "en-US", ["i0"])]), set(), 1,
+                       log=lambda _: None)
+
+    def below_the_floor(*_):
+        raise DataContractError("the judge agrees with humans at exact = 0.200, below the floor 0.4")
+
+    monkeypatch.setattr("relevance.evaluation.judge_eval.calibrated_judge", below_the_floor)
+    with pytest.raises(JudgeRefused, match="below the floor"):
+        judged_quality(_config(), None, "judge", _sample([("red lamp", "en-US", ["i0"])] * 2), set(), 2,
+                       log=lambda _: None)
 
 
 def test_the_judged_depth_cannot_be_below_k():

@@ -532,12 +532,12 @@ def test_the_monitor_tells_drifted_traffic_from_undrifted(deployment, catalog, c
     report = json.loads((tmp_path / "judged/monitor.json").read_text())
     judged = report["judged"]
     assert judged_run.returncode == 0 and "quality_alert" not in report, (judged_run.stdout, judged)
-    assert judged["metric"] == "ndcg@5" and 2 <= judged["scored_lists"] <= judged["sampled_lists"] == 20
-    assert judged["population_lists"] > 20 and judged["judged_pairs"] > 20 * 5
+    assert judged["metric"] == "ndcg@5" and judged["judged_lists"] == 20 and judged["population_lists"] == 120
+    assert judged["judged_pairs"] > 20 * 5 and judged["unjudgeable_items"] == 0
     overall = judged["overall"]
     assert 0 <= overall["ci_low"] <= overall["mean"] <= overall["ci_high"] and overall["mean"] <= 1
     assert judged["strata"] and all(name.startswith("seen|") for name in judged["strata"])  # training queries
-    assert sum(row["lists"] for row in judged["strata"].values()) == judged["population_lists"]
+    assert sum(row["lists"] for row in judged["strata"].values()) == judged["sampled_records"] == 120
     prom = (tmp_path / "judged/monitor.prom").read_text()
     assert 'relevance_monitor_judged_ndcg{bound="mean",stratum="overall"}' in prom
     assert "relevance_monitor_quality_alert 0.0" in prom

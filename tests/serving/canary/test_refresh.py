@@ -1,5 +1,5 @@
 """A refresh round's two steps (serving/canary/refresh.py): the check before training, and the canary after the
-challenger gate; the whole round through kfp.local is in tests/pipelines/test_training.py."""
+challenger gate; the whole round through kfp.local is in tests/pipelines/test_loop.py."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def test_a_refresh_needs_a_champion_new_judgments_and_no_running_canary(registry
     registry.client.set_model_version_tag(name, "1", "data_hash", "an-older-hash")  # grades imported since
     assert check_refresh(config, dataset, registry) == {"champion": 1, "champion_data_hash": "an-older-hash",
                                                         "data_hash": dataset.training_data_hash()}
+    registry.client.set_model_version_tag(name, "2", "data_hash", dataset.training_data_hash())
+    registry.client.set_model_version_tag(name, "2", "canary", "rolled back")
+    with pytest.raises(DataContractError, match=r"no new judgments since v2 \(rolled back\)"):
+        check_refresh(config, dataset, registry)  # the canary it rolled back would come back
+    registry.client.set_model_version_tag(name, "2", "data_hash", "another")
     registry.client.set_registered_model_alias(name, CANARY, "2")
     with pytest.raises(CanaryError, match="v2 is under canary: a refresh would replace"):
         check_refresh(config, dataset, registry)
