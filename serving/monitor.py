@@ -185,6 +185,11 @@ def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], win
         judge, judge_text, calibration = calibrated_judge(judge_dir, dataset, settings.judge_min_agreement, log)
     except DataContractError as error:  # below the floor: what it would say measures the judge
         raise JudgeRefused(str(error)) from None
+    if calibration["overall"]["kendall_tau"] is None:
+        # One grade for every judge-check pair passes an exact-agreement floor where humans mostly agree on one
+        # grade, and would call every served order ideal.
+        raise JudgeRefused(f"the judge gives every one of the {calibration['overall']['pairs']} judge-check pairs the "
+                           "same grade (no rank correlation with humans): it cannot tell a good order from a bad one")
     keys = pd.Index([f"list{n}" for n in range(len(records))])
     novelty = np.where(records["query"].map(_normal).isin(seen).to_numpy(), "seen", "unseen")
     strata = query_strata(pd.DataFrame({"query_id": keys, "query": records["query"].to_numpy(),
@@ -275,8 +280,14 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     # are imported into, which a refresh trains on, so it follows the champion with no copy to replace); another
     # source is prepared into the workdir once, as the canary watch does.
     if config.data.source == "prepared":
+        import dataclasses
+
+        from relevance.data import judge_slices
+
         data_dir = Path(config.data.path)
         dataset = Dataset.load(data_dir, with_impressions=False)
+        # The judge's slices as a chain's copy of it records them: the config's (relevance.data.copy_prepared).
+        dataset.info = dataclasses.replace(dataset.info, **judge_slices(config.data))
     else:
         chain = Chain(config)
         dataset, data_dir = chain.dataset(with_impressions=False), chain.data_dir

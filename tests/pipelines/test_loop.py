@@ -101,7 +101,10 @@ def test_served_traffic_becomes_labels_a_refreshed_student_and_a_canary_the_watc
     report = json.loads((tmp_path / "monitor/monitor.json").read_text())
     assert monitored.returncode in (0, 3), monitored.stdout + monitored.stderr[-3000:]
     assert report["records_of_this_student"] == 2 * len(queries) and report["coverage"]["unseen_queries"] > 0
-    assert report["judged"]["judged_lists"] == 20 and any(s.startswith("unseen|") for s in report["judged"]["strata"])
+    # The tiny teacher grades everything alike and is refused as a judge (test_monitor.py checks the figures).
+    judged = report["judged"]
+    assert "same grade" in judged.get("refused", "") or (
+        judged["judged_lists"] == 20 and any(s.startswith("unseen|") for s in judged["strata"])), judged
 
     # 5. Served pairs to human grading, and the grades back into the loop's dataset.
     cli("select", "--config", loop, "--from-traffic", traffic, "--budget", 40, "--per-query", 2, "--strategy",

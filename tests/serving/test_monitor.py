@@ -31,7 +31,7 @@ TEXTS = {"i0": "red lamp", "i1": "blue chair", "i2": "red chair", "i3": "lamp sh
 
 @pytest.fixture
 def judge(monkeypatch):
-    calibration = {"overall": {"exact": 1.0, "pairs": 10}, "measured_on": {"what": "a known judge"}}
+    calibration = {"overall": {"exact": 1.0, "pairs": 10, "kendall_tau": 1.0}, "measured_on": {"what": "a known judge"}}
     monkeypatch.setattr("relevance.evaluation.judge_eval.calibrated_judge",
                         lambda *_: (OverlapJudge(), pd.Series(TEXTS), calibration))
 
@@ -112,6 +112,29 @@ def test_no_estimate_from_one_list_or_a_judge_below_the_floor(judge, monkeypatch
     with pytest.raises(JudgeRefused, match="below the floor"):
         judged_quality(_config(), None, "judge", _sample([("red lamp", "en-US", ["i0"])] * 2), set(), 2,
                        log=lambda _: None)
+    flat = {"overall": {"exact": 0.6, "pairs": 11, "kendall_tau": None}, "measured_on": {"what": "a flat judge"}}
+    monkeypatch.setattr("relevance.evaluation.judge_eval.calibrated_judge",
+                        lambda *_: (OverlapJudge(), pd.Series(TEXTS), flat))
+    with pytest.raises(JudgeRefused, match="same grade"):  # passes an exact floor, ranks nothing
+        judged_quality(_config(), None, "judge", _sample([("red lamp", "en-US", ["i0"])] * 2), set(), 2,
+                       log=lambda _: None)
+
+
+def test_the_judged_figures_reach_the_gauges_and_the_html(judge, tmp_path):
+    from relevance.serving.monitor import EXIT_QUALITY, _finish, _plot_judged
+
+    sample = _sample([("red lamp", "en-US", ["i3", "i4", "i0"]), ("blue chair", "en-US", ["i1", "i5"])] * 3)
+    judged = judged_quality(_config(), None, "judge", sample, {"red lamp"}, 60, log=lambda _: None)
+    report = {"records_of_this_student": 60, "verdict": "quality", "alerts": ["cosine: PSI 0.4 > 0.25"],
+              "judged": judged, "quality_alert": quality_alert(judged, 1.0)}
+    _plot_judged(judged, 1.0, tmp_path)
+    _finish(report, EXIT_QUALITY, tmp_path, None, lambda _: None)
+    prom = (tmp_path / "monitor.prom").read_text()
+    assert 'relevance_monitor_judged_ndcg{bound="ci_high",stratum="overall"}' in prom
+    assert 'relevance_monitor_judged_ndcg{bound="mean",stratum="unseen|en-US|len≤2"}' in prom
+    assert "relevance_monitor_quality_alert 1.0" in prom and "relevance_monitor_judge_refused 0.0" in prom
+    assert "relevance_monitor_alert 1.0" in prom  # the drift alert stays visible under the quality exit code
+    assert (tmp_path / "monitor.html").read_text().count("data:image/png;base64") == 1  # judged.png
 
 
 def test_the_judged_depth_cannot_be_below_k():
