@@ -56,7 +56,8 @@ test: $(STAMP) $(TRITON_STAMP)
 	$(MAKE) --no-print-directory lint-imports
 
 ## The slow tests: the wheel, installed outside the checkout, runs the quick profile on real weights; the real MLflow
-## server's fault tests, torch.distributed, the local canary loop, the Label Studio round trip, the scale smoke run.
+## server's fault tests, torch.distributed, the local canary loop, the Label Studio round trip, the scale smoke run,
+## the production loop end to end (pipeline, capture, monitor, grading from traffic, refresh, canary watch).
 test-slow: $(STAMP) $(TRITON_STAMP) $(LABEL_STUDIO_STAMP)
 	$(PY) -m pytest -q -m slow
 
