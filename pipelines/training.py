@@ -100,8 +100,7 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
     cluster = config.cluster
     parallelism = plan_for(cluster.labeling, strict=True).devices
     # Like the pods' resources, fixed at compile time: a run's overrides cannot switch to a TrainJob.
-    launcher = config.teacher.distributed
-    trainjob = launcher.trainjob if launcher.launcher == "trainjob" else None
+    trainjob = config.teacher.distributed.trainjob if config.teacher.distributed.launcher == "trainjob" else None
     default_profile, default_overrides = profile, json.dumps(overrides or {})
     built = []  # the steps added to the DAG
 
@@ -124,10 +123,8 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
                 {"data": {"source": "homedepot", "path": "/data/homedepot"}, "registry": {"min_ndcg": 0.85}}.
                 Its "cluster" key does not resize the pods (they were sized when compiled).
             image: Container image every step runs in (built from infra/docker).
-            refresh: A refresh round, after human grades of served traffic were imported into the dataset this run
-                reads: it stops unless the judgments changed since the champion was trained (and no canary is
-                running), and a registered challenger is put under canary at canary.refresh_percent for the canary
-                watch to promote or roll back.
+            refresh: A refresh round (grades of served traffic imported): stops unless there are new judgments;
+                a registered challenger goes under canary (canary.refresh_percent) for the canary watch.
         """
         def step(task):
             built.append(step_name(task))
@@ -142,8 +139,8 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
                                              data_docs=validation.outputs["data_docs"]))
         dataset = data.outputs["dataset"]
         # Before any training: a refresh with nothing new to learn stops in seconds, not after the teacher.
-        fresh = step(steps.check_refresh(run_config=settings, dataset=dataset, refresh=refresh))
-        fresh.set_display_name("check refresh")
+        fresh = step(steps.check_refresh(run_config=settings, dataset=dataset, refresh=refresh)).set_display_name(
+            "check refresh")
 
         features = step(steps.compute_features(run_config=settings, dataset=dataset)).after(gate, fresh)
         teacher = step(steps.finetune_teacher(run_config=settings, dataset=dataset)).after(gate, fresh)
@@ -163,20 +160,27 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
                                                  feature_repo=features.outputs["feature_repo"]))
         export = step(steps.export_onnx(run_config=settings, dataset=dataset, student=student.outputs["student"],
                                         feature_repo=features.outputs["feature_repo"]))
-        decision = step(steps.challenger_gate(evaluation=evaluation.outputs["evaluation"]))
-        with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
-            registered = step(steps.register_models(
-                run_config=settings, dataset=dataset, teacher=teacher.outputs["teacher"],
-                student=student.outputs["student"], onnx_model=export.outputs["onnx_model"],
-                evaluation=evaluation.outputs["evaluation"], validation=validation.outputs["validation"],
-                feature_repo=features.outputs["feature_repo"]))
-            with dsl.If(refresh == True, name="refresh-starts-canary"):  # noqa: E712 (a KFP condition)
-                # kfp.local has no cluster to patch: the registry's canary alias alone, and the local loop.
-                step(steps.start_canary(run_config=settings, model_version=registered.output,
-                                        target="registry" if local else "kubectl"))
+        # kfp.local has no cluster to patch: a refresh's canary is the registry's alias alone, and the local loop.
+        _gate_and_register(step, settings, dataset, refresh, "registry" if local else "kubectl", teacher=teacher,
+                           student=student, export=export, evaluation=evaluation, validation=validation,
+                           features=features)
 
     require_every_step(built)
     return training_pipeline
+
+
+def _gate_and_register(step, settings, dataset, refresh, canary_target: str, **tasks) -> None:
+    """The end of the DAG: the challenger gate, registration when it passes, and on a refresh run the canary of the
+    version registered (``tasks``: the teacher, student, export, evaluation, validation and features tasks)."""
+    decision = step(steps.challenger_gate(evaluation=tasks["evaluation"].outputs["evaluation"]))
+    with dsl.If(decision.output == True, name="challenger-gate-passed"):  # noqa: E712 (a KFP condition)
+        registered = step(steps.register_models(
+            run_config=settings, dataset=dataset, teacher=tasks["teacher"].outputs["teacher"],
+            student=tasks["student"].outputs["student"], onnx_model=tasks["export"].outputs["onnx_model"],
+            evaluation=tasks["evaluation"].outputs["evaluation"], validation=tasks["validation"].outputs["validation"],
+            feature_repo=tasks["features"].outputs["feature_repo"]))
+        with dsl.If(refresh == True, name="refresh-starts-canary"):  # noqa: E712 (a KFP condition)
+            step(steps.start_canary(run_config=settings, model_version=registered.output, target=canary_target))
 
 
 def compile_pipeline(out_path: str | os.PathLike, image: str | None = None, profile: str = "quick",

@@ -39,10 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
+# EXIT_QUALITY is one of the monitor's exit codes, imported from where judged quality lives.
+from relevance.serving.judged import (EXIT_QUALITY, judged_or_refused, normal_query,  # noqa: F401
+                                      plot_judged, quality_alert)
 from relevance.student.featurizer import LEXICAL_FEATURES
 from relevance.traffic.drift import ks, nearest_similarity, psi
 
-EXIT_OK, EXIT_DRIFT, EXIT_TOO_FEW, EXIT_QUALITY = 0, 3, 4, 5
+EXIT_OK, EXIT_DRIFT, EXIT_TOO_FEW = 0, 3, 4  # 5: EXIT_QUALITY (serving/judged.py)
 SCORE = "expected_grade"
 NOVELTY = "query_novelty"
 
@@ -102,11 +105,7 @@ def training_queries(dataset, data_dir: Path) -> tuple[list[str], set[str]]:
     if (data_dir / "impressions.parquet").exists():
         ids = pd.read_parquet(data_dir / "impressions.parquet", columns=["query_id"])["query_id"].astype(str)
         seen |= set(texts.reindex(ids.unique()).dropna())
-    return train, {_normal(q) for q in seen}
-
-
-def _normal(query: str) -> str:
-    return " ".join(query.lower().split())
+    return train, {normal_query(q) for q in seen}
 
 
 def drift(reference: Sample, current: Sample, held_out: np.ndarray, served: np.ndarray) -> dict:
@@ -146,114 +145,29 @@ def _records(bundle, traffic_dir: Path, since: datetime, until: datetime, max_re
     return light, len(mine), versions, full
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
-    """The t interval of a mean (None with fewer than two values)."""
-    from scipy.stats import t
+def training_dataset(config):
+    """The dataset the student was trained on, and its folder. A prepared one is read where it is (data.path: the
+    dataset grades are imported into, which a refresh trains on, so it follows the champion with no copy to
+    replace), with the judge's slices of the config, as a chain's copy records them (relevance.data.copy_prepared);
+    another source is prepared into the workdir once, as the canary watch does."""
+    import dataclasses
 
-    if len(values) < 2:
-        return None, None
-    half = float(t.ppf(1 - (1 - confidence) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return float(values.mean()) - half, float(values.mean()) + half
+    from relevance.chain import Chain
+    from relevance.data import judge_slices
+    from relevance.data.schema import Dataset
 
-
-class JudgeRefused(Exception):
-    """No judged estimate this round (a judge below the agreement floor, fewer than two served lists): the drift
-    report still stands, with the reason in it."""
-
-
-def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], window_records: int,
-                   log=print) -> dict:
-    """The judge's verdict on the served lists of ``sample`` (a random sample of the ``window_records`` records of
-    this student in the window): judged nDCG@judge_k overall (stratified estimate and interval) and per stratum.
-
-    The unit is a served list (a record), so the estimate is traffic-weighted: what users saw, a head query as often
-    as it was served. Every position counts as served: an item the judge has no text for (outside its catalog) is
-    graded 0, never dropped (which would move the items below it up), and a list with nothing relevant in its
-    judged depth scores 0 (users saw nothing relevant, whoever's fault: retrieval's or the ranker's)."""
-    import pandas as pd
-
-    from relevance.data.schema import DataContractError
-    from relevance.evaluation.judge import judge_grades, per_query_ndcg
-    from relevance.evaluation.judge_eval import calibrated_judge
-    from relevance.evaluation.sampling import allocate, query_strata, stratified_estimate, stratified_sample
-
-    settings = config.monitor
-    records = sample.reset_index(drop=True)
-    if len(records) < 2:
-        raise JudgeRefused(f"judged quality needs at least 2 served lists, the window's sample has {len(records)}")
-    try:
-        judge, judge_text, calibration = calibrated_judge(judge_dir, dataset, settings.judge_min_agreement, log)
-    except DataContractError as error:  # below the floor: what it would say measures the judge
-        raise JudgeRefused(str(error)) from None
-    if calibration["overall"]["kendall_tau"] is None:
-        # One grade for every judge-check pair passes an exact-agreement floor where humans mostly agree on one
-        # grade, and would call every served order ideal.
-        raise JudgeRefused(f"the judge gives every one of the {calibration['overall']['pairs']} judge-check pairs the "
-                           "same grade (no rank correlation with humans): it cannot tell a good order from a bad one")
-    keys = pd.Index([f"list{n}" for n in range(len(records))])
-    novelty = np.where(records["query"].map(_normal).isin(seen).to_numpy(), "seen", "unseen")
-    strata = query_strata(pd.DataFrame({"query_id": keys, "query": records["query"].to_numpy(),
-                                        "locale": records["locale"].to_numpy()}), traffic_bands=0)
-    strata = pd.Series([f"{n}|{h}" for n, h in zip(novelty, strata)], index=keys, name="stratum")
-    drawn = strata.value_counts()
-    chosen = stratified_sample(strata, allocate(drawn, min(settings.judge_lists, len(strata)), "proportional"),
-                               settings.seed)
-    # The estimator's population is the window's records, each stratum's size scaled from the sample: a sample of
-    # the window is no census of it (unless it holds every record), so the interval keeps its width.
-    population = drawn * (max(window_records, len(records)) / len(records))
-    position = {key: n for n, key in enumerate(keys)}
-    rows = [(key, records.at[position[key], "query"], str(item), rank) for key in chosen
-            for rank, item in enumerate(list(records.at[position[key], "item_ids"])[:settings.judge_depth])]
-    frame = pd.DataFrame(rows, columns=["key", "query", "item", "rank"])
-    known = frame["item"].isin(set(judge_text.dropna().index))
-    pairs = frame.loc[known, ["query", "item"]].drop_duplicates()  # a list served again is graded once
-    pairs["grade"] = judge_grades(judge, pairs["query"].tolist(), judge_text.reindex(pairs["item"]).tolist())
-    frame = frame.merge(pairs, on=["query", "item"], how="left").fillna({"grade": 0})
-    scores = per_query_ndcg(frame["key"].to_numpy(), frame["grade"].astype(int).to_numpy(),
-                            -frame["rank"].to_numpy(float), settings.judge_k, judge.num_grades)
-    values = pd.Series({key: scores.get(key, 0.0) for key in chosen}, dtype=float)
-    nothing = pd.Series({key: key not in scores for key in chosen})
-    estimate = stratified_estimate(values, strata, population, settings.confidence)
-    low, high = estimate.interval
-    per_stratum = {}
-    for name in sorted(drawn.index):
-        mine = values[strata.reindex(values.index) == name].to_numpy()
-        lower, upper = _interval(mine, settings.confidence)
-        per_stratum[str(name)] = {
-            "lists": int(drawn[name]), "n": int(len(mine)),
-            "mean": round(float(mine.mean()), 4) if len(mine) else None,
-            "ci_low": None if lower is None else round(lower, 4), "ci_high": None if upper is None else round(upper, 4),
-            "nothing_relevant": int(nothing[strata.reindex(nothing.index) == name].sum())}
-    log(f"monitor: judged nDCG@{settings.judge_k} {estimate.mean:.4f} ({settings.confidence:.0%} CI {low:.4f} .. "
-        f"{high:.4f}) on {len(values)} served lists, {len(pairs)} pairs judged")
-    return {"metric": f"ndcg@{settings.judge_k}", "judge": str(judge_dir), "judge_version": judge.version,
-            "judge_agreement": calibration["overall"], "agreement_measured_on": calibration["measured_on"]["what"],
-            "min_agreement": settings.judge_min_agreement, "depth": settings.judge_depth,
-            "population_lists": int(max(window_records, len(records))), "sampled_records": int(len(records)),
-            "judged_lists": int(len(values)), "lists_with_nothing_relevant": int(nothing.sum()),
-            "judged_pairs": int(len(pairs)), "unjudgeable_items": int((~known).sum()),
-            "overall": {"mean": round(estimate.mean, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
-                        "std_error": round(estimate.std_error, 5), "n": estimate.n,
-                        "confidence": settings.confidence, "notes": estimate.notes()},
-            "strata": per_stratum}
-
-
-def quality_alert(judged: dict, threshold: float | None) -> str | None:
-    """The alert when the judged quality's whole interval lies below ``threshold`` (a mean below it alone may be
-    noise); None without a threshold or a judged estimate."""
-    overall = judged.get("overall")
-    if threshold is None or not overall or overall["ci_high"] >= threshold:
-        return None
-    return (f"judged {judged['metric']} {overall['mean']} ({overall['confidence']:.0%} CI up to "
-            f"{overall['ci_high']}) below {threshold}")
+    if config.data.source == "prepared":
+        dataset = Dataset.load(Path(config.data.path), with_impressions=False)
+        dataset.info = dataclasses.replace(dataset.info, **judge_slices(config.data))
+        return dataset, Path(config.data.path)
+    chain = Chain(config)
+    return chain.dataset(with_impressions=False), chain.data_dir
 
 
 def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, since: datetime, until: datetime,
             out: Path, pushgateway: str | None = None, judge_dir: Path | None = None, log=print) -> MonitorResult:
     """Compare the window [since, until) of ``traffic_dir`` with the training reference (and, with
     ``judge_dir``, judge the served lists); write the reports."""
-    from relevance.chain import Chain
-    from relevance.data.schema import Dataset
     from relevance.platform.feature_store import FeastItemSource
     from relevance.student.scoring import OnlineScorer, OnnxStudent, ServingBundle
 
@@ -276,21 +190,7 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     serving = config.serving.model_copy(update={"max_candidates": max(config.serving.max_candidates,
                                                                       settings.candidates)})
     scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.model_file("student", False)))
-    # The dataset the student was trained on. A prepared one is read where it is (data.path: the dataset grades
-    # are imported into, which a refresh trains on, so it follows the champion with no copy to replace); another
-    # source is prepared into the workdir once, as the canary watch does.
-    if config.data.source == "prepared":
-        import dataclasses
-
-        from relevance.data import judge_slices
-
-        data_dir = Path(config.data.path)
-        dataset = Dataset.load(data_dir, with_impressions=False)
-        # The judge's slices as a chain's copy of it records them: the config's (relevance.data.copy_prepared).
-        dataset.info = dataclasses.replace(dataset.info, **judge_slices(config.data))
-    else:
-        chain = Chain(config)
-        dataset, data_dir = chain.dataset(with_impressions=False), chain.data_dir
+    dataset, data_dir = training_dataset(config)
     train, seen = training_queries(dataset, data_dir)
     rng = np.random.default_rng(settings.seed)
     drawn = [train[i] for i in rng.permutation(len(train))[:2 * settings.reference_queries]]
@@ -311,7 +211,8 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     hits = frame["query_cache_hit"].dropna()
     report.update({
         "drift": statistics,
-        "coverage": {"unseen_queries": round(float(np.mean([_normal(q) not in seen for q in sample["query"]])), 4),
+        "coverage": {"unseen_queries": round(float(np.mean([normal_query(q) not in seen
+                                                            for q in sample["query"]])), 4),
                      "items_not_in_training_catalog": round(float(np.mean([i not in catalog for i in top_items])), 4),
                      "unknown_items": round(float(current.unknown.mean()), 4),
                      "query_cache_hit_rate": round(float(hits.mean()), 4) if len(hits) else None},
@@ -331,13 +232,7 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     code = EXIT_DRIFT if alerts else EXIT_OK
     verdict = "drift: " + "; ".join(alerts) if alerts else "no drift above the alert thresholds"
     if judge_dir is not None:
-        try:
-            report["judged"] = judged_quality(config, dataset, Path(judge_dir), sample, seen, mine, log)
-        except JudgeRefused as error:
-            # A judge below the floor, or too few judgeable lists: nothing judged is reported, and the drift
-            # report still is (a weak judge must not blind the monitor). The refusal is in the report and a gauge.
-            report["judged"] = {"refused": str(error)}
-            log(f"monitor: no judged quality: {error}")
+        report["judged"] = judged_or_refused(config, dataset, Path(judge_dir), sample, seen, mine, log)
         quality = quality_alert(report["judged"], settings.judged_ndcg_alert)
         if quality:
             report["quality_alert"] = quality
@@ -346,7 +241,7 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
     out.mkdir(parents=True, exist_ok=True)
     _plot(reference, current, held_out, served, statistics, settings.psi_alert, out)
     if "overall" in report.get("judged", {}):
-        _plot_judged(report["judged"], settings.judged_ndcg_alert, out)
+        plot_judged(report["judged"], settings.judged_ndcg_alert, out)
     return _finish(report, code, out, pushgateway, log)
 
 
@@ -420,31 +315,6 @@ def _plot(reference: Sample, current: Sample, held_out, served, statistics: dict
     axes[2].legend()
     fig.tight_layout()
     fig.savefig(out / "monitor.png", dpi=90)
-    plt.close(fig)
-
-
-def _plot_judged(judged: dict, alert: float | None, out: Path) -> None:
-    """Judged nDCG per stratum and overall, with their intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = {"overall": judged["overall"], **{k: v for k, v in judged["strata"].items() if v["mean"] is not None}}
-    names = list(rows)
-    means = np.array([rows[n]["mean"] for n in names], dtype=float)
-    low = np.array([rows[n]["ci_low"] if rows[n]["ci_low"] is not None else rows[n]["mean"] for n in names], float)
-    high = np.array([rows[n]["ci_high"] if rows[n]["ci_high"] is not None else rows[n]["mean"] for n in names], float)
-    fig, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
-    axis.errorbar(means, range(len(names)), xerr=[means - low, high - means], fmt="o", capsize=3)
-    axis.set_yticks(range(len(names)), [f"{n} (n={rows[n]['n']})" for n in names])
-    axis.invert_yaxis()
-    if alert is not None:
-        axis.axvline(alert, color="tab:red", linestyle="--", label=f"alert ({alert})")
-        axis.legend()
-    axis.set_xlabel(f"judged {judged['metric']} of served lists ({judged['overall']['confidence']:.0%} CI)")
-    fig.tight_layout()
-    fig.savefig(out / "judged.png", dpi=90)
     plt.close(fig)
 
 

@@ -1,4 +1,4 @@
-"""The monitor's judged quality on a judge whose grades are known (word overlap), so the figures can be checked
+"""The monitor's judged quality (serving/judged.py) on a judge whose grades are known (word overlap), so the figures can be checked
 exactly; the whole monitor against a served student is in test_server.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from relevance.config import build_config
 from relevance.models.metrics import ranking_metrics
-from relevance.serving.monitor import JudgeRefused, judged_quality, quality_alert
+from relevance.serving.judged import JudgeRefused, judged_quality, quality_alert
 
 
 class OverlapJudge:
@@ -121,13 +121,14 @@ def test_no_estimate_from_one_list_or_a_judge_below_the_floor(judge, monkeypatch
 
 
 def test_the_judged_figures_reach_the_gauges_and_the_html(judge, tmp_path):
-    from relevance.serving.monitor import EXIT_QUALITY, _finish, _plot_judged
+    from relevance.serving.judged import EXIT_QUALITY, plot_judged
+    from relevance.serving.monitor import _finish
 
     sample = _sample([("red lamp", "en-US", ["i3", "i4", "i0"]), ("blue chair", "en-US", ["i1", "i5"])] * 3)
     judged = judged_quality(_config(), None, "judge", sample, {"red lamp"}, 60, log=lambda _: None)
     report = {"records_of_this_student": 60, "verdict": "quality", "alerts": ["cosine: PSI 0.4 > 0.25"],
               "judged": judged, "quality_alert": quality_alert(judged, 1.0)}
-    _plot_judged(judged, 1.0, tmp_path)
+    plot_judged(judged, 1.0, tmp_path)
     _finish(report, EXIT_QUALITY, tmp_path, None, lambda _: None)
     prom = (tmp_path / "monitor.prom").read_text()
     assert 'relevance_monitor_judged_ndcg{bound="ci_high",stratum="overall"}' in prom
