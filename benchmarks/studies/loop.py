@@ -38,12 +38,17 @@ that cannot run, e.g. a command this checkout does not have yet, is reported as 
 7. **evaluate**: `relevance evaluate` of each bundle on the new-slice evaluation set and on the old test split
    (human grades).
 8. **judged**: `relevance monitor --judge` (the first teacher, which never saw the family's labels: it cannot
-   favour the refresh) on windows of new-slice and old queries served by the first and the refreshed model. The
+   favour the refresh; the first student was distilled from it, so if anything it favours the first model, and a
+   judged recovery is understated) on windows of new-slice and old queries served by the first and the refreshed
+   model. The
    study sets monitor.judge_min_agreement to 0 knowingly (a cut-down MiniLM teacher agrees with humans below the
    default floor of 0.4) and reports the judge's agreement next to its numbers.
 9. **canary**: `relevance canary local --serve` + `relevance canary watch` (registry on SQLite): first → refreshed
    (should promote), then refreshed → worse (should roll back). The labelled evidence is the new-slice
-   evaluation set; the teacher judges old judge-holdout traffic, which can block a promotion.
+   evaluation set; the teacher judges old judge-holdout traffic, which can block a promotion. The judge is the
+   refreshed teacher (the one trained on every judgment, as a refresh run's workdir holds it, the watch's
+   default there): the refreshed student imitates it, which
+   leans both decisions towards the expected outcome; the labelled evidence is what promotes.
 
 Outputs: benchmarks/results/loop-homedepot.{json,md,png} and the study's record in studies.json / report.html.
 """
@@ -407,15 +412,21 @@ def simulate_raters(tasks: list[dict], truth: dict, grade_names: list[str]) -> l
 
 def summarize_detection(windows: list[dict]) -> dict:
     """False alarms on undrifted windows (with a Clopper-Pearson 95% upper bound), and N: the fewest family
-    requests from which every released window alerted (exit 3)."""
+    requests from which every released window alerted (exit 3). A window the monitor could not judge (exit 4, too
+    little traffic: no drift computed) is neither an alarm nor a quiet window: it is counted apart, and left out of
+    both the false-alarm rate and N."""
     from scipy.stats import beta
 
-    undrifted = [w for w in windows if w["kind"] == "undrifted"]
+    judged = [w for w in windows if w["exit_code"] != 4]
+    undrifted = [w for w in judged if w["kind"] == "undrifted"]
     alarms = sum(w["exit_code"] == 3 for w in undrifted)
     trials = len(undrifted)
-    upper = 1.0 if alarms == trials else float(beta.ppf(0.975, alarms + 1, trials - alarms)) if trials else None
+    if not trials:
+        upper = None
+    else:
+        upper = 1.0 if alarms == trials else float(beta.ppf(0.975, alarms + 1, trials - alarms))
     by_count: dict[int, list] = {}
-    for w in windows:
+    for w in judged:
         by_count.setdefault(w["family_requests"], []).append(w)
     rows = []
     for count in sorted(by_count):
@@ -433,6 +444,7 @@ def summarize_detection(windows: list[dict]) -> dict:
         detected = row["family_requests"]
     first = next((r["family_requests"] for r in rows if r["family_requests"] and r["alerts"]), None)
     return {"undrifted_windows": trials, "false_alarms": alarms,
+            "too_little_traffic": sum(w["exit_code"] == 4 for w in windows),
             "false_alarm_rate": alarms / trials if trials else None, "false_alarm_upper95": upper,
             "detected_at": detected, "first_alert_at": first, "by_count": rows, "windows": windows}
 
@@ -972,11 +984,13 @@ def tables(results: dict, status: dict) -> list[dict]:
     if label:
         out.append(table("One labelling round: `relevance select --from-traffic --strategy entropy` on the release "
                          "day's traffic, raters simulated by Home Depot's grades", ["what", "count"],
-                         [["budget (pairs sent to raters)", label["budget"]], ["selected", label["selected"]],
+                         [["budget (the most pairs select may send)", label["budget"]],
+                          ["selected (sent to raters)", label["selected"]],
                           ["selected, of released (family) queries", label["selected_family"]],
                           ["graded (Home Depot has the pair's grade)", label["graded"]],
                           ["graded, of released queries", label["graded_family"]],
-                          ["grades 0..4 of the graded pairs", " / ".join(map(str, label["grades"]))]]))
+                          [f"grades 0..{len(label['grades']) - 1} of the graded pairs",
+                           " / ".join(map(str, label["grades"]))]]))
     quality = quality_rows(results)
     if quality:
         out.append(table("Quality by slice: human grades (`relevance evaluate` of each serving bundle) and the "
@@ -1036,7 +1050,8 @@ def figures(results: dict) -> dict[str, bytes]:
         ax.set_ylabel("share of windows alerting")
         twin = ax.twinx()
         twin.plot(x, [r["query_novelty_psi"] for r in rows], "s--", color="tab:blue", label="query-novelty PSI")
-        twin.plot(x, [r["max_feature_psi"] for r in rows], "^:", color="tab:green", label="largest feature PSI")
+        twin.plot(x, [r["max_feature_psi"] for r in rows], "^:", color="tab:green",
+                  label="largest feature/score PSI")
         twin.axhline(detect["psi_alert"], color="grey", lw=0.8)
         twin.set_ylabel("PSI (mean over windows)")
         fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
@@ -1047,7 +1062,8 @@ def figures(results: dict) -> dict[str, bytes]:
     if quality:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         labels = [f"{m}\n{s}" for m, s, *_ in quality]
-        ax.bar(np.arange(len(quality)) - 0.2, [r[2] or 0 for r in quality], 0.4, label="nDCG@10, human grades")
+        human = [(i, r[2]) for i, r in enumerate(quality) if r[2] is not None]  # no bar where nothing was measured
+        ax.bar([i - 0.2 for i, _ in human], [v for _, v in human], 0.4, label="nDCG@10, human grades")
         judged = [(i, r) for i, r in enumerate(quality) if r[4] is not None]
         if judged:
             ax.errorbar([i + 0.2 for i, _ in judged], [r[4] for _, r in judged],
@@ -1090,7 +1106,9 @@ def answer(results: dict, status: dict) -> str:
                  f"{max(r['family_requests'] for r in detect['by_count'])} of {detect['window']}")
         parts.append(f"Detection: {found} (first alert at {detect['first_alert_at']}); false alarms "
                      f"{detect['false_alarms']} of {detect['undrifted_windows']} undrifted windows "
-                     f"({_fmt(rate, 2)}, 95% upper bound {_fmt(detect['false_alarm_upper95'], 2)}).")
+                     f"({_fmt(rate, 2)}, 95% upper bound {_fmt(detect['false_alarm_upper95'], 2)})"
+                     + (f"; {detect['too_little_traffic']} window(s) too small to judge (exit 4), left out"
+                        if detect.get("too_little_traffic") else "") + ".")
     human = (results.get("evaluate") or {}).get("models", {})
     if "first" in human:
         old, new = human["first"]["old test"]["ndcg@10"], human["first"]["new slice"]["ndcg@10"]
@@ -1098,7 +1116,8 @@ def answer(results: dict, status: dict) -> str:
                 f"({new - old:+.4f})")
         if "refreshed" in human and label:
             after = human["refreshed"]["new slice"]["ndcg@10"]
-            line += (f"; after one round ({label['budget']} pairs sent to raters, {label['graded']} graded, "
+            line += (f"; after one round ({label['selected']} pairs sent to raters of a budget of "
+                     f"{label['budget']}, {label['graded']} graded, "
                      f"{label['graded_family']} of them of released queries) the refreshed model: {after:.4f} on "
                      f"the new slice ({after - new:+.4f}), {human['refreshed']['old test']['ndcg@10']:.4f} on the old")
         if "worse" in human:
@@ -1112,7 +1131,9 @@ def answer(results: dict, status: dict) -> str:
         agreement = next(iter(next(iter(judged["models"].values())).values()))["judged"].get("judge_agreement") or {}
         parts.append("Judged nDCG@10 of the served lists (the first teacher as judge, exact agreement with humans "
                      f"{_fmt(agreement.get('exact'), 3)} on the judge-check pairs; the study sets no agreement "
-                     "floor): " + "; ".join(cells) + ".")
+                     "floor; the first student was distilled from this judge, so a judged gap between the first "
+                     "and the refreshed model understates the refresh: the human grades above are the primary "
+                     "evidence): " + "; ".join(cells) + ".")
     for tag in ("promote", "rollback"):
         c = results.get(f"canary-{tag}")
         if c:
