@@ -73,8 +73,10 @@ def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], win
     drawn = strata.value_counts()
     chosen = stratified_sample(strata, allocate(drawn, min(settings.judge_lists, len(strata)), "proportional"),
                                settings.seed)
-    # The estimator's population is the window's records, each stratum's size scaled from the sample: a sample of
-    # the window is no census of it (unless it holds every record), so the interval keeps its width.
+    # The strata's weights are the window's records, each stratum's size scaled from the sample. The question is
+    # the model's quality on the traffic it serves, of which a window is itself a sample: no finite-population
+    # correction, so judging every list of a small window is no census with a zero-width interval (an alert on
+    # 20 lists would otherwise be as certain as one on 20,000).
     population = drawn * (max(window_records, len(records)) / len(records))
     position = {key: n for n, key in enumerate(keys)}
     rows = [(key, records.at[position[key], "query"], str(item), rank) for key in chosen
@@ -88,7 +90,7 @@ def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], win
                             -frame["rank"].to_numpy(float), settings.judge_k, judge.num_grades)
     values = pd.Series({key: scores.get(key, 0.0) for key in chosen}, dtype=float)
     nothing = pd.Series({key: key not in scores for key in chosen})
-    estimate = stratified_estimate(values, strata, population, settings.confidence)
+    estimate = stratified_estimate(values, strata, population, settings.confidence, finite=False)
     low, high = estimate.interval
     per_stratum = {}
     for name in sorted(drawn.index):

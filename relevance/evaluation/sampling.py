@@ -183,18 +183,22 @@ def _pooled_within_variance(groups: dict) -> tuple[float, int]:
     return (sum(d * v for d, v in parts) / df if df else 0.0), df
 
 
-def _variance_components(groups: dict, weights: pd.Series, population: pd.Series) -> tuple[list, list, list]:
+def _variance_components(groups: dict, weights: pd.Series, population: pd.Series,
+                         finite: bool = True) -> tuple[list, list, list]:
     """(variance, degrees of freedom) per component of the stratified variance, and the strata whose variance was
-    collapsed or borrowed. A stratum sampled whole (n_h = N_h) has no sampling variance and adds nothing."""
+    collapsed or borrowed. A stratum sampled whole (n_h = N_h) has no sampling variance and adds nothing, unless
+    the population is not ``finite`` (no finite-population correction: see :func:`stratified_estimate`)."""
+    def correction(n: int, h) -> float:
+        return 1 - n / float(population[h]) if finite else 1.0
+
     components, singles = [], []
     for h, y in groups.items():
-        if len(y) >= float(population[h]):
+        if finite and len(y) >= float(population[h]):
             continue  # a census of the stratum
         if len(y) == 1:
             singles.append(h)
         else:
-            components.append((weights[h] ** 2 * (1 - len(y) / float(population[h])) * y.var(ddof=1) / len(y),
-                               len(y) - 1))
+            components.append((weights[h] ** 2 * correction(len(y), h) * y.var(ddof=1) / len(y), len(y) - 1))
     collapsed, borrowed = [], []
     if len(singles) >= 2:
         # Hansen–Hurwitz–Madow's size-adjusted collapsed-strata estimator: the spread of the singles' weighted
@@ -214,15 +218,17 @@ def _variance_components(groups: dict, weights: pd.Series, population: pd.Series
         if not df:
             raise ValueError("one scored query: a standard error needs at least two in one stratum")
         h = singles[0]
-        components.append((weights[h] ** 2 * (1 - 1 / float(population[h])) * pooled, df))
+        components.append((weights[h] ** 2 * correction(1, h) * pooled, df))
         borrowed = singles
     return components, collapsed, borrowed
 
 
 def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Series,
-                        confidence: float = 0.95) -> Estimate:
+                        confidence: float = 0.95, finite: bool = True) -> Estimate:
     """Σ W_h ȳ_h and its standard error, with the finite-population correction. ``values``: query_id → the
     per-query difference for the sampled queries; ``strata``: query_id → stratum; ``population``: stratum → N_h.
+    ``finite=False``: the population (N_h still gives the weights) is itself a sample of a larger process, e.g.
+    a window of traffic standing for the traffic a model serves: no correction, and judging all of it is no census.
 
     - A stratum with no scored query (e.g. the judge found nothing relevant in any of its sampled queries) cannot
       be estimated: it is left out and the other weights renormalised over the scored strata. Keeping its weight
@@ -239,7 +245,7 @@ def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Ser
     empty = sorted(str(h) for h in population.index if h not in groups and population[h] > 0)
     empty_weight = float(population[population.index.isin(empty)].sum() / population.sum())
     mean = float(sum(weights[h] * y.mean() for h, y in groups.items()))
-    components, collapsed, borrowed = _variance_components(groups, weights, population)
+    components, collapsed, borrowed = _variance_components(groups, weights, population, finite)
     variance = sum(v for v, _ in components)
     spread = sum(v * v / d for v, d in components if d > 0)
     df = variance ** 2 / spread if spread > 0 else None

@@ -129,6 +129,19 @@ def test_a_stratum_sampled_whole_adds_no_variance_and_is_not_collapsed():
     assert estimate.collapsed_strata == [] and estimate.borrowed_strata == []
 
 
+def test_a_population_that_is_itself_a_sample_gets_no_correction():
+    """A window of traffic judged whole is a census of the window, but not of the traffic it stands for."""
+    strata = pd.Series({"a1": "A", "a2": "A", "a3": "A", "b1": "B", "b2": "B"})
+    values = pd.Series({"a1": 0.0, "a2": 0.1, "a3": 0.2, "b1": 0.5, "b2": 0.9})
+    window = pd.Series({"A": 3, "B": 2})
+    assert stratified_estimate(values, strata, window).std_error == 0.0
+    traffic = stratified_estimate(values, strata, window, finite=False)
+    weights = {"A": 0.6, "B": 0.4}
+    expected = sum(weights[h] ** 2 * values[strata == h].var(ddof=1) / (strata == h).sum() for h in weights)
+    assert traffic.std_error == pytest.approx(np.sqrt(expected))
+    assert traffic.mean == pytest.approx(0.6 * 0.1 + 0.4 * 0.7)
+
+
 def test_a_stratum_with_nothing_scored_does_not_shrink_the_mean():
     # Two equal strata, both with a true mean difference 0.05; the second scored nothing (say, the judge found
     # nothing relevant in its sampled queries): the estimate is 0.05 of the scored stratum, not 0.025.
