@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relevance.models.ann import NearestItems
+from relevance.models.ann import NearestItems, index_spec, make_index
 from relevance.models.bm25 import BM25Index
 from relevance.config import RunConfig
 from relevance.common.console import log
@@ -130,6 +130,12 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
                                 "candidate channels (BM25, embedding)")
     expected = impression_rows + per_query * len(unjudged)
     buckets = max(1, math.ceil(expected / bucket_rows))
+    embedder = None
+    if config.candidates.embedding_top_k > 0 and len(unjudged):
+        # Before any channel runs: a bad index spec fails now, not after the impressions and BM25.
+        embedder = _pool_featurizer(config, dataset, Path(embeddings_dir or out.parent / "embeddings"))
+        make_index(embedder.cache.encoder.dimension,
+                   index_spec(config.candidates.ann_index, len(embedder.item_text)))
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
         spilled = _Buckets(Path(scratch), buckets, dataset, held_out, judge_holdout, judged_index)
         with progress_bar() as bar:
@@ -144,15 +150,15 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
                 for chunk in iter_bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
                                                   on_query=lambda: bar.update(task, advance=1)):
                     spilled.spill(chunk, "bm25")
-            if config.candidates.embedding_top_k > 0 and len(unjudged):
-                featurizer = _pool_featurizer(config, dataset, Path(embeddings_dir or out.parent / "embeddings"))
-                items = featurizer.item_text.index
+                del index  # the catalog's BM25 index and the ANN index are never in memory together
+            if embedder is not None:
+                items = embedder.item_text.index
                 task = bar.add_task("pool: item index", total=len(items))
-                nearest = NearestItems(items, featurizer.item_vectors_for, featurizer.cache.encoder.dimension,
+                nearest = NearestItems(items, embedder.item_vectors_for, embedder.cache.encoder.dimension,
                                        config.candidates.ann_index, on_chunk=lambda n: bar.update(task, advance=n))
                 task = bar.add_task(f"pool: nearest top-{config.candidates.embedding_top_k} ({nearest.spec})",
                                     total=len(unjudged))
-                for chunk in iter_embedding_candidates(nearest, featurizer.query_vectors, unjudged,
+                for chunk in iter_embedding_candidates(nearest, embedder.query_vectors, unjudged,
                                                        config.candidates.embedding_top_k,
                                                        on_query=lambda: bar.update(task, advance=1)):
                     spilled.spill(chunk, "embedding")
@@ -174,11 +180,12 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
 
 
 def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
-    """The student's own featurizer (the one the chain distils with): the embedding channel's vectors are the
-    ones the student will read, and the cache it fills is the one distillation reuses."""
+    """The student's own featurizer (the one the chain distils with), its embeddings only: the embedding
+    channel's vectors are the ones the student will read (in a KFP run, the same definition the feature step
+    materializes), and in a chain the cache it fills is the one distillation reuses."""
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 
-    return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir)
+    return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir, with_bm25=False)
 
 
 def pool_channels(path: str | Path) -> dict[str, int]:

@@ -112,3 +112,12 @@ def test_the_embedding_channel_adds_nearest_items_under_every_guard(tmp_path, ti
     assert (per_query == len(dataset.items)).all()
     assert pool_channels(tmp_path / "both.parquet") == after["channel"].value_counts().to_dict()
     assert any((tmp_path / "embeddings").rglob("part-*.parquet"))  # the cache the student reads next
+
+
+def test_a_bad_index_spec_fails_before_any_channel_runs(tmp_path, tiny_bert):
+    dataset, impressions = _shop(tmp_path)
+    config = build_config("quick", {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)},
+                                    "candidates": {"embedding_top_k": 3, "ann_index": "NoSuchIndex"}})
+    with pytest.raises(ValueError, match="'NoSuchIndex' is not a faiss index-factory string"):
+        build_pool(config, dataset, tmp_path / "pool.parquet", impressions, embeddings_dir=tmp_path / "e")
+    assert not (tmp_path / "pool.parquet").exists() and not list(tmp_path.glob(".pool.parquet*"))

@@ -32,13 +32,15 @@ def test_exact_search_returns_the_true_nearest_items_best_first():
     assert (np.diff(cosines, axis=1) <= 1e-6).all()
 
 
-def test_the_approximate_index_trains_on_its_first_chunks_and_finds_most_neighbours(monkeypatch):
-    monkeypatch.setattr(ann, "TRAIN_ROWS", 1200)  # the quantiser trains on two chunks, the third is added after
+@pytest.mark.parametrize("spec", ["HNSW32,SQ8", "IVF16,Flat", "RR32,HNSW16"])
+def test_approximate_indexes_train_on_a_sample_and_find_most_neighbours(monkeypatch, spec):
+    monkeypatch.setattr(ann, "TRAIN_ROWS", 1200)  # a random sample of the catalog, not its first rows
     ids, vectors, lookup = _catalog()
-    nearest = NearestItems(ids, lookup, 32, spec="HNSW32,SQ8", chunk=700)
-    assert nearest.index.ntotal == len(ids)
+    asked = []
+    nearest = NearestItems(ids, lambda chunk: asked.append(len(chunk)) or lookup(chunk), 32, spec=spec, chunk=700)
+    assert nearest.index.ntotal == len(ids) and asked[0] == 1200 and sum(asked[1:]) == len(ids)
     queries = vectors[::30]
-    found, _ = nearest.search(queries, 10)
+    found, _ = nearest.search(queries, 10)  # the search knobs (efSearch, nprobe) reach wrapped indexes too
     truth = np.asarray(ids, dtype=object)[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
     assert recall >= 0.9, recall
@@ -52,7 +54,7 @@ def test_auto_is_exact_up_to_a_catalog_size_then_approximate():
 
 def test_bad_input_is_refused_with_what_is_wrong():
     ids, _, lookup = _catalog(100)
-    with pytest.raises(ValueError, match="not a faiss index-factory string"):
+    with pytest.raises(ValueError, match="not a faiss index-factory string for 32-dimensional"):
         NearestItems(ids, lookup, 32, spec="NoSuchIndex")
     with pytest.raises(ValueError, match=r"expected vectors of shape \(n, 16\)"):
         NearestItems(ids, lookup, 16)
