@@ -123,6 +123,7 @@ def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], parallelism
     the fan-out's ``parallelism`` (fixed when the pipeline was compiled): relevance.labels.capacity. It travels to
     the label shards in the pool's metadata, with the plan."""
     import json
+    import tempfile
     from pathlib import Path
 
     import pyarrow.parquet as pq
@@ -134,8 +135,10 @@ def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], parallelism
     from relevance.labels.pool import build_pool as build
 
     config = read_run_config(run_config.path)
-    build(config, Tables.load(dataset.path, with_impressions=False), Path(pool.path),
-          Path(dataset.path) / "impressions.parquet")
+    # The embedding channel's cache is scratch here (the distillation step embeds into its own).
+    with tempfile.TemporaryDirectory() as embeddings:
+        build(config, Tables.load(dataset.path, with_impressions=False), Path(pool.path),
+              Path(dataset.path) / "impressions.parquet", embeddings_dir=embeddings)
     rows = pq.ParquetFile(pool.path).metadata.num_rows
     if rows == 0:
         return []  # nothing to label: distillation says so

@@ -67,6 +67,11 @@ class Chain:
             # The students see the trees only through a teacher+gbdt labeller: without one, gbdt settings cannot
             # change them and count as unset (adding a GBDT objective keeps the students).
             settings["gbdt"] = {}
+        if step == "pool" and self.config.candidates.embedding_top_k:
+            # The embedding channel's candidates are the student's bi-encoder's nearest items.
+            from relevance.student.featurizer import featurizer_settings
+
+            settings["encoder"] = {k: v for k, v in featurizer_settings(self.config).items() if k.startswith("encoder")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def reusable(self, step: str, output_exists: bool) -> bool:
@@ -96,7 +101,8 @@ class Chain:
         from relevance.labels.pool import build_pool, check_pool_holdout
 
         if not self.reusable("pool", self.pool_path.exists()):
-            build_pool(self.config, dataset, self.pool_path, self.data_dir / "impressions.parquet")
+            build_pool(self.config, dataset, self.pool_path, self.data_dir / "impressions.parquet",
+                       embeddings_dir=self.embeddings_dir)
         check_pool_holdout(self.pool_path, dataset)  # a re-prepared dataset must not reuse an older pool
         return self.pool_path
 

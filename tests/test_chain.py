@@ -34,6 +34,18 @@ def test_an_output_made_with_other_settings_is_an_error_not_a_reuse(tmp_path):
     assert changed.reusable("teacher", output_exists=True)  # the teacher does not depend on candidates
 
 
+def test_the_embedding_channel_ties_the_pool_to_the_student_encoder(tmp_path):
+    def chain(workdir: str, encoder: str, embedding_top_k: int) -> Chain:
+        return Chain(build_config("quick", {"workdir": str(tmp_path / workdir), "student": {"encoder": encoder},
+                                            "candidates": {"embedding_top_k": embedding_top_k}}))
+
+    assert chain("bm25", "minilm-l6", 0).reusable("pool", output_exists=False) is False
+    assert chain("bm25", "other-encoder", 0).reusable("pool", output_exists=True)  # BM25 alone: no encoder
+    assert chain("both", "minilm-l6", 5).reusable("pool", output_exists=False) is False
+    with pytest.raises(ValueError, match="pool output was made with other settings"):
+        chain("both", "other-encoder", 5).reusable("pool", output_exists=True)
+
+
 def test_gbdt_settings_matter_to_the_students_only_through_a_labeller(tmp_path):
     def chain(**sections):
         return Chain(build_config("quick", {"workdir": str(tmp_path), **sections}))

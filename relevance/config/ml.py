@@ -85,9 +85,15 @@ class TextConfig(Strict):
 
 
 class CandidateConfig(Strict):
-    """BM25 candidates for queries without judgments; they join the unlabelled pool."""
+    """Candidates for queries without judgments, by channel (relevance.labels.pool); they join the unlabelled
+    pool."""
 
-    top_k: int = Field(20, ge=0)  # 0: impressions only
+    top_k: int = Field(20, ge=0)  # BM25 top-K; 0: no BM25 channel
+    # The items nearest each query by the student's bi-encoder (student.encoder), through an ANN index: 0, no
+    # embedding channel. ann_index: a faiss index-factory string, or "auto" (exact up to 200k items, then HNSW
+    # over 8-bit vectors: relevance.models.ann).
+    embedding_top_k: int = Field(0, ge=0)
+    ann_index: str = "auto"
     k1: float = 1.5
     b: float = 0.75
     include_impressions: bool = True

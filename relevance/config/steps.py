@@ -79,7 +79,9 @@ STEPS: tuple[Step, ...] = (
     Step("compute_features", pod=_pod("4", ("4Gi", "8Gi")), mounts_data=True),
     Step("finetune_teacher", output="teacher", settings=("data", "text", "teacher"),
          pod=_pod("8", ("8Gi", "16Gi"), retries=1), gpu_pod=_gpu_pod(("64Gi", "96Gi"), retries=1), mounts_data=True),
-    Step("build_pool", output="pool", settings=("data", "text", "candidates"), pod=_pod("2", ("4Gi", "8Gi"))),
+    # mounts_data: the embedding channel's encoder (student.encoder) may be a path on the data volume.
+    Step("build_pool", output="pool", settings=("data", "text", "candidates"), pod=_pod("2", ("4Gi", "8Gi")),
+         mounts_data=True),
     # cluster.labeling.pairs_per_s_per_device is for this pod: 4 cores.
     Step("label_shard", pod=_pod("4", ("4Gi", "8Gi"), retries=3), gpu_pod=_gpu_pod(("48Gi", "64Gi"), retries=3)),
     Step("distill_student", output="students", settings=_STUDENT_SETTINGS, pod=_pod("4", ("8Gi", "16Gi")),

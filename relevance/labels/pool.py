@@ -1,5 +1,12 @@
-"""The unlabelled pool the teacher labels: logged impressions plus BM25 top-K candidates of the queries nobody
-judged, minus every judged pair, every pair of a valid/test query and every pair of a judge-holdout query.
+"""The unlabelled pool the teacher labels: logged impressions plus the candidates of the queries nobody judged,
+minus every judged pair, every pair of a valid/test query and every pair of a judge-holdout query.
+
+Candidates come through channels, each recorded per pair (the pool's ``channel`` column): ``impression`` (what
+the search log showed), ``bm25`` (BM25 top-K, ``candidates.top_k``) and ``embedding`` (the items nearest the
+query by the student's own bi-encoder, ``candidates.embedding_top_k``: relevance.models.ann). The channels find
+different pairs: BM25 finds the items that share the query's words, the embedding channel items the student
+already finds close, word overlap or not; those are the negatives a student confuses, and what the teacher's
+labels should correct. A pair found by several channels is kept once, under the first of that order.
 
 Evaluation queries never reach the student through teacher labels: a pair is dropped when its query is a
 valid/test query by id or by normalised text, since a source may give one query two ids. The judge-holdout
@@ -23,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from relevance.models.ann import NearestItems, index_spec, make_index
 from relevance.models.bm25 import BM25Index
 from relevance.config import RunConfig
 from relevance.common.console import log
@@ -65,6 +73,26 @@ def bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude
             else pd.DataFrame({"query_id": [], "item_id": [], "bm25": []}))
 
 
+def iter_embedding_candidates(nearest: NearestItems, query_vectors, queries: pd.DataFrame, top_k: int,
+                              on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
+    """The ``top_k`` items nearest each query (query_id, query columns) by ``nearest``, one frame per
+    ``chunk_queries`` queries; ``query_vectors(texts)`` embeds a chunk's distinct texts (relevance.student.featurizer
+    PairFeaturizer.query_vectors). Judged and held-out pairs are left to the pool's filter."""
+    for start in range(0, len(queries), chunk_queries):
+        chunk = queries.iloc[start:start + chunk_queries]
+        texts = list(dict.fromkeys(chunk["query"].astype(str)))
+        ids, cosines = nearest.search(query_vectors(texts), top_k)
+        row_of = {text: row for row, text in enumerate(texts)}
+        rows = chunk["query"].astype(str).map(row_of).to_numpy()
+        found = pd.notna(ids[rows])  # a search may return fewer than top_k
+        candidates = pd.DataFrame({"query_id": np.repeat(chunk["query_id"].to_numpy(dtype=object), ids.shape[1]),
+                                   "item_id": ids[rows].ravel(), "cosine": cosines[rows].ravel()})
+        if on_query:
+            for _ in range(len(chunk)):
+                on_query()
+        yield candidates[found.ravel()].reset_index(drop=True)
+
+
 def _impression_chunks(dataset: Dataset, impressions_path: Path | None, rows: int) -> Iterator[pd.DataFrame]:
     if dataset.impressions is not None:
         for start in range(0, len(dataset.impressions), rows):
@@ -75,9 +103,11 @@ def _impression_chunks(dataset: Dataset, impressions_path: Path | None, rows: in
 
 
 def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions_path: str | Path | None = None,
-               bucket_rows: int = 2_000_000) -> Path:
-    """Impressions plus BM25 top-K for every query without judgments, deduplicated against judged pairs and
-    stripped of held-out queries, written to ``out`` (parquet, row groups of one label shard each).
+               bucket_rows: int = 2_000_000, embeddings_dir: str | Path | None = None) -> Path:
+    """Impressions plus the channels' candidates for every query without judgments, deduplicated against judged
+    pairs and stripped of held-out queries, written to ``out`` (parquet, row groups of one label shard each).
+    ``embeddings_dir``: the embedding cache the embedding channel fills (the chain's workdir/embeddings, which
+    the student then reads; default: next to ``out``).
 
     It streams: impressions are read in chunks (from ``dataset.impressions``, or from ``impressions_path`` when
     the dataset was loaded without them) and BM25 runs over the queries in chunks. Each chunk is filtered and
@@ -92,26 +122,46 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
     judged_index = pd.MultiIndex.from_frame(judged)
     held_out = set(dataset.queries["query_id"][held_out_query_mask(dataset.queries, dataset)])
     judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
-    unjudged = _bm25_queries(config, dataset, judged, judge_holdout)
+    unjudged = _candidate_queries(config, dataset, judged, judge_holdout)
     impression_rows = _impression_rows(config, dataset, impressions_path)
-    if not impression_rows and not (config.candidates.top_k > 0 and len(unjudged)):
-        raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for BM25")
-    expected = impression_rows + config.candidates.top_k * len(unjudged)
+    per_query = config.candidates.top_k + config.candidates.embedding_top_k
+    if not impression_rows and not (per_query > 0 and len(unjudged)):
+        raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for the "
+                                "candidate channels (BM25, embedding)")
+    expected = impression_rows + per_query * len(unjudged)
     buckets = max(1, math.ceil(expected / bucket_rows))
+    embedder = None
+    if config.candidates.embedding_top_k > 0 and len(unjudged):
+        # Before any channel runs: a bad index spec fails now, not after the impressions and BM25.
+        embedder = _pool_featurizer(config, dataset, Path(embeddings_dir or out.parent / "embeddings"))
+        make_index(embedder.cache.encoder.dimension,
+                   index_spec(config.candidates.ann_index, len(embedder.item_text)))
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
         spilled = _Buckets(Path(scratch), buckets, dataset, held_out, judge_holdout, judged_index)
         with progress_bar() as bar:
             if impression_rows:
                 task = bar.add_task("pool: impressions", total=impression_rows)
                 for chunk in _impression_chunks(dataset, impressions_path, 1_000_000):
-                    spilled.spill(chunk)
+                    spilled.spill(chunk, "impression")
                     bar.update(task, advance=len(chunk))
             if config.candidates.top_k > 0 and len(unjudged):
                 index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
                 task = bar.add_task(f"pool: BM25 top-{config.candidates.top_k}", total=len(unjudged))
                 for chunk in iter_bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
                                                   on_query=lambda: bar.update(task, advance=1)):
-                    spilled.spill(chunk)
+                    spilled.spill(chunk, "bm25")
+                del index  # the catalog's BM25 index and the ANN index are never in memory together
+            if embedder is not None:
+                items = embedder.item_text.index
+                task = bar.add_task("pool: item index", total=len(items))
+                nearest = NearestItems(items, embedder.item_vectors_for, embedder.cache.encoder.dimension,
+                                       config.candidates.ann_index, on_chunk=lambda n: bar.update(task, advance=n))
+                task = bar.add_task(f"pool: nearest top-{config.candidates.embedding_top_k} ({nearest.spec})",
+                                    total=len(unjudged))
+                for chunk in iter_embedding_candidates(nearest, embedder.query_vectors, unjudged,
+                                                       config.candidates.embedding_top_k,
+                                                       on_query=lambda: bar.update(task, advance=1)):
+                    spilled.spill(chunk, "embedding")
         spilled.close()
         if spilled.dropped_held_out:
             log(f"pool: dropped {spilled.dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
@@ -122,15 +172,40 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
                 "on")
         # The pool records the judge holdout it was built without: a reused pool is checked against the dataset.
         schema = POOL_SCHEMA.with_metadata({JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())})
-        rows, queries = _merge_buckets(Path(scratch), out, schema, config.labeling.shard_rows)
+        rows, queries, channels = _merge_buckets(Path(scratch), out, schema, config.labeling.shard_rows)
+    by_channel = ", ".join(f"{channels.get(c, 0)} {c}" for c in CHANNELS)
     log(f"pool: {rows} unlabelled pairs over {queries} queries "
-        f"({rows / max(len(dataset.split('train')), 1):.1f}× the train split) → {out}")
+        f"({rows / max(len(dataset.split('train')), 1):.1f}× the train split; {by_channel}) → {out}")
     return out
 
 
-def _bm25_queries(config: RunConfig, dataset: Dataset, judged: pd.DataFrame, judge_holdout: set) -> pd.DataFrame:
-    """The queries BM25 finds candidates for: the unjudged ones outside the judge holdout (and the train queries
-    when the config says so). Held-out queries among them lose their candidates to the filter in _Buckets."""
+def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
+    """The student's own featurizer (the one the chain distils with), its embeddings only: the embedding
+    channel's vectors are the ones the student will read (in a KFP run, the same definition the feature step
+    materializes), and in a chain the cache it fills is the one distillation reuses."""
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
+
+    return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir, with_bm25=False)
+
+
+def pool_channels(path: str | Path) -> dict[str, int]:
+    """Pairs per channel of a pool (a pool built before channels were recorded: all under "unrecorded")."""
+    import pyarrow.compute as pc
+
+    parquet = pq.ParquetFile(path)
+    if "channel" not in parquet.schema_arrow.names:
+        return {"unrecorded": parquet.metadata.num_rows}
+    counts: dict[str, int] = {}
+    for batch in parquet.iter_batches(columns=["channel"]):
+        for row in pc.value_counts(batch.column(0)).to_pylist():
+            counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return counts
+
+
+def _candidate_queries(config: RunConfig, dataset: Dataset, judged: pd.DataFrame, judge_holdout: set) -> pd.DataFrame:
+    """The queries the channels (BM25, embedding) find candidates for: the unjudged ones outside the judge
+    holdout (and the train queries when the config says so). Held-out queries among them lose their candidates to
+    the filter in _Buckets."""
     candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"]) & \
         ~dataset.queries["query_id"].isin(judge_holdout)
     if config.candidates.include_train_queries:  # e.g. ESCI and WANDS, where every query is judged
@@ -162,7 +237,7 @@ class _Buckets:
         self.writers: dict[int, pq.ParquetWriter] = {}
         self.dropped_held_out = self.dropped_judge = 0
 
-    def spill(self, chunk: pd.DataFrame) -> None:
+    def spill(self, chunk: pd.DataFrame, channel: str) -> None:
         chunk = chunk[["query_id", "item_id"]]
         unknown = ~chunk["query_id"].isin(self.known_queries) | ~chunk["item_id"].isin(self.known_items)
         if unknown.any():
@@ -175,7 +250,7 @@ class _Buckets:
         judge = chunk["query_id"].isin(self.judge_holdout).to_numpy()
         self.dropped_judge += int(judge.sum())
         chunk = chunk[~judge]
-        chunk = chunk[~pd.MultiIndex.from_frame(chunk).isin(self.judged_index)]
+        chunk = chunk[~pd.MultiIndex.from_frame(chunk).isin(self.judged_index)].assign(channel=channel)
         bucket = pd.util.hash_array(chunk["query_id"].to_numpy(dtype=object)) % self.buckets
         for b, rows in pd.Series(np.arange(len(chunk))).groupby(bucket).indices.items():
             table = pa.Table.from_pandas(chunk.iloc[rows], preserve_index=False, schema=POOL_SCHEMA)
@@ -188,13 +263,18 @@ class _Buckets:
             writer.close()
 
 
-def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int) -> tuple[int, int]:
-    """The buckets, each de-duplicated, written to ``out`` in row groups of ``shard_rows``; (pairs, queries)."""
+def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int) -> tuple[int, int, dict]:
+    """The buckets, each de-duplicated, written to ``out`` in row groups of ``shard_rows``; (pairs, queries,
+    pairs per channel). A bucket holds its pairs in the order the channels were spilled (CHANNELS), so keeping
+    a pair's first occurrence keeps it under the first channel that found it."""
     rows = queries = 0
+    channels: dict[str, int] = {}
     with atomic_write(out) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for path in sorted(scratch.glob("bucket-*.parquet")):
                 bucket = pd.read_parquet(path).drop_duplicates(["query_id", "item_id"])
+                for channel, count in bucket["channel"].value_counts().items():
+                    channels[channel] = channels.get(channel, 0) + int(count)
                 writer.write_table(pa.Table.from_pandas(bucket, preserve_index=False, schema=schema),
                                    row_group_size=shard_rows)
                 rows += len(bucket)
@@ -202,10 +282,12 @@ def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int)
         if rows == 0:
             raise DataContractError("the unlabelled pool is empty after removing judged pairs and held-out "
                                     "queries")
-    return rows, queries
+    return rows, queries, channels
 
 
-POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string())])
+# The channels, in the order they are spilled (and so the one a pair found by several is recorded under).
+CHANNELS = ("impression", "bm25", "embedding")
+POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string()), ("channel", pa.string())])
 JUDGE_HOLDOUT_KEY = "relevance.judge_holdout"
 
 

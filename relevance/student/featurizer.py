@@ -212,9 +212,10 @@ def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: 
 
 
 def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
-                     stored_items: pd.DataFrame | None = None) -> "PairFeaturizer":
+                     stored_items: pd.DataFrame | None = None, with_bm25: bool = True) -> "PairFeaturizer":
     """The offline featurizer for a catalog, from :func:`featurizer_settings` (training) or a student's manifest
-    (evaluation), which hold the same keys.
+    (evaluation), which hold the same keys. ``with_bm25=False``: its embeddings only (the pool's embedding
+    channel), without building a catalog-wide BM25 index; its lexical features are then unavailable.
 
     ``stored_items`` (indexed by item id: ``embedding``, ``title``, ``lexical_text``), when given, replaces what
     would be computed from ``items``: the pipeline passes the item features it read from the Feast offline
@@ -231,9 +232,9 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
         vectors = None
     else:
         item_text, titles, vectors = stored_items["lexical_text"], stored_items["title"], stored_items["embedding"]
-    return PairFeaturizer(item_text, titles, EmbeddingCache(cache_dir, encoder),
-                          BM25Index(item_text.index.to_numpy(), item_text.tolist(), settings["bm25"]["k1"],
-                                    settings["bm25"]["b"]), vectors)
+    bm25 = (BM25Index(item_text.index.to_numpy(), item_text.tolist(), settings["bm25"]["k1"], settings["bm25"]["b"])
+            if with_bm25 else None)
+    return PairFeaturizer(item_text, titles, EmbeddingCache(cache_dir, encoder), bm25, vectors)
 
 
 class PairFeaturizer:
@@ -283,6 +284,8 @@ class PairFeaturizer:
 
     def lexical(self, query_texts: list[str], item_ids: list[str]) -> np.ndarray:
         """The pairs' lexical features (BM25 and term matches), without embeddings: what a pair store keeps."""
+        if self.bm25 is None:
+            raise RuntimeError("this featurizer was built for embeddings only (build_featurizer with_bm25=False)")
         texts = self.item_text.reindex(item_ids).fillna("").tolist()
         titles = self.titles.reindex(item_ids).fillna("").tolist()
         return lexical_features(query_texts, texts, titles, self.bm25.score_pairs(query_texts, item_ids))

@@ -36,8 +36,8 @@ def test_the_chain_caches_the_declared_outputs_under_their_recorded_names():
 
 def test_data_volume_secrets_and_retries_follow_the_declarations():
     assert DataVolume(claim_name="data").steps == ["prepare_data", "validate_data", "compute_features",
-                                                   "finetune_teacher", "distill_student", "evaluate_student",
-                                                   "export_onnx"]
+                                                   "finetune_teacher", "build_pool", "distill_student",
+                                                   "evaluate_student", "export_onnx"]
     assert SecretEnv(name="mlflow", env={"KEY": "MLFLOW_KEY"}).steps == ["check_refresh", "evaluate_student",
                                                                          "register_models", "start_canary"]
     assert declared_step("register_models").cacheable is False

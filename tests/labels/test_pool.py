@@ -7,7 +7,7 @@ import pytest
 
 from relevance.config import build_config
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo
-from relevance.labels.pool import bm25_candidates, build_pool
+from relevance.labels.pool import CHANNELS, bm25_candidates, build_pool, pool_channels
 
 
 def test_candidates_exclude_judged_pairs(index):
@@ -63,8 +63,9 @@ def test_pool_streams_through_buckets_with_the_same_pairs(tmp_path):
     config = build_config("quick", {"workdir": str(tmp_path / "w"), "candidates": {"top_k": 3}})
     one = pd.read_parquet(build_pool(config, dataset, tmp_path / "one.parquet", impressions))
     many = pd.read_parquet(build_pool(config, dataset, tmp_path / "many.parquet", impressions, bucket_rows=3))
-    pairs = set(map(tuple, one.to_numpy()))
-    assert pairs == set(map(tuple, many.to_numpy())) and len(many) == len(pairs)  # no pair twice, in any bucket
+    pairs = set(map(tuple, one[["query_id", "item_id"]].to_numpy()))
+    assert set(map(tuple, one.to_numpy())) == set(map(tuple, many.to_numpy()))  # channels too
+    assert len(many) == len(pairs)  # no pair twice, in any bucket
     assert ("q3", "i7") in pairs and ("q0", "i0") not in pairs  # impressions in; a judged pair out
     # q1 (valid) and q6 (the train query q0's text, but q0 is train: allowed); q2 is test: nothing of it.
     assert not {q for q, _ in pairs} & {"q1", "q2"}
@@ -81,3 +82,42 @@ def test_pool_refuses_impressions_of_unknown_ids(tmp_path):
     with pytest.raises(DataContractError, match=r"name a query or item the dataset does not have.*ghost"):
         build_pool(config, dataset, tmp_path / "pool.parquet", impressions)
     assert not (tmp_path / "pool.parquet").exists()
+
+
+def test_the_embedding_channel_adds_nearest_items_under_every_guard(tmp_path, tiny_bert):
+    """BM25 and the student's bi-encoder as channels: each pair is recorded under the first channel that found
+    it (an impression stays an impression), and the nearest items go through the same guards as BM25's (no
+    judged pair, no valid/test query by id or text)."""
+    dataset, impressions = _shop(tmp_path)
+    settings = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    bm25_only = build_config("quick", {**settings, "candidates": {"top_k": 2}})
+    both = build_config("quick", {**settings, "candidates": {"top_k": 2, "embedding_top_k": 12}})
+    before = pd.read_parquet(build_pool(bm25_only, dataset, tmp_path / "bm25.parquet", impressions))
+    after = pd.read_parquet(build_pool(both, dataset, tmp_path / "both.parquet", impressions,
+                                       embeddings_dir=tmp_path / "embeddings"))
+    assert set(after["channel"]) == set(CHANNELS) and not after.duplicated(["query_id", "item_id"]).any()
+    keyed = after.set_index(["query_id", "item_id"])["channel"]
+    # Every pair the BM25-only pool had keeps its channel; the new ones are the embedding channel's.
+    assert (keyed.reindex(pd.MultiIndex.from_frame(before[["query_id", "item_id"]])).to_numpy()
+            == before["channel"].to_numpy()).all()
+    assert keyed[("q3", "i7")] == "impression"
+    # Top-12 of a 12-item catalog: every item of every unjudged query the guards allow, and nothing else.
+    unjudged = set(dataset.queries["query_id"]) - set(dataset.judgments["query_id"])  # q6: a train query's text
+    judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
+    embedded = after[after["channel"] == "embedding"]
+    assert set(embedded["query_id"]) <= unjudged - judge_holdout
+    assert not after.merge(dataset.judgments, on=["query_id", "item_id"]).shape[0]
+    assert not {"q1", "q2"} & set(after["query_id"])  # valid and test
+    per_query = after[after["query_id"].isin(unjudged - judge_holdout)].groupby("query_id").size()
+    assert (per_query == len(dataset.items)).all()
+    assert pool_channels(tmp_path / "both.parquet") == after["channel"].value_counts().to_dict()
+    assert any((tmp_path / "embeddings").rglob("part-*.parquet"))  # the cache the student reads next
+
+
+def test_a_bad_index_spec_fails_before_any_channel_runs(tmp_path, tiny_bert):
+    dataset, impressions = _shop(tmp_path)
+    config = build_config("quick", {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)},
+                                    "candidates": {"embedding_top_k": 3, "ann_index": "NoSuchIndex"}})
+    with pytest.raises(ValueError, match="'NoSuchIndex' is not a faiss index-factory string"):
+        build_pool(config, dataset, tmp_path / "pool.parquet", impressions, embeddings_dir=tmp_path / "e")
+    assert not (tmp_path / "pool.parquet").exists() and not list(tmp_path.glob(".pool.parquet*"))
