@@ -1103,7 +1103,7 @@ def answer(results: dict, status: dict) -> str:
         found = (f"the monitor alerted in every window from {detect['detected_at']} family requests of "
                  f"{detect['window']} ({detect['detected_at'] / detect['window']:.0%}) on"
                  if detect["detected_at"] else f"the monitor never alerted in every window, even at "
-                 f"{max(r['family_requests'] for r in detect['by_count'])} of {detect['window']}")
+                 f"{max((r['family_requests'] for r in detect['by_count']), default=0)} of {detect['window']}")
         parts.append(f"Detection: {found} (first alert at {detect['first_alert_at']}); false alarms "
                      f"{detect['false_alarms']} of {detect['undrifted_windows']} undrifted windows "
                      f"({_fmt(rate, 2)}, 95% upper bound {_fmt(detect['false_alarm_upper95'], 2)})"

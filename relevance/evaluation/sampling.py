@@ -225,7 +225,7 @@ def _variance_components(groups: dict, weights: pd.Series, population: pd.Series
 
 def stratified_estimate(values: pd.Series, strata: pd.Series, population: pd.Series,
                         confidence: float = 0.95, finite: bool = True) -> Estimate:
-    """Σ W_h ȳ_h and its standard error, with the finite-population correction. ``values``: query_id → the
+    """Σ W_h ȳ_h and its standard error, with the finite-population correction by default. ``values``: query_id → the
     per-query difference for the sampled queries; ``strata``: query_id → stratum; ``population``: stratum → N_h.
     ``finite=False``: the population (N_h still gives the weights) is itself a sample of a larger process, e.g.
     a window of traffic standing for the traffic a model serves: no correction, and judging all of it is no census.

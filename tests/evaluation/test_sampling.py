@@ -136,10 +136,12 @@ def test_a_population_that_is_itself_a_sample_gets_no_correction():
     window = pd.Series({"A": 3, "B": 2})
     assert stratified_estimate(values, strata, window).std_error == 0.0
     traffic = stratified_estimate(values, strata, window, finite=False)
-    weights = {"A": 0.6, "B": 0.4}
-    expected = sum(weights[h] ** 2 * values[strata == h].var(ddof=1) / (strata == h).sum() for h in weights)
-    assert traffic.std_error == pytest.approx(np.sqrt(expected))
+    # W = (0.6, 0.4); s² = (0.01, 0.08); n = (3, 2): 0.36 · 0.01 / 3 + 0.16 · 0.08 / 2
+    assert traffic.std_error == pytest.approx(np.sqrt(0.0012 + 0.0064))
     assert traffic.mean == pytest.approx(0.6 * 0.1 + 0.4 * 0.7)
+    # A stratum of one query judged whole is no census of the traffic either: it borrows a variance.
+    one = stratified_estimate(values[["a1", "a2", "a3", "b1"]], strata, pd.Series({"A": 3, "B": 1}), finite=False)
+    assert one.borrowed_strata == ["B"] and one.std_error > 0
 
 
 def test_a_stratum_with_nothing_scored_does_not_shrink_the_mean():
