@@ -73,11 +73,11 @@ def judged_quality(config, dataset, judge_dir: Path, sample, seen: set[str], win
     drawn = strata.value_counts()
     chosen = stratified_sample(strata, allocate(drawn, min(settings.judge_lists, len(strata)), "proportional"),
                                settings.seed)
-    # The strata's weights are the window's records, each stratum's size scaled from the sample. The question is
-    # the model's quality on the traffic it serves, of which a window is itself a sample: no finite-population
-    # correction, so judging every list of a small window is no census with a zero-width interval (an alert on
-    # 20 lists would otherwise be as certain as one on 20,000).
-    population = drawn * (max(window_records, len(records)) / len(records))
+    # The strata are weighted as the sample's records fall into them (a proportional sample of the window). The
+    # question is the model's quality on the traffic it serves, of which a window is itself a sample: no
+    # finite-population correction (so no window size), and judging every list of a small window is no census with
+    # a zero-width interval (an alert on 20 lists would otherwise be as certain as one on 20,000).
+    population = drawn
     position = {key: n for n, key in enumerate(keys)}
     rows = [(key, records.at[position[key], "query"], str(item), rank) for key in chosen
             for rank, item in enumerate(list(records.at[position[key], "item_ids"])[:settings.judge_depth])]

@@ -40,15 +40,14 @@ that cannot run, e.g. a command this checkout does not have yet, is reported as 
 8. **judged**: `relevance monitor --judge` (the first teacher, which never saw the family's labels: it cannot
    favour the refresh; the first student was distilled from it, so if anything it favours the first model, and a
    judged recovery is understated) on windows of new-slice and old queries served by the first and the refreshed
-   model. The
-   study sets monitor.judge_min_agreement to 0 knowingly (a cut-down MiniLM teacher agrees with humans below the
-   default floor of 0.4) and reports the judge's agreement next to its numbers.
+   model. The study sets monitor.judge_min_agreement to 0 knowingly (a cut-down MiniLM teacher agrees with humans
+   below the default floor of 0.4) and reports the judge's agreement next to its numbers.
 9. **canary**: `relevance canary local --serve` + `relevance canary watch` (registry on SQLite): first → refreshed
    (should promote), then refreshed → worse (should roll back). The labelled evidence is the new-slice
    evaluation set; the teacher judges old judge-holdout traffic, which can block a promotion. The judge is the
    refreshed teacher (the one trained on every judgment, as a refresh run's workdir holds it, the watch's
-   default there): the refreshed student imitates it, which
-   leans both decisions towards the expected outcome; the labelled evidence is what promotes.
+   default there): the refreshed student imitates it, which leans both decisions towards the expected outcome;
+   the labelled evidence is what promotes.
 
 Outputs: benchmarks/results/loop-homedepot.{json,md,png} and the study's record in studies.json / report.html.
 """
