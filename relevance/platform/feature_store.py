@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from relevance.common.console import log
 from relevance.common.files import atomic_write
 from relevance.config import RunConfig
 from relevance.data.schema import DataContractError, Dataset
-from relevance.student.scoring import ItemFeatures, ItemSourceUnavailable, lookup_cache
+from relevance.student.scoring import ItemCache, ItemFeatures, ItemSourceUnavailable
 
 # The feature service the student reads, and the views it is made of (each must exist in the definitions).
 STUDENT_FEATURES = "student_item_features"
@@ -358,7 +358,8 @@ def _unanswered_errors() -> tuple[type[BaseException], ...]:
 
 
 class FeastItemSource:
-    """Candidate features from the Feast online store, with a TTL cache in front (theine).
+    """Candidate features from the Feast online store, with a TTL cache in front
+    (:class:`relevance.student.scoring.ItemCache`).
 
     The store is read once per request for the ids the cache lacks; values live ``ttl_seconds``, so a
     materialization is visible within that time. Unknown ids are cached too: a burst of them must not hammer
@@ -376,8 +377,7 @@ class FeastItemSource:
         require_materialized(self.store)
         self.project = self.store.config.project
         self.dimension = dimension
-        self.ttl = timedelta(seconds=ttl_seconds)
-        self.cache = lookup_cache(cache_size)
+        self.cache = ItemCache(cache_size, dimension, ttl_seconds) if cache_size > 0 else None
         self.reads = 0
         self._unanswered = _unanswered_errors()
 
@@ -403,20 +403,35 @@ class FeastItemSource:
 
     def get(self, item_ids: list[str]) -> ItemFeatures:
         cache = self.cache
-        values = [cache.get(item_id) for item_id in item_ids] if cache is not None else [(None, False)] * len(item_ids)
-        missing = [item_id for item_id, (_, hit) in zip(item_ids, values) if not hit]
-        if missing:
-            read = self._read(missing)
-            if cache is not None:
-                for item_id, value in read.items():
-                    cache.set(item_id, value, self.ttl)
-            values = [read[item_id] if not hit else value for item_id, (value, hit) in zip(item_ids, values)]
-        else:
-            values = [value for value, _ in values]
-        # Whole columns at once (one stack, two list comprehensions): this runs on every request.
-        known = np.fromiter((value is not None for value in values), dtype=bool, count=len(values))
-        missing_row = (np.zeros(self.dimension, dtype=np.float32), "", "")
-        rows = [value if value is not None else missing_row for value in values]
-        embeddings = (np.stack([row[0] for row in rows]) if rows
-                      else np.zeros((0, self.dimension), dtype=np.float32))
-        return ItemFeatures(embeddings, [row[1] for row in rows], [row[2] for row in rows], known)
+        n = len(item_ids)
+        if cache is None:
+            read = self._read(list(dict.fromkeys(item_ids))) if n else {}
+            return self._features(item_ids, np.full(n, -1), read)
+        slots = cache.lookup(item_ids)
+        missing = slots < 0
+        if not missing.any():  # the common case: whole columns gathered from the cache
+            index = slots.tolist()
+            titles, texts = cache.titles, cache.texts
+            return ItemFeatures(cache.embeddings[slots], [titles[s] for s in index], [texts[s] for s in index],
+                                cache.known[slots])
+        # The rows read go into the answer directly, not back out of the cache: putting them may evict a slot
+        # this request hit.
+        read = self._read(list(dict.fromkeys(item_id for item_id, m in zip(item_ids, missing.tolist()) if m)))
+        features = self._features(item_ids, slots, read)
+        cache.put(read)
+        return features
+
+    def _features(self, item_ids: list[str], slots: np.ndarray, read: dict) -> ItemFeatures:
+        """The request's columns: cached rows from their ``slots``, the others (slot -1) from ``read``."""
+        cache, n = self.cache, len(item_ids)
+        embeddings = np.zeros((n, self.dimension), dtype=np.float32)
+        known = np.zeros(n, dtype=bool)
+        titles, texts = [""] * n, [""] * n
+        for position, (item_id, slot) in enumerate(zip(item_ids, slots.tolist())):
+            if slot >= 0:
+                embeddings[position], known[position] = cache.embeddings[slot], cache.known[slot]
+                titles[position], texts[position] = cache.titles[slot], cache.texts[slot]
+            elif read[item_id] is not None:
+                embeddings[position], titles[position], texts[position] = read[item_id]
+                known[position] = True
+        return ItemFeatures(embeddings, titles, texts, known)

@@ -56,6 +56,8 @@ class _Query:
 def _count_in(counts: dict[str, int], collections: list[frozenset[str]]) -> list[int]:
     """For each collection, how many of ``counts``' keys it holds, each weighted by its count (a term repeated in
     the query counts again): one set intersection per collection, in C, not a test per term in Python."""
+    if not counts:  # e.g. a query without numbers: nothing to intersect
+        return [0] * len(collections)
     keys = frozenset(counts)
     if all(count == 1 for count in counts.values()):
         return [len(collection & keys) for collection in collections]
@@ -70,14 +72,15 @@ def _query_side(query: str) -> _Query:
 
 
 @functools.lru_cache(maxsize=1 << 18)
-def _item_side(text: str) -> tuple[frozenset[str], frozenset[str], int, str, frozenset[str]]:
-    """(words, 4-character prefixes, word count, joined words, character trigrams) of an item text or title.
+def _item_side(text: str) -> tuple[frozenset[str], frozenset[str], int, str, frozenset[str], float]:
+    """(words, 4-character prefixes, word count, joined words, character trigrams, log1p of the word count) of an
+    item text or title.
 
     Cached across calls: items recur across queries (offline) and across requests (online), and this is the
     featurizer's costliest part."""
     tokens = tokenize_words(text)
     return (frozenset(tokens), frozenset(t[:4] for t in tokens), len(tokens), f" {' '.join(tokens)} ",
-            _trigrams(text))
+            _trigrams(text), math.log1p(len(tokens)))
 
 
 def _trigrams(text: str) -> frozenset[str]:
@@ -91,7 +94,9 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
     Computed a column at a time for each distinct query's rows (a request is one query and its candidates; the
     pair store's shards hold each query's candidates together), with one set intersection per item and column
     rather than a test per query term. The counts are integers and every ratio is formed in float64 before the
-    one cast to float32: the values do not depend on how rows are grouped."""
+    one cast to float32: the values do not depend on how rows are grouped. Logarithms are math's log1p (one
+    libm), never numpy's, whose SIMD variants differ by CPU; those of a query's or an item's word count are
+    taken once per query or item text."""
     if not (len(queries) == len(item_texts) == len(titles) == len(bm25)):
         raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
                          f"titles={len(titles)} bm25={len(bm25)}")
@@ -100,8 +105,11 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
     rows_of: dict[str, list[int]] = {}
     for row, query in enumerate(queries):
         rows_of.setdefault(query, []).append(row)
-    # Per pair, integer counts: one list per column, filled query by query and turned into an array once.
-    columns: list[list[int]] = [[] for _ in range(10)]
+    # Per pair: integer counts, one list per column, filled query by query and made an array once; and the
+    # logarithms of the word counts.
+    columns: list[list[int]] = [[] for _ in range(9)]
+    log_terms: list[float] = []
+    log_words: list[float] = []
     order: list[int] = []
     for query, rows in rows_of.items():
         q = _query_side(query)
@@ -119,30 +127,34 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
                 shared,
                 [len(q.trigrams) + len(trigrams) - common for trigrams, common in zip(title_trigrams, shared)],
                 [q.phrase in side[3] for side in sides] if q.terms else [False] * len(rows),
-                [side[2] for side in sides],
                 [len(q.terms)] * len(rows),
                 [sum(q.number_counts.values())] * len(rows))):
             column.extend(values)
+        log_terms.extend([math.log1p(len(q.terms))] * len(rows))
+        log_words.extend(side[5] for side in sides)
         order.extend(rows)
-    counts = np.zeros((n, len(columns)), dtype=np.int64)
-    if n:
-        counts[order] = np.array(columns, dtype=np.int64).T
-    matched, matched_title, prefix, numbers_found, shared, union, phrase, n_words, n_terms, n_numbers = counts.T
+    counts = np.array(columns, dtype=np.int64).reshape(len(columns), n)
+    matched, matched_title, prefix, numbers_found, shared, union, phrase, n_terms, n_numbers = counts
     score = np.asarray(bm25, dtype=np.float64)
+    if len(rows_of) > 1:  # back to the rows' order
+        score = score[order]
     per_term = np.maximum(n_terms, 1)
-    out = np.empty((n, len(LEXICAL_FEATURES) - 1), dtype=np.float64)
-    out[:, 0] = [math.log1p(max(value, 0.0)) for value in score.tolist()]  # math's log1p, not numpy's: one libm
-    out[:, 1] = score / per_term
-    out[:, 2] = matched / per_term
-    out[:, 3] = matched_title / per_term
-    out[:, 4] = prefix / per_term
-    out[:, 5] = (n_terms > 0) & (matched == n_terms)
-    out[:, 6] = phrase
-    out[:, 7] = np.divide(numbers_found, n_numbers, out=np.ones(n), where=n_numbers > 0)
-    out[:, 8] = np.divide(shared, union, out=np.zeros(n), where=union > 0)
-    out[:, 9] = [math.log1p(terms) for terms in n_terms.tolist()]
-    out[:, 10] = [math.log1p(words) for words in n_words.tolist()]
-    return out.astype(np.float32)
+    out = np.empty((len(LEXICAL_FEATURES) - 1, n), dtype=np.float64)  # a row per feature: contiguous writes
+    out[0] = [math.log1p(max(value, 0.0)) for value in score.tolist()]
+    out[1] = score / per_term
+    out[2] = matched / per_term
+    out[3] = matched_title / per_term
+    out[4] = prefix / per_term
+    out[5] = (n_terms > 0) & (matched == n_terms)
+    out[6] = phrase
+    out[7] = np.divide(numbers_found, n_numbers, out=np.ones(n), where=n_numbers > 0)
+    out[8] = np.divide(shared, union, out=np.zeros(n), where=union > 0)
+    out[9] = log_terms
+    out[10] = log_words
+    features = out.T.astype(np.float32)
+    if len(rows_of) > 1:
+        features[order] = features.copy()
+    return features
 
 
 def pair_blocks(query_embeddings, item_embeddings, lexical) -> list:

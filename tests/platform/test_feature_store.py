@@ -15,6 +15,7 @@ from relevance.data import prepare
 from relevance.data.schema import DataContractError, Dataset
 from relevance.models.bm25 import lexical_item_texts
 from relevance.platform.feature_store import (
+    FeastItemSource,
     apply_and_materialize,
     build_feature_repo,
     definitions_dir,
@@ -48,6 +49,24 @@ def test_feast_apply_materialize_and_read_back(tmp_path):
     np.testing.assert_allclose(online["embedding"][2], expected[ids[2]], rtol=1e-6)
     assert online["title"][:3] == texts.loc[ids[:3], "title"].tolist() and online["embedding"][3] is None
     assert set(online) == {"item_id", "embedding", "title", "lexical_text"}  # nothing but the student's features
+    # the cached item source answers as the uncached one, whatever it has to evict (a cache smaller than the
+    # request), and reads the store only for what it lacks
+    request = [ids[4], "no-such-item", *ids[:4]]
+    plain = FeastItemSource(repo, 8, cache_size=0).get(request)
+    cached = FeastItemSource(repo, 8, cache_size=3)
+    for _ in range(2):
+        got = cached.get(request)
+        np.testing.assert_array_equal(got.embeddings, plain.embeddings)
+        assert (got.titles, got.texts, got.known.tolist()) == (plain.titles, plain.texts, plain.known.tolist())
+    assert plain.known.tolist() == [True, False, True, True, True, True] and plain.titles[1] == ""
+    reads = cached.reads
+    cached.get(request[:3])  # the three it read last: still cached
+    assert cached.reads == reads
+    cached.get(request[3:])  # evicted for them
+    assert cached.reads == reads + 1
+    roomy = FeastItemSource(repo, 8, cache_size=100)
+    roomy.get(request)
+    assert roomy.get(request[::-1]).titles == plain.titles[::-1] and roomy.reads == 1
     # the feast CLI works on the run's repo too
     plan = subprocess.run([str(Path(sys.executable).with_name("feast")), "-c", str(repo), "plan"],
                           capture_output=True, text=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from relevance.config import ServingConfig
-from relevance.student.scoring import Prepared, RequestError, lookup_cache, rank, validate_request
+from relevance.student.scoring import ItemCache, Prepared, RequestError, lookup_cache, rank, validate_request
 
 LIMITS = ServingConfig(max_candidates=3, max_query_chars=10, max_item_id_chars=5)
 
@@ -50,6 +50,49 @@ def test_no_cache_for_size_zero():
     cache = lookup_cache(2)
     cache.set("q", 1)
     assert cache.get("q") == (1, True)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def row(value: float, title: str = "t") -> tuple:
+    return np.full(2, value, np.float32), title, f"text {title}"
+
+
+def test_item_cache_keeps_rows_and_unknown_ids_until_they_expire():
+    clock = Clock()
+    cache = ItemCache(4, 2, ttl_seconds=10, clock=clock)
+    assert cache.lookup(["a", "b"]).tolist() == [-1, -1]
+    cache.put({"a": row(1.0, "A"), "b": None})
+    slots = cache.lookup(["b", "zz", "a"])
+    assert slots[1] == -1 and (slots[[0, 2]] >= 0).all()
+    assert cache.embeddings[slots[2]].tolist() == [1.0, 1.0] and cache.titles[slots[2]] == "A"
+    assert cache.texts[slots[2]] == "text A" and cache.known[slots[2]]
+    assert not cache.known[slots[0]] and cache.embeddings[slots[0]].tolist() == [0.0, 0.0]
+    clock.now = 10.0  # a value lives ttl_seconds: a new materialization shows within that time
+    assert cache.lookup(["a", "b"]).tolist() == [-1, -1]
+    cache.put({"a": row(2.0, "A2")})  # refreshed in its own slot, not a second one
+    assert len(cache) == 2 and cache.used == 2
+    assert cache.embeddings[cache.lookup(["a"])[0]].tolist() == [2.0, 2.0]
+    with pytest.raises(ValueError, match="at least one item"):
+        ItemCache(0, 2, 1.0)
+
+
+def test_item_cache_evicts_by_clock_sparing_what_was_read():
+    cache = ItemCache(3, 2, ttl_seconds=100, clock=Clock())
+    cache.put({"a": row(1), "b": row(2), "c": row(3)})
+    cache.lookup(["a", "c"])  # read since the hand last passed: each spared once
+    cache.put({"d": row(4)})
+    assert len(cache) == 3 and cache.lookup(["b"]).tolist() == [-1]
+    assert (cache.lookup(["a", "c", "d"]) >= 0).all()
+    cache.put({"e": row(5), "f": row(6), "g": row(7)})  # more than it holds: never more than capacity
+    assert len(cache) == 3 and (cache.lookup(["e", "f", "g"]) >= 0).all()
+    assert sorted(cache.slot_of.values()) == [0, 1, 2]
 
 
 def test_student_inputs_send_the_query_once_or_once_per_candidate():
