@@ -98,3 +98,12 @@ def test_int8_serving_graph_agrees_with_fp32_on_inputs_of_real_ranges(tmp_path):
     quantized = onnx_session(int8).run(None, feeds)[0]
     assert (fp32.argmax(1) == quantized.argmax(1)).mean() >= 0.95
     assert np.abs(fp32 - quantized).mean() < 0.02
+
+
+def test_query_encoder_export_fuses_a_bert_encoder(tiny_bert, tmp_path):
+    import onnx
+
+    result = export_query_encoder(str(tiny_bert), 16, tmp_path / "encoder.onnx")
+    ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops, ops  # fused, and still within the parity tolerance
+    assert result.max_abs_diff < 1e-4
