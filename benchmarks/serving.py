@@ -12,7 +12,9 @@ Writes benchmarks/results/serving.json, serving.md and serving-latency.png. Meas
   embedding and the candidates' features are in the server's caches) and uncached ones (a query never seen: the
   ONNX encoder runs), fp32 and int8 bundles, along three paths: `relevance serve` with the student in process;
   `relevance serve --predictor-url` in front of a real Triton Inference Server over HTTP; the same over gRPC (the
-  transformer and Triton share the one core);
+  transformer and Triton share the one core); and KServe's floor, a model that answers the same request with a
+  canned response (benchmarks.kserve_floor). All are up at once and measured in interleaved rounds (--rounds),
+  so a drift in this shared machine's speed falls on every row alike;
 - the query cache's hit rate on Zipf replays (100,000 distinct queries, 10,000 entries), with the best any cache of
   that size can reach (the traffic share of the 10,000 most frequent queries) and LRU for comparison;
 - the teacher cross-encoder's time for the same 100 candidates (one core, torch), and the cost ratio;
@@ -107,6 +109,27 @@ class Server:
         self._stack.close()
 
 
+class FloorServer(Server):
+    """benchmarks.kserve_floor on the servers' core: KServe answering the same request without a model."""
+
+    def __init__(self, log: Path):
+        from relevance.common.processes import LoopbackProcess, free_port
+        from relevance.serving.process import v2_ready
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = LoopbackProcess("KServe floor", ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m",
+                                                        "benchmarks.kserve_floor", "--http_port", str(port)],
+                                       log, v2_ready(self.url), env=ENV, cwd=ROOT)
+        self.process.start()
+
+    def metrics(self) -> str:
+        return ""
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 def _body(query: str, candidates: list[str]) -> bytes:
     return json.dumps({"instances": [{"query": query, "locale": "en-US", "candidates": candidates}]}).encode()
 
@@ -169,36 +192,77 @@ def _summary(latencies: np.ndarray, rps: float) -> dict:
             "mean_ms": round(float(latencies.mean()) * 1e3, 3), "rps": round(rps, 1), "requests": len(latencies)}
 
 
-def measure_server(config_path: Path, queries: list[str], candidates: dict[str, list[str]], requests: int,
-                   log: Path, predictor: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Cached and uncached 100-candidate requests against one serving path (core 0; this process on core 1)."""
-    server = Server(config_path, log, predictor)
-    try:
-        hot, cold = queries[:200], queries[200:]
-        # Warm: the hot queries' embeddings, and every candidate's features (under throwaway query texts, so the
-        # cold queries stay unseen).
-        warm = [_body(q, candidates[q]) for q in hot] + [_body(f"warm up {n}", candidates[q])
-                                                         for n, q in enumerate(cold)]
-        drive(server.url, warm, 2)
-        rng = np.random.default_rng(0)
-        cached = [_body(q, candidates[q]) for q in rng.choice(hot, requests)]
-        results, latencies = {}, {}
-        lat, _ = drive(server.url, cached, 1)
-        _, wall = drive(server.url, cached, 4)
-        results["cached"], latencies["cached"] = _summary(lat, len(cached) / wall), lat
-        # Uncached: each query text once. Two disjoint halves: one for latency, one for throughput.
-        half = min(requests, len(cold) // 2)
-        first = [_body(q, candidates[q]) for q in cold[:half]]
-        second = [_body(q + " ", candidates[q]) for q in cold[half:2 * half]]  # unseen text, same candidates
-        lat, _ = drive(server.url, first, 1)
-        _, wall = drive(server.url, second, 4)
-        results["uncached"], latencies["uncached"] = _summary(lat, len(second) / wall), lat
-        text = server.metrics()
-        results["server_query_cache_hit_rate"] = next(
-            (float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-             if line.startswith("relevance_query_cache_hit_rate{")), None)
-    finally:
-        server.stop()
+def _share(items: list, parts: int, part: int) -> list:
+    """The ``part``-th of ``parts`` near-equal consecutive slices of ``items``."""
+    return items[len(items) * part // parts:len(items) * (part + 1) // parts]
+
+
+def measure_servers(setups: dict[str, tuple[Path | None, str | None]], queries: list[str],
+                    candidates: dict[str, list[str]], requests: int, rounds: int,
+                    logs: Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """Cached and uncached 100-candidate requests against every serving path (``setups``: name → (config,
+    predictor)), all up at once on core 0 (this process on core 1), measured in ``rounds`` rounds that visit the
+    paths in a new random order each time. These machines are shared and their speed drifts over minutes: paths
+    measured one after the other differed by 2× for the same work, so each path's share of a drift is spread
+    over the whole run, and the rows of one run compare. Reported per path: p50 / p99 / mean over all its
+    requests, the spread of its per-round p50s, and rps at concurrency 4 (requests over the wall time summed
+    over rounds)."""
+    from contextlib import ExitStack
+
+    hot, cold = queries[:200], queries[200:]
+    rng = np.random.default_rng(0)
+    cached = [_body(q, candidates[q]) for q in rng.choice(hot, requests)]
+    half = min(requests, len(cold) // 2)
+    # Uncached: each query text once per server; one half for latency, the other (unseen texts, the same
+    # candidates) for throughput.
+    uncached = {"latency": [_body(q, candidates[q]) for q in cold[:half]],
+                "rps": [_body(q + " ", candidates[q]) for q in cold[half:2 * half]]}
+    warm = [_body(q, candidates[q]) for q in hot] + [_body(f"warm up {n}", candidates[q])
+                                                     for n, q in enumerate(cold)]
+    latencies = {name: {"cached": [], "uncached": []} for name in setups}
+    per_round = {name: {"cached": [], "uncached": []} for name in setups}
+    walls = {name: {"cached": 0.0, "uncached": 0.0} for name in setups}
+    sent = {name: {"cached": 0, "uncached": 0} for name in setups}
+    with ExitStack() as stack:
+        servers = {}
+        for name, (config_path, predictor) in setups.items():
+            print(f"start {name}…", flush=True)
+            log = logs / f"serving-bench-{predictor or 'local'}-{config_path.stem if config_path else 'floor'}.log"
+            server = FloorServer(log) if config_path is None else Server(config_path, log, predictor)
+            stack.callback(server.stop)
+            # Warm: the hot queries' embeddings, and every candidate's features (under throwaway query texts, so
+            # the cold queries stay unseen).
+            drive(server.url, warm, 2)
+            servers[name] = server
+        for round_ in range(rounds):
+            order = list(setups)
+            rng.shuffle(order)
+            for name in order:
+                url = servers[name].url
+                for kind, latency_bodies, rps_bodies in (
+                        ("cached", _share(cached, rounds, round_), _share(cached, rounds, round_)),
+                        ("uncached", _share(uncached["latency"], rounds, round_),
+                         _share(uncached["rps"], rounds, round_))):
+                    lat, _ = drive(url, latency_bodies, 1)
+                    _, wall = drive(url, rps_bodies, 4)
+                    latencies[name][kind].append(lat)
+                    per_round[name][kind].append(float(np.percentile(lat, 50)) * 1e3)
+                    walls[name][kind] += wall
+                    sent[name][kind] += len(rps_bodies)
+            print(f"round {round_ + 1}/{rounds}: " + ", ".join(
+                f"{name} {per_round[name]['cached'][-1]:.2f}" for name in setups) + " ms cached p50", flush=True)
+        results = {}
+        for name in setups:
+            results[name] = {}
+            for kind in ("cached", "uncached"):
+                lat = np.concatenate(latencies[name][kind])
+                results[name][kind] = {**_summary(lat, sent[name][kind] / walls[name][kind]),
+                                       "round_p50_ms": [round(v, 3) for v in per_round[name][kind]]}
+                latencies[name][kind] = lat
+            text = servers[name].metrics()
+            results[name]["server_query_cache_hit_rate"] = next(
+                (float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("relevance_query_cache_hit_rate{")), None)
     return results, latencies
 
 
@@ -396,6 +460,8 @@ def serving_quality(config_path: Path) -> dict:
     return out
 
 
+# KServe answering the same request with a canned response (benchmarks.kserve_floor): not a serving path.
+FLOOR = "KServe floor (no model) -"
 PATHS = {"in process": None, "transformer → Triton (HTTP)": "http", "transformer → Triton (gRPC)": "grpc"}
 
 
@@ -441,21 +507,30 @@ def markdown(report: dict) -> str:
               + "; a 100-candidate request to Triton carries " + " vs ".join(
                   f"{v / 1024:.0f} KiB ({k})" for k, v in reversed(payload.items())) + " of tensors.", "",
               "## End to end", "",
-              "| path | bundle | requests | p50 ms | p99 ms | rps (concurrency 4) |", "|---|---|---|---|---|---|"]
+              f"All paths were up at once and measured in {report['rounds']} interleaved rounds (a new random order "
+              "each round), so a drift in the machine's speed falls on every row alike. p50 / p99 over all of a "
+              "row's requests; rounds: the lowest and highest of its per-round p50s.", "",
+              "| path | bundle | requests | p50 ms | p99 ms | rounds' p50 ms | rps (concurrency 4) |",
+              "|---|---|---|---|---|---|---|"]
     for name, results in report["server"].items():
         for kind in ("cached", "uncached"):
+            if name == FLOOR and kind == "uncached":  # the floor computes nothing: no cache to miss
+                continue
             r = results[kind]
+            spread = f"{min(r['round_p50_ms']):.2f}–{max(r['round_p50_ms']):.2f}"
             lines.append(f"| {name.rsplit(' ', 1)[0]} | {name.rsplit(' ', 1)[1]} | {kind} | {r['p50_ms']} | "
-                         f"{r['p99_ms']} | {r['rps']} |")
+                         f"{r['p99_ms']} | {spread} | {r['rps']} |")
     stages = profile["stages_p50_ms"]
     work = (stages["prepare: validation + the above, query cached"] + stages["student graph fp32 (query row once)"]
             + stages["rank + V1 response body (orjson, as KServe's V1 endpoint)"])
     local = report["server"]["in process fp32"]["cached"]["p50_ms"]
+    floor = report["server"][FLOOR]["cached"]["p50_ms"]
     lines += ["", f"The request's own work, timed stage by stage in this process (prepare, graph, rank and body), "
-              f"adds up to {work:.2f} ms; end to end the server answers in {local} ms (p50). The other "
-              f"{local - work:.2f} ms are the HTTP round trip, KServe's request handling and the server process "
-              "itself; these machines are shared, and the same stage varied up to 2× between back-to-back runs "
-              "here, so compare rows of one run, not runs."]
+              f"adds up to {work:.2f} ms. KServe answering the same request and response with no model at all (the "
+              f"floor row, benchmarks/kserve_floor.py) takes {floor} ms: the HTTP round trip, uvicorn and KServe. "
+              f"End to end the server answers in {local} ms (p50), {local - floor - work:+.2f} ms beside floor + "
+              "work: what the stages cost inside a busy server process rather than in a tight loop (colder caches, "
+              "KServe's per-request metrics and the request's own bookkeeping)."]
     lines += ["", "![latency](serving-latency.png)", "",
               "## Query-embedding cache on Zipf replays", "",
               "W-TinyLFU (theine), the cache `relevance serve` uses; LRU for comparison. Best possible: the traffic "
@@ -489,6 +564,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "homedepot-minilm.yaml")
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=8, help="rounds the paths are interleaved in")
     parser.add_argument("--teacher-repeats", type=int, default=10)
     args = parser.parse_args()
     from benchmarks import machine
@@ -518,23 +594,21 @@ def main() -> None:
     profile = profile_request(args.config, queries, candidates)
     print(json.dumps(profile, indent=1), flush=True)
 
-    server, latencies = {}, {}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with_int8 = Path(tempfile.mkdtemp()) / f"{args.config.stem}-int8.yaml"  # same settings, serving.int8 on
+    scratch = Path(tempfile.mkdtemp())
+    with_int8 = scratch / f"{args.config.stem}-int8.yaml"  # same settings, serving.int8 on
     overrides = yaml.safe_load(args.config.read_text())
     overrides.setdefault("serving", {})["int8"] = True
     with_int8.write_text(yaml.safe_dump(overrides))
+    setups = {f"{path_name} {variant}": (config_path, predictor) for path_name, predictor in PATHS.items()
+              for variant, config_path in (("fp32", args.config), ("int8", with_int8))}
+    setups[FLOOR] = (None, None)
     try:
-        for path_name, predictor in PATHS.items():
-            for variant, path in (("fp32", args.config), ("int8", with_int8)):
-                name = f"{path_name} {variant}"
-                print(f"{name}…", flush=True)
-                log = Path(tempfile.gettempdir()) / f"serving-bench-{predictor or 'local'}-{variant}.log"
-                server[name], latencies[name] = measure_server(path, queries, candidates, args.requests, log,
-                                                               predictor)
-                print(json.dumps(server[name]), flush=True)
+        server, latencies = measure_servers(setups, queries, candidates, args.requests, args.rounds, scratch)
     finally:
         with_int8.unlink(missing_ok=True)
+    for name, result in server.items():
+        print(name, json.dumps(result), flush=True)
     print("cache replays…", flush=True)
     replays = [zipf_replay(1.0), zipf_replay(1.2)]
     print("teacher…", flush=True)
@@ -547,10 +621,10 @@ def main() -> None:
         "dataset": dataset.info.name,
         "command": "make bench-serving  (= .venv/bin/python -m benchmarks.serving "
                    f"--config {args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config} "
-                   f"--requests {args.requests})",
+                   f"--requests {args.requests} --rounds {args.rounds})",
         "machine": f"{host}; servers pinned to 1 core; Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "candidates_per_request": CANDIDATES,
+        "candidates_per_request": CANDIDATES, "rounds": args.rounds,
         "p50_ms": local["cached"]["p50_ms"], "p99_ms": local["cached"]["p99_ms"], "rps": local["cached"]["rps"],
         "uncached": {k: local["uncached"][k] for k in ("p50_ms", "p99_ms", "rps")},
         "profile": profile,
