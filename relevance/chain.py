@@ -72,6 +72,13 @@ class Chain:
             from relevance.student.featurizer import featurizer_settings
 
             settings["encoder"] = {k: v for k, v in featurizer_settings(self.config).items() if k.startswith("encoder")}
+        if step == "pool" and self.config.candidates.student_top_k:
+            # The student channel's candidates are its student's: another student (a new champion in the same
+            # directory) makes another pool.
+            from relevance.labels.pool import student_manifest
+
+            settings["student_version"] = student_manifest(self.config.candidates.student_model).get(
+                "student_version")
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def reusable(self, step: str, output_exists: bool) -> bool:

@@ -46,6 +46,26 @@ def test_the_embedding_channel_ties_the_pool_to_the_student_encoder(tmp_path):
         chain("both", "other-encoder", 5).reusable("pool", output_exists=True)
 
 
+def test_the_student_channel_ties_the_pool_to_its_student(tmp_path):
+    """A new champion saved in the same directory makes another pool: the hash holds its version, not its path."""
+    import json
+
+    champion = tmp_path / "champion"
+    champion.mkdir()
+
+    def save(version: str) -> None:
+        (champion / "manifest.json").write_text(json.dumps({"kind": "student", "student_version": version}))
+
+    config = build_config("quick", {"workdir": str(tmp_path / "w"), "candidates": {
+        "student_top_k": 2, "student_model": str(champion)}})
+    save("student-aaa")
+    assert Chain(config).reusable("pool", output_exists=False) is False
+    assert Chain(config).reusable("pool", output_exists=True)
+    save("student-bbb")
+    with pytest.raises(ValueError, match="pool output was made with other settings"):
+        Chain(config).reusable("pool", output_exists=True)
+
+
 def test_gbdt_settings_matter_to_the_students_only_through_a_labeller(tmp_path):
     def chain(**sections):
         return Chain(build_config("quick", {"workdir": str(tmp_path), **sections}))

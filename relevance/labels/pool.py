@@ -2,11 +2,13 @@
 minus every judged pair, every pair of a valid/test query and every pair of a judge-holdout query.
 
 Candidates come through channels, each recorded per pair (the pool's ``channel`` column): ``impression`` (what
-the search log showed), ``bm25`` (BM25 top-K, ``candidates.top_k``) and ``embedding`` (the items nearest the
-query by the student's own bi-encoder, ``candidates.embedding_top_k``: relevance.models.ann). The channels find
-different pairs: BM25 finds the items that share the query's words, the embedding channel items the student
-already finds close, word overlap or not; those are the negatives a student confuses, and what the teacher's
-labels should correct. A pair found by several channels is kept once, under the first of that order.
+the search log showed), ``bm25`` (BM25 top-K, ``candidates.top_k``), ``embedding`` (the items nearest the
+query by the student's own bi-encoder, ``candidates.embedding_top_k``: relevance.models.ann) and ``student``
+(the current student's own top-ranked items among the other retrieval channels' deeper lists,
+``candidates.student_top_k``). The channels find different pairs: BM25 finds the items that share the query's
+words, the embedding channel items the student's encoder finds close, word overlap or not, and the student
+channel the items the student would put first; those are the negatives a student confuses, and what the
+teacher's labels should correct. A pair found by several channels is kept once, under the first of that order.
 
 Evaluation queries never reach the student through teacher labels: a pair is dropped when its query is a
 valid/test query by id or by normalised text, since a source may give one query two ids. The judge-holdout
@@ -93,6 +95,46 @@ def iter_embedding_candidates(nearest: NearestItems, query_vectors, queries: pd.
         yield candidates[found.ravel()].reset_index(drop=True)
 
 
+def iter_student_candidates(student, featurizer, queries: pd.DataFrame, depth: int, top_k: int,
+                            nearest: NearestItems | None = None, query_vectors=None, on_query=None,
+                            chunk_pairs: int = 20_000) -> Iterator[pd.DataFrame]:
+    """The ``top_k`` items ``student`` (relevance.student.model.Student) ranks first for each query (query_id,
+    query columns) among its BM25 top-``depth`` (``featurizer.bm25``: the student's own featurizer, rebuilt from
+    its manifest) and, with ``nearest``, the ``depth`` items nearest it (``query_vectors(texts)`` embeds for
+    that index). Ranked by expected grade, ties in retrieval order; judged and held-out pairs are left to the
+    pool's filter. Scored ``chunk_pairs`` pairs at a time (their feature rows are the memory), each distinct
+    query text once."""
+    from relevance.models.metrics import expected_grade
+
+    per_query = depth * (2 if nearest is not None else 1)
+    chunk_queries = max(1, chunk_pairs // per_query)
+    for start in range(0, len(queries), chunk_queries):
+        chunk = queries.iloc[start:start + chunk_queries].astype({"query": str})
+        texts = list(dict.fromkeys(chunk["query"]))
+        lists = {text: list(featurizer.bm25.top_k(text, depth)[0]) for text in texts}
+        if nearest is not None:
+            ids, _ = nearest.search(query_vectors(texts), depth)
+            for text, row in zip(texts, ids):
+                lists[text] += [item for item in row if pd.notna(item)]
+        pair_texts, pair_items = [], []
+        for text in texts:
+            items = list(dict.fromkeys(lists[text]))  # found by both: scored once
+            pair_texts += [text] * len(items)
+            pair_items += items
+        if pair_items:
+            scores = expected_grade(student.predict_proba(featurizer.transform(pair_texts, pair_items)))
+            ranked = pd.DataFrame({"query": pair_texts, "item_id": pair_items, "score": scores})
+            best = (ranked.sort_values("score", ascending=False, kind="stable")
+                    .groupby("query", sort=False).head(top_k))
+            found = chunk[["query_id", "query"]].merge(best[["query", "item_id"]], on="query")
+        else:
+            found = pd.DataFrame({"query_id": [], "item_id": []})
+        if on_query:
+            for _ in range(len(chunk)):
+                on_query()
+        yield found[["query_id", "item_id"]].reset_index(drop=True)
+
+
 def _impression_chunks(dataset: Dataset, impressions_path: Path | None, rows: int) -> Iterator[pd.DataFrame]:
     if dataset.impressions is not None:
         for start in range(0, len(dataset.impressions), rows):
@@ -124,10 +166,11 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
     judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
     unjudged = _candidate_queries(config, dataset, judged, judge_holdout)
     impression_rows = _impression_rows(config, dataset, impressions_path)
-    per_query = config.candidates.top_k + config.candidates.embedding_top_k
+    channels = config.candidates
+    per_query = channels.top_k + channels.embedding_top_k + channels.student_top_k
     if not impression_rows and not (per_query > 0 and len(unjudged)):
         raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for the "
-                                "candidate channels (BM25, embedding)")
+                                "candidate channels (BM25, embedding, student)")
     expected = impression_rows + per_query * len(unjudged)
     buckets = max(1, math.ceil(expected / bucket_rows))
     embedder = None
@@ -136,6 +179,9 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
         embedder = _pool_featurizer(config, dataset, Path(embeddings_dir or out.parent / "embeddings"))
         make_index(embedder.cache.encoder.dimension,
                    index_spec(config.candidates.ann_index, len(embedder.item_text)))
+    student_channel = channels.student_top_k > 0 and len(unjudged)
+    if student_channel:  # checked now, loaded when its turn comes (its featurizer holds a BM25 index of its own)
+        student_manifest(channels.student_model)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
         spilled = _Buckets(Path(scratch), buckets, dataset, held_out, judge_holdout, judged_index)
         with progress_bar() as bar:
@@ -162,6 +208,16 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
                                                        config.candidates.embedding_top_k,
                                                        on_query=lambda: bar.update(task, advance=1)):
                     spilled.spill(chunk, "embedding")
+            if student_channel:
+                student, student_featurizer = current_student(channels.student_model, dataset,
+                                                              Path(embeddings_dir or out.parent / "embeddings"))
+                task = bar.add_task(f"pool: student top-{channels.student_top_k} of {channels.student_depth}",
+                                    total=len(unjudged))
+                for chunk in iter_student_candidates(
+                        student, student_featurizer, unjudged, channels.student_depth, channels.student_top_k,
+                        nearest if embedder is not None else None, embedder.query_vectors if embedder else None,
+                        on_query=lambda: bar.update(task, advance=1)):
+                    spilled.spill(chunk, "student")
         spilled.close()
         if spilled.dropped_held_out:
             log(f"pool: dropped {spilled.dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
@@ -188,6 +244,33 @@ def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
     return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir, with_bm25=False)
 
 
+def student_manifest(directory: str | Path) -> dict:
+    """The manifest of the student channel's student (``candidates.student_model``), refused with a clear error
+    when the directory is missing or holds another kind of model (a teacher, a GBDT, a serving bundle)."""
+    from relevance.common.files import read_manifest
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"candidates.student_model: {directory} is not a directory (a trained student's, "
+                                "e.g. <workdir>/student)")
+    return read_manifest(directory, expected_kind="student")
+
+
+def current_student(directory: str | Path, dataset: Dataset, embeddings_dir: Path):
+    """The student the student channel ranks with, and its own featurizer (rebuilt from its manifest, as
+    evaluation does): a trained student's directory, refused with a clear error otherwise."""
+    from relevance.student.featurizer import build_featurizer
+    from relevance.student.model import Student
+
+    student_manifest(directory)
+    student = Student.load(directory)
+    featurizer = build_featurizer(dataset.items, student.manifest, embeddings_dir)
+    if student.manifest.get("catalog_hash") not in (None, featurizer.catalog_hash):
+        log(f"pool: the student channel's student ({directory}) was trained on another catalog; it ranks this "
+            "one with this catalog's BM25 statistics")
+    return student, featurizer
+
+
 def pool_channels(path: str | Path) -> dict[str, int]:
     """Pairs per channel of a pool (a pool built before channels were recorded: all under "unrecorded")."""
     import pyarrow.compute as pc
@@ -203,7 +286,7 @@ def pool_channels(path: str | Path) -> dict[str, int]:
 
 
 def _candidate_queries(config: RunConfig, dataset: Dataset, judged: pd.DataFrame, judge_holdout: set) -> pd.DataFrame:
-    """The queries the channels (BM25, embedding) find candidates for: the unjudged ones outside the judge
+    """The queries the channels (BM25, embedding, student) find candidates for: the unjudged ones outside the judge
     holdout (and the train queries when the config says so). Held-out queries among them lose their candidates to
     the filter in _Buckets."""
     candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"]) & \
@@ -286,7 +369,7 @@ def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int)
 
 
 # The channels, in the order they are spilled (and so the one a pair found by several is recorded under).
-CHANNELS = ("impression", "bm25", "embedding")
+CHANNELS = ("impression", "bm25", "embedding", "student")
 POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string()), ("channel", pa.string())])
 JUDGE_HOLDOUT_KEY = "relevance.judge_holdout"
 

@@ -95,7 +95,8 @@ def test_the_embedding_channel_adds_nearest_items_under_every_guard(tmp_path, ti
     before = pd.read_parquet(build_pool(bm25_only, dataset, tmp_path / "bm25.parquet", impressions))
     after = pd.read_parquet(build_pool(both, dataset, tmp_path / "both.parquet", impressions,
                                        embeddings_dir=tmp_path / "embeddings"))
-    assert set(after["channel"]) == set(CHANNELS) and not after.duplicated(["query_id", "item_id"]).any()
+    assert set(after["channel"]) == set(CHANNELS) - {"student"}
+    assert not after.duplicated(["query_id", "item_id"]).any()
     keyed = after.set_index(["query_id", "item_id"])["channel"]
     # Every pair the BM25-only pool had keeps its channel; the new ones are the embedding channel's.
     assert (keyed.reindex(pd.MultiIndex.from_frame(before[["query_id", "item_id"]])).to_numpy()
@@ -121,3 +122,71 @@ def test_a_bad_index_spec_fails_before_any_channel_runs(tmp_path, tiny_bert):
     with pytest.raises(ValueError, match="'NoSuchIndex' is not a faiss index-factory string"):
         build_pool(config, dataset, tmp_path / "pool.parquet", impressions, embeddings_dir=tmp_path / "e")
     assert not (tmp_path / "pool.parquet").exists() and not list(tmp_path.glob(".pool.parquet*"))
+
+
+def _champion(tmp_path, config, dataset, hidden=(8,)):
+    """A student over the config's features with random weights, saved as training saves one."""
+    import torch
+
+    from relevance.config import StudentConfig
+    from relevance.student.featurizer import LEXICAL_FEATURES, build_featurizer, featurizer_settings, model_manifest
+    from relevance.student.model import Student, StudentMLP
+
+    featurizer = build_featurizer(dataset.items, featurizer_settings(config), tmp_path / "embeddings")
+    features = 4 * featurizer.cache.encoder.dimension + len(LEXICAL_FEATURES)
+    torch.manual_seed(0)
+    model = StudentMLP(features, dataset.num_grades, list(hidden), 0.0).eval()
+    manifest = {"kind": "student", **model_manifest(config, dataset, featurizer, features),
+                "config": StudentConfig(hidden=list(hidden)).model_dump()}
+    return Student(model, manifest).save(tmp_path / "champion"), featurizer
+
+
+def test_the_student_channel_adds_what_the_current_student_ranks_first(tmp_path, tiny_bert):
+    """Each unjudged query gets the student's top-k of its BM25 top-depth (scored independently here), under
+    every guard, after the channels before it."""
+    from relevance.models.metrics import expected_grade
+    from relevance.student.model import Student
+
+    dataset, impressions = _shop(tmp_path)
+    settings = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    champion, featurizer = _champion(tmp_path, build_config("quick", settings), dataset)
+    config = build_config("quick", {**settings, "candidates": {
+        "top_k": 1, "student_top_k": 2, "student_depth": 5, "student_model": str(champion)}})
+    pool = pd.read_parquet(build_pool(config, dataset, tmp_path / "pool.parquet", impressions,
+                                      embeddings_dir=tmp_path / "embeddings"))
+    assert not pool.duplicated(["query_id", "item_id"]).any()
+    assert set(pool["channel"]) == {"impression", "bm25", "student"}
+    student = Student.load(champion)
+    judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
+    unjudged = set(dataset.queries["query_id"]) - set(dataset.judgments["query_id"]) - judge_holdout
+    text = dataset.queries.set_index("query_id")["query"]
+    earlier = pool[pool["channel"] != "student"]
+    expected = set()
+    for query_id in sorted(unjudged):
+        retrieved = list(featurizer.bm25.top_k(text[query_id], 5)[0])
+        scores = expected_grade(student.predict_proba(featurizer.transform([text[query_id]] * len(retrieved),
+                                                                           retrieved)))
+        best = [retrieved[i] for i in sorted(range(len(retrieved)), key=lambda i: -scores[i])[:2]]
+        expected |= {(query_id, item) for item in best}
+    expected -= set(zip(earlier["query_id"], earlier["item_id"]))
+    expected -= set(zip(dataset.judgments["query_id"], dataset.judgments["item_id"]))
+    found = pool[pool["channel"] == "student"]
+    assert set(zip(found["query_id"], found["item_id"])) == expected and expected
+    assert not {"q1", "q2"} & set(pool["query_id"])  # valid and test queries: never
+    assert pool_channels(tmp_path / "pool.parquet")["student"] == len(found)
+
+
+def test_the_student_channel_refuses_what_is_not_a_trained_student(tmp_path, tiny_bert):
+    dataset, impressions = _shop(tmp_path)
+    base = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    with pytest.raises(ValueError, match="student_top_k needs candidates.student_model"):
+        build_config("quick", {**base, "candidates": {"student_top_k": 3}})
+    with pytest.raises(ValueError, match=r"student_top_k \(9\) must not exceed student_depth \(4\)"):
+        build_config("quick", {**base, "candidates": {"student_top_k": 9, "student_depth": 4,
+                                                      "student_model": "x"}})
+    (tmp_path / "not-a-student").mkdir()
+    for model, message in ((tmp_path / "missing", "is not a directory"), (tmp_path / "not-a-student", "manifest")):
+        config = build_config("quick", {**base, "candidates": {"student_top_k": 2, "student_model": str(model)}})
+        with pytest.raises(Exception, match=message):
+            build_pool(config, dataset, tmp_path / "pool.parquet", impressions, embeddings_dir=tmp_path / "e")
+        assert not (tmp_path / "pool.parquet").exists()
