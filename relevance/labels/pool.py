@@ -32,107 +32,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from relevance.labels.channels import (
+    iter_bm25_candidates,
+    iter_embedding_candidates,
+    iter_student_candidates,
+    load_channel_student,
+)
 from relevance.models.ann import NearestItems, index_spec, make_index
 from relevance.models.bm25 import BM25Index
 from relevance.config import RunConfig
 from relevance.common.console import log
 from relevance.data.schema import Dataset, DataContractError
 from relevance.common.files import atomic_write
-
-
-def iter_bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
-                         on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
-    """The top-K items for each query (query_id, query columns), minus pairs in ``exclude`` (judged pairs), as
-    one frame per ``chunk_queries`` queries. Queries sharing a text are retrieved once (search logs repeat their
-    head queries)."""
-    judged = pd.MultiIndex.from_frame(exclude[["query_id", "item_id"]]) if exclude is not None else None
-    for start in range(0, len(queries), chunk_queries):
-        chunk = queries.iloc[start:start + chunk_queries]
-        retrieved: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        query_ids, item_ids, scores = [], [], []
-        for query_id, query in zip(chunk["query_id"], chunk["query"]):
-            if query not in retrieved:
-                retrieved[query] = index.top_k(query, top_k)
-            ids, best = retrieved[query]
-            query_ids.append(np.full(len(ids), query_id, dtype=object))
-            item_ids.append(ids)
-            scores.append(best.astype(float))
-            if on_query:
-                on_query()
-        candidates = pd.DataFrame({"query_id": np.concatenate(query_ids) if query_ids else [],
-                                   "item_id": np.concatenate(item_ids) if item_ids else [],
-                                   "bm25": np.concatenate(scores) if scores else []})
-        if judged is not None and len(candidates):
-            candidates = candidates[~pd.MultiIndex.from_frame(candidates[["query_id", "item_id"]]).isin(judged)]
-        yield candidates.reset_index(drop=True)
-
-
-def bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
-                    on_query=None) -> pd.DataFrame:
-    """:func:`iter_bm25_candidates` as one frame (for query sets that fit in memory)."""
-    parts = list(iter_bm25_candidates(index, queries, top_k, exclude, on_query))
-    return (pd.concat(parts, ignore_index=True) if parts
-            else pd.DataFrame({"query_id": [], "item_id": [], "bm25": []}))
-
-
-def iter_embedding_candidates(nearest: NearestItems, query_vectors, queries: pd.DataFrame, top_k: int,
-                              on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
-    """The ``top_k`` items nearest each query (query_id, query columns) by ``nearest``, one frame per
-    ``chunk_queries`` queries; ``query_vectors(texts)`` embeds a chunk's distinct texts (relevance.student.featurizer
-    PairFeaturizer.query_vectors). Judged and held-out pairs are left to the pool's filter."""
-    for start in range(0, len(queries), chunk_queries):
-        chunk = queries.iloc[start:start + chunk_queries]
-        texts = list(dict.fromkeys(chunk["query"].astype(str)))
-        ids, cosines = nearest.search(query_vectors(texts), top_k)
-        row_of = {text: row for row, text in enumerate(texts)}
-        rows = chunk["query"].astype(str).map(row_of).to_numpy()
-        found = pd.notna(ids[rows])  # a search may return fewer than top_k
-        candidates = pd.DataFrame({"query_id": np.repeat(chunk["query_id"].to_numpy(dtype=object), ids.shape[1]),
-                                   "item_id": ids[rows].ravel(), "cosine": cosines[rows].ravel()})
-        if on_query:
-            for _ in range(len(chunk)):
-                on_query()
-        yield candidates[found.ravel()].reset_index(drop=True)
-
-
-def iter_student_candidates(student, featurizer, queries: pd.DataFrame, depth: int, top_k: int,
-                            nearest: NearestItems | None = None, query_vectors=None, on_query=None,
-                            chunk_pairs: int = 20_000) -> Iterator[pd.DataFrame]:
-    """The ``top_k`` items ``student`` (relevance.student.model.Student) ranks first for each query (query_id,
-    query columns) among its BM25 top-``depth`` (``featurizer.bm25``: the student's own featurizer, rebuilt from
-    its manifest) and, with ``nearest``, the ``depth`` items nearest it (``query_vectors(texts)`` embeds for
-    that index). Ranked by expected grade, ties in retrieval order; judged and held-out pairs are left to the
-    pool's filter. Scored ``chunk_pairs`` pairs at a time (their feature rows are the memory), each distinct
-    query text once."""
-    from relevance.models.metrics import expected_grade
-
-    per_query = depth * (2 if nearest is not None else 1)
-    chunk_queries = max(1, chunk_pairs // per_query)
-    for start in range(0, len(queries), chunk_queries):
-        chunk = queries.iloc[start:start + chunk_queries].astype({"query": str})
-        texts = list(dict.fromkeys(chunk["query"]))
-        lists = {text: list(featurizer.bm25.top_k(text, depth)[0]) for text in texts}
-        if nearest is not None:
-            ids, _ = nearest.search(query_vectors(texts), depth)
-            for text, row in zip(texts, ids):
-                lists[text] += [item for item in row if pd.notna(item)]
-        pair_texts, pair_items = [], []
-        for text in texts:
-            items = list(dict.fromkeys(lists[text]))  # found by both: scored once
-            pair_texts += [text] * len(items)
-            pair_items += items
-        if pair_items:
-            scores = expected_grade(student.predict_proba(featurizer.transform(pair_texts, pair_items)))
-            ranked = pd.DataFrame({"query": pair_texts, "item_id": pair_items, "score": scores})
-            best = (ranked.sort_values("score", ascending=False, kind="stable")
-                    .groupby("query", sort=False).head(top_k))
-            found = chunk[["query_id", "query"]].merge(best[["query", "item_id"]], on="query")
-        else:
-            found = pd.DataFrame({"query_id": [], "item_id": []})
-        if on_query:
-            for _ in range(len(chunk)):
-                on_query()
-        yield found[["query_id", "item_id"]].reset_index(drop=True)
 
 
 def _impression_chunks(dataset: Dataset, impressions_path: Path | None, rows: int) -> Iterator[pd.DataFrame]:
@@ -148,91 +59,115 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
                bucket_rows: int = 2_000_000, embeddings_dir: str | Path | None = None) -> Path:
     """Impressions plus the channels' candidates for every query without judgments, deduplicated against judged
     pairs and stripped of held-out queries, written to ``out`` (parquet, row groups of one label shard each).
-    ``embeddings_dir``: the embedding cache the embedding channel fills (the chain's workdir/embeddings, which
-    the student then reads; default: next to ``out``).
+    ``embeddings_dir``: the embedding cache the embedding and student channels fill (the chain's
+    workdir/embeddings, which the student then reads; default: next to ``out``).
 
     It streams: impressions are read in chunks (from ``dataset.impressions``, or from ``impressions_path`` when
-    the dataset was loaded without them) and BM25 runs over the queries in chunks. Each chunk is filtered and
-    spread over on-disk buckets by a hash of its query id; a bucket holds every pair of its queries, so removing
-    duplicates bucket by bucket removes them all, and memory is one bucket (~``bucket_rows`` pairs), not the pool.
+    the dataset was loaded without them) and the channels run over the queries in chunks. Each chunk is filtered
+    and spread over on-disk buckets by a hash of its query id; a bucket holds every pair of its queries, so
+    removing duplicates bucket by bucket removes them all, and memory is one bucket (~``bucket_rows`` pairs), not
+    the pool. One channel's index is in memory at a time: BM25's, then the ANN index, then the student's.
     """
     from relevance.common.runtime import progress_bar
 
     out = Path(out)
     impressions_path = Path(impressions_path) if impressions_path is not None else None
+    embeddings_dir = Path(embeddings_dir or out.parent / "embeddings")
     judged = dataset.judgments[["query_id", "item_id"]]
-    judged_index = pd.MultiIndex.from_frame(judged)
     held_out = set(dataset.queries["query_id"][held_out_query_mask(dataset.queries, dataset)])
     judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
     unjudged = _candidate_queries(config, dataset, judged, judge_holdout)
     impression_rows = _impression_rows(config, dataset, impressions_path)
-    channels = config.candidates
-    per_query = channels.top_k + channels.embedding_top_k + channels.student_top_k
+    candidates = config.candidates
+    per_query = candidates.top_k + candidates.embedding_top_k + candidates.student_top_k
     if not impression_rows and not (per_query > 0 and len(unjudged)):
         raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for the "
                                 "candidate channels (BM25, embedding, student)")
-    expected = impression_rows + per_query * len(unjudged)
-    buckets = max(1, math.ceil(expected / bucket_rows))
-    embedder = None
-    if config.candidates.embedding_top_k > 0 and len(unjudged):
-        # Before any channel runs: a bad index spec fails now, not after the impressions and BM25.
-        embedder = _pool_featurizer(config, dataset, Path(embeddings_dir or out.parent / "embeddings"))
-        make_index(embedder.cache.encoder.dimension,
-                   index_spec(config.candidates.ann_index, len(embedder.item_text)))
-    student_channel = channels.student_top_k > 0 and len(unjudged)
-    if student_channel:  # checked now, loaded when its turn comes (its featurizer holds a BM25 index of its own)
-        student_manifest(channels.student_model)
+    buckets = max(1, math.ceil((impression_rows + per_query * len(unjudged)) / bucket_rows))
+    # Before any channel runs, what can be refused is: a bad ANN index spec, a student_model that is not a
+    # student of this code.
+    embedder = _pool_featurizer(config, dataset, embeddings_dir) if candidates.embedding_top_k and len(unjudged) \
+        else None
+    if embedder is not None:
+        make_index(embedder.cache.encoder.dimension, index_spec(candidates.ann_index, len(embedder.item_text)))
+    student = load_channel_student(candidates.student_model) if candidates.student_top_k and len(unjudged) else None
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
-        spilled = _Buckets(Path(scratch), buckets, dataset, held_out, judge_holdout, judged_index)
+        scratch = Path(scratch)
+        spilled = _Buckets(scratch, buckets, dataset, held_out, judge_holdout, pd.MultiIndex.from_frame(judged))
         with progress_bar() as bar:
             if impression_rows:
                 task = bar.add_task("pool: impressions", total=impression_rows)
                 for chunk in _impression_chunks(dataset, impressions_path, 1_000_000):
                     spilled.spill(chunk, "impression")
                     bar.update(task, advance=len(chunk))
-            if config.candidates.top_k > 0 and len(unjudged):
-                index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
-                task = bar.add_task(f"pool: BM25 top-{config.candidates.top_k}", total=len(unjudged))
-                for chunk in iter_bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
+            if candidates.top_k > 0 and len(unjudged):
+                index = BM25Index.for_items(dataset.items, config.text, candidates.k1, candidates.b)
+                task = bar.add_task(f"pool: BM25 top-{candidates.top_k}", total=len(unjudged))
+                for chunk in iter_bm25_candidates(index, unjudged, candidates.top_k, exclude=judged,
                                                   on_query=lambda: bar.update(task, advance=1)):
                     spilled.spill(chunk, "bm25")
-                del index  # the catalog's BM25 index and the ANN index are never in memory together
+                del index
             if embedder is not None:
-                items = embedder.item_text.index
-                task = bar.add_task("pool: item index", total=len(items))
-                nearest = NearestItems(items, embedder.item_vectors_for, embedder.cache.encoder.dimension,
-                                       config.candidates.ann_index, on_chunk=lambda n: bar.update(task, advance=n))
-                task = bar.add_task(f"pool: nearest top-{config.candidates.embedding_top_k} ({nearest.spec})",
-                                    total=len(unjudged))
-                for chunk in iter_embedding_candidates(nearest, embedder.query_vectors, unjudged,
-                                                       config.candidates.embedding_top_k,
-                                                       on_query=lambda: bar.update(task, advance=1)):
-                    spilled.spill(chunk, "embedding")
-            if student_channel:
-                student, student_featurizer = current_student(channels.student_model, dataset,
-                                                              Path(embeddings_dir or out.parent / "embeddings"))
-                task = bar.add_task(f"pool: student top-{channels.student_top_k} of {channels.student_depth}",
-                                    total=len(unjudged))
-                for chunk in iter_student_candidates(
-                        student, student_featurizer, unjudged, channels.student_depth, channels.student_top_k,
-                        nearest if embedder is not None else None, embedder.query_vectors if embedder else None,
-                        on_query=lambda: bar.update(task, advance=1)):
-                    spilled.spill(chunk, "student")
+                _embedding_channel(spilled, bar, embedder, unjudged, candidates,
+                                   scratch / "nearest" if student is not None else None)
+                del embedder
+            if student is not None:
+                _student_channel(spilled, bar, student, dataset, unjudged, candidates, embeddings_dir,
+                                 scratch / "nearest" if candidates.embedding_top_k else None)
         spilled.close()
-        if spilled.dropped_held_out:
-            log(f"pool: dropped {spilled.dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
-                "evaluation queries never reach the student through teacher labels")
-        if judge_holdout:
-            log(f"pool: kept out {len(judge_holdout)} judge-holdout queries ({spilled.dropped_judge} impression "
-                "pair(s) and their BM25 candidates), so judge-based evaluation ranks queries no student was distilled "
-                "on")
-        # The pool records the judge holdout it was built without: a reused pool is checked against the dataset.
-        schema = POOL_SCHEMA.with_metadata({JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())})
-        rows, queries, channels = _merge_buckets(Path(scratch), out, schema, config.labeling.shard_rows)
+        spilled.report()
+        # The pool records the judge holdout it was built without, and the student its student channel ranked
+        # with: a reused pool is checked against both.
+        metadata = {JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())}
+        if student is not None:
+            metadata[STUDENT_CHANNEL_KEY] = json.dumps({"student_version": student.manifest.get("student_version")})
+        rows, queries, channels = _merge_buckets(scratch, out, POOL_SCHEMA.with_metadata(metadata),
+                                                 config.labeling.shard_rows)
     by_channel = ", ".join(f"{channels.get(c, 0)} {c}" for c in CHANNELS)
     log(f"pool: {rows} unlabelled pairs over {queries} queries "
         f"({rows / max(len(dataset.split('train')), 1):.1f}× the train split; {by_channel}) → {out}")
     return out
+
+
+def _embedding_channel(spilled, bar, embedder, unjudged: pd.DataFrame, candidates, deeper: Path | None) -> None:
+    """The embedding channel's top-K into ``spilled``; with ``deeper`` (a folder), each chunk's nearest
+    ``student_depth`` items too, one file per chunk, for the student channel to rerank once this index is gone."""
+    items = embedder.item_text.index
+    task = bar.add_task("pool: item index", total=len(items))
+    nearest = NearestItems(items, embedder.item_vectors_for, embedder.cache.encoder.dimension,
+                           candidates.ann_index, on_chunk=lambda n: bar.update(task, advance=n))
+    depth = max(candidates.embedding_top_k, candidates.student_depth if deeper is not None else 0)
+    task = bar.add_task(f"pool: nearest top-{candidates.embedding_top_k} ({nearest.spec})", total=len(unjudged))
+    if deeper is not None:
+        deeper.mkdir()
+    for number, chunk in enumerate(iter_embedding_candidates(nearest, embedder.query_vectors, unjudged, depth,
+                                                             on_query=lambda: bar.update(task, advance=1))):
+        spilled.spill(chunk.groupby("query_id", sort=False).head(candidates.embedding_top_k), "embedding")
+        if deeper is not None:
+            chunk[["query_id", "item_id"]].to_parquet(deeper / f"chunk-{number:06d}.parquet", index=False)
+
+
+def _student_channel(spilled, bar, student, dataset: Dataset, unjudged: pd.DataFrame, candidates,
+                     embeddings_dir: Path, deeper: Path | None) -> None:
+    """The student channel's top-K into ``spilled``: the student's own featurizer (with its BM25 index) is built
+    now, after the other channels' indexes are gone."""
+    from relevance.student.featurizer import model_featurizer
+
+    featurizer, same_catalog = model_featurizer(dataset.items, student.manifest, embeddings_dir)
+    if not same_catalog:
+        log("pool: the student channel's student was trained on another catalog; it ranks this one with this "
+            "catalog's BM25 statistics")
+
+    def nearest_lists(number: int) -> pd.DataFrame | None:
+        path = deeper / f"chunk-{number:06d}.parquet" if deeper is not None else None
+        return pd.read_parquet(path) if path is not None and path.exists() else None
+
+    task = bar.add_task(f"pool: student top-{candidates.student_top_k} of {candidates.student_depth}",
+                        total=len(unjudged))
+    for chunk in iter_student_candidates(student, featurizer, unjudged, candidates.student_depth,
+                                         candidates.student_top_k, nearest_lists,
+                                         on_query=lambda: bar.update(task, advance=1)):
+        spilled.spill(chunk, "student")
 
 
 def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
@@ -244,31 +179,21 @@ def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
     return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir, with_bm25=False)
 
 
-def student_manifest(directory: str | Path) -> dict:
-    """The manifest of the student channel's student (``candidates.student_model``), refused with a clear error
-    when the directory is missing or holds another kind of model (a teacher, a GBDT, a serving bundle)."""
+def check_pool_student(path: str | Path, config: RunConfig) -> None:
+    """Refuse a pool whose student channel ranked with another student than ``candidates.student_model`` now
+    holds (a new champion saved over the old one): its labels would train on another student's mistakes. A
+    pool without the channel, or a student directory that is gone, passes."""
+    if not config.candidates.student_top_k or not (Path(config.candidates.student_model) / "manifest.json").exists():
+        return
     from relevance.common.files import read_manifest
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"candidates.student_model: {directory} is not a directory (a trained student's, "
-                                "e.g. <workdir>/student)")
-    return read_manifest(directory, expected_kind="student")
-
-
-def current_student(directory: str | Path, dataset: Dataset, embeddings_dir: Path):
-    """The student the student channel ranks with, and its own featurizer (rebuilt from its manifest, as
-    evaluation does): a trained student's directory, refused with a clear error otherwise."""
-    from relevance.student.featurizer import build_featurizer
-    from relevance.student.model import Student
-
-    student_manifest(directory)
-    student = Student.load(directory)
-    featurizer = build_featurizer(dataset.items, student.manifest, embeddings_dir)
-    if student.manifest.get("catalog_hash") not in (None, featurizer.catalog_hash):
-        log(f"pool: the student channel's student ({directory}) was trained on another catalog; it ranks this "
-            "one with this catalog's BM25 statistics")
-    return student, featurizer
+    raw = (pq.read_schema(path).metadata or {}).get(STUDENT_CHANNEL_KEY.encode())
+    built_with = json.loads(raw)["student_version"] if raw else None
+    now = read_manifest(config.candidates.student_model).get("student_version")
+    if built_with != now:
+        raise DataContractError(f"{path}: its student channel ranked with {built_with}, and "
+                                f"{config.candidates.student_model} now holds {now}; delete the pool (and the labels "
+                                "and students made from it) to rebuild it with the new student")
 
 
 def pool_channels(path: str | Path) -> dict[str, int]:
@@ -345,6 +270,15 @@ class _Buckets:
         for writer in self.writers.values():
             writer.close()
 
+    def report(self) -> None:
+        if self.dropped_held_out:
+            log(f"pool: dropped {self.dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
+                "evaluation queries never reach the student through teacher labels")
+        if self.judge_holdout:
+            log(f"pool: kept out {len(self.judge_holdout)} judge-holdout queries ({self.dropped_judge} impression "
+                "pair(s) and their candidates), so judge-based evaluation ranks queries no student was distilled "
+                "on")
+
 
 def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int) -> tuple[int, int, dict]:
     """The buckets, each de-duplicated, written to ``out`` in row groups of ``shard_rows``; (pairs, queries,
@@ -372,6 +306,7 @@ def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int)
 CHANNELS = ("impression", "bm25", "embedding", "student")
 POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string()), ("channel", pa.string())])
 JUDGE_HOLDOUT_KEY = "relevance.judge_holdout"
+STUDENT_CHANNEL_KEY = "relevance.student_channel"
 
 
 def pool_judge_holdout(path: str | Path) -> dict | None:
