@@ -1,7 +1,7 @@
-"""The serving benchmark's floor: a KServe model server that answers a rerank request with a response of the same
-shape as `relevance serve` (every candidate, a score and five probabilities) without computing anything. Run
-with the same flags, on the same core, through the same client, it is what KServe, uvicorn and the HTTP round
-trip cost on this machine, whatever the model does.
+"""The serving benchmark's floor: a KServe model server that answers a rerank request with a response of nearly the
+same shape as `relevance serve` (every candidate with a score, five probabilities and its unknown flag; not the
+version fields) without computing anything. Run with the same flags, on the same core, through the same client, it
+is what KServe, uvicorn and the HTTP round trip cost on this machine, whatever the model does.
 
     .venv/bin/python -m benchmarks.kserve_floor --http_port 8080
 """

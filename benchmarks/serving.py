@@ -60,7 +60,8 @@ def ensure_artifacts(config_path: Path) -> None:
     try:
         bundle = ServingBundle(workdir / "export")
         current = (bundle.manifest["student_version"] == read_manifest(workdir / "student")["student_version"]
-                   and (workdir / "export" / "student-int8.onnx").exists())
+                   and (workdir / "export" / "student-int8.onnx").exists()
+                   and "query_encoder_graph" in bundle.manifest)  # exported before the encoder was fused: again
     except (FileNotFoundError, ValueError):  # none yet, or exported by an older version
         current = False
     if not current:
@@ -110,7 +111,8 @@ class Server:
 
 
 class FloorServer(Server):
-    """benchmarks.kserve_floor on the servers' core: KServe answering the same request without a model."""
+    """benchmarks.kserve_floor on the servers' core: KServe answering the same request without a model (its own
+    process, not `relevance serve`: Server's set-up does not apply)."""
 
     def __init__(self, log: Path):
         from relevance.common.processes import LoopbackProcess, free_port
@@ -210,6 +212,9 @@ def measure_servers(setups: dict[str, tuple[Path | None, str | None]], queries: 
     from contextlib import ExitStack
 
     hot, cold = queries[:200], queries[200:]
+    if requests < rounds or len(cold) < 2 * rounds:
+        raise ValueError(f"--requests {requests} with {len(cold)} unseen queries cannot fill {rounds} rounds: "
+                         "give at least one request and two unseen queries per round")
     rng = np.random.default_rng(0)
     cached = [_body(q, candidates[q]) for q in rng.choice(hot, requests)]
     half = min(requests, len(cold) // 2)
@@ -243,6 +248,8 @@ def measure_servers(setups: dict[str, tuple[Path | None, str | None]], queries: 
                         ("cached", _share(cached, rounds, round_), _share(cached, rounds, round_)),
                         ("uncached", _share(uncached["latency"], rounds, round_),
                          _share(uncached["rps"], rounds, round_))):
+                    if name == FLOOR and kind == "uncached":  # the floor computes nothing: no cache to miss
+                        continue
                     lat, _ = drive(url, latency_bodies, 1)
                     _, wall = drive(url, rps_bodies, 4)
                     latencies[name][kind].append(lat)
@@ -255,6 +262,9 @@ def measure_servers(setups: dict[str, tuple[Path | None, str | None]], queries: 
         for name in setups:
             results[name] = {}
             for kind in ("cached", "uncached"):
+                if not latencies[name][kind]:  # the floor's uncached
+                    latencies[name][kind] = np.zeros(0)
+                    continue
                 lat = np.concatenate(latencies[name][kind])
                 results[name][kind] = {**_summary(lat, sent[name][kind] / walls[name][kind]),
                                        "round_p50_ms": [round(v, 3) for v in per_round[name][kind]]}
@@ -471,11 +481,13 @@ def plot(latencies: dict[str, dict[str, np.ndarray]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(latencies)
+    names = [name for name in latencies if name != FLOOR] + [FLOOR]
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * len(names) + 2.5), sharey=True)
     for ax, kind in zip(axes, ("cached", "uncached")):
         series = [latencies[name][kind] * 1e3 for name in names]
-        ax.boxplot(series, vert=False, whis=(1, 99), showfliers=False)
+        shown = [n for n, values in enumerate(series) if len(values)]  # the floor has no uncached requests
+        ax.boxplot([series[n] for n in shown], positions=[n + 1 for n in shown], vert=False, whis=(1, 99),
+                   showfliers=False)
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         ax.axvline(1.5 if kind == "cached" else 4, color="k", linestyle="--", linewidth=0.8)
         ax.set_title(f"{kind} query, 100-candidate rerank, 1 server core (box: p25–p75, whiskers p1–p99)",
@@ -596,17 +608,18 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp())
-    with_int8 = scratch / f"{args.config.stem}-int8.yaml"  # same settings, serving.int8 on
-    overrides = yaml.safe_load(args.config.read_text())
-    overrides.setdefault("serving", {})["int8"] = True
-    with_int8.write_text(yaml.safe_dump(overrides))
+    # The servers are warmed once and measured over several minutes of rounds: items cached at warm-up must not
+    # expire midway (serving.item_cache_ttl_seconds, 300 s by default), or later rounds would read Feast.
+    variants = {}
+    for variant, int8 in (("fp32", False), ("int8", True)):
+        overrides = yaml.safe_load(args.config.read_text())
+        overrides.setdefault("serving", {}).update({"int8": int8, "item_cache_ttl_seconds": 86_400})
+        variants[variant] = scratch / f"{args.config.stem}-{variant}.yaml"
+        variants[variant].write_text(yaml.safe_dump(overrides))
     setups = {f"{path_name} {variant}": (config_path, predictor) for path_name, predictor in PATHS.items()
-              for variant, config_path in (("fp32", args.config), ("int8", with_int8))}
+              for variant, config_path in variants.items()}
     setups[FLOOR] = (None, None)
-    try:
-        server, latencies = measure_servers(setups, queries, candidates, args.requests, args.rounds, scratch)
-    finally:
-        with_int8.unlink(missing_ok=True)
+    server, latencies = measure_servers(setups, queries, candidates, args.requests, args.rounds, scratch)
     for name, result in server.items():
         print(name, json.dumps(result), flush=True)
     print("cache replays…", flush=True)

@@ -118,10 +118,12 @@ def finetune_teacher(run_config: Input[Artifact], dataset: Input[Dataset], teach
 @component
 def build_pool(run_config: Input[Artifact], dataset: Input[Dataset], parallelism: int,
                pool: Output[Dataset]) -> List[int]:
-    """The unlabelled pool (impressions + BM25 candidates, minus judged and held-out pairs); returns the shard
-    indices the labelling fans out over. The shard size is planned here, now that the pool's rows are known, for
-    the fan-out's ``parallelism`` (fixed when the pipeline was compiled): relevance.labels.capacity. It travels to
-    the label shards in the pool's metadata, with the plan."""
+    """The unlabelled pool (impressions + the candidate channels' pairs, minus judged and held-out pairs:
+    relevance.labels.pool); returns the shard indices the labelling fans out over. The shard size is planned
+    here, now that the pool's rows are known, for the fan-out's ``parallelism`` (fixed when the pipeline was
+    compiled): relevance.labels.capacity. It travels to the label shards in the pool's metadata, with the plan.
+    The student channel's student (candidates.student_model) is a path on the data volume that names one
+    version: this step is cached by its config."""
     import json
     import tempfile
     from pathlib import Path

@@ -72,6 +72,10 @@ class Chain:
             from relevance.student.featurizer import featurizer_settings
 
             settings["encoder"] = {k: v for k, v in featurizer_settings(self.config).items() if k.startswith("encoder")}
+        if step == "pool" and not self.config.candidates.student_top_k:
+            # Without the student channel, its other settings cannot change the pool.
+            for field in ("student_model", "student_depth"):
+                settings["candidates"].pop(field, None)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def reusable(self, step: str, output_exists: bool) -> bool:
@@ -98,12 +102,19 @@ class Chain:
         return Dataset.load(self.data_dir, with_impressions=with_impressions)
 
     def pool(self, dataset: Dataset) -> Path:
-        from relevance.labels.pool import build_pool, check_pool_holdout
+        from relevance.labels.pool import build_pool, check_pool_holdout, check_pool_student
 
+        student_model = self.config.candidates.student_model
+        if self.config.candidates.student_top_k and Path(student_model).resolve().is_relative_to(
+                self.root.resolve()):
+            # This run's own student is trained from this pool: it cannot choose the pool's candidates.
+            raise ValueError(f"candidates.student_model {student_model} is inside this run's workdir {self.root}; "
+                             "give another run's student (e.g. the champion's)")
         if not self.reusable("pool", self.pool_path.exists()):
             build_pool(self.config, dataset, self.pool_path, self.data_dir / "impressions.parquet",
                        embeddings_dir=self.embeddings_dir)
         check_pool_holdout(self.pool_path, dataset)  # a re-prepared dataset must not reuse an older pool
+        check_pool_student(self.pool_path, self.config)  # nor a new champion one its predecessor chose
         return self.pool_path
 
     def teacher(self, dataset: Dataset, launch: RunConfig | None = None, remote=None) -> Path:

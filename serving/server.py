@@ -362,9 +362,9 @@ def run_server(models: list, config: ServingConfig, args: argparse.Namespace, gi
     KServe's per-request latency lines (``--enable_latency_logging``, and its timing middleware's lines on the
     ``kserve.trace`` logger) are off unless the flag is given: two log lines a request cost about a tenth of a
     millisecond on one core, and relevance_request_seconds already holds the latencies. Uvicorn's access line
-    per request is off too unless ``--access_log_format`` asks for KServe's access log: formatting and writing
-    it took ~5% of a request's CPU, and relevance_http_responses counts every response by status (traffic
-    capture, when on, records each request)."""
+    per request is off too unless ``serving.access_log`` is on: formatting and writing it took ~5% of a
+    request's CPU, and relevance_http_responses counts every response by status (traffic capture, when on,
+    records each request)."""
     import logging
 
     from fastapi.exceptions import RequestValidationError
@@ -390,7 +390,7 @@ def run_server(models: list, config: ServingConfig, args: argparse.Namespace, gi
                                 ssl_keyfile=args.ssl_keyfile)
     if not latency_logging:  # after ModelServer, which configures KServe's loggers
         logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
-    if not args.access_log_format:  # with one, KServe's asgi-logger middleware writes the access log instead
+    if not config.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     server.start(models)
 

@@ -46,6 +46,23 @@ def test_the_embedding_channel_ties_the_pool_to_the_student_encoder(tmp_path):
         chain("both", "other-encoder", 5).reusable("pool", output_exists=True)
 
 
+def test_the_student_channel_settings_matter_only_with_the_channel_on(tmp_path):
+    def chain(**candidates) -> Chain:
+        return Chain(build_config("quick", {"workdir": str(tmp_path / "w"), "candidates": candidates}))
+
+    assert chain().reusable("pool", output_exists=False) is False
+    assert chain(student_model="/elsewhere/student", student_depth=50).reusable("pool", output_exists=True)
+    with pytest.raises(ValueError, match="pool output was made with other settings"):
+        chain(student_top_k=2, student_model="/elsewhere/student").reusable("pool", output_exists=True)
+
+
+def test_this_runs_own_student_cannot_choose_its_pool(tmp_path):
+    config = build_config("quick", {"workdir": str(tmp_path / "w"), "candidates": {
+        "student_top_k": 2, "student_model": str(tmp_path / "w" / "student")}})
+    with pytest.raises(ValueError, match="inside this run's workdir"):
+        Chain(config).pool(None)
+
+
 def test_gbdt_settings_matter_to_the_students_only_through_a_labeller(tmp_path):
     def chain(**sections):
         return Chain(build_config("quick", {"workdir": str(tmp_path), **sections}))

@@ -57,7 +57,8 @@ def _ranked_pool(config, dataset, work: Path):
     its rank in its query's BM25 list."""
     import pandas as pd
 
-    from relevance.labels.pool import build_pool, iter_bm25_candidates
+    from relevance.labels.channels import iter_bm25_candidates
+    from relevance.labels.pool import build_pool
     from relevance.models.bm25 import BM25Index
 
     pool_path = work / "pool.parquet"

@@ -94,12 +94,28 @@ class CandidateConfig(Strict):
     # over 8-bit vectors: relevance.models.ann).
     embedding_top_k: int = Field(0, ge=0)
     ann_index: str = "auto"
+    # The current student's own top-ranked items: the student in student_model (a trained student's directory,
+    # e.g. the champion's) reranks each query's BM25 top-student_depth, plus its student_depth nearest items when
+    # the embedding channel is on, and its student_top_k best join the pool. 0: no student channel.
+    student_top_k: int = Field(0, ge=0)
+    student_model: str | None = None
+    student_depth: int = Field(100, ge=1)
     k1: float = 1.5
     b: float = 0.75
     include_impressions: bool = True
     # Also BM25 top-K of judged *train* queries (their unjudged items). Needed where every query is judged
     # (ESCI, WANDS); valid/test queries never get candidates.
     include_train_queries: bool = False
+
+    @model_validator(mode="after")
+    def _student_channel(self) -> CandidateConfig:
+        if self.student_top_k and not self.student_model:
+            raise ValueError("candidates.student_top_k needs candidates.student_model: the directory of the "
+                             "trained student whose top-ranked items join the pool")
+        if self.student_top_k > self.student_depth:
+            raise ValueError(f"candidates.student_top_k ({self.student_top_k}) must not exceed student_depth "
+                             f"({self.student_depth}), the candidates per channel the student reranks")
+        return self
 
 
 class TeacherConfig(Strict):

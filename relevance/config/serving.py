@@ -33,6 +33,9 @@ class ServingConfig(Strict):
     item_cache_ttl_seconds: float = Field(300.0, gt=0)
     int8: bool = False  # serve the per-channel int8 student and encoder (their quality delta: benchmarks/serving)
     onnx_threads: int = Field(1, ge=1)  # intra-op threads per session: one core per server process
+    # uvicorn's access line per request: off, since formatting and writing it took ~5% of a request's CPU on one
+    # core and /metrics counts every response by status.
+    access_log: bool = False
     triton_max_batch_size: int = Field(4096, ge=1)  # rows (candidates), across the requests Triton batches
     triton_max_queue_delay_us: int = Field(200, ge=0)
     # Traffic capture (relevance.traffic): where `relevance serve` writes a record per reranked query ("": it

@@ -79,7 +79,9 @@ STEPS: tuple[Step, ...] = (
     Step("compute_features", pod=_pod("4", ("4Gi", "8Gi")), mounts_data=True),
     Step("finetune_teacher", output="teacher", settings=("data", "text", "teacher"),
          pod=_pod("8", ("8Gi", "16Gi"), retries=1), gpu_pod=_gpu_pod(("64Gi", "96Gi"), retries=1), mounts_data=True),
-    # mounts_data: the embedding channel's encoder (student.encoder) may be a path on the data volume.
+    # mounts_data: the embedding channel's encoder (student.encoder) may be a path on the data volume, and the
+    # student channel's student (candidates.student_model) is one. KFP caches this step by its config, so that path
+    # must name one student version (e.g. .../student-<version>): a new champion saved over it would not be seen.
     Step("build_pool", output="pool", settings=("data", "text", "candidates"), pod=_pod("2", ("4Gi", "8Gi")),
          mounts_data=True),
     # cluster.labeling.pairs_per_s_per_device is for this pod: 4 cores.

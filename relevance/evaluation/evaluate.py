@@ -60,13 +60,13 @@ class FeaturizedScorer:
     model's manifest recorded."""
 
     def __init__(self, model, items: pd.DataFrame, cache_dir: Path):
-        from relevance.student.featurizer import build_featurizer
+        from relevance.student.featurizer import model_featurizer
 
         self.model = model
         self.manifest = model.manifest
         self.kind = self.manifest["kind"]
-        self.featurizer = build_featurizer(items, self.manifest, cache_dir)
-        if self.manifest.get("catalog_hash") not in (None, self.featurizer.catalog_hash):
+        self.featurizer, same_catalog = model_featurizer(items, self.manifest, cache_dir)
+        if not same_catalog:
             warnings.warn("the items file differs from the catalog the model was trained on: its BM25 "
                           "statistics (IDF, average length) shift, and with them the BM25 features", stacklevel=2)
 

@@ -177,7 +177,7 @@ def _judged_differences(chosen: pd.DataFrame, index, scorers: dict, query_text: 
     ``k``. One row per query both rankings could be scored on (nDCG@k of each, and candidate − baseline), and the
     number of pairs judged."""
     from relevance.evaluation.judge import judge_grades, judged_ndcg
-    from relevance.labels.pool import bm25_candidates
+    from relevance.labels.channels import bm25_candidates
     from relevance.models.metrics import expected_grade
 
     pairs = bm25_candidates(index, chosen, candidates)

@@ -2,11 +2,13 @@
 minus every judged pair, every pair of a valid/test query and every pair of a judge-holdout query.
 
 Candidates come through channels, each recorded per pair (the pool's ``channel`` column): ``impression`` (what
-the search log showed), ``bm25`` (BM25 top-K, ``candidates.top_k``) and ``embedding`` (the items nearest the
-query by the student's own bi-encoder, ``candidates.embedding_top_k``: relevance.models.ann). The channels find
-different pairs: BM25 finds the items that share the query's words, the embedding channel items the student
-already finds close, word overlap or not; those are the negatives a student confuses, and what the teacher's
-labels should correct. A pair found by several channels is kept once, under the first of that order.
+the search log showed), ``bm25`` (BM25 top-K, ``candidates.top_k``), ``embedding`` (the items nearest the
+query by the student's own bi-encoder, ``candidates.embedding_top_k``: relevance.models.ann) and ``student``
+(the current student's own top-ranked items among the other retrieval channels' deeper lists,
+``candidates.student_top_k``). The channels find different pairs: BM25 finds the items that share the query's
+words, the embedding channel items the student's encoder finds close, word overlap or not, and the student
+channel the items the student would put first; those are the negatives a student confuses, and what the
+teacher's labels should correct. A pair found by several channels is kept once, under the first of that order.
 
 Evaluation queries never reach the student through teacher labels: a pair is dropped when its query is a
 valid/test query by id or by normalised text, since a source may give one query two ids. The judge-holdout
@@ -30,67 +32,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from relevance.labels.channels import (
+    iter_bm25_candidates,
+    iter_embedding_candidates,
+    iter_student_candidates,
+    load_channel_student,
+)
 from relevance.models.ann import NearestItems, index_spec, make_index
 from relevance.models.bm25 import BM25Index
 from relevance.config import RunConfig
 from relevance.common.console import log
 from relevance.data.schema import Dataset, DataContractError
 from relevance.common.files import atomic_write
-
-
-def iter_bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
-                         on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
-    """The top-K items for each query (query_id, query columns), minus pairs in ``exclude`` (judged pairs), as
-    one frame per ``chunk_queries`` queries. Queries sharing a text are retrieved once (search logs repeat their
-    head queries)."""
-    judged = pd.MultiIndex.from_frame(exclude[["query_id", "item_id"]]) if exclude is not None else None
-    for start in range(0, len(queries), chunk_queries):
-        chunk = queries.iloc[start:start + chunk_queries]
-        retrieved: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        query_ids, item_ids, scores = [], [], []
-        for query_id, query in zip(chunk["query_id"], chunk["query"]):
-            if query not in retrieved:
-                retrieved[query] = index.top_k(query, top_k)
-            ids, best = retrieved[query]
-            query_ids.append(np.full(len(ids), query_id, dtype=object))
-            item_ids.append(ids)
-            scores.append(best.astype(float))
-            if on_query:
-                on_query()
-        candidates = pd.DataFrame({"query_id": np.concatenate(query_ids) if query_ids else [],
-                                   "item_id": np.concatenate(item_ids) if item_ids else [],
-                                   "bm25": np.concatenate(scores) if scores else []})
-        if judged is not None and len(candidates):
-            candidates = candidates[~pd.MultiIndex.from_frame(candidates[["query_id", "item_id"]]).isin(judged)]
-        yield candidates.reset_index(drop=True)
-
-
-def bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
-                    on_query=None) -> pd.DataFrame:
-    """:func:`iter_bm25_candidates` as one frame (for query sets that fit in memory)."""
-    parts = list(iter_bm25_candidates(index, queries, top_k, exclude, on_query))
-    return (pd.concat(parts, ignore_index=True) if parts
-            else pd.DataFrame({"query_id": [], "item_id": [], "bm25": []}))
-
-
-def iter_embedding_candidates(nearest: NearestItems, query_vectors, queries: pd.DataFrame, top_k: int,
-                              on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
-    """The ``top_k`` items nearest each query (query_id, query columns) by ``nearest``, one frame per
-    ``chunk_queries`` queries; ``query_vectors(texts)`` embeds a chunk's distinct texts (relevance.student.featurizer
-    PairFeaturizer.query_vectors). Judged and held-out pairs are left to the pool's filter."""
-    for start in range(0, len(queries), chunk_queries):
-        chunk = queries.iloc[start:start + chunk_queries]
-        texts = list(dict.fromkeys(chunk["query"].astype(str)))
-        ids, cosines = nearest.search(query_vectors(texts), top_k)
-        row_of = {text: row for row, text in enumerate(texts)}
-        rows = chunk["query"].astype(str).map(row_of).to_numpy()
-        found = pd.notna(ids[rows])  # a search may return fewer than top_k
-        candidates = pd.DataFrame({"query_id": np.repeat(chunk["query_id"].to_numpy(dtype=object), ids.shape[1]),
-                                   "item_id": ids[rows].ravel(), "cosine": cosines[rows].ravel()})
-        if on_query:
-            for _ in range(len(chunk)):
-                on_query()
-        yield candidates[found.ravel()].reset_index(drop=True)
 
 
 def _impression_chunks(dataset: Dataset, impressions_path: Path | None, rows: int) -> Iterator[pd.DataFrame]:
@@ -106,77 +59,115 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
                bucket_rows: int = 2_000_000, embeddings_dir: str | Path | None = None) -> Path:
     """Impressions plus the channels' candidates for every query without judgments, deduplicated against judged
     pairs and stripped of held-out queries, written to ``out`` (parquet, row groups of one label shard each).
-    ``embeddings_dir``: the embedding cache the embedding channel fills (the chain's workdir/embeddings, which
-    the student then reads; default: next to ``out``).
+    ``embeddings_dir``: the embedding cache the embedding and student channels fill (the chain's
+    workdir/embeddings, which the student then reads; default: next to ``out``).
 
     It streams: impressions are read in chunks (from ``dataset.impressions``, or from ``impressions_path`` when
-    the dataset was loaded without them) and BM25 runs over the queries in chunks. Each chunk is filtered and
-    spread over on-disk buckets by a hash of its query id; a bucket holds every pair of its queries, so removing
-    duplicates bucket by bucket removes them all, and memory is one bucket (~``bucket_rows`` pairs), not the pool.
+    the dataset was loaded without them) and the channels run over the queries in chunks. Each chunk is filtered
+    and spread over on-disk buckets by a hash of its query id; a bucket holds every pair of its queries, so
+    removing duplicates bucket by bucket removes them all, and memory is one bucket (~``bucket_rows`` pairs), not
+    the pool. One channel's index is in memory at a time: BM25's, then the ANN index, then the student's.
     """
     from relevance.common.runtime import progress_bar
 
     out = Path(out)
     impressions_path = Path(impressions_path) if impressions_path is not None else None
+    embeddings_dir = Path(embeddings_dir or out.parent / "embeddings")
     judged = dataset.judgments[["query_id", "item_id"]]
-    judged_index = pd.MultiIndex.from_frame(judged)
     held_out = set(dataset.queries["query_id"][held_out_query_mask(dataset.queries, dataset)])
     judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
     unjudged = _candidate_queries(config, dataset, judged, judge_holdout)
     impression_rows = _impression_rows(config, dataset, impressions_path)
-    per_query = config.candidates.top_k + config.candidates.embedding_top_k
+    candidates = config.candidates
+    per_query = candidates.top_k + candidates.embedding_top_k + candidates.student_top_k
     if not impression_rows and not (per_query > 0 and len(unjudged)):
         raise DataContractError("the unlabelled pool is empty: no impressions and no unjudged queries for the "
-                                "candidate channels (BM25, embedding)")
-    expected = impression_rows + per_query * len(unjudged)
-    buckets = max(1, math.ceil(expected / bucket_rows))
-    embedder = None
-    if config.candidates.embedding_top_k > 0 and len(unjudged):
-        # Before any channel runs: a bad index spec fails now, not after the impressions and BM25.
-        embedder = _pool_featurizer(config, dataset, Path(embeddings_dir or out.parent / "embeddings"))
-        make_index(embedder.cache.encoder.dimension,
-                   index_spec(config.candidates.ann_index, len(embedder.item_text)))
+                                "candidate channels (BM25, embedding, student)")
+    buckets = max(1, math.ceil((impression_rows + per_query * len(unjudged)) / bucket_rows))
+    # Before any channel runs, what can be refused is: a bad ANN index spec, a student_model that is not a
+    # student of this code.
+    embedder = _pool_featurizer(config, dataset, embeddings_dir) if candidates.embedding_top_k and len(unjudged) \
+        else None
+    if embedder is not None:
+        make_index(embedder.cache.encoder.dimension, index_spec(candidates.ann_index, len(embedder.item_text)))
+    student = load_channel_student(candidates.student_model) if candidates.student_top_k and len(unjudged) else None
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.buckets-") as scratch:
-        spilled = _Buckets(Path(scratch), buckets, dataset, held_out, judge_holdout, judged_index)
+        scratch = Path(scratch)
+        spilled = _Buckets(scratch, buckets, dataset, held_out, judge_holdout, pd.MultiIndex.from_frame(judged))
         with progress_bar() as bar:
             if impression_rows:
                 task = bar.add_task("pool: impressions", total=impression_rows)
                 for chunk in _impression_chunks(dataset, impressions_path, 1_000_000):
                     spilled.spill(chunk, "impression")
                     bar.update(task, advance=len(chunk))
-            if config.candidates.top_k > 0 and len(unjudged):
-                index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
-                task = bar.add_task(f"pool: BM25 top-{config.candidates.top_k}", total=len(unjudged))
-                for chunk in iter_bm25_candidates(index, unjudged, config.candidates.top_k, exclude=judged,
+            if candidates.top_k > 0 and len(unjudged):
+                index = BM25Index.for_items(dataset.items, config.text, candidates.k1, candidates.b)
+                task = bar.add_task(f"pool: BM25 top-{candidates.top_k}", total=len(unjudged))
+                for chunk in iter_bm25_candidates(index, unjudged, candidates.top_k, exclude=judged,
                                                   on_query=lambda: bar.update(task, advance=1)):
                     spilled.spill(chunk, "bm25")
-                del index  # the catalog's BM25 index and the ANN index are never in memory together
+                del index
             if embedder is not None:
-                items = embedder.item_text.index
-                task = bar.add_task("pool: item index", total=len(items))
-                nearest = NearestItems(items, embedder.item_vectors_for, embedder.cache.encoder.dimension,
-                                       config.candidates.ann_index, on_chunk=lambda n: bar.update(task, advance=n))
-                task = bar.add_task(f"pool: nearest top-{config.candidates.embedding_top_k} ({nearest.spec})",
-                                    total=len(unjudged))
-                for chunk in iter_embedding_candidates(nearest, embedder.query_vectors, unjudged,
-                                                       config.candidates.embedding_top_k,
-                                                       on_query=lambda: bar.update(task, advance=1)):
-                    spilled.spill(chunk, "embedding")
+                _embedding_channel(spilled, bar, embedder, unjudged, candidates,
+                                   scratch / "nearest" if student is not None else None)
+                del embedder
+            if student is not None:
+                _student_channel(spilled, bar, student, dataset, unjudged, candidates, embeddings_dir,
+                                 scratch / "nearest" if candidates.embedding_top_k else None)
         spilled.close()
-        if spilled.dropped_held_out:
-            log(f"pool: dropped {spilled.dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
-                "evaluation queries never reach the student through teacher labels")
-        if judge_holdout:
-            log(f"pool: kept out {len(judge_holdout)} judge-holdout queries ({spilled.dropped_judge} impression "
-                "pair(s) and their BM25 candidates), so judge-based evaluation ranks queries no student was distilled "
-                "on")
-        # The pool records the judge holdout it was built without: a reused pool is checked against the dataset.
-        schema = POOL_SCHEMA.with_metadata({JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())})
-        rows, queries, channels = _merge_buckets(Path(scratch), out, schema, config.labeling.shard_rows)
+        spilled.report()
+        # The pool records the judge holdout it was built without, and the student its student channel ranked
+        # with: a reused pool is checked against both.
+        metadata = {JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())}
+        if student is not None:
+            metadata[STUDENT_CHANNEL_KEY] = json.dumps({"student_version": student.manifest.get("student_version")})
+        rows, queries, channels = _merge_buckets(scratch, out, POOL_SCHEMA.with_metadata(metadata),
+                                                 config.labeling.shard_rows)
     by_channel = ", ".join(f"{channels.get(c, 0)} {c}" for c in CHANNELS)
     log(f"pool: {rows} unlabelled pairs over {queries} queries "
         f"({rows / max(len(dataset.split('train')), 1):.1f}× the train split; {by_channel}) → {out}")
     return out
+
+
+def _embedding_channel(spilled, bar, embedder, unjudged: pd.DataFrame, candidates, deeper: Path | None) -> None:
+    """The embedding channel's top-K into ``spilled``; with ``deeper`` (a folder), each chunk's nearest
+    ``student_depth`` items too, one file per chunk, for the student channel to rerank once this index is gone."""
+    items = embedder.item_text.index
+    task = bar.add_task("pool: item index", total=len(items))
+    nearest = NearestItems(items, embedder.item_vectors_for, embedder.cache.encoder.dimension,
+                           candidates.ann_index, on_chunk=lambda n: bar.update(task, advance=n))
+    depth = max(candidates.embedding_top_k, candidates.student_depth if deeper is not None else 0)
+    task = bar.add_task(f"pool: nearest top-{candidates.embedding_top_k} ({nearest.spec})", total=len(unjudged))
+    if deeper is not None:
+        deeper.mkdir()
+    for number, chunk in enumerate(iter_embedding_candidates(nearest, embedder.query_vectors, unjudged, depth,
+                                                             on_query=lambda: bar.update(task, advance=1))):
+        spilled.spill(chunk.groupby("query_id", sort=False).head(candidates.embedding_top_k), "embedding")
+        if deeper is not None:
+            chunk[["query_id", "item_id"]].to_parquet(deeper / f"chunk-{number:06d}.parquet", index=False)
+
+
+def _student_channel(spilled, bar, student, dataset: Dataset, unjudged: pd.DataFrame, candidates,
+                     embeddings_dir: Path, deeper: Path | None) -> None:
+    """The student channel's top-K into ``spilled``: the student's own featurizer (with its BM25 index) is built
+    now, after the other channels' indexes are gone."""
+    from relevance.student.featurizer import model_featurizer
+
+    featurizer, same_catalog = model_featurizer(dataset.items, student.manifest, embeddings_dir)
+    if not same_catalog:
+        log("pool: the student channel's student was trained on another catalog; it ranks this one with this "
+            "catalog's BM25 statistics")
+
+    def nearest_lists(number: int) -> pd.DataFrame | None:
+        path = deeper / f"chunk-{number:06d}.parquet" if deeper is not None else None
+        return pd.read_parquet(path) if path is not None and path.exists() else None
+
+    task = bar.add_task(f"pool: student top-{candidates.student_top_k} of {candidates.student_depth}",
+                        total=len(unjudged))
+    for chunk in iter_student_candidates(student, featurizer, unjudged, candidates.student_depth,
+                                         candidates.student_top_k, nearest_lists,
+                                         on_query=lambda: bar.update(task, advance=1)):
+        spilled.spill(chunk, "student")
 
 
 def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
@@ -186,6 +177,23 @@ def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 
     return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir, with_bm25=False)
+
+
+def check_pool_student(path: str | Path, config: RunConfig) -> None:
+    """Refuse a pool whose student channel ranked with another student than ``candidates.student_model`` now
+    holds (a new champion saved over the old one): its labels would train on another student's mistakes. A
+    pool without the channel, or a student directory that is gone, passes."""
+    if not config.candidates.student_top_k or not (Path(config.candidates.student_model) / "manifest.json").exists():
+        return
+    from relevance.common.files import read_manifest
+
+    raw = (pq.read_schema(path).metadata or {}).get(STUDENT_CHANNEL_KEY.encode())
+    built_with = json.loads(raw)["student_version"] if raw else None
+    now = read_manifest(config.candidates.student_model).get("student_version")
+    if built_with != now:
+        raise DataContractError(f"{path}: its student channel ranked with {built_with}, and "
+                                f"{config.candidates.student_model} now holds {now}; delete the pool (and the labels "
+                                "and students made from it) to rebuild it with the new student")
 
 
 def pool_channels(path: str | Path) -> dict[str, int]:
@@ -203,7 +211,7 @@ def pool_channels(path: str | Path) -> dict[str, int]:
 
 
 def _candidate_queries(config: RunConfig, dataset: Dataset, judged: pd.DataFrame, judge_holdout: set) -> pd.DataFrame:
-    """The queries the channels (BM25, embedding) find candidates for: the unjudged ones outside the judge
+    """The queries the channels (BM25, embedding, student) find candidates for: the unjudged ones outside the judge
     holdout (and the train queries when the config says so). Held-out queries among them lose their candidates to
     the filter in _Buckets."""
     candidate_queries = ~dataset.queries["query_id"].isin(judged["query_id"]) & \
@@ -262,6 +270,15 @@ class _Buckets:
         for writer in self.writers.values():
             writer.close()
 
+    def report(self) -> None:
+        if self.dropped_held_out:
+            log(f"pool: dropped {self.dropped_held_out} pair(s) of valid/test queries (same id or same text), so "
+                "evaluation queries never reach the student through teacher labels")
+        if self.judge_holdout:
+            log(f"pool: kept out {len(self.judge_holdout)} judge-holdout queries ({self.dropped_judge} impression "
+                "pair(s) and their candidates), so judge-based evaluation ranks queries no student was distilled "
+                "on")
+
 
 def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int) -> tuple[int, int, dict]:
     """The buckets, each de-duplicated, written to ``out`` in row groups of ``shard_rows``; (pairs, queries,
@@ -286,9 +303,10 @@ def _merge_buckets(scratch: Path, out: Path, schema: pa.Schema, shard_rows: int)
 
 
 # The channels, in the order they are spilled (and so the one a pair found by several is recorded under).
-CHANNELS = ("impression", "bm25", "embedding")
+CHANNELS = ("impression", "bm25", "embedding", "student")
 POOL_SCHEMA = pa.schema([("query_id", pa.string()), ("item_id", pa.string()), ("channel", pa.string())])
 JUDGE_HOLDOUT_KEY = "relevance.judge_holdout"
+STUDENT_CHANNEL_KEY = "relevance.student_channel"
 
 
 def pool_judge_holdout(path: str | Path) -> dict | None:

@@ -37,6 +37,7 @@ class ExportResult:
     max_abs_diff: float
     inputs: list[str]
     outputs: list[str]
+    fused: bool = False  # rewritten with ONNX Runtime's transformer fusions (fuse_transformer)
 
 
 class ExportParityError(RuntimeError):
@@ -162,31 +163,40 @@ def export_query_encoder(encoder_name: str, max_length: int, out_path: str | Pat
                           output_names=["embedding"], opset_version=17,
                           dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
                                         "embedding": {0: "batch"}})
-    fuse_transformer(out_path, backbone.config)
+    if reference.tokenizer.padding_side != "right":
+        raise ValueError(f"{encoder_name}: its tokenizer pads on the {reference.tokenizer.padding_side}; the "
+                         "exported query encoder (fused attention) expects right padding")
+    fused = fuse_transformer(out_path, backbone.config)
     expected = reference.encode(queries)
     diff = check_parity(out_path, {n: batch[n].numpy() for n in names}, expected, tolerance)
-    return ExportResult(out_path, diff, names, ["embedding"])
+    return ExportResult(out_path, diff, names, ["embedding"], fused)
 
 
 def fuse_transformer(path: str | Path, config) -> bool:
     """Rewrite a BERT-family encoder's ONNX graph in place with ONNX Runtime's transformer fusions (attention,
-    embedding + layer norm, skip layer norm, bias GELU: contrib ops every ONNX Runtime build has). A cache miss
-    runs the query encoder inside the request, and on one core the fused MiniLM-L6 answers about 10% sooner
-    (benchmarks/results/serving.md). Other architectures are left as exported. Returns whether it fused."""
+    embedding + layer norm, skip layer norm, bias GELU). A cache miss runs the query encoder inside the request,
+    and on one core the fused MiniLM-L6 answers about 10% sooner (benchmarks/results/serving.md). Other
+    architectures are left as exported. Returns whether it fused.
+
+    The fused graph holds ONNX Runtime contrib ops (com.microsoft domain): it runs on ONNX Runtime (the server
+    and Triton's onnxruntime backend), not on other ONNX engines. Its attention takes the mask's row sums as
+    lengths, so it assumes right padding, which is what the bi-encoder's tokenizer does (relevance.student.encoder)
+    and what serving's QueryEncoder asks for."""
     import logging
 
     from onnxruntime.transformers.optimizer import optimize_model
 
     if getattr(config, "model_type", None) != "bert":
         return False
-    quiet = logging.getLogger("onnxruntime.transformers")  # it logs each fusion it tries at INFO/WARNING
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # Its modules log each fusion they try under their own top-level names (fusion_attention, onnx_model, …):
+    # silence everything below ERROR for the call, then restore whatever was disabled before.
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         model = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                                hidden_size=config.hidden_size)
     finally:
-        quiet.setLevel(level)
+        logging.disable(disabled)
     model.save_model_to_file(str(path))
     return True
 
@@ -321,9 +331,11 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
             "catalog_items": int(len(item_text)), "int8": int8, "student_inputs": list(STUDENT_INPUTS),
             "feature_project": feature_project,
             "max_abs_diff": {result.path.stem: result.max_abs_diff for result in results},
+            # The encoder graph's form: "fused" holds ONNX Runtime contrib ops (fuse_transformer).
+            "query_encoder_graph": "fused" if results[1].fused else "plain",
         }
         if "judge_holdout" in manifest:  # a student made before the record existed has none, and its bundle neither
             bundle["judge_holdout"] = manifest["judge_holdout"]
         (tmp / "bundle.json").write_text(json.dumps(bundle, indent=2))
     out_dir = Path(out_dir)
-    return [ExportResult(out_dir / r.path.name, r.max_abs_diff, r.inputs, r.outputs) for r in results]
+    return [ExportResult(out_dir / r.path.name, r.max_abs_diff, r.inputs, r.outputs, r.fused) for r in results]

@@ -151,7 +151,7 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
     out[8] = np.divide(shared, union, out=np.zeros(n), where=union > 0)
     out[9] = log_terms
     out[10] = log_words
-    features = out.T.astype(np.float32)
+    features = np.ascontiguousarray(out.T, dtype=np.float32)
     if len(rows_of) > 1:
         features[order] = features.copy()
     return features
@@ -247,6 +247,14 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
     bm25 = (BM25Index(item_text.index.to_numpy(), item_text.tolist(), settings["bm25"]["k1"], settings["bm25"]["b"])
             if with_bm25 else None)
     return PairFeaturizer(item_text, titles, EmbeddingCache(cache_dir, encoder), bm25, vectors)
+
+
+def model_featurizer(items: pd.DataFrame, manifest: dict, cache_dir) -> tuple["PairFeaturizer", bool]:
+    """A saved model's featurizer (a student's or a GBDT's), rebuilt from what its manifest recorded, and
+    whether ``items`` is the catalog it was trained on (another one shifts BM25's IDF and average length, and
+    with them the BM25 features: the caller says so its own way)."""
+    featurizer = build_featurizer(items, manifest, cache_dir)
+    return featurizer, manifest.get("catalog_hash") in (None, featurizer.catalog_hash)
 
 
 class PairFeaturizer:

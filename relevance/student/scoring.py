@@ -109,6 +109,7 @@ class QueryEncoder:
 
         directory = Path(directory)
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
+        self.tokenizer.padding_side = "right"  # what the exported (fused) encoder's attention assumes
         self.session = onnx_session(directory / model_file, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.max_length = max_length
@@ -170,11 +171,13 @@ class ItemCache:
     request's vectors are one gather. Eviction is CLOCK, an LRU approximation (a slot read since the hand last
     passed it is spared once); W-TinyLFU's frequency sketch pays off for the Zipf head of queries, whereas a
     catalog's candidates are whatever retrieval sends. Unknown ids are cached too (``None`` rows): a burst of
-    them must not hammer the store."""
+    them must not hammer the store. Not thread-safe: the server calls it from its event loop only."""
 
     def __init__(self, capacity: int, dimension: int, ttl_seconds: float, clock=time.monotonic):
         if capacity < 1:
             raise ValueError(f"an item cache holds at least one item, got capacity {capacity}")
+        if not ttl_seconds > 0:
+            raise ValueError(f"an item cache keeps items a positive time, got ttl_seconds {ttl_seconds}")
         self.capacity, self.dimension, self.ttl, self.clock = capacity, dimension, float(ttl_seconds), clock
         self.slot_of: dict[str, int] = {}
         self.ids: list[str | None] = [None] * capacity

@@ -7,7 +7,8 @@ import pytest
 
 from relevance.config import build_config
 from relevance.data.schema import DataContractError, Dataset, DatasetInfo
-from relevance.labels.pool import CHANNELS, bm25_candidates, build_pool, pool_channels
+from relevance.labels.channels import bm25_candidates
+from relevance.labels.pool import CHANNELS, build_pool, pool_channels
 
 
 def test_candidates_exclude_judged_pairs(index):
@@ -95,7 +96,8 @@ def test_the_embedding_channel_adds_nearest_items_under_every_guard(tmp_path, ti
     before = pd.read_parquet(build_pool(bm25_only, dataset, tmp_path / "bm25.parquet", impressions))
     after = pd.read_parquet(build_pool(both, dataset, tmp_path / "both.parquet", impressions,
                                        embeddings_dir=tmp_path / "embeddings"))
-    assert set(after["channel"]) == set(CHANNELS) and not after.duplicated(["query_id", "item_id"]).any()
+    assert set(after["channel"]) == set(CHANNELS) - {"student"}
+    assert not after.duplicated(["query_id", "item_id"]).any()
     keyed = after.set_index(["query_id", "item_id"])["channel"]
     # Every pair the BM25-only pool had keeps its channel; the new ones are the embedding channel's.
     assert (keyed.reindex(pd.MultiIndex.from_frame(before[["query_id", "item_id"]])).to_numpy()
@@ -121,3 +123,121 @@ def test_a_bad_index_spec_fails_before_any_channel_runs(tmp_path, tiny_bert):
     with pytest.raises(ValueError, match="'NoSuchIndex' is not a faiss index-factory string"):
         build_pool(config, dataset, tmp_path / "pool.parquet", impressions, embeddings_dir=tmp_path / "e")
     assert not (tmp_path / "pool.parquet").exists() and not list(tmp_path.glob(".pool.parquet*"))
+
+
+def _champion(tmp_path, config, dataset, hidden=(8,)):
+    """A student over the config's features with random weights, saved as training saves one."""
+    import torch
+
+    from relevance.config import StudentConfig
+    from relevance.student.featurizer import LEXICAL_FEATURES, build_featurizer, featurizer_settings, model_manifest
+    from relevance.student.model import Student, StudentMLP
+
+    featurizer = build_featurizer(dataset.items, featurizer_settings(config), tmp_path / "embeddings")
+    features = 4 * featurizer.cache.encoder.dimension + len(LEXICAL_FEATURES)
+    torch.manual_seed(0)
+    model = StudentMLP(features, dataset.num_grades, list(hidden), 0.0).eval()
+    manifest = {"kind": "student", **model_manifest(config, dataset, featurizer, features),
+                "config": StudentConfig(hidden=list(hidden)).model_dump()}
+    return Student(model, manifest).save(tmp_path / "champion"), featurizer
+
+
+def test_the_student_channel_adds_what_the_current_student_ranks_first(tmp_path, tiny_bert):
+    """Each unjudged query gets the student's top-k of its BM25 top-depth (scored independently here), under
+    every guard (an unjudged query with a valid query's text gets nothing), after the channels before it; the
+    pool records the student, and refuses to be reused once another student is in its directory."""
+    from relevance.labels.pool import STUDENT_CHANNEL_KEY, check_pool_student
+    from relevance.models.metrics import expected_grade
+    from relevance.student.model import Student
+
+    dataset, impressions = _shop(tmp_path)
+    # q8: unjudged, but its text is valid query q1's ("table"): the held-out guard drops it by text.
+    dataset.queries = pd.concat([dataset.queries, pd.DataFrame({"query_id": ["q8"], "query": ["Table "]})],
+                                ignore_index=True)
+    settings = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    champion, featurizer = _champion(tmp_path, build_config("quick", settings), dataset)
+    config = build_config("quick", {**settings, "candidates": {
+        "top_k": 1, "student_top_k": 2, "student_depth": 5, "student_model": str(champion)}})
+    pool = pd.read_parquet(build_pool(config, dataset, tmp_path / "pool.parquet", impressions,
+                                      embeddings_dir=tmp_path / "embeddings"))
+    assert not pool.duplicated(["query_id", "item_id"]).any()
+    assert set(pool["channel"]) == {"impression", "bm25", "student"}
+    student = Student.load(champion)
+    judge_holdout = set(dataset.judge_holdout_queries()["query_id"])
+    unjudged = set(dataset.queries["query_id"]) - set(dataset.judgments["query_id"]) - judge_holdout - {"q8"}
+    text = dataset.queries.set_index("query_id")["query"]
+    earlier = pool[pool["channel"] != "student"]
+    expected = set()
+    for query_id in sorted(unjudged):
+        retrieved = list(featurizer.bm25.top_k(text[query_id], 5)[0])
+        scores = expected_grade(student.predict_proba(featurizer.transform([text[query_id]] * len(retrieved),
+                                                                           retrieved)))
+        best = [retrieved[i] for i in sorted(range(len(retrieved)), key=lambda i: -scores[i])[:2]]
+        expected |= {(query_id, item) for item in best}
+    expected -= set(zip(earlier["query_id"], earlier["item_id"]))
+    expected -= set(zip(dataset.judgments["query_id"], dataset.judgments["item_id"]))
+    found = pool[pool["channel"] == "student"]
+    assert set(zip(found["query_id"], found["item_id"])) == expected and expected
+    assert "q8" not in set(pool["query_id"])
+    assert pool_channels(tmp_path / "pool.parquet")["student"] == len(found)
+    import pyarrow.parquet as pq
+
+    recorded = pq.read_schema(tmp_path / "pool.parquet").metadata[STUDENT_CHANNEL_KEY.encode()]
+    assert student.manifest["student_version"] in recorded.decode()
+    check_pool_student(tmp_path / "pool.parquet", config)  # the same student: reusable
+    _champion(tmp_path, build_config("quick", settings), dataset, hidden=(4,))  # a new champion, same directory
+    with pytest.raises(DataContractError, match="delete the pool"):
+        check_pool_student(tmp_path / "pool.parquet", config)
+
+
+def test_the_student_channel_reranks_the_nearest_items_too(tmp_path, tiny_bert):
+    """With the embedding channel on, the student also ranks each query's nearest student_depth items (deeper
+    than the embedding channel's own top-k), found before the ANN index is dropped."""
+    dataset, impressions = _shop(tmp_path)
+    settings = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    champion, _ = _champion(tmp_path, build_config("quick", settings), dataset)
+    base = {"top_k": 0, "include_impressions": False, "embedding_top_k": 1, "student_depth": 12}
+    nearest_only = build_config("quick", {**settings, "candidates": {**base, "embedding_top_k": 12}})
+    config = build_config("quick", {**settings, "candidates": {
+        **base, "student_top_k": 12, "student_model": str(champion)}})
+    everything = pd.read_parquet(build_pool(nearest_only, dataset, tmp_path / "all.parquet", impressions,
+                                            embeddings_dir=tmp_path / "embeddings"))
+    pool = pd.read_parquet(build_pool(config, dataset, tmp_path / "pool.parquet", impressions,
+                                      embeddings_dir=tmp_path / "embeddings"))
+    # The student's top-12 of everything its lists hold = every allowed pair; the embedding channel kept 1 each.
+    assert set(zip(pool["query_id"], pool["item_id"])) == set(zip(everything["query_id"], everything["item_id"]))
+    assert (pool[pool["channel"] == "embedding"].groupby("query_id").size() == 1).all()
+    assert not pool.duplicated(["query_id", "item_id"]).any()
+
+
+def test_the_student_channel_refuses_what_is_not_a_trained_student(tmp_path, tiny_bert, monkeypatch):
+    """Refused before any channel runs: a missing directory, another kind of model, a student of other
+    features."""
+    import json
+
+    dataset, impressions = _shop(tmp_path)
+    base = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    with pytest.raises(ValueError, match="student_top_k needs candidates.student_model"):
+        build_config("quick", {**base, "candidates": {"student_top_k": 3}})
+    with pytest.raises(ValueError, match=r"student_top_k \(9\) must not exceed student_depth \(4\)"):
+        build_config("quick", {**base, "candidates": {"student_top_k": 9, "student_depth": 4,
+                                                      "student_model": "x"}})
+    champion, _ = _champion(tmp_path, build_config("quick", base), dataset)
+    gbdt, old = tmp_path / "gbdt", tmp_path / "old-student"
+    for directory, manifest in ((gbdt, {"kind": "gbdt"}),
+                                (old, {**json.loads((champion / "manifest.json").read_text()), "feature_version": 1})):
+        directory.mkdir()
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+    from relevance.labels import pool as pool_module
+
+    def channel_ran(*args, **kwargs):
+        raise AssertionError("a channel ran before the student was checked")
+
+    monkeypatch.setattr(pool_module, "_impression_chunks", channel_ran)
+    monkeypatch.setattr(pool_module.BM25Index, "for_items", channel_ran)
+    for model, message in ((tmp_path / "missing", "is not a directory"), (gbdt, "expected a student model"),
+                           (old, "feature version 1")):
+        config = build_config("quick", {**base, "candidates": {"student_top_k": 2, "student_model": str(model)}})
+        with pytest.raises((FileNotFoundError, ValueError), match=message):
+            build_pool(config, dataset, tmp_path / "pool.parquet", impressions, embeddings_dir=tmp_path / "e")
+        assert not (tmp_path / "pool.parquet").exists()

@@ -106,4 +106,4 @@ def test_query_encoder_export_fuses_a_bert_encoder(tiny_bert, tmp_path):
     result = export_query_encoder(str(tiny_bert), 16, tmp_path / "encoder.onnx")
     ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
     assert {"Attention", "SkipLayerNormalization"} <= ops, ops  # fused, and still within the parity tolerance
-    assert result.max_abs_diff < 1e-4
+    assert result.fused and result.max_abs_diff < 1e-4

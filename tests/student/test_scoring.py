@@ -109,3 +109,8 @@ def test_student_inputs_send_the_query_once_or_once_per_candidate():
     both = batch_inputs([prepared(3, 1.0), prepared(2, 2.0)])
     assert {k: v.shape for k, v in both.items()} == {"query": (5, 2), "item": (5, 2), "lexical": (5, 11)}
     assert both["query"][:, 0].tolist() == [1, 1, 1, 2, 2]
+
+
+def test_item_cache_refuses_a_lifetime_that_is_not_positive():
+    with pytest.raises(ValueError, match="positive time"):
+        ItemCache(4, 2, ttl_seconds=0)
