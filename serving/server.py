@@ -373,6 +373,8 @@ def run_server(models: list, config: ServingConfig, args: argparse.Namespace, gi
 
     from relevance.serving.guards import HttpGuard, invalid_request_body, item_source_unavailable
 
+    if "access_log_format" in (given or set()):  # KServe's middleware for it needs asgi-logger: not installed
+        raise ValueError("--access_log_format: use serving.access_log (uvicorn's access line) instead")
     if args.workers != 1:
         raise ValueError(f"--workers {args.workers}: the server runs one worker (the query and item caches live in "
                          "the process); scale with replicas instead, and leave containerConcurrency unset")
@@ -385,7 +387,7 @@ def run_server(models: list, config: ServingConfig, args: argparse.Namespace, gi
         model.load()
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1,
                                 enable_docs_url=args.enable_docs_url, timeout_keep_alive=args.timeout_keep_alive,
-                                enable_latency_logging=latency_logging, access_log_format=args.access_log_format,
+                                enable_latency_logging=latency_logging, access_log_format=None,
                                 event_loop=args.event_loop, ssl_certfile=args.ssl_certfile,
                                 ssl_keyfile=args.ssl_keyfile)
     if not latency_logging:  # after ModelServer, which configures KServe's loggers

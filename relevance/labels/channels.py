@@ -16,6 +16,10 @@ import pandas as pd
 from relevance.models.ann import NearestItems
 from relevance.models.bm25 import BM25Index
 
+# Queries per chunk of the embedding and student channels: the student channel reads the n-th chunk's nearest lists
+# that the embedding channel saved, so both must cut the queries alike.
+CHUNK_QUERIES = 10_000
+
 
 def iter_bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude: pd.DataFrame | None = None,
                          on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
@@ -53,7 +57,7 @@ def bm25_candidates(index: BM25Index, queries: pd.DataFrame, top_k: int, exclude
 
 
 def iter_embedding_candidates(nearest: NearestItems, query_vectors, queries: pd.DataFrame, top_k: int,
-                              on_query=None, chunk_queries: int = 10_000) -> Iterator[pd.DataFrame]:
+                              on_query=None, chunk_queries: int = CHUNK_QUERIES) -> Iterator[pd.DataFrame]:
     """The ``top_k`` items nearest each query (query_id, query columns) by ``nearest``, one frame per
     ``chunk_queries`` queries; ``query_vectors(texts)`` embeds a chunk's distinct texts (relevance.student.featurizer
     PairFeaturizer.query_vectors). Judged and held-out pairs are left to the pool's filter."""
@@ -73,21 +77,28 @@ def iter_embedding_candidates(nearest: NearestItems, query_vectors, queries: pd.
 
 
 def iter_student_candidates(student, featurizer, queries: pd.DataFrame, depth: int, top_k: int,
-                            nearest_lists=None, on_query=None, chunk_queries: int = 10_000,
-                            chunk_pairs: int = 20_000) -> Iterator[pd.DataFrame]:
+                            nearest_lists=None, exclude: pd.DataFrame | None = None, on_query=None,
+                            chunk_queries: int = CHUNK_QUERIES, chunk_pairs: int = 20_000) -> Iterator[pd.DataFrame]:
     """The ``top_k`` items ``student`` (relevance.student.model.Student) ranks first for each query (query_id,
     query columns) among its BM25 top-``depth`` (``featurizer.bm25``: the student's own featurizer, rebuilt from
     its manifest) and, with ``nearest_lists(n)``, the items the embedding channel found nearest the queries of
-    the n-th chunk of ``chunk_queries`` (a frame of query_id, item_id; None when it has none). Ranked by
-    expected grade, ties in retrieval order; judged and held-out pairs are left to the pool's filter.
+    the n-th chunk of ``chunk_queries`` (a frame of query_id, item_id). Ranked by expected grade, ties in
+    retrieval order. Pairs in ``exclude`` (the judged ones) are skipped before the top-k is taken: a student
+    ranks what it was trained on first, and a train query's channel would otherwise come out empty after the
+    pool's filter; held-out queries are left to that filter.
 
     A chunk's distinct query texts are embedded together (one embedding-cache part per chunk, not per scoring
     batch); its pairs are then scored ``chunk_pairs`` at a time (their feature rows are the memory)."""
     from relevance.models.metrics import expected_grade
 
+    judged = (exclude.groupby("query_id")["item_id"].agg(frozenset) if exclude is not None and len(exclude)
+              else pd.Series(dtype=object))
     for number, start in enumerate(range(0, len(queries), chunk_queries)):
         chunk = queries.iloc[start:start + chunk_queries].astype({"query": str})
         texts = list(dict.fromkeys(chunk["query"]))
+        # A text's best top_k + (its queries' most judged pairs) hold each of its queries' top_k unjudged ones.
+        counts = judged.reindex(chunk["query_id"]).dropna().map(len) if len(judged) else pd.Series(dtype=int)
+        spare = int(counts.max()) if len(counts) else 0
         featurizer.query_vectors(texts)  # cached now: the scoring batches below look them up
         lists = {text: list(featurizer.bm25.top_k(text, depth)[0]) for text in texts}
         nearest = nearest_lists(number) if nearest_lists is not None else None
@@ -103,9 +114,15 @@ def iter_student_candidates(student, featurizer, queries: pd.DataFrame, depth: i
             ranked = pd.DataFrame({"query": batch_texts, "item_id": batch_items, "score": scores})
             # A query's pairs are all in one batch: its best are final here.
             best.append(ranked.sort_values("score", ascending=False, kind="stable")
-                        .groupby("query", sort=False).head(top_k)[["query", "item_id"]])
+                        .groupby("query", sort=False).head(top_k + spare)[["query", "item_id"]])
         top = pd.concat(best, ignore_index=True) if best else pd.DataFrame({"query": [], "item_id": []})
-        found = chunk[["query_id", "query"]].merge(top, on="query")
+        found = chunk[["query_id", "query"]].merge(top, on="query")  # keeps each text's rank order
+        if spare:
+            seen = judged.reindex(found["query_id"]).to_numpy()
+            keep = [not (isinstance(items, frozenset) and item in items)
+                    for items, item in zip(seen, found["item_id"])]
+            found = found[keep]
+        found = found.groupby("query_id", sort=False).head(top_k)
         if on_query:
             for _ in range(len(chunk)):
                 on_query()

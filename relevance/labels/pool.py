@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relevance.labels.channels import (
+    CHUNK_QUERIES,
     iter_bm25_candidates,
     iter_embedding_candidates,
     iter_student_candidates,
@@ -119,8 +120,9 @@ def build_pool(config: RunConfig, dataset: Dataset, out: str | Path, impressions
         # The pool records the judge holdout it was built without, and the student its student channel ranked
         # with: a reused pool is checked against both.
         metadata = {JUDGE_HOLDOUT_KEY: json.dumps(dataset.judge_holdout_fingerprint())}
-        if student is not None:
-            metadata[STUDENT_CHANNEL_KEY] = json.dumps({"student_version": student.manifest.get("student_version")})
+        if candidates.student_top_k:  # None: the channel had no query to rank for
+            metadata[STUDENT_CHANNEL_KEY] = json.dumps(
+                {"student_version": student.manifest.get("student_version") if student is not None else None})
         rows, queries, channels = _merge_buckets(scratch, out, POOL_SCHEMA.with_metadata(metadata),
                                                  config.labeling.shard_rows)
     by_channel = ", ".join(f"{channels.get(c, 0)} {c}" for c in CHANNELS)
@@ -136,15 +138,18 @@ def _embedding_channel(spilled, bar, embedder, unjudged: pd.DataFrame, candidate
     task = bar.add_task("pool: item index", total=len(items))
     nearest = NearestItems(items, embedder.item_vectors_for, embedder.cache.encoder.dimension,
                            candidates.ann_index, on_chunk=lambda n: bar.update(task, advance=n))
-    depth = max(candidates.embedding_top_k, candidates.student_depth if deeper is not None else 0)
+    depth = max(candidates.embedding_top_k, candidates.student_depth if deeper is not None else 0)  # one search
     task = bar.add_task(f"pool: nearest top-{candidates.embedding_top_k} ({nearest.spec})", total=len(unjudged))
     if deeper is not None:
         deeper.mkdir()
     for number, chunk in enumerate(iter_embedding_candidates(nearest, embedder.query_vectors, unjudged, depth,
-                                                             on_query=lambda: bar.update(task, advance=1))):
-        spilled.spill(chunk.groupby("query_id", sort=False).head(candidates.embedding_top_k), "embedding")
-        if deeper is not None:
-            chunk[["query_id", "item_id"]].to_parquet(deeper / f"chunk-{number:06d}.parquet", index=False)
+                                                             on_query=lambda: bar.update(task, advance=1),
+                                                             chunk_queries=CHUNK_QUERIES)):
+        per_query = chunk.groupby("query_id", sort=False)
+        spilled.spill(per_query.head(candidates.embedding_top_k), "embedding")
+        if deeper is not None:  # every chunk has its file, empty or not: the student channel reads each
+            per_query.head(candidates.student_depth)[["query_id", "item_id"]].to_parquet(
+                deeper / f"chunk-{number:06d}.parquet", index=False)
 
 
 def _student_channel(spilled, bar, student, dataset: Dataset, unjudged: pd.DataFrame, candidates,
@@ -159,14 +164,13 @@ def _student_channel(spilled, bar, student, dataset: Dataset, unjudged: pd.DataF
             "catalog's BM25 statistics")
 
     def nearest_lists(number: int) -> pd.DataFrame | None:
-        path = deeper / f"chunk-{number:06d}.parquet" if deeper is not None else None
-        return pd.read_parquet(path) if path is not None and path.exists() else None
+        return pd.read_parquet(deeper / f"chunk-{number:06d}.parquet") if deeper is not None else None
 
     task = bar.add_task(f"pool: student top-{candidates.student_top_k} of {candidates.student_depth}",
                         total=len(unjudged))
     for chunk in iter_student_candidates(student, featurizer, unjudged, candidates.student_depth,
-                                         candidates.student_top_k, nearest_lists,
-                                         on_query=lambda: bar.update(task, advance=1)):
+                                         candidates.student_top_k, nearest_lists, exclude=dataset.judgments,
+                                         on_query=lambda: bar.update(task, advance=1), chunk_queries=CHUNK_QUERIES):
         spilled.spill(chunk, "student")
 
 
@@ -190,6 +194,8 @@ def check_pool_student(path: str | Path, config: RunConfig) -> None:
     raw = (pq.read_schema(path).metadata or {}).get(STUDENT_CHANNEL_KEY.encode())
     built_with = json.loads(raw)["student_version"] if raw else None
     now = read_manifest(config.candidates.student_model).get("student_version")
+    if raw and built_with is None:  # the channel had no query to rank for: no student's choice to go stale
+        return
     if built_with != now:
         raise DataContractError(f"{path}: its student channel ranked with {built_with}, and "
                                 f"{config.candidates.student_model} now holds {now}; delete the pool (and the labels "

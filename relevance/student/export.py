@@ -147,6 +147,9 @@ def export_query_encoder(encoder_name: str, max_length: int, out_path: str | Pat
     from transformers import AutoModel
 
     reference = BiEncoder(encoder_name, max_length, precision="fp32")
+    if reference.tokenizer.padding_side != "right":
+        raise ValueError(f"{encoder_name}: its tokenizer pads on the {reference.tokenizer.padding_side}; the "
+                         "exported query encoder (fused attention) expects right padding")
     backbone = AutoModel.from_pretrained(reference.path, attn_implementation="eager").eval()
     module = _QueryEncoder(backbone).eval()
     queries = sample_queries or ["cordless drill", "red leather sofa for the living room", "2x4 lumber 8 ft",
@@ -163,9 +166,6 @@ def export_query_encoder(encoder_name: str, max_length: int, out_path: str | Pat
                           output_names=["embedding"], opset_version=17,
                           dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
                                         "embedding": {0: "batch"}})
-    if reference.tokenizer.padding_side != "right":
-        raise ValueError(f"{encoder_name}: its tokenizer pads on the {reference.tokenizer.padding_side}; the "
-                         "exported query encoder (fused attention) expects right padding")
     fused = fuse_transformer(out_path, backbone.config)
     expected = reference.encode(queries)
     diff = check_parity(out_path, {n: batch[n].numpy() for n in names}, expected, tolerance)

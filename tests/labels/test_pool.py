@@ -241,3 +241,43 @@ def test_the_student_channel_refuses_what_is_not_a_trained_student(tmp_path, tin
         with pytest.raises((FileNotFoundError, ValueError), match=message):
             build_pool(config, dataset, tmp_path / "pool.parquet", impressions, embeddings_dir=tmp_path / "e")
         assert not (tmp_path / "pool.parquet").exists()
+
+
+def test_the_student_channel_skips_judged_pairs_before_its_top_k(tmp_path, tiny_bert, monkeypatch):
+    """On a train query (include_train_queries) the student's top-k are its best *unjudged* items, not judged
+    ones the pool's filter would then drop; chunks of 2 queries give what one chunk gives (the embedding
+    channel's saved lists line up with the student channel's chunks)."""
+    from relevance.labels import pool as pool_module
+
+    dataset, impressions = _shop(tmp_path)
+    settings = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    champion, _ = _champion(tmp_path, build_config("quick", settings), dataset)
+    config = build_config("quick", {**settings, "candidates": {
+        "top_k": 0, "include_impressions": False, "include_train_queries": True, "embedding_top_k": 1,
+        "student_top_k": 11, "student_depth": 12, "student_model": str(champion)}})
+    whole = pd.read_parquet(build_pool(config, dataset, tmp_path / "whole.parquet", impressions,
+                                       embeddings_dir=tmp_path / "embeddings"))
+    # q0 (train, judged on i0): 12 items, 1 judged; its 11 unjudged ones all make the student's top-11.
+    assert len(whole[whole["query_id"] == "q0"]) == 11 and "i0" not in set(whole.loc[whole["query_id"] == "q0",
+                                                                                          "item_id"])
+    monkeypatch.setattr(pool_module, "CHUNK_QUERIES", 2)
+    chunked = pd.read_parquet(build_pool(config, dataset, tmp_path / "chunked.parquet", impressions,
+                                         embeddings_dir=tmp_path / "embeddings"))
+    key = ["query_id", "item_id", "channel"]
+    assert chunked.sort_values(key).reset_index(drop=True).equals(whole.sort_values(key).reset_index(drop=True))
+
+
+def test_a_pool_whose_student_channel_had_no_query_stays_reusable(tmp_path, tiny_bert):
+    from relevance.labels.pool import check_pool_student
+
+    dataset, impressions = _shop(tmp_path)
+    settings = {"workdir": str(tmp_path / "w"), "student": {"encoder": str(tiny_bert)}}
+    champion, _ = _champion(tmp_path, build_config("quick", settings), dataset)
+    everyone_judged = dataset.queries[dataset.queries["query_id"].isin(dataset.judgments["query_id"])]
+    dataset.queries = everyone_judged.reset_index(drop=True)
+    logged = tmp_path / "logged.parquet"  # impressions of the train query only
+    pd.DataFrame({"query_id": ["q0", "q0"], "item_id": ["i3", "i4"]}).to_parquet(logged, index=False)
+    config = build_config("quick", {**settings, "candidates": {"student_top_k": 2, "student_model": str(champion)}})
+    pool = build_pool(config, dataset, tmp_path / "pool.parquet", logged, embeddings_dir=tmp_path / "e")
+    assert set(pd.read_parquet(pool)["channel"]) == {"impression"}
+    check_pool_student(pool, config)  # nothing the student chose: nothing to go stale

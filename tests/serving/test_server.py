@@ -250,6 +250,7 @@ def test_score_cli_is_a_tritonclient_rerank(cli, deployment, catalog):
     (["--model_name", "other"], "must equal serving.model_name"),
     (["--predictor_host", "triton:8000", "--protocol", "v1"], "REST (v2) or gRPC (grpc-v2), got ['v1']"),
     (["--workers", "2"], "one worker"),
+    (["--access_log_format", "%(h)s"], "use serving.access_log"),
     (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
     (["--http_port", "eighty"], "invalid int value"),
 ])
