@@ -91,14 +91,13 @@ def iter_student_candidates(student, featurizer, queries: pd.DataFrame, depth: i
     batch); its pairs are then scored ``chunk_pairs`` at a time (their feature rows are the memory)."""
     from relevance.models.metrics import expected_grade
 
-    judged = (exclude.groupby("query_id")["item_id"].agg(frozenset) if exclude is not None and len(exclude)
-              else pd.Series(dtype=object))
+    judged = pd.MultiIndex.from_frame(exclude[["query_id", "item_id"]]) if exclude is not None else None
+    judged_per_query = exclude["query_id"].value_counts() if exclude is not None else pd.Series(dtype=int)
     for number, start in enumerate(range(0, len(queries), chunk_queries)):
         chunk = queries.iloc[start:start + chunk_queries].astype({"query": str})
         texts = list(dict.fromkeys(chunk["query"]))
         # A text's best top_k + (its queries' most judged pairs) hold each of its queries' top_k unjudged ones.
-        counts = judged.reindex(chunk["query_id"]).dropna().map(len) if len(judged) else pd.Series(dtype=int)
-        spare = int(counts.max()) if len(counts) else 0
+        spare = int(judged_per_query.reindex(chunk["query_id"]).fillna(0).max()) if len(chunk) else 0
         featurizer.query_vectors(texts)  # cached now: the scoring batches below look them up
         lists = {text: list(featurizer.bm25.top_k(text, depth)[0]) for text in texts}
         nearest = nearest_lists(number) if nearest_lists is not None else None
@@ -118,10 +117,7 @@ def iter_student_candidates(student, featurizer, queries: pd.DataFrame, depth: i
         top = pd.concat(best, ignore_index=True) if best else pd.DataFrame({"query": [], "item_id": []})
         found = chunk[["query_id", "query"]].merge(top, on="query")  # keeps each text's rank order
         if spare:
-            seen = judged.reindex(found["query_id"]).to_numpy()
-            keep = [not (isinstance(items, frozenset) and item in items)
-                    for items, item in zip(seen, found["item_id"])]
-            found = found[keep]
+            found = found[~pd.MultiIndex.from_frame(found[["query_id", "item_id"]]).isin(judged)]
         found = found.groupby("query_id", sort=False).head(top_k)
         if on_query:
             for _ in range(len(chunk)):
@@ -150,7 +146,7 @@ def load_channel_student(directory: str | Path):
     directory is missing, holds another kind of model (a teacher, a GBDT, a serving bundle), or a student of
     other features than this code computes."""
     from relevance.common.files import read_manifest
-    from relevance.student.featurizer import FEATURE_VERSION, LEXICAL_FEATURES
+    from relevance.student.featurizer import FEATURE_VERSION, feature_names
     from relevance.student.model import Student
 
     directory = Path(directory)
@@ -162,7 +158,7 @@ def load_channel_student(directory: str | Path):
         raise ValueError(f"candidates.student_model: {directory} was trained on feature version "
                          f"{manifest.get('feature_version')}, this code computes version {FEATURE_VERSION}")
     student = Student.load(directory)
-    expected = 4 * int(manifest["embedding_dim"]) + len(LEXICAL_FEATURES)
+    expected = len(feature_names(int(manifest["embedding_dim"])))
     if student.model.feature_mean.shape[0] != expected:
         raise ValueError(f"candidates.student_model: {directory} takes {student.model.feature_mean.shape[0]} "
                          f"features, its featurizer makes {expected}")

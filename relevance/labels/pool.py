@@ -191,10 +191,10 @@ def check_pool_student(path: str | Path, config: RunConfig) -> None:
         return
     from relevance.common.files import read_manifest
 
-    raw = (pq.read_schema(path).metadata or {}).get(STUDENT_CHANNEL_KEY.encode())
-    built_with = json.loads(raw)["student_version"] if raw else None
+    recorded = _recorded(path, STUDENT_CHANNEL_KEY)
+    built_with = recorded["student_version"] if recorded else None
     now = read_manifest(config.candidates.student_model).get("student_version")
-    if raw and built_with is None:  # the channel had no query to rank for: no student's choice to go stale
+    if recorded and built_with is None:  # the channel had no query to rank for: no student's choice to go stale
         return
     if built_with != now:
         raise DataContractError(f"{path}: its student channel ranked with {built_with}, and "
@@ -318,8 +318,12 @@ STUDENT_CHANNEL_KEY = "relevance.student_channel"
 def pool_judge_holdout(path: str | Path) -> dict | None:
     """The judge-holdout fingerprint a pool was built without (Dataset.judge_holdout_fingerprint), None for a
     pool built without a holdout or before pools recorded it."""
-    metadata = pq.read_schema(path).metadata or {}
-    raw = metadata.get(JUDGE_HOLDOUT_KEY.encode())
+    return _recorded(path, JUDGE_HOLDOUT_KEY)
+
+
+def _recorded(path: str | Path, key: str):
+    """What a pool's parquet metadata records under ``key`` (JSON), None when it records nothing there."""
+    raw = (pq.read_schema(path).metadata or {}).get(key.encode())
     return json.loads(raw) if raw else None
 
 

@@ -174,8 +174,8 @@ def export_query_encoder(encoder_name: str, max_length: int, out_path: str | Pat
 
 def fuse_transformer(path: str | Path, config) -> bool:
     """Rewrite a BERT-family encoder's ONNX graph in place with ONNX Runtime's transformer fusions (attention,
-    embedding + layer norm, skip layer norm, bias GELU). A cache miss runs the query encoder inside the request,
-    and on one core the fused MiniLM-L6 answers about 10% sooner (benchmarks/results/serving.md). Other
+    embedding + layer norm, skip layer norm, bias GELU): a cache miss runs the query encoder inside the request,
+    and fewer, fused kernels answer it sooner on one core (not measured in benchmarks/results). Other
     architectures are left as exported. Returns whether it fused.
 
     The fused graph holds ONNX Runtime contrib ops (com.microsoft domain): it runs on ONNX Runtime (the server
