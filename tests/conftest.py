@@ -38,8 +38,11 @@ def _save_tiny_bert(directory: Path) -> Path:
 
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1)
-    vocab_file = wordpiece.save_model(str(directory))[0]
-    tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
+    # From the trained tokenizer itself: transformers 5 ignores a fast tokenizer's vocab_file and would save a
+    # vocabulary of the 5 special tokens alone (every word [UNK]).
+    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=True, unk_token="[UNK]",
+                                  pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    assert tokenizer.tokenize("cordless drill") == ["cordless", "drill"], "the tiny tokenizer lost its vocabulary"
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=256)
     BertModel(config).save_pretrained(directory)
