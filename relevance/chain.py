@@ -215,6 +215,22 @@ class Chain:
         return Ensemble.create(self.labeller_dir, [teacher_dir, gbdt_dir], weights,
                                {"split": "valid", "pairs": int(len(valid))})
 
+    def towers(self, dataset: Dataset, out: Path | None = None) -> Path:
+        """The student's bi-encoder tuned on the teacher's labels of the pool (relevance.student.towers): a model
+        directory to name as ``student.encoder``. Not a step of `relevance run` yet: the tuned-vs-frozen study
+        decides whether it becomes one."""
+        from relevance.labels.labelling import label_chunks
+        from relevance.models.bm25 import lexical_item_texts
+        from relevance.student.towers import distil_towers
+
+        out = Path(out) if out is not None else self.root / "towers"
+        student = self.config.student
+        labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
+        valid = dataset.split("valid")[["query_id", "item_id", "grade"]]
+        return distil_towers(labels, dataset.query_text, lexical_item_texts(dataset.items, self.config.text), valid,
+                             dataset.num_grades, student.encoder, student.encoder_max_length, student.towers, out,
+                             out.parent / f".{out.name}.work", log=_log)
+
     def students(self, dataset: Dataset) -> dict[str, Path]:
         from relevance.labels.labelling import label_chunks
         from relevance.student.distillation import train_students

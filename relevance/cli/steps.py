@@ -150,3 +150,16 @@ def run(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileO
     report = run_chain(loaded)
     typer.echo(markdown_report(report))
     typer.echo(f"artifacts in {loaded.workdir}/")
+
+
+@clear_errors()
+def distil_towers(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                  workdir: Optional[str] = WorkdirOption,
+                  out: Optional[Path] = typer.Option(None, "--out", help="Where the tuned model goes (default: "
+                                                                         "<workdir>/towers).")):
+    """Tune the student's bi-encoder on the teacher's labels of the pool (student.towers: listwise KL within each
+    query's candidates; valid's judged lists pick the epoch). Resumes a killed run. Name the directory it writes
+    as student.encoder (in a new workdir) to train the MLP on the tuned vectors."""
+    chain = open_chain(config, profile, workdir)
+    path = chain.towers(chain.dataset(), out)
+    typer.echo(f"towers: {path} (set student.encoder: {path.absolute()})")

@@ -1,0 +1,152 @@
+"""Tower distillation (relevance.student.towers): learns the teacher's order, resumes to the same towers, and
+writes a bi-encoder of its own version."""
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from relevance.config.ml import TowerConfig
+from relevance.data.schema import DataContractError
+from relevance.student import towers
+from relevance.student.encoder import BiEncoder
+
+WORDS = ["drill", "sofa", "hose", "lamp", "tile", "faucet", "mug", "rug"]
+KINDS = ["cordless", "leather", "garden", "modern", "ceramic", "shower", "blue", "wool"]
+
+
+def _catalog() -> pd.Series:
+    texts = {f"i{w}{k}": f"{kind} {word} {k}" for w, word in enumerate(WORDS) for k, kind in enumerate(KINDS[:4])}
+    return pd.Series(texts)
+
+
+def _labels(queries: list[str], items: pd.Series, seed: int) -> pd.DataFrame:
+    """The teacher's soft labels: grade 4 for items of the query's word, 0 for the others."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for query in queries:
+        word = query.split("-")[1]
+        for item_id in rng.choice(items.index, 10, replace=False):
+            grade = 4 if items[item_id].split()[-2] == word else 0
+            p = np.full(5, 0.02)
+            p[grade] = 0.92
+            rows.append({"query_id": query, "item_id": item_id, **{f"p_{k}": p[k] for k in range(5)}})
+        own = next(i for i in items.index if items[i].split()[-2] == word)
+        if own not in {r["item_id"] for r in rows if r["query_id"] == query}:
+            p = np.full(5, 0.02)
+            p[4] = 0.92
+            rows.append({"query_id": query, "item_id": own, **{f"p_{k}": p[k] for k in range(5)}})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def task():
+    items = _catalog()
+    query_text = pd.Series({f"q-{word}-{n}": f"{word}" if n else f"a {word}" for word in WORDS for n in range(2)})
+    queries = list(query_text.index)
+    chunks_data = [_labels(queries[:8], items, 0), _labels(queries[8:], items, 1)]
+    chunks = [(f"shard-{n}", functools.partial(frame.copy)) for n, frame in enumerate(chunks_data)]
+    valid = _labels(queries[::3], items, 2)
+    valid["grade"] = valid[[f"p_{k}" for k in range(5)]].to_numpy().argmax(1)
+    return chunks, query_text, items, valid[["query_id", "item_id", "grade"]]
+
+
+def _config(**overrides) -> TowerConfig:
+    settings = {"epochs": 2, "learning_rate": 5e-3, "queries_per_batch": 4, "candidates_per_query": 6,
+                "checkpoint_every_batches": 1, "precision": "fp32", "early_stopping_patience": 5}
+    return TowerConfig(**{**settings, **overrides})
+
+
+def _train_loss(model_dir, task, config) -> float:
+    """The listwise KL of ``model_dir``'s tower on every training group of epoch 0."""
+    chunks, query_text, items, _ = task
+    model = towers.TowerModel(str(model_dir)).eval()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    q_table = towers.token_table(model_dir.parent / f"{model_dir.name}-tq", list(query_text.index),
+                                 query_text.tolist(), tokenizer, 16, "t")
+    i_table = towers.token_table(model_dir.parent / f"{model_dir.name}-ti", list(items.index), items.tolist(),
+                                 tokenizer, 16, "t")
+    losses = []
+    with torch.no_grad():
+        for queries, item_rows, valid, targets in towers.QueryGroups(chunks, q_table, i_table, 5, config).epoch(0):
+            q = model(*towers._batch_tokens(q_table, queries))
+            i = model(*towers._batch_tokens(i_table, item_rows.reshape(-1))).reshape(*item_rows.shape, -1)
+            losses.append(float(towers.listwise_kl(q, i, torch.from_numpy(valid), torch.from_numpy(targets),
+                                                   config.temperature, config.teacher_temperature)))
+    return float(np.mean(losses))
+
+
+def test_tuned_towers_rank_as_the_teacher_and_are_a_version_of_their_own(tiny_bert, task, tmp_path):
+    chunks, query_text, items, valid = task
+    config = _config(epochs=4)
+    out = towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
+                               tmp_path / "towers", tmp_path / "work")
+    tuned_loss, base_loss = _train_loss(out, task, config), _train_loss(tiny_bert, task, config)
+    print("train listwise KL", base_loss, "->", tuned_loss)
+    assert tuned_loss < 0.8 * base_loss
+    manifest = (out / towers.TOWER_MANIFEST).read_text()
+    assert '"objective": "listwise_kl"' in manifest and not (tmp_path / "work" / "checkpoint.pt").exists()
+    tuned, base = BiEncoder(str(out), max_length=16), BiEncoder(str(tiny_bert), max_length=16)
+    assert tuned.fingerprint != base.fingerprint  # a new version: cached and stored apart from the frozen one
+    assert not np.allclose(tuned.encode(["cordless drill"]), base.encode(["cordless drill"]))
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
+                                tmp_path / "towers", tmp_path / "work") == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == before  # same inputs: not trained again
+
+
+def test_a_killed_tower_run_resumes_and_ends_as_an_uninterrupted_one(tiny_bert, task, tmp_path, monkeypatch):
+    chunks, query_text, items, valid = task
+    config = _config()
+    whole = towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
+                                 tmp_path / "whole", tmp_path / "work-whole")
+    original = towers._TowerRun.after_step
+
+    def killed(self, state, loss):
+        original(self, state, loss)
+        if state.epoch == 1 and state.batch == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(towers._TowerRun, "after_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
+                             tmp_path / "resumed", tmp_path / "work-resumed")
+    assert (tmp_path / "work-resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(towers._TowerRun, "after_step", original)
+    resumed = towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
+                                   tmp_path / "resumed", tmp_path / "work-resumed")
+    from safetensors.torch import load_file
+
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_bad_inputs_are_refused_before_training(tiny_bert, task, tmp_path):
+    chunks, query_text, items, valid = task
+    with pytest.raises(DataContractError, match="lack column"):
+        towers.distil_towers(chunks, query_text, items, valid.drop(columns="grade"), 5, str(tiny_bert), 16,
+                             _config(), tmp_path / "t", tmp_path / "w")
+    with pytest.raises(DataContractError, match="have no text"):
+        towers.distil_towers(chunks, query_text.iloc[2:], items, valid, 5, str(tiny_bert), 16, _config(),
+                             tmp_path / "t", tmp_path / "w")
+    orphan = [("x", lambda: chunks[0][1]().assign(item_id="nowhere"))]
+    with pytest.raises(DataContractError, match="item id"):
+        towers.distil_towers(orphan, query_text, items, valid, 5, str(tiny_bert), 16, _config(), tmp_path / "t",
+                             tmp_path / "w")
+    assert not (tmp_path / "t").exists()
+
+
+def test_distil_towers_on_a_finished_run(finished_run, cli, tmp_path, tiny_bert):
+    """`relevance distil-towers` reads the run's labelled pool and valid lists and writes a tuned encoder."""
+    _, config = finished_run
+    result = cli("distil-towers", "--config", config, "--out", tmp_path / "towers")
+    assert "set student.encoder" in result.stdout
+    manifest = (tmp_path / "towers" / towers.TOWER_MANIFEST).read_text()
+    assert '"kind": "towers"' in manifest and '"history"' in manifest
+    assert BiEncoder(str(tmp_path / "towers")).fingerprint != BiEncoder(str(tiny_bert)).fingerprint
