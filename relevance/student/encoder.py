@@ -57,11 +57,17 @@ class BiEncoder:
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
             with autocast(self.precision, self.device):
                 hidden = self.model(**batch).last_hidden_state
-            vectors = torch.nn.functional.normalize(pool_hidden(hidden.float(), batch["attention_mask"], "mean"), dim=-1)
+            vectors = sentence_vectors(hidden, batch["attention_mask"])
             out[index] = vectors.cpu().numpy()
             if on_batch:
                 on_batch(len(index))
         return out
+
+
+def sentence_vectors(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The bi-encoder's vectors from its last hidden states: mean over the tokens, then L2 normalisation (the one
+    definition for encoding and for tuning the tower, relevance.student.towers)."""
+    return torch.nn.functional.normalize(pool_hidden(hidden.float(), attention_mask, "mean"), dim=-1)
 
 
 def content_hash(fingerprint: str, text: str) -> str:

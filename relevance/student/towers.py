@@ -13,8 +13,12 @@ ones, never in their place.
 
 Memory does not grow with the pool: texts are tokenized once into memory-mapped token tables (a row per query and
 per item, relevance.student.pairstore.EmbeddingTable holding token ids instead of vectors), and the labels are
-read a shard at a time. The order of the query groups is a function of (seed, epoch) alone, so a killed run
-resumes at the batch it had reached (relevance.models.training) and ends as an uninterrupted one.
+read a shard at a time into query buckets on disk (:class:`QueryGroups`: 12 bytes a pair), an epoch holding one
+bucket. The order of the query groups is a function of (seed, epoch) alone, so a killed run resumes at the batch
+it had reached (relevance.models.training) and ends as an uninterrupted one.
+
+Not built yet: separate query and item towers (the issue asks to compare shared and separate weights), and the
+end-to-end variant (towers and MLP trained together on the KL to the teacher).
 """
 
 from __future__ import annotations
@@ -29,14 +33,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from relevance.common.files import atomic_directory, atomic_write, atomic_write_json
-from relevance.common.runtime import autocast, progress_bar, resolve_precision, seed_everything, set_threads
+from relevance.common.files import atomic_directory, atomic_write, atomic_write_json, sha256_of_files
+from relevance.common.runtime import (autocast, device, progress_bar, resolve_precision, seed_everything,
+                                      set_threads)
 from relevance.config.ml import TowerConfig
 from relevance.data.schema import DataContractError, prob_columns
 from relevance.models import training
 from relevance.models.backbones import resolve_backbone
-from relevance.models.pooling import pool_hidden
 from relevance.models.training import Hooks, LoopState, Schedule
+from relevance.student.encoder import sentence_vectors
 from relevance.student.pairstore import EmbeddingTable
 
 Chunks = list[tuple[str, Callable[[], pd.DataFrame]]]
@@ -78,8 +83,7 @@ class TowerModel(nn.Module):
         self.encoder = AutoModel.from_pretrained(path)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return nn.functional.normalize(pool_hidden(hidden.float(), mask, "mean"), dim=-1)
+        return sentence_vectors(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
 def listwise_kl(query: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, targets: torch.Tensor,
@@ -96,61 +100,109 @@ def listwise_kl(query: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, t
     return terms.sum(-1).mean()
 
 
+PAIR = np.dtype([("query_row", "<i4"), ("item_row", "<i4"), ("grade", "<f4")])
+
+
+def _checked(frame: pd.DataFrame, source: str, num_grades: int) -> pd.DataFrame:
+    probs = prob_columns(num_grades)
+    missing = [c for c in ("query_id", "item_id", *probs) if c not in frame.columns]
+    if missing:
+        raise DataContractError(f"tower distillation: label chunk {source} lacks column(s) {missing}")
+    p = frame[probs].to_numpy(np.float64)
+    bad = ~np.isfinite(p).all(1) | (np.abs(p.sum(1) - 1) > 1e-3) | (p < 0).any(1)
+    if bad.any():
+        raise DataContractError(f"tower distillation: label chunk {source}: {int(bad.sum())} row(s) whose "
+                                f"p_0..p_{num_grades - 1} are not a distribution (non-finite, negative, or not "
+                                f"summing to 1), e.g. row {int(np.flatnonzero(bad)[0])}")
+    return frame
+
+
+def _padded(groups: list[tuple[int, np.ndarray, np.ndarray]], width: int) -> tuple:
+    """(query rows [B], item rows [B, width], valid [B, width], targets [B, width]) of ``groups``."""
+    items = np.zeros((len(groups), width), dtype=np.int64)
+    valid = np.zeros((len(groups), width), dtype=bool)
+    targets = np.zeros((len(groups), width), dtype=np.float32)
+    for row, (_, members, grades) in enumerate(groups):
+        items[row, :len(members)], valid[row, :len(members)], targets[row, :len(members)] = members, True, grades
+    return np.array([g[0] for g in groups], dtype=np.int64), items, valid, targets
+
+
 class QueryGroups:
-    """Training batches of query groups: (query rows [B], item rows [B, C], valid [B, C], targets [B, C]).
+    """Training batches of whole query groups: (query rows [B], item rows [B, C], valid [B, C], targets [B, C]).
 
-    Epoch e reads the label chunks in an order fixed by (seed, e), one at a time; within a chunk the queries are
-    shuffled and each keeps up to ``candidates`` of its items (drawn at random, again by (seed, e)); a query
-    needs two items to rank. Targets are the teacher's expected grades Σ k·p_k."""
+    A label shard is a row range of the pool, so a query's candidates can lie in several shards (on Home Depot
+    most do, one channel per shard). :meth:`build` therefore makes one pass over the shards and appends each pair
+    (query row, item row, the teacher's expected grade Σ k·p_k) to the bucket file of its query: a query's
+    candidates from every shard meet in one bucket, and a bucket holds about one shard's pairs (12 bytes each),
+    which is all an epoch holds in memory. Epoch e visits the buckets in an order fixed by (seed, e); within a
+    bucket the queries are shuffled and each keeps up to ``candidates_per_query`` of its items (drawn by
+    (seed, e)); a query needs two items to rank."""
 
-    def __init__(self, chunks: Chunks, query_table: EmbeddingTable, item_table: EmbeddingTable, num_grades: int,
+    def __init__(self, directory: Path, query_table: EmbeddingTable, item_table: EmbeddingTable,
                  config: TowerConfig):
-        if not chunks:
-            raise DataContractError("tower distillation: no label chunks")
-        self.chunks, self.query_table, self.item_table = chunks, query_table, item_table
-        self.num_grades, self.config = num_grades, config
+        self.directory, self.query_table, self.item_table, self.config = directory, query_table, item_table, config
+        self.meta = json.loads((directory / "buckets.json").read_text())
+
+    @classmethod
+    def build(cls, directory: Path, chunks: Chunks, query_table: EmbeddingTable, item_table: EmbeddingTable,
+              num_grades: int, config: TowerConfig) -> "QueryGroups":
+        fingerprint = hashlib.sha256("|".join([*(source for source, _ in chunks), query_table.fingerprint,
+                                               item_table.fingerprint, str(num_grades)]).encode()).hexdigest()[:16]
+        done = directory / "buckets.json"
+        if not (done.exists() and json.loads(done.read_text()).get("fingerprint") == fingerprint):
+            buckets = max(1, len(chunks))
+            grades = np.arange(num_grades, dtype=np.float64)
+            rows = np.zeros(buckets, dtype=np.int64)
+            with atomic_directory(directory) as tmp:
+                handles = [open(tmp / f"bucket-{b:05d}.bin", "wb") for b in range(buckets)]
+                try:
+                    for source, load in chunks:
+                        frame = _checked(load(), source, num_grades)
+                        pairs = np.empty(len(frame), dtype=PAIR)
+                        pairs["query_row"] = query_table.rows(frame["query_id"], "query id")
+                        pairs["item_row"] = item_table.rows(frame["item_id"], "item id")
+                        pairs["grade"] = frame[prob_columns(num_grades)].to_numpy(np.float64) @ grades
+                        bucket = pairs["query_row"] % buckets
+                        for b in np.unique(bucket):
+                            part = pairs[bucket == b]
+                            handles[b].write(part.tobytes())
+                            rows[b] += len(part)
+                finally:
+                    for handle in handles:
+                        handle.close()
+                atomic_write_json(tmp / "buckets.json", {"fingerprint": fingerprint, "rows": rows.tolist()})
+        return cls(directory, query_table, item_table, config)
 
     @property
     def fingerprint(self) -> str:
-        sources = "|".join(source for source, _ in self.chunks)
-        return hashlib.sha256(f"{sources}|{self.query_table.fingerprint}|{self.item_table.fingerprint}"
-                              .encode()).hexdigest()[:16]
+        return self.meta["fingerprint"]
 
-    def _groups(self, frame: pd.DataFrame, rng: np.random.Generator) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        grades = frame[prob_columns(self.num_grades)].to_numpy(np.float64) @ np.arange(self.num_grades)
-        query_rows = self.query_table.rows(frame["query_id"], "query id")
-        item_rows = self.item_table.rows(frame["item_id"], "item id")
-        order = np.argsort(query_rows, kind="stable")
-        bounds = np.flatnonzero(np.diff(query_rows[order])) + 1
+    def _groups(self, bucket: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        pairs = np.fromfile(self.directory / f"bucket-{bucket:05d}.bin", dtype=PAIR)
+        order = np.argsort(pairs["query_row"], kind="stable")
+        bounds = np.flatnonzero(np.diff(pairs["query_row"][order])) + 1
         groups = []
-        for members in np.split(order, bounds):
+        for members in np.split(order, bounds) if len(order) else []:
             if len(members) < 2:
                 continue
             if len(members) > self.config.candidates_per_query:
                 members = rng.choice(members, self.config.candidates_per_query, replace=False)
-            groups.append((int(query_rows[members[0]]), item_rows[members], grades[members].astype(np.float32)))
+            chosen = pairs[members]
+            groups.append((int(chosen["query_row"][0]), chosen["item_row"].astype(np.int64), chosen["grade"]))
         return [groups[i] for i in rng.permutation(len(groups))]
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple]:
         rng = np.random.default_rng([self.config.seed, epoch, 0x70E5])
-        size, c, batch = self.config.queries_per_batch, self.config.candidates_per_query, 0
-        budget = self.config.max_queries_per_epoch
-        taken = 0
-        for index in rng.permutation(len(self.chunks)):
-            groups = self._groups(self.chunks[index][1](), rng)  # drawn even when skipped: the order holds
+        size, budget = self.config.queries_per_batch, self.config.max_queries_per_epoch
+        batch = taken = 0
+        for bucket in rng.permutation(len(self.meta["rows"])):
+            groups = self._groups(int(bucket), rng)  # drawn even when its batches are skipped: the order holds
             if budget is not None:
                 groups = groups[:max(0, budget - taken)]
             taken += len(groups)
             for first in range(0, len(groups), size):
                 if batch >= start_batch:
-                    part = groups[first:first + size]
-                    items = np.zeros((len(part), c), dtype=np.int64)
-                    valid = np.zeros((len(part), c), dtype=bool)
-                    targets = np.zeros((len(part), c), dtype=np.float32)
-                    for row, (_, members, grades) in enumerate(part):
-                        items[row, :len(members)], valid[row, :len(members)] = members, True
-                        targets[row, :len(members)] = grades
-                    yield np.array([g[0] for g in part]), items, valid, targets
+                    yield _padded(groups[first:first + size], self.config.candidates_per_query)
                 batch += 1
             if budget is not None and taken >= budget:
                 return
@@ -161,6 +213,7 @@ class _TowerRun(Hooks):
                  precision: str, key: str, log):
         self.model, self.optimizer, self.source, self.valid = model, optimizer, source, valid
         self.config, self.precision, self.key, self.log = config, precision, key, log
+        self.device = next(model.parameters()).device
         self.path: Path | None = None
         self.progress = None
 
@@ -168,13 +221,13 @@ class _TowerRun(Hooks):
         self.path = path
         if not path.exists():
             return LoopState()
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, weights_only=True, map_location=self.device)
         if saved.get("key") != self.key:
             self.log(f"towers: {path} is of other labels or settings; starting afresh")
             return LoopState()
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
         state = LoopState.from_dict(saved["state"])
         self.log(f"towers: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
         return state
@@ -190,22 +243,21 @@ class _TowerRun(Hooks):
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
 
-    def _loss(self, queries, items, valid, targets, table_q, table_i, device) -> torch.Tensor:
-        q_ids, q_mask = _batch_tokens(table_q, queries)
-        flat = items[valid]
-        i_ids, i_mask = _batch_tokens(table_i, flat)
-        with autocast(self.precision, device):
+    def _loss(self, queries, items, valid, targets, table_q, table_i) -> torch.Tensor:
+        dev = self.device
+        q_ids, q_mask = (t.to(dev) for t in _batch_tokens(table_q, queries))
+        i_ids, i_mask = (t.to(dev) for t in _batch_tokens(table_i, items[valid]))  # row by row, as index_put
+        with autocast(self.precision, dev):
             q = self.model(q_ids, q_mask)
             i = self.model(i_ids, i_mask)
-        valid_t = torch.from_numpy(valid)
-        grid = torch.zeros(*valid.shape, q.shape[1], dtype=i.dtype).index_put((valid_t,), i)
-        return listwise_kl(q.float(), grid.float(), valid_t, torch.from_numpy(targets), self.config.temperature,
-                           self.config.teacher_temperature)
+        valid_t = torch.from_numpy(valid).to(dev)
+        grid = torch.zeros(*valid.shape, q.shape[1], dtype=i.dtype, device=dev).index_put((valid_t,), i)
+        return listwise_kl(q.float(), grid.float(), valid_t, torch.from_numpy(targets).to(dev),
+                           self.config.temperature, self.config.teacher_temperature)
 
     def train_step(self, batch) -> torch.Tensor:
         queries, items, valid, targets = batch
-        loss = self._loss(queries, items, valid, targets, self.source.query_table, self.source.item_table,
-                          torch.device("cpu"))
+        loss = self._loss(queries, items, valid, targets, self.source.query_table, self.source.item_table)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -225,7 +277,7 @@ class _TowerRun(Hooks):
             for batch in self.valid:
                 queries, items, valid, targets = batch
                 losses.append(float(self._loss(queries, items, valid, targets, self.valid.query_table,
-                                               self.valid.item_table, torch.device("cpu"))))
+                                               self.valid.item_table)))
                 weights.append(len(queries))
         result = {"epoch": state.epoch + 1, "step": state.step,
                   "valid_loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
@@ -244,19 +296,13 @@ class _ValidGroups:
 
     def __init__(self, pairs: pd.DataFrame, query_table: EmbeddingTable, item_table: EmbeddingTable, size: int):
         self.query_table, self.item_table = query_table, item_table
-        self.batches = []
-        groups = [(query_table.rows([q], "query id")[0], item_table.rows(g["item_id"], "item id"),
+        groups = [(int(query_table.rows([q], "query id")[0]), item_table.rows(g["item_id"], "item id").astype(np.int64),
                    g["grade"].to_numpy(np.float32)) for q, g in pairs.groupby("query_id", sort=True) if len(g) >= 2]
-        for first in range(0, len(groups), size):
-            part = groups[first:first + size]
-            width = max(len(g[1]) for g in part)
-            items = np.zeros((len(part), width), dtype=np.int64)
-            valid = np.zeros((len(part), width), dtype=bool)
-            targets = np.zeros((len(part), width), dtype=np.float32)
-            for row, (_, members, grades) in enumerate(part):
-                items[row, :len(members)], valid[row, :len(members)], targets[row, :len(members)] = \
-                    members, True, grades
-            self.batches.append((np.array([g[0] for g in part]), items, valid, targets))
+        if not groups:
+            raise DataContractError("tower distillation: valid has no query with two or more judged items: "
+                                    "nothing to choose the epoch on")
+        self.batches = [_padded(groups[first:first + size], max(len(g[1]) for g in groups[first:first + size]))
+                        for first in range(0, len(groups), size)]
 
     def __iter__(self):
         return iter(self.batches)
@@ -265,40 +311,58 @@ class _ValidGroups:
 def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, valid_pairs: pd.DataFrame,
                   num_grades: int, base: str, max_length: int, config: TowerConfig, out: str | Path,
                   work: str | Path, log=print) -> Path:
-    """Tune the shared tower from ``base`` on the teacher's soft labels in ``chunks`` (pool shards of query_id,
+    """Tune the shared tower from ``base`` on the teacher's soft labels in ``chunks`` (label shards of query_id,
     item_id, p_0..p_{K-1}); valid's human-graded lists (``valid_pairs``: query_id, item_id, grade) choose the
     epoch. Writes a Hugging Face model directory to ``out`` (with ``towers.json``: base, settings, history) and
-    returns it; an ``out`` already written for the same inputs is returned as is. ``work`` holds the token
-    tables and the checkpoint, so a killed run resumes."""
+    returns it; an ``out`` already written from the same weights, labels, valid lists and settings is returned as
+    is. ``work`` holds the token tables, the query buckets and the checkpoint, so a killed run resumes."""
     out, work = Path(out), Path(work)
     path = resolve_backbone(base)
+    if Path(path).resolve() == out.resolve():
+        raise ValueError(f"tower distillation: the output {out} is the base model itself; write elsewhere")
+    if num_grades < 2:
+        raise ValueError(f"tower distillation: expected at least 2 grades, got {num_grades}")
+    if not chunks:
+        raise DataContractError("tower distillation: no label chunks")
+    missing = [c for c in ("query_id", "item_id", "grade") if c not in valid_pairs.columns]
+    if missing:
+        raise DataContractError(f"tower distillation: valid pairs lack column(s) {missing}")
+    grades = pd.to_numeric(valid_pairs["grade"], errors="coerce")
+    if grades.isna().any() or not grades.between(0, num_grades - 1).all():
+        raise DataContractError(f"tower distillation: valid grades must be integers 0..{num_grades - 1}")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"
-    missing = [c for c in ("query_id", "item_id", "grade") if c not in valid_pairs.columns]
-    if missing:
-        raise DataContractError(f"tower distillation: valid pairs lack column(s) {missing}")
+    # What the tower starts from: its weights and tokenizer files (a model replaced at the same path is new).
+    files = sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json",
+                                                                                   ".txt", ".model"))
+    origin = f"{sha256_of_files(files)}:{max_length}"
     query_ids = list(dict.fromkeys([*(q for _, load in chunks for q in load()["query_id"].unique()),
                                     *valid_pairs["query_id"]]))
     unknown = pd.Index(query_ids).difference(query_text.index)
     if len(unknown):
         raise DataContractError(f"tower distillation: {len(unknown)} query id(s) have no text, e.g. {list(unknown[:5])}")
-    item_ids = item_text.index.tolist()
-    source = f"{path}:{max_length}:{tokenizer.vocab_size}"
     query_table = token_table(work / "tokens" / "queries", query_ids, query_text.reindex(query_ids).tolist(),
-                              tokenizer, max_length, source)
-    item_table = token_table(work / "tokens" / "items", item_ids, item_text.fillna("").tolist(), tokenizer,
-                             max_length, source)
-    groups = QueryGroups(chunks, query_table, item_table, num_grades, config)
-    key = hashlib.sha256(f"{groups.fingerprint}|{base}|{config.model_dump_json()}".encode()).hexdigest()[:16]
+                              tokenizer, max_length, origin)
+    item_table = token_table(work / "tokens" / "items", item_text.index.tolist(), item_text.fillna("").tolist(),
+                             tokenizer, max_length, origin)
+    groups = QueryGroups.build(work / "buckets", chunks, query_table, item_table, num_grades, config)
+    valid_digest = hashlib.sha256(pd.util.hash_pandas_object(valid_pairs[["query_id", "item_id", "grade"]],
+                                                             index=False).to_numpy().tobytes()).hexdigest()[:16]
+    # How often checkpoints are written does not change what is trained: a resumed run may change it.
+    settings = config.model_dump_json(exclude={"checkpoint_every_batches"})
+    key = hashlib.sha256(f"{groups.fingerprint}|{origin}|{valid_digest}|{settings}".encode()).hexdigest()[:16]
     if (out / TOWER_MANIFEST).exists() and json.loads((out / TOWER_MANIFEST).read_text()).get("key") == key:
         log(f"towers: {out} already holds these towers")
         return out
+    if next(iter(groups.epoch(0)), None) is None:
+        raise DataContractError("tower distillation: no query has two or more labelled candidates: nothing to rank")
     set_threads()
     seed_everything(config.seed)
-    model = TowerModel(path)
-    precision = resolve_precision(config.precision, torch.device("cpu"))
+    dev = device()
+    model = TowerModel(path).to(dev)
+    precision = resolve_precision(config.precision, dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     valid = _ValidGroups(valid_pairs, query_table, item_table, config.queries_per_batch)
     run = _TowerRun(model, optimizer, groups, valid, config, precision, key, log)
@@ -308,13 +372,13 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     with progress_bar(transient=True) as bar:
         run.progress = (bar, bar.add_task("towers", total=None))
         state = training.train(run, schedule, state)
-    history = state.history
     with atomic_directory(out) as tmp:
         model.encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / TOWER_MANIFEST, {"kind": "towers", "key": key, "base": base,
+        atomic_write_json(tmp / TOWER_MANIFEST, {"kind": "towers", "key": key, "base": base, "origin": origin,
                                                  "max_length": max_length, "objective": "listwise_kl",
                                                  "config": config.model_dump(), "best": state.best,
-                                                 "history": history, "label_sources": len(chunks)})
+                                                 "history": state.history, "label_sources": len(chunks),
+                                                 "steps": state.step})
     (work / "checkpoint.pt").unlink(missing_ok=True)
     return out

@@ -2,6 +2,7 @@
 writes a bi-encoder of its own version."""
 
 import functools
+import json
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,9 @@ def _train_loss(model_dir, task, config) -> float:
                                  tokenizer, 16, "t")
     losses = []
     with torch.no_grad():
-        for queries, item_rows, valid, targets in towers.QueryGroups(chunks, q_table, i_table, 5, config).epoch(0):
+        groups = towers.QueryGroups.build(model_dir.parent / f"{model_dir.name}-buckets", chunks, q_table, i_table, 5,
+                                          config)
+        for queries, item_rows, valid, targets in groups.epoch(0):
             q = model(*towers._batch_tokens(q_table, queries))
             i = model(*towers._batch_tokens(i_table, item_rows.reshape(-1))).reshape(*item_rows.shape, -1)
             losses.append(float(towers.listwise_kl(q, i, torch.from_numpy(valid), torch.from_numpy(targets),
@@ -88,8 +91,9 @@ def test_tuned_towers_rank_as_the_teacher_and_are_a_version_of_their_own(tiny_be
     tuned_loss, base_loss = _train_loss(out, task, config), _train_loss(tiny_bert, task, config)
     print("train listwise KL", base_loss, "->", tuned_loss)
     assert tuned_loss < 0.8 * base_loss
-    manifest = (out / towers.TOWER_MANIFEST).read_text()
-    assert '"objective": "listwise_kl"' in manifest and not (tmp_path / "work" / "checkpoint.pt").exists()
+    manifest = json.loads((out / towers.TOWER_MANIFEST).read_text())
+    assert manifest["steps"] > 0 and len(manifest["history"]) >= 1 and np.isfinite(manifest["best"]["valid_loss"])
+    assert not (tmp_path / "work" / "checkpoint.pt").exists()
     tuned, base = BiEncoder(str(out), max_length=16), BiEncoder(str(tiny_bert), max_length=16)
     assert tuned.fingerprint != base.fingerprint  # a new version: cached and stored apart from the frozen one
     assert not np.allclose(tuned.encode(["cordless drill"]), base.encode(["cordless drill"]))
@@ -101,20 +105,25 @@ def test_tuned_towers_rank_as_the_teacher_and_are_a_version_of_their_own(tiny_be
 
 def test_a_killed_tower_run_resumes_and_ends_as_an_uninterrupted_one(tiny_bert, task, tmp_path, monkeypatch):
     chunks, query_text, items, valid = task
-    config = _config()
+    # 10 of the 16 queries an epoch, 4 a batch (3 batches), a checkpoint every 2 batches and at each epoch's end:
+    # killed after epoch 1's first batch, the run replays that batch from the end of epoch 0.
+    config = _config(epochs=3, max_queries_per_epoch=10, checkpoint_every_batches=2)
     whole = towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
                                  tmp_path / "whole", tmp_path / "work-whole")
     original = towers._TowerRun.after_step
+    seen = []
 
     def killed(self, state, loss):
         original(self, state, loss)
-        if state.epoch == 1 and state.batch == 2:
+        seen.append((state.epoch, state.batch))
+        if (state.epoch, state.batch) == (1, 1):
             raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(towers._TowerRun, "after_step", killed)
     with pytest.raises(KeyboardInterrupt):
         towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
                              tmp_path / "resumed", tmp_path / "work-resumed")
+    assert seen == [(0, 1), (0, 2), (0, 3), (1, 1)]
     assert (tmp_path / "work-resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed").exists()
     monkeypatch.setattr(towers._TowerRun, "after_step", original)
     resumed = towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
@@ -125,6 +134,24 @@ def test_a_killed_tower_run_resumes_and_ends_as_an_uninterrupted_one(tiny_bert, 
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert json.loads((whole / towers.TOWER_MANIFEST).read_text())["history"] == \
+        json.loads((resumed / towers.TOWER_MANIFEST).read_text())["history"]
+
+
+def test_a_query_split_across_label_shards_is_one_group(tiny_bert, task, tmp_path):
+    """Label shards are row ranges of the pool: a query's candidates from every shard rank together."""
+    _, query_text, items, _ = task
+    labels = _labels(["q-drill-0"], items, 0)
+    chunks = [("a", functools.partial(labels.iloc[:5].copy)), ("b", functools.partial(labels.iloc[5:].copy))]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    q_table = towers.token_table(tmp_path / "q", list(query_text.index), query_text.tolist(), tokenizer, 16, "t")
+    i_table = towers.token_table(tmp_path / "i", list(items.index), items.tolist(), tokenizer, 16, "t")
+    groups = towers.QueryGroups.build(tmp_path / "b", chunks, q_table, i_table, 5,
+                                      _config(candidates_per_query=len(labels)))
+    batches = list(groups.epoch(0))
+    assert len(batches) == 1 and batches[0][2].sum() == len(labels)  # one query, every candidate of both shards
 
 
 def test_bad_inputs_are_refused_before_training(tiny_bert, task, tmp_path):
@@ -135,6 +162,23 @@ def test_bad_inputs_are_refused_before_training(tiny_bert, task, tmp_path):
     with pytest.raises(DataContractError, match="have no text"):
         towers.distil_towers(chunks, query_text.iloc[2:], items, valid, 5, str(tiny_bert), 16, _config(),
                              tmp_path / "t", tmp_path / "w")
+    broken = chunks[0][1]()
+    broken.loc[broken.index[0], "p_0"] = np.nan
+    with pytest.raises(DataContractError, match="not a distribution"):
+        towers.distil_towers([("x", functools.partial(broken.copy))], query_text, items, valid, 5, str(tiny_bert),
+                             16, _config(), tmp_path / "t", tmp_path / "w")
+    with pytest.raises(DataContractError, match="lacks column"):
+        towers.distil_towers([("x", lambda: chunks[0][1]().drop(columns="p_4"))], query_text, items, valid, 5,
+                             str(tiny_bert), 16, _config(), tmp_path / "t", tmp_path / "w")
+    with pytest.raises(DataContractError, match="two or more judged items"):
+        towers.distil_towers(chunks, query_text, items, valid.drop_duplicates("query_id"), 5, str(tiny_bert), 16,
+                             _config(), tmp_path / "t", tmp_path / "w")
+    with pytest.raises(DataContractError, match="nothing to rank"):
+        towers.distil_towers([("x", lambda: chunks[0][1]().drop_duplicates("query_id"))], query_text, items, valid,
+                             5, str(tiny_bert), 16, _config(), tmp_path / "t", tmp_path / "w2")
+    with pytest.raises(ValueError, match="the base model itself"):
+        towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, _config(), tiny_bert,
+                             tmp_path / "w")
     orphan = [("x", lambda: chunks[0][1]().assign(item_id="nowhere"))]
     with pytest.raises(DataContractError, match="item id"):
         towers.distil_towers(orphan, query_text, items, valid, 5, str(tiny_bert), 16, _config(), tmp_path / "t",
