@@ -208,6 +208,33 @@ class QueryGroups:
                 return
 
 
+def _group_loss(model: TowerModel, batch: tuple, query_table: EmbeddingTable, item_table: EmbeddingTable,
+                precision: str, config: TowerConfig) -> torch.Tensor:
+    """:func:`listwise_kl` of one batch of query groups under ``model``."""
+    queries, items, valid, targets = batch
+    dev = next(model.parameters()).device
+    q_ids, q_mask = (t.to(dev) for t in _batch_tokens(query_table, queries))
+    i_ids, i_mask = (t.to(dev) for t in _batch_tokens(item_table, items[valid]))  # row by row, as index_put
+    with autocast(precision, dev):
+        q = model(q_ids, q_mask)
+        i = model(i_ids, i_mask)
+    valid_t = torch.from_numpy(valid).to(dev)
+    grid = torch.zeros(*valid.shape, q.shape[1], dtype=i.dtype, device=dev).index_put((valid_t,), i)
+    return listwise_kl(q.float(), grid.float(), valid_t, torch.from_numpy(targets).to(dev), config.temperature,
+                       config.teacher_temperature)
+
+
+def _valid_loss(model: TowerModel, valid: "_ValidGroups", precision: str, config: TowerConfig) -> float:
+    """The mean listwise KL over valid's judged lists (each list weighs one)."""
+    model.eval()
+    total = count = 0.0
+    with torch.no_grad():
+        for batch in valid:
+            total += float(_group_loss(model, batch, valid.query_table, valid.item_table, precision, config)) * len(batch[0])
+            count += len(batch[0])
+    return total / count
+
+
 class _TowerRun(Hooks):
     def __init__(self, model: TowerModel, optimizer, source: QueryGroups, valid: tuple, config: TowerConfig,
                  precision: str, key: str, log):
@@ -243,21 +270,9 @@ class _TowerRun(Hooks):
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
 
-    def _loss(self, queries, items, valid, targets, table_q, table_i) -> torch.Tensor:
-        dev = self.device
-        q_ids, q_mask = (t.to(dev) for t in _batch_tokens(table_q, queries))
-        i_ids, i_mask = (t.to(dev) for t in _batch_tokens(table_i, items[valid]))  # row by row, as index_put
-        with autocast(self.precision, dev):
-            q = self.model(q_ids, q_mask)
-            i = self.model(i_ids, i_mask)
-        valid_t = torch.from_numpy(valid).to(dev)
-        grid = torch.zeros(*valid.shape, q.shape[1], dtype=i.dtype, device=dev).index_put((valid_t,), i)
-        return listwise_kl(q.float(), grid.float(), valid_t, torch.from_numpy(targets).to(dev),
-                           self.config.temperature, self.config.teacher_temperature)
-
     def train_step(self, batch) -> torch.Tensor:
-        queries, items, valid, targets = batch
-        loss = self._loss(queries, items, valid, targets, self.source.query_table, self.source.item_table)
+        loss = _group_loss(self.model, batch, self.source.query_table, self.source.item_table, self.precision,
+                           self.config)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -271,16 +286,8 @@ class _TowerRun(Hooks):
 
     def evaluate(self, state: LoopState) -> dict:
         """The listwise KL on valid's human grades (the same loss, judged lists): what early stopping reads."""
-        self.model.eval()
-        losses, weights = [], []
-        with torch.no_grad():
-            for batch in self.valid:
-                queries, items, valid, targets = batch
-                losses.append(float(self._loss(queries, items, valid, targets, self.valid.query_table,
-                                               self.valid.item_table)))
-                weights.append(len(queries))
         result = {"epoch": state.epoch + 1, "step": state.step,
-                  "valid_loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
+                  "valid_loss": _valid_loss(self.model, self.valid, self.precision, self.config)}
         self.log(f"towers: epoch {result['epoch']} valid listwise KL {result['valid_loss']:.4f}")
         return result
 
@@ -306,6 +313,14 @@ class _ValidGroups:
 
     def __iter__(self):
         return iter(self.batches)
+
+
+def _origin(path: str, max_length: int) -> str:
+    """What a tower's vectors and tokens come from: its weights and tokenizer files (a model replaced at the same
+    path is another origin) and the truncation length."""
+    files = sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json",
+                                                                                   ".txt", ".model"))
+    return f"{sha256_of_files(files)}:{max_length}"
 
 
 def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, valid_pairs: pd.DataFrame,
@@ -334,10 +349,7 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"
-    # What the tower starts from: its weights and tokenizer files (a model replaced at the same path is new).
-    files = sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json",
-                                                                                   ".txt", ".model"))
-    origin = f"{sha256_of_files(files)}:{max_length}"
+    origin = _origin(path, max_length)
     query_ids = list(dict.fromkeys([*(q for _, load in chunks for q in load()["query_id"].unique()),
                                     *valid_pairs["query_id"]]))
     unknown = pd.Index(query_ids).difference(query_text.index)
@@ -365,6 +377,8 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     precision = resolve_precision(config.precision, dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     valid = _ValidGroups(valid_pairs, query_table, item_table, config.queries_per_batch)
+    base_loss = _valid_loss(model, valid, precision, config)  # what the tuned tower's history reads against
+    log(f"towers: the base tower's valid listwise KL {base_loss:.4f}")
     run = _TowerRun(model, optimizer, groups, valid, config, precision, key, log)
     state = run.resume(work / "checkpoint.pt")
     schedule = Schedule(epochs=config.epochs, patience=config.early_stopping_patience,
@@ -378,7 +392,28 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
         atomic_write_json(tmp / TOWER_MANIFEST, {"kind": "towers", "key": key, "base": base, "origin": origin,
                                                  "max_length": max_length, "objective": "listwise_kl",
                                                  "config": config.model_dump(), "best": state.best,
+                                                 "base_valid_loss": base_loss,
                                                  "history": state.history, "label_sources": len(chunks),
                                                  "steps": state.step})
     (work / "checkpoint.pt").unlink(missing_ok=True)
     return out
+
+
+def tower_valid_loss(model_path: str | Path, valid_pairs: pd.DataFrame, query_text: pd.Series, item_text: pd.Series,
+                     max_length: int, config: TowerConfig, work: str | Path) -> float:
+    """The listwise KL on valid's judged lists of the tower at ``model_path``, as :func:`distil_towers`' early
+    stopping reads it (e.g. the frozen base's, to read a tuned tower against)."""
+    from transformers import AutoTokenizer
+
+    path, work = resolve_backbone(str(model_path)), Path(work)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    origin = _origin(path, max_length)
+    query_ids = list(dict.fromkeys(valid_pairs["query_id"]))
+    query_table = token_table(work / "queries", query_ids, query_text.reindex(query_ids).fillna("").tolist(),
+                              tokenizer, max_length, origin)
+    item_table = token_table(work / "items", item_text.index.tolist(), item_text.fillna("").tolist(), tokenizer,
+                             max_length, origin)
+    dev = device()
+    model = TowerModel(path).to(dev)
+    valid = _ValidGroups(valid_pairs, query_table, item_table, config.queries_per_batch)
+    return _valid_loss(model, valid, resolve_precision(config.precision, dev), config)

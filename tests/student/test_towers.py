@@ -94,6 +94,12 @@ def test_tuned_towers_rank_as_the_teacher_and_are_a_version_of_their_own(tiny_be
     manifest = json.loads((out / towers.TOWER_MANIFEST).read_text())
     assert manifest["steps"] > 0 and len(manifest["history"]) >= 1 and np.isfinite(manifest["best"]["valid_loss"])
     assert not (tmp_path / "work" / "checkpoint.pt").exists()
+    # The tuned and the base towers read by the same valid loss as early stopping.
+    assert towers.tower_valid_loss(out, valid, query_text, items, 16, config, tmp_path / "v1") == \
+        pytest.approx(manifest["best"]["valid_loss"], abs=1e-5)
+    assert towers.tower_valid_loss(tiny_bert, valid, query_text, items, 16, config, tmp_path / "v2") == \
+        pytest.approx(manifest["base_valid_loss"], abs=1e-5)
+    assert manifest["best"]["valid_loss"] < manifest["base_valid_loss"]
     tuned, base = BiEncoder(str(out), max_length=16), BiEncoder(str(tiny_bert), max_length=16)
     assert tuned.fingerprint != base.fingerprint  # a new version: cached and stored apart from the frozen one
     assert not np.allclose(tuned.encode(["cordless drill"]), base.encode(["cordless drill"]))
