@@ -168,7 +168,8 @@ class TowerConfig(Strict):
     """Tower distillation (relevance.student.towers): the student's bi-encoder tuned on the teacher's soft labels
     with a listwise KL within each query's pool candidates, before the MLP is trained on the tuned vectors.
     ``max_queries_per_epoch`` bounds an epoch's work (on 2 cores a MiniLM-L6 step over 16 queries × 8 items
-    takes about 3.5 s in bf16): each epoch then draws that many queries afresh."""
+    takes about 3.5 s in bf16): each epoch then takes that many queries from its query buckets, visited in a new
+    random order (relevance.student.towers.QueryGroups)."""
 
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(2e-5, gt=0)

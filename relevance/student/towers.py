@@ -101,6 +101,9 @@ def listwise_kl(query: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, t
 
 
 PAIR = np.dtype([("query_row", "<i4"), ("item_row", "<i4"), ("grade", "<f4")])
+# At most this many bucket files (open at once while they are written): at the seeds' 30M pairs a bucket then holds
+# ~120k pairs, 1.4 MB.
+MAX_BUCKETS = 256
 
 
 def _checked(frame: pd.DataFrame, source: str, num_grades: int) -> pd.DataFrame:
@@ -111,9 +114,10 @@ def _checked(frame: pd.DataFrame, source: str, num_grades: int) -> pd.DataFrame:
     p = frame[probs].to_numpy(np.float64)
     bad = ~np.isfinite(p).all(1) | (np.abs(p.sum(1) - 1) > 1e-3) | (p < 0).any(1)
     if bad.any():
+        first = frame.iloc[int(np.flatnonzero(bad)[0])]
         raise DataContractError(f"tower distillation: label chunk {source}: {int(bad.sum())} row(s) whose "
                                 f"p_0..p_{num_grades - 1} are not a distribution (non-finite, negative, or not "
-                                f"summing to 1), e.g. row {int(np.flatnonzero(bad)[0])}")
+                                f"summing to 1), e.g. query {first['query_id']!r}, item {first['item_id']!r}")
     return frame
 
 
@@ -150,7 +154,7 @@ class QueryGroups:
                                                item_table.fingerprint, str(num_grades)]).encode()).hexdigest()[:16]
         done = directory / "buckets.json"
         if not (done.exists() and json.loads(done.read_text()).get("fingerprint") == fingerprint):
-            buckets = max(1, len(chunks))
+            buckets = max(1, min(len(chunks), MAX_BUCKETS))
             grades = np.arange(num_grades, dtype=np.float64)
             rows = np.zeros(buckets, dtype=np.int64)
             with atomic_directory(directory) as tmp:
@@ -163,10 +167,12 @@ class QueryGroups:
                         pairs["item_row"] = item_table.rows(frame["item_id"], "item id")
                         pairs["grade"] = frame[prob_columns(num_grades)].to_numpy(np.float64) @ grades
                         bucket = pairs["query_row"] % buckets
-                        for b in np.unique(bucket):
-                            part = pairs[bucket == b]
-                            handles[b].write(part.tobytes())
-                            rows[b] += len(part)
+                        order = np.argsort(bucket, kind="stable")
+                        counts = np.bincount(bucket, minlength=buckets)
+                        for b, part in enumerate(np.split(pairs[order], np.cumsum(counts)[:-1])):
+                            if len(part):
+                                handles[b].write(part.tobytes())
+                                rows[b] += len(part)
                 finally:
                     for handle in handles:
                         handle.close()
@@ -255,6 +261,8 @@ class _TowerRun(Hooks):
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"].cpu())
+        if self.device.type == "cuda" and saved.get("cuda_rng"):
+            torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda_rng"]])
         state = LoopState.from_dict(saved["state"])
         self.log(f"towers: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
         return state
@@ -262,7 +270,9 @@ class _TowerRun(Hooks):
     def checkpoint(self, state: LoopState) -> None:
         with atomic_write(self.path) as tmp:
             torch.save({"key": self.key, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "state": state.to_dict()}, tmp)
+                        "torch_rng": torch.get_rng_state(), "state": state.to_dict(),
+                        # dropout draws from the device's generator on a GPU
+                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}, tmp)
 
     def batches(self, epoch: int, start_batch: int):
         return self.source.epoch(epoch, start_batch)
@@ -315,6 +325,24 @@ class _ValidGroups:
         return iter(self.batches)
 
 
+def _check_texts(query_ids: list, query_text: pd.Series) -> None:
+    unknown = pd.Index(query_ids).difference(query_text.index)
+    if len(unknown):
+        raise DataContractError(f"tower distillation: {len(unknown)} query id(s) have no text, e.g. {list(unknown[:5])}")
+
+
+def _check_valid(valid_pairs: pd.DataFrame, query_text: pd.Series, num_grades: int | None) -> None:
+    """Valid's judged pairs: the columns, integer grades in 0..K−1 (K unknown: any integer ≥ 0), query texts."""
+    missing = [c for c in ("query_id", "item_id", "grade") if c not in valid_pairs.columns]
+    if missing:
+        raise DataContractError(f"tower distillation: valid pairs lack column(s) {missing}")
+    grades = pd.to_numeric(valid_pairs["grade"], errors="coerce")
+    top = num_grades - 1 if num_grades is not None else np.inf
+    if grades.isna().any() or (grades % 1 != 0).any() or not grades.between(0, top).all():
+        raise DataContractError(f"tower distillation: valid grades must be integers 0..{top}")
+    _check_texts(list(dict.fromkeys(valid_pairs["query_id"])), query_text)
+
+
 def _origin(path: str, max_length: int) -> str:
     """What a tower's vectors and tokens come from: its weights and tokenizer files (a model replaced at the same
     path is another origin) and the truncation length."""
@@ -339,12 +367,7 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
         raise ValueError(f"tower distillation: expected at least 2 grades, got {num_grades}")
     if not chunks:
         raise DataContractError("tower distillation: no label chunks")
-    missing = [c for c in ("query_id", "item_id", "grade") if c not in valid_pairs.columns]
-    if missing:
-        raise DataContractError(f"tower distillation: valid pairs lack column(s) {missing}")
-    grades = pd.to_numeric(valid_pairs["grade"], errors="coerce")
-    if grades.isna().any() or not grades.between(0, num_grades - 1).all():
-        raise DataContractError(f"tower distillation: valid grades must be integers 0..{num_grades - 1}")
+    _check_valid(valid_pairs, query_text, num_grades)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -352,9 +375,7 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     origin = _origin(path, max_length)
     query_ids = list(dict.fromkeys([*(q for _, load in chunks for q in load()["query_id"].unique()),
                                     *valid_pairs["query_id"]]))
-    unknown = pd.Index(query_ids).difference(query_text.index)
-    if len(unknown):
-        raise DataContractError(f"tower distillation: {len(unknown)} query id(s) have no text, e.g. {list(unknown[:5])}")
+    _check_texts(query_ids, query_text)
     query_table = token_table(work / "tokens" / "queries", query_ids, query_text.reindex(query_ids).tolist(),
                               tokenizer, max_length, origin)
     item_table = token_table(work / "tokens" / "items", item_text.index.tolist(), item_text.fillna("").tolist(),
@@ -406,10 +427,11 @@ def tower_valid_loss(model_path: str | Path, valid_pairs: pd.DataFrame, query_te
     from transformers import AutoTokenizer
 
     path, work = resolve_backbone(str(model_path)), Path(work)
+    _check_valid(valid_pairs, query_text, None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     origin = _origin(path, max_length)
     query_ids = list(dict.fromkeys(valid_pairs["query_id"]))
-    query_table = token_table(work / "queries", query_ids, query_text.reindex(query_ids).fillna("").tolist(),
+    query_table = token_table(work / "queries", query_ids, query_text.reindex(query_ids).tolist(),
                               tokenizer, max_length, origin)
     item_table = token_table(work / "items", item_text.index.tolist(), item_text.fillna("").tolist(), tokenizer,
                              max_length, origin)

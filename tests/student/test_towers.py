@@ -165,6 +165,9 @@ def test_bad_inputs_are_refused_before_training(tiny_bert, task, tmp_path):
     with pytest.raises(DataContractError, match="lack column"):
         towers.distil_towers(chunks, query_text, items, valid.drop(columns="grade"), 5, str(tiny_bert), 16,
                              _config(), tmp_path / "t", tmp_path / "w")
+    with pytest.raises(DataContractError, match="integers"):
+        towers.distil_towers(chunks, query_text, items, valid.assign(grade=1.5), 5, str(tiny_bert), 16, _config(),
+                             tmp_path / "t", tmp_path / "w")
     with pytest.raises(DataContractError, match="have no text"):
         towers.distil_towers(chunks, query_text.iloc[2:], items, valid, 5, str(tiny_bert), 16, _config(),
                              tmp_path / "t", tmp_path / "w")
