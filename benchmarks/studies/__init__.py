@@ -34,7 +34,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "studies"
 # In the report's order.
 STUDIES = ("teachers", "lambdamart", "scaling", "pareto", "active", "judged", "ablation", "backbones", "labelling", "locales",
-           "gpu", "loop")  # loop: the data flywheel on Home Depot (benchmarks/studies/loop.py, about 1.5 h)
+           "gpu", "loop", "towers")  # loop: the data flywheel on Home Depot (benchmarks/studies/loop.py, about 1.5 h)
 
 
 def _key(inputs: dict) -> str:
