@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +41,10 @@ from relevance.data.schema import DataContractError, prob_columns
 from relevance.models import training
 from relevance.models.backbones import resolve_backbone
 from relevance.models.training import Hooks, LoopState, Schedule
+from relevance.student.distillation import Chunks
 from relevance.student.encoder import sentence_vectors
 from relevance.student.pairstore import EmbeddingTable
 
-Chunks = list[tuple[str, Callable[[], pd.DataFrame]]]
 TOWER_MANIFEST = "towers.json"
 
 
