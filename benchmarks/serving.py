@@ -376,7 +376,7 @@ def profile_request(config_path: Path, queries: list[str], candidates: dict[str,
     config = load_config(config_path)
     workdir = ROOT / config.workdir
     bundle = ServingBundle(workdir / "export")
-    items = FeastItemSource(workdir / "feature_repo", bundle.manifest["embedding_dim"])
+    items = FeastItemSource.for_bundle(workdir / "feature_repo", bundle.manifest)
     scorer = OnlineScorer(bundle, items, config.serving, student=OnnxStudent(bundle.model_file("student", False)))
     int8 = OnnxStudent(bundle.model_file("student", True))
     before = onnx_session(training_vector_graph(workdir / "student", Path(tempfile.mkdtemp()) / "before.onnx"), 1)
@@ -446,7 +446,7 @@ def serving_quality(config_path: Path) -> dict:
     frame = dataset.split(config.eval.split)
     query_text = dataset.queries.set_index("query_id")["query"]
     bundle = ServingBundle(Path(config.workdir) / "export")
-    items = FeastItemSource(Path(config.workdir) / "feature_repo", bundle.manifest["embedding_dim"])
+    items = FeastItemSource.for_bundle(Path(config.workdir) / "feature_repo", bundle.manifest)
 
     def metrics(probs: np.ndarray) -> dict:
         overall = report_block(frame, probs, dataset.info, config.eval)["overall"]

@@ -185,8 +185,8 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
         report["verdict"] = (f"too little traffic: {mine} record(s) of student {report['model_version']} in the "
                              f"window, monitor.min_records is {settings.min_records}")
         return _finish(report, EXIT_TOO_FEW, out, pushgateway, log)
-    items = FeastItemSource(feature_repo, int(bundle.manifest["embedding_dim"]), config.serving.item_cache_size,
-                            config.serving.item_cache_ttl_seconds, project=bundle.manifest.get("feature_project"))
+    items = FeastItemSource.for_bundle(feature_repo, bundle.manifest, config.serving.item_cache_size,
+                                       config.serving.item_cache_ttl_seconds)
     serving = config.serving.model_copy(update={"max_candidates": max(config.serving.max_candidates,
                                                                       settings.candidates)})
     scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.model_file("student", False)))

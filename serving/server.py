@@ -433,9 +433,10 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
 
     def scorer() -> OnlineScorer:
         bundle = ServingBundle(bundle_dir)
-        # The bundle's feature project, when it names one: the features its student was exported against.
-        items = FeastItemSource(feature_repo, int(bundle.manifest["embedding_dim"]), config.item_cache_size,
-                                config.item_cache_ttl_seconds, project=bundle.manifest.get("feature_project"))
+        # The bundle's feature project, when it names one: the features its student was exported against; refused
+        # at start when its item vectors are another encoder's than the bundle's query tower.
+        items = FeastItemSource.for_bundle(feature_repo, bundle.manifest, config.item_cache_size,
+                                           config.item_cache_ttl_seconds)
         student = None
         if predictor is None:  # serving.int8 picks the int8 student, as it picks the int8 encoder
             student = OnnxStudent(bundle.model_file("student", config.int8), config.onnx_threads)

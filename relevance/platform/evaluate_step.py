@@ -20,9 +20,17 @@ def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, 
 
     from relevance.evaluation.challenger import gate_challenger
 
-    def item_features(item_ids: list[str]):
-        from relevance.platform.feature_store import item_features_from_store
+    from relevance.common.files import read_manifest
+    from relevance.platform.feature_store import EmbeddingVersionMismatch, built_encoder, item_features_from_store
 
+    if feature_repo is not None:
+        made_by, reads = built_encoder(feature_repo), read_manifest(student_dir, "student")["encoder_fingerprint"]
+        if made_by != reads:
+            raise EmbeddingVersionMismatch(f"{feature_repo}: its item embeddings were made by encoder {made_by}, the "
+                                           f"student {student_dir} reads encoder {reads}; evaluate it on the features "
+                                           "materialized with its own encoder")
+
+    def item_features(item_ids: list[str]):
         return item_features_from_store(feature_repo, item_ids)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,6 +17,13 @@ whose views have none, so a materialization killed midway is never served. The r
 transformer started from the definitions alone can check it; the serving bundle names the project its student
 was exported against (bundle.json ``feature_project``) and the transformer reads that one.
 
+Embedding versions: the item vectors are only meaningful to a student whose query tower made them (a tuned tower,
+relevance.student.towers, changes every vector). A built repo records the encoder that embedded its catalog
+(``embedding.json``: the encoder's ``encoder_fingerprint``, the name students, bundles and MLflow lineage use), it
+enters the content version, and :func:`apply_and_materialize` tags the registry's ``item_embeddings`` view with it.
+A transformer refuses, at start, a project whose tag is not its bundle's (:class:`EmbeddingVersionMismatch`), so a
+canary whose challenger has a new tower reads its own project beside the champion's.
+
 Feast is imported lazily (it takes seconds): only the steps that touch the store pay for it.
 """
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -36,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from relevance.common.console import log
-from relevance.common.files import atomic_write
+from relevance.common.files import atomic_write, atomic_write_json
 from relevance.config import RunConfig
 from relevance.data.schema import DataContractError, Dataset
 from relevance.student.scoring import ItemCache, ItemFeatures, ItemSourceUnavailable
@@ -48,6 +56,10 @@ FEATURE_VIEWS = (ITEM_EMBEDDINGS, ITEM_TEXT)
 DEFINITION_FILES = ("feature_store.yaml", "*.py")
 # The environment variable Feast reads a feature_store.yaml's path from, instead of <repo>/feature_store.yaml.
 FEAST_YAML_ENV = "FEAST_FS_YAML_FILE_PATH"
+# The registry tag on the item_embeddings view naming the encoder that embedded the catalog (a student's, a
+# bundle's and a model version's ``encoder_fingerprint``), and the built repo's file it is applied from.
+ENCODER_TAG = "encoder_fingerprint"
+EMBEDDING_FILE = "embedding.json"
 _PROJECT_LINE = re.compile(r"^project:[ \t]*[\"']?([A-Za-z0-9_]+)[\"']?[ \t]*(#.*)?$", re.MULTILINE)
 
 # Serving reads the online store inside a request, on the server's event loop: when Redis does not answer, the
@@ -62,6 +74,10 @@ SERVING_REDIS_OPTIONS = {
     # RedisCluster refuses a retry in its connection options; its own retries are cluster_error_retry_attempts.
     "redis_cluster": "socket_connect_timeout=1,socket_timeout=1,cluster_error_retry_attempts=0",
 }
+
+
+class EmbeddingVersionMismatch(ValueError):
+    """A Feast project whose item embeddings were made by another encoder than the student's query tower."""
 
 
 class IncompleteMaterialization(ValueError):
@@ -112,12 +128,13 @@ def definitions_version(definitions: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def content_version(tables: dict[str, pd.DataFrame], definitions: list[Path]) -> str:
-    """12 hex digits that change with any feature value, item or definition, and with nothing else: the event
+def content_version(tables: dict[str, pd.DataFrame], definitions: list[Path], encoder_fingerprint: str) -> str:
+    """12 hex digits that change with any feature value, item, definition or embedding encoder, and with nothing
+    else: the event
     timestamps are left out, so a retried materialization of the same content (stamped later) gets the same
     version and resumes into the same online keys; and the store's settings too, so the same features in SQLite
     and in Redis are one version (the one a serving bundle names)."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"encoder\0{encoder_fingerprint}\0".encode())
     for path in definitions:
         if path.suffix == ".py":
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -145,8 +162,10 @@ def _config_source(definitions: Path) -> Path:
     return Path(named)
 
 
-def build_feature_repo(definitions: str | Path, out_dir: str | Path, tables: dict[str, pd.DataFrame]) -> Path:
-    """Copy the definitions to ``out_dir`` and write each view's parquet to ``out_dir/data/<view>.parquet``.
+def build_feature_repo(definitions: str | Path, out_dir: str | Path, tables: dict[str, pd.DataFrame],
+                       encoder_fingerprint: str) -> Path:
+    """Copy the definitions to ``out_dir`` and write each view's parquet to ``out_dir/data/<view>.parquet``, and
+    ``encoder_fingerprint`` (the encoder that embedded the items) to ``out_dir/embedding.json``.
 
     The copy's feature_store.yaml is the config in effect (see :func:`_config_source`) with its ``project:`` line
     versioned (``<project>_<content version>``; every other line, comments included, as it was), so the built repo
@@ -161,7 +180,10 @@ def build_feature_repo(definitions: str | Path, out_dir: str | Path, tables: dic
     match = _PROJECT_LINE.search(text)
     if match is None:
         raise ValueError(f"{source}: no top-level `project: <name>` line to version")
-    project = f"{match.group(1)}_{content_version(tables, paths)}"
+    if not isinstance(encoder_fingerprint, str) or not re.fullmatch(r"[0-9a-f]{8,64}", encoder_fingerprint):
+        raise ValueError(f"encoder_fingerprint: expected the encoder's hex fingerprint (BiEncoder.fingerprint), got "
+                         f"{encoder_fingerprint!r}")
+    project = f"{match.group(1)}_{content_version(tables, paths, encoder_fingerprint)}"
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     for path in paths:
         if path.name != "feature_store.yaml":
@@ -171,7 +193,18 @@ def build_feature_repo(definitions: str | Path, out_dir: str | Path, tables: dic
     for name, frame in tables.items():
         with atomic_write(out_dir / "data" / f"{name}.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
+    atomic_write_json(out_dir / EMBEDDING_FILE, {ENCODER_TAG: encoder_fingerprint})
     return out_dir
+
+
+def built_encoder(repo: Path) -> str:
+    """The encoder fingerprint a built repo's item embeddings were made with (its embedding.json)."""
+    path = Path(repo) / EMBEDDING_FILE
+    try:
+        return str(json.loads(path.read_text())[ENCODER_TAG])
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{repo}: no readable {EMBEDDING_FILE} naming the encoder of its item embeddings "
+                         f"({type(error).__name__}); build the repo with `relevance features`") from None
 
 
 def _definitions(repo: Path) -> list:
@@ -263,13 +296,34 @@ def apply_and_materialize(repo: str | Path, end: datetime | None = None) -> dict
     Feast records each view's interval in its registry once the view's rows are written: a materialization
     killed before that leaves the project unrecorded, and serving refuses it (:func:`require_materialized`).
     Rerunning this on the same build resumes into the same project and keys."""
+    from feast import FeatureView
+
     repo = Path(repo)
+    encoder = built_encoder(repo)
     objects = _definitions(repo)
+    for view in objects:  # the vectors' version, where serving checks it: the registry (shared in a cluster)
+        if isinstance(view, FeatureView) and view.name == ITEM_EMBEDDINGS:
+            view.tags = {**view.tags, ENCODER_TAG: encoder}
     store = open_store(repo)
     store.apply(objects)
     end = end or datetime.now(UTC)
     store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
-    return {view.name: view.tags.get("version", "0") for view in store.list_feature_views()}
+    return {**{view.name: view.tags.get("version", "0") for view in store.list_feature_views()},
+            ENCODER_TAG: encoder}
+
+
+def require_encoder(store, encoder_fingerprint: str) -> None:
+    """Refuse a Feast project (``store``'s) whose item embeddings were not made by ``encoder_fingerprint``, the
+    encoder whose query vectors they will be compared with."""
+    found = store.get_feature_view(ITEM_EMBEDDINGS).tags.get(ENCODER_TAG)
+    if found != encoder_fingerprint:
+        raise EmbeddingVersionMismatch(
+            f"Feast project {store.config.project!r}: its item embeddings "
+            + (f"were made by encoder {found}" if found else f"record no encoder (no {ENCODER_TAG!r} tag)")
+            + f", but the student's query tower is encoder {encoder_fingerprint}: cosine similarities between the "
+            "two are meaningless. Serve the project materialized with the student's encoder (the bundle's "
+            "feature_project, from `relevance features` run with the student's student.encoder), or re-export the "
+            "bundle against it")
 
 
 def require_materialized(store) -> None:
@@ -336,7 +390,8 @@ def materialize_features(config: RunConfig, dataset: Dataset, repo_dir: str | Pa
         featurizer = build_featurizer(dataset.items, featurizer_settings(config), Path(embeddings_dir or cache_dir))
         tables = feature_tables(dataset, featurizer.item_text,
                                 lambda texts: featurizer.cache.embed(texts, "item embeddings"))
-    build_feature_repo(definitions, repo_dir, tables)
+        encoder = featurizer.cache.encoder.fingerprint
+    build_feature_repo(definitions, repo_dir, tables, encoder)
     versions = apply_and_materialize(repo_dir)
     project = repo_project(repo_dir)
     log(f"features: {len(tables[ITEM_EMBEDDINGS])} items materialized → {repo_dir} (Feast project {project})")
@@ -366,20 +421,32 @@ class FeastItemSource:
     the store.
 
     Only a project whose materialization finished is served (:func:`require_materialized`): the repo's, or
-    ``project`` (the serving bundle's) through the repo's registry and online store. When the online store does
+    ``project`` (the serving bundle's) through the repo's registry and online store, and, given the student's
+    ``encoder_fingerprint``, only one whose item embeddings that encoder made (:func:`require_encoder`). When
+    the online store does
     not answer, a read raises :class:`ItemSourceUnavailable` within about a second (:data:`SERVING_REDIS_OPTIONS`)
     and the next one tries again: Feast keeps one redis-py client, whose pool reconnects once Redis is back.
     """
 
     def __init__(self, repo: str | Path, dimension: int, cache_size: int = 200_000, ttl_seconds: float = 300.0,
-                 project: str | None = None):
+                 project: str | None = None, encoder_fingerprint: str | None = None):
         self.store = open_store(repo, serving=True, project=project)
         require_materialized(self.store)
+        if encoder_fingerprint is not None:
+            require_encoder(self.store, encoder_fingerprint)
         self.project = self.store.config.project
         self.dimension = dimension
         self.cache = ItemCache(cache_size, dimension, ttl_seconds) if cache_size > 0 else None
         self.reads = 0
         self._unanswered = _unanswered_errors()
+
+    @classmethod
+    def for_bundle(cls, repo: str | Path, manifest: dict, cache_size: int = 200_000,
+                   ttl_seconds: float = 300.0) -> "FeastItemSource":
+        """The item source a serving bundle (its bundle.json ``manifest``) reads: the feature project it names
+        (the repo's when it names none), refused unless its item embeddings are the bundle's encoder's."""
+        return cls(repo, int(manifest["embedding_dim"]), cache_size, ttl_seconds,
+                   project=manifest.get("feature_project"), encoder_fingerprint=manifest["encoder_fingerprint"])
 
     def _read(self, item_ids: list[str]) -> dict[str, tuple[np.ndarray, str, str] | None]:
         self.reads += 1

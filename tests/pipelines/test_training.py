@@ -90,14 +90,18 @@ def test_local_run_registers_a_challenger_with_lineage(local_run):
     assert len(tags["data_hash"]) >= 12 and tags["teacher_version"].startswith("teacher-")
     views = json.loads(tags["feature_views"])
     assert views == {"item_embeddings": "1", "item_text": "2", "definitions": views["definitions"],
-                     "project": views["project"]}
+                     "project": views["project"], "encoder_fingerprint": tags["encoder_fingerprint"]}
+    # the encoder it was trained on, which embedded the materialized items too (serving checks the two agree)
+    assert re.fullmatch(r"[0-9a-f]{16}", tags["encoder_fingerprint"])
     # the versioned Feast project the features were materialized to, which the serving bundle names too
     assert re.fullmatch(r"relevance_[0-9a-f]{12}", views["project"])
     run = registry.client.get_run(student[0].run_id)
     assert "accuracy" in run.data.metrics and "student.hidden" in run.data.params
     downloaded = registry.download("relevance-student", CHALLENGER, Path(run.info.artifact_uri.removeprefix("file://")).parent / "dl")
     assert (downloaded / "manifest.json").exists() and (downloaded / "onnx" / "student.onnx").exists()
-    assert json.loads((downloaded / "onnx" / "bundle.json").read_text())["feature_project"] == views["project"]
+    bundle = json.loads((downloaded / "onnx" / "bundle.json").read_text())
+    assert bundle["feature_project"] == views["project"]
+    assert bundle["encoder_fingerprint"] == tags["encoder_fingerprint"]
 
 
 def test_local_run_leaves_reports_and_a_populated_online_store(local_run, tiny_overrides):

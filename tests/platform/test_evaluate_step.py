@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 
 def test_the_evaluate_step_brings_the_champion_and_the_feature_store_and_only_delegates(tmp_path, monkeypatch):
     """evaluate_challenger is an adapter: the registry's champion and a Feast reader go to the core's one evaluation
@@ -28,6 +32,10 @@ def test_the_evaluate_step_brings_the_champion_and_the_feature_store_and_only_de
     monkeypatch.setattr(challenger, "gate_challenger", gate)
     monkeypatch.setattr(feature_store, "item_features_from_store", lambda repo, ids: (repo, ids))
     config = RunConfig()
+    for directory, name, content in (("s", "manifest.json", {"kind": "student", "encoder_fingerprint": "ab12" * 4}),
+                                     ("repo", "embedding.json", {"encoder_fingerprint": "ab12" * 4})):
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / name).write_text(json.dumps(content))
     assert evaluate_step.evaluate_challenger(config, None, tmp_path / "s", tmp_path / "t", tmp_path / "r.html",
                                              tmp_path / "repo") == {"gate_passed": True}
     assert downloads == [(config.registry.student_name, registry.CHAMPION)]
@@ -36,3 +44,9 @@ def test_the_evaluate_step_brings_the_champion_and_the_feature_store_and_only_de
     assert item_features(["a"]) == (tmp_path / "repo", ["a"])
     evaluate_step.evaluate_challenger(config, None, tmp_path / "s", tmp_path / "t", tmp_path / "r.html")
     assert calls[-1][-1] is None  # no feature repo: the items' features are computed from the catalog
+    # features embedded by another encoder than the student's are refused before anything is evaluated
+    (tmp_path / "repo" / "embedding.json").write_text(json.dumps({"encoder_fingerprint": "cd34" * 4}))
+    with pytest.raises(feature_store.EmbeddingVersionMismatch, match=f"made by encoder {'cd34' * 4}.*reads encoder"):
+        evaluate_step.evaluate_challenger(config, None, tmp_path / "s", tmp_path / "t", tmp_path / "r.html",
+                                          tmp_path / "repo")
+    assert len(calls) == 2

@@ -15,6 +15,7 @@ from relevance.data import prepare
 from relevance.data.schema import DataContractError, Dataset
 from relevance.models.bm25 import lexical_item_texts
 from relevance.platform.feature_store import (
+    EmbeddingVersionMismatch,
     FeastItemSource,
     apply_and_materialize,
     build_feature_repo,
@@ -23,7 +24,10 @@ from relevance.platform.feature_store import (
     item_features_from_store,
     online_item_features,
     open_store,
+    repo_project,
 )
+
+ENCODER, TUNED = "0123456789abcdef", "fedcba9876543210"  # two encoders' fingerprints (BiEncoder.fingerprint)
 
 
 def test_feast_apply_materialize_and_read_back(tmp_path):
@@ -33,9 +37,9 @@ def test_feast_apply_materialize_and_read_back(tmp_path):
     rng = np.random.default_rng(0)
     embed = lambda texts: rng.standard_normal((len(texts), 8)).astype(np.float32)  # noqa: E731
     tables = feature_tables(dataset, lexical_item_texts(dataset.items, config.text), embed)
-    repo = build_feature_repo(definitions_dir(None), tmp_path / "repo", tables)
+    repo = build_feature_repo(definitions_dir(None), tmp_path / "repo", tables, ENCODER)
     versions = apply_and_materialize(repo)
-    assert versions == {"item_embeddings": "1", "item_text": "2"}
+    assert versions == {"item_embeddings": "1", "item_text": "2", "encoder_fingerprint": ENCODER}
     ids = dataset.items["item_id"].tolist()
     offline = item_features_from_store(repo, ids[:5])
     expected = tables["item_embeddings"].set_index("item_id")["embedding"]
@@ -75,10 +79,69 @@ def test_feast_apply_materialize_and_read_back(tmp_path):
         item_features_from_store(repo, ["not-an-item"])
 
 
+def _shared_store(tmp_path) -> Path:
+    """A feature_store.yaml whose registry and online store every built repo shares (absolute paths), as a
+    cluster's SQL registry and Redis are: what FEAST_FS_YAML_FILE_PATH names when a repo is built."""
+    config = tmp_path / "shared.yaml"
+    config.write_text(f"project: relevance\nprovider: local\nregistry: {tmp_path / 'registry.db'}\nonline_store:\n"
+                      f"  type: sqlite\n  path: {tmp_path / 'online.db'}\noffline_store:\n  type: file\n"
+                      "entity_key_serialization_version: 3\n")
+    return config
+
+
+def test_a_new_towers_embeddings_are_a_version_of_their_own_and_serving_refuses_another_encoders(
+        tmp_path, monkeypatch):
+    """The same catalog embedded by the frozen encoder and by a tuned tower: two projects in one registry and
+    online store, each tagged with its encoder; the new one leaves the old one's rows alone, and an item source
+    asked for one encoder refuses the other's project, at start."""
+    config = build_config("quick", {"data": {"synthetic_items": 30, "synthetic_judged_queries": 10,
+                                             "synthetic_impressions": 40}})
+    dataset = Dataset.load(prepare(config.data, tmp_path / "data"))
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(_shared_store(tmp_path)))
+    texts = lexical_item_texts(dataset.items, config.text)
+    ids = dataset.items["item_id"].tolist()
+    repos, vectors = {}, {}
+    for name, encoder, seed in (("frozen", ENCODER, 0), ("tuned", TUNED, 1)):
+        rng = np.random.default_rng(seed)
+        tables = feature_tables(dataset, texts, lambda t: rng.standard_normal((len(t), 8)).astype(np.float32))
+        vectors[name] = np.stack(tables["item_embeddings"]["embedding"].to_numpy())
+        repos[name] = build_feature_repo(definitions_dir(None), tmp_path / name, tables, encoder)
+        if name == "frozen":
+            assert apply_and_materialize(repos[name])["encoder_fingerprint"] == ENCODER
+            served = FeastItemSource(repos[name], 8, cache_size=0, project=repo_project(repos[name]),
+                                     encoder_fingerprint=ENCODER).get(ids).embeddings
+            np.testing.assert_array_equal(served, vectors[name])
+        else:
+            apply_and_materialize(repos[name])
+    projects = {name: repo_project(repo) for name, repo in repos.items()}
+    assert projects["frozen"] != projects["tuned"]
+    # Each project serves its own vectors through the shared store; the frozen one's rows are as they were.
+    for name, encoder in (("frozen", ENCODER), ("tuned", TUNED)):
+        source = FeastItemSource(repos["frozen"], 8, cache_size=0, project=projects[name], encoder_fingerprint=encoder)
+        np.testing.assert_array_equal(source.get(ids).embeddings, vectors[name])
+    # A student reading the frozen encoder's queries is refused the tuned project, and the other way round.
+    with pytest.raises(EmbeddingVersionMismatch, match=f"{projects['tuned']}.*made by encoder {TUNED}.*query tower "
+                                                       f"is encoder {ENCODER}"):
+        FeastItemSource(repos["frozen"], 8, project=projects["tuned"], encoder_fingerprint=ENCODER)
+    with pytest.raises(EmbeddingVersionMismatch, match=f"made by encoder {ENCODER}"):
+        FeastItemSource.for_bundle(repos["frozen"], {"embedding_dim": 8, "feature_project": projects["frozen"],
+                                                     "encoder_fingerprint": TUNED})
+    # The same tables under another encoder are another version: the tag cannot be moved without the content.
+    same = feature_tables(dataset, texts, lambda t: vectors["frozen"])
+    other = build_feature_repo(definitions_dir(None), tmp_path / "relabelled", same, TUNED)
+    assert repo_project(other) not in projects.values()
+    with pytest.raises(ValueError, match="encoder_fingerprint: expected"):
+        build_feature_repo(definitions_dir(None), tmp_path / "bad", same, "not hex")
+
+
 def test_definitions_without_the_student_feature_service_are_refused(tmp_path):
     repo = tmp_path / "defs"
     shutil.copytree(definitions_dir(None), repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     definitions = repo / "definitions.py"
     definitions.write_text(definitions.read_text().split("student_item_features = ")[0])
+    (repo / "embedding.json").write_text('{"encoder_fingerprint": "%s"}' % ENCODER)
     with pytest.raises(DataContractError, match="student_item_features"):
+        apply_and_materialize(repo)
+    (repo / "embedding.json").unlink()
+    with pytest.raises(ValueError, match="no readable embedding.json"):
         apply_and_materialize(repo)

@@ -35,6 +35,7 @@ from relevance.platform.feature_store import (
     IncompleteMaterialization,
     apply_and_materialize,
     build_feature_repo,
+    built_encoder,
     definitions_dir,
     repo_project,
 )
@@ -70,7 +71,7 @@ def stores(finished_run, cli, tmp_path_factory):
         env = {"REDIS_CONNECTION": redis.connection_string, "FEAST_REGISTRY_URL": f"sqlite:///{root}/registry.db"}
         for name, value in env.items():
             patch.setenv(name, value)
-        redis_repo = _build_production_repo(tables, root / "redis_repo")
+        redis_repo = _build_production_repo(tables, root / "redis_repo", built_encoder(sqlite_repo))
         apply_and_materialize(redis_repo)
         yield {"root": root, "config": config_path, "redis": redis, "env": env, "tables": tables,
                "sqlite_repo": sqlite_repo, "redis_repo": redis_repo,
@@ -78,11 +79,11 @@ def stores(finished_run, cli, tmp_path_factory):
     patch.undo()
 
 
-def _build_production_repo(tables: dict, out_dir):
+def _build_production_repo(tables: dict, out_dir, encoder: str):
     production = definitions_dir(None) / "feature_store.production.yaml"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FEAST_FS_YAML_FILE_PATH", str(production))
-        return build_feature_repo(definitions_dir(None), out_dir, tables)
+        return build_feature_repo(definitions_dir(None), out_dir, tables, encoder)
 
 
 @dataclass
@@ -308,7 +309,8 @@ def test_a_materialization_killed_midway_leaves_the_served_version_intact_and_is
     served_ids = tables["item_embeddings"]["item_id"].tolist()
     served = np.stack(tables["item_embeddings"]["embedding"].to_numpy())
     new_tables = _new_content(tables)
-    new_repo = _build_production_repo(new_tables, stores["root"] / "redis_repo_v2")
+    encoder = built_encoder(stores["sqlite_repo"])
+    new_repo = _build_production_repo(new_tables, stores["root"] / "redis_repo_v2", encoder)
     old_project = repo_project(stores["redis_repo"])
     new_project = yaml.safe_load((new_repo / "feature_store.yaml").read_text())["project"]
     assert new_project != old_project
@@ -340,7 +342,7 @@ def test_a_materialization_killed_midway_leaves_the_served_version_intact_and_is
         assert _scores(_post(redis_serving.url, body)) == expected
 
     # A retry rebuilds the same content (stamped later): the same project, which the rerun completes.
-    assert _build_production_repo(_new_content(tables), new_repo) == new_repo
+    assert _build_production_repo(_new_content(tables), new_repo, encoder) == new_repo
     assert yaml.safe_load((new_repo / "feature_store.yaml").read_text())["project"] == new_project
     apply_and_materialize(new_repo)
     assert repo_project(new_repo) == new_project
