@@ -93,12 +93,26 @@ def targets(models: dict) -> dict:
         "student_keeps_100pct_of_teacher_ndcg@20": verdict(
             student["ndcg@20"] >= teacher["ndcg@20"],
             f"{student['ndcg@20'] / teacher['ndcg@20']:.2%} of {teacher_name}'s"),
+        "student_keeps_99pct_of_teacher_accuracy": verdict(
+            student["accuracy"] >= 0.99 * teacher["accuracy"],
+            f"{student['accuracy'] / teacher['accuracy']:.2%} of {teacher_name}'s"),
+        # The GBDTs read the student's features (the tuned towers' vectors when the run tunes them).
+        "student_beats_best_gbdt_by_1.5pts_accuracy": verdict(
+            student["accuracy"] >= best["accuracy"] + 0.015,
+            f"student {student['accuracy']:.4f} vs {best_gbdt} {best['accuracy']:.4f} "
+            f"({(student['accuracy'] - best['accuracy']) * 100:+.2f} pt)"),
         "teacher_rmse_1to3_le_0.46": verdict(
             teacher["rmse_1to3"] <= 0.46, f"{teacher_name} {teacher['rmse_1to3']:.4f}"),
         "student_beats_human_only": verdict(
             all(student[m] > models["student_human_only"][m] for m in ("accuracy", "ndcg@20")),
             f"accuracy {student['accuracy']:.4f} vs {models['student_human_only']['accuracy']:.4f}"),
     }
+    frozen = models.get("student_frozen_towers")
+    if frozen is not None:  # the run tuned the student's towers: what they are worth on the same labels
+        out["tuned_towers_beat_frozen_towers"] = verdict(
+            student["accuracy"] > frozen["accuracy"] and student["ndcg@20"] > frozen["ndcg@20"],
+            f"accuracy {student['accuracy']:.4f} vs {frozen['accuracy']:.4f}, nDCG@20 {student['ndcg@20']:.4f} vs "
+            f"{frozen['ndcg@20']:.4f}")
     if raw is not None:
         reduction = 1 - cross_encoder["ece_top"] / raw["ece_top"]
         out["calibration_cuts_teacher_ece_by_30pct_at_the_same_accuracy"] = verdict(

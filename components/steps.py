@@ -35,11 +35,11 @@ def resolve_config(profile: str, overrides_json: str, run_config: Output[Artifac
     """Validate the run's settings once: a profile plus JSON overrides → the RunConfig (JSON) every step reads."""
     import json
 
-    from relevance.config import build_config
+    from relevance.config import build_config, require_pipeline_settings
 
     overrides = json.loads(overrides_json or "{}")
     with open(run_config.path, "w") as out:
-        out.write(build_config(profile, overrides).model_dump_json(indent=2))
+        out.write(require_pipeline_settings(build_config(profile, overrides)).model_dump_json(indent=2))
 
 
 @component

@@ -23,7 +23,14 @@ import os
 from kfp import dsl, kubernetes
 
 from relevance.components import steps
-from relevance.config import PIPELINE_STEPS, ClusterConfig, build_config, cpu_cores, declared_step
+from relevance.config import (
+    PIPELINE_STEPS,
+    ClusterConfig,
+    build_config,
+    cpu_cores,
+    declared_step,
+    require_pipeline_settings,
+)
 from relevance.labels.capacity import plan_for
 
 PIPELINE_NAME = "relevance-distillation-training"
@@ -96,7 +103,7 @@ def build_pipeline(profile: str = "quick", overrides: dict | None = None, local:
 
     ``local``: for kfp.local, which ignores resources; the thread count then follows this machine, not the pods'
     CPU limits."""
-    config = build_config(profile, overrides)  # fails here on a bad setting
+    config = require_pipeline_settings(build_config(profile, overrides))  # fails here on a bad setting
     cluster = config.cluster
     parallelism = plan_for(cluster.labeling, strict=True).devices
     # Like the pods' resources, fixed at compile time: a run's overrides cannot switch to a TrainJob.

@@ -1,5 +1,5 @@
-"""The chain on one machine: prepare → pool → teacher → labels → students → evaluation report, each step skipped
-when its output exists.
+"""The chain on one machine: prepare → pool → teacher → labels → [towers] → students → evaluation report, each
+step skipped when its output exists.
 
 A rerun after a crash (or after changing only a late step's settings and deleting its output) redoes only what is
 missing. The steps themselves are the domain functions the KFP components call too (relevance.data.prepare,
@@ -12,6 +12,9 @@ from a workdir (`relevance run`, `relevance train-teacher`): where it trains is 
     workdir/teacher/         fine-tuned teacher
     workdir/pool.parquet     unlabelled pool: impressions + BM25 candidates, minus judged pairs
     workdir/labels/          teacher soft labels, one parquet per shard
+    workdir/towers/          the student's bi-encoder tuned on the labels (student.towers.enabled; the student,
+                             its GBDTs, features and bundle then read it; student_frozen_towers/ keeps the
+                             frozen encoder's student as a report row)
     workdir/student/         distilled student;  workdir/student_human_only/  the human-labels baseline
     workdir/gbdt_*/          GBDT baselines on the student's features (multiclass, LambdaMART[, distilled])
     workdir/labeller/        the teacher + GBDT ensemble, when the student learns from it (student.labeller)
@@ -55,6 +58,9 @@ class Chain:
         self.data_dir, self.teacher_dir, self.pool_path = root / "data", root / "teacher", root / "pool.parquet"
         self.labels_dir, self.embeddings_dir, self.report_path = root / "labels", root / "embeddings", root / "report.json"
         self.student_dirs = {"student": root / "student", "student_human_only": root / "student_human_only"}
+        self.towers_dir = root / "towers"
+        if config.student.towers.enabled:  # the same student on the frozen encoder: what the towers are worth
+            self.student_dirs["student_frozen_towers"] = root / "student_frozen_towers"
         self.labeller_dir = root / "labeller"
 
     # -- the step cache -------------------------------------------------------------------------------------
@@ -150,10 +156,22 @@ class Chain:
                    shards)
         return self.labels_dir
 
-    def featurizer(self, dataset: Dataset):
+    def student_config(self, dataset: Dataset) -> RunConfig:
+        """The run's config as its student reads it: with ``student.towers.enabled``, ``student.encoder`` is the
+        tuned towers (tuned here when missing), so the student, its GBDTs and its features (`relevance features`)
+        all read the same vectors; otherwise the config itself."""
+        if not self.config.student.towers.enabled:
+            return self.config
+        config = self.config.model_copy(deep=True)
+        config.student.encoder = str(self.towers(dataset).resolve())
+        return config
+
+    def featurizer(self, dataset: Dataset, config: RunConfig | None = None):
+        """The student's featurizer (``config``'s: the frozen encoder's for the frozen-towers row)."""
         from relevance.student.featurizer import build_featurizer, featurizer_settings
 
-        return build_featurizer(dataset.items, featurizer_settings(self.config), self.embeddings_dir)
+        config = config or self.student_config(dataset)
+        return build_featurizer(dataset.items, featurizer_settings(config), self.embeddings_dir)
 
     @property
     def gbdt_dirs(self) -> dict[str, Path]:
@@ -217,13 +235,14 @@ class Chain:
 
     def towers(self, dataset: Dataset, out: Path | None = None) -> Path:
         """The student's bi-encoder tuned on the teacher's labels of the pool (relevance.student.towers): a model
-        directory to name as ``student.encoder``. Not a step of `relevance run` yet: the tuned-vs-frozen study
-        decides whether it becomes one."""
+        directory to name as ``student.encoder``, and a step of `relevance run` with ``student.towers.enabled``.
+        distil_towers keys its output by the base encoder, labels, valid lists and settings: the same ones reuse
+        it, other ones retune it (resuming from its checkpoint when killed)."""
         from relevance.labels.labelling import label_chunks
         from relevance.models.bm25 import lexical_item_texts
         from relevance.student.towers import distil_towers
 
-        out = Path(out) if out is not None else self.root / "towers"
+        out = Path(out) if out is not None else self.towers_dir
         student = self.config.student
         labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
         valid = dataset.split("valid")[["query_id", "item_id", "grade"]]
@@ -233,13 +252,22 @@ class Chain:
 
     def students(self, dataset: Dataset) -> dict[str, Path]:
         from relevance.labels.labelling import label_chunks
-        from relevance.student.distillation import train_students
+        from relevance.student.distillation import DISTILLED, HUMAN_ONLY, train_students
 
         outputs = self.student_dirs
         if not self.reusable("students", all((p / "manifest.json").exists() for p in outputs.values())):
             labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
-            train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset),
-                           labeller=self.labeller(dataset))
+            if self.config.student.towers.enabled:
+                # The human-only baseline stays on the frozen encoder: tuned towers have learnt from the teacher.
+                frozen = {DISTILLED: outputs["student_frozen_towers"], HUMAN_ONLY: outputs[HUMAN_ONLY]}
+                train_students(self.config, dataset, self.teacher_dir, labels, frozen,
+                               self.featurizer(dataset, self.config))
+                tuned = self.student_config(dataset)
+                train_students(tuned, dataset, self.teacher_dir, labels, {DISTILLED: outputs[DISTILLED]},
+                               self.featurizer(dataset, tuned))
+            else:
+                train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset),
+                               labeller=self.labeller(dataset))
         return outputs
 
     def grading_project(self, dataset: Dataset, strategy: str, budget: int, per_query: int, seed: int,
@@ -251,8 +279,9 @@ class Chain:
         from relevance.models.bm25 import lexical_item_texts
 
         labels_dir = self.labels(dataset)
-        chosen = select_for_grading(self.config, dataset, labels_dir, self.pool_path, strategy, budget, per_query,
-                                    seed, self.student_dirs["student"], self.embeddings_dir, log=log)
+        # The student's featurizer (its tuned towers, when the run tunes them) for its predictions and embeddings.
+        chosen = select_for_grading(self.student_config(dataset), dataset, labels_dir, self.pool_path, strategy,
+                                    budget, per_query, seed, self.student_dirs["student"], self.embeddings_dir, log=log)
         teacher = read_manifest(self.teacher_dir, "teacher")["teacher_version"]
         write_project(out, chosen, dataset, lexical_item_texts(dataset.items, self.config.text), pre_annotate,
                       teacher, {"strategy": strategy, "budget": budget, "per_query": per_query, "seed": seed,

@@ -135,7 +135,9 @@ def features(config: Optional[Path] = ConfigOption, profile: Optional[str] = Pro
 
     chain = open_chain(config, profile, workdir)
     repo = chain.root / "feature_repo"
-    versions = materialize_features(chain.config, chain.dataset(), repo, chain.embeddings_dir)
+    dataset = chain.dataset()
+    # The item vectors of the student's encoder: the tuned towers when the run tunes them.
+    versions = materialize_features(chain.student_config(dataset), dataset, repo, chain.embeddings_dir)
     typer.echo(f"feature repo {repo}: {versions}")
 
 

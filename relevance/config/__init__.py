@@ -96,6 +96,7 @@ __all__ = [
     "memory_bytes",
     "read_overrides",
     "read_run_config",
+    "require_pipeline_settings",
     "require_pipeline_steps",
 ]
 
@@ -153,6 +154,15 @@ def build_config(profile: str = "default", overrides: dict | None = None) -> Run
     values = _deep_merge(PROFILES[profile].settings(), overrides or {})
     values["profile"] = profile
     return RunConfig.model_validate(values)
+
+
+def require_pipeline_settings(config: RunConfig) -> RunConfig:
+    """Refuse what the one-machine chain does and the KFP pipeline has no step for, before any step runs."""
+    if config.student.towers.enabled:
+        raise ValueError("student.towers.enabled: tuning the towers is a step of `relevance run` only, the pipeline "
+                         "has no towers step; tune them with `relevance distil-towers` and name the output (a path "
+                         "the pods can read) as student.encoder")
+    return config
 
 
 def read_overrides(path: str | Path | None) -> tuple[str | None, dict]:

@@ -169,8 +169,14 @@ class TowerConfig(Strict):
     with a listwise KL within each query's pool candidates, before the MLP is trained on the tuned vectors.
     ``max_queries_per_epoch`` bounds an epoch's work (on 2 cores a MiniLM-L6 step over 16 queries × 8 items
     takes about 3.5 s in bf16): each epoch then takes that many queries from its query buckets, visited in a new
-    random order (relevance.student.towers.QueryGroups)."""
+    random order (relevance.student.towers.QueryGroups).
 
+    ``enabled``: a step of `relevance run` (after the labels): the run's student, its GBDT baselines, its features
+    and its serving bundle read the tuned towers (workdir/towers), and the same student on the frozen encoder is
+    kept as ``student_frozen_towers``, a row of the report. Otherwise tune them with `relevance distil-towers` and
+    name the output as ``student.encoder``."""
+
+    enabled: bool = False
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     queries_per_batch: int = Field(16, ge=1)
@@ -209,7 +215,17 @@ class StudentConfig(Strict):
     table_dtype: Literal["float32", "float16"] = "float32"
     shuffle_window_shards: int = Field(8, ge=1)
     checkpoint_every_batches: int = Field(500, ge=1)
-    towers: TowerConfig = Field(default_factory=TowerConfig)  # `relevance distil-towers`
+    towers: TowerConfig = Field(default_factory=TowerConfig)  # `relevance distil-towers`, or a step (enabled)
+
+    @model_validator(mode="after")
+    def _towers_with_a_teacher_labeller(self) -> StudentConfig:
+        # The ensemble's GBDT predicts on the student's features: on tuned towers it would read vectors it was
+        # not grown on.
+        if self.towers.enabled and self.labeller != "teacher":
+            raise ValueError(f"student.towers.enabled with student.labeller {self.labeller!r}: the ensemble's GBDT "
+                             "reads the frozen encoder's features; tune the towers for a student of the teacher's "
+                             "labels (labeller: teacher)")
+        return self
 
 
 class LambdaMARTConfig(Strict):

@@ -383,8 +383,9 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     groups = QueryGroups.build(work / "buckets", chunks, query_table, item_table, num_grades, config)
     valid_digest = hashlib.sha256(pd.util.hash_pandas_object(valid_pairs[["query_id", "item_id", "grade"]],
                                                              index=False).to_numpy().tobytes()).hexdigest()[:16]
-    # How often checkpoints are written does not change what is trained: a resumed run may change it.
-    settings = config.model_dump_json(exclude={"checkpoint_every_batches"})
+    # How often checkpoints are written does not change what is trained (a resumed run may change it), nor whether
+    # `relevance run` tunes them as a step.
+    settings = config.model_dump_json(exclude={"checkpoint_every_batches", "enabled"})
     key = hashlib.sha256(f"{groups.fingerprint}|{origin}|{valid_digest}|{settings}".encode()).hexdigest()[:16]
     if (out / TOWER_MANIFEST).exists() and json.loads((out / TOWER_MANIFEST).read_text()).get("key") == key:
         log(f"towers: {out} already holds these towers")

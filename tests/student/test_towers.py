@@ -203,3 +203,56 @@ def test_distil_towers_on_a_finished_run(finished_run, cli, tmp_path, tiny_bert)
     manifest = (tmp_path / "towers" / towers.TOWER_MANIFEST).read_text()
     assert '"kind": "towers"' in manifest and '"history"' in manifest
     assert BiEncoder(str(tmp_path / "towers")).fingerprint != BiEncoder(str(tiny_bert)).fingerprint
+
+
+def test_towers_as_a_step_of_the_run_feed_the_student_its_features_and_its_bundle(finished_run, cli, tmp_path):
+    """`relevance run` with student.towers.enabled on a finished run's data, teacher and labels: the towers are
+    tuned after the labels, the run's student and GBDTs read them, the frozen encoder's student stays a report
+    row, and `relevance features` / `relevance export` carry the tuned encoder's version to serving."""
+    import shutil
+
+    import yaml
+
+    from relevance.common.files import read_manifest
+    from relevance.platform.feature_store import built_encoder
+
+    source, config_path = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(source / "run", run, ignore=shutil.ignore_patterns(
+        "student*", "gbdt_*", "export", "feature_repo", "report.*", "towers"))
+    settings = yaml.safe_load(config_path.read_text())
+    settings["workdir"] = str(run)
+    settings["student"] = {**settings.get("student", {}),
+                           "towers": {"enabled": True, "epochs": 1, "queries_per_batch": 4, "precision": "fp32"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    cli("run", "--config", config)
+    report = json.loads((run / "report.json").read_text())["models"]
+    assert {"student", "student_frozen_towers", "student_human_only"} <= set(report)
+    tuned, frozen = read_manifest(run / "student", "student"), read_manifest(run / "student_frozen_towers", "student")
+    human = read_manifest(run / "student_human_only", "student")
+    assert tuned["encoder"] == str((run / "towers").resolve())
+    assert frozen["encoder"] == human["encoder"] == settings["student"]["encoder"]
+    assert tuned["encoder_fingerprint"] != frozen["encoder_fingerprint"]
+    gbdts = sorted(run.glob("gbdt_*"))
+    assert gbdts
+    for gbdt in gbdts:  # the baselines read the student's features
+        assert read_manifest(gbdt)["encoder_fingerprint"] == tuned["encoder_fingerprint"]
+    cli("features", "--config", config)
+    cli("export", "--config", config)
+    bundle = json.loads((run / "export" / "bundle.json").read_text())
+    assert built_encoder(run / "feature_repo") == bundle["encoder_fingerprint"] == tuned["encoder_fingerprint"]
+
+
+def test_towers_as_a_step_are_refused_where_they_cannot_hold():
+    from relevance.config import build_config, require_pipeline_settings
+
+    towers_on = {"student": {"towers": {"enabled": True}}}
+    with pytest.raises(ValueError, match="labeller 'teacher\\+gbdt'"):
+        build_config("quick", {"student": {"towers": {"enabled": True}, "labeller": "teacher+gbdt"}})
+    with pytest.raises(ValueError, match="the pipeline has no towers step"):
+        require_pipeline_settings(build_config("quick", towers_on))
+    from relevance.pipelines.training import build_pipeline
+
+    with pytest.raises(ValueError, match="the pipeline has no towers step"):
+        build_pipeline("quick", towers_on)
