@@ -184,7 +184,7 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
     from relevance.config import read_run_config
     from relevance.data.schema import Dataset as Tables
     from relevance.labels.labelling import label_chunks
-    from relevance.platform.feature_store import item_features_from_store
+    from relevance.platform.feature_store import built_encoder, item_features_from_store, require_same_encoder
     from relevance.platform.validation import validate_label_chunks
     from relevance.student.distillation import train_students
     from relevance.student.featurizer import build_featurizer, featurizer_settings
@@ -197,6 +197,8 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
     lineage = {"feature_views": dict(feature_repo.metadata), "gx_success": float(validation.metadata["success"])}
     with tempfile.TemporaryDirectory() as cache:  # query embeddings only: items come from the store
         featurizer = build_featurizer(tables.items, featurizer_settings(config), cache, stored)
+        require_same_encoder(built_encoder(feature_repo.path), featurizer.cache.encoder.fingerprint,
+                             f"feature repo {feature_repo.path}")  # queries and items by one encoder
         train_students(config, tables, Path(teacher.path), chunks, {"student": Path(student.path)}, featurizer,
                        lineage)
     manifest = json.loads((Path(student.path) / "manifest.json").read_text())

@@ -156,14 +156,20 @@ class Chain:
                    shards)
         return self.labels_dir
 
-    def student_config(self, dataset: Dataset) -> RunConfig:
+    def student_config(self, dataset: Dataset, tune: bool = True) -> RunConfig:
         """The run's config as its student reads it: with ``student.towers.enabled``, ``student.encoder`` is the
-        tuned towers (tuned here when missing), so the student, its GBDTs and its features (`relevance features`)
-        all read the same vectors; otherwise the config itself."""
+        tuned towers, so the student, its GBDTs and its features (`relevance features`) all read the same vectors;
+        otherwise the config itself. ``tune``: tune the towers when missing (the run's steps); else they must
+        exist (what reads a finished run: features, selection)."""
         if not self.config.student.towers.enabled:
             return self.config
+        from relevance.student.towers import TOWER_MANIFEST
+
+        if not tune and not (self.towers_dir / TOWER_MANIFEST).exists():
+            raise FileNotFoundError(f"{self.towers_dir}: no tuned towers; student.towers.enabled makes them a step "
+                                    "of `relevance run`: run it first")
         config = self.config.model_copy(deep=True)
-        config.student.encoder = str(self.towers(dataset).resolve())
+        config.student.encoder = str((self.towers(dataset) if tune else self.towers_dir).resolve())
         return config
 
     def featurizer(self, dataset: Dataset, config: RunConfig | None = None):
@@ -280,8 +286,9 @@ class Chain:
 
         labels_dir = self.labels(dataset)
         # The student's featurizer (its tuned towers, when the run tunes them) for its predictions and embeddings.
-        chosen = select_for_grading(self.student_config(dataset), dataset, labels_dir, self.pool_path, strategy,
-                                    budget, per_query, seed, self.student_dirs["student"], self.embeddings_dir, log=log)
+        chosen = select_for_grading(self.student_config(dataset, tune=False), dataset, labels_dir, self.pool_path,
+                                    strategy, budget, per_query, seed, self.student_dirs["student"],
+                                    self.embeddings_dir, log=log)
         teacher = read_manifest(self.teacher_dir, "teacher")["teacher_version"]
         write_project(out, chosen, dataset, lexical_item_texts(dataset.items, self.config.text), pre_annotate,
                       teacher, {"strategy": strategy, "budget": budget, "per_query": per_query, "seed": seed,

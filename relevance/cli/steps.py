@@ -115,7 +115,16 @@ def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profi
     chain = open_chain(config, profile, workdir)
     out = chain.root / "export"
     repo = chain.root / "feature_repo"  # `relevance features`' repo: its versioned project, if it ran first
-    project = repo_project(repo) if (repo / "feature_store.yaml").exists() else None
+    project = None
+    if (repo / "feature_store.yaml").exists():
+        from relevance.common.files import read_manifest
+        from relevance.platform.feature_store import built_encoder, require_same_encoder
+
+        # Named only if its item vectors are the student's encoder's (a run whose towers were tuned after it ran
+        # `relevance features` must run it again); serving would refuse the pair at start anyway.
+        require_same_encoder(built_encoder(repo), read_manifest(chain.student_dirs["student"], "student")
+                             ["encoder_fingerprint"], f"feature repo {repo}")
+        project = repo_project(repo)
     for result in export_bundle(chain.student_dirs["student"], out, chain.dataset().items, int8=int8,
                                 feature_project=project):
         typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
@@ -136,8 +145,8 @@ def features(config: Optional[Path] = ConfigOption, profile: Optional[str] = Pro
     chain = open_chain(config, profile, workdir)
     repo = chain.root / "feature_repo"
     dataset = chain.dataset()
-    # The item vectors of the student's encoder: the tuned towers when the run tunes them.
-    versions = materialize_features(chain.student_config(dataset), dataset, repo, chain.embeddings_dir)
+    # The item vectors of the student's encoder: the tuned towers when the run tunes them (tuned by the run).
+    versions = materialize_features(chain.student_config(dataset, tune=False), dataset, repo, chain.embeddings_dir)
     typer.echo(f"feature repo {repo}: {versions}")
 
 

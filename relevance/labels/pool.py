@@ -175,9 +175,10 @@ def _student_channel(spilled, bar, student, dataset: Dataset, unjudged: pd.DataF
 
 
 def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
-    """The student's own featurizer (the one the chain distils with), its embeddings only: the embedding
-    channel's vectors are the ones the student will read (in a KFP run, the same definition the feature step
-    materializes), and in a chain the cache it fills is the one distillation reuses."""
+    """The student's featurizer before any tower tuning (``student.encoder``), its embeddings only: the embedding
+    channel's vectors are the ones a frozen-encoder student reads (in a KFP run, the same definition the feature
+    step materializes), and in a chain the cache it fills is the one distillation reuses. The pool comes before
+    the labels, so towers tuned on those labels (student.towers.enabled) cannot choose it."""
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 
     return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir, with_bm25=False)

@@ -21,14 +21,11 @@ def evaluate_challenger(config: RunConfig, dataset: Dataset, student_dir: Path, 
     from relevance.evaluation.challenger import gate_challenger
 
     from relevance.common.files import read_manifest
-    from relevance.platform.feature_store import EmbeddingVersionMismatch, built_encoder, item_features_from_store
+    from relevance.platform.feature_store import built_encoder, item_features_from_store, require_same_encoder
 
     if feature_repo is not None:
-        made_by, reads = built_encoder(feature_repo), read_manifest(student_dir, "student")["encoder_fingerprint"]
-        if made_by != reads:
-            raise EmbeddingVersionMismatch(f"{feature_repo}: its item embeddings were made by encoder {made_by}, the "
-                                           f"student {student_dir} reads encoder {reads}; evaluate it on the features "
-                                           "materialized with its own encoder")
+        require_same_encoder(built_encoder(feature_repo), read_manifest(student_dir, "student")["encoder_fingerprint"],
+                             f"feature repo {feature_repo}")
 
     def item_features(item_ids: list[str]):
         return item_features_from_store(feature_repo, item_ids)

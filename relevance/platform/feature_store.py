@@ -130,10 +130,9 @@ def definitions_version(definitions: str | Path) -> str:
 
 def content_version(tables: dict[str, pd.DataFrame], definitions: list[Path], encoder_fingerprint: str) -> str:
     """12 hex digits that change with any feature value, item, definition or embedding encoder, and with nothing
-    else: the event
-    timestamps are left out, so a retried materialization of the same content (stamped later) gets the same
-    version and resumes into the same online keys; and the store's settings too, so the same features in SQLite
-    and in Redis are one version (the one a serving bundle names)."""
+    else. The event timestamps are left out, so a retried materialization of the same content (stamped later) gets
+    the same version and resumes into the same online keys; and the store's settings too, so the same features in
+    SQLite and in Redis are one version (the one a serving bundle names)."""
     digest = hashlib.sha256(f"encoder\0{encoder_fingerprint}\0".encode())
     for path in definitions:
         if path.suffix == ".py":
@@ -204,7 +203,9 @@ def built_encoder(repo: Path) -> str:
         return str(json.loads(path.read_text())[ENCODER_TAG])
     except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{repo}: no readable {EMBEDDING_FILE} naming the encoder of its item embeddings "
-                         f"({type(error).__name__}); build the repo with `relevance features`") from None
+                         f"({type(error).__name__}): built before embedding versions were recorded. Build it again "
+                         "(`relevance features`, or the pipeline's compute_features step without its cached "
+                         "result)") from None
 
 
 def _definitions(repo: Path) -> list:
@@ -291,7 +292,8 @@ def open_store(repo: str | Path, serving: bool = False, project: str | None = No
 
 
 def apply_and_materialize(repo: str | Path, end: datetime | None = None) -> dict[str, str]:
-    """`feast apply` then materialize every view up to ``end``; returns {view: version tag} for lineage.
+    """`feast apply` then materialize every view up to ``end``; returns {view: version tag} plus the
+    ``encoder_fingerprint`` of the item embeddings, for lineage.
 
     Feast records each view's interval in its registry once the view's rows are written: a materialization
     killed before that leaves the project unrecorded, and serving refuses it (:func:`require_materialized`).
@@ -312,18 +314,25 @@ def apply_and_materialize(repo: str | Path, end: datetime | None = None) -> dict
             ENCODER_TAG: encoder}
 
 
+def require_same_encoder(made_by: str | None, reads: str, what: str) -> None:
+    """Refuse item embeddings (``what``'s) made by another encoder than ``reads``, the student's: cosine
+    similarities between its query vectors and them are meaningless. The one check (and message) of serving, the
+    pipeline's steps, the registry and the export."""
+    if made_by == reads:
+        return
+    raise EmbeddingVersionMismatch(
+        f"{what}: its item embeddings "
+        + (f"were made by encoder {made_by}" if made_by else
+           "record no encoder (materialized before embedding versions were recorded)")
+        + f", but the student's query tower is encoder {reads}. Materialize the student's features (`relevance "
+        "features` with its student.encoder, or the pipeline's compute_features step, without a cached result "
+        "from before) and export its bundle against them")
+
+
 def require_encoder(store, encoder_fingerprint: str) -> None:
-    """Refuse a Feast project (``store``'s) whose item embeddings were not made by ``encoder_fingerprint``, the
-    encoder whose query vectors they will be compared with."""
-    found = store.get_feature_view(ITEM_EMBEDDINGS).tags.get(ENCODER_TAG)
-    if found != encoder_fingerprint:
-        raise EmbeddingVersionMismatch(
-            f"Feast project {store.config.project!r}: its item embeddings "
-            + (f"were made by encoder {found}" if found else f"record no encoder (no {ENCODER_TAG!r} tag)")
-            + f", but the student's query tower is encoder {encoder_fingerprint}: cosine similarities between the "
-            "two are meaningless. Serve the project materialized with the student's encoder (the bundle's "
-            "feature_project, from `relevance features` run with the student's student.encoder), or re-export the "
-            "bundle against it")
+    """Refuse a Feast project (``store``'s) whose item_embeddings view is not tagged with ``encoder_fingerprint``."""
+    require_same_encoder(store.get_feature_view(ITEM_EMBEDDINGS).tags.get(ENCODER_TAG), encoder_fingerprint,
+                         f"Feast project {store.config.project!r}")
 
 
 def require_materialized(store) -> None:
@@ -381,7 +390,8 @@ def online_item_features(store, item_ids: list[str]) -> dict[str, list]:
 def materialize_features(config: RunConfig, dataset: Dataset, repo_dir: str | Path,
                          embeddings_dir: str | Path | None = None) -> dict[str, str]:
     """Compute the student's item features, write them as the Feast offline store next to a copy of the
-    definitions, apply and materialize online. Returns {view: version} plus the definitions' hash.
+    definitions, apply and materialize online. Returns {view: version} plus the definitions' hash, the project
+    and the encoder fingerprint of the item embeddings.
     ``embeddings_dir``: an embedding cache to reuse (a pipeline step starts from none)."""
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 

@@ -287,11 +287,11 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
     dataset = Dataset.load(dataset_dir, with_impressions=False)
     teacher_manifest = read_manifest(teacher_dir, "teacher")
     student_manifest = read_manifest(student_dir, "student")
-    materialized = feature_views.get("encoder_fingerprint")
-    if materialized not in (None, student_manifest["encoder_fingerprint"]):
-        raise ValueError(f"the features step embedded the items with encoder {materialized}, the student "
-                         f"{student_dir} reads encoder {student_manifest['encoder_fingerprint']}: registering it would "
-                         "pair a student with item vectors it was not trained on")
+    from relevance.platform.feature_store import ENCODER_TAG, require_same_encoder
+
+    # Registering would pair the student with the item vectors its features step materialized.
+    require_same_encoder(feature_views.get(ENCODER_TAG), student_manifest["encoder_fingerprint"],
+                         "the features step's output")
     ndcg = largest_ndcg(config).replace("@", "_at_")
     numbers = {k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     lineage = {
@@ -301,9 +301,6 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
         "teacher_version": teacher_manifest["teacher_version"],
         "feature_views": json.dumps(feature_views, sort_keys=True),
         "feature_version": str(student_manifest["feature_version"]),
-        # The item vectors it reads: its encoder (a tuned tower changes every vector), which serving checks against
-        # the feature project's item_embeddings tag.
-        "encoder_fingerprint": str(student_manifest["encoder_fingerprint"]),
         # What the transformer sends the predictor: two versions of a canary share one transformer.
         "student_inputs": ",".join(json.loads((Path(onnx_dir) / "bundle.json").read_text())["student_inputs"]),
         "gate_reason": str(evaluation.get("gate_reason", "")),
@@ -324,6 +321,9 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
              "labeling": config.labeling.model_dump()},
             {k.removeprefix("student_"): v for k, v in numbers.items() if k.startswith("student_")},
             {**lineage, "teacher_model_version": str(teacher_version),
+             # The vectors it reads: its encoder's (tuned towers change every vector), which the feature
+             # project's item_embeddings tag and a canary's shared transformer are checked against.
+             "encoder_fingerprint": str(student_manifest["encoder_fingerprint"]),
              "accuracy": f"{numbers.get('student_accuracy', float('nan')):.4f}",
              "ndcg": f"{numbers.get(f'student_{ndcg}', float('nan')):.4f}"},
             alias=CHALLENGER, key=registration_key(config.registry.student_name, student_manifest["student_version"],

@@ -307,6 +307,13 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
     if found != manifest["catalog_hash"]:
         raise ValueError(f"the catalog given has hash {found}, the student was trained on catalog "
                          f"{manifest['catalog_hash']}: BM25 features would differ from training")
+    reference = BiEncoder(manifest["encoder"], manifest["encoder_max_length"], precision="fp32")
+    if reference.fingerprint != manifest["encoder_fingerprint"]:
+        # e.g. towers tuned again in place after the student was trained: the bundle would embed queries with
+        # weights its student never read, under the old fingerprint.
+        raise ValueError(f"{student_dir}: the student was trained on encoder {manifest['encoder_fingerprint']}, but "
+                         f"{manifest['encoder']} is now encoder {reference.fingerprint}; retrain the student on it "
+                         "(or restore the encoder it was trained on)")
     with atomic_directory(out_dir) as tmp:
         results = [export_student(student_dir, tmp / "student.onnx"),
                    export_query_encoder(manifest["encoder"], manifest["encoder_max_length"],
@@ -314,8 +321,7 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
         if int8:
             for result in list(results):
                 quantize_int8(result.path, result.path.with_name(result.path.stem + "-int8.onnx"))
-        BiEncoder(manifest["encoder"], manifest["encoder_max_length"], precision="fp32").tokenizer.save_pretrained(
-            tmp / "tokenizer")
+        reference.tokenizer.save_pretrained(tmp / "tokenizer")
         BM25Index(item_text.index.to_numpy(), item_text.tolist(), manifest["bm25"]["k1"],
                   manifest["bm25"]["b"]).save(tmp / "bm25")
         bundle = {

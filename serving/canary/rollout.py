@@ -74,13 +74,15 @@ def _version_source(registry: Registry, name: str, version: int) -> str:
     raise CanaryError(f"{name} has no version {version} in the registry at {registry.uri}; versions: {known}")
 
 
-def _serving_contract(registry: Registry, name: str, version: int) -> tuple[str | None, str | None]:
-    """What a version needs of the shared transformer: the feature version and the serving graph's inputs (a
-    version registered before the graph took them has none: its graph takes the old ``features``)."""
+def _serving_contract(registry: Registry, name: str, version: int) -> tuple[str | None, str | None, str | None]:
+    """What a version needs of the shared transformer: the feature version, the serving graph's inputs (a
+    version registered before the graph took them has none: its graph takes the old ``features``) and the encoder
+    whose query and item vectors it reads (None: registered before embedding versions were recorded)."""
     for info in registry.versions(name):
         if info.version == version:
-            return info.tags.get("feature_version"), info.tags.get("student_inputs", "features")
-    return None, None
+            return (info.tags.get("feature_version"), info.tags.get("student_inputs", "features"),
+                    info.tags.get("encoder_fingerprint"))
+    return None, None, None
 
 
 def require_no_other_canary(registry: Registry, name: str, version: int | None = None) -> None:
@@ -108,10 +110,16 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
     require_no_other_canary(registry, name, version)
     source = _version_source(registry, name, version)
     theirs, ours = _serving_contract(registry, name, version), _serving_contract(registry, name, champion)
-    if theirs != ours:
+    if theirs[:2] != ours[:2]:
         raise CanaryError(f"{name} v{version} computes feature version {theirs[0]} with graph inputs {theirs[1]}, "
                           f"the champion v{champion} feature version {ours[0]} with {ours[1]}: the shared "
                           "transformer cannot serve both; roll out a new transformer instead")
+    if theirs[2] != ours[2]:  # e.g. a challenger on tuned towers
+        raise CanaryError(f"{name} v{version} reads the vectors of encoder {theirs[2] or '(not recorded)'}, the "
+                          f"champion v{champion} those of encoder {ours[2] or '(not recorded)'}: the shared "
+                          "transformer embeds queries and reads item embeddings for one encoder; roll out a "
+                          "transformer of its own for the challenger (its bundle names its feature project), as "
+                          "`relevance canary local` runs one server per variant")
     patch = {"spec": {"predictor": {"canaryTrafficPercent": percent,
                                     "model": {"storageUri": model_repository_uri(source)}}}}
 

@@ -79,25 +79,15 @@ def test_feast_apply_materialize_and_read_back(tmp_path):
         item_features_from_store(repo, ["not-an-item"])
 
 
-def _shared_store(tmp_path) -> Path:
-    """A feature_store.yaml whose registry and online store every built repo shares (absolute paths), as a
-    cluster's SQL registry and Redis are: what FEAST_FS_YAML_FILE_PATH names when a repo is built."""
-    config = tmp_path / "shared.yaml"
-    config.write_text(f"project: relevance\nprovider: local\nregistry: {tmp_path / 'registry.db'}\nonline_store:\n"
-                      f"  type: sqlite\n  path: {tmp_path / 'online.db'}\noffline_store:\n  type: file\n"
-                      "entity_key_serialization_version: 3\n")
-    return config
-
-
 def test_a_new_towers_embeddings_are_a_version_of_their_own_and_serving_refuses_another_encoders(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, shared_feature_store):
     """The same catalog embedded by the frozen encoder and by a tuned tower: two projects in one registry and
     online store, each tagged with its encoder; the new one leaves the old one's rows alone, and an item source
     asked for one encoder refuses the other's project, at start."""
     config = build_config("quick", {"data": {"synthetic_items": 30, "synthetic_judged_queries": 10,
                                              "synthetic_impressions": 40}})
     dataset = Dataset.load(prepare(config.data, tmp_path / "data"))
-    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(_shared_store(tmp_path)))
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(shared_feature_store(tmp_path)))
     texts = lexical_item_texts(dataset.items, config.text)
     ids = dataset.items["item_id"].tolist()
     repos, vectors = {}, {}

@@ -94,11 +94,14 @@ def exported_run(finished_run, cli, tmp_path_factory):
 
 
 def _register_step(config: RunConfig, run):
+    from relevance.common.files import read_manifest
     from relevance.platform.registry import register_run
 
+    encoder = read_manifest(run / "student", "student")["encoder_fingerprint"]  # what its features step embedded with
     return register_run(config, run / "data", run / "teacher", run / "student", run / "export",
                         {"student_accuracy": 0.5, "student_ndcg@10": 0.7, "teacher_accuracy": 0.55},
-                        {"success": 1.0, "checked_expectations": 12.0}, {"item_embeddings": "1", "item_text": "2"})
+                        {"success": 1.0, "checked_expectations": 12.0},
+                        {"item_embeddings": "1", "item_text": "2", "encoder_fingerprint": encoder})
 
 
 def test_a_register_step_retried_after_a_crash_registers_nothing_twice(mlflow, exported_run, restart,

