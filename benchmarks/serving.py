@@ -369,7 +369,7 @@ def profile_request(config_path: Path, queries: list[str], candidates: dict[str,
 
     from relevance.common.onnx_session import onnx_session
     from relevance.config import load_config
-    from relevance.platform.feature_store import FeastItemSource
+    from relevance.platform.item_source import FeastItemSource
     from relevance.student.featurizer import assemble, lexical_features
     from relevance.student.scoring import OnlineScorer, OnnxStudent, ServingBundle, rank
 
@@ -437,7 +437,7 @@ def serving_quality(config_path: Path) -> dict:
     from relevance.config import load_config
     from relevance.data.schema import Dataset
     from relevance.evaluation.evaluate import load_scorer, report_block
-    from relevance.platform.feature_store import FeastItemSource
+    from relevance.platform.item_source import FeastItemSource
     from relevance.student.scoring import OnlineScorer, OnnxStudent, ServingBundle
 
     config = load_config(config_path)

@@ -168,7 +168,7 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
             out: Path, pushgateway: str | None = None, judge_dir: Path | None = None, log=print) -> MonitorResult:
     """Compare the window [since, until) of ``traffic_dir`` with the training reference (and, with
     ``judge_dir``, judge the served lists); write the reports."""
-    from relevance.platform.feature_store import FeastItemSource
+    from relevance.platform.item_source import FeastItemSource
     from relevance.student.scoring import OnlineScorer, OnnxStudent, ServingBundle
 
     settings = config.monitor

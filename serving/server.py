@@ -419,7 +419,7 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
           predictor: str | None = None) -> None:
     """The transformer with KServe's flags ``args`` (``given``: the ones set explicitly): the student in process,
     or on the predictor that ``predictor`` (a URL) or ``--predictor_host`` names."""
-    from relevance.platform.feature_store import FeastItemSource
+    from relevance.platform.item_source import FeastItemSource
     from relevance.student.scoring import ServingBundle
 
     from_flags = predictor_url(args, given, config)
@@ -433,8 +433,7 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
 
     def scorer() -> OnlineScorer:
         bundle = ServingBundle(bundle_dir)
-        # The bundle's feature project, when it names one: the features its student was exported against; refused
-        # at start when its item vectors are another encoder's than the bundle's query tower.
+        # The bundle's feature project (refused at start unless its item vectors are its query tower's encoder's).
         items = FeastItemSource.for_bundle(feature_repo, bundle.manifest, config.item_cache_size,
                                            config.item_cache_ttl_seconds)
         student = None

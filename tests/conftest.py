@@ -9,6 +9,7 @@ shape, tests/test_packaging.py checks the wheel.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -32,6 +33,18 @@ CORPUS = [
 ] * 4
 
 
+@contextlib.contextmanager
+def _seeded(seed: int = 0):
+    """The tiny models' random weights from a seed of their own, whatever ran before: drawn from the global state,
+    they changed with the order tests ran in, and a test passed or failed with the weights (the student channel's
+    did for about one draw in four)."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def _save_tiny_bert(directory: Path) -> Path:
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -45,7 +58,8 @@ def _save_tiny_bert(directory: Path) -> Path:
     assert tokenizer.tokenize("cordless drill") == ["cordless", "drill"], "the tiny tokenizer lost its vocabulary"
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=256)
-    BertModel(config).save_pretrained(directory)
+    with _seeded():
+        BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -61,7 +75,8 @@ def _save_tiny_llama(directory: Path) -> Path:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaModel(config).save_pretrained(directory)
+    with _seeded():
+        LlamaModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

@@ -5,7 +5,7 @@ A request is (query, locale, candidate item ids). Scoring it:
 1. the query embedding, from the ONNX query encoder behind a W-TinyLFU cache (queries follow a Zipf law, so a
    frequency-aware cache keeps the head that an LRU loses to one-off queries);
 2. the candidates' features (embedding, title, lexical text) from an item source: in serving, the Feast online
-   store behind a TTL cache (relevance.platform.feature_store.FeastItemSource);
+   store behind a TTL cache (relevance.platform.item_source.FeastItemSource);
 3. BM25 against the catalog's saved index (its IDF and average length are the training catalog's);
 4. :func:`relevance.student.featurizer.lexical_features`: the lexical block, the function training used;
 5. the student's serving graph (ONNX; relevance.student.export) takes the query embedding, the candidates'

@@ -105,7 +105,8 @@ def test_local_run_registers_a_challenger_with_lineage(local_run):
 
 
 def test_local_run_leaves_reports_and_a_populated_online_store(local_run, tiny_overrides):
-    from relevance.platform.feature_store import online_item_features, open_store
+    from relevance.platform.feature_store import open_store
+    from relevance.platform.item_source import online_item_features
 
     run_dir, outputs, _ = local_run
     assert outputs["evaluation report (HTML)"].read_text().startswith("<!doctype html>")

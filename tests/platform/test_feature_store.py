@@ -16,16 +16,15 @@ from relevance.data.schema import DataContractError, Dataset
 from relevance.models.bm25 import lexical_item_texts
 from relevance.platform.feature_store import (
     EmbeddingVersionMismatch,
-    FeastItemSource,
     apply_and_materialize,
     build_feature_repo,
     definitions_dir,
     feature_tables,
     item_features_from_store,
-    online_item_features,
     open_store,
     repo_project,
 )
+from relevance.platform.item_source import FeastItemSource, online_item_features
 
 ENCODER, TUNED = "0123456789abcdef", "fedcba9876543210"  # two encoders' fingerprints (BiEncoder.fingerprint)
 

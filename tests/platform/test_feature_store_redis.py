@@ -31,7 +31,6 @@ import yaml
 from relevance.common.processes import LoopbackProcess, free_port, wait_until
 from relevance.platform.feature_store import (
     FEATURE_VIEWS,
-    FeastItemSource,
     IncompleteMaterialization,
     apply_and_materialize,
     build_feature_repo,
@@ -39,6 +38,7 @@ from relevance.platform.feature_store import (
     definitions_dir,
     repo_project,
 )
+from relevance.platform.item_source import FeastItemSource
 from relevance.platform.services.redis_server import redis_server, redis_server_binary
 
 MODEL = "relevance-student"

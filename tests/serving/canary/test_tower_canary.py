@@ -15,7 +15,8 @@ import pytest
 import yaml
 from relevance.serving.canary.local import VARIANT_HEADER, local_canary
 
-from relevance.platform.feature_store import FeastItemSource, built_encoder, repo_project
+from relevance.platform.feature_store import built_encoder, repo_project
+from relevance.platform.item_source import FeastItemSource
 
 MODEL = "relevance-student"
 
