@@ -64,10 +64,11 @@ def ensure_artifacts(config_path: Path) -> None:
                    and "query_encoder_graph" in bundle.manifest)  # exported before the encoder was fused: again
     except (FileNotFoundError, ValueError):  # none yet, or exported by an older version
         current = False
+    if not (workdir / "feature_repo" / "embedding.json").exists():  # none yet, or built before embedding versions
+        subprocess.run([*cli, "features", "-c", str(config_path)], check=True, cwd=ROOT)
+        current = False  # the bundle names the features' (new) project
     if not current:
         subprocess.run([*cli, "export", "-c", str(config_path), "--int8"], check=True, cwd=ROOT)
-    if not (workdir / "feature_repo" / "feature_store.yaml").exists():
-        subprocess.run([*cli, "features", "-c", str(config_path)], check=True, cwd=ROOT)
 
 
 ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -40,7 +40,7 @@ def _seeded(seed: int = 0):
     did for about one draw in four)."""
     import torch
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # CPU weights: no CUDA state to touch
         torch.manual_seed(seed)
         yield
 

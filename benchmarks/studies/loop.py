@@ -755,7 +755,8 @@ class Loop:
         config = self.derived("worse", workdir, {"data": {"source": "prepared", "path": str(data)}, **WORSE})
         self._workdir(workdir, data, config)
         (workdir / "feature_repo").mkdir(exist_ok=True)  # the refreshed run's feature version (same catalog)
-        shutil.copy2(refresh / "feature_repo" / "feature_store.yaml", workdir / "feature_repo")
+        for name in ("feature_store.yaml", "embedding.json"):  # its project, and the encoder that embedded it
+            shutil.copy2(refresh / "feature_repo" / name, workdir / "feature_repo")
         return {"settings": WORSE, **self._chain(config, workdir, data, commands=("run", "export"))}
 
     # -- 7. human-graded quality of each bundle on both slices -------------------------------------------------

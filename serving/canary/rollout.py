@@ -114,9 +114,11 @@ def plan_start(config: RunConfig, registry: Registry, version: int, percent: int
         raise CanaryError(f"{name} v{version} computes feature version {theirs[0]} with graph inputs {theirs[1]}, "
                           f"the champion v{champion} feature version {ours[0]} with {ours[1]}: the shared "
                           "transformer cannot serve both; roll out a new transformer instead")
-    if theirs[2] != ours[2]:  # e.g. a challenger on tuned towers
-        raise CanaryError(f"{name} v{version} reads the vectors of encoder {theirs[2] or '(not recorded)'}, the "
-                          f"champion v{champion} those of encoder {ours[2] or '(not recorded)'}: the shared "
+    # e.g. a challenger on tuned towers. A version registered before the tag existed records none: it is let
+    # through (its server refuses another encoder's feature project at start, the shared transformer cannot).
+    if None not in (theirs[2], ours[2]) and theirs[2] != ours[2]:
+        raise CanaryError(f"{name} v{version} reads the vectors of encoder {theirs[2]}, the "
+                          f"champion v{champion} those of encoder {ours[2]}: the shared "
                           "transformer embeds queries and reads item embeddings for one encoder; roll out a "
                           "transformer of its own for the challenger (its bundle names its feature project), as "
                           "`relevance canary local` runs one server per variant")

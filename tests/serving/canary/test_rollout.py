@@ -101,10 +101,13 @@ def test_start_refuses_a_challenger_on_another_encoder(registry_config, tmp_path
     (model / "manifest.json").write_text('{"kind": "student"}')
     tuned = registry.register(name, model, {}, {"accuracy": 0.5},
                               {"feature_version": "3", "encoder_fingerprint": "fedcba9876543210"})
+    plan_start(config, registry, tuned, 10)  # the champion predates the tag: nothing to compare with
+    registry.client.set_model_version_tag(name, "1", "encoder_fingerprint", "0123456789abcdef")
     with pytest.raises(CanaryError, match=f"v{tuned} reads the vectors of encoder fedcba9876543210, the champion v1 "
-                                          "those of encoder \\(not recorded\\)"):
+                                          "those of encoder 0123456789abcdef"):
         plan_start(config, registry, tuned, 10)
-    plan_start(config, registry, 2, 10)  # the same encoder (none recorded on either): the shared transformer serves
+    registry.client.set_model_version_tag(name, "2", "encoder_fingerprint", "0123456789abcdef")
+    plan_start(config, registry, 2, 10)  # the same encoder: the shared transformer serves both
 
 
 def test_dry_run_patches_the_rendered_overlay(registry_config):
