@@ -59,6 +59,7 @@ class Chain:
         self.labels_dir, self.embeddings_dir, self.report_path = root / "labels", root / "embeddings", root / "report.json"
         self.student_dirs = {"student": root / "student", "student_human_only": root / "student_human_only"}
         self.towers_dir = root / "towers"
+        self._tuned: Path | None = None  # the towers, once student_config has tuned or reused them
         if config.student.towers.enabled:  # the same student on the frozen encoder: what the towers are worth
             self.student_dirs["student_frozen_towers"] = root / "student_frozen_towers"
         self.labeller_dir = root / "labeller"
@@ -168,8 +169,10 @@ class Chain:
         if not tune and not (self.towers_dir / TOWER_MANIFEST).exists():
             raise FileNotFoundError(f"{self.towers_dir}: no tuned towers; student.towers.enabled makes them a step "
                                     "of `relevance run`: run it first")
+        if tune and self._tuned is None:  # once per chain: the reuse check re-reads the labels and the catalog
+            self._tuned = self.towers(dataset)
         config = self.config.model_copy(deep=True)
-        config.student.encoder = str((self.towers(dataset) if tune else self.towers_dir).resolve())
+        config.student.encoder = str((self._tuned if tune else self.towers_dir).resolve())
         return config
 
     def featurizer(self, dataset: Dataset, config: RunConfig | None = None):
