@@ -116,3 +116,38 @@ def test_pair_featurizer_is_assemble_on_looked_up_inputs(index, four_items):
     expected = assemble(cache.embed(["cordless drill", "red sofa"]),
                         cache.embed(["cordless drill 18v", "red leather sofa"]), lexical)
     np.testing.assert_array_equal(x, expected)
+
+
+def test_term_counts_by_key_equal_set_intersections_with_or_without_the_query_table(monkeypatch):
+    # Counts are found by hashed key, through a query's direct-mapped table or, for a query whose keys collide
+    # in every table size allowed, a binary search: both must be the set intersections the features define.
+    from relevance.models.text import tokenize_words
+    from relevance.student import featurizer
+
+    rng = np.random.default_rng(7)
+    words = ["drill", "drills", "18v", "2x4", "stud", "sofa", "red", "ünï", "a", "x", "8ft", "couch", "dr"]
+
+    def text(length: int) -> str:
+        return " ".join(rng.choice(words, length))
+
+    queries = [text(int(rng.integers(0, 6))) for _ in range(40)]
+    texts = [text(int(rng.integers(0, 12))) for _ in range(40)]
+    titles = [text(int(rng.integers(0, 5))) for _ in range(40)]
+
+    def by_sets(query: str, item_text: str, title: str) -> list[int]:
+        terms, tokens, title_words = tokenize_words(query), set(tokenize_words(item_text)), set(tokenize_words(title))
+        shared = featurizer._trigrams(query) & featurizer._trigrams(title)
+        return [sum(t in tokens for t in terms), sum(t in title_words for t in terms),
+                sum(t[:4] in {w[:4] for w in tokens} for t in terms),
+                sum(t in tokens for t in terms if any(c.isdigit() for c in t)), len(shared)]
+
+    expected = np.array([by_sets(*row) for row in zip(queries, texts, titles)])
+    for bits in (featurizer._MAX_TABLE_BITS, 0):  # 0: no table fits, every query takes the binary search
+        monkeypatch.setattr(featurizer, "_MAX_TABLE_BITS", bits)
+        featurizer._query_side.cache_clear()
+        sides = [featurizer._item_side(t, ti) for t, ti in zip(texts, titles)]
+        got = np.concatenate([featurizer._counts(featurizer._query_side(q), [side]) for q, side in zip(queries, sides)])
+        tables = [featurizer._query_side(q).table is not None for q in queries]
+        assert (not any(tables)) if bits == 0 else sum(tables) > len(queries) // 2
+        np.testing.assert_array_equal(got, expected)
+    featurizer._query_side.cache_clear()
