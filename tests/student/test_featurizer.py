@@ -142,12 +142,31 @@ def test_term_counts_by_key_equal_set_intersections_with_or_without_the_query_ta
                 sum(t in tokens for t in terms if any(c.isdigit() for c in t)), len(shared)]
 
     expected = np.array([by_sets(*row) for row in zip(queries, texts, titles)])
-    for bits in (featurizer._MAX_TABLE_BITS, 0):  # 0: no table fits, every query takes the binary search
-        monkeypatch.setattr(featurizer, "_MAX_TABLE_BITS", bits)
+    try:
+        for bits in (featurizer._MAX_TABLE_BITS, 0):  # 0: no table fits, every query takes the binary search
+            monkeypatch.setattr(featurizer, "_MAX_TABLE_BITS", bits)
+            featurizer._query_side.cache_clear()
+            sides = [featurizer._item_side(t, ti) for t, ti in zip(texts, titles)]
+            one_by_one = np.concatenate([featurizer._counts(featurizer._query_side(q), [side])
+                                         for q, side in zip(queries, sides)])
+            np.testing.assert_array_equal(one_by_one, expected)
+            for q in queries[:5]:  # every item at once: each hit summed into its own item's row
+                np.testing.assert_array_equal(featurizer._counts(featurizer._query_side(q), sides),
+                                              [by_sets(q, t, ti) for t, ti in zip(texts, titles)])
+            tables = [featurizer._query_side(q).table is not None for q in queries]
+            assert (not any(tables)) if bits == 0 else sum(tables) > len(queries) // 2
+    finally:
         featurizer._query_side.cache_clear()
-        sides = [featurizer._item_side(t, ti) for t, ti in zip(texts, titles)]
-        got = np.concatenate([featurizer._counts(featurizer._query_side(q), [side]) for q, side in zip(queries, sides)])
-        tables = [featurizer._query_side(q).table is not None for q in queries]
-        assert (not any(tables)) if bits == 0 else sum(tables) > len(queries) // 2
-        np.testing.assert_array_equal(got, expected)
-    featurizer._query_side.cache_clear()
+
+
+def test_a_long_query_keeps_its_table_small():
+    # Queries reach 512 characters in serving (hundreds of keys): their tables stay within 2^_MAX_TABLE_BITS slots
+    # (or none: the binary search), so the cache of query sides stays bounded, and the counts stay exact.
+    from relevance.student import featurizer
+
+    query = " ".join(f"part{n} {n}x{n + 1}" for n in range(40))[:512]
+    side = featurizer._query_side(query)
+    assert side.table is None or side.table.nbytes + side.position.nbytes <= 12 << featurizer._MAX_TABLE_BITS
+    features = lexical_features([query], [query], [query], np.array([1.0]))
+    named = dict(zip(LEXICAL_FEATURES[1:], features[0]))
+    assert named["terms_matched"] == 1 and named["terms_matched_title"] == 1 and named["char3_jaccard_title"] == 1
