@@ -25,6 +25,7 @@ QUESTION = ("Does tuning the student's query/item tower on the teacher's soft la
 # and candidates afresh), chosen to fit a session on 2 cores.
 TOWERS = {"epochs": 3, "max_queries_per_epoch": 1500, "candidates_per_query": 8, "queries_per_batch": 16}
 SEEDS = (0, 1, 2)  # the MLP's seeds (the towers are tuned once): 1× and 100× pools are still to come
+WIDTHS = ([256], [1024, 256])  # the MLP widths tried on the tuned towers (seed 0), besides the run's own
 
 
 def _same_settings(chain, source) -> bool:
@@ -86,26 +87,40 @@ def run(steps, args, command: str) -> dict:
     tuned_config.student.encoder = str(model_dir.resolve())
     students = steps.directory("students", {**inputs, "student": source.student.model_dump(exclude={"towers"})})
     models = {"teacher": chain.teacher_dir}
+
+    def student(out: Path, run_config, seed: int, hidden: list[int] | None = None) -> Path:
+        """The MLP trained in ``out`` (unless it is there already) on ``run_config``'s towers."""
+        if (out / "manifest.json").exists() and run_config is tuned_config:
+            from relevance.student.encoder import BiEncoder
+
+            trained_on = read_manifest(out, "student")["encoder_fingerprint"]
+            if trained_on != BiEncoder(str(model_dir), source.student.encoder_max_length).fingerprint:
+                raise RuntimeError(f"{out} was trained on other tuned towers than {model_dir}: delete it")
+        if not (out / "manifest.json").exists():
+            seeded = run_config.model_copy(deep=True)
+            seeded.student.seed = seed
+            if hidden is not None:
+                seeded.student.hidden = list(hidden)
+            featurizer = build_featurizer(dataset.items, featurizer_settings(seeded), chain.embeddings_dir)
+            labels = label_chunks(chain.labels_dir, dataset.num_grades, pool_path=chain.pool_path)
+            train_students(seeded, dataset, chain.teacher_dir, labels, {"student": out}, featurizer)
+        return out
+
     for seed in SEEDS:
         for kind, run_config in (("frozen", config), ("tuned", tuned_config)):
             name = f"student, {kind} towers, seed {seed}"
             if kind == "frozen" and seed == source.student.seed and _same_settings(chain, source):
                 models[name] = chain.student_dirs["student"]  # the bench-quality run's: these very settings
                 continue
-            out = students / f"{kind}-seed-{seed}"
-            if (out / "manifest.json").exists() and kind == "tuned":
-                from relevance.student.encoder import BiEncoder
-
-                trained_on = read_manifest(out, "student")["encoder_fingerprint"]
-                if trained_on != BiEncoder(str(model_dir), source.student.encoder_max_length).fingerprint:
-                    raise RuntimeError(f"{out} was trained on other tuned towers than {model_dir}: delete it")
-            if not (out / "manifest.json").exists():
-                seeded = run_config.model_copy(deep=True)
-                seeded.student.seed = seed
-                featurizer = build_featurizer(dataset.items, featurizer_settings(seeded), chain.embeddings_dir)
-                labels = label_chunks(chain.labels_dir, dataset.num_grades, pool_path=chain.pool_path)
-                train_students(seeded, dataset, chain.teacher_dir, labels, {"student": out}, featurizer)
-            models[name] = out
+            models[name] = student(students / f"{kind}-seed-{seed}", run_config, seed)
+    # The MLP's width on the tuned towers, chosen on valid: the run's [64] was chosen on frozen vectors, for its
+    # serving cost (the Pareto study), and the trees on the tuned vectors beat it.
+    widths = {tuple(source.student.hidden): f"student, tuned towers, seed {SEEDS[0]}"}
+    for hidden in WIDTHS:
+        if tuple(hidden) not in widths:
+            widths[tuple(hidden)] = name = f"student {list(hidden)}, tuned towers, seed {SEEDS[0]}"
+            models[name] = student(students / f"tuned-{'x'.join(map(str, hidden))}-seed-{SEEDS[0]}", tuned_config,
+                                   SEEDS[0], hidden)
 
     # The GBDTs on the same features as each student (frozen or tuned vectors, the same lexical block): the
     # issue's fairness bar. The human-label trees (multiclass, LambdaMART) and the trees distilled from the same
@@ -190,6 +205,7 @@ def run(steps, args, command: str) -> dict:
         return spread(values, metric)[1]
 
     delta = {m: mean(tuned_scores, m) - mean(frozen, m) for m in ("valid_accuracy", "accuracy", "ndcg@20")}
+    chosen = max(widths, key=lambda hidden: scores[widths[hidden]]["valid_accuracy"])
     margin = {kind: mean(per_kind[kind], "accuracy") - best_gbdt[kind][1]["accuracy"] for kind in kinds}
     answer = (f"Towers tuned in {tuned['seconds'] / 60:.0f} min ({TOWERS['epochs']} epochs of "
               f"{TOWERS['max_queries_per_epoch']} queries × up to {TOWERS['candidates_per_query']} candidates; best "
@@ -207,8 +223,14 @@ def run(steps, args, command: str) -> dict:
               f"features: {best_gbdt['tuned'][0]} {best_gbdt['tuned'][1]['accuracy']:.4f} on the tuned towers "
               f"(student margin {margin['tuned'] * 100:+.2f} pt; target ≥ +1.5 pt), {best_gbdt['frozen'][0]} "
               f"{best_gbdt['frozen'][1]['accuracy']:.4f} on the frozen ones (margin {margin['frozen'] * 100:+.2f} "
-              "pt). One pool (~10×), one tower budget: not yet the issue's whole study (1× and 100×, "
-              "multi-channel pools).")
+              f"pt). Width on the tuned towers, chosen on valid (seed {SEEDS[0]}): "
+              + ", ".join(f"{list(h)} {scores[n]['valid_accuracy']:.4f} valid / {scores[n]['accuracy']:.4f} test"
+                          for h, n in widths.items())
+              + f" → {list(chosen)}, whose test accuracy is {scores[widths[chosen]]['accuracy']:.4f} "
+              f"({(scores[widths[chosen]]['accuracy'] - best_gbdt['tuned'][1]['accuracy']) * 100:+.2f} pt over the "
+              f"best GBDT, {scores[widths[chosen]]['accuracy'] / teacher['accuracy']:.1%} of the teacher's accuracy, "
+              f"{scores[widths[chosen]]['ndcg@20'] / teacher['ndcg@20']:.1%} of its nDCG@20). One pool (~10×), one "
+              "tower budget: not yet the issue's whole study (1× and 100×, multi-channel pools).")
     return record("towers", sys.modules[__name__], answer, [
         table(f"Students on the bench-quality pool and labels ({config.eval.split} split; valid accuracy as early "
               "stopping saw it)",
@@ -219,4 +241,7 @@ def run(steps, args, command: str) -> dict:
     ], {"Tower valid loss and the students against the teacher": figure_png(fig)}, command, steps,
         towers_settings=TOWERS, seeds=list(SEEDS),
         gbdt_margin_pt={kind: margin[kind] * 100 for kind in kinds},
-        best_gbdt={kind: best_gbdt[kind][0] for kind in kinds})
+        best_gbdt={kind: best_gbdt[kind][0] for kind in kinds},
+        width_on_tuned_towers={"chosen_on_valid": list(chosen), "tried": {
+            "x".join(map(str, hidden)): {m: scores[name][m] for m in ("valid_accuracy", "accuracy", "ndcg@20")}
+            for hidden, name in widths.items()}})
