@@ -62,7 +62,8 @@ def ensure_artifacts(config_path: Path) -> None:
         bundle = ServingBundle(workdir / "export")
         current = (bundle.manifest["student_version"] == read_manifest(workdir / "student")["student_version"]
                    and (workdir / "export" / "student-int8.onnx").exists()
-                   and "query_encoder_graph" in bundle.manifest)  # exported before the encoder was fused: again
+                   and "query_encoder_graph" in bundle.manifest  # exported before the encoder was fused: again
+                   and bundle.in_process_graph(False).stem == "student_one_query")  # … or the one-query graph
     except (FileNotFoundError, ValueError):  # none yet, or exported by an older version
         current = False
     if not (workdir / "feature_repo" / "embedding.json").exists():  # none yet, or built before embedding versions
@@ -385,8 +386,8 @@ def profile_request(config_path: Path, queries: list[str], candidates: dict[str,
     workdir = ROOT / config.workdir
     bundle = ServingBundle(workdir / "export")
     items = FeastItemSource.for_bundle(workdir / "feature_repo", bundle.manifest)
-    scorer = OnlineScorer(bundle, items, config.serving, student=OnnxStudent(bundle.model_file("student", False)))
-    int8 = OnnxStudent(bundle.model_file("student", True))
+    scorer = OnlineScorer(bundle, items, config.serving, student=OnnxStudent(bundle.in_process_graph(False)))
+    batched, int8 = (OnnxStudent(bundle.model_file("student", q)) for q in (False, True))  # Triton's graph
     before = onnx_session(training_vector_graph(workdir / "student", Path(tempfile.mkdtemp()) / "before.onnx"), 1)
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {SERVER_CORE})
@@ -412,10 +413,12 @@ def profile_request(config_path: Path, queries: list[str], candidates: dict[str,
                                                         repeats),
             "prepare: validation + the above, query cached": _timed(lambda r: scorer.prepare(r.query, "", r.ids),
                                                                     requests, repeats),
-            "student graph fp32 (query row once)": _timed(
+            "student graph fp32 (one-query graph: in process)": _timed(
                 lambda r: scorer.student.predict(r.prepared.student_inputs()), requests, repeats),
+            "student graph fp32 (query row once, Triton's graph)": _timed(
+                lambda r: batched.predict(r.prepared.student_inputs()), requests, repeats),
             "student graph fp32 (query row per candidate: Triton's inputs)": _timed(
-                lambda r: scorer.student.predict(r.prepared.student_inputs(per_candidate=True)), requests, repeats),
+                lambda r: batched.predict(r.prepared.student_inputs(per_candidate=True)), requests, repeats),
             "student graph int8 (query row once)": _timed(lambda r: int8.predict(r.prepared.student_inputs()),
                                                           requests, repeats),
             "before: graph on the training vector, fp32": _timed(
@@ -470,7 +473,7 @@ def serving_quality(config_path: Path) -> dict:
     out = {"trained student (torch), offline": metrics(offline.probs)}
     for int8 in (False, True):
         serving = config.serving.model_copy(update={"int8": int8})
-        scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.model_file("student", int8)))
+        scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.in_process_graph(int8)))
         probs = np.zeros((len(frame), dataset.num_grades), dtype=np.float32)
         for query_id, rows in frame.groupby("query_id", sort=False).indices.items():
             ids = frame["item_id"].to_numpy()[rows].tolist()
@@ -518,7 +521,8 @@ def markdown(report: dict) -> str:
              f"- Machine: {report['machine']}", f"- Date: {report['date']}",
              f"- Student: MLP {profile['student_hidden']} (chosen on valid by the Pareto study in report.html), "
              "served as its serving graph (relevance.student.export: interactions in the graph, the query's share of "
-             "the first layer once per request).",
+             "the first layer once per request; in process, the one-query graph, whose item side meets one weight "
+             "built per request).",
              "- Servers pinned to **1 core** with taskset (the transformer and Triton share it); load generator "
              "(http.client, keep-alive, V1 JSON) on the other core. Latency at concurrency 1, rps at concurrency 4. "
              "Cached: the query embedding and the candidates' features are in the server's caches; uncached: a "
@@ -548,7 +552,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name.rsplit(' ', 1)[0]} | {name.rsplit(' ', 1)[1]} | {kind} | {r['p50_ms']} | "
                          f"{r['p99_ms']} | {spread} | {r['rps']} |")
     stages = profile["stages_p50_ms"]
-    work = (stages["prepare: validation + the above, query cached"] + stages["student graph fp32 (query row once)"]
+    work = (stages["prepare: validation + the above, query cached"]
+            + stages["student graph fp32 (one-query graph: in process)"]
             + stages["rank + V1 response body (orjson, as KServe's V1 endpoint)"])
     local = report["server"]["in process fp32"]["cached"]["p50_ms"]
     floor = report["server"][FLOOR]["cached"]["p50_ms"]

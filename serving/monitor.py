@@ -189,7 +189,7 @@ def monitor(config, bundle_dir: Path, feature_repo: Path, traffic_dir: Path, sin
                                        config.serving.item_cache_ttl_seconds)
     serving = config.serving.model_copy(update={"max_candidates": max(config.serving.max_candidates,
                                                                       settings.candidates)})
-    scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.model_file("student", False)))
+    scorer = OnlineScorer(bundle, items, serving, student=OnnxStudent(bundle.in_process_graph(False)))
     dataset, data_dir = training_dataset(config)
     train, seen = training_queries(dataset, data_dir)
     rng = np.random.default_rng(settings.seed)

@@ -438,7 +438,7 @@ def serve(bundle_dir, feature_repo, config: ServingConfig, args: argparse.Namesp
                                            config.item_cache_ttl_seconds)
         student = None
         if predictor is None:  # serving.int8 picks the int8 student, as it picks the int8 encoder
-            student = OnnxStudent(bundle.model_file("student", config.int8), config.onnx_threads)
+            student = OnnxStudent(bundle.in_process_graph(config.int8), config.onnx_threads)
         return OnlineScorer(bundle, items, config, student=student)
 
     traffic = None

@@ -129,8 +129,9 @@ def export(config: Optional[Path] = ConfigOption, profile: Optional[str] = Profi
                                 feature_project=project):
         typer.echo(f"{result.path}: inputs {result.inputs} → {result.outputs}, max |onnx - torch| "
                    f"{result.max_abs_diff:.2e}")
-        if int8:
-            typer.echo(f"  int8: {result.path.with_name(result.path.stem + '-int8.onnx')}")
+        quantized = result.path.with_name(result.path.stem + "-int8.onnx")
+        if int8 and quantized.exists():  # (the one-query graph has none)
+            typer.echo(f"  int8: {quantized}")
     model_dir = build_model_repository(out, out / "model_repository", chain.config.serving)
     typer.echo(f"Triton model repository: {model_dir}")
 

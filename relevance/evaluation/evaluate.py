@@ -134,7 +134,7 @@ class BundleScorer:
         source = CatalogItemSource(titles.fillna("").astype(str), item_text,
                                    lambda texts: cache.embed(texts, "item embeddings"), encoder.dimension)
         self.online = OnlineScorer(bundle, source, ServingConfig(),
-                                   student=OnnxStudent(bundle.model_file("student", int8=False)))
+                                   student=OnnxStudent(bundle.in_process_graph(int8=False)))
 
     def score(self, pairs: pd.DataFrame, query_text: pd.Series) -> Scored:
         started = time.perf_counter()

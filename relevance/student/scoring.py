@@ -36,6 +36,7 @@ from relevance.common.onnx_session import onnx_session
 
 BUNDLE_MANIFEST = "bundle.json"
 STUDENT_INPUTS = ("query", "item", "lexical")  # the serving graph's inputs (relevance.student.export)
+ONE_QUERY_GRAPH = "student_one_query"  # the bundle's student graph for one query row (in-process scorers)
 UNKNOWN_ITEM_DEFAULTS = {
     "embedding": "zero vector (cosine 0 with every query)",
     "title": "empty",
@@ -299,6 +300,13 @@ class ServingBundle:
             raise ValueError(f"{self.directory}: exported before the student's serving graph took "
                              f"{list(STUDENT_INPUTS)} (its inputs: {self.manifest.get('student_inputs', ['features'])}); "
                              "re-export it with `relevance export`")
+
+    def in_process_graph(self, int8: bool) -> Path:
+        """The student graph an in-process scorer runs (one query row a request): the one-query graph in fp32;
+        the student graph in int8 (faster than the one-query graph, which int8 cannot quantise), or for a bundle
+        exported before the one-query graph existed."""
+        one_query = self.directory / f"{ONE_QUERY_GRAPH}.onnx"
+        return one_query if not int8 and one_query.exists() else self.model_file("student", int8)
 
     def model_file(self, name: str, int8: bool) -> Path:
         path = self.directory / (f"{name}-int8.onnx" if int8 else f"{name}.onnx")

@@ -107,3 +107,34 @@ def test_query_encoder_export_fuses_a_bert_encoder(tiny_bert, tmp_path):
     ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
     assert {"Attention", "SkipLayerNormalization"} <= ops, ops  # fused, and still within the parity tolerance
     assert result.fused and result.max_abs_diff < 1e-4
+
+
+def test_the_one_query_graph_is_the_serving_graph_for_one_query_row(student_dir, tmp_path):
+    # The in-process graph factors the item-side blocks through the query (relevance.student.export
+    # ._ServingStudent, one_query): the trained student on its training vector, to rounding.
+    from relevance.student.featurizer import assemble
+
+    result = export_student(student_dir, tmp_path / "one.onnx", one_query=True)
+    assert result.max_abs_diff < 1e-5
+    session, student = onnx_session(result.path), Student.load(student_dir)
+    for rows in (1, 7, 300):
+        query, items, lexical = _inputs(rows, 100 + rows)
+        expected = student.predict_proba(assemble(np.repeat(query, rows, 0), items, lexical))
+        np.testing.assert_allclose(session.run(None, {"query": query, "item": items, "lexical": lexical})[0], expected,
+                                   atol=1e-5)
+    with pytest.raises(Exception):  # one query row only: a row per candidate is Triton's graph
+        query, items, lexical = _inputs(7, 1)
+        session.run(None, {"query": np.repeat(query, 7, 0), "item": items, "lexical": lexical})
+
+
+def test_in_process_scorers_run_the_one_query_graph_in_fp32_only(tmp_path):
+    from relevance.student.scoring import ONE_QUERY_GRAPH, STUDENT_INPUTS, ServingBundle
+
+    (tmp_path / "bundle.json").write_text('{"student_inputs": ' + str(list(STUDENT_INPUTS)).replace("'", '"') + "}")
+    for name in ("student.onnx", "student-int8.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    bundle = ServingBundle(tmp_path)
+    assert bundle.in_process_graph(False).name == "student.onnx"  # exported before the one-query graph
+    (tmp_path / f"{ONE_QUERY_GRAPH}.onnx").write_bytes(b"")
+    assert bundle.in_process_graph(False).name == f"{ONE_QUERY_GRAPH}.onnx"
+    assert bundle.in_process_graph(True).name == "student-int8.onnx"
