@@ -107,6 +107,10 @@ def test_export_writes_checked_onnx_models(cli, finished_run):
     result = cli("export", "--config", str(config))
     assert "student.onnx" in result.stdout and "query_encoder.onnx" in result.stdout
     assert (tmp_path / "run/export/student.onnx").exists() and (tmp_path / "run/export/query_encoder.onnx").exists()
+    # The in-process graph (one query row), fp32 only, checked at export like the others.
+    export = tmp_path / "run/export"
+    assert (export / "student_one_query.onnx").exists() and not (export / "student_one_query-int8.onnx").exists()
+    assert json.loads((export / "bundle.json").read_text())["max_abs_diff"]["student_one_query"] < 1e-4
 
 
 def test_a_student_distilled_from_the_teacher_and_gbdt_labeller(cli, finished_run, tmp_path):
