@@ -49,8 +49,16 @@ def _save_tiny_bert(directory: Path) -> Path:
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
+    # The vocabulary written out, not trained: tokenizers' WordPiece trainer breaks frequency ties by a hash map
+    # seeded per process, so a trained vocabulary (and every tiny model's embeddings) differed from run to run,
+    # and so did tests that rank with them (the pool's student channel failed about one run in three).
     wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1)
+    words = sorted({word for text in CORPUS for word, _ in
+                    wordpiece.pre_tokenizer.pre_tokenize_str(wordpiece.normalizer.normalize_str(text))})
+    characters = sorted({character for word in words for character in word})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters, *(f"##{c}" for c in characters),
+              *(word for word in words if word not in characters)]
+    wordpiece = BertWordPieceTokenizer({token: n for n, token in enumerate(tokens)}, lowercase=True)
     # From the trained tokenizer itself: transformers 5 ignores a fast tokenizer's vocab_file and would save a
     # vocabulary of the 5 special tokens alone (every word [UNK]).
     tokenizer = BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=True, unk_token="[UNK]",
