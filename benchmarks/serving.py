@@ -54,7 +54,7 @@ def ensure_artifacts(config_path: Path) -> None:
     """The serving bundle (with int8 copies) of the run's current student and the materialized feature repo."""
     from relevance.common.files import read_manifest
     from relevance.config import load_config
-    from relevance.student.scoring import ServingBundle
+    from relevance.student.scoring import ONE_QUERY_GRAPH, ServingBundle
 
     workdir = ROOT / load_config(config_path).workdir
     cli = [sys.executable, "-m", "relevance.cli"]
@@ -63,7 +63,7 @@ def ensure_artifacts(config_path: Path) -> None:
         current = (bundle.manifest["student_version"] == read_manifest(workdir / "student")["student_version"]
                    and (workdir / "export" / "student-int8.onnx").exists()
                    and "query_encoder_graph" in bundle.manifest  # exported before the encoder was fused: again
-                   and bundle.in_process_graph(False).stem == "student_one_query")  # … or the one-query graph
+                   and bundle.in_process_graph(False).stem == ONE_QUERY_GRAPH)  # … or the one-query graph
     except (FileNotFoundError, ValueError):  # none yet, or exported by an older version
         current = False
     if not (workdir / "feature_repo" / "embedding.json").exists():  # none yet, or built before embedding versions
