@@ -1,5 +1,5 @@
 """What a tuned tower costs to put in service: embedding the catalog again (incremental by content hash, per
-encoder version) and the query encoder on a cache miss, tuned vs frozen.
+encoder version) and the query encoder on a cache miss, tuned vs frozen, and separate (smaller) query towers.
 
     .venv/bin/python -m benchmarks.tower_cost [--config configs/homedepot-minilm.yaml] [--towers DIR]
 
@@ -92,18 +92,28 @@ def catalog_embedding(frozen: str, tuned: str, max_length: int, texts: list[str]
             "cache_rows": rows, "cache_bytes": stored, "cache_bytes_per_item": stored / max(1, rows)}
 
 
-def query_encoder(frozen: str, tuned: str, max_length: int, queries: list[str], work: Path, log=print) -> dict:
-    """Each encoder exported as a serving bundle exports it, then timed on one core over the same queries."""
+def _study_query_towers() -> dict[str, str]:
+    """The towers study's separate query towers (relevance.student.query_tower), by their layer count."""
+    found = {}
+    for manifest in sorted((ROOT / "runs/studies/towers").glob("query-tower-*/model/query_tower.json")):
+        found[f"{json.loads(manifest.read_text())['layers']}-layer query tower"] = str(manifest.parent.resolve())
+    return found
+
+
+def query_encoder(sources: dict[str, str], max_length: int, queries: list[str], work: Path, log=print) -> dict:
+    """Each encoder (name → model directory: the frozen and tuned towers, separate query towers) exported as a
+    serving bundle exports it, then timed on one core over the same queries, interleaved."""
     from relevance.student.encoder import BiEncoder
     from relevance.student.export import export_query_encoder
     from relevance.student.scoring import QueryEncoder
 
     encoders, graphs = {}, {}
-    for name, source in (("frozen", frozen), ("tuned", tuned)):
-        directory = work / f"{name}-bundle"
+    for name, source in sources.items():
+        directory = work / f"{name.replace(' ', '-')}-bundle"
         result = export_query_encoder(source, max_length, directory / "query_encoder.onnx")
         BiEncoder(source, max_length, precision="fp32").tokenizer.save_pretrained(directory / "tokenizer")
-        graphs[name] = {"fused": result.fused, "max_abs_diff": result.max_abs_diff}
+        graphs[name] = {"fused": result.fused, "max_abs_diff": result.max_abs_diff,
+                        "layers": int(BiEncoder(source, max_length).model.config.num_hidden_layers)}
         encoders[name] = QueryEncoder(directory, max_length, threads=1)
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(affinity)})
@@ -125,6 +135,8 @@ def query_encoder(frozen: str, tuned: str, max_length: int, queries: list[str], 
         out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "mean_ms": float(ms.mean()), **graphs[name]}
     out["tuned_over_frozen_p50"] = out["tuned"]["p50_ms"] / out["frozen"]["p50_ms"]
+    for name in sources:
+        out[name]["over_tuned_p50"] = out[name]["p50_ms"] / out["tuned"]["p50_ms"]
     log(f"query encoder: {out}")
     return out
 
@@ -170,11 +182,14 @@ def markdown(report: dict) -> str:
         f"time {c['tuned_over_frozen_time']:.2f}); the whole catalog ran at {s['items_per_s']:.0f} items/s. Cache on "
         f"disk: {c['cache_bytes_per_item']:.0f} bytes per item.", "",
         "## Query encoder on a cache miss (ONNX, fused, one core, one query at a time)", "",
-        "| encoder | p50 ms | p99 ms | mean ms |", "|---|---|---|---|",
-        *(f"| {n} | {q[n]['p50_ms']:.2f} | {q[n]['p99_ms']:.2f} | {q[n]['mean_ms']:.2f} |"
-          for n in ("frozen", "tuned")),
+        "| encoder | layers | p50 ms | p99 ms | mean ms | p50 / tuned tower's |", "|---|---|---|---|---|---|",
+        *(f"| {n} | {q[n].get('layers', 6)} | {q[n]['p50_ms']:.2f} | {q[n]['p99_ms']:.2f} | {q[n]['mean_ms']:.2f} | "
+          f"{q[n]['p50_ms'] / q['tuned']['p50_ms']:.2f} |" for n in q if isinstance(q[n], dict)),
         "", f"Tuned / frozen p50: {q['tuned_over_frozen_p50']:.2f} over {report['queries']:,} of the dataset's "
-        "queries, interleaved. The tuned tower has the serving cost of the frozen one: the same graph, other weights.",
+        "queries, interleaved. The tuned tower has the serving cost of the frozen one: the same graph, other weights. "
+        "A separate query tower (relevance.student.query_tower: some of the tuned tower's layers, trained into its "
+        "space) is what makes a miss cheaper; what it costs in quality is in the towers study "
+        "(studies.json `towers.separate_query_tower`).",
         "", "## 10M items, on paper (from the rates and sizes above; not a run)", "",
         f"- Embedding a new version: {s['embed_hours_this_machine']:.1f} h on this machine "
         f"({s['items_per_s']:.0f} items/s, the whole catalog's rate above; "
@@ -196,6 +211,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs/homedepot-minilm.yaml"))
     parser.add_argument("--towers", default=None, help="tuned towers (default: the towers study's)")
+    parser.add_argument("--query-tower", action="append", default=None,
+                        help="a separate query tower to time too (repeatable; default: the towers study's)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)
@@ -209,17 +226,21 @@ def main() -> None:
     texts = lexical_item_texts(dataset.items, config.text).reindex(dataset.items["item_id"]).fillna("").tolist()
     queries = dataset.queries["query"].astype(str).tolist()[:QUERIES]
     frozen, tuned, length = config.student.encoder, str(towers.resolve()), config.student.encoder_max_length
+    query_towers = ({f"query tower {n + 1}": str(Path(p).resolve()) for n, p in enumerate(args.query_tower)}
+                    if args.query_tower else _study_query_towers())
     work = Path(tempfile.mkdtemp(prefix="tower-cost-"))
     try:
         report = {"frozen": frozen, "tuned": os.path.relpath(tuned, ROOT), "max_length": length,
                   "queries": len(queries),
-                  "query_encoder": query_encoder(frozen, tuned, length, queries, work),
+                  "query_encoder": query_encoder({"frozen": frozen, "tuned": tuned, **query_towers}, length,
+                                                 queries, work),
                   "catalog": catalog_embedding(frozen, tuned, length, texts, work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["at_scale"] = at_scale(report["catalog"])
     report.update(command=f".venv/bin/python -m benchmarks.tower_cost --config {os.path.relpath(args.config, ROOT)}"
-                          + (f" --towers {args.towers}" if args.towers else ""),
+                          + (f" --towers {args.towers}" if args.towers else "")
+                          + "".join(f" --query-tower {p}" for p in args.query_tower or ()),
                   machine=machine(), date=datetime.now(timezone.utc).date().isoformat())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tower-cost.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -259,6 +259,27 @@ class Chain:
                              dataset.num_grades, student.encoder, student.encoder_max_length, student.towers, out,
                              out.parent / f".{out.name}.work", log=_log)
 
+    def query_tower(self, dataset: Dataset, out: Path | None = None) -> Path:
+        """A smaller query tower distilled into ``student.encoder``'s space (relevance.student.query_tower), on
+        the pool's and train's queries and title spans; valid's queries pick the epoch. A model directory to name
+        as ``student.query_encoder``; a killed run resumes, the same inputs reuse it."""
+        from relevance.labels.labelling import label_chunks
+        from relevance.student.query_tower import distil_query_tower
+
+        out = Path(out) if out is not None else self.root / "query_tower"
+        student = self.config.student
+        labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
+        ids = dict.fromkeys(dataset.split("train")["query_id"])
+        for _, load in labels:
+            ids.update(dict.fromkeys(load()["query_id"]))
+        valid_ids = list(dict.fromkeys(dataset.split("valid")["query_id"]))
+        items = dataset.items.set_index("item_id")
+        titles = items["title"] if "title" in items.columns else items.iloc[:, 0]
+        return distil_query_tower(student.encoder, dataset.query_text.reindex(list(ids)).dropna().tolist(),
+                                  dataset.query_text.reindex(valid_ids).dropna().tolist(), titles,
+                                  student.encoder_max_length, student.query_tower, out,
+                                  out.parent / f".{out.name}.work", log=_log)
+
     def students(self, dataset: Dataset) -> dict[str, Path]:
         from relevance.labels.labelling import label_chunks
         from relevance.student.distillation import DISTILLED, HUMAN_ONLY, train_students

@@ -41,6 +41,18 @@ def _key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def student_settings(student, exclude: frozenset[str] | set[str] = frozenset()) -> dict:
+    """A student config as a study's cache key: settings added after a study's results were cached (a separate
+    query tower) count only where they are set, so the cached steps keep their keys."""
+    from relevance.config.ml import QueryTowerConfig
+
+    dump = student.model_dump(exclude=set(exclude))
+    for name, default in (("query_encoder", None), ("query_tower", QueryTowerConfig().model_dump())):
+        if name in dump and dump[name] == default:
+            del dump[name]
+    return dump
+
+
 class Steps:
     """Step-by-step cache of one study (JSON results, and directories for steps that write models)."""
 

@@ -86,7 +86,7 @@ def bootstrap_errors(dataset, directory: Path, embeddings: Path, seed: int = 0) 
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, link, record, table
+    from benchmarks.studies import figure_png, link, record, student_settings, table
     from relevance.common.files import read_manifest
     from relevance.config import load_config
     from relevance.data.schema import Dataset
@@ -101,7 +101,7 @@ def run(steps, args, command: str) -> dict:
     version = read_manifest(base / "teacher", "teacher")["teacher_version"]
     labels = json.loads((base / "labels" / "labels.json").read_text())
     work = steps.directory("students", {"teacher": version, "pool": labels["pool"], "rows": labels["rows"],
-                                        "student": source.student.model_dump(exclude={"hidden"})})
+                                        "student": student_settings(source.student, {"hidden"})})
     for name in ("data", "teacher", "embeddings"):
         link(base / name, work / name)
     dataset = Dataset.load(work / "data", with_impressions=False)

@@ -81,7 +81,7 @@ def _ranked_pool(config, dataset, work: Path):
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, link, record, table
+    from benchmarks.studies import figure_png, link, record, student_settings, table
     from relevance.common.files import read_manifest
     from relevance.config import load_config
     from relevance.data.schema import Dataset, prob_columns
@@ -127,7 +127,7 @@ def run(steps, args, command: str) -> dict:
                  "argmax_agreement": float((bf16_p.argmax(1) == fp32_p.argmax(1)).mean())}
 
     students = steps.directory("students", {"teacher": version, "max_depth": MAX_DEPTH, "student": STUDENT,
-                                            "epochs": EPOCHS, "base": config.student.model_dump()})
+                                            "epochs": EPOCHS, "base": student_settings(config.student)})
     featurizer = build_featurizer(dataset.items, featurizer_settings(config), work / "embeddings")
     models = {"teacher": work / "teacher"}
     pairs = {m: int(len(pool_of(m))) for m in MULTIPLES}

@@ -42,7 +42,7 @@ def _variants(source) -> dict[str, dict]:
 
 def run(steps, args, command: str) -> dict:
 
-    from benchmarks.studies import record, table
+    from benchmarks.studies import record, student_settings, table
     from relevance.common.files import read_manifest
     from relevance.common.runtime import set_threads
     from relevance.config import load_config
@@ -164,7 +164,7 @@ def run(steps, args, command: str) -> dict:
 
     # What calibrated soft labels do to the student: the same pool labels, raw and temperature-calibrated.
     student_effect = steps("calibrated-labels-student", {"teacher": base_version,
-                                                         "student": source.student.model_dump()},
+                                                         "student": student_settings(source.student)},
                            lambda: _calibrated_label_students(source, dataset, root, featurizer,
                                                               models["minilm (bench-quality)"], grades))
 

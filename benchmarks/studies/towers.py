@@ -26,21 +26,26 @@ QUESTION = ("Does tuning the student's query/item tower on the teacher's soft la
 TOWERS = {"epochs": 3, "max_queries_per_epoch": 1500, "candidates_per_query": 8, "queries_per_batch": 16}
 SEEDS = (0, 1, 2)  # the MLP's seeds (the towers are tuned once): 1× and 100× pools are still to come
 WIDTHS = ([256], [1024, 256])  # the MLP widths tried on the tuned towers (seed 0), besides the run's own
+# Separate query towers: layers kept of the tuned tower's 6 (relevance.student.query_tower), and their training.
+QUERY_LAYERS = (3, 2)
+QUERY_TOWER = {"epochs": 3, "batch_size": 128, "pseudo_queries_per_item": 1, "learning_rate": 1e-4}
+QUERY_TOLERANCE = 0.002  # valid accuracy a separate query tower may give up (the serving path's quality bar)
 
 
 def _same_settings(chain, source) -> bool:
     """Whether the bench-quality run's student was trained with ``source``'s student settings (how often it
     checkpointed, and the tower settings it never read, aside)."""
+    from benchmarks.studies import student_settings
     from relevance.common.files import read_manifest
 
     aside = {"towers", "checkpoint_every_batches"}
     saved = read_manifest(chain.student_dirs["student"], "student")["config"]
     return ({k: v for k, v in saved.items() if k not in aside}
-            == {k: v for k, v in source.student.model_dump().items() if k not in aside})
+            == {k: v for k, v in student_settings(source.student).items() if k not in aside})
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, record, table
+    from benchmarks.studies import figure_png, record, student_settings, table
     from relevance.chain import Chain
     from relevance.common.files import read_manifest
     from relevance.config import load_config
@@ -85,7 +90,7 @@ def run(steps, args, command: str) -> dict:
     frozen_tower = steps("frozen tower", inputs, frozen_loss)
     tuned_config = config.model_copy(deep=True)
     tuned_config.student.encoder = str(model_dir.resolve())
-    students = steps.directory("students", {**inputs, "student": source.student.model_dump(exclude={"towers"})})
+    students = steps.directory("students", {**inputs, "student": student_settings(source.student, {"towers"})})
     models = {"teacher": chain.teacher_dir}
 
     def student(out: Path, run_config, seed: int, hidden: list[int] | None = None) -> Path:
@@ -131,6 +136,34 @@ def run(steps, args, command: str) -> dict:
             chosen_rows.append(name := f"student {list(chosen)}, tuned towers, seed {seed}")
             models[name] = student(students / f"tuned-{'x'.join(map(str, chosen))}-seed-{seed}", tuned_config, seed,
                                    chosen)
+
+    # Separate towers: a smaller query tower distilled into the tuned tower's space (a query is embedded online on a
+    # cache miss, an item offline), and the chosen MLP trained on its query vectors (seed 0). The fewest layers whose
+    # valid accuracy stays within QUERY_TOLERANCE of the shared tower's is chosen.
+    from relevance.student.query_tower import QUERY_TOWER_MANIFEST
+
+    query_towers, query_rows = {}, {}
+    chosen_name = "x".join(map(str, chosen))
+    for layers in QUERY_LAYERS:
+        settings = {**QUERY_TOWER, "layers": layers}
+        qt_inputs = {**inputs, "query_tower": settings}
+        qt_dir = steps.directory("query-tower", qt_inputs) / "model"
+        qt_config = tuned_config.model_copy(deep=True)
+        qt_config.student.query_tower = qt_config.student.query_tower.model_copy(update=settings)
+
+        def distil(qt_dir=qt_dir, qt_config=qt_config) -> dict:
+            started = time.perf_counter()
+            Chain(qt_config).query_tower(dataset, qt_dir)  # resumes from its checkpoint when killed
+            manifest = json.loads((qt_dir / QUERY_TOWER_MANIFEST).read_text())
+            return {"seconds": time.perf_counter() - started, "best": manifest["best"],
+                    "start_valid_loss": manifest["start_valid_loss"], "training_texts": manifest["training_texts"],
+                    "history": manifest["history"]}
+
+        query_towers[layers] = steps(f"query tower {layers}", qt_inputs, distil)
+        qt_config.student.query_encoder = str(qt_dir.resolve())
+        query_rows[layers] = name = f"student {list(chosen)}, tuned towers, {layers}-layer query tower, seed {SEEDS[0]}"
+        models[name] = student(students / f"tuned-{chosen_name}-query{layers}-seed-{SEEDS[0]}", qt_config, SEEDS[0],
+                               chosen)
 
     # The GBDTs on the same features as each student (frozen or tuned vectors, the same lexical block): the
     # issue's fairness bar. The human-label trees (multiclass, LambdaMART) and the trees distilled from the same
@@ -217,6 +250,10 @@ def run(steps, args, command: str) -> dict:
     delta = {m: mean(tuned_scores, m) - mean(frozen, m) for m in ("valid_accuracy", "accuracy", "ndcg@20")}
     chosen_scores = [scores[name] for name in chosen_rows]
     chosen_margin = mean(chosen_scores, "accuracy") - best_gbdt["tuned"][1]["accuracy"]
+    shared = scores[chosen_rows[0]]  # the chosen width, seed 0: what a separate query tower reads against
+    query_choice = next((layers for layers in sorted(QUERY_LAYERS)
+                         if scores[query_rows[layers]]["valid_accuracy"] >= shared["valid_accuracy"] - QUERY_TOLERANCE),
+                        None)
     margin = {kind: mean(per_kind[kind], "accuracy") - best_gbdt[kind][1]["accuracy"] for kind in kinds}
     answer = (f"Towers tuned in {tuned['seconds'] / 60:.0f} min ({TOWERS['epochs']} epochs of "
               f"{TOWERS['max_queries_per_epoch']} queries × up to {TOWERS['candidates_per_query']} candidates; best "
@@ -242,8 +279,18 @@ def run(steps, args, command: str) -> dict:
               f"{mean(chosen_scores, 'ndcg@20'):.4f} ± {sd(chosen_scores, 'ndcg@20'):.4f} "
               f"({chosen_margin * 100:+.2f} pt over the best GBDT, "
               f"{mean(chosen_scores, 'accuracy') / teacher['accuracy']:.1%} of the teacher's accuracy, "
-              f"{mean(chosen_scores, 'ndcg@20') / teacher['ndcg@20']:.1%} of its nDCG@20). One pool (~10×), one "
-              "tower budget: not yet the issue's whole study (1× and 100×, multi-channel pools).")
+              f"{mean(chosen_scores, 'ndcg@20') / teacher['ndcg@20']:.1%} of its nDCG@20). "
+              f"Separate towers (the {list(chosen)} MLP, seed {SEEDS[0]}, on a query tower distilled into the tuned "
+              f"tower's space; the shared tower's valid / test accuracy {shared['valid_accuracy']:.4f} / "
+              f"{shared['accuracy']:.4f}): "
+              + ", ".join(f"{layers} layers (valid 1 − cosine to the tower {query_towers[layers]['best']['valid_loss']:.4f}"
+                          f", from {query_towers[layers]['start_valid_loss']:.4f} untrained) "
+                          f"{scores[query_rows[layers]]['valid_accuracy']:.4f} / {scores[query_rows[layers]]['accuracy']:.4f}"
+                          f", nDCG@20 {scores[query_rows[layers]]['ndcg@20']:.4f}" for layers in QUERY_LAYERS)
+              + (f" → {query_choice} layers, the fewest within {QUERY_TOLERANCE} valid accuracy of the shared tower"
+                 if query_choice else f" → none within {QUERY_TOLERANCE} valid accuracy of the shared tower")
+              + ". One pool (~10×), one tower budget: not yet the issue's whole study (1× and 100×, multi-channel "
+              "pools).")
     return record("towers", sys.modules[__name__], answer, [
         table(f"Students on the bench-quality pool and labels ({config.eval.split} split; valid accuracy as early "
               "stopping saw it)",
@@ -259,4 +306,12 @@ def run(steps, args, command: str) -> dict:
             m: {"mean": mean(chosen_scores, m), "sd": sd(chosen_scores, m)} for m in ("accuracy", "ndcg@20")},
             "chosen_gbdt_margin_pt": chosen_margin * 100, "tried": {
             "x".join(map(str, hidden)): {m: scores[name][m] for m in ("valid_accuracy", "accuracy", "ndcg@20")}
-            for hidden, name in widths.items()}})
+            for hidden, name in widths.items()}},
+        separate_query_tower={"settings": QUERY_TOWER, "tolerance": QUERY_TOLERANCE, "chosen_layers": query_choice,
+                              "shared": {m: shared[m] for m in ("valid_accuracy", "accuracy", "ndcg@20")},
+                              "tried": {str(layers): {
+                                  **{m: scores[query_rows[layers]][m] for m in ("valid_accuracy", "accuracy", "ndcg@20")},
+                                  "valid_cosine_loss": query_towers[layers]["best"]["valid_loss"],
+                                  "untrained_valid_cosine_loss": query_towers[layers]["start_valid_loss"],
+                                  "training_texts": query_towers[layers]["training_texts"],
+                                  "minutes": query_towers[layers]["seconds"] / 60} for layers in QUERY_LAYERS}})

@@ -175,3 +175,16 @@ def distil_towers(config: Optional[Path] = ConfigOption, profile: Optional[str] 
     chain = open_chain(config, profile, workdir)
     path = chain.towers(chain.dataset(), out)
     typer.echo(f"towers: {path} (set student.encoder: {path.absolute()})")
+
+
+@clear_errors()
+def distil_query_tower(config: Optional[Path] = ConfigOption, profile: Optional[str] = ProfileOption,
+                       workdir: Optional[str] = WorkdirOption,
+                       out: Optional[Path] = typer.Option(None, "--out", help="Where the query tower goes (default: "
+                                                                              "<workdir>/query_tower).")):
+    """Distil a smaller query tower (student.query_tower.layers of student.encoder's layers) into
+    student.encoder's space, for a cheaper cache miss online. Resumes a killed run. Name the directory it writes
+    as student.query_encoder (in a new workdir) to train the MLP on its query vectors."""
+    chain = open_chain(config, profile, workdir)
+    path = chain.query_tower(chain.dataset(), out)
+    typer.echo(f"query tower: {path} (set student.query_encoder: {path.absolute()})")

@@ -190,8 +190,31 @@ class TowerConfig(Strict):
     seed: int = 0
 
 
+class QueryTowerConfig(Strict):
+    """A separate, smaller query tower distilled into the student's tower space (relevance.student.query_tower,
+    `relevance distil-query-tower`): ``layers`` of the tower's transformer layers kept, trained to match the full
+    tower's query vectors on the pool's queries and ``pseudo_queries_per_item`` title spans per catalog item. A
+    3-layer MiniLM query encoder takes ~40% of the 6-layer one's time per query on one core
+    (benchmarks/results/tower-cost.md)."""
+
+    layers: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(128, ge=1)
+    pseudo_queries_per_item: int = Field(1, ge=0)
+    max_texts_per_epoch: PositiveInt | None = None
+    early_stopping_patience: int = Field(1, ge=1)
+    checkpoint_every_batches: int = Field(200, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+
+
 class StudentConfig(Strict):
     encoder: str = DEFAULT_BACKBONE  # bi-encoder for query and item embeddings (frozen, or tuned: TowerConfig)
+    # A separate, smaller query tower trained into ``encoder``'s space (`relevance distil-query-tower`): queries are
+    # embedded online on a cache miss, items offline, so only the query side needs to be cheap. None: ``encoder``
+    # embeds the queries too. The item embeddings (and their version) stay ``encoder``'s either way.
+    query_encoder: str | None = None
     encoder_max_length: int = Field(64, ge=8)
     hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 128])
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -216,6 +239,7 @@ class StudentConfig(Strict):
     shuffle_window_shards: int = Field(8, ge=1)
     checkpoint_every_batches: int = Field(500, ge=1)
     towers: TowerConfig = Field(default_factory=TowerConfig)  # `relevance distil-towers`, or a step (enabled)
+    query_tower: QueryTowerConfig = Field(default_factory=QueryTowerConfig)  # `relevance distil-query-tower`
 
     @model_validator(mode="after")
     def _towers_with_a_teacher_labeller(self) -> StudentConfig:
@@ -225,6 +249,11 @@ class StudentConfig(Strict):
             raise ValueError(f"student.towers.enabled with student.labeller {self.labeller!r}: the ensemble's GBDT "
                              "reads the frozen encoder's features; tune the towers for a student of the teacher's "
                              "labels (labeller: teacher)")
+        if self.towers.enabled and self.query_encoder is not None:
+            # A query tower lives in the space of the tower it was distilled from, and this run would tune another.
+            raise ValueError("student.towers.enabled with student.query_encoder: a query tower is distilled from "
+                             "tuned towers (`relevance distil-query-tower`); tune the towers first, then name both "
+                             "(student.encoder and student.query_encoder) with towers.enabled off")
         return self
 
 

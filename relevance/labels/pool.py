@@ -181,7 +181,10 @@ def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
     the labels, so towers tuned on those labels (student.towers.enabled) cannot choose it."""
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 
-    return build_featurizer(dataset.items, featurizer_settings(config), embeddings_dir, with_bm25=False)
+    # A separate query tower (student.query_encoder) is distilled from tuned towers, after the labels: the
+    # channel searches with the encoder's own query vectors.
+    return build_featurizer(dataset.items, {**featurizer_settings(config), "query_encoder": None}, embeddings_dir,
+                            with_bm25=False)
 
 
 def check_pool_student(path: str | Path, config: RunConfig) -> None:

@@ -324,6 +324,8 @@ def register_run(config: RunConfig, dataset_dir: Path, teacher_dir: Path, studen
              # The vectors it reads: its encoder's (tuned towers change every vector), which the feature
              # project's item_embeddings tag and a canary's shared transformer are checked against.
              "encoder_fingerprint": str(student_manifest["encoder_fingerprint"]),
+             # The separate query tower its bundle embeds queries with, if any ("": the encoder's own).
+             "query_encoder_fingerprint": str(student_manifest.get("query_encoder_fingerprint") or ""),
              "accuracy": f"{numbers.get('student_accuracy', float('nan')):.4f}",
              "ndcg": f"{numbers.get(f'student_{ndcg}', float('nan')):.4f}"},
             alias=CHALLENGER, key=registration_key(config.registry.student_name, student_manifest["student_version"],

@@ -166,11 +166,11 @@ def distil_student(config: RunConfig, dataset: Dataset, labels: pd.DataFrame | C
         raise DataContractError(f"the labels name {len(unknown)} query id(s) the dataset does not have, e.g. "
                                 f"{list(unknown[:5])}: were they made for another dataset?")
     items = featurizer.item_text.index.tolist()
-    encoder, dtype = featurizer.cache.encoder, config.student.table_dtype
+    dtype = config.student.table_dtype
     with progress_bar() as bar:
         task = bar.add_task("embedding tables (queries, items)", total=len(queries) + len(items))
         query_table = EmbeddingTable.build(work / "tables" / "queries", queries, query_text.reindex(queries).tolist(),
-                                           featurizer.query_vectors, encoder.fingerprint, dtype,
+                                           featurizer.query_vectors, featurizer.query_fingerprint, dtype,
                                            on_rows=lambda n: bar.update(task, advance=n))
         item_table = _item_table(work, items, featurizer, dtype, lambda n: bar.update(task, advance=n))
 

@@ -307,7 +307,7 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
 
     - ``student.onnx`` and ``query_encoder.onnx`` (plus ``-int8`` copies with ``int8``), each checked against torch;
     - ``student_one_query.onnx``: the student for in-process scorers, one query row (see :class:`_ServingStudent`);
-    - ``tokenizer/``: the encoder's tokenizer, so serving tokenizes queries as training did;
+    - ``tokenizer/``: the query encoder's tokenizer, so serving tokenizes queries as training did;
     - ``bm25/``: the BM25 index of the catalog the student was trained on (its IDF and average length), rebuilt
       from ``items`` and checked against the catalog hash in the student's manifest;
     - ``bundle.json``: what the server checks it is compatible with (feature version, dimensions, grades), and
@@ -337,17 +337,24 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
         raise ValueError(f"{student_dir}: the student was trained on encoder {manifest['encoder_fingerprint']}, but "
                          f"{manifest['encoder']} is now encoder {reference.fingerprint}; retrain the student on it "
                          "(or restore the encoder it was trained on)")
+    # The queries' tower: a separate, smaller one where the student was trained with one (student.query_encoder).
+    query_name = manifest.get("query_encoder") or manifest["encoder"]
+    query_reference = (reference if query_name == manifest["encoder"]
+                       else BiEncoder(query_name, manifest["encoder_max_length"], precision="fp32"))
+    if manifest.get("query_encoder") and query_reference.fingerprint != manifest.get("query_encoder_fingerprint"):
+        raise ValueError(f"{student_dir}: the student was trained on query encoder "
+                         f"{manifest.get('query_encoder_fingerprint')}, but {query_name} is now "
+                         f"{query_reference.fingerprint}; retrain the student on it (or restore that query encoder)")
     with atomic_directory(out_dir) as tmp:
         results = [export_student(student_dir, tmp / "student.onnx"),
-                   export_query_encoder(manifest["encoder"], manifest["encoder_max_length"],
-                                        tmp / "query_encoder.onnx")]
+                   export_query_encoder(query_name, manifest["encoder_max_length"], tmp / "query_encoder.onnx")]
         if int8:
             for result in list(results):
                 quantize_int8(result.path, result.path.with_name(result.path.stem + "-int8.onnx"))
         # Not quantised: its item weight is built per request, which dynamic int8 leaves in fp32, and the int8
         # student graph is faster still (relevance.student.scoring.ServingBundle.in_process_graph).
         results.append(export_student(student_dir, tmp / f"{ONE_QUERY_GRAPH}.onnx", one_query=True))
-        reference.tokenizer.save_pretrained(tmp / "tokenizer")
+        query_reference.tokenizer.save_pretrained(tmp / "tokenizer")
         BM25Index(item_text.index.to_numpy(), item_text.tolist(), manifest["bm25"]["k1"],
                   manifest["bm25"]["b"]).save(tmp / "bm25")
         bundle = {
@@ -357,6 +364,9 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
             "embedding_dim": manifest["embedding_dim"], "encoder": manifest["encoder"],
             "encoder_max_length": manifest["encoder_max_length"],
             "encoder_fingerprint": manifest["encoder_fingerprint"], "catalog_hash": manifest["catalog_hash"],
+            # Where queries are embedded by a separate tower (None: the encoder's own, as its items).
+            "query_encoder": manifest.get("query_encoder"),
+            "query_encoder_fingerprint": manifest.get("query_encoder_fingerprint"),
             # How item text was assembled and what the grades mean: an offline replay (relevance evaluate,
             # judge-eval) rebuilds the same features and reads the probabilities right.
             "text": manifest["text"], "dataset": manifest["dataset"],

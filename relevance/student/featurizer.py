@@ -268,7 +268,7 @@ def featurizer_settings(config) -> dict:
     """What the offline featurizer is built from: the item text, the bi-encoder and BM25's parameters. A student
     records these in its manifest, so evaluation and export rebuild exactly the featurizer it was trained with."""
     return {"text": config.text.model_dump(), "encoder": config.student.encoder,
-            "encoder_max_length": config.student.encoder_max_length,
+            "encoder_max_length": config.student.encoder_max_length, "query_encoder": config.student.query_encoder,
             "bm25": {"k1": config.candidates.k1, "b": config.candidates.b}}
 
 
@@ -281,6 +281,9 @@ def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: 
         "feature_version": FEATURE_VERSION, "lexical_features": list(LEXICAL_FEATURES),
         **featurizer_settings(config),
         "encoder_fingerprint": encoder.fingerprint, "embedding_dim": encoder.dimension,
+        # The query side's weights when a separate query tower embeds the queries (None: the encoder's).
+        "query_encoder_fingerprint": (featurizer.query_cache.encoder.fingerprint
+                                      if featurizer.query_cache is not None else None),
         "catalog_hash": featurizer.catalog_hash, "dataset": dataset.info.__dict__,
         "train_data_hash": dataset.training_data_hash(),
         # The queries kept out of the pool it may have learnt from (judge-eval checks it; None: no holdout).
@@ -302,6 +305,14 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
     from relevance.student.encoder import BiEncoder, EmbeddingCache
 
     encoder = BiEncoder(settings["encoder"], settings["encoder_max_length"])
+    query_cache = None
+    if settings.get("query_encoder"):  # manifests from before separate query towers have no such key
+        query_encoder = BiEncoder(settings["query_encoder"], settings["encoder_max_length"])
+        if query_encoder.dimension != encoder.dimension:
+            raise ValueError(f"query encoder {settings['query_encoder']} gives {query_encoder.dimension}-d vectors, "
+                             f"the item encoder {settings['encoder']} {encoder.dimension}-d: a query tower must "
+                             "embed into the item tower's space (relevance.student.query_tower)")
+        query_cache = EmbeddingCache(cache_dir, query_encoder)
     if stored_items is None:
         item_text = lexical_item_texts(items, TextConfig.model_validate(settings["text"]))
         titles = (items.set_index("item_id")["title"].fillna("").astype(str) if "title" in items.columns
@@ -311,7 +322,7 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
         item_text, titles, vectors = stored_items["lexical_text"], stored_items["title"], stored_items["embedding"]
     bm25 = (BM25Index(item_text.index.to_numpy(), item_text.tolist(), settings["bm25"]["k1"], settings["bm25"]["b"])
             if with_bm25 else None)
-    return PairFeaturizer(item_text, titles, EmbeddingCache(cache_dir, encoder), bm25, vectors)
+    return PairFeaturizer(item_text, titles, EmbeddingCache(cache_dir, encoder), bm25, vectors, query_cache)
 
 
 def model_featurizer(items: pd.DataFrame, manifest: dict, cache_dir) -> tuple["PairFeaturizer", bool]:
@@ -327,16 +338,28 @@ class PairFeaturizer:
 
     ``item_text`` is the assembled lexical text of each item and ``titles`` its title, both indexed by item id.
     ``item_vectors`` (item id → embedding), when given, replaces the cache for items (vectors read from the
-    feature store).
+    feature store). ``query_cache``, when given, embeds the queries (a separate query tower, student.query_encoder);
+    ``cache`` then embeds the items only.
     """
 
     def __init__(self, item_text: pd.Series, titles: pd.Series, cache, bm25_index,
-                 item_vectors: pd.Series | None = None):
+                 item_vectors: pd.Series | None = None, query_cache=None):
         self.item_text = item_text
         self.titles = titles
         self.item_vectors = item_vectors
         self.cache = cache
+        self.query_cache = query_cache
         self.bm25 = bm25_index
+
+    @property
+    def query_fingerprint(self) -> str:
+        """The weights behind the query vectors: the query tower's, or the encoder's."""
+        return self._query_side.encoder.fingerprint
+
+    @property
+    def _query_side(self):
+        # Not `query_cache or cache`: an empty cache is falsy (it has a length).
+        return self.query_cache if self.query_cache is not None else self.cache
 
     @property
     def catalog_hash(self) -> str:
@@ -345,7 +368,7 @@ class PairFeaturizer:
     def query_vectors(self, query_texts: list[str]) -> np.ndarray:
         """Embeddings of the given query texts, in order (each distinct text embedded or looked up once)."""
         unique = list(dict.fromkeys(query_texts))
-        vectors = dict(zip(unique, self.cache.embed(unique, "query embeddings")))
+        vectors = dict(zip(unique, self._query_side.embed(unique, "query embeddings")))
         return (np.stack([vectors[q] for q in query_texts]) if query_texts
                 else np.zeros((0, self.cache.encoder.dimension), dtype=np.float32))
 

@@ -9,7 +9,7 @@ from relevance.cli import app, evaluation, labels, options, pipeline, registry, 
 
 COMMANDS = {  # name → the stage module that holds it, in the order of `relevance --help`
     "prepare": steps, "train-teacher": steps, "candidates": steps, "label": steps, "train-student": steps,
-    "distil-towers": steps,
+    "distil-towers": steps, "distil-query-tower": steps,
     "select": labels, "import-labels": labels, "judge-eval": evaluation, "fetch-backbone": steps,
     "evaluate": evaluation, "export": steps, "features": steps, "serve": serving, "serve-triton": serving,
     "score": serving, "traffic-sink": serving, "monitor": serving, "run": steps,
