@@ -519,8 +519,10 @@ def markdown(report: dict) -> str:
     lines = [f"# Serving benchmark ({report['dataset']}, {CANDIDATES}-candidate rerank requests)", "",
              f"- Command: `{report['command']}`",
              f"- Machine: {report['machine']}", f"- Date: {report['date']}",
-             f"- Student: MLP {profile['student_hidden']} (chosen on valid by the Pareto study in report.html), "
-             "served as its serving graph (relevance.student.export: interactions in the graph, the query's share of "
+             f"- Student: MLP {profile['student_hidden']} "
+             + (f"({report['about']}), " if report.get("about") else
+                "(chosen on valid by the Pareto study in report.html), ")
+             + "served as its serving graph (relevance.student.export: interactions in the graph, the query's share of "
              "the first layer once per request; in process, the one-query graph, whose item side meets one weight "
              "built per request).",
              "- Servers pinned to **1 core** with taskset (the transformer and Triton share it); load generator "
@@ -564,7 +566,7 @@ def markdown(report: dict) -> str:
               "work. The stages were timed cycling through the server's hot queries (not one request repeated, "
               "whose data would stay in the CPU's caches); the rest is what they cost inside a server process "
               "(its event loop, KServe's per-request metrics and the request's own bookkeeping)."]
-    lines += ["", "![latency](serving-latency.png)", "",
+    lines += ["", f"![latency]({report.get('name', 'serving')}-latency.png)", "",
               "## Query-embedding cache on Zipf replays", "",
               "W-TinyLFU (theine), the cache `relevance serve` uses; LRU for comparison. Best possible: the traffic "
               "share of the 10,000 most frequent queries.", "",
@@ -599,6 +601,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=8, help="rounds the paths are interleaved in")
     parser.add_argument("--teacher-repeats", type=int, default=10)
+    parser.add_argument("--about", default=None, help="what the student is, for the report (another student)")
+    parser.add_argument("--name", default="serving", help="results' file names: benchmarks/results/NAME.{json,md} "
+                                                            "(another student: benchmarks.serving_student)")
     args = parser.parse_args()
     from benchmarks import machine
 
@@ -655,7 +660,9 @@ def main() -> None:
         "dataset": dataset.info.name,
         "command": "make bench-serving  (= .venv/bin/python -m benchmarks.serving "
                    f"--config {args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config} "
-                   f"--requests {args.requests} --rounds {args.rounds})",
+                   f"--requests {args.requests} --rounds {args.rounds}"
+                   + (f" --name {args.name}" if args.name != "serving" else "") + ")",
+        "name": args.name, "about": args.about,
         "machine": f"{host}; servers pinned to 1 core; Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "candidates_per_request": CANDIDATES, "rounds": args.rounds,
@@ -684,9 +691,9 @@ def main() -> None:
         "cache hit rate >= 95% of best (Zipf 1.0 and 1.2)": all(r["fraction_of_best"] >= 0.95 for r in replays),
         "student >= 100x cheaper than the teacher (both fp32)": report["student_vs_teacher_cost_ratio"] >= 100,
     }
-    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2))
-    plot(latencies, RESULTS / "serving-latency.png")
-    (RESULTS / "serving.md").write_text(markdown(report))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
+    plot(latencies, RESULTS / f"{args.name}-latency.png")
+    (RESULTS / f"{args.name}.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -172,7 +172,12 @@ class Chain:
         if tune and self._tuned is None:  # once per chain: the reuse check re-reads the labels and the catalog
             self._tuned = self.towers(dataset)
         config = self.config.model_copy(deep=True)
-        config.student.encoder = str((self._tuned if tune else self.towers_dir).resolve())
+        from relevance.student.towers import QUERY_TOWER_DIR
+
+        tuned = (self._tuned if tune else self.towers_dir).resolve()
+        config.student.encoder = str(tuned)
+        if not config.student.towers.shared:  # separate towers: the queries' is in the output's query/ folder
+            config.student.query_encoder = str(tuned / QUERY_TOWER_DIR)
         return config
 
     def featurizer(self, dataset: Dataset, config: RunConfig | None = None):

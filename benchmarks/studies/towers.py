@@ -53,7 +53,7 @@ def run(steps, args, command: str) -> dict:
     from relevance.labels.labelling import label_chunks, pool_fingerprint
     from relevance.student.distillation import train_students
     from relevance.student.featurizer import build_featurizer, featurizer_settings
-    from relevance.student.towers import TOWER_MANIFEST
+    from relevance.student.towers import QUERY_TOWER_DIR, TOWER_MANIFEST
 
     source = load_config(args.config)
     chain = Chain(source)
@@ -63,7 +63,7 @@ def run(steps, args, command: str) -> dict:
     config.student.towers = source.student.towers.model_copy(update=TOWERS)
     inputs = {"teacher": version, "pool": pool_fingerprint(chain.pool_path), "encoder": source.student.encoder,
               "max_length": source.student.encoder_max_length,
-              "towers": config.student.towers.model_dump(exclude={"enabled"})}
+              "towers": config.student.towers.model_dump(exclude={"enabled", "shared"})}  # shared: as before it existed
     model_dir = steps.directory("towers", inputs) / "model"
 
     def tune() -> dict:
@@ -164,6 +164,27 @@ def run(steps, args, command: str) -> dict:
         query_rows[layers] = name = f"student {list(chosen)}, tuned towers, {layers}-layer query tower, seed {SEEDS[0]}"
         models[name] = student(students / f"tuned-{chosen_name}-query{layers}-seed-{SEEDS[0]}", qt_config, SEEDS[0],
                                chosen)
+
+    # Shared or separate weights: the same tower budget with a query tower of its own (both from the frozen MiniLM),
+    # the chosen MLP on it (seed 0), against the shared towers' row of the same width and seed.
+    separate_inputs = {**inputs, "towers": {**inputs["towers"], "shared": False}}
+    separate_dir = steps.directory("towers", separate_inputs) / "model"
+    separate_config = config.model_copy(deep=True)
+    separate_config.student.towers = config.student.towers.model_copy(update={"shared": False})
+
+    def tune_separate() -> dict:
+        started = time.perf_counter()
+        Chain(separate_config).towers(dataset, separate_dir)  # resumes from its checkpoint when killed
+        manifest = json.loads((separate_dir / TOWER_MANIFEST).read_text())
+        return {"seconds": time.perf_counter() - started, "best": manifest["best"], "history": manifest["history"]}
+
+    separate = steps("separate towers", separate_inputs, tune_separate)
+    separate_student = tuned_config.model_copy(deep=True)
+    separate_student.student.encoder = str(separate_dir.resolve())
+    separate_student.student.query_encoder = str((separate_dir / QUERY_TOWER_DIR).resolve())
+    separate_row = f"student {list(chosen)}, separate towers, seed {SEEDS[0]}"
+    models[separate_row] = student(students / f"separate-{chosen_name}-seed-{SEEDS[0]}", separate_student, SEEDS[0],
+                                   chosen)
 
     # The GBDTs on the same features as each student (frozen or tuned vectors, the same lexical block): the
     # issue's fairness bar. The human-label trees (multiclass, LambdaMART) and the trees distilled from the same
@@ -289,8 +310,15 @@ def run(steps, args, command: str) -> dict:
                           f", nDCG@20 {scores[query_rows[layers]]['ndcg@20']:.4f}" for layers in QUERY_LAYERS)
               + (f" → {query_choice} layers, the fewest within {QUERY_TOLERANCE} valid accuracy of the shared tower"
                  if query_choice else f" → none within {QUERY_TOLERANCE} valid accuracy of the shared tower")
-              + ". One pool (~10×), one tower budget: not yet the issue's whole study (1× and 100×, multi-channel "
-              "pools).")
+              + f". Shared or separate weights (the same budget; separate: a query tower of its own, tuned in "
+              f"{separate['seconds'] / 60:.0f} min, best valid listwise KL {separate['best']['valid_loss']:.4f} vs the "
+              f"shared {tuned['best']['valid_loss']:.4f}): the {list(chosen)} MLP (seed {SEEDS[0]}) reaches valid / "
+              f"test accuracy {scores[separate_row]['valid_accuracy']:.4f} / {scores[separate_row]['accuracy']:.4f}, "
+              f"nDCG@20 {scores[separate_row]['ndcg@20']:.4f}, against the shared towers' "
+              f"{shared['valid_accuracy']:.4f} / {shared['accuracy']:.4f}, {shared['ndcg@20']:.4f} → "
+              f"{'separate' if scores[separate_row]['valid_accuracy'] > shared['valid_accuracy'] else 'shared'} "
+              "on valid. One pool (~10×), one tower budget: not yet the issue's whole study (1× and 100×, "
+              "multi-channel pools).")
     return record("towers", sys.modules[__name__], answer, [
         table(f"Students on the bench-quality pool and labels ({config.eval.split} split; valid accuracy as early "
               "stopping saw it)",
@@ -307,6 +335,14 @@ def run(steps, args, command: str) -> dict:
             "chosen_gbdt_margin_pt": chosen_margin * 100, "tried": {
             "x".join(map(str, hidden)): {m: scores[name][m] for m in ("valid_accuracy", "accuracy", "ndcg@20")}
             for hidden, name in widths.items()}},
+        shared_or_separate={"chosen_on_valid": "separate" if scores[separate_row]["valid_accuracy"]
+                            > shared["valid_accuracy"] else "shared",
+                            "separate": {**{m: scores[separate_row][m] for m in ("valid_accuracy", "accuracy",
+                                                                                 "ndcg@20")},
+                                         "tower_valid_loss": separate["best"]["valid_loss"],
+                                         "minutes": separate["seconds"] / 60},
+                            "shared": {**{m: shared[m] for m in ("valid_accuracy", "accuracy", "ndcg@20")},
+                                       "tower_valid_loss": tuned["best"]["valid_loss"]}},
         separate_query_tower={"settings": QUERY_TOWER, "tolerance": QUERY_TOLERANCE, "chosen_layers": query_choice,
                               "shared": {m: shared[m] for m in ("valid_accuracy", "accuracy", "ndcg@20")},
                               "tried": {str(layers): {

@@ -177,6 +177,9 @@ class TowerConfig(Strict):
     name the output as ``student.encoder``."""
 
     enabled: bool = False
+    # One tower for queries and items, or a query tower of its own (relevance.student.towers: then written to the
+    # output's query/ folder, named as student.query_encoder).
+    shared: bool = True
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     queries_per_batch: int = Field(16, ge=1)
@@ -249,8 +252,9 @@ class StudentConfig(Strict):
             raise ValueError(f"student.towers.enabled with student.labeller {self.labeller!r}: the ensemble's GBDT "
                              "reads the frozen encoder's features; tune the towers for a student of the teacher's "
                              "labels (labeller: teacher)")
-        if self.towers.enabled and self.query_encoder is not None:
-            # A query tower lives in the space of the tower it was distilled from, and this run would tune another.
+        if self.towers.enabled and self.towers.shared and self.query_encoder is not None:
+            # A query tower lives in the space of the tower it was distilled from, and this run would tune another
+            # (with separate towers the run names its own tuned query tower: relevance.chain.Chain.student_config).
             raise ValueError("student.towers.enabled with student.query_encoder: a query tower is distilled from "
                              "tuned towers (`relevance distil-query-tower`); tune the towers first, then name both "
                              "(student.encoder and student.query_encoder) with towers.enabled off")

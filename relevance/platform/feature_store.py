@@ -17,8 +17,9 @@ whose views have none, so a materialization killed midway is never served. The r
 transformer started from the definitions alone can check it; the serving bundle names the project its student
 was exported against (bundle.json ``feature_project``) and the transformer reads that one.
 
-Embedding versions: the item vectors are only meaningful to a student whose query tower made them (a tuned tower,
-relevance.student.towers, changes every vector). A built repo records the encoder that embedded its catalog
+Embedding versions: the item vectors are only meaningful to a student whose tower made them (a tuned tower,
+relevance.student.towers, changes every vector; a separate query tower, relevance.student.query_tower, is trained
+into its tower's space and leaves the item vectors, and their version, the tower's). A built repo records the encoder that embedded its catalog
 (``embedding.json``: the encoder's ``encoder_fingerprint``, the name students, bundles and MLflow lineage use), it
 enters the content version, and :func:`apply_and_materialize` tags the registry's ``item_embeddings`` view with it.
 A transformer refuses, at start, a project whose tag is not its bundle's (:class:`EmbeddingVersionMismatch`), so a
@@ -323,7 +324,7 @@ def require_same_encoder(made_by: str | None, reads: str, what: str) -> None:
         f"{what}: its item embeddings "
         + (f"were made by encoder {made_by}" if made_by else
            "record no encoder (materialized before embedding versions were recorded)")
-        + f", but the student's query tower is encoder {reads}. Materialize the student's features (`relevance "
+        + f", but the student's item tower is encoder {reads}. Materialize the student's features (`relevance "
         "features` with its student.encoder, or the pipeline's compute_features step, without a cached result "
         "from before) and export its bundle against them")
 

@@ -2,14 +2,14 @@
 the teacher knows about relevance (the two-stage recipe: towers first, then the MLP on the tuned towers).
 
 The frozen all-MiniLM-L6-v2 was trained for general semantic similarity; the student's MLP can only combine
-what its vectors already separate. Here one tower (shared weights for queries and items, as the frozen student
-reads) is fine-tuned so that, within each query's pool candidates, the cosine of query and item ranks the items
-as the teacher does: a listwise KL between softmax(teacher's expected grade / τ_teacher) and
-softmax(cosine / τ) over the candidates (as in RocketQAv2's and Pinterest's listwise distillation of a
-cross-encoder into a bi-encoder). The tuned tower is saved as a Hugging Face model directory: naming it as
-``student.encoder`` makes every later step (embedding cache, pair store, feature store, export) read it, and
-since they key vectors by the encoder's weight fingerprint, the tuned vectors are a new version beside the frozen
-ones, never in their place.
+what its vectors already separate. Here the tower (shared weights for queries and items, as the frozen student
+reads; or, with ``shared: false``, a query tower of its own beside it) is fine-tuned so that, within each query's
+pool candidates, the cosine of query and item ranks the items as the teacher does: a listwise KL between
+softmax(teacher's expected grade / τ_teacher) and softmax(cosine / τ) over the candidates (RocketQAv2's and
+Pinterest's listwise distillation of a cross-encoder into a bi-encoder). The tuned tower is a Hugging Face model
+directory: named as ``student.encoder`` (a separate query tower, in its ``query/`` folder, as
+``student.query_encoder``) every later step reads it, and since they key vectors by the encoder's weight
+fingerprint, the tuned vectors are a new version beside the frozen ones, never in their place.
 
 Memory does not grow with the pool: texts are tokenized once into memory-mapped token tables (a row per query and
 per item, relevance.student.pairstore.EmbeddingTable holding token ids instead of vectors), and the labels are
@@ -17,8 +17,7 @@ read a shard at a time into query buckets on disk (:class:`QueryGroups`: 12 byte
 bucket. The order of the query groups is a function of (seed, epoch) alone, so a killed run resumes at the batch
 it had reached (relevance.models.training) and ends as an uninterrupted one.
 
-Not built yet: separate query and item towers (the issue asks to compare shared and separate weights), and the
-end-to-end variant (towers and MLP trained together on the KL to the teacher).
+Not built yet: the end-to-end variant (towers and MLP trained together on the KL to the teacher).
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ from relevance.student.encoder import sentence_vectors
 from relevance.student.pairstore import EmbeddingTable
 
 TOWER_MANIFEST = "towers.json"
+QUERY_TOWER_DIR = "query"  # separate towers (TowerConfig.shared false): the query tower's directory in the output
 
 
 def token_table(directory: Path, ids: list[str], texts: list[str], tokenizer, max_length: int,
@@ -74,16 +74,20 @@ def _batch_tokens(table: EmbeddingTable, rows: np.ndarray) -> tuple[torch.Tensor
 
 
 class TowerModel(nn.Module):
-    """The shared query/item tower: mean pooling and L2 normalisation, as relevance.student.encoder.BiEncoder."""
+    """The query/item towers: mean pooling and L2 normalisation, as relevance.student.encoder.BiEncoder. Shared
+    weights (one ``encoder``), or ``separate``: the queries get a ``query_encoder`` of their own, both starting
+    from the same weights."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, separate: bool = False):
         super().__init__()
         from transformers import AutoModel
 
         self.encoder = AutoModel.from_pretrained(path)
+        self.query_encoder = AutoModel.from_pretrained(path) if separate else None
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return sentence_vectors(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, query: bool = False) -> torch.Tensor:
+        encoder = self.query_encoder if query and self.query_encoder is not None else self.encoder
+        return sentence_vectors(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
 def listwise_kl(query: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, targets: torch.Tensor,
@@ -222,7 +226,7 @@ def _group_loss(model: TowerModel, batch: tuple, query_table: EmbeddingTable, it
     q_ids, q_mask = (t.to(dev) for t in _batch_tokens(query_table, queries))
     i_ids, i_mask = (t.to(dev) for t in _batch_tokens(item_table, items[valid]))  # row by row, as index_put
     with autocast(precision, dev):
-        q = model(q_ids, q_mask)
+        q = model(q_ids, q_mask, query=True)
         i = model(i_ids, i_mask)
     valid_t = torch.from_numpy(valid).to(dev)
     grid = torch.zeros(*valid.shape, q.shape[1], dtype=i.dtype, device=dev).index_put((valid_t,), i)
@@ -384,8 +388,8 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     valid_digest = hashlib.sha256(pd.util.hash_pandas_object(valid_pairs[["query_id", "item_id", "grade"]],
                                                              index=False).to_numpy().tobytes()).hexdigest()[:16]
     # How often checkpoints are written does not change what is trained (a resumed run may change it), nor whether
-    # `relevance run` tunes them as a step.
-    settings = config.model_dump_json(exclude={"checkpoint_every_batches", "enabled"})
+    # `relevance run` tunes them as a step; shared towers keep the key they had before separate ones existed.
+    settings = config.model_dump_json(exclude={"checkpoint_every_batches", "enabled", *(["shared"] * config.shared)})
     key = hashlib.sha256(f"{groups.fingerprint}|{origin}|{valid_digest}|{settings}".encode()).hexdigest()[:16]
     if (out / TOWER_MANIFEST).exists() and json.loads((out / TOWER_MANIFEST).read_text()).get("key") == key:
         log(f"towers: {out} already holds these towers")
@@ -395,7 +399,7 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     set_threads()
     seed_everything(config.seed)
     dev = device()
-    model = TowerModel(path).to(dev)
+    model = TowerModel(path, separate=not config.shared).to(dev)
     precision = resolve_precision(config.precision, dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     valid = _ValidGroups(valid_pairs, query_table, item_table, config.queries_per_batch)
@@ -411,7 +415,11 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     with atomic_directory(out) as tmp:
         model.encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if model.query_encoder is not None:  # separate towers: the item tower at the top, the queries' beneath
+            model.query_encoder.save_pretrained(tmp / QUERY_TOWER_DIR)
+            tokenizer.save_pretrained(tmp / QUERY_TOWER_DIR)
         atomic_write_json(tmp / TOWER_MANIFEST, {"kind": "towers", "key": key, "base": base, "origin": origin,
+                                                 "shared": config.shared,
                                                  "max_length": max_length, "objective": "listwise_kl",
                                                  "config": config.model_dump(), "best": state.best,
                                                  "base_valid_loss": base_loss,

@@ -46,7 +46,7 @@ def test_the_evaluate_step_brings_the_champion_and_the_feature_store_and_only_de
     assert calls[-1][-1] is None  # no feature repo: the items' features are computed from the catalog
     # features embedded by another encoder than the student's are refused before anything is evaluated
     (tmp_path / "repo" / "embedding.json").write_text(json.dumps({"encoder_fingerprint": "cd34" * 4}))
-    with pytest.raises(feature_store.EmbeddingVersionMismatch, match=f"made by encoder {'cd34' * 4}, but the student's query tower is encoder {'ab12' * 4}"):
+    with pytest.raises(feature_store.EmbeddingVersionMismatch, match=f"made by encoder {'cd34' * 4}, but the student's item tower is encoder {'ab12' * 4}"):
         evaluate_step.evaluate_challenger(config, None, tmp_path / "s", tmp_path / "t", tmp_path / "r.html",
                                           tmp_path / "repo")
     assert len(calls) == 2

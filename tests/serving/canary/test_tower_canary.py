@@ -137,4 +137,4 @@ def test_a_server_refuses_at_start_item_embeddings_of_another_tower(tower_canary
     assert result.returncode == 2, result.stdout + result.stderr[-3000:]
     message = " ".join(result.stderr.split())
     champion, challenger = (canary["bundles"][n]["encoder_fingerprint"] for n in ("champion", "challenger"))
-    assert f"made by encoder {champion}" in message and f"query tower is encoder {challenger}" in message, message
+    assert f"made by encoder {champion}" in message and f"item tower is encoder {challenger}" in message, message
