@@ -198,7 +198,7 @@ def distill_student(run_config: Input[Artifact], dataset: Input[Dataset], teache
     with tempfile.TemporaryDirectory() as cache:  # query embeddings only: items come from the store
         featurizer = build_featurizer(tables.items, featurizer_settings(config), cache, stored)
         require_same_encoder(built_encoder(feature_repo.path), featurizer.cache.encoder.fingerprint,
-                             f"feature repo {feature_repo.path}")  # queries and items by one encoder
+                             f"feature repo {feature_repo.path}")  # the items' vectors: the item tower's
         train_students(config, tables, Path(teacher.path), chunks, {"student": Path(student.path)}, featurizer,
                        lineage)
     manifest = json.loads((Path(student.path) / "manifest.json").read_text())

@@ -41,7 +41,7 @@ STEP_SETTINGS = {step.output: step.settings for step in STEPS if step.output}
 
 # Settings that change how a step runs, not what it makes: a teacher trained on 1 or 8 processes is the same
 # teacher (relevance.models.distributed matches them within float rounding), so changing them reuses the output.
-_HOW = {"teacher": {"distributed"}, "student": {"checkpoint_every_batches"}}
+_HOW = {"teacher": {"distributed"}, "student": {"checkpoint_every_batches", "query_tower"}}
 
 
 class Chain:
@@ -171,13 +171,16 @@ class Chain:
                                     "of `relevance run`: run it first")
         if tune and self._tuned is None:  # once per chain: the reuse check re-reads the labels and the catalog
             self._tuned = self.towers(dataset)
-        config = self.config.model_copy(deep=True)
-        from relevance.student.towers import QUERY_TOWER_DIR
+        from relevance.student.encoder import separate_query_tower
 
+        config = self.config.model_copy(deep=True)
         tuned = (self._tuned if tune else self.towers_dir).resolve()
-        config.student.encoder = str(tuned)
-        if not config.student.towers.shared:  # separate towers: the queries' is in the output's query/ folder
-            config.student.query_encoder = str(tuned / QUERY_TOWER_DIR)
+        # What the towers are (shared or separate) is read from what was tuned, not from the config. The copy names
+        # them and has nothing left to tune (enabled off: a query encoder beside enabled towers is refused).
+        query = separate_query_tower(tuned)
+        config.student = config.student.model_copy(update={
+            "encoder": str(tuned), "query_encoder": None if query is None else str(query),
+            "towers": config.student.towers.model_copy(update={"enabled": False})})
         return config
 
     def featurizer(self, dataset: Dataset, config: RunConfig | None = None):
@@ -269,6 +272,7 @@ class Chain:
         the pool's and train's queries and title spans; valid's queries pick the epoch. A model directory to name
         as ``student.query_encoder``; a killed run resumes, the same inputs reuse it."""
         from relevance.labels.labelling import label_chunks
+        from relevance.models.bm25 import lexical_item_texts
         from relevance.student.query_tower import distil_query_tower
 
         out = Path(out) if out is not None else self.root / "query_tower"
@@ -279,7 +283,8 @@ class Chain:
             ids.update(dict.fromkeys(load()["query_id"]))
         valid_ids = list(dict.fromkeys(dataset.split("valid")["query_id"]))
         items = dataset.items.set_index("item_id")
-        titles = items["title"] if "title" in items.columns else items.iloc[:, 0]
+        titles = (items["title"] if "title" in items.columns  # else the item text, as the featurizer's titles
+                  else lexical_item_texts(dataset.items, self.config.text))
         return distil_query_tower(student.encoder, dataset.query_text.reindex(list(ids)).dropna().tolist(),
                                   dataset.query_text.reindex(valid_ids).dropna().tolist(), titles,
                                   student.encoder_max_length, student.query_tower, out,

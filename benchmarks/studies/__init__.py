@@ -42,15 +42,13 @@ def _key(inputs: dict) -> str:
 
 
 def student_settings(student, exclude: frozenset[str] | set[str] = frozenset()) -> dict:
-    """A student config as a study's cache key: settings added after a study's results were cached (a separate
+    """A student config (or its dump, as a manifest records it) as a study's cache key: settings added after a study's results were cached (a separate
     query tower) count only where they are set, so the cached steps keep their keys."""
     from relevance.config.ml import QueryTowerConfig
 
-    dump = student.model_dump(exclude=set(exclude))
-    for name, default in (("query_encoder", None), ("query_tower", QueryTowerConfig().model_dump())):
-        if name in dump and dump[name] == default:
-            del dump[name]
-    return dump
+    dump = student if isinstance(student, dict) else student.model_dump(exclude=set(exclude))
+    unset = {"query_encoder": None, "query_tower": QueryTowerConfig().model_dump()}
+    return {k: v for k, v in dump.items() if k not in exclude and not (k in unset and v == unset[k])}
 
 
 class Steps:

@@ -77,7 +77,8 @@ def run(steps, args, command: str) -> dict:
         return out
 
     trials = candidates()
-    inputs = {"features": f"{featurizer.cache.encoder.fingerprint}:{featurizer.catalog_hash}",
+    query_side = f":{featurizer.query_fingerprint}" if featurizer.query_cache is not None else ""
+    inputs = {"features": f"{featurizer.cache.encoder.fingerprint}{query_side}:{featurizer.catalog_hash}",
               "data": dataset.training_data_hash(),
               "gbdt": {k: v for k, v in config.gbdt.model_dump().items() if k != "lambdamart"}}
     results = [steps(f"trial-{i}", {**inputs, "settings": s}, lambda s=s, i=i: fit(s, read_test=i == 0))

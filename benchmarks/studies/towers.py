@@ -39,7 +39,7 @@ def _same_settings(chain, source) -> bool:
     from relevance.common.files import read_manifest
 
     aside = {"towers", "checkpoint_every_batches"}
-    saved = read_manifest(chain.student_dirs["student"], "student")["config"]
+    saved = student_settings(read_manifest(chain.student_dirs["student"], "student")["config"])
     return ({k: v for k, v in saved.items() if k not in aside}
             == {k: v for k, v in student_settings(source.student).items() if k not in aside})
 
@@ -95,12 +95,16 @@ def run(steps, args, command: str) -> dict:
 
     def student(out: Path, run_config, seed: int, hidden: list[int] | None = None) -> Path:
         """The MLP trained in ``out`` (unless it is there already) on ``run_config``'s towers."""
-        if (out / "manifest.json").exists() and run_config is tuned_config:
+        if (out / "manifest.json").exists() and run_config is not config:  # tuned: the very towers?
             from relevance.student.encoder import BiEncoder
 
-            trained_on = read_manifest(out, "student")["encoder_fingerprint"]
-            if trained_on != BiEncoder(str(model_dir), source.student.encoder_max_length).fingerprint:
-                raise RuntimeError(f"{out} was trained on other tuned towers than {model_dir}: delete it")
+            saved, length = read_manifest(out, "student"), source.student.encoder_max_length
+            towers_now = {"encoder_fingerprint": BiEncoder(run_config.student.encoder, length).fingerprint,
+                          "query_encoder_fingerprint": (BiEncoder(run_config.student.query_encoder, length).fingerprint
+                                                        if run_config.student.query_encoder else None)}
+            if any(saved.get(k) != v for k, v in towers_now.items()):
+                raise RuntimeError(f"{out} was trained on other towers than {run_config.student.encoder}"
+                                   f" / {run_config.student.query_encoder}: delete it")
         if not (out / "manifest.json").exists():
             seeded = run_config.model_copy(deep=True)
             seeded.student.seed = seed

@@ -172,9 +172,13 @@ def distil_towers(config: Optional[Path] = ConfigOption, profile: Optional[str] 
     """Tune the student's bi-encoder on the teacher's labels of the pool (student.towers: listwise KL within each
     query's candidates; valid's judged lists pick the epoch). Resumes a killed run. Name the directory it writes
     as student.encoder (in a new workdir) to train the MLP on the tuned vectors."""
+    from relevance.student.encoder import separate_query_tower
+
     chain = open_chain(config, profile, workdir)
     path = chain.towers(chain.dataset(), out)
-    typer.echo(f"towers: {path} (set student.encoder: {path.absolute()})")
+    query = separate_query_tower(path)
+    typer.echo(f"towers: {path} (set student.encoder: {path.absolute()}"
+               + (f", student.query_encoder: {query.absolute()})" if query is not None else ")"))
 
 
 @clear_errors()

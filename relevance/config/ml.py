@@ -252,12 +252,13 @@ class StudentConfig(Strict):
             raise ValueError(f"student.towers.enabled with student.labeller {self.labeller!r}: the ensemble's GBDT "
                              "reads the frozen encoder's features; tune the towers for a student of the teacher's "
                              "labels (labeller: teacher)")
-        if self.towers.enabled and self.towers.shared and self.query_encoder is not None:
+        if self.towers.enabled and self.query_encoder is not None:
             # A query tower lives in the space of the tower it was distilled from, and this run would tune another
-            # (with separate towers the run names its own tuned query tower: relevance.chain.Chain.student_config).
+            # (separate towers, shared false, name their own: relevance.chain.Chain.student_config).
             raise ValueError("student.towers.enabled with student.query_encoder: a query tower is distilled from "
                              "tuned towers (`relevance distil-query-tower`); tune the towers first, then name both "
-                             "(student.encoder and student.query_encoder) with towers.enabled off")
+                             "(student.encoder and student.query_encoder) with towers.enabled off, or tune "
+                             "separate towers (student.towers.shared: false), which name their own")
         return self
 
 

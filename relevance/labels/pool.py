@@ -181,8 +181,8 @@ def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
     the labels, so towers tuned on those labels (student.towers.enabled) cannot choose it."""
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 
-    # A separate query tower (student.query_encoder) is distilled from tuned towers, after the labels: the
-    # channel searches with the encoder's own query vectors.
+    # A separate query tower (student.query_encoder) may come after the labels (distilled from towers tuned on
+    # them): the channel searches with the encoder's own query vectors, as before the towers.
     return build_featurizer(dataset.items, {**featurizer_settings(config), "query_encoder": None}, embeddings_dir,
                             with_bm25=False)
 

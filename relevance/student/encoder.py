@@ -8,6 +8,7 @@ of (encoder fingerprint, text), so when the catalog changes only new or edited i
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,34 @@ from relevance.common.files import sha256_of_files
 from relevance.common.runtime import autocast, device, progress_bar, resolve_precision
 from relevance.models.backbones import resolve_backbone
 from relevance.models.pooling import pool_hidden
+
+
+TOWER_MANIFEST = "towers.json"  # what relevance.student.towers writes beside tuned towers
+QUERY_TOWER_DIR = "query"  # separate towers (student.towers.shared false): the query tower's folder in the output
+QUERY_TOWER_MANIFEST = "query_tower.json"  # what relevance.student.query_tower writes beside a query tower
+
+
+def separate_query_tower(path: str | Path) -> Path | None:
+    """The query tower of tuned separate towers at ``path`` (their ``query/`` folder), or None: ``path`` embeds
+    queries and items alike (a shared tower, or any other model)."""
+    manifest = Path(path) / TOWER_MANIFEST
+    if manifest.exists() and json.loads(manifest.read_text()).get("shared") is False:
+        return Path(path) / QUERY_TOWER_DIR
+    return None
+
+
+def check_query_tower(query_encoder: "BiEncoder", encoder: "BiEncoder") -> None:
+    """Refuse a query tower distilled into another tower's space than ``encoder``'s (its ``query_tower.json``
+    records the tower's fingerprint): its query vectors would be compared with items they were never trained
+    against. A query tower without the record (e.g. separate towers' query/ folder) passes."""
+    manifest = Path(query_encoder.path) / QUERY_TOWER_MANIFEST
+    if not manifest.exists():
+        return
+    trained_into = json.loads(manifest.read_text()).get("tower_fingerprint")
+    if trained_into != encoder.fingerprint:
+        raise ValueError(f"query encoder {query_encoder.name} was distilled into the space of encoder {trained_into}, "
+                         f"but student.encoder {encoder.name} is encoder {encoder.fingerprint}: distil a query tower "
+                         "from this encoder (`relevance distil-query-tower`) or name the one it was made from")
 
 
 class BiEncoder:

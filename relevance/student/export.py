@@ -330,21 +330,21 @@ def export_bundle(student_dir: str | Path, out_dir: str | Path, items, int8: boo
     if found != manifest["catalog_hash"]:
         raise ValueError(f"the catalog given has hash {found}, the student was trained on catalog "
                          f"{manifest['catalog_hash']}: BM25 features would differ from training")
-    reference = BiEncoder(manifest["encoder"], manifest["encoder_max_length"], precision="fp32")
-    if reference.fingerprint != manifest["encoder_fingerprint"]:
+    def trained_on(name_key: str) -> BiEncoder:
         # e.g. towers tuned again in place after the student was trained: the bundle would embed queries with
         # weights its student never read, under the old fingerprint.
-        raise ValueError(f"{student_dir}: the student was trained on encoder {manifest['encoder_fingerprint']}, but "
-                         f"{manifest['encoder']} is now encoder {reference.fingerprint}; retrain the student on it "
-                         "(or restore the encoder it was trained on)")
+        reference = BiEncoder(manifest[name_key], manifest["encoder_max_length"], precision="fp32")
+        if reference.fingerprint != manifest.get(f"{name_key}_fingerprint"):
+            raise ValueError(f"{student_dir}: the student was trained on {name_key} "
+                             f"{manifest.get(f'{name_key}_fingerprint')}, but {manifest[name_key]} is now "
+                             f"{reference.fingerprint}; retrain the student on it (or restore the one it was "
+                             "trained on)")
+        return reference
+
+    reference = trained_on("encoder")
     # The queries' tower: a separate, smaller one where the student was trained with one (student.query_encoder).
+    query_reference = trained_on("query_encoder") if manifest.get("query_encoder") else reference
     query_name = manifest.get("query_encoder") or manifest["encoder"]
-    query_reference = (reference if query_name == manifest["encoder"]
-                       else BiEncoder(query_name, manifest["encoder_max_length"], precision="fp32"))
-    if manifest.get("query_encoder") and query_reference.fingerprint != manifest.get("query_encoder_fingerprint"):
-        raise ValueError(f"{student_dir}: the student was trained on query encoder "
-                         f"{manifest.get('query_encoder_fingerprint')}, but {query_name} is now "
-                         f"{query_reference.fingerprint}; retrain the student on it (or restore that query encoder)")
     with atomic_directory(out_dir) as tmp:
         results = [export_student(student_dir, tmp / "student.onnx"),
                    export_query_encoder(query_name, manifest["encoder_max_length"], tmp / "query_encoder.onnx")]

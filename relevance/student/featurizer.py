@@ -302,7 +302,7 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
     store, the ones serving reads online."""
     from relevance.models.bm25 import BM25Index, lexical_item_texts
     from relevance.config import TextConfig
-    from relevance.student.encoder import BiEncoder, EmbeddingCache
+    from relevance.student.encoder import BiEncoder, EmbeddingCache, check_query_tower, separate_query_tower
 
     encoder = BiEncoder(settings["encoder"], settings["encoder_max_length"])
     query_cache = None
@@ -312,7 +312,12 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
             raise ValueError(f"query encoder {settings['query_encoder']} gives {query_encoder.dimension}-d vectors, "
                              f"the item encoder {settings['encoder']} {encoder.dimension}-d: a query tower must "
                              "embed into the item tower's space (relevance.student.query_tower)")
+        check_query_tower(query_encoder, encoder)
         query_cache = EmbeddingCache(cache_dir, query_encoder)
+    elif separate_query_tower(encoder.path) is not None:
+        raise ValueError(f"{settings['encoder']} holds separate towers (student.towers.shared false): it embeds the "
+                         f"items; name its {separate_query_tower(encoder.path)} as student.query_encoder for the "
+                         "queries")
     if stored_items is None:
         item_text = lexical_item_texts(items, TextConfig.model_validate(settings["text"]))
         titles = (items.set_index("item_id")["title"].fillna("").astype(str) if "title" in items.columns

@@ -35,11 +35,10 @@ from relevance.data.schema import DataContractError
 from relevance.models import training
 from relevance.models.backbones import resolve_backbone
 from relevance.models.training import LoopState, Schedule
-from relevance.student.encoder import BiEncoder
+from relevance.student.encoder import QUERY_TOWER_MANIFEST, BiEncoder, separate_query_tower
 from relevance.student.pairstore import EmbeddingTable
 from relevance.student.towers import TowerModel, _batch_tokens, _origin, _TowerRun, token_table
 
-QUERY_TOWER_MANIFEST = "query_tower.json"
 
 
 def kept_layers(total: int, keep: int) -> list[int]:
@@ -68,9 +67,7 @@ def pseudo_queries(titles: pd.Series, per_item: int, seed: int, max_words: int =
 def _shrunk(path: str, layers: int) -> nn.Module:
     model = TowerModel(path)
     encoder = model.encoder
-    blocks = encoder.encoder.layer if hasattr(encoder, "encoder") else None
-    if blocks is None:
-        raise ValueError(f"query tower: {path} is not a BERT-family encoder (no encoder.layer to keep layers of)")
+    blocks = encoder.encoder.layer  # a BERT-family encoder: checked by distil_query_tower
     keep = kept_layers(len(blocks), layers)
     encoder.encoder.layer = nn.ModuleList([blocks[k] for k in keep])
     encoder.config.num_hidden_layers = layers
@@ -175,9 +172,16 @@ def distil_query_tower(tower: str, train_queries, valid_queries, titles: pd.Seri
     an ``out`` already written from the same tower, texts and settings is returned as is. ``work`` holds the
     tables and the checkpoint, so a killed run resumes."""
     out, work = Path(out), Path(work)
-    path = resolve_backbone(tower)
-    if Path(path).resolve() == out.resolve():
+    item_path = resolve_backbone(tower)
+    if Path(item_path).resolve() == out.resolve():
         raise ValueError(f"query tower: the output {out} is the tower itself; write elsewhere")
+    # Separate tuned towers: the queries' own tower is the one to shrink and to match (in the item tower's space).
+    path = str(separate_query_tower(item_path) or item_path)
+    reference = BiEncoder(path, max_length, precision="fp32")
+    blocks = getattr(getattr(reference.model, "encoder", None), "layer", None)
+    if blocks is None:
+        raise ValueError(f"query tower: {path} is not a BERT-family encoder (no encoder.layer to keep layers of)")
+    kept_layers(len(blocks), config.layers)  # refused here, before any text is embedded
     train_texts = _distinct(list(train_queries) + pseudo_queries(titles, config.pseudo_queries_per_item,
                                                                  config.seed), "training")
     valid_texts = _distinct(valid_queries, "valid query")
@@ -185,9 +189,11 @@ def distil_query_tower(tower: str, train_queries, valid_queries, titles: pd.Seri
     train_texts = [t for t in train_texts if t not in held]  # valid chooses the epoch: never trained on
     if not train_texts:
         raise DataContractError("query tower: every training text is a valid query: nothing left to train on")
-    reference = BiEncoder(tower, max_length, precision="fp32")
     origin = _origin(path, max_length)
-    digest = hashlib.sha256("\x1e".join(["train", *train_texts, "valid", *valid_texts]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(b"train")  # text by text (a pool's queries may be millions), "\x1e" between
+    for text in [*train_texts, "valid", *valid_texts]:
+        digest.update(f"\x1e{text}".encode())
+    digest = digest.hexdigest()[:16]
     settings = config.model_dump_json(exclude={"checkpoint_every_batches"})
     key = hashlib.sha256(f"{origin}|{digest}|{settings}".encode()).hexdigest()[:16]
     if (out / QUERY_TOWER_MANIFEST).exists() and json.loads((out / QUERY_TOWER_MANIFEST).read_text()).get("key") == key:
@@ -206,6 +212,7 @@ def distil_query_tower(tower: str, train_queries, valid_queries, titles: pd.Seri
     log(f"query tower: {config.layers} of the tower's layers kept, valid 1 − cosine {start_loss:.5f} before training "
         f"({len(train_texts)} training texts)")
     run = _QueryTowerRun(model, optimizer, _Texts(len(train_texts), config), tables, valid, config, precision, key, log)
+    run.what = "query tower"
     state = run.resume(work / "checkpoint.pt")
     schedule = Schedule(epochs=config.epochs, patience=config.early_stopping_patience,
                         checkpoint_every_batches=config.checkpoint_every_batches)
@@ -216,7 +223,9 @@ def distil_query_tower(tower: str, train_queries, valid_queries, titles: pd.Seri
         model.encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / QUERY_TOWER_MANIFEST, {
-            "kind": "query-tower", "key": key, "tower": tower, "tower_fingerprint": reference.fingerprint,
+            "kind": "query-tower", "key": key, "tower": tower,
+            # The space it embeds into: the item tower's (what relevance.student.encoder.check_query_tower reads).
+            "tower_fingerprint": BiEncoder(tower, max_length).fingerprint, "trained_from": path,
             "origin": origin, "max_length": max_length, "objective": "1 - cosine to the tower's query vector",
             "layers": config.layers, "kept_layers": kept_layers(reference.model.config.num_hidden_layers,
                                                                 config.layers),

@@ -41,11 +41,9 @@ from relevance.models import training
 from relevance.models.backbones import resolve_backbone
 from relevance.models.training import Hooks, LoopState, Schedule
 from relevance.student.distillation import Chunks
-from relevance.student.encoder import sentence_vectors
+from relevance.student.encoder import QUERY_TOWER_DIR, TOWER_MANIFEST, sentence_vectors  # noqa: F401 (theirs)
 from relevance.student.pairstore import EmbeddingTable
 
-TOWER_MANIFEST = "towers.json"
-QUERY_TOWER_DIR = "query"  # separate towers (TowerConfig.shared false): the query tower's directory in the output
 
 
 def token_table(directory: Path, ids: list[str], texts: list[str], tokenizer, max_length: int,
@@ -251,8 +249,8 @@ class _TowerRun(Hooks):
         self.model, self.optimizer, self.source, self.valid = model, optimizer, source, valid
         self.config, self.precision, self.key, self.log = config, precision, key, log
         self.device = next(model.parameters()).device
-        self.path: Path | None = None
-        self.progress = None
+        self.path, self.progress = None, None
+        self.what = "towers"  # what the logs call it (relevance.student.query_tower reuses this loop)
 
     def resume(self, path: Path) -> LoopState:
         self.path = path
@@ -260,7 +258,7 @@ class _TowerRun(Hooks):
             return LoopState()
         saved = torch.load(path, weights_only=True, map_location=self.device)
         if saved.get("key") != self.key:
-            self.log(f"towers: {path} is of other labels or settings; starting afresh")
+            self.log(f"{self.what}: {path} is of other labels or settings; starting afresh")
             return LoopState()
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -268,7 +266,7 @@ class _TowerRun(Hooks):
         if self.device.type == "cuda" and saved.get("cuda_rng"):
             torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda_rng"]])
         state = LoopState.from_dict(saved["state"])
-        self.log(f"towers: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
+        self.log(f"{self.what}: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
         return state
 
     def checkpoint(self, state: LoopState) -> None:

@@ -199,3 +199,35 @@ def test_a_query_tower_through_the_run_its_features_and_its_bundle(finished_run,
     np.testing.assert_allclose(online, BiEncoder(str(tmp_path / "qt"), bundle["encoder_max_length"], "fp32")
                                .encode(queries), atol=1e-4)
     assert not np.allclose(online, item_tower.encode(queries), atol=1e-3)
+
+
+def test_a_query_tower_of_another_tower_or_separate_towers_without_theirs_are_refused(tower, tiny_bert, tmp_path):
+    """The featurizer refuses query vectors from another space than its items': a query tower distilled from
+    another tower, or separate towers named as the encoder without their query/ folder."""
+    import shutil
+
+    from relevance.student.encoder import QUERY_TOWER_DIR, TOWER_MANIFEST
+    from relevance.student.featurizer import build_featurizer
+
+    out = query_tower.distil_query_tower(str(tower), TRAIN, VALID, _titles(), 16, _config(epochs=1),
+                                         tmp_path / "qt", tmp_path / "work")
+    items = pd.DataFrame({"item_id": _titles().index, "title": _titles().values})
+    settings = {"text": {}, "encoder": str(tiny_bert), "encoder_max_length": 16, "bm25": {"k1": 1.2, "b": 0.75}}
+    with pytest.raises(ValueError, match="was distilled into the space of encoder"):
+        build_featurizer(items, {**settings, "query_encoder": str(out)}, tmp_path / "cache")
+    separate = tmp_path / "separate"  # separate tuned towers, as relevance.student.towers writes them
+    shutil.copytree(tower, separate)
+    shutil.copytree(tiny_bert, separate / QUERY_TOWER_DIR)
+    (separate / TOWER_MANIFEST).write_text(json.dumps({"kind": "towers", "shared": False}))
+    with pytest.raises(ValueError, match="holds separate towers"):
+        build_featurizer(items, {**settings, "encoder": str(separate)}, tmp_path / "cache")
+    both = build_featurizer(items, {**settings, "encoder": str(separate),
+                                    "query_encoder": str(separate / QUERY_TOWER_DIR)}, tmp_path / "cache")
+    assert both.query_fingerprint == BiEncoder(str(tiny_bert), 16).fingerprint
+    # A query tower from separate towers shrinks and matches their query tower, in the item tower's space.
+    small = query_tower.distil_query_tower(str(separate), TRAIN, VALID, _titles(), 16, _config(epochs=1),
+                                           tmp_path / "qt-separate", tmp_path / "work-separate")
+    manifest = json.loads((small / query_tower.QUERY_TOWER_MANIFEST).read_text())
+    assert manifest["trained_from"] == str(separate / QUERY_TOWER_DIR)
+    assert manifest["tower_fingerprint"] == BiEncoder(str(separate), 16).fingerprint
+    build_featurizer(items, {**settings, "encoder": str(separate), "query_encoder": str(small)}, tmp_path / "cache")
