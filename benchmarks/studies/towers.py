@@ -66,13 +66,13 @@ def run(steps, args, command: str) -> dict:
               "towers": config.student.towers.model_dump(exclude={"enabled", "shared"})}  # shared: as before it existed
     model_dir = steps.directory("towers", inputs) / "model"
 
-    def tune() -> dict:
+    def tune(run_config, out: Path) -> dict:
         started = time.perf_counter()
-        Chain(config).towers(dataset, model_dir)  # resumes from its checkpoint when killed
-        manifest = json.loads((model_dir / TOWER_MANIFEST).read_text())
+        Chain(run_config).towers(dataset, out)  # resumes from its checkpoint when killed
+        manifest = json.loads((out / TOWER_MANIFEST).read_text())
         return {"seconds": time.perf_counter() - started, "best": manifest["best"], "history": manifest["history"]}
 
-    tuned = steps("towers", inputs, tune)
+    tuned = steps("towers", inputs, lambda: tune(config, model_dir))
 
     def frozen_loss() -> dict:  # the same valid loss of the frozen tower: what the tuned one's history reads against
         from relevance.models.bm25 import lexical_item_texts
@@ -175,14 +175,7 @@ def run(steps, args, command: str) -> dict:
     separate_dir = steps.directory("towers", separate_inputs) / "model"
     separate_config = config.model_copy(deep=True)
     separate_config.student.towers = config.student.towers.model_copy(update={"shared": False})
-
-    def tune_separate() -> dict:
-        started = time.perf_counter()
-        Chain(separate_config).towers(dataset, separate_dir)  # resumes from its checkpoint when killed
-        manifest = json.loads((separate_dir / TOWER_MANIFEST).read_text())
-        return {"seconds": time.perf_counter() - started, "best": manifest["best"], "history": manifest["history"]}
-
-    separate = steps("separate towers", separate_inputs, tune_separate)
+    separate = steps("separate towers", separate_inputs, lambda: tune(separate_config, separate_dir))
     separate_student = tuned_config.model_copy(deep=True)
     separate_student.student.encoder = str(separate_dir.resolve())
     separate_student.student.query_encoder = str((separate_dir / QUERY_TOWER_DIR).resolve())

@@ -32,9 +32,8 @@ from relevance.common.runtime import (autocast, device, progress_bar, resolve_pr
                                       set_threads)
 from relevance.config.ml import QueryTowerConfig
 from relevance.data.schema import DataContractError
-from relevance.models import training
 from relevance.models.backbones import resolve_backbone
-from relevance.models.training import LoopState, Schedule
+from relevance.models.training import LoopState
 from relevance.student.encoder import QUERY_TOWER_MANIFEST, BiEncoder, separate_query_tower
 from relevance.student.pairstore import EmbeddingTable
 from relevance.student.towers import TowerModel, _batch_tokens, _origin, _TowerRun, token_table
@@ -102,28 +101,19 @@ def _cosine_loss(model: nn.Module, rows: np.ndarray, tokens: EmbeddingTable, tar
 
 
 class _QueryTowerRun(_TowerRun):
-    """The towers' loop (checkpoint, resume, snapshots) with the query tower's batches, loss and evaluation."""
+    """The towers' loop (checkpoint, resume, steps, snapshots) with the query tower's batches, loss and
+    evaluation."""
 
     def __init__(self, model, optimizer, texts: _Texts, tables: tuple, valid: tuple, config, precision, key, log):
         super().__init__(model, optimizer, None, None, config, precision, key, log)
+        self.what = "query tower"
         self.texts, (self.tokens, self.targets), (self.valid_tokens, self.valid_targets) = texts, tables, valid
 
     def batches(self, epoch: int, start_batch: int):
         return self.texts.epoch(epoch, start_batch)
 
-    def train_step(self, rows) -> torch.Tensor:
-        loss = _cosine_loss(self.model, rows, self.tokens, self.targets, self.precision)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        return loss
-
-    def after_step(self, state: LoopState, loss) -> None:
-        if self.progress is not None:
-            bar, task = self.progress
-            bar.update(task, advance=1,
-                       description=f"query tower epoch {state.epoch + 1} loss {float(loss.detach()):.4f}")
+    def loss(self, rows) -> torch.Tensor:
+        return _cosine_loss(self.model, rows, self.tokens, self.targets, self.precision)
 
     def evaluate(self, state: LoopState) -> dict:
         result = {"epoch": state.epoch + 1, "step": state.step,
@@ -212,13 +202,7 @@ def distil_query_tower(tower: str, train_queries, valid_queries, titles: pd.Seri
     log(f"query tower: {config.layers} of the tower's layers kept, valid 1 − cosine {start_loss:.5f} before training "
         f"({len(train_texts)} training texts)")
     run = _QueryTowerRun(model, optimizer, _Texts(len(train_texts), config), tables, valid, config, precision, key, log)
-    run.what = "query tower"
-    state = run.resume(work / "checkpoint.pt")
-    schedule = Schedule(epochs=config.epochs, patience=config.early_stopping_patience,
-                        checkpoint_every_batches=config.checkpoint_every_batches)
-    with progress_bar(transient=True) as bar:
-        run.progress = (bar, bar.add_task("query tower", total=None))
-        state = training.train(run, schedule, state)
+    state = run.fit(work / "checkpoint.pt")
     with atomic_directory(out) as tmp:
         model.encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -15,9 +15,8 @@ Memory does not grow with the pool: texts are tokenized once into memory-mapped 
 per item, relevance.student.pairstore.EmbeddingTable holding token ids instead of vectors), and the labels are
 read a shard at a time into query buckets on disk (:class:`QueryGroups`: 12 bytes a pair), an epoch holding one
 bucket. The order of the query groups is a function of (seed, epoch) alone, so a killed run resumes at the batch
-it had reached (relevance.models.training) and ends as an uninterrupted one.
-
-Not built yet: the end-to-end variant (towers and MLP trained together on the KL to the teacher).
+it had reached (relevance.models.training) and ends as an uninterrupted one. Not built yet: the end-to-end
+variant (towers and MLP trained together on the KL to the teacher).
 """
 
 from __future__ import annotations
@@ -72,9 +71,8 @@ def _batch_tokens(table: EmbeddingTable, rows: np.ndarray) -> tuple[torch.Tensor
 
 
 class TowerModel(nn.Module):
-    """The query/item towers: mean pooling and L2 normalisation, as relevance.student.encoder.BiEncoder. Shared
-    weights (one ``encoder``), or ``separate``: the queries get a ``query_encoder`` of their own, both starting
-    from the same weights."""
+    """The query/item towers (mean pooling, L2 normalisation: relevance.student.encoder.BiEncoder): one shared
+    ``encoder``, or ``separate``: the queries' ``query_encoder`` beside it, both from the same weights."""
 
     def __init__(self, path: str, separate: bool = False):
         super().__init__()
@@ -135,14 +133,12 @@ def _padded(groups: list[tuple[int, np.ndarray, np.ndarray]], width: int) -> tup
 
 class QueryGroups:
     """Training batches of whole query groups: (query rows [B], item rows [B, C], valid [B, C], targets [B, C]).
-
     A label shard is a row range of the pool, so a query's candidates can lie in several shards (on Home Depot
-    most do, one channel per shard). :meth:`build` therefore makes one pass over the shards and appends each pair
-    (query row, item row, the teacher's expected grade Σ k·p_k) to the bucket file of its query: a query's
-    candidates from every shard meet in one bucket, and a bucket holds about one shard's pairs (12 bytes each),
-    which is all an epoch holds in memory. Epoch e visits the buckets in an order fixed by (seed, e); within a
-    bucket the queries are shuffled and each keeps up to ``candidates_per_query`` of its items (drawn by
-    (seed, e)); a query needs two items to rank."""
+    most do). :meth:`build` makes one pass over the shards and appends each pair (query row, item row, the
+    teacher's expected grade Σ k·p_k) to its query's bucket file: a query's candidates meet in one bucket, which
+    holds about one shard's pairs (12 bytes each), all an epoch holds in memory. Epoch e visits the buckets in an
+    order fixed by (seed, e); in a bucket the queries are shuffled and each keeps up to ``candidates_per_query``
+    of its items (drawn by (seed, e)); a query needs two items to rank."""
 
     def __init__(self, directory: Path, query_table: EmbeddingTable, item_table: EmbeddingTable,
                  config: TowerConfig):
@@ -249,8 +245,16 @@ class _TowerRun(Hooks):
         self.model, self.optimizer, self.source, self.valid = model, optimizer, source, valid
         self.config, self.precision, self.key, self.log = config, precision, key, log
         self.device = next(model.parameters()).device
-        self.path, self.progress = None, None
-        self.what = "towers"  # what the logs call it (relevance.student.query_tower reuses this loop)
+        self.path, self.progress, self.what = None, None, "towers"  # what: the logs' name (query_tower reuses this)
+
+    def fit(self, checkpoint: Path) -> LoopState:
+        """Train from ``checkpoint`` (or afresh) to the end, with a progress bar: the best state is the model's."""
+        state = self.resume(checkpoint)
+        schedule = Schedule(epochs=self.config.epochs, patience=self.config.early_stopping_patience,
+                            checkpoint_every_batches=self.config.checkpoint_every_batches)
+        with progress_bar(transient=True) as bar:
+            self.progress = (bar, bar.add_task(self.what, total=None))
+            return training.train(self, schedule, state)
 
     def resume(self, path: Path) -> LoopState:
         self.path = path
@@ -282,9 +286,12 @@ class _TowerRun(Hooks):
     def start_epoch(self, epoch: int) -> None:
         self.model.train()
 
-    def train_step(self, batch) -> torch.Tensor:
-        loss = _group_loss(self.model, batch, self.source.query_table, self.source.item_table, self.precision,
+    def loss(self, batch) -> torch.Tensor:
+        return _group_loss(self.model, batch, self.source.query_table, self.source.item_table, self.precision,
                            self.config)
+
+    def train_step(self, batch) -> torch.Tensor:
+        loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -294,7 +301,8 @@ class _TowerRun(Hooks):
     def after_step(self, state: LoopState, loss) -> None:
         if self.progress is not None:
             bar, task = self.progress
-            bar.update(task, advance=1, description=f"towers epoch {state.epoch + 1} loss {float(loss.detach()):.4f}")
+            bar.update(task, advance=1,
+                       description=f"{self.what} epoch {state.epoch + 1} loss {float(loss.detach()):.4f}")
 
     def evaluate(self, state: LoopState) -> dict:
         """The listwise KL on valid's human grades (the same loss, judged lists): what early stopping reads."""
@@ -403,13 +411,7 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     valid = _ValidGroups(valid_pairs, query_table, item_table, config.queries_per_batch)
     base_loss = _valid_loss(model, valid, precision, config)  # what the tuned tower's history reads against
     log(f"towers: the base tower's valid listwise KL {base_loss:.4f}")
-    run = _TowerRun(model, optimizer, groups, valid, config, precision, key, log)
-    state = run.resume(work / "checkpoint.pt")
-    schedule = Schedule(epochs=config.epochs, patience=config.early_stopping_patience,
-                        checkpoint_every_batches=config.checkpoint_every_batches)
-    with progress_bar(transient=True) as bar:
-        run.progress = (bar, bar.add_task("towers", total=None))
-        state = training.train(run, schedule, state)
+    state = _TowerRun(model, optimizer, groups, valid, config, precision, key, log).fit(work / "checkpoint.pt")
     with atomic_directory(out) as tmp:
         model.encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
