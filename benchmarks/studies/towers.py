@@ -146,7 +146,7 @@ def run(steps, args, command: str) -> dict:
     # valid accuracy stays within QUERY_TOLERANCE of the shared tower's is chosen.
     from relevance.student.query_tower import QUERY_TOWER_MANIFEST
 
-    query_towers, query_rows = {}, {}
+    query_towers, query_rows, qt_configs = {}, {}, {}
     chosen_name = "x".join(map(str, chosen))
     for layers in QUERY_LAYERS:
         settings = {**QUERY_TOWER, "layers": layers}
@@ -168,6 +168,21 @@ def run(steps, args, command: str) -> dict:
         query_rows[layers] = name = f"student {list(chosen)}, tuned towers, {layers}-layer query tower, seed {SEEDS[0]}"
         models[name] = student(students / f"tuned-{chosen_name}-query{layers}-seed-{SEEDS[0]}", qt_config, SEEDS[0],
                                chosen)
+        qt_configs[layers] = qt_config
+
+    def valid_accuracy(name: str) -> float:  # as early stopping saw it (the manifest's)
+        return read_manifest(models[name], "student")["metrics"]["best"]["valid_accuracy"]
+
+    query_choice = next((layers for layers in sorted(QUERY_LAYERS) if valid_accuracy(query_rows[layers])
+                         >= valid_accuracy(chosen_rows[0]) - QUERY_TOLERANCE), None)
+    # The serving width (the run's MLP, chosen for its cost by the Pareto study) on the chosen query tower: the
+    # student benchmarks.serving_student serves, for a cache miss at the query tower's cost.
+    serving_row = None
+    if query_choice is not None and tuple(chosen) != tuple(source.student.hidden):
+        hidden = list(source.student.hidden)
+        serving_row = f"student {hidden}, tuned towers, {query_choice}-layer query tower, seed {SEEDS[0]}"
+        models[serving_row] = student(students / f"tuned-{'x'.join(map(str, hidden))}-query{query_choice}-seed-"
+                                      f"{SEEDS[0]}", qt_configs[query_choice], SEEDS[0], hidden)
 
     # Shared or separate weights: the same tower budget with a query tower of its own (both from the frozen MiniLM),
     # the chosen MLP on it (seed 0), against the shared towers' row of the same width and seed.
@@ -269,9 +284,6 @@ def run(steps, args, command: str) -> dict:
     chosen_scores = [scores[name] for name in chosen_rows]
     chosen_margin = mean(chosen_scores, "accuracy") - best_gbdt["tuned"][1]["accuracy"]
     shared = scores[chosen_rows[0]]  # the chosen width, seed 0: what a separate query tower reads against
-    query_choice = next((layers for layers in sorted(QUERY_LAYERS)
-                         if scores[query_rows[layers]]["valid_accuracy"] >= shared["valid_accuracy"] - QUERY_TOLERANCE),
-                        None)
     margin = {kind: mean(per_kind[kind], "accuracy") - best_gbdt[kind][1]["accuracy"] for kind in kinds}
     answer = (f"Towers tuned in {tuned['seconds'] / 60:.0f} min ({TOWERS['epochs']} epochs of "
               f"{TOWERS['max_queries_per_epoch']} queries × up to {TOWERS['candidates_per_query']} candidates; best "
@@ -307,6 +319,10 @@ def run(steps, args, command: str) -> dict:
                           f", nDCG@20 {scores[query_rows[layers]]['ndcg@20']:.4f}" for layers in QUERY_LAYERS)
               + (f" → {query_choice} layers, the fewest within {QUERY_TOLERANCE} valid accuracy of the shared tower"
                  if query_choice else f" → none within {QUERY_TOLERANCE} valid accuracy of the shared tower")
+              + (f"; at the serving width {list(source.student.hidden)} on it: valid / test accuracy "
+                 f"{scores[serving_row]['valid_accuracy']:.4f} / {scores[serving_row]['accuracy']:.4f}, nDCG@20 "
+                 f"{scores[serving_row]['ndcg@20']:.4f} (the student benchmarks/results/serving-query-tower.md serves)"
+                 if serving_row else "")
               + f". Shared or separate weights (the same budget; separate: a query tower of its own, tuned in "
               f"{separate['seconds'] / 60:.0f} min, best valid listwise KL {separate['best']['valid_loss']:.4f} vs the "
               f"shared {tuned['best']['valid_loss']:.4f}): the {list(chosen)} MLP (seed {SEEDS[0]}) reaches valid / "
@@ -341,6 +357,9 @@ def run(steps, args, command: str) -> dict:
                             "shared": {**{m: shared[m] for m in ("valid_accuracy", "accuracy", "ndcg@20")},
                                        "tower_valid_loss": tuned["best"]["valid_loss"]}},
         separate_query_tower={"settings": QUERY_TOWER, "tolerance": QUERY_TOLERANCE, "chosen_layers": query_choice,
+                              "serving_width": None if serving_row is None else {
+                                  "hidden": list(source.student.hidden), "student": str(models[serving_row]),
+                                  **{m: scores[serving_row][m] for m in ("valid_accuracy", "accuracy", "ndcg@20")}},
                               "shared": {m: shared[m] for m in ("valid_accuracy", "accuracy", "ndcg@20")},
                               "tried": {str(layers): {
                                   **{m: scores[query_rows[layers]][m] for m in ("valid_accuracy", "accuracy", "ndcg@20")},
