@@ -602,6 +602,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="rounds the paths are interleaved in")
     parser.add_argument("--teacher-repeats", type=int, default=10)
     parser.add_argument("--about", default=None, help="what the student is, for the report (another student)")
+    parser.add_argument("--command", default=None, help="the command to rerun it, for the report (another student)")
     parser.add_argument("--name", default="serving", help="results' file names: benchmarks/results/NAME.{json,md} "
                                                             "(another student: benchmarks.serving_student)")
     args = parser.parse_args()
@@ -658,10 +659,9 @@ def main() -> None:
     local = server["in process fp32"]
     report = {
         "dataset": dataset.info.name,
-        "command": "make bench-serving  (= .venv/bin/python -m benchmarks.serving "
+        "command": args.command or ("make bench-serving  (= .venv/bin/python -m benchmarks.serving "
                    f"--config {args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config} "
-                   f"--requests {args.requests} --rounds {args.rounds}"
-                   + (f" --name {args.name}" if args.name != "serving" else "") + ")",
+                   f"--requests {args.requests} --rounds {args.rounds})"),
         "name": args.name, "about": args.about,
         "machine": f"{host}; servers pinned to 1 core; Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -12,6 +12,7 @@ benchmarks/results/NAME.{json,md}.
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,8 +62,9 @@ def main() -> None:
     if not (args.student / "manifest.json").exists():
         raise SystemExit(f"{args.student}: not a trained student (no manifest.json)")
     config = prepare(args.config, args.student, args.name)
+    rerun = shlex.join([".venv/bin/python", "-m", "benchmarks.serving_student", *sys.argv[1:]])
     subprocess.run([sys.executable, "-m", "benchmarks.serving", "--config", str(config), "--name", args.name,
-                    "--requests", str(args.requests), "--rounds", str(args.rounds),
+                    "--requests", str(args.requests), "--rounds", str(args.rounds), "--command", rerun,
                     *(["--about", args.about] if args.about else [])], check=True, cwd=ROOT)
 
 
