@@ -661,7 +661,8 @@ def main() -> None:
         "dataset": dataset.info.name,
         "command": args.command or ("make bench-serving  (= .venv/bin/python -m benchmarks.serving "
                    f"--config {args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config} "
-                   f"--requests {args.requests} --rounds {args.rounds})"),
+                   f"--requests {args.requests} --rounds {args.rounds}"
+                   + (f" --name {args.name}" if args.name != "serving" else "") + ")"),
         "name": args.name, "about": args.about,
         "machine": f"{host}; servers pinned to 1 core; Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -33,18 +33,25 @@ def prepare(config_path: Path, student_dir: Path, name: str) -> Path:
     workdir = ROOT / "runs" / name
     workdir.mkdir(parents=True, exist_ok=True)
     for part in ("data", "teacher", "embeddings"):
-        link = workdir / part
-        if not link.exists():
-            link.symlink_to((run / part).resolve(), target_is_directory=True)
+        link, target = workdir / part, (run / part).resolve()
+        if link.is_symlink() and link.resolve() != target:  # another run's (or broken): point it at this one
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
     student = workdir / "student"
-    if (not (student / "manifest.json").exists()
-            or read_manifest(student, "student")["student_version"] != manifest["student_version"]):
+    before = read_manifest(student, "student") if (student / "manifest.json").exists() else None
+    if before is None or before["student_version"] != manifest["student_version"]:
         shutil.rmtree(student, ignore_errors=True)
         shutil.copytree(student_dir, student)
+        if before is None or before["encoder_fingerprint"] != manifest["encoder_fingerprint"]:
+            # Another item tower: the features are materialized again and the bundle exported against them.
+            for stale in ("feature_repo", "export"):
+                shutil.rmtree(workdir / stale, ignore_errors=True)
     settings = yaml.safe_load(config_path.read_text()) or {}
     settings["workdir"] = str(workdir.relative_to(ROOT))
     settings["student"] = {**settings.get("student", {}), "encoder": manifest["encoder"],
-                           "query_encoder": manifest.get("query_encoder"), "hidden": manifest["config"]["hidden"]}
+                           "query_encoder": manifest.get("query_encoder"), "hidden": manifest["config"]["hidden"],
+                           "encoder_max_length": manifest["encoder_max_length"]}
     out = workdir / "config.yaml"
     out.write_text(yaml.safe_dump(settings))
     return out

@@ -42,7 +42,9 @@ CATALOG_AT_SCALE = 10_000_000
 
 
 def _study_towers() -> Path:
-    found = sorted((ROOT / "runs/studies/towers").glob("towers-*/model/towers.json"))
+    """The towers study's newest shared tuned towers (the ones its query towers are distilled from)."""
+    found = sorted((p for p in (ROOT / "runs/studies/towers").glob("towers-*/model/towers.json")
+                    if json.loads(p.read_text()).get("shared", True)), key=lambda p: p.stat().st_mtime)
     if not found:
         raise SystemExit("no tuned towers: run `python -m benchmarks.studies --only towers` or pass --towers")
     return found[-1].parent

@@ -181,10 +181,15 @@ def _pool_featurizer(config: RunConfig, dataset: Dataset, embeddings_dir: Path):
     the labels, so towers tuned on those labels (student.towers.enabled) cannot choose it."""
     from relevance.student.featurizer import build_featurizer, featurizer_settings
 
-    # A separate query tower (student.query_encoder) may come after the labels (distilled from towers tuned on
-    # them): the channel searches with the encoder's own query vectors, as before the towers.
-    return build_featurizer(dataset.items, {**featurizer_settings(config), "query_encoder": None}, embeddings_dir,
-                            with_bm25=False)
+    from relevance.models.backbones import resolve_backbone
+    from relevance.student.encoder import separate_query_tower
+
+    # A smaller query tower (student.query_encoder) may come after the labels (distilled from towers tuned on
+    # them): the channel searches with the encoder's own query vectors, as before it; separate towers' own.
+    query = separate_query_tower(resolve_backbone(config.student.encoder))
+    return build_featurizer(dataset.items, {**featurizer_settings(config),
+                                            "query_encoder": None if query is None else str(query)},
+                            embeddings_dir, with_bm25=False)
 
 
 def check_pool_student(path: str | Path, config: RunConfig) -> None:

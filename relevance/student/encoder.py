@@ -39,7 +39,11 @@ def separate_query_tower(path: str | Path) -> Path | None:
 def check_query_tower(query_encoder: "BiEncoder", encoder: "BiEncoder") -> None:
     """Refuse a query tower distilled into another tower's space than ``encoder``'s (its ``query_tower.json``
     records the tower's fingerprint): its query vectors would be compared with items they were never trained
-    against. A query tower without the record (e.g. separate towers' query/ folder) passes."""
+    against. Separate towers' query/ folder goes with its own item tower only; any other model passes."""
+    parent = Path(query_encoder.path).parent
+    if separate_query_tower(parent) == Path(query_encoder.path) and parent.resolve() != Path(encoder.path).resolve():
+        raise ValueError(f"query encoder {query_encoder.name} is the query tower of separate towers {parent}, but "
+                         f"student.encoder {encoder.name} is another tower: name {parent} as student.encoder")
     manifest = Path(query_encoder.path) / QUERY_TOWER_MANIFEST
     if not manifest.exists():
         return

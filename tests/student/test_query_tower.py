@@ -224,6 +224,18 @@ def test_a_query_tower_of_another_tower_or_separate_towers_without_theirs_are_re
     both = build_featurizer(items, {**settings, "encoder": str(separate),
                                     "query_encoder": str(separate / QUERY_TOWER_DIR)}, tmp_path / "cache")
     assert both.query_fingerprint == BiEncoder(str(tiny_bert), 16).fingerprint
+    with pytest.raises(ValueError, match="is the query tower of separate towers"):
+        build_featurizer(items, {**settings, "encoder": str(tower), "query_encoder": str(separate / QUERY_TOWER_DIR)},
+                         tmp_path / "cache")
+    # The pool's embedding channel searches with separate towers' own query tower.
+    from types import SimpleNamespace
+
+    from relevance.config import build_config
+    from relevance.labels.pool import _pool_featurizer
+
+    pool_config = build_config("quick", {"student": {"encoder": str(separate), "encoder_max_length": 16}})
+    channel = _pool_featurizer(pool_config, SimpleNamespace(items=items), tmp_path / "cache")
+    assert channel.query_fingerprint == both.query_fingerprint
     # A query tower from separate towers shrinks and matches their query tower, in the item tower's space.
     small = query_tower.distil_query_tower(str(separate), TRAIN, VALID, _titles(), 16, _config(epochs=1),
                                            tmp_path / "qt-separate", tmp_path / "work-separate")
