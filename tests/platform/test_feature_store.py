@@ -109,7 +109,7 @@ def test_a_new_towers_embeddings_are_a_version_of_their_own_and_serving_refuses_
         source = FeastItemSource(repos["frozen"], 8, cache_size=0, project=projects[name], encoder_fingerprint=encoder)
         np.testing.assert_array_equal(source.get(ids).embeddings, vectors[name])
     # A student reading the frozen encoder's queries is refused the tuned project, and the other way round.
-    with pytest.raises(EmbeddingVersionMismatch, match=f"{projects['tuned']}.*made by encoder {TUNED}.*query tower "
+    with pytest.raises(EmbeddingVersionMismatch, match=f"{projects['tuned']}.*made by encoder {TUNED}.*item tower "
                                                        f"is encoder {ENCODER}"):
         FeastItemSource(repos["frozen"], 8, project=projects["tuned"], encoder_fingerprint=ENCODER)
     with pytest.raises(EmbeddingVersionMismatch, match=f"made by encoder {ENCODER}"):
