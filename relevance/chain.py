@@ -1,5 +1,5 @@
-"""The chain on one machine: prepare → pool → teacher → labels → [towers] → students → evaluation report, each
-step skipped when its output exists.
+"""The chain on one machine: prepare → pool → teacher → labels → [towers] → [query tower] → students → evaluation
+report, each step skipped when its output exists.
 
 A rerun after a crash (or after changing only a late step's settings and deleting its output) redoes only what is
 missing. The steps themselves are the domain functions the KFP components call too (relevance.data.prepare,
@@ -15,6 +15,8 @@ from a workdir (`relevance run`, `relevance train-teacher`): where it trains is 
     workdir/towers/          the student's bi-encoder tuned on the labels (student.towers.enabled; the student,
                              its GBDTs, features and bundle then read it; student_frozen_towers/ keeps the
                              frozen encoder's student as a report row)
+    workdir/query_tower/     a smaller query tower distilled into the student's encoder (student.query_tower.enabled;
+                             the student, its GBDTs and its bundle then embed queries with it)
     workdir/student/         distilled student;  workdir/student_human_only/  the human-labels baseline
     workdir/gbdt_*/          GBDT baselines on the student's features (multiclass, LambdaMART[, distilled])
     workdir/labeller/        the teacher + GBDT ensemble, when the student learns from it (student.labeller)
@@ -60,6 +62,8 @@ class Chain:
         self.student_dirs = {"student": root / "student", "student_human_only": root / "student_human_only"}
         self.towers_dir = root / "towers"
         self._tuned: Path | None = None  # the towers, once student_config has tuned or reused them
+        self.query_tower_dir = root / "query_tower"
+        self._query_tower: Path | None = None  # likewise the query tower (student.query_tower.enabled)
         if config.student.towers.enabled:  # the same student on the frozen encoder: what the towers are worth
             self.student_dirs["student_frozen_towers"] = root / "student_frozen_towers"
         self.labeller_dir = root / "labeller"
@@ -70,6 +74,11 @@ class Chain:
         # behaviour) then leaves existing runs valid.
         settings = {section: getattr(self.config, section).model_dump(exclude_defaults=True, exclude=_HOW.get(section))
                     for section in STEP_SETTINGS[step]}
+        if "student" in settings and self.config.student.query_tower.enabled:
+            # How a query tower is distilled is no student setting, unless the run distils the one its student
+            # reads.
+            settings["student"]["query_tower"] = self.config.student.query_tower.model_dump(
+                exclude_defaults=True, exclude={"checkpoint_every_batches"})
         if step == "students" and self.config.student.labeller == "teacher":
             # The students see the trees only through a teacher+gbdt labeller: without one, gbdt settings cannot
             # change them and count as unset (adding a GBDT objective keeps the students).
@@ -162,25 +171,38 @@ class Chain:
         tuned towers, so the student, its GBDTs and its features (`relevance features`) all read the same vectors;
         otherwise the config itself. ``tune``: tune the towers when missing (the run's steps); else they must
         exist (what reads a finished run: features, selection)."""
-        if not self.config.student.towers.enabled:
+        student = self.config.student
+        if not student.towers.enabled and not student.query_tower.enabled:
             return self.config
+        from relevance.student.encoder import QUERY_TOWER_MANIFEST, separate_query_tower
         from relevance.student.towers import TOWER_MANIFEST
 
-        if not tune and not (self.towers_dir / TOWER_MANIFEST).exists():
-            raise FileNotFoundError(f"{self.towers_dir}: no tuned towers; student.towers.enabled makes them a step "
-                                    "of `relevance run`: run it first")
-        if tune and self._tuned is None:  # once per chain: the reuse check re-reads the labels and the catalog
-            self._tuned = self.towers(dataset)
-        from relevance.student.encoder import separate_query_tower
-
         config = self.config.model_copy(deep=True)
-        tuned = (self._tuned if tune else self.towers_dir).resolve()
-        # What the towers are (shared or separate) is read from what was tuned, not from the config. The copy names
-        # them and has nothing left to tune (enabled off: a query encoder beside enabled towers is refused).
-        query = separate_query_tower(tuned)
-        config.student = config.student.model_copy(update={
-            "encoder": str(tuned), "query_encoder": None if query is None else str(query),
-            "towers": config.student.towers.model_copy(update={"enabled": False})})
+        if student.towers.enabled:
+            if not tune and not (self.towers_dir / TOWER_MANIFEST).exists():
+                raise FileNotFoundError(f"{self.towers_dir}: no tuned towers; student.towers.enabled makes them a "
+                                        "step of `relevance run`: run it first")
+            if tune and self._tuned is None:  # once per chain: the reuse check re-reads the labels and the catalog
+                self._tuned = self.towers(dataset)
+            tuned = (self._tuned if tune else self.towers_dir).resolve()
+            # What the towers are (shared or separate) is read from what was tuned, not from the config. The copy
+            # names them and has nothing left to tune (enabled off: a query encoder beside enabled towers is
+            # refused).
+            query = separate_query_tower(tuned)
+            config.student = config.student.model_copy(update={
+                "encoder": str(tuned), "query_encoder": None if query is None else str(query),
+                "towers": config.student.towers.model_copy(update={"enabled": False})})
+        if student.query_tower.enabled:
+            # Distilled from the encoder just named (the tuned towers' query side, when the run tunes them).
+            if not tune and not (self.query_tower_dir / QUERY_TOWER_MANIFEST).exists():
+                raise FileNotFoundError(f"{self.query_tower_dir}: no query tower; student.query_tower.enabled "
+                                        "makes it a step of `relevance run`: run it first")
+            if tune and self._query_tower is None:
+                self._query_tower = self.query_tower(dataset, encoder=config.student.encoder)
+            path = (self._query_tower if tune else self.query_tower_dir).resolve()
+            config.student = config.student.model_copy(update={
+                "query_encoder": str(path),
+                "query_tower": config.student.query_tower.model_copy(update={"enabled": False})})
         return config
 
     def featurizer(self, dataset: Dataset, config: RunConfig | None = None):
@@ -267,15 +289,16 @@ class Chain:
                              dataset.num_grades, student.encoder, student.encoder_max_length, student.towers, out,
                              out.parent / f".{out.name}.work", log=_log)
 
-    def query_tower(self, dataset: Dataset, out: Path | None = None) -> Path:
-        """A smaller query tower distilled into ``student.encoder``'s space (relevance.student.query_tower), on
-        the pool's and train's queries and title spans; valid's queries pick the epoch. A model directory to name
-        as ``student.query_encoder``; a killed run resumes, the same inputs reuse it."""
+    def query_tower(self, dataset: Dataset, out: Path | None = None, encoder: str | None = None) -> Path:
+        """A smaller query tower distilled into ``encoder``'s space (default ``student.encoder``;
+        relevance.student.query_tower), on the pool's and train's queries and title spans; valid's queries pick
+        the epoch. A model directory to name as ``student.query_encoder``, and a step of `relevance run` with
+        ``student.query_tower.enabled``; a killed run resumes, the same inputs reuse it."""
         from relevance.labels.labelling import label_chunks
         from relevance.models.bm25 import lexical_item_texts
         from relevance.student.query_tower import distil_query_tower
 
-        out = Path(out) if out is not None else self.root / "query_tower"
+        out = Path(out) if out is not None else self.query_tower_dir
         student = self.config.student
         labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
         ids = dict.fromkeys(dataset.split("train")["query_id"])
@@ -285,7 +308,7 @@ class Chain:
         items = dataset.items.set_index("item_id")
         titles = (items["title"] if "title" in items.columns  # else the item text, as the featurizer's titles
                   else lexical_item_texts(dataset.items, self.config.text))
-        return distil_query_tower(student.encoder, dataset.query_text.reindex(list(ids)).dropna().tolist(),
+        return distil_query_tower(encoder or student.encoder, dataset.query_text.reindex(list(ids)).dropna().tolist(),
                                   dataset.query_text.reindex(valid_ids).dropna().tolist(), titles,
                                   student.encoder_max_length, student.query_tower, out,
                                   out.parent / f".{out.name}.work", log=_log)
@@ -306,7 +329,8 @@ class Chain:
                 train_students(tuned, dataset, self.teacher_dir, labels, {DISTILLED: outputs[DISTILLED]},
                                self.featurizer(dataset, tuned))
             else:
-                train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset),
+                config = self.student_config(dataset)  # the query tower's, when the run distils one
+                train_students(config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset, config),
                                labeller=self.labeller(dataset))
         return outputs
 

@@ -47,7 +47,10 @@ def student_settings(student, exclude: frozenset[str] | set[str] = frozenset()) 
     from relevance.config.ml import QueryTowerConfig
 
     dump = student if isinstance(student, dict) else student.model_dump(exclude=set(exclude))
-    unset = {"query_encoder": None, "query_tower": QueryTowerConfig().model_dump()}
+    if isinstance(dump.get("query_tower"), dict) and not dump["query_tower"].get("enabled", False):
+        # ``enabled`` came later still: off, it reads as the manifests written before it.
+        dump = {**dump, "query_tower": {k: v for k, v in dump["query_tower"].items() if k != "enabled"}}
+    unset = {"query_encoder": None, "query_tower": QueryTowerConfig().model_dump(exclude={"enabled"})}
     return {k: v for k, v in dump.items() if k not in exclude and not (k in unset and v == unset[k])}
 
 

@@ -162,6 +162,10 @@ def require_pipeline_settings(config: RunConfig) -> RunConfig:
         raise ValueError("student.towers.enabled: tuning the towers is a step of `relevance run` only, the pipeline "
                          "has no towers step; tune them with `relevance distil-towers` and name the output (a path "
                          "the pods can read) as student.encoder")
+    if config.student.query_tower.enabled:
+        raise ValueError("student.query_tower.enabled: distilling a query tower is a step of `relevance run` only, "
+                         "the pipeline has no query-tower step; distil it with `relevance distil-query-tower` and "
+                         "name the output (a path the pods can read) as student.query_encoder")
     return config
 
 

@@ -200,6 +200,10 @@ class QueryTowerConfig(Strict):
     3-layer MiniLM query encoder takes ~40% of the 6-layer one's time per query on one core
     (benchmarks/results/tower-cost.md)."""
 
+    # A step of `relevance run` (after the towers, when they are tuned): distilled from the student's encoder
+    # (the tuned towers', when enabled) into workdir/query_tower, which the run's student, features and bundle
+    # then read as their query encoder. Otherwise distil it with `relevance distil-query-tower` and name it.
+    enabled: bool = False
     layers: int = Field(3, ge=1)
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
@@ -259,6 +263,9 @@ class StudentConfig(Strict):
                              "tuned towers (`relevance distil-query-tower`); tune the towers first, then name both "
                              "(student.encoder and student.query_encoder) with towers.enabled off, or tune "
                              "separate towers (student.towers.shared: false), which name their own")
+        if self.query_tower.enabled and self.query_encoder is not None:
+            raise ValueError(f"student.query_tower.enabled with student.query_encoder {self.query_encoder!r}: the "
+                             "run would distil a query tower and name it itself; set one of the two")
         return self
 
 

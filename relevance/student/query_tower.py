@@ -184,7 +184,7 @@ def distil_query_tower(tower: str, train_queries, valid_queries, titles: pd.Seri
     for text in [*train_texts, "valid", *valid_texts]:
         digest.update(f"\x1e{text}".encode())
     digest = digest.hexdigest()[:16]
-    settings = config.model_dump_json(exclude={"checkpoint_every_batches"})
+    settings = config.model_dump_json(exclude={"checkpoint_every_batches", "enabled"})
     key = hashlib.sha256(f"{origin}|{digest}|{settings}".encode()).hexdigest()[:16]
     if (out / QUERY_TOWER_MANIFEST).exists() and json.loads((out / QUERY_TOWER_MANIFEST).read_text()).get("key") == key:
         log(f"query tower: {out} already holds this query tower")

@@ -242,9 +242,10 @@ def test_distil_towers_on_a_finished_run(finished_run, cli, tmp_path, tiny_bert)
 
 
 def test_towers_as_a_step_of_the_run_feed_the_student_its_features_and_its_bundle(finished_run, cli, tmp_path):
-    """`relevance run` with student.towers.enabled on a finished run's data, teacher and labels: the towers are
-    tuned after the labels, the run's student and GBDTs read them, the frozen encoder's student stays a report
-    row, and `relevance features` / `relevance export` carry the tuned encoder's version to serving."""
+    """`relevance run` with student.towers.enabled and student.query_tower.enabled on a finished run's data,
+    teacher and labels: the towers are tuned after the labels and a smaller query tower is distilled from them, the
+    run's student and GBDTs read both, the frozen encoder's student stays a report row, and `relevance features` /
+    `relevance export` carry the tuned encoder's version and the query tower to serving."""
     import shutil
 
     import yaml
@@ -259,7 +260,8 @@ def test_towers_as_a_step_of_the_run_feed_the_student_its_features_and_its_bundl
     settings = yaml.safe_load(config_path.read_text())
     settings["workdir"] = str(run)
     settings["student"] = {**settings.get("student", {}),
-                           "towers": {"enabled": True, "epochs": 1, "queries_per_batch": 4, "precision": "fp32"}}
+                           "towers": {"enabled": True, "epochs": 1, "queries_per_batch": 4, "precision": "fp32"},
+                           "query_tower": {"enabled": True, "layers": 1, "epochs": 1, "precision": "fp32"}}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings))
     cli("run", "--config", config)
@@ -269,15 +271,27 @@ def test_towers_as_a_step_of_the_run_feed_the_student_its_features_and_its_bundl
     human = read_manifest(run / "student_human_only", "student")
     assert tuned["encoder"] == str((run / "towers").resolve())
     assert frozen["encoder"] == human["encoder"] == settings["student"]["encoder"]
+    assert frozen.get("query_encoder") is None and human.get("query_encoder") is None
     assert tuned["encoder_fingerprint"] != frozen["encoder_fingerprint"]
+    # The query tower: distilled from the tuned towers (their space), one layer, and what the student reads.
+    query = json.loads((run / "query_tower" / "query_tower.json").read_text())
+    assert query["layers"] == 1 and query["tower_fingerprint"] == tuned["encoder_fingerprint"]
+    length = tuned["encoder_max_length"]
+    assert tuned["query_encoder"] == str((run / "query_tower").resolve())
+    assert tuned["query_encoder_fingerprint"] == BiEncoder(str(run / "query_tower"), length).fingerprint
+    assert tuned["query_encoder_fingerprint"] not in (tuned["encoder_fingerprint"], frozen["encoder_fingerprint"])
     gbdts = sorted(run.glob("gbdt_*"))
     assert gbdts
     for gbdt in gbdts:  # the baselines read the student's features
         assert read_manifest(gbdt)["encoder_fingerprint"] == tuned["encoder_fingerprint"]
+    steps = (run / "steps.json").read_text()
+    cli("run", "--config", config)  # a rerun reuses every step, the query tower's included
+    assert (run / "steps.json").read_text() == steps
     cli("features", "--config", config)
     cli("export", "--config", config)
     bundle = json.loads((run / "export" / "bundle.json").read_text())
     assert built_encoder(run / "feature_repo") == bundle["encoder_fingerprint"] == tuned["encoder_fingerprint"]
+    assert bundle["query_encoder_fingerprint"] == tuned["query_encoder_fingerprint"]
 
 
 def test_towers_as_a_step_are_refused_where_they_cannot_hold():
@@ -292,3 +306,8 @@ def test_towers_as_a_step_are_refused_where_they_cannot_hold():
 
     with pytest.raises(ValueError, match="the pipeline has no towers step"):
         build_pipeline("quick", towers_on)
+    query_tower_on = {"student": {"query_tower": {"enabled": True}}}
+    with pytest.raises(ValueError, match="the pipeline has no query-tower step"):
+        require_pipeline_settings(build_config("quick", query_tower_on))
+    with pytest.raises(ValueError, match="student.query_tower.enabled with student.query_encoder"):
+        build_config("quick", {"student": {"query_tower": {"enabled": True}, "query_encoder": "some/tower"}})
