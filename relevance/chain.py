@@ -16,7 +16,8 @@ from a workdir (`relevance run`, `relevance train-teacher`): where it trains is 
                              its GBDTs, features and bundle then read it; student_frozen_towers/ keeps the
                              frozen encoder's student as a report row)
     workdir/query_tower/     a smaller query tower distilled into the student's encoder (student.query_tower.enabled;
-                             the student, its GBDTs and its bundle then embed queries with it)
+                             the distilled student, its GBDTs and its bundle then embed queries with it; the
+                             human-only and frozen-towers rows keep the frozen encoder)
     workdir/student/         distilled student;  workdir/student_human_only/  the human-labels baseline
     workdir/gbdt_*/          GBDT baselines on the student's features (multiclass, LambdaMART[, distilled])
     workdir/labeller/        the teacher + GBDT ensemble, when the student learns from it (student.labeller)
@@ -169,8 +170,9 @@ class Chain:
     def student_config(self, dataset: Dataset, tune: bool = True) -> RunConfig:
         """The run's config as its student reads it: with ``student.towers.enabled``, ``student.encoder`` is the
         tuned towers, so the student, its GBDTs and its features (`relevance features`) all read the same vectors;
-        otherwise the config itself. ``tune``: tune the towers when missing (the run's steps); else they must
-        exist (what reads a finished run: features, selection)."""
+        with ``student.query_tower.enabled``, ``student.query_encoder`` is the query tower distilled from that
+        encoder; otherwise the config itself. ``tune``: tune the towers and distil the query tower when missing
+        (the run's steps); else they must exist (what reads a finished run: features, selection)."""
         student = self.config.student
         if not student.towers.enabled and not student.query_tower.enabled:
             return self.config
@@ -241,12 +243,13 @@ class Chain:
                 raise ValueError(f"{self.root}: {name} was made with other gbdt settings (changed: {changed}); "
                                  f"delete {path} to redo it, or use another workdir")
         if outputs and not self.reusable("gbdt", all((p / "manifest.json").exists() for p in outputs.values())):
-            featurizer = self.featurizer(dataset)
+            config = self.student_config(dataset)  # the student's encoders (tuned towers, query tower), recorded
+            featurizer = self.featurizer(dataset, config)
             targets = None
             if "gbdt_distilled" in outputs:
                 labels = read_labels(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
                 targets = distillation_targets(self.config, dataset, self.teacher(dataset), labels)
-            train_baselines(self.config, dataset, featurizer, outputs, targets, log=_log)
+            train_baselines(config, dataset, featurizer, outputs, targets, log=_log)
         return outputs
 
     def labeller(self, dataset: Dataset):
@@ -260,8 +263,9 @@ class Chain:
             return None
         teacher_dir = self.teacher(dataset)
         gbdt_dir = self.root / "gbdt_multiclass"
-        featurizer = self.featurizer(dataset)
-        train_baselines(self.config, dataset, featurizer, {"gbdt_multiclass": gbdt_dir}, log=_log)
+        config = self.student_config(dataset)
+        featurizer = self.featurizer(dataset, config)
+        train_baselines(config, dataset, featurizer, {"gbdt_multiclass": gbdt_dir}, log=_log)
         valid = dataset.split("valid")
         teacher = Teacher.load(teacher_dir)
         members = [score_items(teacher, valid, dataset.query_text, teacher.item_texts(dataset.items),
@@ -300,6 +304,13 @@ class Chain:
 
         out = Path(out) if out is not None else self.query_tower_dir
         student = self.config.student
+        if encoder is None and student.towers.enabled:  # the run's student reads the tuned towers: distil from them
+            from relevance.student.towers import TOWER_MANIFEST
+
+            if not (self.towers_dir / TOWER_MANIFEST).exists():
+                raise FileNotFoundError(f"{self.towers_dir}: no tuned towers to distil a query tower from; "
+                                        "student.towers.enabled makes them a step of `relevance run`: run it first")
+            encoder = str(self.towers_dir.resolve())
         labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
         ids = dict.fromkeys(dataset.split("train")["query_id"])
         for _, load in labels:

@@ -149,23 +149,14 @@ def finished_run(run_settings, cli, tmp_path_factory, tiny_bert) -> tuple[Path, 
     return tmp_path, config
 
 
-def _shared_feature_store(root: Path) -> Path:
-    import yaml
-
-    path = Path(root) / "shared-feature-store.yaml"
-    path.write_text(yaml.safe_dump({
-        "project": "relevance", "provider": "local", "registry": str(Path(root) / "registry.db"),
-        "online_store": {"type": "sqlite", "path": str(Path(root) / "online.db")}, "offline_store": {"type": "file"},
-        "entity_key_serialization_version": 3}))
-    return path
-
-
 @pytest.fixture(scope="session")
 def shared_feature_store():
     """``shared_feature_store(root)``: a feature_store.yaml (its path) whose registry and online store, SQLite files
     under ``root``, every repo built with it shares, as a cluster's SQL registry and Redis are. Name it in
     FEAST_FS_YAML_FILE_PATH when building, materializing and serving."""
-    return _shared_feature_store
+    from relevance.platform.feature_store import shared_local_store
+
+    return shared_local_store
 
 
 @pytest.fixture(scope="session")

@@ -187,8 +187,9 @@ def distil_query_tower(config: Optional[Path] = ConfigOption, profile: Optional[
                        out: Optional[Path] = typer.Option(None, "--out", help="Where the query tower goes (default: "
                                                                               "<workdir>/query_tower).")):
     """Distil a smaller query tower (student.query_tower.layers of student.encoder's layers) into
-    student.encoder's space, for a cheaper cache miss online. Resumes a killed run. Name the directory it writes
-    as student.query_encoder (in a new workdir) to train the MLP on its query vectors."""
+    student.encoder's space (the run's tuned towers', with student.towers.enabled), for a cheaper cache miss
+    online. Resumes a killed run. Name the directory it writes as student.query_encoder (in a new workdir) to train
+    the MLP on its query vectors, or set student.query_tower.enabled to make it a step of `relevance run`."""
     chain = open_chain(config, profile, workdir)
     path = chain.query_tower(chain.dataset(), out)
     typer.echo(f"query tower: {path} (set student.query_encoder: {path.absolute()})")

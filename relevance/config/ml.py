@@ -201,8 +201,8 @@ class QueryTowerConfig(Strict):
     (benchmarks/results/tower-cost.md)."""
 
     # A step of `relevance run` (after the towers, when they are tuned): distilled from the student's encoder
-    # (the tuned towers', when enabled) into workdir/query_tower, which the run's student, features and bundle
-    # then read as their query encoder. Otherwise distil it with `relevance distil-query-tower` and name it.
+    # (the tuned towers', when enabled) into workdir/query_tower, which the run's distilled student, its GBDTs and
+    # its bundle then read as their query encoder (items keep the encoder's vectors). Otherwise distil it with `relevance distil-query-tower` and name it.
     enabled: bool = False
     layers: int = Field(3, ge=1)
     epochs: int = Field(3, ge=1)

@@ -161,6 +161,22 @@ def _config_source(definitions: Path) -> Path:
     return Path(named)
 
 
+def shared_local_store(root: str | Path) -> Path:
+    """A feature_store.yaml (its path) whose registry and online store are SQLite files under ``root``, which every
+    repo built with it names in $FEAST_FS_YAML_FILE_PATH shares, as a cluster's SQL registry and Redis are: two
+    item towers' versions side by side on one machine (a local canary whose challenger has a new tower)."""
+    import yaml
+
+    root = Path(root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "shared-feature-store.yaml"
+    path.write_text(yaml.safe_dump({
+        "project": "relevance", "provider": "local", "registry": str(root / "registry.db"),
+        "online_store": {"type": "sqlite", "path": str(root / "online.db")}, "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3}))
+    return path
+
+
 def build_feature_repo(definitions: str | Path, out_dir: str | Path, tables: dict[str, pd.DataFrame],
                        encoder_fingerprint: str) -> Path:
     """Copy the definitions to ``out_dir`` and write each view's parquet to ``out_dir/data/<view>.parquet``, and

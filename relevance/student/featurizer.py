@@ -275,11 +275,25 @@ def featurizer_settings(config) -> dict:
 def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: int) -> dict:
     """What every model over these features records (students, GBDTs): enough to rebuild its featurizer
     (:func:`build_featurizer` takes this dict) and to trace its training data."""
+    from pathlib import Path
+
+    from relevance.models.backbones import resolve_backbone
+
     encoder = featurizer.cache.encoder
+    settings = featurizer_settings(config)
+    # The manifest's encoder names rebuild the featurizer at evaluation and export: they must be the ones that
+    # embedded these features, or the model would be scored on vectors it never saw.
+    query = featurizer.query_cache.encoder if featurizer.query_cache is not None else None
+    for side, named, used in (("encoder", settings["encoder"], encoder),
+                              ("query_encoder", settings.get("query_encoder"), query)):
+        if (named is None) != (used is None) or (
+                named is not None and Path(resolve_backbone(named)).resolve() != Path(used.path).resolve()):
+            raise ValueError(f"model manifest: the config names student.{side} {named!r}, but the features were "
+                             f"embedded by {None if used is None else used.name!r}")
     return {
         "num_grades": dataset.num_grades, "num_features": num_features,
         "feature_version": FEATURE_VERSION, "lexical_features": list(LEXICAL_FEATURES),
-        **featurizer_settings(config),
+        **settings,
         "encoder_fingerprint": encoder.fingerprint, "embedding_dim": encoder.dimension,
         # The query side's weights when a separate query tower embeds the queries (None: the encoder's).
         "query_encoder_fingerprint": (featurizer.query_cache.encoder.fingerprint

@@ -153,6 +153,25 @@ def test_the_featurizer_embeds_queries_with_the_query_tower_and_items_with_the_t
     assert separate.query_fingerprint == BiEncoder(str(out), 16).fingerprint != shared.query_fingerprint
 
 
+def test_a_model_manifest_names_the_encoders_that_made_its_features(tower, tiny_bert, tmp_path):
+    """Evaluation and export rebuild a model's featurizer from the encoders its manifest names: a config naming
+    other encoders than the featurizer's is refused, not recorded."""
+    from relevance.config import build_config
+    from relevance.student.featurizer import build_featurizer, model_manifest
+
+    out = query_tower.distil_query_tower(str(tower), TRAIN, VALID, _titles(), 16, _config(epochs=1),
+                                         tmp_path / "qt", tmp_path / "work")
+    items = pd.DataFrame({"item_id": _titles().index, "title": _titles().values})
+    settings = {"text": {}, "encoder": str(tower), "encoder_max_length": 16, "bm25": {"k1": 1.2, "b": 0.75},
+                "query_encoder": str(out)}
+    featurizer = build_featurizer(items, settings, tmp_path / "cache")
+    for student, side in (({"encoder": str(tiny_bert), "query_encoder": str(out)}, "student.encoder"),
+                          ({"encoder": str(tower)}, "student.query_encoder")):
+        config = build_config("quick", {"student": {**student, "encoder_max_length": 16}})
+        with pytest.raises(ValueError, match=f"the config names {side}"):
+            model_manifest(config, None, featurizer, 10)
+
+
 def test_a_query_tower_through_the_run_its_features_and_its_bundle(finished_run, cli, tmp_path):
     """`relevance distil-query-tower` on a finished run, then the run's students on it (student.query_encoder):
     the student records both towers, the feature store keeps the item tower's version, and the bundle embeds

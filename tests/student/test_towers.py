@@ -282,8 +282,10 @@ def test_towers_as_a_step_of_the_run_feed_the_student_its_features_and_its_bundl
     assert tuned["query_encoder_fingerprint"] not in (tuned["encoder_fingerprint"], frozen["encoder_fingerprint"])
     gbdts = sorted(run.glob("gbdt_*"))
     assert gbdts
-    for gbdt in gbdts:  # the baselines read the student's features
-        assert read_manifest(gbdt)["encoder_fingerprint"] == tuned["encoder_fingerprint"]
+    for gbdt in gbdts:  # the baselines read the student's features, and name the encoders that made them
+        made = read_manifest(gbdt)
+        assert made["encoder_fingerprint"] == tuned["encoder_fingerprint"]
+        assert (made["encoder"], made["query_encoder"]) == (tuned["encoder"], tuned["query_encoder"])
     steps = (run / "steps.json").read_text()
     cli("run", "--config", config)  # a rerun reuses every step, the query tower's included
     assert (run / "steps.json").read_text() == steps
