@@ -54,6 +54,7 @@ def ensure_artifacts(config_path: Path) -> None:
     """The serving bundle (with int8 copies) of the run's current student and the materialized feature repo."""
     from relevance.common.files import read_manifest
     from relevance.config import load_config
+    from relevance.platform.feature_store import built_encoder
     from relevance.student.scoring import ONE_QUERY_GRAPH, ServingBundle
 
     workdir = ROOT / load_config(config_path).workdir
@@ -66,7 +67,10 @@ def ensure_artifacts(config_path: Path) -> None:
                    and bundle.in_process_graph(False).stem == ONE_QUERY_GRAPH)  # … or the one-query graph
     except (FileNotFoundError, ValueError):  # none yet, or exported by an older version
         current = False
-    if not (workdir / "feature_repo" / "embedding.json").exists():  # none yet, or built before embedding versions
+    repo = workdir / "feature_repo"
+    # None yet, built before embedding versions, or another item tower's (towers tuned since): build it again.
+    if not (repo / "embedding.json").exists() or (built_encoder(repo) != read_manifest(workdir / "student", "student")
+                                                  ["encoder_fingerprint"]):
         subprocess.run([*cli, "features", "-c", str(config_path)], check=True, cwd=ROOT)
         current = False  # the bundle names the features' (new) project
     if not current:
@@ -355,6 +359,44 @@ def _timed(function, requests: list, repeats: int) -> float:
     return round(float(np.percentile(times, 50)) * 1e3, 4)
 
 
+def profile_misses(scorer, items, fresh: list[str], candidates: dict[str, list[str]], per_stage: int = 300) -> dict:
+    per_stage = min(per_stage, len(fresh) // 5)  # five stages, each on texts of its own
+    """Where a cache miss's time goes: each stage's p50 (ms) over ``per_stage`` query texts never seen before, each
+    run once. A text seen once is cached (its embedding in the query cache, its lexical side in the featurizer's),
+    so a miss cannot be repeated; each stage gets texts of its own, one after the other, as the servers' uncached
+    requests come. The candidates' features are fetched first: the servers hold them from warm-up."""
+    from relevance.student.featurizer import lexical_features
+    from relevance.student.scoring import rank
+
+    if per_stage < 20:
+        raise ValueError(f"the miss profile needs at least 100 unseen queries, got {len(fresh)}: give more requests")
+    texts = iter(fresh)
+
+    def once(function) -> float:
+        times = []
+        for _ in range(per_stage):
+            query = next(texts)
+            ids = candidates[query]
+            found = items.get(ids)
+            bm25 = scorer.bm25.score_items(query, ids)  # BM25 keeps nothing per query: its own stage times it
+            started = time.perf_counter()
+            function(query, ids, found, bm25)
+            times.append(time.perf_counter() - started)
+        return round(float(np.percentile(times, 50)) * 1e3, 4)
+
+    return {
+        "query encoder (tokenizer + ONNX)": once(lambda q, ids, found, bm25: scorer.encoder.encode([q])),
+        "BM25 of the candidates": once(lambda q, ids, found, bm25: scorer.bm25.score_items(q, ids)),
+        "lexical features (the query's side computed)": once(
+            lambda q, ids, found, bm25: lexical_features([q] * len(ids), found.texts, found.titles, bm25)),
+        "prepare: validation + the above + the query cache's insert": once(
+            lambda q, ids, found, bm25: scorer.prepare(q, "", ids)),
+        "prepare + student graph fp32 + rank (the request's work)": once(
+            lambda q, ids, found, bm25: rank(p := scorer.prepare(q, "", ids),
+                                             scorer.student.predict(p.student_inputs()))),
+    }
+
+
 def training_vector_graph(student_dir: Path, out: Path) -> Path:
     """For comparison only: the same student exported as it was before the serving graph, on the training vector
     [N, 4·d + 12] (standardise → MLP → calibrated softmax), what the transformer used to send per candidate."""
@@ -428,11 +470,12 @@ def profile_request(config_path: Path, queries: list[str], candidates: dict[str,
                 lambda r: orjson.dumps({"predictions": [rank(r.prepared, r.probs).to_dict()]}), requests, repeats),
         }
         prepared, vector = requests[0].prepared, requests[0].vector
+        misses = profile_misses(scorer, items, queries[200:], candidates)
     finally:
         os.sched_setaffinity(0, affinity)
     dimension = int(bundle.manifest["embedding_dim"])
     lexical_width = prepared.lexical.shape[1]
-    return {"stages_p50_ms": stages, "student_hidden": read_student_hidden(workdir),
+    return {"stages_p50_ms": stages, "miss_stages_p50_ms": misses, "student_hidden": read_student_hidden(workdir),
             "floats_per_candidate": {"before (training vector)": int(vector.shape[1]),
                                      "serving graph (query, item, lexical)": 2 * dimension + lexical_width},
             "triton_payload_bytes_per_request": {
@@ -534,6 +577,11 @@ def markdown(report: dict) -> str:
              "queries)", "",
              "| stage | p50 ms |", "|---|---|"]
     lines += [f"| {stage} | {ms} |" for stage, ms in profile["stages_p50_ms"].items()]
+    if "miss_stages_p50_ms" in profile:
+        lines += ["", "A cache miss, stage by stage (in process, one core, p50 over up to 300 query texts never seen "
+                  "before for each stage, each run once: a text seen once is cached):", "",
+                  "| stage (a new query) | p50 ms |", "|---|---|"]
+        lines += [f"| {stage} | {ms} |" for stage, ms in profile["miss_stages_p50_ms"].items()]
     floats, payload = profile["floats_per_candidate"], profile["triton_payload_bytes_per_request"]
     lines += ["", "Per candidate the transformer now sends " + " vs ".join(f"{v} floats ({k})" for k, v in
                                                                        reversed(floats.items()))
@@ -601,6 +649,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=8, help="rounds the paths are interleaved in")
     parser.add_argument("--teacher-repeats", type=int, default=10)
+    parser.add_argument("--profile-only", action="store_true",
+                        help="print where a request's and a cache miss's time goes (in process), then stop")
     parser.add_argument("--about", default=None, help="what the student is, for the report (another student)")
     parser.add_argument("--command", default=None, help="the command to rerun it, for the report (another student)")
     parser.add_argument("--name", default="serving", help="results' file names: benchmarks/results/NAME.{json,md} "
@@ -632,6 +682,8 @@ def main() -> None:
     print("profile…", flush=True)
     profile = profile_request(args.config, queries, candidates)
     print(json.dumps(profile, indent=1), flush=True)
+    if args.profile_only:
+        return
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp())

@@ -49,7 +49,10 @@ def prepare(config_path: Path, student_dir: Path, name: str) -> Path:
                 shutil.rmtree(workdir / stale, ignore_errors=True)
     settings = yaml.safe_load(config_path.read_text()) or {}
     settings["workdir"] = str(workdir.relative_to(ROOT))
-    settings["student"] = {**settings.get("student", {}), "encoder": manifest["encoder"],
+    student_settings = settings.get("student", {})
+    # The student names its encoders: nothing for this workdir to tune or distil (the run's steps off).
+    off = {part: {**student_settings.get(part, {}), "enabled": False} for part in ("towers", "query_tower")}
+    settings["student"] = {**student_settings, **off, "encoder": manifest["encoder"],
                            "query_encoder": manifest.get("query_encoder"), "hidden": manifest["config"]["hidden"],
                            "encoder_max_length": manifest["encoder_max_length"]}
     out = workdir / "config.yaml"

@@ -41,17 +41,18 @@ def _key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def student_settings(student, exclude: frozenset[str] | set[str] = frozenset()) -> dict:
-    """A student config (or its dump, as a manifest records it) as a study's cache key: settings added after a study's results were cached (a separate
-    query tower) count only where they are set, so the cached steps keep their keys."""
-    from relevance.config.ml import QueryTowerConfig
+# How the run makes its encoders (tuning the towers, distilling a query tower: steps of `relevance run`): a study's
+# student reads the encoders its config names (student.encoder, student.query_encoder), never these.
+ENCODER_STEPS = frozenset({"towers", "query_tower"})
 
-    dump = student if isinstance(student, dict) else student.model_dump(exclude=set(exclude))
-    if isinstance(dump.get("query_tower"), dict) and not dump["query_tower"].get("enabled", False):
-        # ``enabled`` came later still: off, it reads as the manifests written before it.
-        dump = {**dump, "query_tower": {k: v for k, v in dump["query_tower"].items() if k != "enabled"}}
-    unset = {"query_encoder": None, "query_tower": QueryTowerConfig().model_dump(exclude={"enabled"})}
-    return {k: v for k, v in dump.items() if k not in exclude and not (k in unset and v == unset[k])}
+
+def student_settings(student, exclude: frozenset[str] | set[str] = frozenset()) -> dict:
+    """A student config (or its dump, as a manifest records it) as a study's cache key: what the student is
+    trained with, not how the run makes its encoders (:data:`ENCODER_STEPS`); a separate query encoder (added
+    after a study's results were cached) counts only where it is set, so the cached steps keep their keys."""
+    dump = student if isinstance(student, dict) else student.model_dump()
+    return {k: v for k, v in dump.items()
+            if k not in exclude and k not in ENCODER_STEPS and not (k == "query_encoder" and v is None)}
 
 
 class Steps:

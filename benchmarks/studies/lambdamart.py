@@ -56,7 +56,7 @@ def run(steps, args, command: str) -> dict:
     config = load_config(args.config)
     chain = Chain(config)
     dataset = chain.dataset()
-    featurizer = chain.featurizer(dataset)
+    featurizer = chain.featurizer(dataset, chain.student_config(dataset, tune=False))  # the run's student's
     query_text = dataset.query_text
     splits = {name: dataset.split(name) for name in ("train", "valid", "test")}
     features = {name: featurizer.pair_features(frame, query_text) for name, frame in splits.items()}

@@ -3,9 +3,10 @@
 against the same MLP on the frozen all-MiniLM-L6-v2.
 
 Everything but the encoder is the bench-quality-minilm run's: its teacher, its pool (impressions + BM25 top-56,
-~10× the train split) and its labels. The frozen student with seed 0 is that run's student (the same settings);
-other seeds are trained here. The towers are tuned once, on a stated budget that fits 2 cores, and reused by
-every seed (issue: "tune them once on a stated budget, reuse them for every MLP, and say so").
+~10× the train split) and its labels. The frozen student with seed 0 is that run's frozen-encoder student (the
+same settings: its student_frozen_towers/ row, as the run tunes its own towers); other seeds are trained here.
+The towers are tuned once, on a stated budget that fits 2 cores, and reused by every seed (issue: "tune them once
+on a stated budget, reuse them for every MLP, and say so").
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ QUERY_TOWER = {"epochs": 3, "batch_size": 128, "pseudo_queries_per_item": 1, "le
 QUERY_TOLERANCE = 0.002  # valid accuracy a separate query tower may give up (the serving path's quality bar)
 
 
+def _frozen_run_student(chain) -> Path:
+    """The bench-quality run's student on the frozen encoder: its report row beside tuned towers, else its student."""
+    frozen = chain.root / "student_frozen_towers"
+    return frozen if (frozen / "manifest.json").exists() else chain.student_dirs["student"]
+
+
 def _same_settings(chain, source) -> bool:
-    """Whether the bench-quality run's student was trained with ``source``'s student settings (how often it
-    checkpointed, and the tower settings it never read, aside)."""
+    """Whether the bench-quality run's frozen-encoder student was trained with ``source``'s student settings (how
+    often it checkpointed, and the tower settings it never read, aside)."""
     from benchmarks.studies import student_settings
     from relevance.common.files import read_manifest
 
-    aside = {"towers", "checkpoint_every_batches"}
-    saved = student_settings(read_manifest(chain.student_dirs["student"], "student")["config"])
+    aside = {"towers", "query_tower", "checkpoint_every_batches"}
+    saved = student_settings(read_manifest(_frozen_run_student(chain), "student")["config"])
     return ({k: v for k, v in saved.items() if k not in aside}
             == {k: v for k, v in student_settings(source.student).items() if k not in aside})
 
@@ -60,7 +67,9 @@ def run(steps, args, command: str) -> dict:
     dataset = chain.dataset()
     version = read_manifest(chain.teacher_dir, "teacher")["teacher_version"]
     config = source.model_copy(deep=True)
-    config.student.towers = source.student.towers.model_copy(update=TOWERS)
+    # The study tunes and distils its own (the run's steps off: it names every encoder itself).
+    config.student.towers = source.student.towers.model_copy(update={**TOWERS, "enabled": False})
+    config.student.query_tower = source.student.query_tower.model_copy(update={"enabled": False})
     inputs = {"teacher": version, "pool": pool_fingerprint(chain.pool_path), "encoder": source.student.encoder,
               "max_length": source.student.encoder_max_length,
               "towers": config.student.towers.model_dump(exclude={"enabled", "shared"})}  # shared: as before it existed
@@ -90,7 +99,7 @@ def run(steps, args, command: str) -> dict:
     frozen_tower = steps("frozen tower", inputs, frozen_loss)
     tuned_config = config.model_copy(deep=True)
     tuned_config.student.encoder = str(model_dir.resolve())
-    students = steps.directory("students", {**inputs, "student": student_settings(source.student, {"towers"})})
+    students = steps.directory("students", {**inputs, "student": student_settings(config.student, {"towers"})})
     models = {"teacher": chain.teacher_dir}
 
     def student(out: Path, run_config, seed: int, hidden: list[int] | None = None) -> Path:
@@ -119,7 +128,7 @@ def run(steps, args, command: str) -> dict:
         for kind, run_config in (("frozen", config), ("tuned", tuned_config)):
             name = f"student, {kind} towers, seed {seed}"
             if kind == "frozen" and seed == source.student.seed and _same_settings(chain, source):
-                models[name] = chain.student_dirs["student"]  # the bench-quality run's: these very settings
+                models[name] = _frozen_run_student(chain)  # the bench-quality run's: these very settings
                 continue
             models[name] = student(students / f"{kind}-seed-{seed}", run_config, seed)
     # The MLP's width on the tuned towers, chosen on valid: the run's [64] was chosen on frozen vectors, for its
