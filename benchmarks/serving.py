@@ -364,12 +364,16 @@ def profile_misses(scorer, items, fresh: list[str], candidates: dict[str, list[s
     """Where a cache miss's time goes: each stage's p50 (ms) over ``per_stage`` query texts never seen before, each
     run once. A text seen once is cached (its embedding in the query cache, its lexical side in the featurizer's),
     so a miss cannot be repeated; each stage gets texts of its own, one after the other, as the servers' uncached
-    requests come. The candidates' features are fetched first: the servers hold them from warm-up."""
+    requests come. The candidates' features (item vectors, and the lexical features' item sides) are cached first,
+    as the servers hold them from warm-up."""
     from relevance.student.featurizer import lexical_features
     from relevance.student.scoring import rank
 
     if per_stage < 20:
         raise ValueError(f"the miss profile needs at least 100 unseen queries, got {len(fresh)}: give more requests")
+    fresh = fresh[:5 * per_stage]
+    for n, query in enumerate(fresh):  # as the servers are warmed: every candidate's features, under throwaway texts
+        scorer.prepare(f"warm up {n}", "", candidates[query])
     texts = iter(fresh)
 
     def once(function) -> float:
