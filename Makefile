@@ -78,8 +78,8 @@ bench-quality: $(STAMP)
 	$(VENV)/bin/relevance fetch-backbone mpnet-base
 	$(PY) -m benchmarks.quality_homedepot --config configs/homedepot.yaml
 
-## The same chain with the MiniLM-L6 teacher (about 35 minutes on 2 cores): the run the studies, the serving and
-## the canary benchmarks start from (runs/homedepot)
+## The same chain with the MiniLM-L6 teacher, its student on tuned towers and a 3-layer query tower (about 70 minutes
+## on 2 cores): the run the studies, the serving and the canary benchmarks start from (runs/homedepot)
 bench-quality-minilm: $(STAMP)
 	$(VENV)/bin/relevance run --config configs/homedepot-minilm.yaml
 

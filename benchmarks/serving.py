@@ -493,6 +493,24 @@ def read_student_hidden(workdir: Path) -> list[int]:
     return list(read_manifest(workdir / "student")["config"]["hidden"])
 
 
+def student_encoders(workdir: Path) -> dict:
+    """What the served student embeds items and queries with (its manifest's encoders; a distilled query tower's
+    layers)."""
+    from relevance.common.files import read_manifest
+    from relevance.student.encoder import QUERY_TOWER_MANIFEST
+
+    manifest = read_manifest(workdir / "student", "student")
+    query = manifest.get("query_encoder")
+    made = Path(query) / QUERY_TOWER_MANIFEST if query else None
+    layers = json.loads(made.read_text()).get("layers") if made is not None and made.exists() else None
+    def shown(name: str) -> str:  # a path inside the checkout, relative to it (a backbone's name as it is)
+        return str(Path(name).relative_to(ROOT)) if Path(name).is_absolute() and Path(name).is_relative_to(ROOT) \
+            else name
+
+    return {"item": shown(manifest["encoder"]), "query": shown(query or manifest["encoder"]),
+            "query_tower_layers": layers}
+
+
 def serving_quality(config_path: Path) -> dict:
     """Accuracy and nDCG@20 on the evaluation split through the serving path (OnlineScorer: ONNX encoder,
     Feast online features, the training featurizer's lexical block, the student's serving graph), fp32 and int8,
@@ -571,7 +589,12 @@ def markdown(report: dict) -> str:
                 "(chosen on valid by the Pareto study in report.html), ")
              + "served as its serving graph (relevance.student.export: interactions in the graph, the query's share of "
              "the first layer once per request; in process, the one-query graph, whose item side meets one weight "
-             "built per request).",
+             "built per request)."
+             + (" Items embedded by `{item}`, queries by `{query}`{layers}.".format(
+                 **report["student_encoders"], layers=(f" (a {report['student_encoders']['query_tower_layers']}-layer "
+                                                       "query tower)" if report["student_encoders"]
+                                                       ["query_tower_layers"] else ""))
+                if report.get("student_encoders") else ""),
              "- Servers pinned to **1 core** with taskset (the transformer and Triton share it); load generator "
              "(http.client, keep-alive, V1 JSON) on the other core. Latency at concurrency 1, rps at concurrency 4. "
              "Cached: the query embedding and the candidates' features are in the server's caches; uncached: a "
@@ -748,6 +771,7 @@ def main() -> None:
         "cache hit rate >= 95% of best (Zipf 1.0 and 1.2)": all(r["fraction_of_best"] >= 0.95 for r in replays),
         "student >= 100x cheaper than the teacher (both fp32)": report["student_vs_teacher_cost_ratio"] >= 100,
     }
+    report["student_encoders"] = student_encoders(ROOT / config.workdir)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     plot(latencies, RESULTS / f"{args.name}-latency.png")
     (RESULTS / f"{args.name}.md").write_text(markdown(report))
