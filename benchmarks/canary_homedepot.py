@@ -86,10 +86,7 @@ def main() -> None:
         # under its own project, and each server reads its bundle's.
         store = shared_local_store(workdir / "canary-local" / "feature-store")
         os.environ[FEAST_YAML_ENV] = str(store)
-        frozen = config.model_copy(deep=True)
-        frozen.student = frozen.student.model_copy(update={
-            "towers": frozen.student.towers.model_copy(update={"enabled": False}),
-            "query_tower": frozen.student.query_tower.model_copy(update={"enabled": False})})
+        frozen = config.model_copy(update={"student": config.student.without_encoder_steps()})
         champion_repo, repo = (workdir / "canary-local" / f"feature-repo-{name}" for name in ("champion", "challenger"))
         materialize_features(frozen, dataset, champion_repo, chain.embeddings_dir)
         materialize_features(chain.student_config(dataset, tune=False), dataset, repo, chain.embeddings_dir)

@@ -360,7 +360,6 @@ def _timed(function, requests: list, repeats: int) -> float:
 
 
 def profile_misses(scorer, items, fresh: list[str], candidates: dict[str, list[str]], per_stage: int = 300) -> dict:
-    per_stage = min(per_stage, len(fresh) // 5)  # five stages, each on texts of its own
     """Where a cache miss's time goes: each stage's p50 (ms) over ``per_stage`` query texts never seen before, each
     run once. A text seen once is cached (its embedding in the query cache, its lexical side in the featurizer's),
     so a miss cannot be repeated; each stage gets texts of its own, one after the other, as the servers' uncached
@@ -369,6 +368,7 @@ def profile_misses(scorer, items, fresh: list[str], candidates: dict[str, list[s
     from relevance.student.featurizer import lexical_features
     from relevance.student.scoring import rank
 
+    per_stage = min(per_stage, len(fresh) // 5)  # five stages, each on texts of its own
     if per_stage < 20:
         raise ValueError(f"the miss profile needs at least 100 unseen queries, got {len(fresh)}: give more requests")
     fresh = fresh[:5 * per_stage]
@@ -376,13 +376,14 @@ def profile_misses(scorer, items, fresh: list[str], candidates: dict[str, list[s
         scorer.prepare(f"warm up {n}", "", candidates[query])
     texts = iter(fresh)
 
-    def once(function) -> float:
+    def once(function, needs_bm25: bool = False) -> float:
         times = []
         for _ in range(per_stage):
             query = next(texts)
             ids = candidates[query]
             found = items.get(ids)
-            bm25 = scorer.bm25.score_items(query, ids)  # BM25 keeps nothing per query: its own stage times it
+            # The lexical stage's BM25 input, scored outside its timing (BM25 has its own stage, on texts unscored)
+            bm25 = scorer.bm25.score_items(query, ids) if needs_bm25 else None
             started = time.perf_counter()
             function(query, ids, found, bm25)
             times.append(time.perf_counter() - started)
@@ -392,7 +393,7 @@ def profile_misses(scorer, items, fresh: list[str], candidates: dict[str, list[s
         "query encoder (tokenizer + ONNX)": once(lambda q, ids, found, bm25: scorer.encoder.encode([q])),
         "BM25 of the candidates": once(lambda q, ids, found, bm25: scorer.bm25.score_items(q, ids)),
         "lexical features (the query's side computed)": once(
-            lambda q, ids, found, bm25: lexical_features([q] * len(ids), found.texts, found.titles, bm25)),
+            lambda q, ids, found, bm25: lexical_features([q] * len(ids), found.texts, found.titles, bm25), True),
         "prepare: validation + the above + the query cache's insert": once(
             lambda q, ids, found, bm25: scorer.prepare(q, "", ids)),
         "prepare + student graph fp32 + rank (the request's work)": once(

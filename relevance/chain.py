@@ -339,9 +339,15 @@ class Chain:
                 tuned = self.student_config(dataset)
                 train_students(tuned, dataset, self.teacher_dir, labels, {DISTILLED: outputs[DISTILLED]},
                                self.featurizer(dataset, tuned))
+            elif self.config.student.query_tower.enabled:
+                # The human-only baseline stays on the encoder alone, as beside tuned towers.
+                train_students(self.config, dataset, self.teacher_dir, labels, {HUMAN_ONLY: outputs[HUMAN_ONLY]},
+                               self.featurizer(dataset, self.config))
+                config = self.student_config(dataset)
+                train_students(config, dataset, self.teacher_dir, labels, {DISTILLED: outputs[DISTILLED]},
+                               self.featurizer(dataset, config), labeller=self.labeller(dataset))
             else:
-                config = self.student_config(dataset)  # the query tower's, when the run distils one
-                train_students(config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset, config),
+                train_students(self.config, dataset, self.teacher_dir, labels, outputs, self.featurizer(dataset),
                                labeller=self.labeller(dataset))
         return outputs
 

@@ -98,7 +98,7 @@ def run(steps, args, command: str) -> dict:
         models[name] = probabilities(name.replace(" ", "-"), out, {**inputs, "version": read_manifest(out)[
             "teacher_version"]})
 
-    # The GBDT baselines on the student's own features (the bench-quality run's embeddings).
+    # The GBDT baselines on the features the config names (the frozen encoder: the run's tuned towers are its own step).
     featurizer = build_featurizer(dataset.items, featurizer_settings(source), root / "embeddings")
     gbdt_dirs = {name: steps.directory(name, {"gbdt": source.gbdt.model_dump(), "data": base_version})
                  for name in ("gbdt_multiclass", "gbdt_lambdamart", "gbdt_distilled")}

@@ -45,7 +45,7 @@ def _same_settings(chain, source) -> bool:
     from benchmarks.studies import student_settings
     from relevance.common.files import read_manifest
 
-    aside = {"towers", "query_tower", "checkpoint_every_batches"}
+    aside = {"checkpoint_every_batches"}  # (how the run makes its encoders is never in student_settings)
     saved = student_settings(read_manifest(_frozen_run_student(chain), "student")["config"])
     return ({k: v for k, v in saved.items() if k not in aside}
             == {k: v for k, v in student_settings(source.student).items() if k not in aside})
@@ -68,8 +68,8 @@ def run(steps, args, command: str) -> dict:
     version = read_manifest(chain.teacher_dir, "teacher")["teacher_version"]
     config = source.model_copy(deep=True)
     # The study tunes and distils its own (the run's steps off: it names every encoder itself).
-    config.student.towers = source.student.towers.model_copy(update={**TOWERS, "enabled": False})
-    config.student.query_tower = source.student.query_tower.model_copy(update={"enabled": False})
+    config.student = source.student.without_encoder_steps()
+    config.student.towers = config.student.towers.model_copy(update=TOWERS)
     inputs = {"teacher": version, "pool": pool_fingerprint(chain.pool_path), "encoder": source.student.encoder,
               "max_length": source.student.encoder_max_length,
               "towers": config.student.towers.model_dump(exclude={"enabled", "shared"})}  # shared: as before it existed
@@ -99,7 +99,7 @@ def run(steps, args, command: str) -> dict:
     frozen_tower = steps("frozen tower", inputs, frozen_loss)
     tuned_config = config.model_copy(deep=True)
     tuned_config.student.encoder = str(model_dir.resolve())
-    students = steps.directory("students", {**inputs, "student": student_settings(config.student, {"towers"})})
+    students = steps.directory("students", {**inputs, "student": student_settings(config.student)})
     models = {"teacher": chain.teacher_dir}
 
     def student(out: Path, run_config, seed: int, hidden: list[int] | None = None) -> Path:

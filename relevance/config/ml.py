@@ -202,7 +202,8 @@ class QueryTowerConfig(Strict):
 
     # A step of `relevance run` (after the towers, when they are tuned): distilled from the student's encoder
     # (the tuned towers', when enabled) into workdir/query_tower, which the run's distilled student, its GBDTs and
-    # its bundle then read as their query encoder (items keep the encoder's vectors). Otherwise distil it with `relevance distil-query-tower` and name it.
+    # its bundle then read as their query encoder (items keep the encoder's vectors). Otherwise distil it with
+    # `relevance distil-query-tower` and name it.
     enabled: bool = False
     layers: int = Field(3, ge=1)
     epochs: int = Field(3, ge=1)
@@ -247,6 +248,12 @@ class StudentConfig(Strict):
     checkpoint_every_batches: int = Field(500, ge=1)
     towers: TowerConfig = Field(default_factory=TowerConfig)  # `relevance distil-towers`, or a step (enabled)
     query_tower: QueryTowerConfig = Field(default_factory=QueryTowerConfig)  # `relevance distil-query-tower`
+
+    def without_encoder_steps(self) -> StudentConfig:
+        """These settings with the run's encoder steps (tuning the towers, distilling a query tower) off: a student
+        that reads the encoders it names, as a study's or a second feature version's."""
+        return self.model_copy(update={"towers": self.towers.model_copy(update={"enabled": False}),
+                                       "query_tower": self.query_tower.model_copy(update={"enabled": False})})
 
     @model_validator(mode="after")
     def _towers_with_a_teacher_labeller(self) -> StudentConfig:

@@ -286,8 +286,8 @@ def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: 
     query = featurizer.query_cache.encoder if featurizer.query_cache is not None else None
     for side, named, used in (("encoder", settings["encoder"], encoder),
                               ("query_encoder", settings.get("query_encoder"), query)):
-        if (named is None) != (used is None) or (
-                named is not None and Path(resolve_backbone(named)).resolve() != Path(used.path).resolve()):
+        if (named is None) != (used is None) or (named is not None and named != used.name and (
+                Path(resolve_backbone(named)).resolve() != Path(used.path).resolve())):
             raise ValueError(f"model manifest: the config names student.{side} {named!r}, but the features were "
                              f"embedded by {None if used is None else used.name!r}")
     return {
@@ -296,8 +296,7 @@ def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: 
         **settings,
         "encoder_fingerprint": encoder.fingerprint, "embedding_dim": encoder.dimension,
         # The query side's weights when a separate query tower embeds the queries (None: the encoder's).
-        "query_encoder_fingerprint": (featurizer.query_cache.encoder.fingerprint
-                                      if featurizer.query_cache is not None else None),
+        "query_encoder_fingerprint": query.fingerprint if query is not None else None,
         "catalog_hash": featurizer.catalog_hash, "dataset": dataset.info.__dict__,
         "train_data_hash": dataset.training_data_hash(),
         # The queries kept out of the pool it may have learnt from (judge-eval checks it; None: no holdout).
@@ -349,6 +348,15 @@ def model_featurizer(items: pd.DataFrame, manifest: dict, cache_dir) -> tuple["P
     whether ``items`` is the catalog it was trained on (another one shifts BM25's IDF and average length, and
     with them the BM25 features: the caller says so its own way)."""
     featurizer = build_featurizer(items, manifest, cache_dir)
+    # The encoders named must still be the ones that embedded the model's features: a path retrained since (or a
+    # manifest from before manifests named the tuned towers) would score the model on vectors it never saw.
+    query = featurizer.query_cache.encoder.fingerprint if featurizer.query_cache is not None else None
+    for side, recorded, now in (("encoder", manifest.get("encoder_fingerprint"), featurizer.cache.encoder.fingerprint),
+                                ("query_encoder", manifest.get("query_encoder_fingerprint"), query)):
+        if recorded is not None and recorded != now:
+            raise ValueError(f"the model was trained on {side} {manifest.get(side) or manifest.get('encoder')!r} with "
+                             f"fingerprint {recorded}, but it now has {now}: retrain the model (delete it and rerun "
+                             "its step) on the encoders as they are")
     return featurizer, manifest.get("catalog_hash") in (None, featurizer.catalog_hash)
 
 

@@ -170,6 +170,15 @@ def test_a_model_manifest_names_the_encoders_that_made_its_features(tower, tiny_
         config = build_config("quick", {"student": {**student, "encoder_max_length": 16}})
         with pytest.raises(ValueError, match=f"the config names {side}"):
             model_manifest(config, None, featurizer, 10)
+    # A model's encoders retrained since (the same path, other weights) are refused when its featurizer is rebuilt.
+    from relevance.student.featurizer import model_featurizer
+
+    recorded = {**settings, "encoder_fingerprint": BiEncoder(str(tower), 16).fingerprint,
+                "query_encoder_fingerprint": BiEncoder(str(out), 16).fingerprint}
+    assert model_featurizer(items, recorded, tmp_path / "cache")[0].query_fingerprint == recorded[
+        "query_encoder_fingerprint"]
+    with pytest.raises(ValueError, match="retrain the model"):
+        model_featurizer(items, {**recorded, "query_encoder_fingerprint": "0" * 16}, tmp_path / "cache")
 
 
 def test_a_query_tower_through_the_run_its_features_and_its_bundle(finished_run, cli, tmp_path):
