@@ -177,23 +177,18 @@ class Chain:
         if not student.towers.enabled and not student.query_tower.enabled:
             return self.config
         from relevance.student.encoder import QUERY_TOWER_MANIFEST, separate_query_tower
-        from relevance.student.towers import TOWER_MANIFEST
 
-        config = self.config.model_copy(deep=True)
+        # The copy names what the steps made and has nothing left to make (a query encoder beside enabled steps is
+        # refused).
+        config = self.config.model_copy(deep=True, update={"student": student.without_encoder_steps()})
         if student.towers.enabled:
-            if not tune and not (self.towers_dir / TOWER_MANIFEST).exists():
-                raise FileNotFoundError(f"{self.towers_dir}: no tuned towers; student.towers.enabled makes them a "
-                                        "step of `relevance run`: run it first")
             if tune and self._tuned is None:  # once per chain: the reuse check re-reads the labels and the catalog
                 self._tuned = self.towers(dataset)
-            tuned = (self._tuned if tune else self.towers_dir).resolve()
-            # What the towers are (shared or separate) is read from what was tuned, not from the config. The copy
-            # names them and has nothing left to tune (enabled off: a query encoder beside enabled towers is
-            # refused).
+            tuned = self._tuned.resolve() if tune else self._made_towers()
+            # What the towers are (shared or separate) is read from what was tuned, not from the config.
             query = separate_query_tower(tuned)
             config.student = config.student.model_copy(update={
-                "encoder": str(tuned), "query_encoder": None if query is None else str(query),
-                "towers": config.student.towers.model_copy(update={"enabled": False})})
+                "encoder": str(tuned), "query_encoder": None if query is None else str(query)})
         if student.query_tower.enabled:
             # Distilled from the encoder just named (the tuned towers' query side, when the run tunes them).
             if not tune and not (self.query_tower_dir / QUERY_TOWER_MANIFEST).exists():
@@ -202,10 +197,17 @@ class Chain:
             if tune and self._query_tower is None:
                 self._query_tower = self.query_tower(dataset, encoder=config.student.encoder)
             path = (self._query_tower if tune else self.query_tower_dir).resolve()
-            config.student = config.student.model_copy(update={
-                "query_encoder": str(path),
-                "query_tower": config.student.query_tower.model_copy(update={"enabled": False})})
+            config.student = config.student.model_copy(update={"query_encoder": str(path)})
         return config
+
+    def _made_towers(self) -> Path:
+        """The run's tuned towers, which must exist (student.towers.enabled, read by what follows the step)."""
+        from relevance.student.towers import TOWER_MANIFEST
+
+        if not (self.towers_dir / TOWER_MANIFEST).exists():
+            raise FileNotFoundError(f"{self.towers_dir}: no tuned towers; student.towers.enabled makes them a step "
+                                    "of `relevance run`: run it first")
+        return self.towers_dir.resolve()
 
     def featurizer(self, dataset: Dataset, config: RunConfig | None = None):
         """The student's featurizer (``config``'s: the frozen encoder's for the frozen-towers row)."""
@@ -305,12 +307,7 @@ class Chain:
         out = Path(out) if out is not None else self.query_tower_dir
         student = self.config.student
         if encoder is None and student.towers.enabled:  # the run's student reads the tuned towers: distil from them
-            from relevance.student.towers import TOWER_MANIFEST
-
-            if not (self.towers_dir / TOWER_MANIFEST).exists():
-                raise FileNotFoundError(f"{self.towers_dir}: no tuned towers to distil a query tower from; "
-                                        "student.towers.enabled makes them a step of `relevance run`: run it first")
-            encoder = str(self.towers_dir.resolve())
+            encoder = str(self._made_towers())
         labels = label_chunks(self.labels(dataset), dataset.num_grades, pool_path=self.pool_path)
         ids = dict.fromkeys(dataset.split("train")["query_id"])
         for _, load in labels:
