@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "studies"
 # In the report's order.
-STUDIES = ("teachers", "lambdamart", "scaling", "pareto", "active", "judged", "ablation", "backbones", "labelling", "locales",
-           "gpu", "loop", "towers")  # loop: the data flywheel on Home Depot (benchmarks/studies/loop.py, about 1.5 h)
+# loop: the data flywheel on Home Depot (benchmarks/studies/loop.py, about 1.5 h).
+STUDIES = ("teachers", "lambdamart", "scaling", "pareto", "active", "judged", "ablation", "backbones", "labelling",
+           "locales", "gpu", "loop", "towers", "end_to_end", "pools")
 
 
 def _key(inputs: dict) -> str:

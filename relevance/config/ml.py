@@ -169,7 +169,7 @@ class TowerConfig(Strict):
     with a listwise KL within each query's pool candidates, before the MLP is trained on the tuned vectors.
     ``max_queries_per_epoch`` bounds an epoch's work (on 2 cores a MiniLM-L6 step over 16 queries × 8 items
     takes about 3.5 s in bf16): each epoch then takes that many queries from its query buckets, visited in a new
-    random order (relevance.student.towers.QueryGroups).
+    random order (relevance.student.tower_groups.QueryGroups).
 
     ``enabled``: a step of `relevance run` (after the labels): the run's student, its GBDT baselines, its features
     and its serving bundle read the tuned towers (workdir/towers), and the same student on the frozen encoder is
@@ -177,6 +177,12 @@ class TowerConfig(Strict):
     name the output as ``student.encoder``."""
 
     enabled: bool = False
+    # What the towers learn from. "listwise_kl": two stages, the towers on the teacher's expected grades within each
+    # query's candidates, then the MLP on the tuned vectors. "end_to_end": the towers and the student's MLP together
+    # (student.hidden, dropout, learning_rate, weight_decay, temperature), on the KL to the teacher's distribution
+    # of each pair, through the features the student serves on; the MLP trained with them is kept beside the towers
+    # (relevance.student.end_to_end.END_TO_END_MLP), and the run's student is trained again on the tuned vectors.
+    objective: Literal["listwise_kl", "end_to_end"] = "listwise_kl"
     # One tower for queries and items, or a query tower of its own (relevance.student.towers: then written to the
     # output's query/ folder, named as student.query_encoder).
     shared: bool = True

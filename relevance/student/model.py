@@ -236,16 +236,25 @@ def fit_student(batches, valid_features: np.ndarray, valid_grades: np.ndarray, n
     log(f"student ({'human labels' if human_only else 'distilled'}): best valid loss {best['valid_loss']:.4f}, "
         f"accuracy {best['valid_accuracy']:.3f} at epoch {best['epoch']}")
     metrics = {"best": best, "history": state.history}
-    if config.calibration != "none":
-        from relevance.models.calibration import fit_calibrator
-
-        model.eval()
-        with torch.no_grad():
-            valid_probs = torch.softmax(model(vx), -1).numpy()
-        calibrator = fit_calibrator(valid_probs, vy.numpy(), config.calibration)
-        model.set_calibration(calibrator)
-        metrics["calibration"] = calibrator.to_dict()
+    calibration = calibrate(model, vx, vy, config.calibration)
+    if calibration is not None:
+        metrics["calibration"] = calibration
     return model.eval(), metrics
+
+
+def calibrate(model: StudentMLP, vx: torch.Tensor, vy: torch.Tensor, method: str) -> dict | None:
+    """Fit ``method``'s calibration (relevance.models.calibration) on valid and make it part of ``model``; returns
+    it as the metrics record it (None: ``method`` is "none")."""
+    if method == "none":
+        return None
+    from relevance.models.calibration import fit_calibrator
+
+    model.eval()
+    with torch.no_grad():
+        valid_probs = torch.softmax(model(vx), -1).numpy()
+    calibrator = fit_calibrator(valid_probs, vy.numpy(), method)
+    model.set_calibration(calibrator)
+    return calibrator.to_dict()
 
 
 def _standardised_mlp(batches, num_features: int, num_grades: int, config: StudentConfig) -> StudentMLP:

@@ -36,7 +36,8 @@ from relevance.models.backbones import resolve_backbone
 from relevance.models.training import LoopState
 from relevance.student.encoder import QUERY_TOWER_MANIFEST, BiEncoder, separate_query_tower
 from relevance.student.pairstore import EmbeddingTable
-from relevance.student.towers import TowerModel, _batch_tokens, _origin, _TowerRun, token_table
+from relevance.student.tower_groups import batch_tokens, token_table
+from relevance.student.towers import TowerModel, _origin, _TowerRun
 
 
 
@@ -93,7 +94,7 @@ def _cosine_loss(model: nn.Module, rows: np.ndarray, tokens: EmbeddingTable, tar
                  precision: str) -> torch.Tensor:
     """Mean 1 − cos(query tower's vector, the full tower's) over ``rows``."""
     dev = next(model.parameters()).device
-    ids, mask = (t.to(dev) for t in _batch_tokens(tokens, rows))
+    ids, mask = (t.to(dev) for t in batch_tokens(tokens, rows))
     with autocast(precision, dev):
         vectors = model(ids, mask)
     target = torch.from_numpy(targets.gather(rows)).to(dev)

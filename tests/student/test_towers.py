@@ -11,7 +11,7 @@ import torch
 
 from relevance.config.ml import TowerConfig
 from relevance.data.schema import DataContractError
-from relevance.student import towers
+from relevance.student import end_to_end, tower_groups, towers
 from relevance.student.encoder import BiEncoder
 
 WORDS = ["drill", "sofa", "hose", "lamp", "tile", "faucet", "mug", "rug"]
@@ -67,17 +67,17 @@ def _train_loss(model_dir, task, config) -> float:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    q_table = towers.token_table(model_dir.parent / f"{model_dir.name}-tq", list(query_text.index),
+    q_table = tower_groups.token_table(model_dir.parent / f"{model_dir.name}-tq", list(query_text.index),
                                  query_text.tolist(), tokenizer, 16, "t")
-    i_table = towers.token_table(model_dir.parent / f"{model_dir.name}-ti", list(items.index), items.tolist(),
+    i_table = tower_groups.token_table(model_dir.parent / f"{model_dir.name}-ti", list(items.index), items.tolist(),
                                  tokenizer, 16, "t")
     losses = []
     with torch.no_grad():
-        groups = towers.QueryGroups.build(model_dir.parent / f"{model_dir.name}-buckets", chunks, q_table, i_table, 5,
-                                          config)
+        groups = tower_groups.QueryGroups.build(model_dir.parent / f"{model_dir.name}-buckets", chunks, q_table,
+                                                i_table, 5, config)
         for queries, item_rows, valid, targets in groups.epoch(0):
-            q = model(*towers._batch_tokens(q_table, queries))
-            i = model(*towers._batch_tokens(i_table, item_rows.reshape(-1))).reshape(*item_rows.shape, -1)
+            q = model(*tower_groups.batch_tokens(q_table, queries))
+            i = model(*tower_groups.batch_tokens(i_table, item_rows.reshape(-1))).reshape(*item_rows.shape, -1)
             losses.append(float(towers.listwise_kl(q, i, torch.from_numpy(valid), torch.from_numpy(targets),
                                                    config.temperature, config.teacher_temperature)))
     return float(np.mean(losses))
@@ -145,14 +145,23 @@ def test_separate_towers_tune_a_query_tower_of_their_own(tiny_bert, task, tmp_pa
     assert student.query_encoder == str(out.resolve() / towers.QUERY_TOWER_DIR)
 
 
-def test_a_killed_tower_run_resumes_and_ends_as_an_uninterrupted_one(tiny_bert, task, tmp_path, monkeypatch):
+@pytest.mark.parametrize("objective", ["listwise_kl", "end_to_end"])
+def test_a_killed_tower_run_resumes_and_ends_as_an_uninterrupted_one(tiny_bert, task, tmp_path, monkeypatch,
+                                                                     objective):
     chunks, query_text, items, valid = task
     # 10 of the 16 queries an epoch, 4 a batch (3 batches), a checkpoint every 2 batches and at each epoch's end:
     # killed after epoch 1's first batch, the run replays that batch from the end of epoch 0.
-    config = _config(epochs=3, max_queries_per_epoch=10, checkpoint_every_batches=2)
-    whole = towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
-                                 tmp_path / "whole", tmp_path / "work-whole")
-    original = towers._TowerRun.after_step
+    settings = {"epochs": 3, "max_queries_per_epoch": 10, "checkpoint_every_batches": 2}
+
+    def distil(name: str):
+        if objective == "end_to_end":  # the towers and the MLP: both must end as uninterrupted
+            return _end_to_end(tiny_bert, task, tmp_path, name, **settings)
+        return towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, _config(**settings),
+                                    tmp_path / name, tmp_path / f"work-{name}")
+
+    whole = distil("whole")
+    run_class = end_to_end.EndToEndRun if objective == "end_to_end" else towers._TowerRun
+    original = run_class.after_step
     seen = []
 
     def killed(self, state, loss):
@@ -161,21 +170,21 @@ def test_a_killed_tower_run_resumes_and_ends_as_an_uninterrupted_one(tiny_bert, 
         if (state.epoch, state.batch) == (1, 1):
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(towers._TowerRun, "after_step", killed)
+    monkeypatch.setattr(run_class, "after_step", killed)
     with pytest.raises(KeyboardInterrupt):
-        towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
-                             tmp_path / "resumed", tmp_path / "work-resumed")
+        distil("resumed")
     assert seen == [(0, 1), (0, 2), (0, 3), (1, 1)]
     assert (tmp_path / "work-resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed").exists()
-    monkeypatch.setattr(towers._TowerRun, "after_step", original)
-    resumed = towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config,
-                                   tmp_path / "resumed", tmp_path / "work-resumed")
+    monkeypatch.setattr(run_class, "after_step", original)
+    resumed = distil("resumed")
     from safetensors.torch import load_file
 
-    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    files = ["model.safetensors"] + ([end_to_end.END_TO_END_MLP] if objective == "end_to_end" else [])
+    for file in files:
+        a, b = load_file(whole / file), load_file(resumed / file)
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=f"{file}: {name}")
     assert json.loads((whole / towers.TOWER_MANIFEST).read_text())["history"] == \
         json.loads((resumed / towers.TOWER_MANIFEST).read_text())["history"]
 
@@ -188,10 +197,10 @@ def test_a_query_split_across_label_shards_is_one_group(tiny_bert, task, tmp_pat
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
-    q_table = towers.token_table(tmp_path / "q", list(query_text.index), query_text.tolist(), tokenizer, 16, "t")
-    i_table = towers.token_table(tmp_path / "i", list(items.index), items.tolist(), tokenizer, 16, "t")
-    groups = towers.QueryGroups.build(tmp_path / "b", chunks, q_table, i_table, 5,
-                                      _config(candidates_per_query=len(labels)))
+    q_table = tower_groups.token_table(tmp_path / "q", list(query_text.index), query_text.tolist(), tokenizer, 16, "t")
+    i_table = tower_groups.token_table(tmp_path / "i", list(items.index), items.tolist(), tokenizer, 16, "t")
+    groups = tower_groups.QueryGroups.build(tmp_path / "b", chunks, q_table, i_table, 5,
+                                            _config(candidates_per_query=len(labels)))
     batches = list(groups.epoch(0))
     assert len(batches) == 1 and batches[0][2].sum() == len(labels)  # one query, every candidate of both shards
 
@@ -313,3 +322,98 @@ def test_towers_as_a_step_are_refused_where_they_cannot_hold():
         require_pipeline_settings(build_config("quick", query_tower_on))
     with pytest.raises(ValueError, match="student.query_tower.enabled with student.query_encoder"):
         build_config("quick", {"student": {"query_tower": {"enabled": True}, "query_encoder": "some/tower"}})
+
+
+def _lexical(items: pd.Series):
+    """The featurizer's lexical block over the tiny catalog (titles: the item texts; BM25 left at 0)."""
+    from relevance.student.featurizer import lexical_features
+
+    def lexical(query_texts: list[str], item_ids: list[str]) -> np.ndarray:
+        texts = items.reindex(item_ids).tolist()
+        return lexical_features(query_texts, texts, texts, np.zeros(len(texts)))
+
+    return lexical
+
+
+def _end_to_end(tiny_bert, task, tmp_path, name: str, **overrides):
+    from relevance.config import StudentConfig
+
+    chunks, query_text, items, valid = task
+    config = _config(objective="end_to_end", **overrides)
+    student = StudentConfig(hidden=[16], learning_rate=1e-2, dropout=0.0)
+    return towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config, tmp_path / name,
+                                tmp_path / f"work-{name}", student=student, lexical=_lexical(items),
+                                lexical_key="tiny")
+
+
+def test_towers_and_mlp_trained_end_to_end_learn_the_teacher(tiny_bert, task, tmp_path):
+    """objective end_to_end: the towers and the student's MLP on the KL to the teacher per pair; the MLP is written
+    beside the towers and predicts valid's grades better than the most common grade."""
+    from safetensors.torch import load_file
+
+    _, _, _, valid = task
+    out = _end_to_end(tiny_bert, task, tmp_path, "e2e", epochs=4)
+    manifest = json.loads((out / towers.TOWER_MANIFEST).read_text())
+    assert manifest["objective"] == "end_to_end" and manifest["mlp"]["student"]["hidden"] == [16]
+    majority = valid["grade"].value_counts(normalize=True).max()
+    print("valid accuracy", manifest["best"]["valid_accuracy"], "majority", majority)
+    assert manifest["best"]["valid_accuracy"] > majority + 0.05
+    assert manifest["history"][-1]["valid_loss"] < manifest["history"][0]["valid_loss"] or manifest["best"]["epoch"] > 1
+    state = load_file(out / end_to_end.END_TO_END_MLP)
+    assert state["feature_std"].shape == (manifest["mlp"]["num_features"],) and (state["feature_std"] > 0).all()
+    assert BiEncoder(str(out), max_length=16).fingerprint != BiEncoder(str(tiny_bert), max_length=16).fingerprint
+    # Its own buckets (with the teacher's probabilities) and its own key: the listwise towers are another output.
+    assert (tmp_path / "work-e2e" / "buckets-probs" / "buckets.json").exists()
+    listwise = json.loads((towers.distil_towers(*task[:4], 5, str(tiny_bert), 16, _config(epochs=1), tmp_path / "lw",
+                                                tmp_path / "work-lw") / towers.TOWER_MANIFEST).read_text())
+    assert listwise["key"] != manifest["key"] and listwise["mlp"] is None
+    with pytest.raises(ValueError, match="student's settings"):
+        towers.distil_towers(*task[:4], 5, str(tiny_bert), 16, _config(objective="end_to_end"), tmp_path / "x",
+                             tmp_path / "work-x")
+
+
+def test_the_end_to_end_mlp_becomes_a_student_on_its_towers(finished_run, tmp_path):
+    """Chain.towers with objective end_to_end on a finished run's labels (the MLP reads the run's lexical block),
+    then relevance.student.end_to_end.end_to_end_student: a student directory whose featurizer embeds with those
+    towers, calibrated on valid, which loads and scores like any student; towers without an MLP are refused."""
+    import shutil
+
+    from relevance.chain import Chain
+    from relevance.common.files import read_manifest
+    from relevance.config import load_config
+    from relevance.student.end_to_end import end_to_end_student
+    from relevance.student.featurizer import build_featurizer, featurizer_settings
+    from relevance.student.model import Student
+
+    source, config_path = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(source / "run", run, ignore=shutil.ignore_patterns("student*", "gbdt_*", "export", "towers"))
+    config = load_config(config_path)
+    config.workdir = str(run)
+    config.student.towers = config.student.towers.model_copy(update={
+        "objective": "end_to_end", "epochs": 1, "queries_per_batch": 4, "precision": "fp32"})
+    chain = Chain(config)
+    dataset = chain.dataset()
+    out = chain.towers(dataset, tmp_path / "towers")
+    tuned = config.model_copy(deep=True)
+    tuned.student.encoder = str(out.resolve())
+    featurizer = build_featurizer(dataset.items, featurizer_settings(tuned), chain.embeddings_dir)
+    teacher = read_manifest(chain.teacher_dir, "teacher")["teacher_version"]
+    student_dir = end_to_end_student(tuned, dataset, out, featurizer, tmp_path / "student", teacher)
+    student = Student.load(student_dir)
+    manifest = student.manifest
+    assert manifest["encoder"] == str(out.resolve()) and "end to end" in manifest["trained_on"]
+    assert manifest["encoder_fingerprint"] == featurizer.cache.encoder.fingerprint
+    valid = dataset.split("valid")
+    probs = student.predict_proba(featurizer.pair_features(valid, dataset.query_text), calibrated=False)
+    accuracy = float((probs.argmax(1) == valid["grade"].to_numpy()).mean())
+    assert accuracy == pytest.approx(manifest["metrics"]["best"]["valid_accuracy"], abs=1e-6)
+    assert "calibration" in manifest["metrics"]
+    with pytest.raises(ValueError, match="student.hidden"):
+        end_to_end_student(tuned.model_copy(update={"student": tuned.student.model_copy(update={"hidden": [7]})}),
+                           dataset, out, featurizer, tmp_path / "other", teacher)
+    listwise = config.model_copy(deep=True)
+    listwise.student.towers = listwise.student.towers.model_copy(update={"objective": "listwise_kl"})
+    plain = Chain(listwise).towers(dataset, tmp_path / "plain")
+    with pytest.raises(ValueError, match="not towers trained end to end"):
+        end_to_end_student(tuned, dataset, plain, featurizer, tmp_path / "other", teacher)
