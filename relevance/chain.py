@@ -293,12 +293,10 @@ class Chain:
         valid = dataset.split("valid")[["query_id", "item_id", "grade"]]
         end_to_end = {}
         if student.towers.objective == "end_to_end":  # the MLP reads the student's lexical block beside the towers
-            from relevance.student.featurizer import FEATURE_VERSION
+            from relevance.student.featurizer import build_featurizer, featurizer_settings
 
-            featurizer = self.featurizer(dataset, self.config)  # its lexical features only: no encoder runs
-            end_to_end = {"student": student, "lexical": featurizer.lexical,
-                          "lexical_key": f"{FEATURE_VERSION}:{featurizer.catalog_hash}:{self.config.candidates.k1}:"
-                                         f"{self.config.candidates.b}"}
+            end_to_end = {"student": student, "lexical": build_featurizer(
+                dataset.items, featurizer_settings(self.config), self.embeddings_dir, with_encoder=False)}
         return distil_towers(labels, dataset.query_text, lexical_item_texts(dataset.items, self.config.text), valid,
                              dataset.num_grades, student.encoder, student.encoder_max_length, student.towers, out,
                              out.parent / f".{out.name}.work", log=_log, **end_to_end)

@@ -189,6 +189,15 @@ def load_records(results: Path = RESULTS) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def not_run(name: str, module, chain, command: str) -> dict:
+    """A study on the run's tuned towers, asked of a run without them: its last record is kept as it is (a report
+    of the other studies is still written), or one that says what to run first."""
+    print(f"   {name}: {chain.towers_dir} holds no tuned towers; run `make bench-quality-minilm` (its config tunes "
+          "them) first. The last record is kept.", flush=True)
+    answer = f"Not run: {chain.towers_dir} held no tuned towers (`make bench-quality-minilm` tunes them)."
+    return load_records().get(name) or record(name, module, answer, [], {}, command)
+
+
 def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.studies", description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=STUDIES, help="Run only these studies (repeatable).")

@@ -9,7 +9,8 @@ on the same pool, labels, tower budget and MLP.
   groups. Two students come of it: the MLP trained with the towers, and an MLP trained again on the end-to-end
   towers as on the two-stage ones (the full distillation pass over the pool, which the joint budget does not make).
 
-Every MLP is the run's width and seed; the choice is made on valid accuracy, as early stopping saw it.
+Every MLP is the run's width, with 3 seeds on each recipe's towers (tuned once); the choice is made on the mean valid
+accuracy, as early stopping saw it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 TITLE = "Tuned towers: end to end (towers and MLP together) vs two stages (towers, then the MLP)"
 QUESTION = ("Trained on the same pool, labels and tower budget, which recipe gives the better student: the towers "
             "and the MLP together on the student's KL to the teacher, or the towers first (listwise KL) and the MLP "
             "on them?")
+SEEDS = (0, 1, 2)  # the MLP's, on each recipe's towers (tuned once, on the towers study's budget)
 
 
 def run(steps, args, command: str) -> dict:
@@ -34,7 +38,7 @@ def run(steps, args, command: str) -> dict:
     from relevance.evaluation.evaluate import evaluate_models
     from relevance.labels.labelling import label_chunks, pool_fingerprint
     from relevance.student.distillation import train_students
-    from relevance.student.end_to_end import end_to_end_student
+    from relevance.student.end_to_end import RECIPE, end_to_end_student
     from relevance.student.featurizer import build_featurizer, featurizer_settings
     from relevance.student.towers import TOWER_MANIFEST
 
@@ -61,10 +65,14 @@ def run(steps, args, command: str) -> dict:
                 "base_valid_loss": manifest["base_valid_loss"],
                 "valid_listwise_kl": manifest.get("valid_listwise_kl", manifest["best"]["valid_loss"])}
 
-    # Two stages: the run's own towers when the run tuned them with this budget from this encoder.
+    # Two stages: the run's own towers when the run tuned them with this budget, from this encoder, after its labels
+    # were last written (the run's steps retune them when the labels change).
     run_towers = chain.towers_dir / TOWER_MANIFEST
     saved = json.loads(run_towers.read_text()) if run_towers.exists() else {}
+    labels_written = max((p.stat().st_mtime for p in chain.labels_dir.glob("*.parquet")), default=float("inf"))
     if (saved.get("objective") == "listwise_kl" and saved.get("base") == source.student.encoder and saved.get("shared")
+            and saved.get("max_length") == source.student.encoder_max_length
+            and run_towers.stat().st_mtime > labels_written
             and {k: v for k, v in saved.get("config", {}).items() if k in towers_settings} == towers_settings):
         two_stage_dir = chain.towers_dir
         two_stage = {"seconds": None, "best": saved["best"], "history": saved["history"],
@@ -73,8 +81,11 @@ def run(steps, args, command: str) -> dict:
     else:
         two_stage_dir = steps.directory("two-stage towers", inputs) / "model"
         two_stage = steps("two-stage towers", inputs, lambda: tuned_with("listwise_kl", two_stage_dir))
-    end_to_end_dir = steps.directory("end-to-end towers", inputs) / "model"
-    end_to_end = steps("end-to-end towers", inputs, lambda: tuned_with("end_to_end", end_to_end_dir))
+    # The recipe's version keys its towers (and the students on them): a change to how it trains trains again.
+    e2e_inputs = {**inputs, "recipe": RECIPE}
+    end_to_end_dir = steps.directory("end-to-end towers", e2e_inputs) / "model"
+    end_to_end = steps("end-to-end towers", e2e_inputs, lambda: tuned_with("end_to_end", end_to_end_dir))
+    e2e_key = json.loads((end_to_end_dir / TOWER_MANIFEST).read_text())["key"]
 
     def on(towers: Path):
         tuned = config.model_copy(deep=True)
@@ -96,15 +107,26 @@ def run(steps, args, command: str) -> dict:
     # The frozen encoder's MLP: the run's own row when its settings are these (the towers study reuses it too).
     frozen = (_frozen_run_student(chain) if _same_settings(chain, config)
               else mlp(students / "frozen", config))
-    models = {"teacher": chain.teacher_dir, "frozen towers, MLP": frozen,
-              "two stages: towers, then the MLP": mlp(students / "two-stage", on(two_stage_dir)),
-              "end-to-end towers, MLP trained again": mlp(students / "end-to-end-retrained", on(end_to_end_dir))}
-    joint = students / "end-to-end"
+    frozen_name = f"frozen towers, MLP, seed {config.student.seed}"
+    models = {"teacher": chain.teacher_dir, frozen_name: frozen}
+    recipes = {"two stages: towers, then the MLP": ("two-stage", two_stage_dir),
+               "end-to-end towers, MLP trained again": (f"end-to-end-retrained-{e2e_key}", end_to_end_dir)}
+    rows_of: dict[str, list[str]] = {}
+    for recipe, (folder, towers) in recipes.items():  # the towers tuned once; the MLP's seeds give the spread
+        for seed in SEEDS:
+            seeded = on(towers)
+            seeded.student.seed = seed
+            name = f"{recipe}, seed {seed}"
+            models[name] = mlp(students / (folder if seed == config.student.seed else f"{folder}-seed-{seed}"), seeded)
+            rows_of.setdefault(recipe, []).append(name)
+    joint = students / f"end-to-end-{e2e_key}"
     if not (joint / "manifest.json").exists():
         run_config = on(end_to_end_dir)
         featurizer = build_featurizer(dataset.items, featurizer_settings(run_config), chain.embeddings_dir)
         end_to_end_student(run_config, dataset, end_to_end_dir, featurizer, joint, version)
-    models["end to end: the MLP trained with its towers"] = joint
+    joint_name = "end to end: the MLP trained with its towers (one run: its seed is the towers')"
+    models[joint_name] = joint
+    rows_of["end to end: the MLP trained with its towers"] = [joint_name]
 
     def evaluate() -> dict:
         report = evaluate_models(config, dataset, models, students / "report.json", chain.embeddings_dir)
@@ -123,8 +145,11 @@ def run(steps, args, command: str) -> dict:
     scores = steps("evaluate", {**inputs, "models": {k: [str(v), content(v)] for k, v in sorted(models.items())}},
                    evaluate)
     teacher = scores["teacher"]
-    candidates = [name for name in models if name not in ("teacher", "frozen towers, MLP")]
-    chosen = max(candidates, key=lambda name: scores[name]["valid_accuracy"])
+    metrics = ("valid_accuracy", "accuracy", "ndcg@20")
+    stats = {recipe: {m: (float(np.mean([scores[n][m] for n in names])),
+                          float(np.std([scores[n][m] for n in names], ddof=1)) if len(names) > 1 else 0.0)
+                      for m in metrics} for recipe, names in rows_of.items()}
+    chosen = max(stats, key=lambda recipe: stats[recipe]["valid_accuracy"][0])
     rows = [[name, scores[name].get("valid_accuracy", ""), scores[name]["accuracy"], scores[name]["ndcg@20"],
              scores[name]["accuracy"] / teacher["accuracy"], scores[name]["ndcg@20"] / teacher["ndcg@20"]]
             for name in models]
@@ -135,23 +160,24 @@ def run(steps, args, command: str) -> dict:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for label, result in (("two stages (listwise KL)", two_stage), ("end to end (the student's KL)", end_to_end)):
-        history = result["history"]
-        axes[0].plot([h["epoch"] for h in history], [h["valid_loss"] for h in history], "o-", label=label)
-    axes[0].set_xlabel("tower epoch")
-    axes[0].set_ylabel("valid loss of each recipe's own early stopping")
-    axes[0].legend(fontsize=8)
-    names = [name for name in models if name != "teacher"]
-    short = ["frozen", "two stages", "e2e towers,\nMLP again", "end to end"]
+    kl = {"frozen": two_stage["base_valid_loss"], "two stages": two_stage["valid_listwise_kl"],
+          "end to end": end_to_end["valid_listwise_kl"]}
+    axes[0].bar(range(len(kl)), list(kl.values()), color=["tab:gray", "tab:blue", "tab:purple"])
+    axes[0].set_xticks(range(len(kl)), list(kl), fontsize=8)
+    axes[0].set_ylabel("the towers' valid listwise KL (lower: ranks as judged)")
+    short = {"two stages: towers, then the MLP": "two stages", "end-to-end towers, MLP trained again":
+             "e2e towers,\nMLP again", "end to end: the MLP trained with its towers": "end to end\n(1 run)"}
+    frozen_scores = scores[frozen_name]
     for ax, metric in zip(axes[1:], ("accuracy", "ndcg@20")):
-        values = [scores[name][metric] for name in names]
-        colors = ["tab:gray" if name == "frozen towers, MLP" else "tab:orange" if name == chosen else "tab:blue"
-                  for name in names]
-        ax.bar(range(len(names)), values, color=colors)
+        means = [stats[recipe][metric][0] for recipe in stats]
+        ax.bar(range(len(stats)), means, yerr=[stats[recipe][metric][1] for recipe in stats], capsize=6,
+               color=["tab:orange" if recipe == chosen else "tab:blue" for recipe in stats])
         ax.axhline(teacher[metric], color="tab:green", ls="--", label="teacher")
-        ax.set_xticks(range(len(names)), short, fontsize=8)
-        ax.set_ylim(min(values + [teacher[metric]]) - 0.01, max(values + [teacher[metric]]) + 0.005)
-        ax.set_ylabel(f"test {metric}")
+        ax.axhline(frozen_scores[metric], color="tab:gray", ls=":", label=f"frozen towers (seed {config.student.seed})")
+        ax.set_xticks(range(len(stats)), [short[recipe] for recipe in stats], fontsize=8)
+        ax.set_ylim(min(means + [teacher[metric], frozen_scores[metric]]) - 0.01,
+                    max(means + [teacher[metric]]) + 0.005)
+        ax.set_ylabel(f"test {metric} (mean ± std over the MLP's seeds)")
         ax.legend(fontsize=8)
     fig.suptitle(f"chosen on valid (orange): {chosen}", fontsize=9)
     fig.tight_layout()
@@ -159,18 +185,29 @@ def run(steps, args, command: str) -> dict:
     def minutes(result: dict) -> str:
         return "reused" if result.get("seconds") is None else f"{result['seconds'] / 60:.0f} min"
 
+    def shown(recipe: str) -> str:
+        parts = [f"{stats[recipe][m][0]:.4f}" + (f" ± {stats[recipe][m][1]:.4f}" if len(rows_of[recipe]) > 1 else "")
+                 for m in metrics]
+        return f"{recipe} {parts[0]} / {parts[1]}, {parts[2]}"
+
+    runner_up = max((r for r in stats if r != chosen), key=lambda recipe: stats[recipe]["valid_accuracy"][0])
+    margin = stats[chosen]["valid_accuracy"][0] - stats[runner_up]["valid_accuracy"][0]
+    noise = max(stats[chosen]["valid_accuracy"][1], stats[runner_up]["valid_accuracy"][1])
     answer = (f"The same tower budget ({TOWERS['epochs']} epochs of {TOWERS['max_queries_per_epoch']} queries × up to "
-              f"{TOWERS['candidates_per_query']} candidates) and the run's MLP {list(config.student.hidden)} "
-              f"(seed {config.student.seed}). Two stages ({minutes(two_stage)}): valid listwise KL "
-              f"{two_stage['valid_listwise_kl']:.4f} (frozen {two_stage['base_valid_loss']:.4f}). End to end "
-              f"({minutes(end_to_end)}): best valid cross-entropy {end_to_end['best']['valid_loss']:.4f} at epoch "
+              f"{TOWERS['candidates_per_query']} candidates) and the run's MLP {list(config.student.hidden)}, "
+              f"{len(SEEDS)} seeds of it on each recipe's towers. Two stages ({minutes(two_stage)}): the towers' valid "
+              f"listwise KL {two_stage['valid_listwise_kl']:.4f} (frozen {two_stage['base_valid_loss']:.4f}). End to "
+              f"end ({minutes(end_to_end)}): best valid cross-entropy {end_to_end['best']['valid_loss']:.4f} at epoch "
               f"{end_to_end['best']['epoch']}; its towers' valid listwise KL {end_to_end['valid_listwise_kl']:.4f}. "
-              "Valid / test accuracy, test nDCG@20: "
-              + "; ".join(f"{name} {scores[name]['valid_accuracy']:.4f} / {scores[name]['accuracy']:.4f}, "
-                          f"{scores[name]['ndcg@20']:.4f}" for name in names)
-              + f"; the teacher {teacher['accuracy']:.4f}, {teacher['ndcg@20']:.4f}. Chosen on valid: {chosen} "
-              f"({scores[chosen]['accuracy'] / teacher['accuracy']:.1%} of the teacher's accuracy, "
-              f"{scores[chosen]['ndcg@20'] / teacher['ndcg@20']:.1%} of its nDCG@20). One seed, one pool (~10×).")
+              "Valid / test accuracy, test nDCG@20 (mean ± std): "
+              + "; ".join(shown(recipe) for recipe in stats)
+              + f"; the frozen towers (seed {config.student.seed}) {frozen_scores['valid_accuracy']:.4f} / "
+              f"{frozen_scores['accuracy']:.4f}"
+              f", {frozen_scores['ndcg@20']:.4f}; the teacher {teacher['accuracy']:.4f}, {teacher['ndcg@20']:.4f}. "
+              f"Chosen on valid: {chosen} (valid accuracy {margin * 100:+.2f} pt over {runner_up}, "
+              f"{'more' if margin > 2 * noise else 'less'} than two seed standard deviations, "
+              f"{2 * noise * 100:.2f} pt; {stats[chosen]['accuracy'][0] / teacher['accuracy']:.1%} of the teacher's "
+              f"accuracy, {stats[chosen]['ndcg@20'][0] / teacher['ndcg@20']:.1%} of its nDCG@20). One pool (~10×).")
     return record("end_to_end", sys.modules[__name__], answer, [
         table(f"Students on the bench-quality pool and labels ({config.eval.split} split; valid accuracy as early "
               "stopping saw it, the end-to-end MLP's measured again on the featurizer's vectors)",
@@ -182,6 +219,7 @@ def run(steps, args, command: str) -> dict:
               + [["end to end", h["epoch"], h["valid_loss"], h.get("valid_accuracy", "")]
                  for h in end_to_end["history"]]),
     ], {"End to end vs two stages": figure_png(fig)}, command, steps, towers_settings=TOWERS,
-        chosen_on_valid=chosen, scores=scores,
+        chosen_on_valid=chosen, scores=scores, seeds=list(SEEDS),
+        recipes={recipe: {m: {"mean": v[0], "sd": v[1]} for m, v in stats[recipe].items()} for recipe in stats},
         towers={"two_stage": two_stage, "end_to_end": end_to_end})
 

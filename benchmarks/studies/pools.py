@@ -6,8 +6,9 @@ size, and both against the impressions alone (1×), with the MLP on the run's tu
   the issue's fallback, as tuning them per pool does not fit 2 cores). Its students' encoders and labels are
   reused; the multi-channel pool is built (relevance.labels.pool.build_pool: the run's guards, held-out queries
   and judged pairs, hold) and labelled by the run's teacher.
-- BM25-only at the same size: the run's pool (impressions + BM25 top-56 of every unjudged query) cut at the BM25
-  depth where it holds as many pairs as the multi-channel pool, as the scaling study nests its pools.
+- BM25-only at the same size: the run's pool (impressions + BM25 top-56 of every unjudged query) cut at the smallest
+  BM25 depth where it holds at least as many pairs as the multi-channel pool (one rank more would be one rank too
+  many), as the scaling study nests its pools.
 - 1×: the impressions alone, the part both pools share.
 
 Not here: 100× pools. Labelling ~2.2M pairs with the MiniLM teacher takes ~1.8 h on these 2 cores per pool kind
@@ -54,7 +55,7 @@ def _bm25_ranks(config, dataset, pool, depth: int):
 def run(steps, args, command: str) -> dict:
     import pandas as pd
 
-    from benchmarks.studies import figure_png, record, student_settings, table
+    from benchmarks.studies import figure_png, not_run, record, student_settings, table
     from relevance.chain import Chain
     from relevance.common.files import read_manifest
     from relevance.config import load_config
@@ -70,8 +71,7 @@ def run(steps, args, command: str) -> dict:
     source = load_config(args.config)
     chain = Chain(source)
     if not (chain.towers_dir / TOWER_MANIFEST).exists():
-        raise SystemExit(f"{chain.towers_dir}: no tuned towers; run `make bench-quality-minilm` (its config tunes "
-                         "them) first")
+        return not_run("pools", sys.modules[__name__], chain, command)
     dataset = chain.dataset()
     k = dataset.num_grades
     version = read_manifest(chain.teacher_dir, "teacher")["teacher_version"]
@@ -88,7 +88,9 @@ def run(steps, args, command: str) -> dict:
     work = steps.directory("multi-channel pool", inputs)
     work.mkdir(parents=True, exist_ok=True)
     multi_config = config.model_copy(deep=True)
-    multi_config.candidates = config.candidates.model_copy(update={**CHANNELS, "student_model": str(channel_student)})
+    # Validated (a student channel deeper than what it reranks is refused), not copied around the validators.
+    multi_config.candidates = type(config.candidates).model_validate(
+        {**config.candidates.model_dump(), **CHANNELS, "student_model": str(channel_student)})
     pool_path = work / "pool.parquet"
     if not pool_path.exists():
         build_pool(multi_config, dataset, pool_path, chain.data_dir / "impressions.parquet",
@@ -103,14 +105,19 @@ def run(steps, args, command: str) -> dict:
     def ranked_run_pool() -> dict:
         from benchmarks.studies.scaling import nested_depths
 
-        run_pool = _bm25_ranks(source, dataset, pd.read_parquet(chain.pool_path), depth)
+        run_pool = pd.read_parquet(chain.pool_path)
+        others = set(run_pool["channel"]) - {"impression", "bm25"}
+        if others:
+            raise SystemExit(f"{chain.pool_path} holds {sorted(others)} pairs besides BM25's and the impressions: the "
+                             "BM25-only pool is cut from a run whose pool is BM25's alone")
+        run_pool = _bm25_ranks(source, dataset, run_pool, depth)
         run_pool["impression"] = run_pool["channel"] == "impression"
         try:  # the scaling study's nesting: the smallest depth whose pool holds the multi-channel pool's pairs
             cut = nested_depths(run_pool, len(multi), (1,))[1]
         except ValueError:  # the multi-channel pool is larger than the run's whole pool: all of it
-            cut = depth
+            cut = depth + 1
         kept = run_pool[run_pool["impression"] | (run_pool["rank"] < cut)]
-        path = steps.directory("bm25 pool", inputs).with_suffix(".parquet")
+        path = steps.directory("bm25 pool", {**inputs, "pairs": int(len(multi))}).with_suffix(".parquet")
         path.parent.mkdir(parents=True, exist_ok=True)
         kept[["query_id", "item_id", "channel"]].to_parquet(path, index=False)
         return {"depth": cut, "pairs": int(len(kept)), "path": str(path)}

@@ -25,11 +25,12 @@ from relevance.config import RunConfig
 from relevance.config.ml import StudentConfig
 from relevance.data.schema import Dataset
 from relevance.models.training import LoopState
-from relevance.student.featurizer import LEXICAL_FEATURES, PairFeaturizer, pair_blocks
-from relevance.student.model import StudentMLP, distillation_loss, feature_statistics, standardising_std
+from relevance.student.featurizer import LEXICAL_FEATURES, PairFeaturizer, feature_names, model_manifest, pair_blocks
+from relevance.student.model import (Student, StudentMLP, calibrate, distillation_loss, feature_statistics,
+                                     standardising_std)
 from relevance.student.pairstore import EmbeddingTable
 from relevance.student.tower_groups import QueryGroups, ValidGroups, batch_tokens
-from relevance.student.towers import TOWER_MANIFEST, TowerModel, _TowerRun
+from relevance.student.towers import QUERY_TOWER_DIR, TOWER_MANIFEST, TowerModel, _TowerRun
 
 # The MLP trained end to end with the towers, in the towers' directory (its settings in towers.json's "mlp").
 END_TO_END_MLP = "end_to_end_mlp.safetensors"
@@ -37,6 +38,9 @@ END_TO_END_MLP = "end_to_end_mlp.safetensors"
 STANDARDISE_BATCHES = 32
 # The student's settings the MLP is trained with (and keyed by).
 MLP_SETTINGS = {"hidden", "dropout", "learning_rate", "weight_decay", "temperature"}
+# How the recipe trains, in the towers' key: a change that trains other towers from the same inputs moves it (2: the
+# gradient norm is clipped on the towers alone, the fresh MLP's large early gradients left out, as the student's).
+RECIPE = "end_to_end/2"
 
 
 Lexical = Callable[[list[str], list[str]], np.ndarray]  # (query ids, item ids) → their lexical features [n, L]
@@ -48,8 +52,23 @@ class EndToEndModel(TowerModel):
 
     def __init__(self, path: str, separate: bool, num_grades: int, student: StudentConfig):
         super().__init__(path, separate)
-        num_features = 4 * self.encoder.config.hidden_size + len(LEXICAL_FEATURES)  # pair_blocks' widths
+        num_features = len(feature_names(self.encoder.config.hidden_size))
         self.mlp = StudentMLP(num_features, num_grades, student.hidden, student.dropout)
+
+
+def lexical_by_id(featurizer: PairFeaturizer, query_text) -> Lexical:
+    """``featurizer``'s lexical features of (query id, item id) pairs, checked to be the lexical block
+    (relevance.student.featurizer.pair_blocks adds the cosine itself)."""
+    width = len(LEXICAL_FEATURES) - 1
+
+    def lexical(query_ids: list[str], item_ids: list[str]) -> np.ndarray:
+        out = np.asarray(featurizer.lexical(query_text.reindex(query_ids).tolist(), item_ids), dtype=np.float32)
+        if out.shape != (len(item_ids), width):
+            raise ValueError(f"end-to-end towers: the lexical features have shape {out.shape}, expected "
+                             f"({len(item_ids)}, {width})")
+        return out
+
+    return lexical
 
 
 def pair_features(model: EndToEndModel, batch: tuple, query_table: EmbeddingTable, item_table: EmbeddingTable,
@@ -70,8 +89,8 @@ def pair_features(model: EndToEndModel, batch: tuple, query_table: EmbeddingTabl
 
 
 def valid_metrics(model: EndToEndModel, valid: ValidGroups, lexical: Lexical, precision: str) -> dict:
-    """The MLP's cross-entropy and accuracy on valid's human grades (every judged pair weighs one): the student's
-    early-stopping measure."""
+    """The MLP's cross-entropy and accuracy on valid's human grades (``valid`` made with min_items=1: every judged
+    pair, each weighing one): the student's early-stopping measure."""
     model.eval()
     loss = correct = count = 0.0
     with torch.no_grad():
@@ -91,6 +110,10 @@ class EndToEndRun(_TowerRun):
     def __init__(self, *args, lexical: Lexical, student: StudentConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.lexical, self.student, self.what = lexical, student, "end-to-end towers"
+
+    def clipped(self):
+        """The towers' parameters: the MLP's gradients stay unclipped, as the student's own training leaves them."""
+        return (p for n, p in self.model.named_parameters() if not n.startswith("mlp."))
 
     def loss(self, batch) -> torch.Tensor:
         features = pair_features(self.model, batch, self.source.query_table, self.source.item_table, self.lexical,
@@ -117,6 +140,7 @@ def standardise(model: EndToEndModel, groups: QueryGroups, lexical: Lexical, pre
     model.mlp.feature_mean.copy_(torch.from_numpy(mean))
     model.mlp.feature_std.copy_(torch.from_numpy(standardising_std(mean, std)))
 
+
 def end_to_end_run(path: str, separate: bool, num_grades: int, student: StudentConfig, lexical: Lexical,
                    groups: QueryGroups, valid: ValidGroups, config, precision: str, key: str, log, dev):
     """The model (towers and a fresh MLP, its input standardised on the base towers' vectors) and the training hooks
@@ -131,13 +155,15 @@ def end_to_end_run(path: str, separate: bool, num_grades: int, student: StudentC
                               student=student)
 
 
-def save_mlp(model: EndToEndModel, student: StudentConfig, num_grades: int, directory: Path) -> dict:
-    """Write the MLP beside the towers; what towers.json records of it."""
+def save_mlp(model: EndToEndModel, student: StudentConfig, lexical: PairFeaturizer, directory: Path) -> dict:
+    """Write the MLP beside the towers; what towers.json records of it (what :func:`end_to_end_student` checks its
+    featurizer against)."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.mlp.state_dict().items()}, directory / END_TO_END_MLP)
-    return {"file": END_TO_END_MLP, "num_features": int(model.mlp.feature_mean.shape[0]), "num_grades": num_grades,
-            "student": student.model_dump(include=MLP_SETTINGS)}
+    return {"file": END_TO_END_MLP, "num_features": int(model.mlp.feature_mean.shape[0]),
+            "num_grades": int(model.mlp.calibration_bias.shape[0]), "student": student.model_dump(include=MLP_SETTINGS),
+            "lexical_fingerprint": lexical.lexical_fingerprint, "recipe": RECIPE}
 
 
 def end_to_end_student(config: RunConfig, dataset: Dataset, towers: Path, featurizer: PairFeaturizer, out: Path,
@@ -149,9 +175,6 @@ def end_to_end_student(config: RunConfig, dataset: Dataset, towers: Path, featur
     (training read the towers' outputs under its own precision)."""
     from safetensors.torch import load_file
 
-    from relevance.student.featurizer import model_manifest
-    from relevance.student.model import Student, calibrate
-
     towers = Path(towers)
     manifest_path = towers / TOWER_MANIFEST
     tower = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
@@ -159,16 +182,31 @@ def end_to_end_student(config: RunConfig, dataset: Dataset, towers: Path, featur
     if tower.get("objective") != "end_to_end" or not mlp:
         raise ValueError(f"{towers}: not towers trained end to end (objective {tower.get('objective')!r}): they hold "
                          "no MLP; train the student on them instead")
+    # The MLP reads what it was trained on, or nothing: the towers' item and query vectors, the same lexical block.
+    query = featurizer.query_cache.encoder.path if featurizer.query_cache is not None else None
+    expected_query = None if tower["shared"] else str(towers / QUERY_TOWER_DIR)
+    problems = []
     if Path(featurizer.cache.encoder.path).resolve() != towers.resolve():
-        raise ValueError(f"end-to-end student: the featurizer embeds with {featurizer.cache.encoder.path}, not the "
-                         f"towers {towers} the MLP was trained with")
+        problems.append(f"the featurizer embeds items with {featurizer.cache.encoder.path}, not {towers}")
+    if (query is None) != (expected_query is None) or (query and not Path(query).samefile(expected_query)):
+        problems.append(f"the featurizer embeds queries with {query or 'the item tower'}, the MLP was trained on "
+                        f"{expected_query or 'the item tower'}'s query vectors")
+    if featurizer.lexical_fingerprint != mlp.get("lexical_fingerprint"):
+        problems.append("the featurizer's lexical features (catalog, titles, BM25 settings) are not those the MLP was "
+                        "trained with")
     if list(config.student.hidden) != list(mlp["student"]["hidden"]):
-        raise ValueError(f"end-to-end student: student.hidden {config.student.hidden} is not the MLP's "
-                         f"{mlp['student']['hidden']}")
+        problems.append(f"student.hidden {config.student.hidden} is not the MLP's {mlp['student']['hidden']}")
+    if mlp["num_grades"] != dataset.num_grades:
+        problems.append(f"the MLP has {mlp['num_grades']} grades, the data {dataset.num_grades}")
+    if problems:
+        raise ValueError(f"end-to-end student from {towers}: " + "; ".join(problems))
     model = StudentMLP(mlp["num_features"], mlp["num_grades"], mlp["student"]["hidden"], 0.0)
     model.load_state_dict(load_file(towers / mlp["file"]))
     valid = dataset.split("valid")
     vx = torch.from_numpy(featurizer.pair_features(valid, dataset.query_text))
+    if vx.shape[1] != mlp["num_features"]:
+        raise ValueError(f"end-to-end student: the featurizer makes {vx.shape[1]} features, the MLP reads "
+                         f"{mlp['num_features']}")
     vy = torch.from_numpy(valid["grade"].to_numpy(np.int64))
     model.eval()
     with torch.no_grad():
@@ -179,7 +217,8 @@ def end_to_end_student(config: RunConfig, dataset: Dataset, towers: Path, featur
     calibration = calibrate(model, vx, vy, config.student.calibration)
     if calibration is not None:
         metrics["calibration"] = calibration
-    student = config.student.model_copy(update=mlp["student"])
+    # Its initial weights were drawn under the towers' seed: the one the manifest names.
+    student = config.student.model_copy(update={**mlp["student"], "seed": tower["config"]["seed"]})
     Student(model, {"kind": "student", **model_manifest(config, dataset, featurizer, mlp["num_features"]),
                     "config": student.model_dump(),
                     "trained_on": f"end to end with its towers ({END_TO_END_MLP} of {towers.name}) on the soft labels "

@@ -13,6 +13,7 @@ vector is the one the student was trained on. :class:`PairFeaturizer` wires them
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from collections import Counter
@@ -256,8 +257,6 @@ def feature_names(dimension: int) -> list[str]:
 def catalog_hash(item_text: pd.Series) -> str:
     """BM25's IDF and average length come from the catalog: a student records which one it was trained on, and
     the serving export checks it rebuilt the same one."""
-    import hashlib
-
     digest = hashlib.sha256()
     for item_id, text in sorted(item_text.items()):
         digest.update(f"{item_id}\x1f{text}\x1e".encode("utf-8"))
@@ -305,16 +304,33 @@ def model_manifest(config, dataset, featurizer: "PairFeaturizer", num_features: 
 
 
 def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
-                     stored_items: pd.DataFrame | None = None, with_bm25: bool = True) -> "PairFeaturizer":
+                     stored_items: pd.DataFrame | None = None, with_bm25: bool = True,
+                     with_encoder: bool = True) -> "PairFeaturizer":
     """The offline featurizer for a catalog, from :func:`featurizer_settings` (training) or a student's manifest
     (evaluation), which hold the same keys. ``with_bm25=False``: its embeddings only (the pool's embedding
     channel), without building a catalog-wide BM25 index; its lexical features are then unavailable.
 
     ``stored_items`` (indexed by item id: ``embedding``, ``title``, ``lexical_text``), when given, replaces what
     would be computed from ``items``: the pipeline passes the item features it read from the Feast offline
-    store, the ones serving reads online."""
+    store, the ones serving reads online. ``with_encoder=False``: its lexical features only (no encoder loaded)."""
     from relevance.models.bm25 import BM25Index, lexical_item_texts
     from relevance.config import TextConfig
+
+    cache, query_cache = _encoder_caches(settings, cache_dir) if with_encoder else (None, None)
+    if stored_items is None:
+        item_text = lexical_item_texts(items, TextConfig.model_validate(settings["text"]))
+        titles = (items.set_index("item_id")["title"].fillna("").astype(str) if "title" in items.columns
+                  else item_text)
+        vectors = None
+    else:
+        item_text, titles, vectors = stored_items["lexical_text"], stored_items["title"], stored_items["embedding"]
+    bm25 = (BM25Index(item_text.index.to_numpy(), item_text.tolist(), settings["bm25"]["k1"], settings["bm25"]["b"])
+            if with_bm25 else None)
+    return PairFeaturizer(item_text, titles, cache, bm25, vectors, query_cache)
+
+
+def _encoder_caches(settings: dict, cache_dir) -> tuple:
+    """The embedding caches of the encoder and, when one is named, of its separate query tower."""
     from relevance.student.encoder import BiEncoder, EmbeddingCache, check_query_tower, separate_query_tower
 
     encoder = BiEncoder(settings["encoder"], settings["encoder_max_length"])
@@ -331,16 +347,7 @@ def build_featurizer(items: pd.DataFrame, settings: dict, cache_dir,
         raise ValueError(f"{settings['encoder']} holds separate towers (student.towers.shared false): it embeds the "
                          f"items; name its {separate_query_tower(encoder.path)} as student.query_encoder for the "
                          "queries")
-    if stored_items is None:
-        item_text = lexical_item_texts(items, TextConfig.model_validate(settings["text"]))
-        titles = (items.set_index("item_id")["title"].fillna("").astype(str) if "title" in items.columns
-                  else item_text)
-        vectors = None
-    else:
-        item_text, titles, vectors = stored_items["lexical_text"], stored_items["title"], stored_items["embedding"]
-    bm25 = (BM25Index(item_text.index.to_numpy(), item_text.tolist(), settings["bm25"]["k1"], settings["bm25"]["b"])
-            if with_bm25 else None)
-    return PairFeaturizer(item_text, titles, EmbeddingCache(cache_dir, encoder), bm25, vectors, query_cache)
+    return EmbeddingCache(cache_dir, encoder), query_cache
 
 
 def model_featurizer(items: pd.DataFrame, manifest: dict, cache_dir) -> tuple["PairFeaturizer", bool]:
@@ -391,6 +398,14 @@ class PairFeaturizer:
     @property
     def catalog_hash(self) -> str:
         return catalog_hash(self.item_text)
+
+    @property
+    def lexical_fingerprint(self) -> str:
+        """What its lexical features are computed from: their definition, the catalog's texts and titles (BM25's
+        IDF and lengths, the term matches) and BM25's parameters."""
+        bm25 = (self.bm25.retriever.k1, self.bm25.retriever.b) if self.bm25 is not None else None
+        titles = catalog_hash(self.titles.astype(str))
+        return hashlib.sha256(f"{FEATURE_VERSION}:{self.catalog_hash}:{titles}:{bm25}".encode()).hexdigest()[:16]
 
     def query_vectors(self, query_texts: list[str]) -> np.ndarray:
         """Embeddings of the given query texts, in order (each distinct text embedded or looked up once)."""

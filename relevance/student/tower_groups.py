@@ -184,15 +184,18 @@ class QueryGroups:
 
 
 class ValidGroups:
-    """Valid's judged lists as fixed batches: human grades as the targets, every judged item of a query."""
+    """Valid's judged lists as fixed batches: human grades as the targets, every judged item of a query. A list
+    ranks two items or more (``min_items``); a pointwise measure (end to end) reads every judged pair (1)."""
 
-    def __init__(self, pairs: pd.DataFrame, query_table: EmbeddingTable, item_table: EmbeddingTable, size: int):
+    def __init__(self, pairs: pd.DataFrame, query_table: EmbeddingTable, item_table: EmbeddingTable, size: int,
+                 min_items: int = 2):
         self.query_table, self.item_table = query_table, item_table
         groups = [(int(query_table.rows([q], "query id")[0]), item_table.rows(g["item_id"], "item id").astype(np.int64),
-                   g["grade"].to_numpy(np.float32)) for q, g in pairs.groupby("query_id", sort=True) if len(g) >= 2]
+                   g["grade"].to_numpy(np.float32)) for q, g in pairs.groupby("query_id", sort=True)
+                  if len(g) >= min_items]
         if not groups:
-            raise DataContractError("tower distillation: valid has no query with two or more judged items: "
-                                    "nothing to choose the epoch on")
+            raise DataContractError(f"tower distillation: valid has no query with {min_items} or more judged "
+                                    "item(s): nothing to choose the epoch on")
         self.batches = [_padded(groups[first:first + size], max(len(g[1]) for g in groups[first:first + size]))
                         for first in range(0, len(groups), size)]
 

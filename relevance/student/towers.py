@@ -71,7 +71,6 @@ def listwise_kl(query: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, t
     return terms.sum(-1).mean()
 
 
-
 def _group_loss(model: TowerModel, batch: tuple, query_table: EmbeddingTable, item_table: EmbeddingTable,
                 precision: str, config: TowerConfig) -> torch.Tensor:
     """:func:`listwise_kl` of one batch of query groups under ``model``."""
@@ -94,13 +93,14 @@ def _valid_loss(model: TowerModel, valid: ValidGroups, precision: str, config: T
     total = count = 0.0
     with torch.no_grad():
         for batch in valid:
-            total += float(_group_loss(model, batch, valid.query_table, valid.item_table, precision, config)) * len(batch[0])
+            loss = _group_loss(model, batch, valid.query_table, valid.item_table, precision, config)
+            total += float(loss) * len(batch[0])
             count += len(batch[0])
     return total / count
 
 
 class _TowerRun(Hooks):
-    def __init__(self, model: TowerModel, optimizer, source: QueryGroups, valid: tuple, config: TowerConfig,
+    def __init__(self, model: TowerModel, optimizer, source: QueryGroups, valid: ValidGroups, config: TowerConfig,
                  precision: str, key: str, log):
         self.model, self.optimizer, self.source, self.valid = model, optimizer, source, valid
         self.config, self.precision, self.key, self.log = config, precision, key, log
@@ -150,11 +150,15 @@ class _TowerRun(Hooks):
         return _group_loss(self.model, batch, self.source.query_table, self.source.item_table, self.precision,
                            self.config)
 
+    def clipped(self):
+        """The parameters whose gradient norm is clipped (to 1) at each step: the towers'."""
+        return self.model.parameters()
+
     def train_step(self, batch) -> torch.Tensor:
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(list(self.clipped()), 1.0)
         self.optimizer.step()
         return loss
 
@@ -181,7 +185,8 @@ class _TowerRun(Hooks):
 def _check_texts(query_ids: list, query_text: pd.Series) -> None:
     unknown = pd.Index(query_ids).difference(query_text.index)
     if len(unknown):
-        raise DataContractError(f"tower distillation: {len(unknown)} query id(s) have no text, e.g. {list(unknown[:5])}")
+        raise DataContractError(f"tower distillation: {len(unknown)} query id(s) have no text, e.g. "
+                                f"{list(unknown[:5])}")
 
 
 def _check_valid(valid_pairs: pd.DataFrame, query_text: pd.Series, num_grades: int | None) -> None:
@@ -224,40 +229,40 @@ def _tables(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, valid_p
 
 
 def _key(groups: QueryGroups, origin: str, valid_pairs: pd.DataFrame, config: TowerConfig,
-         student: StudentConfig | None, lexical_key: str) -> str:
+         student: StudentConfig | None, lexical) -> str:
     """What the towers are trained from: labels, base weights, valid lists and settings. How often checkpoints are
     written does not change what is trained (a resumed run may change it), nor whether `relevance run` tunes them
     as a step; shared towers, and the listwise objective, keep the key they had before there were others. End to
-    end, the MLP's settings and its lexical inputs count too."""
+    end, the recipe's version, the MLP's settings and what its lexical features are computed from count too."""
     valid_digest = hashlib.sha256(pd.util.hash_pandas_object(valid_pairs[["query_id", "item_id", "grade"]],
                                                              index=False).to_numpy().tobytes()).hexdigest()[:16]
     end_to_end = config.objective == "end_to_end"
     settings = config.model_dump_json(exclude={"checkpoint_every_batches", "enabled", *(["shared"] * config.shared),
                                                *(["objective"] * (not end_to_end))})
     if end_to_end:
-        from relevance.student.end_to_end import MLP_SETTINGS
+        from relevance.student.end_to_end import MLP_SETTINGS, RECIPE
 
-        settings += f"|{student.model_dump_json(include=MLP_SETTINGS)}|{lexical_key}"
+        settings += f"|{RECIPE}|{student.model_dump_json(include=MLP_SETTINGS)}|{lexical.lexical_fingerprint}"
     return hashlib.sha256(f"{groups.fingerprint}|{origin}|{valid_digest}|{settings}".encode()).hexdigest()[:16]
 
 
 def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, valid_pairs: pd.DataFrame,
                   num_grades: int, base: str, max_length: int, config: TowerConfig, out: str | Path,
-                  work: str | Path, log=print, student: StudentConfig | None = None, lexical=None,
-                  lexical_key: str = "") -> Path:
+                  work: str | Path, log=print, student: StudentConfig | None = None, lexical=None) -> Path:
     """Tune the shared tower from ``base`` on the teacher's soft labels in ``chunks`` (label shards of query_id,
     item_id, p_0..p_{K-1}); valid's human-graded lists (``valid_pairs``: query_id, item_id, grade) choose the
     epoch. Writes a Hugging Face model directory to ``out`` (with ``towers.json``: base, settings, history) and
     returns it; an ``out`` already written from the same weights, labels, valid lists and settings is returned as
     is. ``work`` holds the token tables, the query buckets and the checkpoint, so a killed run resumes.
 
-    ``config.objective == "end_to_end"`` needs the student's settings (``student``: its MLP and loss) and its
-    lexical features (``lexical(query texts, item ids)``, the featurizer's; ``lexical_key`` names what they are
-    computed from, BM25's catalog and parameters, so other ones retrain); the MLP is written beside the towers."""
+    ``config.objective == "end_to_end"`` needs the student's settings (``student``: its MLP and loss) and the
+    featurizer of its lexical features (``lexical``: a relevance.student.featurizer.PairFeaturizer, e.g. built
+    ``with_encoder=False``; its lexical_fingerprint keys the run); the MLP is written beside the towers."""
     out, work = Path(out), Path(work)
     end_to_end = config.objective == "end_to_end"
-    if end_to_end and (student is None or lexical is None):
-        raise ValueError("tower distillation end to end: give the student's settings and its lexical features")
+    if end_to_end and (student is None or not hasattr(lexical, "lexical_fingerprint")):
+        raise ValueError("tower distillation end to end: give the student's settings and the featurizer of its "
+                         "lexical features")
     path = resolve_backbone(base)
     if Path(path).resolve() == out.resolve():
         raise ValueError(f"tower distillation: the output {out} is the base model itself; write elsewhere")
@@ -271,7 +276,7 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     # End to end reads the teacher's whole distribution: buckets of their own, the listwise ones left as they are.
     groups = QueryGroups.build(work / ("buckets-probs" if end_to_end else "buckets"), chunks, query_table,
                                item_table, num_grades, config, probs=end_to_end)
-    key = _key(groups, origin, valid_pairs, config, student, lexical_key)
+    key = _key(groups, origin, valid_pairs, config, student, lexical)
     if (out / TOWER_MANIFEST).exists() and json.loads((out / TOWER_MANIFEST).read_text()).get("key") == key:
         log(f"towers: {out} already holds these towers")
         return out
@@ -283,13 +288,11 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
     precision = resolve_precision(config.precision, dev)
     valid = ValidGroups(valid_pairs, query_table, item_table, config.queries_per_batch)
     if end_to_end:  # imported here: that module builds on this one's model and hooks
-        from relevance.student.end_to_end import end_to_end_run, save_mlp
+        from relevance.student.end_to_end import end_to_end_run, lexical_by_id, save_mlp
 
-        def lexical_of(query_ids: list[str], item_ids: list[str]) -> np.ndarray:
-            return np.asarray(lexical(query_text.reindex(query_ids).tolist(), item_ids), dtype=np.float32)
-
-        model, run = end_to_end_run(path, not config.shared, num_grades, student, lexical_of, groups, valid, config,
-                                    precision, key, log, dev)
+        pointwise = ValidGroups(valid_pairs, query_table, item_table, config.queries_per_batch, min_items=1)
+        model, run = end_to_end_run(path, not config.shared, num_grades, student, lexical_by_id(lexical, query_text),
+                                    groups, pointwise, config, precision, key, log, dev)
     else:
         model = TowerModel(path, separate=not config.shared).to(dev)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
@@ -310,7 +313,7 @@ def distil_towers(chunks: Chunks, query_text: pd.Series, item_text: pd.Series, v
                                                  "max_length": max_length, "objective": config.objective,
                                                  "config": config.model_dump(), "best": state.best,
                                                  "base_valid_loss": base_loss, "valid_listwise_kl": tuned_listwise,
-                                                 "mlp": save_mlp(model, student, num_grades, tmp) if end_to_end
+                                                 "mlp": save_mlp(model, student, lexical, tmp) if end_to_end
                                                  else None,
                                                  "history": state.history, "label_sources": len(chunks),
                                                  "steps": state.step})

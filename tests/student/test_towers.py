@@ -224,7 +224,7 @@ def test_bad_inputs_are_refused_before_training(tiny_bert, task, tmp_path):
     with pytest.raises(DataContractError, match="lacks column"):
         towers.distil_towers([("x", lambda: chunks[0][1]().drop(columns="p_4"))], query_text, items, valid, 5,
                              str(tiny_bert), 16, _config(), tmp_path / "t", tmp_path / "w")
-    with pytest.raises(DataContractError, match="two or more judged items"):
+    with pytest.raises(DataContractError, match="2 or more judged item"):
         towers.distil_towers(chunks, query_text, items, valid.drop_duplicates("query_id"), 5, str(tiny_bert), 16,
                              _config(), tmp_path / "t", tmp_path / "w")
     with pytest.raises(DataContractError, match="nothing to rank"):
@@ -325,14 +325,11 @@ def test_towers_as_a_step_are_refused_where_they_cannot_hold():
 
 
 def _lexical(items: pd.Series):
-    """The featurizer's lexical block over the tiny catalog (titles: the item texts; BM25 left at 0)."""
-    from relevance.student.featurizer import lexical_features
+    """The featurizer's lexical block over the tiny catalog (titles: the item texts), without an encoder."""
+    from relevance.models.bm25 import BM25Index
+    from relevance.student.featurizer import PairFeaturizer
 
-    def lexical(query_texts: list[str], item_ids: list[str]) -> np.ndarray:
-        texts = items.reindex(item_ids).tolist()
-        return lexical_features(query_texts, texts, texts, np.zeros(len(texts)))
-
-    return lexical
+    return PairFeaturizer(items, items, None, BM25Index(items.index.to_numpy(), items.tolist()))
 
 
 def _end_to_end(tiny_bert, task, tmp_path, name: str, **overrides):
@@ -342,8 +339,7 @@ def _end_to_end(tiny_bert, task, tmp_path, name: str, **overrides):
     config = _config(objective="end_to_end", **overrides)
     student = StudentConfig(hidden=[16], learning_rate=1e-2, dropout=0.0)
     return towers.distil_towers(chunks, query_text, items, valid, 5, str(tiny_bert), 16, config, tmp_path / name,
-                                tmp_path / f"work-{name}", student=student, lexical=_lexical(items),
-                                lexical_key="tiny")
+                                tmp_path / f"work-{name}", student=student, lexical=_lexical(items))
 
 
 def test_towers_and_mlp_trained_end_to_end_learn_the_teacher(tiny_bert, task, tmp_path):
@@ -408,7 +404,14 @@ def test_the_end_to_end_mlp_becomes_a_student_on_its_towers(finished_run, tmp_pa
     probs = student.predict_proba(featurizer.pair_features(valid, dataset.query_text), calibrated=False)
     accuracy = float((probs.argmax(1) == valid["grade"].to_numpy()).mean())
     assert accuracy == pytest.approx(manifest["metrics"]["best"]["valid_accuracy"], abs=1e-6)
+    # Training's valid measure and the featurizer's agree: the same pairs, the same vectors (fp32 here).
+    trained = json.loads((out / towers.TOWER_MANIFEST).read_text())["best"]["valid_accuracy"]
+    assert accuracy == pytest.approx(trained, abs=1e-6)
     assert "calibration" in manifest["metrics"]
+    other_bm25 = build_featurizer(dataset.items, {**featurizer_settings(tuned), "bm25": {"k1": 0.9, "b": 0.3}},
+                                  chain.embeddings_dir)
+    with pytest.raises(ValueError, match="lexical features"):
+        end_to_end_student(tuned, dataset, out, other_bm25, tmp_path / "other", teacher)
     with pytest.raises(ValueError, match="student.hidden"):
         end_to_end_student(tuned.model_copy(update={"student": tuned.student.model_copy(update={"hidden": [7]})}),
                            dataset, out, featurizer, tmp_path / "other", teacher)
@@ -417,3 +420,26 @@ def test_the_end_to_end_mlp_becomes_a_student_on_its_towers(finished_run, tmp_pa
     plain = Chain(listwise).towers(dataset, tmp_path / "plain")
     with pytest.raises(ValueError, match="not towers trained end to end"):
         end_to_end_student(tuned, dataset, plain, featurizer, tmp_path / "other", teacher)
+
+
+def test_the_listwise_key_is_the_one_finished_runs_hold_and_end_to_end_keys_follow_their_inputs(task):
+    """The key a finished run's towers were written under (before end to end existed) must not move, or every run
+    would tune its towers again; end to end, the MLP's settings and the lexical block's inputs retrain."""
+    from types import SimpleNamespace
+
+    from relevance.config import StudentConfig
+
+    valid = pd.DataFrame({"query_id": ["q1", "q1", "q2"], "item_id": ["a", "b", "a"], "grade": [3, 0, 1]})
+    groups = SimpleNamespace(fingerprint="fp")
+    # Computed with the code of 44c048d, the last commit before the objective setting.
+    assert towers._key(groups, "origin", valid, TowerConfig(epochs=2), None, None) == "94aa618dbaf7bce1"
+    assert towers._key(groups, "origin", valid, TowerConfig(epochs=2, shared=False), None, None) == "25b489397e7b55d8"
+    items = task[2]
+    lexical, other = _lexical(items), _lexical(items.str.upper())
+    assert lexical.lexical_fingerprint != other.lexical_fingerprint
+    e2e = TowerConfig(epochs=2, objective="end_to_end")
+    keys = {towers._key(groups, "origin", valid, e2e, StudentConfig(hidden=[16]), lexical),
+            towers._key(groups, "origin", valid, e2e, StudentConfig(hidden=[32]), lexical),
+            towers._key(groups, "origin", valid, e2e, StudentConfig(hidden=[16]), other),
+            towers._key(groups, "origin", valid, TowerConfig(epochs=2), None, None)}
+    assert len(keys) == 4
