@@ -40,6 +40,7 @@ def run(steps, args, command: str) -> dict:
     from relevance.student.distillation import train_students
     from relevance.student.end_to_end import RECIPE, end_to_end_student
     from relevance.student.featurizer import build_featurizer, featurizer_settings
+    from relevance.models.backbones import resolve_backbone
     from relevance.student.towers import TOWER_MANIFEST
 
     source = load_config(args.config)
@@ -70,7 +71,8 @@ def run(steps, args, command: str) -> dict:
     run_towers = chain.towers_dir / TOWER_MANIFEST
     saved = json.loads(run_towers.read_text()) if run_towers.exists() else {}
     labels_written = max((p.stat().st_mtime for p in chain.labels_dir.glob("*.parquet")), default=float("inf"))
-    if (saved.get("objective") == "listwise_kl" and saved.get("base") == source.student.encoder and saved.get("shared")
+    if (saved.get("objective", "listwise_kl") == "listwise_kl" and saved.get("base") == source.student.encoder
+            and saved.get("shared")
             and saved.get("max_length") == source.student.encoder_max_length
             and run_towers.stat().st_mtime > labels_written
             and {k: v for k, v in saved.get("config", {}).items() if k in towers_settings} == towers_settings):
@@ -96,8 +98,13 @@ def run(steps, args, command: str) -> dict:
     labels = label_chunks(chain.labels_dir, dataset.num_grades, pool_path=chain.pool_path)
 
     def mlp(out: Path, run_config) -> Path:
-        """The run's MLP (width, seed) distilled out of core on ``run_config``'s encoder (unless it is there)."""
-        if not (out / "manifest.json").exists():
+        """The run's MLP (width, seed) distilled out of core on ``run_config``'s encoder (unless it is there: then
+        it must have been trained on that encoder, not on towers the study read before)."""
+        if (out / "manifest.json").exists():
+            trained_on, wanted = read_manifest(out, "student")["encoder"], run_config.student.encoder
+            if Path(resolve_backbone(trained_on)).resolve() != Path(resolve_backbone(wanted)).resolve():
+                raise RuntimeError(f"{out} was trained on {trained_on}, not {wanted}: delete it")
+        else:
             featurizer = build_featurizer(dataset.items, featurizer_settings(run_config), chain.embeddings_dir)
             train_students(run_config, dataset, chain.teacher_dir, labels, {"student": out}, featurizer)
         return out

@@ -9,7 +9,8 @@ size, and both against the impressions alone (1×), with the MLP on the run's tu
 - BM25-only at the same size: the run's pool (impressions + BM25 top-56 of every unjudged query) cut at the smallest
   BM25 depth where it holds at least as many pairs as the multi-channel pool (one rank more would be one rank too
   many), as the scaling study nests its pools.
-- 1×: the impressions alone, the part both pools share.
+- 1×: the impressions alone, the part both pools share. (Every student also distils the teacher's labels of the
+  judged train pairs, as the run's does.)
 
 Not here: 100× pools. Labelling ~2.2M pairs with the MiniLM teacher takes ~1.8 h on these 2 cores per pool kind
 (bf16, ~350 pairs/s: the run's labelling log), before its students; the scaling study's 100× BM25 pool is the one
@@ -201,12 +202,15 @@ def run(steps, args, command: str) -> dict:
               + "; ".join(f"{pool} ({len(pools[pool]):,} pairs, {len(pools[pool]) / train_pairs:.1f}× the train "
                           f"split) {stats[pool]['accuracy'][0]:.4f} ± {stats[pool]['accuracy'][1]:.4f} / "
                           f"{stats[pool]['ndcg@20'][0]:.4f} ± {stats[pool]['ndcg@20'][1]:.4f}" for pool in POOLS)
-              + f"; the teacher {teacher['accuracy']:.4f} / {teacher['ndcg@20']:.4f}. Multi-channel − BM25 only: "
+              + f"; the teacher {teacher['accuracy']:.4f} / {teacher['ndcg@20']:.4f}. Every pool's student also "
+              f"distils the teacher's labels of the {train_pairs:,} judged train pairs. Multi-channel − BM25 only: "
               f"{gap * 100:+.2f} pt accuracy ({'more' if abs(gap) > 2 * noise else 'less'} than two seed standard "
               f"deviations, {2 * noise * 100:.2f} pt), nDCG@20 "
               f"{stats['multi-channel']['ndcg@20'][0] - stats['BM25 only']['ndcg@20'][0]:+.4f}. The multi-channel "
               "pool holds " + ", ".join(f"{n:,} {c}" for c, n in composition["multi-channel"].items())
-              + f" pairs; BM25 only is the run's pool cut at depth {bm25_cut['depth']}. The teacher's mean expected "
+              + " pairs; BM25 only is " + (f"the run's pool cut at depth {bm25_cut['depth']}"
+                                          if bm25_cut["depth"] <= depth else "the run's whole pool")
+              + ". The teacher's mean expected "
               "grade: " + ", ".join(f"{pool} {grades[pool]['expected_grade']:.2f}" for pool in POOLS)
               + ". 100× pools are not in this study (labelling ~2.2M pairs per pool kind takes ~1.8 h on 2 cores).")
     rows = [[name, valid.get(name, ""), s["accuracy"], s["ndcg@20"], s["accuracy"] / teacher["accuracy"],

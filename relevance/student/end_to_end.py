@@ -183,12 +183,19 @@ def end_to_end_student(config: RunConfig, dataset: Dataset, towers: Path, featur
         raise ValueError(f"{towers}: not towers trained end to end (objective {tower.get('objective')!r}): they hold "
                          "no MLP; train the student on them instead")
     # The MLP reads what it was trained on, or nothing: the towers' item and query vectors, the same lexical block.
+    if featurizer.cache is None:
+        raise ValueError(f"end-to-end student from {towers}: the featurizer has no encoder (built for its lexical "
+                         "features only); build it from a config naming the towers")
     query = featurizer.query_cache.encoder.path if featurizer.query_cache is not None else None
     expected_query = None if tower["shared"] else str(towers / QUERY_TOWER_DIR)
     problems = []
     if Path(featurizer.cache.encoder.path).resolve() != towers.resolve():
         problems.append(f"the featurizer embeds items with {featurizer.cache.encoder.path}, not {towers}")
-    if (query is None) != (expected_query is None) or (query and not Path(query).samefile(expected_query)):
+    if featurizer.cache.encoder.max_length != tower["max_length"]:
+        problems.append(f"the featurizer truncates at {featurizer.cache.encoder.max_length} tokens, the towers were "
+                        f"trained at {tower['max_length']}")
+    if (query is None) != (expected_query is None) or (
+            query and Path(query).resolve() != Path(expected_query).resolve()):
         problems.append(f"the featurizer embeds queries with {query or 'the item tower'}, the MLP was trained on "
                         f"{expected_query or 'the item tower'}'s query vectors")
     if featurizer.lexical_fingerprint != mlp.get("lexical_fingerprint"):

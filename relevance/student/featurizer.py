@@ -404,7 +404,7 @@ class PairFeaturizer:
         """What its lexical features are computed from: their definition, the catalog's texts and titles (BM25's
         IDF and lengths, the term matches) and BM25's parameters."""
         bm25 = (self.bm25.retriever.k1, self.bm25.retriever.b) if self.bm25 is not None else None
-        titles = catalog_hash(self.titles.astype(str))
+        titles = catalog_hash(self.titles.fillna("").astype(str))  # as lexical() reads them
         return hashlib.sha256(f"{FEATURE_VERSION}:{self.catalog_hash}:{titles}:{bm25}".encode()).hexdigest()[:16]
 
     def query_vectors(self, query_texts: list[str]) -> np.ndarray:

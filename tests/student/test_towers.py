@@ -368,7 +368,7 @@ def test_towers_and_mlp_trained_end_to_end_learn_the_teacher(tiny_bert, task, tm
                              tmp_path / "work-x")
 
 
-def test_the_end_to_end_mlp_becomes_a_student_on_its_towers(finished_run, tmp_path):
+def test_the_end_to_end_mlp_becomes_a_student_on_its_towers(finished_run, tmp_path, monkeypatch):
     """Chain.towers with objective end_to_end on a finished run's labels (the MLP reads the run's lexical block),
     then relevance.student.end_to_end.end_to_end_student: a student directory whose featurizer embeds with those
     towers, calibrated on valid, which loads and scores like any student; towers without an MLP are refused."""
@@ -382,6 +382,7 @@ def test_the_end_to_end_mlp_becomes_a_student_on_its_towers(finished_run, tmp_pa
     from relevance.student.model import Student
 
     source, config_path = finished_run
+    monkeypatch.setenv("RELEVANCE_CPU_BF16", "0")  # the featurizer's encoder in fp32, as the towers train here
     run = tmp_path / "run"
     shutil.copytree(source / "run", run, ignore=shutil.ignore_patterns("student*", "gbdt_*", "export", "towers"))
     config = load_config(config_path)
