@@ -82,6 +82,16 @@ class Steps:
         return self.root / f"{name}-{_key(inputs)}"
 
 
+def models_key(models: dict) -> dict:
+    """Models to evaluate, as a step's inputs: each name's directory and content version (a model retrained in the
+    same directory is evaluated again)."""
+    def version(directory: Path) -> str:
+        manifest = json.loads((Path(directory) / "manifest.json").read_text())
+        return str(manifest.get("student_version") or manifest.get("teacher_version"))
+
+    return {name: [str(path), version(path)] for name, path in sorted(models.items())}
+
+
 def link(target: Path, at: Path) -> None:
     """``at`` → ``target`` (a symlink), unless ``at`` exists: a study reuses another run's folders without copying."""
     if not at.exists():

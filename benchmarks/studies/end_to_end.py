@@ -30,7 +30,7 @@ SEEDS = (0, 1, 2)  # the MLP's, on each recipe's towers (tuned once, on the towe
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, record, student_settings, table
+    from benchmarks.studies import figure_png, models_key, record, student_settings, table
     from benchmarks.studies.towers import TOWERS
     from relevance.chain import Chain
     from relevance.common.files import read_manifest
@@ -145,12 +145,7 @@ def run(steps, args, command: str) -> dict:
                 scores[name]["valid_accuracy"] = best["valid_accuracy"]
         return scores
 
-    def content(directory: Path) -> str:
-        manifest = json.loads((Path(directory) / "manifest.json").read_text())
-        return str(manifest.get("student_version") or manifest.get("teacher_version"))
-
-    scores = steps("evaluate", {**inputs, "models": {k: [str(v), content(v)] for k, v in sorted(models.items())}},
-                   evaluate)
+    scores = steps("evaluate", {**inputs, "models": models_key(models)}, evaluate)
     teacher = scores["teacher"]
     metrics = ("valid_accuracy", "accuracy", "ndcg@20")
     stats = {recipe: {m: (float(np.mean([scores[n][m] for n in names])),

@@ -19,9 +19,7 @@ measured so far (on the frozen encoder).
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -56,7 +54,7 @@ def _bm25_ranks(config, dataset, pool, depth: int):
 def run(steps, args, command: str) -> dict:
     import pandas as pd
 
-    from benchmarks.studies import figure_png, not_run, record, student_settings, table
+    from benchmarks.studies import figure_png, models_key, not_run, record, student_settings, table
     from relevance.chain import Chain
     from relevance.common.files import read_manifest
     from relevance.config import load_config
@@ -146,12 +144,7 @@ def run(steps, args, command: str) -> dict:
         report = evaluate_models(config, dataset, models, students / "report.json", chain.embeddings_dir)
         return {name: {m: report["models"][name]["overall"][m] for m in ("accuracy", "ndcg@20")} for name in models}
 
-    def content(directory: Path) -> str:
-        manifest = json.loads((Path(directory) / "manifest.json").read_text())
-        return str(manifest.get("student_version") or manifest.get("teacher_version"))
-
-    scores = steps("evaluate", {**inputs, "models": {k: [str(v), content(v)] for k, v in sorted(models.items())}},
-                   evaluate)
+    scores = steps("evaluate", {**inputs, "models": models_key(models)}, evaluate)
     teacher = scores["teacher"]
     valid = {name: read_manifest(models[name], "student")["metrics"]["best"]["valid_accuracy"]
              for name in models if name != "teacher"}

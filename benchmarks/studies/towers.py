@@ -52,7 +52,7 @@ def _same_settings(chain, source) -> bool:
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, record, student_settings, table
+    from benchmarks.studies import figure_png, models_key, record, student_settings, table
     from relevance.chain import Chain
     from relevance.common.files import read_manifest
     from relevance.config import load_config
@@ -237,12 +237,7 @@ def run(steps, args, command: str) -> dict:
                 scores[name]["valid_accuracy"] = best["valid_accuracy"]
         return scores
 
-    def version(directory: Path) -> str:
-        manifest = json.loads((Path(directory) / "manifest.json").read_text())
-        return str(manifest.get("student_version") or manifest.get("teacher_version"))
-
-    scores = steps("evaluate", {**inputs, "models": {k: [str(v), version(v)] for k, v in sorted(models.items())}},
-                   evaluate)
+    scores = steps("evaluate", {**inputs, "models": models_key(models)}, evaluate)
     teacher = scores["teacher"]
     rows = [[name, s.get("valid_accuracy", ""), s["accuracy"], s["ndcg@20"], s["accuracy"] / teacher["accuracy"],
              s["ndcg@20"] / teacher["ndcg@20"]] for name, s in scores.items()]
