@@ -166,7 +166,8 @@ class PoolLabellingConfig(Strict):
 
 class TowerConfig(Strict):
     """Tower distillation (relevance.student.towers): the student's bi-encoder tuned on the teacher's soft labels
-    with a listwise KL within each query's pool candidates, before the MLP is trained on the tuned vectors.
+    with a listwise KL within each query's pool candidates, before the MLP is trained on the tuned vectors (or
+    together with the MLP: ``objective``; on Home Depot the two stages test better, report#end_to_end).
     ``max_queries_per_epoch`` bounds an epoch's work (on 2 cores a MiniLM-L6 step over 16 queries × 8 items
     takes about 3.5 s in bf16): each epoch then takes that many queries from its query buckets, visited in a new
     random order (relevance.student.tower_groups.QueryGroups).
