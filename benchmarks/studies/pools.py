@@ -1,6 +1,7 @@
 """Harder pools on Home Depot: the same teacher labelling a pool whose candidates come from several channels (BM25,
 the tuned tower's nearest items, the current student's own top-ranked items) against a BM25-only pool of the same
-size, and both against the impressions alone (1×), with the MLP on the run's tuned towers and 3 seeds each.
+size, and both against the impressions alone (1×), with the MLP on the run's tuned towers and, for comparison, on
+the frozen MiniLM, 3 seeds each.
 
 - The towers are the bench-quality-minilm run's (tuned once on the towers study's budget, reused for every MLP:
   the issue's fallback, as tuning them per pool does not fit 2 cores). Its students' encoders and labels are
@@ -23,7 +24,8 @@ import sys
 
 import numpy as np
 
-TITLE = "Harder pools: multi-channel candidates (BM25, tuned-tower ANN, the student's own top items) vs BM25 alone"
+TITLE = ("Harder pools: multi-channel candidates (BM25, tuned-tower ANN, the student's own top items) vs BM25 alone, "
+         "on tuned and frozen towers")
 QUESTION = ("At the same pool size and labelling budget, do candidates from several retrieval channels teach the "
             "student more than BM25's alone, and how far are both above the impressions alone (1×)?")
 # Per unjudged query: BM25 top-24, the tuned tower's 24 nearest items, and the 16 best of the current student's
@@ -128,17 +130,22 @@ def run(steps, args, command: str) -> dict:
              "BM25 only": bm25, "multi-channel": multi}
     train_pairs = len(dataset.split("train"))
 
-    students = steps.directory("students", {**inputs, "student": student_settings(config.student)})
-    featurizer = build_featurizer(dataset.items, featurizer_settings(config), chain.embeddings_dir)
+    # The same MLPs on the frozen MiniLM too: whether the tuned towers' gain holds on every pool.
+    frozen = config.model_copy(deep=True)
+    frozen.student = config.student.model_copy(update={"encoder": source.student.encoder, "query_encoder": None})
     models = {"teacher": chain.teacher_dir}
-    for name in POOLS:  # the smallest first: an interrupted run has its cheap rows (a student resumes)
-        for seed in SEEDS:
-            out = students / f"{name.split()[0].replace('×', 'x')}-seed-{seed}"
-            seeded = config.model_copy(deep=True)
-            seeded.student.seed = seed
-            frame = pools[name].drop(columns=["channel", "rank"], errors="ignore")
-            train_students(seeded, dataset, chain.teacher_dir, frame, {"student": out}, featurizer)
-            models[f"{name}, seed {seed}"] = out
+    for kind, kind_config in (("", config), (", frozen towers", frozen)):
+        students = steps.directory("students", {**inputs, "student": student_settings(kind_config.student)})
+        featurizer = build_featurizer(dataset.items, featurizer_settings(kind_config), chain.embeddings_dir)
+        for name in POOLS:  # the smallest first: an interrupted run has its cheap rows (a student resumes)
+            for seed in SEEDS:
+                out = students / f"{name.split()[0].replace('×', 'x')}-seed-{seed}"
+                seeded = kind_config.model_copy(deep=True)
+                seeded.student.seed = seed
+                frame = pools[name].drop(columns=["channel", "rank"], errors="ignore")
+                train_students(seeded, dataset, chain.teacher_dir, frame, {"student": out}, featurizer)
+                models[f"{name}{kind}, seed {seed}"] = out
+    students = steps.directory("students", {**inputs, "student": student_settings(config.student)})
 
     def evaluate() -> dict:
         report = evaluate_models(config, dataset, models, students / "report.json", chain.embeddings_dir)
@@ -155,6 +162,8 @@ def run(steps, args, command: str) -> dict:
         return float(values.mean()), float(values.std(ddof=1))
 
     stats = {pool: {m: spread(pool, m) for m in ("valid_accuracy", "accuracy", "ndcg@20")} for pool in POOLS}
+    frozen_stats = {pool: {m: spread(f"{pool}, frozen towers", m) for m in ("valid_accuracy", "accuracy", "ndcg@20")}
+                    for pool in POOLS}
     composition = {pool: {c: int(n) for c, n in frame["channel"].value_counts().items()}
                    for pool, frame in pools.items()}
     grades = {}
@@ -171,11 +180,15 @@ def run(steps, args, command: str) -> dict:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, metric in zip(axes[:2], ("accuracy", "ndcg@20")):
         means = [stats[pool][metric][0] for pool in POOLS]
-        ax.bar(range(len(POOLS)), means, yerr=[stats[pool][metric][1] for pool in POOLS], capsize=6,
-               color=["tab:gray", "tab:blue", "tab:orange"])
+        frozen_means = [frozen_stats[pool][metric][0] for pool in POOLS]
+        at = np.arange(len(POOLS))
+        ax.bar(at - 0.2, means, 0.4, yerr=[stats[pool][metric][1] for pool in POOLS], capsize=4,
+               color="tab:orange", label="tuned towers")
+        ax.bar(at + 0.2, frozen_means, 0.4, yerr=[frozen_stats[pool][metric][1] for pool in POOLS], capsize=4,
+               color="tab:gray", label="frozen MiniLM")
         ax.axhline(teacher[metric], color="tab:green", ls="--", label="teacher")
-        ax.set_xticks(range(len(POOLS)), [f"{p}\n{len(pools[p]):,} pairs" for p in POOLS], fontsize=8)
-        ax.set_ylim(min(means + [teacher[metric]]) - 0.01, max(means + [teacher[metric]]) + 0.005)
+        ax.set_xticks(at, [f"{p}\n{len(pools[p]):,} pairs" for p in POOLS], fontsize=8)
+        ax.set_ylim(min(means + frozen_means + [teacher[metric]]) - 0.01, max(means + [teacher[metric]]) + 0.005)
         ax.set_ylabel(f"test {metric} (mean ± std, {len(SEEDS)} seeds)")
         ax.legend(fontsize=8)
     bottom = np.zeros(len(POOLS))
@@ -205,6 +218,11 @@ def run(steps, args, command: str) -> dict:
                                           if bm25_cut["depth"] <= depth else "the run's whole pool")
               + ". The teacher's mean expected "
               "grade: " + ", ".join(f"{pool} {grades[pool]['expected_grade']:.2f}" for pool in POOLS)
+              + ". The same MLPs on the frozen MiniLM: "
+              + "; ".join(f"{pool} {frozen_stats[pool]['accuracy'][0]:.4f} ± {frozen_stats[pool]['accuracy'][1]:.4f} "
+                          f"/ {frozen_stats[pool]['ndcg@20'][0]:.4f} (tuned − frozen "
+                          f"{(stats[pool]['accuracy'][0] - frozen_stats[pool]['accuracy'][0]) * 100:+.2f} pt)"
+                          for pool in POOLS)
               + ". 100× pools are not in this study (labelling ~2.2M pairs per pool kind takes ~1.8 h on 2 cores).")
     rows = [[name, valid.get(name, ""), s["accuracy"], s["ndcg@20"], s["accuracy"] / teacher["accuracy"],
              s["ndcg@20"] / teacher["ndcg@20"]] for name, s in scores.items()]
@@ -221,4 +239,6 @@ def run(steps, args, command: str) -> dict:
         channels=CHANNELS, seeds=list(SEEDS), bm25_depth=bm25_cut["depth"],
         pools={pool: {"pairs": len(pools[pool]), "channels": composition[pool], **grades[pool],
                       **{m: {"mean": stats[pool][m][0], "sd": stats[pool][m][1]}
-                         for m in ("valid_accuracy", "accuracy", "ndcg@20")}} for pool in POOLS})
+                         for m in ("valid_accuracy", "accuracy", "ndcg@20")},
+                      "frozen_towers": {m: {"mean": frozen_stats[pool][m][0], "sd": frozen_stats[pool][m][1]}
+                                        for m in ("valid_accuracy", "accuracy", "ndcg@20")}} for pool in POOLS})
