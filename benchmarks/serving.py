@@ -504,6 +504,7 @@ def student_encoders(workdir: Path) -> dict:
     query = manifest.get("query_encoder")
     made = Path(query) / QUERY_TOWER_MANIFEST if query else None
     layers = json.loads(made.read_text()).get("layers") if made is not None and made.exists() else None
+
     def shown(name: str) -> str:  # a path inside the checkout, relative to it (a backbone's name as it is)
         return str(Path(name).relative_to(ROOT)) if Path(name).is_absolute() and Path(name).is_relative_to(ROOT) \
             else name

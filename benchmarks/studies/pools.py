@@ -35,24 +35,6 @@ SEEDS = (0, 1, 2)
 POOLS = ("1× impressions", "BM25 only", "multi-channel")
 
 
-def _bm25_ranks(config, dataset, pool, depth: int):
-    """The run's pool with each pair's rank in its query's BM25 list (impressions: ``depth``)."""
-    import pandas as pd
-
-    from relevance.labels.channels import iter_bm25_candidates
-    from relevance.models.bm25 import BM25Index
-
-    index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
-    queries = dataset.queries[dataset.queries["query_id"].isin(set(pool.loc[pool["channel"] == "bm25",
-                                                                             "query_id"]))]
-    # Ranks in BM25's own list (judged pairs counted, as the pool took the top-K before leaving them out).
-    ranked = pd.concat(list(iter_bm25_candidates(index, queries, depth)), ignore_index=True)
-    ranked["rank"] = ranked.groupby("query_id", sort=False).cumcount()
-    pool = pool.merge(ranked[["query_id", "item_id", "rank"]], how="left", on=["query_id", "item_id"])
-    pool["rank"] = pool["rank"].fillna(depth).astype(int)
-    return pool
-
-
 def run(steps, args, command: str) -> dict:
     import pandas as pd
 
@@ -104,14 +86,14 @@ def run(steps, args, command: str) -> dict:
     depth = source.candidates.top_k
 
     def ranked_run_pool() -> dict:
-        from benchmarks.studies.scaling import nested_depths
+        from benchmarks.studies.scaling import bm25_ranks, nested_depths
 
         run_pool = pd.read_parquet(chain.pool_path)
         others = set(run_pool["channel"]) - {"impression", "bm25"}
         if others:
             raise SystemExit(f"{chain.pool_path} holds {sorted(others)} pairs besides BM25's and the impressions: the "
                              "BM25-only pool is cut from a run whose pool is BM25's alone")
-        run_pool = _bm25_ranks(source, dataset, run_pool, depth)
+        run_pool = bm25_ranks(source, dataset, run_pool, depth)
         run_pool["impression"] = run_pool["channel"] == "impression"
         try:  # the scaling study's nesting: the smallest depth whose pool holds the multi-channel pool's pairs
             cut = nested_depths(run_pool, len(multi), (1,))[1]

@@ -52,30 +52,39 @@ def nested_depths(pool, train_pairs: int, multiples) -> dict[int, int]:
     return out
 
 
+def bm25_ranks(config, dataset, pool, depth: int):
+    """``pool`` with each pair's rank in its query's BM25 list, judged pairs counted as the pool's top-K counted
+    them before leaving them out (pairs outside the top ``depth``, e.g. impressions: ``depth``)."""
+    import pandas as pd
+
+    from relevance.labels.channels import iter_bm25_candidates
+    from relevance.models.bm25 import BM25Index
+
+    index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
+    queries = dataset.queries[dataset.queries["query_id"].isin(set(pool["query_id"]))]
+    candidates = pd.concat(list(iter_bm25_candidates(index, queries, depth)), ignore_index=True)
+    candidates["rank"] = candidates.groupby("query_id", sort=False).cumcount()
+    pool = pool.merge(candidates[["query_id", "item_id", "rank"]], how="left", on=["query_id", "item_id"])
+    pool["rank"] = pool["rank"].fillna(depth).astype(int)
+    return pool
+
+
 def _ranked_pool(config, dataset, work: Path):
     """The deepest pool (relevance.labels.pool.build_pool at MAX_DEPTH) with, per pair, whether it is an impression and
     its rank in its query's BM25 list."""
     import pandas as pd
 
-    from relevance.labels.channels import iter_bm25_candidates
     from relevance.labels.pool import build_pool
-    from relevance.models.bm25 import BM25Index
 
     pool_path = work / "pool.parquet"
     if not pool_path.exists():
         build_pool(config, dataset, pool_path, work / "data" / "impressions.parquet")
     ranked = work / "ranks.parquet"
     if not ranked.exists():
-        pool = pd.read_parquet(pool_path)
+        pool = bm25_ranks(config, dataset, pd.read_parquet(pool_path), MAX_DEPTH)
         impressions = pd.read_parquet(work / "data" / "impressions.parquet", columns=["query_id", "item_id"])
-        index = BM25Index.for_items(dataset.items, config.text, config.candidates.k1, config.candidates.b)
-        queries = dataset.queries[dataset.queries["query_id"].isin(set(pool["query_id"]))]
-        candidates = pd.concat(list(iter_bm25_candidates(index, queries, MAX_DEPTH)), ignore_index=True)
-        candidates["rank"] = candidates.groupby("query_id", sort=False).cumcount()
-        pool = pool.merge(candidates[["query_id", "item_id", "rank"]], how="left", on=["query_id", "item_id"])
         pool["impression"] = pd.MultiIndex.from_frame(pool[["query_id", "item_id"]]).isin(
             pd.MultiIndex.from_frame(impressions))
-        pool["rank"] = pool["rank"].fillna(MAX_DEPTH).astype(int)
         pool.to_parquet(ranked, index=False)
     return pool_path, pd.read_parquet(ranked)
 

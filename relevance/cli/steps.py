@@ -171,8 +171,8 @@ def distil_towers(config: Optional[Path] = ConfigOption, profile: Optional[str] 
                                                                          "<workdir>/towers).")):
     """Tune the student's bi-encoder on the teacher's labels of the pool (student.towers: listwise KL within each
     query's candidates, or with objective end_to_end together with the student's MLP; valid's judged lists pick the
-    epoch). Resumes a killed run. Name the directory it writes
-    as student.encoder (in a new workdir) to train the MLP on the tuned vectors."""
+    epoch). Resumes a killed run. Name the directory it writes as student.encoder (in a new workdir) to train the
+    MLP on the tuned vectors."""
     from relevance.student.encoder import separate_query_tower
 
     chain = open_chain(config, profile, workdir)

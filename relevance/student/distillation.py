@@ -253,4 +253,3 @@ def train_students(config: RunConfig, dataset: Dataset, teacher_dir: Path, label
                         "distillation_pairs": int(rows), "metrics": metrics}).save(out)
         shutil.rmtree(work, ignore_errors=True)
     return outputs
-
