@@ -127,19 +127,17 @@ def _query_side(query: str) -> _Query:
 
 
 @functools.lru_cache(maxsize=1 << 18)
-def _item_side(text: str, title: str) -> tuple[np.ndarray, str, int, float]:
-    """(keys, joined words, number of title trigrams, log1p of the word count) of an item's text and title.
-
-    Cached across calls: items recur across queries (offline) and across requests (online), and this is the
-    featurizer's costliest part."""
+def _item_side(text: str, title: str) -> tuple[bytes, int, str, int, float]:
+    """(keys as a sorted int64 array's bytes, their number, joined words, title trigrams, log1p of the word count)
+    of an item. Bytes, because a request joins its candidates' keys in one ``bytes.join`` (~40 µs less than an
+    ``np.concatenate`` of 100 arrays). Cached: items recur across queries and requests; the costliest part."""
     tokens = tokenize_words(text)
     trigrams = _trigrams(title)
     keys = ({_key(_TEXT_WORD, token) for token in tokens} | {_key(_TEXT_PREFIX, token[:4]) for token in tokens}
             | {_key(_TITLE_WORD, token) for token in tokenize_words(title)}
             | {_key(_TITLE_TRIGRAM, trigram) for trigram in trigrams})
-    array = np.array(sorted(keys), dtype=np.int64)
-    array.flags.writeable = False  # shared by every later call
-    return array, f" {' '.join(tokens)} ", len(trigrams), math.log1p(len(tokens))
+    return (np.array(sorted(keys), dtype=np.int64).tobytes(), len(keys), f" {' '.join(tokens)} ", len(trigrams),
+            math.log1p(len(tokens)))
 
 
 def _trigrams(text: str) -> frozenset[str]:
@@ -147,22 +145,21 @@ def _trigrams(text: str) -> frozenset[str]:
     return frozenset(padded[i:i + 3] for i in range(len(padded) - 2))
 
 
-def _counts(query: _Query, sides: list[tuple]) -> np.ndarray:
-    """[n, _COUNTS] int64: for each item, the weights of the query's keys it holds, summed."""
-    n = len(sides)
+def _counts(query: _Query, keys: tuple[bytes, ...] | list[bytes], lengths) -> np.ndarray:
+    """[n, _COUNTS] int64: for each item (keys and their number from _item_side), its query keys' weights summed."""
+    n = len(keys)
     if not len(query.keys) or not n:
         return np.zeros((n, _COUNTS), dtype=np.int64)
-    arrays = [side[0] for side in sides]
-    keys = np.concatenate(arrays)
+    joined = np.frombuffer(b"".join(keys), dtype=np.int64)
     if query.table is not None:
-        slots = ((keys >> query.shift) if query.shift else keys) & (len(query.table) - 1)
-        hits = np.flatnonzero(query.table[slots] == keys)
+        slots = ((joined >> query.shift) if query.shift else joined) & (len(query.table) - 1)
+        hits = np.flatnonzero(query.table[slots] == joined)
         matched = query.position[slots[hits]]
     else:
-        at = np.minimum(np.searchsorted(query.keys, keys), len(query.keys) - 1)
-        hits = np.flatnonzero(query.keys[at] == keys)
+        at = np.minimum(np.searchsorted(query.keys, joined), len(query.keys) - 1)
+        hits = np.flatnonzero(query.keys[at] == joined)
         matched = at[hits]
-    ends = np.cumsum(np.fromiter(map(len, arrays), dtype=np.int64, count=n))
+    ends = np.cumsum(lengths)
     owner = np.searchsorted(ends, hits, side="right")  # the item each hit belongs to
     cells = (owner[:, None] * _COUNTS + np.arange(_COUNTS)).ravel()
     summed = np.bincount(cells, weights=query.weights[matched].ravel(), minlength=n * _COUNTS)
@@ -181,10 +178,13 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
         raise ValueError(f"expected equal lengths, got queries={len(queries)} item_texts={len(item_texts)} "
                          f"titles={len(titles)} bm25={len(bm25)}")
     n = len(queries)
-    item_texts, titles = list(item_texts), list(titles)  # by position, whatever sequence they came in
-    rows_of: dict[str, list[int]] = {}
-    for row, query in enumerate(queries):
-        rows_of.setdefault(query, []).append(row)
+    queries, item_texts, titles = list(queries), list(item_texts), list(titles)  # by position, whatever they came in
+    if n and queries.count(queries[0]) == n:  # a request: one query, every row (no grouping, no gathering)
+        rows_of: dict[str, list[int] | None] = {queries[0]: None}
+    else:
+        rows_of = {}
+        for row, query in enumerate(queries):
+            rows_of.setdefault(query, []).append(row)
     counts = np.zeros((n, _COUNTS), dtype=np.int64)
     per_query = np.zeros((3, n), dtype=np.int64)  # terms, numeric terms, trigrams of the query
     title_trigrams = np.zeros(n, dtype=np.int64)
@@ -192,17 +192,18 @@ def lexical_features(queries: list[str], item_texts: list[str], titles: list[str
     log_terms, log_words = np.zeros(n), np.zeros(n)
     for query, rows in rows_of.items():
         q = _query_side(query)
-        single = len(rows_of) == 1  # a request: every row, no gathering
-        at = slice(None) if single else np.asarray(rows)
-        sides = [_item_side(text, title) for text, title in
-                 (zip(item_texts, titles) if single else ((item_texts[row], titles[row]) for row in rows))]
-        counts[at] = _counts(q, sides)
+        if rows is None:
+            at, sides = slice(None), list(map(_item_side, item_texts, titles))
+        else:
+            at, sides = np.asarray(rows), [_item_side(item_texts[row], titles[row]) for row in rows]
+        keys, lengths, joined, trigrams, words = zip(*sides)
+        counts[at] = _counts(q, keys, lengths)
         per_query[:, at] = np.array([[q.n_terms], [q.n_numbers], [q.n_trigrams]])
-        title_trigrams[at] = [side[2] for side in sides]
+        title_trigrams[at] = trigrams
         if q.n_terms:
-            phrase[at] = [q.phrase in side[1] for side in sides]
+            phrase[at] = [q.phrase in text for text in joined]
         log_terms[at] = q.log_terms
-        log_words[at] = [side[3] for side in sides]
+        log_words[at] = words
     matched, matched_title, prefix, numbers_found, shared = counts.T
     n_terms, n_numbers, query_trigrams = per_query
     union = query_trigrams + title_trigrams - shared

@@ -147,11 +147,12 @@ def test_term_counts_by_key_equal_set_intersections_with_or_without_the_query_ta
             monkeypatch.setattr(featurizer, "_MAX_TABLE_BITS", bits)
             featurizer._query_side.cache_clear()
             sides = [featurizer._item_side(t, ti) for t, ti in zip(texts, titles)]
-            one_by_one = np.concatenate([featurizer._counts(featurizer._query_side(q), [side])
+            one_by_one = np.concatenate([featurizer._counts(featurizer._query_side(q), [side[0]], [side[1]])
                                          for q, side in zip(queries, sides)])
             np.testing.assert_array_equal(one_by_one, expected)
             for q in queries[:5]:  # every item at once: each hit summed into its own item's row
-                np.testing.assert_array_equal(featurizer._counts(featurizer._query_side(q), sides),
+                keys, lengths = [side[0] for side in sides], [side[1] for side in sides]
+                np.testing.assert_array_equal(featurizer._counts(featurizer._query_side(q), keys, lengths),
                                               [by_sets(q, t, ti) for t, ti in zip(texts, titles)])
             tables = [featurizer._query_side(q).table is not None for q in queries]
             assert (not any(tables)) if bits == 0 else sum(tables) > len(queries) // 2
