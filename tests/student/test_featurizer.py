@@ -59,6 +59,11 @@ def test_lexical_features_do_not_depend_on_how_rows_are_grouped():
     alone = np.concatenate([lexical_features([q], [t], [ti], bm25[n:n + 1])
                             for n, (q, t, ti) in enumerate(zip(queries, texts, titles))])
     np.testing.assert_array_equal(together, alone)
+    for query in set(queries):  # one query's rows as a request (the one-query path), its queries a shuffled Series
+        rows = [n for n, q in enumerate(queries) if q == query]
+        request = lexical_features(pd.Series([query] * len(rows), index=rng.permutation(len(rows))),
+                                   [texts[n] for n in rows], [titles[n] for n in rows], bm25[rows])
+        np.testing.assert_array_equal(request, alone[rows])
     named = dict(zip(LEXICAL_FEATURES[1:], lexical_features(["2 x 4 stud 2"], ["2 x 4 stud"], ["stud"],
                                                             np.array([1.0]))[0]))
     assert named["numbers_matched"] == 1 and named["terms_matched"] == 1 and named["terms_matched_title"] == 1 / 5
