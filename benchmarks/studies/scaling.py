@@ -179,11 +179,12 @@ def run(steps, args, command: str) -> dict:
                                                  work / "embeddings")
         return featurizers[kind]
 
-    # Cheapest first, so that an interrupted run has the fp32 check and the small pools (students resume); at each
-    # size the tuned towers first. m = 0: the judged train pairs alone (human labels only).
-    jobs = [(FROZEN, MULTIPLES[0], seed, "fp32") for seed in SEEDS]
-    jobs += [(kind, m, seed, "bf16") for m in (0, *MULTIPLES) for kind in sorted(kinds, key=lambda k: k != TUNED)
-             for seed in SEEDS]
+    # The tuned towers' curve first (the question of the issue: does 100× beat 10× on them?), then the fp32 check
+    # and the frozen curve; each the cheapest first, so an interrupted run has the most rows (students resume).
+    # m = 0: the judged train pairs alone (human labels only).
+    jobs = [(TUNED, m, seed, "bf16") for m in (0, *MULTIPLES) for seed in SEEDS if TUNED in kinds]
+    jobs += [(FROZEN, MULTIPLES[0], seed, "fp32") for seed in SEEDS]
+    jobs += [(FROZEN, m, seed, "bf16") for m in (0, *MULTIPLES) for seed in SEEDS]
     models = {"teacher": work / "teacher"}
     pairs = {m: int(len(pool_of(m))) for m in MULTIPLES}
     for kind, m, seed, precision in jobs:
