@@ -82,6 +82,16 @@ class Steps:
         return self.root / f"{name}-{_key(inputs)}"
 
 
+def on_run_towers(student, towers_dir: Path) -> tuple:
+    """``student`` (a StudentConfig) reading the run's tuned towers as its one encoder, the run's encoder steps
+    off, and the towers' fingerprint (for a study's cache key): the towers tuned once and reused for every MLP."""
+    from relevance.student.encoder import BiEncoder
+
+    towers = str(Path(towers_dir).resolve())
+    tuned = student.without_encoder_steps().model_copy(update={"encoder": towers, "query_encoder": None})
+    return tuned, BiEncoder(towers, tuned.encoder_max_length).fingerprint
+
+
 def models_key(models: dict) -> dict:
     """Models to evaluate, as a step's inputs: each name's directory and content version (a model retrained in the
     same directory is evaluated again)."""

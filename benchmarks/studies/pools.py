@@ -38,7 +38,7 @@ POOLS = ("1× impressions", "BM25 only", "multi-channel")
 def run(steps, args, command: str) -> dict:
     import pandas as pd
 
-    from benchmarks.studies import figure_png, models_key, not_run, record, student_settings, table
+    from benchmarks.studies import figure_png, models_key, not_run, on_run_towers, record, student_settings, table
     from relevance.chain import Chain
     from relevance.common.files import read_manifest
     from relevance.config import load_config
@@ -47,7 +47,6 @@ def run(steps, args, command: str) -> dict:
     from relevance.labels.labelling import label_pool, pool_fingerprint, read_labels
     from relevance.labels.pool import build_pool
     from relevance.student.distillation import train_students
-    from relevance.student.encoder import BiEncoder
     from relevance.student.featurizer import build_featurizer, featurizer_settings
     from relevance.student.towers import TOWER_MANIFEST
 
@@ -58,13 +57,10 @@ def run(steps, args, command: str) -> dict:
     dataset = chain.dataset()
     k = dataset.num_grades
     version = read_manifest(chain.teacher_dir, "teacher")["teacher_version"]
-    towers = chain.towers_dir.resolve()
     config = source.model_copy(deep=True)
-    config.student = source.student.without_encoder_steps().model_copy(update={"encoder": str(towers),
-                                                                              "query_encoder": None})
+    config.student, towers = on_run_towers(source.student, chain.towers_dir)
     channel_student = chain.student_dirs["student"]  # the run's student: its own top-ranked items
-    inputs = {"teacher": version, "pool": pool_fingerprint(chain.pool_path),
-              "towers": BiEncoder(str(towers), source.student.encoder_max_length).fingerprint,
+    inputs = {"teacher": version, "pool": pool_fingerprint(chain.pool_path), "towers": towers,
               "channel_student": read_manifest(channel_student, "student")["student_version"], "channels": CHANNELS}
 
     # The multi-channel pool, built and labelled under the study's cache (each label shard resumes).

@@ -103,7 +103,7 @@ def _ranked_pool(config, dataset, work: Path):
 
 
 def run(steps, args, command: str) -> dict:
-    from benchmarks.studies import figure_png, link, models_key, record, student_settings, table
+    from benchmarks.studies import figure_png, link, models_key, on_run_towers, record, student_settings, table
     from relevance.chain import Chain
     from relevance.common.files import read_manifest
     from relevance.config import load_config
@@ -111,7 +111,6 @@ def run(steps, args, command: str) -> dict:
     from relevance.evaluation.evaluate import evaluate_models
     from relevance.labels.labelling import label_pool, read_labels
     from relevance.student.distillation import train_students
-    from relevance.student.encoder import BiEncoder
     from relevance.student.featurizer import build_featurizer, featurizer_settings
     from relevance.student.towers import TOWER_MANIFEST
 
@@ -159,8 +158,7 @@ def run(steps, args, command: str) -> dict:
     kinds = {FROZEN: (config, "")}
     if (chain.towers_dir / TOWER_MANIFEST).exists():
         tuned = config.model_copy(deep=True)
-        tuned.student = config.student.without_encoder_steps().model_copy(
-            update={"encoder": str(chain.towers_dir.resolve()), "query_encoder": None})
+        tuned.student, towers = on_run_towers(config.student, chain.towers_dir)
         kinds[TUNED] = (tuned, ", tuned towers")
     else:
         print(f"   scaling: {chain.towers_dir} holds no tuned towers; the frozen MiniLM's students only", flush=True)
@@ -169,8 +167,7 @@ def run(steps, args, command: str) -> dict:
         inputs = {"teacher": version, "max_depth": MAX_DEPTH, "student": STUDENT, "epochs": EPOCHS,
                   "base": student_settings(kind_config.student)}
         if kind == TUNED:
-            student = kind_config.student
-            inputs["towers"] = BiEncoder(student.encoder, student.encoder_max_length).fingerprint
+            inputs["towers"] = towers
         students[kind] = steps.directory("students", inputs)
 
     def featurizer_of(kind: str):
