@@ -15,6 +15,14 @@ Each batch's vectors are assembled on the fly from a gather into the tables (:cl
 the tables' working set plus a shuffle window, whatever the pool size. Pair shards are written one per input chunk
 (one per label shard) through an atomic rename and skipped when already written for the same source, so a killed
 build resumes without losing or repeating a row.
+
+A pool comes grouped by query (relevance.labels.pool buckets it by a hash of the query id, and labelling keeps
+that order), so a shard holds a few dozen queries' candidates. A window of whole shards would then feed SGD a few
+percent of the queries for thousands of steps, and the bigger the pool the smaller that share. So a shard's rows
+are written shuffled, in row groups of PAIR_ROW_GROUP, and a window gathers row groups drawn from the whole pool:
+the same memory, candidates of queries from every part of the pool. The price: a window touches query-table
+rows all over the table (pages of a memory-mapped file, released per window), at most one per pair of the window
+whatever the pool's size, where a window of shards in label order touched a few runs of rows.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ from relevance.student.featurizer import LEXICAL_FEATURES, assemble
 from relevance.common.files import atomic_directory, atomic_write, atomic_write_json
 
 PAIR_SHARD = "pairs-{:05d}.parquet"
+# Rows per row group of a pair shard: the unit a shuffle window draws from the pool (smaller mixes better; each
+# group read costs a parquet page per column). LAYOUT names how shards are written, so a shard left by another
+# layout (whole shards, rows in label order) is rewritten rather than reused.
+PAIR_ROW_GROUP = 2048
+PAIR_LAYOUT = f"shuffled-row-groups-{PAIR_ROW_GROUP}"
 LEXICAL_COLUMNS = [f"x_{name}" for name in LEXICAL_FEATURES[1:]]  # cosine is computed from the embeddings
 
 
@@ -127,6 +140,12 @@ class EmbeddingTable:
         return cls(directory)
 
 
+def _row_groups(path: Path) -> list[int]:
+    """The rows of each row group of a pair shard."""
+    metadata = pq.ParquetFile(path).metadata
+    return [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+
+
 def _shard_metadata(path: Path) -> dict[str, str]:
     metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
     return {k.decode(): v.decode() for k, v in metadata.items() if not k.startswith(b"pandas")}
@@ -150,8 +169,10 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
         path = directory / PAIR_SHARD.format(index)
         if path.exists():
             metadata = _shard_metadata(path)
-            if metadata.get("source") == source and metadata.get("tables") == tables:
-                shards.append({"file": path.name, "rows": int(metadata["rows"]), "source": source})
+            if (metadata.get("source") == source and metadata.get("tables") == tables
+                    and metadata.get("layout") == PAIR_LAYOUT):
+                shards.append({"file": path.name, "rows": int(metadata["rows"]), "source": source,
+                               "row_groups": _row_groups(path)})
                 rows += shards[-1]["rows"]
                 teacher_versions.add(metadata.get("teacher_version", ""))
                 if on_rows:
@@ -161,6 +182,9 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
         missing = [c for c in ["query_id", "item_id", *probs] if c not in frame.columns]
         if missing:
             raise DataContractError(f"distillation chunk {source}: missing column(s) {missing}")
+        # Shuffled in a fixed order (a function of the source), so a row group is a sample of the whole shard.
+        seed = int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "little")
+        frame = frame.iloc[np.random.default_rng(seed).permutation(len(frame))].reset_index(drop=True)
         p = frame[probs].to_numpy(np.float32)
         p /= p.sum(1, keepdims=True)
         columns = {"query_row": query_table.rows(frame["query_id"], "query id"),
@@ -171,10 +195,11 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
                             else np.full(len(frame), -1, np.int8))
         version = str(frame["teacher_version"].iloc[0]) if "teacher_version" in frame.columns and len(frame) else ""
         table = pa.table(columns).replace_schema_metadata({
-            "source": source, "tables": tables, "rows": str(len(frame)), "teacher_version": version})
+            "source": source, "tables": tables, "rows": str(len(frame)), "teacher_version": version,
+            "layout": PAIR_LAYOUT})
         with atomic_write(path) as tmp:
-            pq.write_table(table, tmp)
-        shards.append({"file": path.name, "rows": len(frame), "source": source})
+            pq.write_table(table, tmp, row_group_size=PAIR_ROW_GROUP)
+        shards.append({"file": path.name, "rows": len(frame), "source": source, "row_groups": _row_groups(path)})
         rows += len(frame)
         teacher_versions.add(version)
         if on_rows:
@@ -192,9 +217,11 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
 class StoreBatches:
     """Training batches from a pair store, assembled on the fly: (features [B, F], targets [B, K], grades [B]).
 
-    Epoch e visits the shards in a random order fixed by (seed, e), a window of ``window_shards`` shards at a time,
-    rows shuffled within the window. The order is a function of (seed, epoch) alone, so :meth:`epoch` can start at
-    any batch: a resumed run sees exactly the batches the killed one had not (none lost, none repeated)."""
+    Epoch e visits the store's row groups (of every shard) in a random order fixed by (seed, e), a window of about
+    ``window_shards`` shards' rows at a time, rows shuffled within the window: a window mixes candidates of queries
+    from the whole pool, whatever order the pool came in. The order is a function of (seed, epoch) alone, so
+    :meth:`epoch` can start at any batch: a resumed run sees exactly the batches the killed one had not (none lost,
+    none repeated)."""
 
     def __init__(self, directory: str | Path, query_table: EmbeddingTable, item_table: EmbeddingTable,
                  batch_size: int, seed: int = 0, window_shards: int = 8):
@@ -208,6 +235,11 @@ class StoreBatches:
         self.query_table, self.item_table = query_table, item_table
         self.batch_size, self.seed, self.window_shards = batch_size, seed, max(1, window_shards)
         self.num_grades = int(self.meta["num_grades"])
+        # (shard, row group, rows) of the whole store; a shard written before row groups counts as one.
+        self.groups = [(s["file"], g, rows) for s in self.meta["shards"]
+                       for g, rows in enumerate(s.get("row_groups", [s["rows"]]))]
+        shards = max(1, len(self.meta["shards"]))
+        self.window_rows = self.window_shards * -(-int(self.meta["rows"]) // shards)
 
     def __len__(self) -> int:
         return int(self.meta["rows"])
@@ -216,18 +248,32 @@ class StoreBatches:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:16]
 
-    def _windows(self, epoch: int) -> Iterator[tuple[list[dict], np.random.Generator]]:
+    def _windows(self, epoch: int) -> Iterator[tuple[list[tuple], np.random.Generator]]:
         rng = np.random.default_rng([self.seed, epoch, 0x5EED])
-        shards = self.meta["shards"]
-        order = rng.permutation(len(shards))
-        for start in range(0, len(order), self.window_shards):
-            yield [shards[i] for i in order[start:start + self.window_shards]], rng
+        window, rows = [], 0
+        for i in rng.permutation(len(self.groups)):
+            window.append(self.groups[i])
+            rows += self.groups[i][2]
+            if rows >= self.window_rows:
+                yield window, rng
+                window, rows = [], 0
+        if window:
+            yield window, rng
 
     def num_batches(self, epoch: int) -> int:
-        return sum(-(-sum(s["rows"] for s in window) // self.batch_size) for window, _ in self._windows(epoch))
+        return sum(-(-sum(g[2] for g in window) // self.batch_size) for window, _ in self._windows(epoch))
 
-    def read(self, shards: list[dict]) -> pd.DataFrame:
-        return pd.concat([pd.read_parquet(self.directory / s["file"]) for s in shards], ignore_index=True)
+    def read(self, groups: list[tuple]) -> pd.DataFrame:
+        """The rows of ``groups`` ((shard file, row group, rows)), in that order."""
+        files: dict[str, pq.ParquetFile] = {}
+        tables = []
+        for file, group, _ in groups:
+            if file not in files:
+                files[file] = pq.ParquetFile(self.directory / file)
+            tables.append(files[file].read_row_group(group))
+        for handle in files.values():
+            handle.close()
+        return pa.concat_tables(tables).to_pandas()
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
         """The student vectors of stored pairs: relevance.student.featurizer.assemble on gathered embeddings."""
@@ -239,7 +285,7 @@ class StoreBatches:
         probs = prob_columns(self.num_grades)
         batch = 0
         for window, rng in self._windows(epoch):
-            rows = sum(s["rows"] for s in window)
+            rows = sum(g[2] for g in window)
             permutation = rng.permutation(rows)  # drawn even for skipped windows: the order must not change
             count = -(-rows // self.batch_size)
             if batch + count <= start_batch:
@@ -256,15 +302,14 @@ class StoreBatches:
             self.item_table.release()
 
     def sample_features(self, rows: int = 100_000) -> Iterator[np.ndarray]:
-        """Student vectors of up to ``rows`` pairs from shards in a fixed random order, a shard at a time: what
-        an out-of-core student's standardisation statistics are computed on."""
+        """Student vectors of up to ``rows`` pairs from row groups in a fixed random order, a group at a time:
+        what an out-of-core student's standardisation statistics are computed on."""
         have = 0
         for window, _ in self._windows(1 << 20):  # an order no epoch uses
-            for shard in window:
-                frame = pd.read_parquet(self.directory / shard["file"])
-                take = frame.sample(n=min(len(frame), rows - have), random_state=0)
+            for group in window:
+                take = self.read([group]).iloc[:rows - have]  # a group's rows are a shuffled sample already
                 have += len(take)
-                for first in range(0, len(take), 8192):  # a vector is 6 KB: never a whole shard's at once
+                for first in range(0, len(take), 8192):  # a vector is 6 KB: never a whole group's at once
                     yield self.features(take.iloc[first:first + 8192])
                 if have >= rows:
                     return

@@ -166,3 +166,35 @@ def test_a_new_teacher_on_the_same_pairs_never_reuses_the_old_labels(world):
     targets = np.concatenate([t for _, t, _ in batches.epoch(0)])
     assert np.allclose(np.sort(targets[:, 0]), np.sort(new["p_0"].to_numpy()), atol=1e-6)
     assert not np.allclose(np.sort(targets[:, 0]), np.sort(old["p_0"].to_numpy()), atol=1e-6)
+
+
+def test_a_window_mixes_queries_from_the_whole_pool_when_the_labels_come_grouped_by_query(world, monkeypatch):
+    """A pool comes grouped by query (bucketed by a hash of its id): a window of whole shards would hold a few
+    queries' candidates. A window gathers shuffled row groups from every shard instead, each pair still once an
+    epoch; a shard written by the old layout is rewritten, not reused."""
+    from relevance.student import pairstore
+
+    query_table, item_table = world["tables"]
+    grouped = world["labels"].sort_values(["query_id", "item_id"]).reset_index(drop=True)
+    chunks = [(f"grouped-{c}", lambda part=grouped.iloc[c * 120:(c + 1) * 120]: part) for c in range(5)]
+    chunk_of = {q: c for c in range(5) for q in grouped["query_id"].iloc[c * 120:(c + 1) * 120]}
+    monkeypatch.setattr(pairstore, "PAIR_ROW_GROUP", 16)
+    store = build_pair_store(world["tmp"] / "pairs", chunks, world["lex"], query_table, item_table, K)
+    batches = StoreBatches(store, query_table, item_table, batch_size=120, seed=0, window_shards=1)
+    assert all(s["row_groups"] == [16] * 7 + [8] for s in batches.meta["shards"])
+    seen, windows = [], [window for window, _ in batches._windows(0)]
+    for window in windows:
+        rows = batches.read(window)
+        # About one shard's rows each (whole groups, so a window may overshoot), the rest in the last.
+        assert 120 <= len(rows) < 136 or window is windows[-1]
+        queries = {f"q{row}" for row in rows["query_row"]}  # the table's rows are q0..q29 in order
+        assert len({chunk_of[q] for q in queries}) >= 3  # one shard in label order would be one chunk's queries
+        seen += list(zip(rows["query_row"], rows["item_row"]))
+    assert len(seen) == len(set(seen)) == 600 == sum(len(x) for x, _, _ in batches.epoch(0))
+    # A shard left by a build of another layout is written again.
+    first = store / pairstore.PAIR_SHARD.format(0)
+    calls = []
+    monkeypatch.setattr(pairstore, "PAIR_LAYOUT", "another-layout")
+    build_pair_store(store, [(s, lambda load=load, s=s: calls.append(s) or load()) for s, load in chunks],
+                     world["lex"], query_table, item_table, K)
+    assert len(calls) == 5 and pairstore._shard_metadata(first)["layout"] == "another-layout"
