@@ -247,9 +247,9 @@ class StudentConfig(Strict):
     calibration: Literal["none", "temperature", "vector"] = "temperature"
     seed: int = 0
     # Out-of-core distillation (relevance.student.pairstore): the embedding tables' precision (float16 halves their
-    # memory and disk; the vectors then differ from serving's float32 ones by ~1e-3), how many pair shards one
-    # shuffle window holds (memory: window × labeling.shard_rows pairs of ~90 bytes), and how often a checkpoint is
-    # saved.
+    # memory and disk; the vectors then differ from serving's float32 ones by ~1e-3), how many pair shards' rows
+    # one shuffle window holds (row groups drawn from the whole pool; memory: about window × labeling.shard_rows
+    # pairs of ~90 bytes), and how often a checkpoint is saved.
     table_dtype: Literal["float32", "float16"] = "float32"
     shuffle_window_shards: int = Field(8, ge=1)
     checkpoint_every_batches: int = Field(500, ge=1)

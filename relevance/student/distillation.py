@@ -154,8 +154,8 @@ def distil_student(config: RunConfig, dataset: Dataset, labels: pd.DataFrame | C
     if labeller is not None:
         sources = [(f"{source}:{labeller.manifest['ensemble_version']}", load) for source, load in sources]
 
-    # The query table's rows follow the order queries first appear in the labels: a shuffle window of a few
-    # shards then touches a few runs of rows, not pages all over the table (the table is released per window).
+    # The query table's rows follow the order queries first appear in the labels, so the pairs of a row group (a
+    # shuffled sample of one label shard) touch a few runs of rows, not pages all over the table.
     seen: dict[str, None] = {}
     for _, load in chunks:
         seen.update(dict.fromkeys(load()["query_id"]))

@@ -20,9 +20,11 @@ A pool comes grouped by query (relevance.labels.pool buckets it by a hash of the
 that order), so a shard holds a few dozen queries' candidates. A window of whole shards would then feed SGD a few
 percent of the queries for thousands of steps, and the bigger the pool the smaller that share. So a shard's rows
 are written shuffled, in row groups of PAIR_ROW_GROUP, and a window gathers row groups drawn from the whole pool:
-the same memory, candidates of queries from every part of the pool. The price: a window touches query-table
-rows all over the table (pages of a memory-mapped file, released per window), at most one per pair of the window
-whatever the pool's size, where a window of shards in label order touched a few runs of rows.
+the same memory, candidates of queries from every part of the pool. Which pairs share a row group is fixed at
+build time; the rows of a window are shuffled again every epoch. A window then touches query-table rows all over
+the table (where a window of shards in label order touched a few runs of rows), so the tables' mapped pages are
+released every RELEASE_EVERY_BATCHES batches, not per window: at most that many batches' rows stay mapped,
+whatever the pool's or the table's size.
 """
 
 from __future__ import annotations
@@ -44,10 +46,16 @@ from relevance.common.files import atomic_directory, atomic_write, atomic_write_
 
 PAIR_SHARD = "pairs-{:05d}.parquet"
 # Rows per row group of a pair shard: the unit a shuffle window draws from the pool (smaller mixes better; each
-# group read costs a parquet page per column). LAYOUT names how shards are written, so a shard left by another
-# layout (whole shards, rows in label order) is rewritten rather than reused.
+# group read costs a parquet page per column). The layout names how shards are written, so a shard left by another
+# layout (whole shards, rows in label order; other groups) is rewritten rather than reused.
 PAIR_ROW_GROUP = 2048
 PAIR_LAYOUT = f"shuffled-row-groups-{PAIR_ROW_GROUP}"
+# Batches between two releases of the tables' mapped pages (a batch touches at most batch_size rows of each).
+RELEASE_EVERY_BATCHES = 16
+
+
+def _layout() -> str:
+    return f"shuffled-row-groups-{PAIR_ROW_GROUP}"  # at call time: PAIR_ROW_GROUP may be set (tests do)
 LEXICAL_COLUMNS = [f"x_{name}" for name in LEXICAL_FEATURES[1:]]  # cosine is computed from the embeddings
 
 
@@ -170,7 +178,7 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
         if path.exists():
             metadata = _shard_metadata(path)
             if (metadata.get("source") == source and metadata.get("tables") == tables
-                    and metadata.get("layout") == PAIR_LAYOUT):
+                    and metadata.get("layout") == _layout()):
                 shards.append({"file": path.name, "rows": int(metadata["rows"]), "source": source,
                                "row_groups": _row_groups(path)})
                 rows += shards[-1]["rows"]
@@ -196,7 +204,7 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
         version = str(frame["teacher_version"].iloc[0]) if "teacher_version" in frame.columns and len(frame) else ""
         table = pa.table(columns).replace_schema_metadata({
             "source": source, "tables": tables, "rows": str(len(frame)), "teacher_version": version,
-            "layout": PAIR_LAYOUT})
+            "layout": _layout()})
         with atomic_write(path) as tmp:
             pq.write_table(table, tmp, row_group_size=PAIR_ROW_GROUP)
         shards.append({"file": path.name, "rows": len(frame), "source": source, "row_groups": _row_groups(path)})
@@ -235,9 +243,9 @@ class StoreBatches:
         self.query_table, self.item_table = query_table, item_table
         self.batch_size, self.seed, self.window_shards = batch_size, seed, max(1, window_shards)
         self.num_grades = int(self.meta["num_grades"])
-        # (shard, row group, rows) of the whole store; a shard written before row groups counts as one.
+        # (shard, row group, rows) of the whole store (a store.json written before row groups: from the files).
         self.groups = [(s["file"], g, rows) for s in self.meta["shards"]
-                       for g, rows in enumerate(s.get("row_groups", [s["rows"]]))]
+                       for g, rows in enumerate(s.get("row_groups") or _row_groups(self.directory / s["file"]))]
         shards = max(1, len(self.meta["shards"]))
         self.window_rows = self.window_shards * -(-int(self.meta["rows"]) // shards)
 
@@ -267,12 +275,14 @@ class StoreBatches:
         """The rows of ``groups`` ((shard file, row group, rows)), in that order."""
         files: dict[str, pq.ParquetFile] = {}
         tables = []
-        for file, group, _ in groups:
-            if file not in files:
-                files[file] = pq.ParquetFile(self.directory / file)
-            tables.append(files[file].read_row_group(group))
-        for handle in files.values():
-            handle.close()
+        try:
+            for file, group, _ in groups:
+                if file not in files:
+                    files[file] = pq.ParquetFile(self.directory / file)
+                tables.append(files[file].read_row_group(group))
+        finally:
+            for handle in files.values():
+                handle.close()
         return pa.concat_tables(tables).to_pandas()
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
@@ -296,10 +306,16 @@ class StoreBatches:
                 if batch >= start_batch:
                     part = frame.iloc[permutation[first:first + self.batch_size]]
                     yield (self.features(part), part[probs].to_numpy(np.float32), part["grade"].to_numpy(np.int64))
+                    if batch % RELEASE_EVERY_BATCHES == RELEASE_EVERY_BATCHES - 1:
+                        self.release()
                 batch += 1
             del frame
-            self.query_table.release()
-            self.item_table.release()
+            self.release()
+
+    def release(self) -> None:
+        """Drop the tables' mapped pages from this process (they stay in the page cache)."""
+        self.query_table.release()
+        self.item_table.release()
 
     def sample_features(self, rows: int = 100_000) -> Iterator[np.ndarray]:
         """Student vectors of up to ``rows`` pairs from row groups in a fixed random order, a group at a time:
@@ -311,5 +327,6 @@ class StoreBatches:
                 have += len(take)
                 for first in range(0, len(take), 8192):  # a vector is 6 KB: never a whole group's at once
                     yield self.features(take.iloc[first:first + 8192])
+                self.release()
                 if have >= rows:
                     return

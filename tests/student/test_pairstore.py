@@ -190,11 +190,14 @@ def test_a_window_mixes_queries_from_the_whole_pool_when_the_labels_come_grouped
         queries = {f"q{row}" for row in rows["query_row"]}  # the table's rows are q0..q29 in order
         assert len({chunk_of[q] for q in queries}) >= 3  # one shard in label order would be one chunk's queries
         seen += list(zip(rows["query_row"], rows["item_row"]))
-    assert len(seen) == len(set(seen)) == 600 == sum(len(x) for x, _, _ in batches.epoch(0))
-    # A shard left by a build of another layout is written again.
-    first = store / pairstore.PAIR_SHARD.format(0)
+    full = [x for x, _, _ in batches.epoch(0)]
+    assert len(seen) == len(set(seen)) == 600 == sum(len(x) for x in full) and len(full) == batches.num_batches(0)
+    np.testing.assert_array_equal(np.concatenate([x for x, _, _ in batches.epoch(0, start_batch=3)]),
+                                  np.concatenate(full[3:]))  # a resumed epoch is exactly the tail
+    # A shard left by a build of another layout (here: other row groups) is written again.
     calls = []
-    monkeypatch.setattr(pairstore, "PAIR_LAYOUT", "another-layout")
+    monkeypatch.setattr(pairstore, "PAIR_ROW_GROUP", 32)
     build_pair_store(store, [(s, lambda load=load, s=s: calls.append(s) or load()) for s, load in chunks],
                      world["lex"], query_table, item_table, K)
-    assert len(calls) == 5 and pairstore._shard_metadata(first)["layout"] == "another-layout"
+    rebuilt = StoreBatches(store, query_table, item_table, batch_size=120, seed=0, window_shards=1)
+    assert len(calls) == 5 and all(s["row_groups"] == [32] * 3 + [24] for s in rebuilt.meta["shards"])
