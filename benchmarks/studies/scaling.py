@@ -9,7 +9,10 @@ negatives (the report gives the teacher's grade distribution at each size).
 
 Students: each pool's MLP on the frozen MiniLM and on the run's tuned towers (student.towers: tuned once on the
 towers study's budget and reused for every MLP, as tuning them on the 100× pool does not fit 2 cores), 3 seeds each,
-with the same early stopping; at 100× an epoch cap keeps the passes over data near the 10× student's.
+with the same early stopping; at 100× the epoch budget (2, 4 or 8 epochs, each a whole cosine schedule) is
+chosen on valid. The pair store writes its shards shuffled in row groups, and a shuffle window gathers row groups
+from the whole pool (relevance.student.pairstore): the pool comes grouped by query, and windows of whole shards fed
+the 100× students ~9% of the queries at a time.
 
 Labels: the bf16 labelling path, checked against fp32 at the student level on the 1× pool (students distilled
 from fp32 and from bf16 labels of the same pairs, same seeds).
@@ -31,18 +34,29 @@ SEEDS = (0, 1, 2)
 # BM25 candidates per query. At 360 the pool held 2.06M pairs once the judge-holdout queries left it, short of
 # 100× (2.23M); ~5.7k pairs per rank, so 400 leaves room.
 MAX_DEPTH = 400
-# Epochs per pool size: the same early stopping everywhere, and at 100× a cap that keeps the passes over data
-# (pairs × epochs) near the 10× student's (each 100× epoch is ten 10× epochs; 2 epochs = 4.5M pair passes).
+# Epochs per pool size: the same early stopping everywhere. At 100× the default budget, 2, kept the passes over
+# data (pairs × epochs) near the 10× student's (each 100× epoch is ten 10× epochs; 2 epochs = 4.5M pair passes).
 EPOCHS = {1: 15, 10: 15, 100: 2}
+# At 100× the cap is a setting like any other, so it is chosen on valid (the lowest mean best valid loss over the
+# seeds, per kind of tower) among these budgets, each a whole cosine schedule; 2 (EPOCHS[100]) was the only one
+# until 2026-12-05, when the best epoch of every 100× student was its last.
+EPOCH_CHOICES = {100: (2, 4, 8)}
 STUDENT = {"early_stopping_patience": 3, "table_dtype": "float16"}
 LABEL_PRECISION = "bf16"
 FROZEN, TUNED = "frozen MiniLM", "tuned towers"
 
 
-def model_name(m: int, seed: int, suffix: str = "", precision: str = "bf16") -> str:
-    """A student's name in the evaluation (m = 0: the judged train pairs alone)."""
+def model_name(m: int, seed: int, suffix: str = "", precision: str = "bf16", epochs: int | None = None) -> str:
+    """A student's name in the evaluation (m = 0: the judged train pairs alone; ``epochs``: a budget other than
+    EPOCHS[m], one of EPOCH_CHOICES[m])."""
     base = "student (human labels only)" if m == 0 else f"student {m}×"
-    return f"{base} seed {seed}" + (" fp32 labels" if precision == "fp32" else "") + suffix
+    budget = f", {epochs} epochs" if other_budget(m, epochs) else ""
+    return f"{base} seed {seed}" + (" fp32 labels" if precision == "fp32" else "") + budget + suffix
+
+
+def other_budget(m: int, epochs: int | None) -> bool:
+    """Whether ``epochs`` is a budget other than EPOCHS[m] (its students are named and saved apart)."""
+    return epochs not in (None, EPOCHS.get(m))
 
 
 def nested_depths(pool, train_pairs: int, multiples) -> dict[int, int]:
@@ -112,6 +126,7 @@ def run(steps, args, command: str) -> dict:
     from relevance.labels.labelling import label_pool, read_labels
     from relevance.student.distillation import train_students
     from relevance.student.featurizer import build_featurizer, featurizer_settings
+    from relevance.student.pairstore import PAIR_LAYOUT
     from relevance.student.towers import TOWER_MANIFEST
 
     source = load_config(args.config)
@@ -164,8 +179,10 @@ def run(steps, args, command: str) -> dict:
         print(f"   scaling: {chain.towers_dir} holds no tuned towers; the frozen MiniLM's students only", flush=True)
     students, featurizers = {}, {}
     for kind, (kind_config, _) in kinds.items():
+        # The pair store's layout: the students of 2026-12-05 trained on windows of whole shards, whose rows came
+        # grouped by query (~600 of 6,698 queries a window at 100×); a window now gathers row groups of the pool.
         inputs = {"teacher": version, "max_depth": MAX_DEPTH, "student": STUDENT, "epochs": EPOCHS,
-                  "base": student_settings(kind_config.student)}
+                  "base": student_settings(kind_config.student), "pairs": PAIR_LAYOUT}
         if kind == TUNED:
             inputs["towers"] = towers
         students[kind] = steps.directory("students", inputs)
@@ -179,20 +196,27 @@ def run(steps, args, command: str) -> dict:
     # The tuned towers' curve first (the question of the issue: does 100× beat 10× on them?), then the fp32 check
     # and the frozen curve; each the cheapest first, so an interrupted run has the most rows (students resume).
     # m = 0: the judged train pairs alone (human labels only).
-    jobs = [(TUNED, m, seed, "bf16") for m in (0, *MULTIPLES) for seed in SEEDS if TUNED in kinds]
-    jobs += [(FROZEN, MULTIPLES[0], seed, "fp32") for seed in SEEDS]
-    jobs += [(FROZEN, m, seed, "bf16") for m in (0, *MULTIPLES) for seed in SEEDS]
+    # Then the other epoch budgets at 100×, per kind.
+    def curve_jobs(kind: str) -> list[tuple]:
+        return ([(kind, m, seed, "bf16", None) for m in (0, *MULTIPLES) for seed in SEEDS]
+                + [(kind, m, seed, "bf16", e) for m, budgets in EPOCH_CHOICES.items() for e in budgets
+                   if e != EPOCHS[m] for seed in SEEDS])
+
+    jobs = curve_jobs(TUNED) if TUNED in kinds else []
+    jobs += [(FROZEN, MULTIPLES[0], seed, "fp32", None) for seed in SEEDS]
+    jobs += curve_jobs(FROZEN)
     models = {"teacher": work / "teacher"}
     pairs = {m: int(len(pool_of(m))) for m in MULTIPLES}
-    for kind, m, seed, precision in jobs:
+    for kind, m, seed, precision, epochs in jobs:
         kind_config, suffix = kinds[kind]
-        name = model_name(m, seed, suffix, precision)
+        name = model_name(m, seed, suffix, precision, epochs)
         out = students[kind] / (f"student-human-only-seed-{seed}" if m == 0 else
-                                model_name(m, seed, "", precision).replace(" ", "-").replace("×", "x"))
+                                model_name(m, seed, "", precision).replace(" ", "-").replace("×", "x")
+                                + (f"-epochs-{epochs}" if other_budget(m, epochs) else ""))
         if not (out / "manifest.json").exists():
             run_config = kind_config.model_copy(deep=True)
             run_config.student = kind_config.student.model_copy(
-                update={**STUDENT, "epochs": EPOCHS[m or MULTIPLES[0]], "seed": seed})
+                update={**STUDENT, "epochs": epochs or EPOCHS[m or MULTIPLES[0]], "seed": seed})
             part = None if m == 0 else pool_of(m) if precision == "bf16" else fp32
             if part is not None:
                 part = part.drop(columns=["rank", "impression"], errors="ignore")
@@ -207,12 +231,30 @@ def run(steps, args, command: str) -> dict:
 
     scores = steps("evaluate", {"students": students[FROZEN].name, "models": models_key(models)}, evaluate)
 
-    def spread(m: int, suffix: str = "", precision: str = "bf16") -> dict:
-        values = {metric: [scores[model_name(m, s, suffix, precision)][metric] for s in SEEDS]
+    def spread(m: int, suffix: str = "", precision: str = "bf16", epochs: int | None = None) -> dict:
+        values = {metric: [scores[model_name(m, s, suffix, precision, epochs)][metric] for s in SEEDS]
                   for metric in ("accuracy", "ndcg@20")}
         return {metric: (float(np.mean(v)), float(np.std(v, ddof=1))) for metric, v in values.items()}
 
-    curves = {kind: {m: spread(m, suffix) for m in (0, *MULTIPLES)} for kind, (_, suffix) in kinds.items()}
+    def best(m: int, suffix: str, epochs: int) -> list[dict]:  # each seed's best epoch on valid
+        return [read_manifest(models[model_name(m, s, suffix, "bf16", epochs)], "student")["metrics"]["best"]
+                for s in SEEDS]
+
+    # Each kind's epoch budget at 100×: the lowest mean best valid loss over the seeds.
+    budgets = {kind: {m: {e: best(m, suffix, e) for e in choices} for m, choices in EPOCH_CHOICES.items()}
+               for kind, (_, suffix) in kinds.items()}
+    chosen = {kind: {m: min(by_budget, key=lambda e: np.mean([b["valid_loss"] for b in by_budget[e]]))
+                     for m, by_budget in budgets[kind].items()} for kind in kinds}
+    curves = {kind: {m: spread(m, suffix, epochs=chosen[kind].get(m)) for m in (0, *MULTIPLES)}
+              for kind, (_, suffix) in kinds.items()}
+    budget_rows = []
+    for kind, (_, suffix) in kinds.items():
+        for m, by_budget in budgets[kind].items():
+            for e, seeds in by_budget.items():
+                losses, test = [b["valid_loss"] for b in seeds], spread(m, suffix, epochs=e)
+                budget_rows.append([f"student {m}×, {kind}", e, float(np.mean(losses)), float(np.std(losses, ddof=1)),
+                                    ", ".join(str(b["epoch"]) for b in seeds), *test["accuracy"], *test["ndcg@20"],
+                                    "chosen" if e == chosen[kind][m] else ""])
     fp32_curve = spread(MULTIPLES[0], precision="fp32")
     teacher = scores["teacher"]
     grade_rows = []
@@ -260,7 +302,8 @@ def run(steps, args, command: str) -> dict:
         share = target["share_of_teacher"]
         return (f"{kind}: " + "; ".join(f"{m}× {curve[m]['accuracy'][0]:.4f} ± {curve[m]['accuracy'][1]:.4f} / "
                                         f"{curve[m]['ndcg@20'][0]:.4f}" for m in MULTIPLES)
-                + f"; human labels only {curve[0]['accuracy'][0]:.4f} ± {curve[0]['accuracy'][1]:.4f}. "
+                + f"; human labels only {curve[0]['accuracy'][0]:.4f} ± {curve[0]['accuracy'][1]:.4f}; "
+                + ", ".join(f"{m}×'s epoch budget chosen on valid: {e}" for m, e in chosen[kind].items()) + ". "
                 f"{MULTIPLES[-1]}× − {MULTIPLES[-2]}×: {target['gain_over_previous'] * 100:+.2f} pt accuracy against "
                 f"two seed SDs of {target['two_seed_sd'] * 100:.2f} pt (target "
                 f"{'met' if target['gain_met'] else 'not met'}); "
@@ -278,7 +321,7 @@ def run(steps, args, command: str) -> dict:
     rows = []
     for kind in kinds:
         curve = curves[kind]
-        rows += [[f"student {m}×, {kind}", pairs[m], pairs[m] / train_pairs, depths[m], EPOCHS[m],
+        rows += [[f"student {m}×, {kind}", pairs[m], pairs[m] / train_pairs, depths[m], chosen[kind].get(m, EPOCHS[m]),
                   *curve[m]["accuracy"], *curve[m]["ndcg@20"]] for m in MULTIPLES]
         rows.append([f"student (human labels only), {kind}", "–", "–", "–", EPOCHS[MULTIPLES[0]],
                      *curve[0]["accuracy"], *curve[0]["ndcg@20"]])
@@ -291,6 +334,11 @@ def run(steps, args, command: str) -> dict:
               "query's BM25 candidates down to the given depth; each student also sees the judged train pairs with "
               "the teacher's labels", ["model", "pool pairs", "× train", "BM25 depth", "epochs (max)",
                                        "accuracy", "± std", "nDCG@20", "± std"], rows),
+        table("The epoch budget at 100×, chosen on valid (each budget a whole cosine schedule, early stopping "
+              "within it; a longer budget has more epochs to pick its best from, a slight bias its way); best "
+              "epoch: each seed's", ["model", "epochs (max)", "best valid loss (mean)", "± std",
+                                                     "best epoch per seed", "test accuracy", "± std", "nDCG@20",
+                                                     "± std", "choice"], budget_rows),
         table("The teacher's labels at each pool size: mean probability per grade, then the share of pairs whose "
               "most likely grade it is (deeper candidates are mostly easy negatives)",
               ["pool", "pairs", "BM25 depth"] + [f"mean p({g})" for g in grade_names]
@@ -299,4 +347,5 @@ def run(steps, args, command: str) -> dict:
          figure_png(fig)},
         command, steps, scores=scores, pool_pairs={str(m): pairs[m] for m in MULTIPLES}, depths=depths,
         train_pairs=train_pairs, label_agreement=agreement, epochs=EPOCHS, student_settings=STUDENT,
+        epoch_choices=EPOCH_CHOICES, chosen_epochs={kind: chosen[kind] for kind in kinds},
         threads=len(os.sched_getaffinity(0)), label_precision=LABEL_PRECISION, towers=list(kinds), target=targets)
