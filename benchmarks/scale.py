@@ -304,7 +304,8 @@ def write(summary: dict, mode: str, out: Path) -> None:
               f"(the content-hash cache embeds only new texts). Pair store: {p['store_s'] / 60:.0f} min "
               f"({p['store_gb']:.1f} GB on disk). One student epoch: {p['epoch_s'] / 60:.0f} min.",
               f"- Query table at 30M pairs (as many queries per pair as at the largest size): "
-              f"{p['query_table_gb']:.2f} GB in float16, memory-mapped and released per window. Distillation peak "
+              f"{p['query_table_gb']:.2f} GB in float16, memory-mapped, its pages released every few batches. "
+              "Distillation peak "
               f"RSS on the least-squares line through the measured sizes "
               f"({p['peak_rss_mb_per_million_pairs']:.0f} MB per million pairs): {p['peak_rss_mb_estimate']:.0f} MB. "
               "What still grows is per query, not per pair (the query ids, their texts, the featurizer's "
