@@ -126,7 +126,7 @@ def run(steps, args, command: str) -> dict:
     from relevance.labels.labelling import label_pool, read_labels
     from relevance.student.distillation import train_students
     from relevance.student.featurizer import build_featurizer, featurizer_settings
-    from relevance.student.pairstore import PAIR_LAYOUT
+    from relevance.student.pairstore import pair_layout
     from relevance.student.towers import TOWER_MANIFEST
 
     source = load_config(args.config)
@@ -182,7 +182,7 @@ def run(steps, args, command: str) -> dict:
         # The pair store's layout: the students of 2026-12-05 trained on windows of whole shards, whose rows came
         # grouped by query (~600 of 6,698 queries a window at 100×); a window now gathers row groups of the pool.
         inputs = {"teacher": version, "max_depth": MAX_DEPTH, "student": STUDENT, "epochs": EPOCHS,
-                  "base": student_settings(kind_config.student), "pairs": PAIR_LAYOUT}
+                  "base": student_settings(kind_config.student), "pairs": pair_layout()}
         if kind == TUNED:
             inputs["towers"] = towers
         students[kind] = steps.directory("students", inputs)

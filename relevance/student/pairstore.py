@@ -49,14 +49,15 @@ PAIR_SHARD = "pairs-{:05d}.parquet"
 # group read costs a parquet page per column). The layout names how shards are written, so a shard left by another
 # layout (whole shards, rows in label order; other groups) is rewritten rather than reused.
 PAIR_ROW_GROUP = 2048
-PAIR_LAYOUT = f"shuffled-row-groups-{PAIR_ROW_GROUP}"
 # Batches between two releases of the tables' mapped pages (a batch touches at most batch_size rows of each).
 RELEASE_EVERY_BATCHES = 16
-
-
-def _layout() -> str:
-    return f"shuffled-row-groups-{PAIR_ROW_GROUP}"  # at call time: PAIR_ROW_GROUP may be set (tests do)
 LEXICAL_COLUMNS = [f"x_{name}" for name in LEXICAL_FEATURES[1:]]  # cosine is computed from the embeddings
+
+
+def pair_layout() -> str:
+    """How pair shards are written: stored in each shard, compared before reuse, and part of the cache key of
+    anything trained on the store (read at call time, as PAIR_ROW_GROUP may be set: tests do)."""
+    return f"shuffled-row-groups-{PAIR_ROW_GROUP}"
 
 
 class EmbeddingTable:
@@ -178,7 +179,7 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
         if path.exists():
             metadata = _shard_metadata(path)
             if (metadata.get("source") == source and metadata.get("tables") == tables
-                    and metadata.get("layout") == _layout()):
+                    and metadata.get("layout") == pair_layout()):
                 shards.append({"file": path.name, "rows": int(metadata["rows"]), "source": source,
                                "row_groups": _row_groups(path)})
                 rows += shards[-1]["rows"]
@@ -204,7 +205,7 @@ def build_pair_store(directory: str | Path, chunks: Iterable[tuple[str, Callable
         version = str(frame["teacher_version"].iloc[0]) if "teacher_version" in frame.columns and len(frame) else ""
         table = pa.table(columns).replace_schema_metadata({
             "source": source, "tables": tables, "rows": str(len(frame)), "teacher_version": version,
-            "layout": _layout()})
+            "layout": pair_layout()})
         with atomic_write(path) as tmp:
             pq.write_table(table, tmp, row_group_size=PAIR_ROW_GROUP)
         shards.append({"file": path.name, "rows": len(frame), "source": source, "row_groups": _row_groups(path)})
