@@ -46,8 +46,7 @@ from relevance.common.files import atomic_directory, atomic_write, atomic_write_
 
 PAIR_SHARD = "pairs-{:05d}.parquet"
 # Rows per row group of a pair shard: the unit a shuffle window draws from the pool (smaller mixes better; each
-# group read costs a parquet page per column). The layout names how shards are written, so a shard left by another
-# layout (whole shards, rows in label order; other groups) is rewritten rather than reused.
+# group read costs a parquet page per column).
 PAIR_ROW_GROUP = 2048
 # Batches between two releases of the tables' mapped pages (a batch touches at most batch_size rows of each).
 RELEASE_EVERY_BATCHES = 16
@@ -55,8 +54,9 @@ LEXICAL_COLUMNS = [f"x_{name}" for name in LEXICAL_FEATURES[1:]]  # cosine is co
 
 
 def pair_layout() -> str:
-    """How pair shards are written: stored in each shard, compared before reuse, and part of the cache key of
-    anything trained on the store (read at call time, as PAIR_ROW_GROUP may be set: tests do)."""
+    """How pair shards are written, stored in each shard: a shard left by another layout (whole shards, rows in
+    label order; other row groups) is rewritten rather than reused. A cache of students that must not be reused
+    across layouts keys on it (the scaling study's does). Read at call time: PAIR_ROW_GROUP may be set (tests do)."""
     return f"shuffled-row-groups-{PAIR_ROW_GROUP}"
 
 
