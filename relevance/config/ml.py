@@ -142,7 +142,7 @@ class TeacherConfig(Strict):
     expected_grade_mse_weight: float = Field(0.0, ge=0)
     class_weights: Literal["none", "balanced"] | list[float] = "none"
     # What the teacher learns: "grades" (one-hot), or "raw_scores": the raters' mean score as a two-hot target on
-    # the grade axis, where the source has one (Home Depot). relevance.teacher.train.grade_targets.
+    # the grade axis, where the source has one (Home Depot). relevance.teacher.targets.grade_targets.
     targets: Literal["grades", "raw_scores"] = "grades"
     # Calibration fitted on valid after training, applied to everything the teacher predicts (its labels too,
     # and its version): relevance.models.calibration.

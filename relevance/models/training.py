@@ -13,7 +13,8 @@ The loop draws nothing at random itself: the order of every random draw is the h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class Hooks:
         return flag
 
     def checkpoint(self, state: LoopState) -> None:
-        """Save what a resumed run needs (called every ``checkpoint_every_batches`` and after every epoch)."""
+        """Save what a resumed run needs (called every ``checkpoint_every_batches``, after every evaluation at the
+        ``eval_every_steps`` cadence, and after every epoch)."""
 
 
 def train(hooks: Hooks, schedule: Schedule, state: LoopState | None = None) -> LoopState:
@@ -140,11 +142,18 @@ def train(hooks: Hooks, schedule: Schedule, state: LoopState | None = None) -> L
             loss = hooks.train_step(batch)
             state.batch += 1
             state.step += 1
-            if schedule.checkpoint_every_batches and state.batch % schedule.checkpoint_every_batches == 0:
+            evaluates = schedule.evaluates_after(state.step)
+            # A checkpoint due at an evaluation's step is written after it: one written before would make a run
+            # killed during the evaluation resume past it, and never evaluate that step.
+            if (schedule.checkpoint_every_batches and state.batch % schedule.checkpoint_every_batches == 0
+                    and not evaluates):
                 hooks.checkpoint(state)
             hooks.after_step(state, loss)
-            if schedule.evaluates_after(state.step) and _evaluate(hooks, schedule, state):
-                break
+            if evaluates:
+                stop = _evaluate(hooks, schedule, state)
+                hooks.checkpoint(state)
+                if stop:
+                    break
         if state.stopped:
             break
         hooks.end_epoch(epoch)
@@ -169,3 +178,41 @@ def _evaluate(hooks: Hooks, schedule: Schedule, state: LoopState) -> bool:
         state.stale += 1
         state.stopped = state.stale >= schedule.patience and schedule.remains(state)
     return state.stopped
+
+
+def save_checkpoint(path: Path, key: str, state: LoopState, parts: dict[str, Any], cuda: bool = False) -> None:
+    """Write a checkpoint atomically: ``key`` (what was trained, from what: a resumed run must match it), the
+    loop's state, torch's random state (dropout; the GPU's too when ``cuda``) and each of ``parts`` (an object with
+    ``state_dict()``: model, optimiser, schedule; or plain values)."""
+    import torch
+
+    from relevance.common.files import atomic_write
+
+    payload = {"key": key, "state": state.to_dict(), "torch_rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if cuda else []}
+    payload.update({name: part.state_dict() if hasattr(part, "state_dict") else part for name, part in parts.items()})
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path | None, key: str, parts: dict[str, Any], log: Callable[[str], None], what: str,
+                    device=None) -> LoopState:
+    """The state :func:`save_checkpoint` wrote at ``path``, with ``parts`` (objects with ``load_state_dict``, or
+    callables taking the saved value) and the random state restored; a fresh state when there is no checkpoint or
+    it was written for another ``key``."""
+    import torch
+
+    if path is None or not Path(path).exists():
+        return LoopState()
+    saved = torch.load(path, weights_only=True, map_location=device)  # tensors, numbers, strings: no code runs
+    if saved.get("key") != key:
+        log(f"{what}: {path} is of other inputs or settings; starting afresh")
+        return LoopState()
+    for name, part in parts.items():
+        (part.load_state_dict if hasattr(part, "load_state_dict") else part)(saved[name])
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    if saved.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([rng.cpu() for rng in saved["cuda_rng"]])
+    state = LoopState.from_dict(saved["state"])
+    log(f"{what}: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
+    return state

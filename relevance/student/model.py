@@ -283,29 +283,14 @@ class _StudentRun(Hooks):
     def resume(self, path: Path | None, log) -> LoopState:
         """The state saved at ``path`` (model, optimiser, schedule and random state restored), or a fresh one."""
         self.path = path
-        if path is None or not path.exists():
-            return LoopState()
-        saved = torch.load(path, weights_only=True)  # tensors, numbers and lists only: no code runs
-        if saved.get("key") != self.key:
-            log(f"student: {path} is of another training set or settings; starting afresh")
-            return LoopState()
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = LoopState.from_dict(saved["state"])
-        log(f"student: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
-        return state
+        return training.load_checkpoint(path, self.key, self._parts(), log, "student")
+
+    def _parts(self) -> dict:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
     def checkpoint(self, state: LoopState) -> None:
-        if self.path is None:
-            return
-        from relevance.common.files import atomic_write
-
-        with atomic_write(self.path) as tmp:
-            torch.save({"key": self.key, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "state": state.to_dict()}, tmp)
+        if self.path is not None:
+            training.save_checkpoint(self.path, self.key, state, self._parts())
 
     def batches(self, epoch: int, start_batch: int):
         return self.source.epoch(epoch, start_batch)

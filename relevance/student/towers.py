@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from relevance.common.files import atomic_directory, atomic_write, atomic_write_json, sha256_of_files
+from relevance.common.files import atomic_directory, atomic_write_json, sha256_of_files
 from relevance.common.runtime import (autocast, device, progress_bar, resolve_precision, seed_everything,
                                       set_threads)
 from relevance.config.ml import StudentConfig, TowerConfig
@@ -118,27 +118,13 @@ class _TowerRun(Hooks):
 
     def resume(self, path: Path) -> LoopState:
         self.path = path
-        if not path.exists():
-            return LoopState()
-        saved = torch.load(path, weights_only=True, map_location=self.device)
-        if saved.get("key") != self.key:
-            self.log(f"{self.what}: {path} is of other labels or settings; starting afresh")
-            return LoopState()
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        if self.device.type == "cuda" and saved.get("cuda_rng"):
-            torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda_rng"]])
-        state = LoopState.from_dict(saved["state"])
-        self.log(f"{self.what}: resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}")
-        return state
+        return training.load_checkpoint(path, self.key, {"model": self.model, "optimizer": self.optimizer}, self.log,
+                                        self.what, self.device)
 
     def checkpoint(self, state: LoopState) -> None:
-        with atomic_write(self.path) as tmp:
-            torch.save({"key": self.key, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "state": state.to_dict(),
-                        # dropout draws from the device's generator on a GPU
-                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}, tmp)
+        # dropout draws from the device's generator on a GPU
+        training.save_checkpoint(self.path, self.key, state, {"model": self.model, "optimizer": self.optimizer},
+                                 cuda=self.device.type == "cuda")
 
     def batches(self, epoch: int, start_batch: int):
         return self.source.epoch(epoch, start_batch)

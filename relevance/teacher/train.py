@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -11,13 +13,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from relevance.common.runtime import autocast, device, progress_bar, resolve_precision, seed_everything, set_threads
 from relevance.config import RunConfig, TeacherConfig, TextConfig
 from relevance.models import distributed, training
 from relevance.models.training import Hooks, LoopState, Schedule
 from relevance.models.text import assemble_item_texts
+from relevance.teacher.targets import class_weights, grade_targets, pair_loss
 from relevance.teacher.model import (
     CrossEncoder,
     Teacher,
@@ -30,57 +32,16 @@ from relevance.teacher.model import (
 )
 
 
-def _class_weights(config: TeacherConfig, grades: np.ndarray, num_grades: int) -> torch.Tensor | None:
-    if config.class_weights == "none":
-        return None
-    if config.class_weights == "balanced":
-        counts = np.bincount(grades, minlength=num_grades).astype(np.float64)
-        return torch.tensor(len(grades) / (num_grades * np.maximum(counts, 1)), dtype=torch.float32)
-    if len(config.class_weights) != num_grades:
-        raise ValueError(f"teacher.class_weights: expected {num_grades} weights, got {len(config.class_weights)}")
-    return torch.tensor(config.class_weights, dtype=torch.float32)
-
-
-def grade_targets(frame: pd.DataFrame, num_grades: int, kind: str = "grades",
-                  raw_scale: tuple[float, float] | None = None) -> np.ndarray:
-    """Training targets [N, K] for judged pairs.
-
-    - ``grades``: one-hot on the grade.
-    - ``raw_scores``: the raters' mean score placed on the grade axis, g* = (K−1)·(r − min)/(max − min), and
-      encoded "two-hot" on the two nearest grades so that the target's expected grade is exactly g* (the two-hot
-      encoding of a continuous target; Schrittwieser et al., 2020, "MuZero"; Farebrother et al., 2024, "Stop
-      Regressing"). Home Depot's score is the mean of three 1–3 ratings: a 1.33 becomes 1/3 on grade 0 and 2/3 on
-      grade 1, a 2.0 is grade 2 outright, so the argmax is still the binned grade while the mass keeps what the
-      bin threw away. Rows without a raw score fall back to their grade.
-    """
-    grades = frame["grade"].to_numpy(dtype=np.int64)
-    targets = np.eye(num_grades, dtype=np.float32)[grades]
-    if kind == "grades":
-        return targets
-    if kind != "raw_scores":
-        raise ValueError(f"teacher.targets: expected 'grades' or 'raw_scores', got {kind!r}")
-    if raw_scale is None or "raw_score" not in frame.columns:
-        raise ValueError("teacher.targets=raw_scores needs judgments with a raw_score column and a dataset with "
-                         "raw_score_min/max (e.g. Home Depot's mean rating); this dataset has none")
-    low, high = raw_scale
-    raw = frame["raw_score"].to_numpy(dtype=np.float64)
-    known = np.isfinite(raw)
-    position = np.clip((raw[known] - low) / (high - low) * (num_grades - 1), 0, num_grades - 1)
-    lower = np.floor(position).astype(np.int64)
-    upper = np.minimum(lower + 1, num_grades - 1)
-    weight_upper = (position - lower).astype(np.float32)
-    soft = np.zeros((int(known.sum()), num_grades), dtype=np.float32)
-    rows = np.arange(len(soft))
-    soft[rows, lower] += 1 - weight_upper
-    soft[rows, upper] += weight_upper
-    targets[known] = soft
-    return targets
-
-
 def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame,
                   num_grades: int, config: TeacherConfig, text: TextConfig, data_hash: str = "",
-                  log: Callable[[str], None] = print, raw_scale: tuple[float, float] | None = None) -> Teacher | None:
+                  log: Callable[[str], None] = print, raw_scale: tuple[float, float] | None = None,
+                  checkpoint: str | Path | None = None) -> Teacher | None:
     """Fine-tune on ``train`` (query_id, item_id, grade[, raw_score]) with early stopping on the ``valid`` loss.
+
+    With ``checkpoint`` (a file path), the trainable weights, optimiser, schedule, shuffling and random state are
+    saved after every evaluation and every epoch, and a run started again on the same inputs and settings resumes
+    from there (one process: exactly as an uninterrupted run; under DDP rank 0 writes and every rank reads it, so
+    it must be on storage they share; FSDP's shards are not checkpointed).
 
     ``query_text`` maps query_id → query; item text is assembled from ``items`` with the backbone's tokenizer.
     The targets are ``config.targets`` (:func:`grade_targets`; ``raw_scale`` is the raw score's range).
@@ -96,7 +57,7 @@ def train_teacher(train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Serie
     with distributed.session(settings.backend, settings.timeout_minutes) as ctx:
         check_distributed_settings(config, ctx.world_size)
         return _fine_tune(ctx, train, valid, query_text, items, num_grades, config, text, data_hash,
-                          log if ctx.is_main else (lambda _: None), raw_scale)
+                          log if ctx.is_main else (lambda _: None), raw_scale, checkpoint)
 
 
 def check_distributed_settings(config: TeacherConfig, world_size: int) -> None:
@@ -110,20 +71,6 @@ def check_distributed_settings(config: TeacherConfig, world_size: int) -> None:
         raise ValueError("teacher.distributed.strategy=fsdp with finetune=qlora is not supported: FSDP would have to "
                          "shard bitsandbytes' packed 4-bit weights (bnb_4bit_quant_storage) and gather them with their "
                          "quantization state to save; a 4-bit 8B backbone fits one GPU, so use strategy=ddp for qLoRA")
-
-
-def pair_loss(logits: torch.Tensor, target: torch.Tensor, grade_values: torch.Tensor, mse_weight: float,
-              reduction: str = "mean", weight: torch.Tensor | None = None, label_smoothing: float = 0.0
-              ) -> torch.Tensor:
-    """The teacher's loss on a batch: cross-entropy against the target distribution (class-``weight``ed and
-    smoothed in training; plain on valid), plus ``mse_weight`` × the squared error of the expected grade
-    (``grade_values`` = 0..K−1). ``reduction`` "mean" or "sum" applies to both terms."""
-    loss = nn.functional.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing,
-                                       reduction=reduction)
-    if mse_weight > 0:
-        expected = torch.softmax(logits, -1) @ grade_values
-        loss = loss + mse_weight * nn.functional.mse_loss(expected, target @ grade_values, reduction=reduction)
-    return loss
 
 
 @dataclass
@@ -146,7 +93,8 @@ class _Encoded:
 
 def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series,
                items: pd.DataFrame, num_grades: int, config: TeacherConfig, text: TextConfig, data_hash: str,
-               log: Callable[[str], None], raw_scale: tuple[float, float] | None) -> Teacher | None:
+               log: Callable[[str], None], raw_scale: tuple[float, float] | None,
+               checkpoint: str | Path | None = None) -> Teacher | None:
     set_threads()
     distributed.share_cpu_threads(ctx)
     seed_everything(config.seed)
@@ -157,13 +105,15 @@ def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFram
     run.prepare(train, valid, query_text, items, text, raw_scale)
     schedule = Schedule(epochs=config.epochs, patience=config.early_stopping_patience,
                         eval_every_steps=config.eval_every_steps or run.steps_per_epoch, total_steps=run.total_steps)
+    state = run.resume(checkpoint, _checkpoint_key(train, valid, num_grades, config, text, data_hash, ctx))
     run.model.train()
     log(f"teacher: {len(run.train.encodings)} train / {len(run.valid.encodings)} valid pairs, "
         f"finetune={config.finetune}, precision={run.precision}, device={dev.type}"
         + (f", {ctx.world_size} processes ({config.distributed.strategy}, {ctx.backend})" if ctx.distributed else ""))
     with progress_bar(disable=not ctx.is_main) as bar:
         run.progress = (bar, bar.add_task("teacher fine-tune", total=run.total_steps))
-        state = training.train(run, schedule)
+        bar.update(run.progress[1], completed=state.step)
+        state = training.train(run, schedule, state)
         if state.stopped:
             log(f"teacher: early stop at step {state.step}; best valid loss {state.best['valid_loss']:.4f} "
                 f"at step {state.best['step']}")
@@ -171,6 +121,16 @@ def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFram
     if model is None:
         return None  # a rank other than 0: rank 0's model is the one that gets merged, calibrated and saved
     return Teacher(model, run.tokenizer, _manifest(run, state, text, data_hash))
+
+
+def _checkpoint_key(train: pd.DataFrame, valid: pd.DataFrame, num_grades: int, config: TeacherConfig,
+                    text: TextConfig, data_hash: str, ctx: distributed.Context) -> str:
+    """What a teacher checkpoint was trained from and how: a resumed run must match it."""
+    pairs = [pd.util.hash_pandas_object(frame[["query_id", "item_id", "grade"]], index=False).sum()
+             for frame in (train, valid)]
+    settings = {"config": config.model_dump(), "text": text.model_dump(), "data": data_hash, "grades": num_grades,
+                "pairs": [int(value) for value in pairs], "world_size": ctx.world_size}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _TeacherRun(Hooks):
@@ -191,6 +151,7 @@ class _TeacherRun(Hooks):
         self.grade_values = torch.arange(num_grades, dtype=torch.float32, device=dev)
         self.trained_pairs, self.train_seconds = 0, 0.0
         self.progress = None  # (rich progress, task)
+        self.checkpoint_path, self.key, self.epoch_shuffle = None, "", ""
 
     def prepare(self, train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame,
                 text: TextConfig, raw_scale: tuple[float, float] | None) -> None:
@@ -219,9 +180,36 @@ class _TeacherRun(Hooks):
 
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(config.warmup_fraction * self.total_steps),
                                                          self.total_steps)
-        weights = _class_weights(config, train["grade"].to_numpy(), self.num_grades)
+        weights = class_weights(config, train["grade"].to_numpy(), self.num_grades)
         self.class_weights = weights.to(dev) if weights is not None else None
         self.rng = np.random.default_rng(config.seed)
+
+    def resume(self, path: str | Path | None, key: str) -> LoopState:
+        """The checkpoint's state (weights, optimiser, schedule, shuffling restored), or a fresh one."""
+        if path is not None and self.sharded:
+            self.log("teacher: no mid-training checkpoints under FSDP (each rank holds a shard); a killed run restarts")
+            path = None
+        self.checkpoint_path, self.key = (Path(path) if path else None), key
+        state = training.load_checkpoint(self.checkpoint_path, key, {
+            "model": self.restore, "optimizer": self.optimizer, "scheduler": self.scheduler,
+            "shuffle": lambda saved: setattr(self.rng.bit_generator, "state", json.loads(saved))}, self.log,
+            "teacher", self.dev)
+        if self.ctx.distributed and self.ctx.sum([state.step])[0] != state.step * self.ctx.world_size:
+            raise RuntimeError(f"teacher: the ranks resumed at different steps; {path} must be on storage every "
+                               "rank reads (a volume shared by the job's pods)")
+        return state
+
+    def start_epoch(self, epoch: int) -> None:
+        # The shuffle an epoch draws in batches(): a checkpoint taken mid-epoch resumes from the epoch's start.
+        self.epoch_shuffle = json.dumps(self.rng.bit_generator.state)
+
+    def checkpoint(self, state: LoopState) -> None:
+        if self.checkpoint_path is None or not self.ctx.is_main:
+            return
+        shuffle = self.epoch_shuffle if state.batch else json.dumps(self.rng.bit_generator.state)
+        training.save_checkpoint(self.checkpoint_path, self.key, state, {
+            "model": self._trainable(), "optimizer": self.optimizer, "scheduler": self.scheduler,
+            "shuffle": shuffle}, cuda=self.dev.type == "cuda")
 
     def my_rows(self, index: np.ndarray) -> tuple[np.ndarray, bool]:
         """This rank's slice of a global batch. A rank whose slice is empty (a last batch smaller than the world)
@@ -298,7 +286,11 @@ class _TeacherRun(Hooks):
     def snapshot(self) -> dict | None:
         if not (self.ctx.is_main or self.sharded):  # a DDP replica other than rank 0's is never saved
             return None
-        return {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+        return {k: v.clone() for k, v in self._trainable().items()}
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        """The tensors training changes (a LoRA's adapters and the head, not its frozen base)."""
+        return {k: v.detach() for k, v in self.model.named_parameters() if v.requires_grad}
 
     def restore(self, snapshot: dict) -> None:
         if self.sharded:  # each rank restores its own shard, in place
@@ -373,14 +365,17 @@ def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
     raw_scale = (info.raw_score_min, info.raw_score_max) if info.raw_score_min is not None else None
     settings = config.teacher.distributed
     with distributed.session(settings.backend, settings.timeout_minutes) as ctx:
+        checkpoint = Path(out).with_name(Path(out).name + ".checkpoint.pt")  # beside the output: a rerun finds it
         teacher = train_teacher(dataset.split("train"), dataset.teacher_valid(), dataset.query_text, dataset.items,
                                 dataset.num_grades, config.teacher, config.text,
-                                data_hash=dataset.training_data_hash(), log=log, raw_scale=raw_scale)
+                                data_hash=dataset.training_data_hash(), log=log, raw_scale=raw_scale,
+                                checkpoint=checkpoint)
         if teacher is not None:
             teacher.manifest["dataset"] = info.__dict__
             teacher.manifest["judge_check"] = judge_check_record(dataset)
             _calibrate(teacher, config, dataset, log)
             teacher.save(out)
+            checkpoint.unlink(missing_ok=True)
             log(f"teacher: saved {teacher.version} → {out}")
         ctx.barrier()
     return Path(out)

@@ -184,3 +184,34 @@ def test_a_schedule_that_would_train_nothing_is_refused():
         Schedule(epochs=3, patience=0)
     with pytest.raises(ValueError, match="Schedule.epochs"):
         Schedule(epochs=0, patience=2)
+
+
+class KilledInEvaluation(Checkpointed):
+    """Evaluates every 3 steps; killed, if asked, while evaluating a given step."""
+
+    def __init__(self, kill_in_evaluation_at: int | None = None):
+        super().__init__()
+        self.kill_at = kill_in_evaluation_at
+
+    def evaluate(self, state):
+        if state.step == self.kill_at:
+            raise Interrupted
+        return {"step": state.step, "valid_loss": 1.0 / state.step}
+
+
+def test_a_checkpoint_due_at_an_evaluation_is_written_after_it():
+    """Killed while evaluating step 6, a run resumes from the checkpoint of step 3's evaluation (not from one
+    written before step 6 was evaluated, which would skip that evaluation), and evaluates every step an
+    uninterrupted run does."""
+    schedule = Schedule(epochs=2, patience=5, eval_every_steps=3, total_steps=10, checkpoint_every_batches=1)
+    whole = KilledInEvaluation()
+    reference = train(whole, schedule)
+    killed = KilledInEvaluation(kill_in_evaluation_at=6)
+    with pytest.raises(Interrupted):
+        train(killed, schedule)
+    assert killed.saved["state"]["step"] == 5, "a checkpoint is due at every step, but step 6's comes after its evaluation"
+    resumed = KilledInEvaluation()
+    resumed.seen = list(killed.saved["seen"])
+    state = train(resumed, schedule, LoopState.from_dict(killed.saved["state"]))
+    assert [h["step"] for h in state.history] == [h["step"] for h in reference.history] == [3, 6, 9, 10]
+    assert resumed.seen == whole.seen
