@@ -116,7 +116,8 @@ class Hooks:
         """After the epoch's last batch, before an end-of-epoch evaluation (e.g. a per-epoch LR schedule)."""
 
     def after_step(self, state: LoopState, loss) -> None:
-        """After each optimiser step (and its checkpoint, if one was due): progress, callbacks."""
+        """After each optimiser step (and its checkpoint, if one was due and the step is not evaluated: then the
+        checkpoint follows the evaluation): progress, callbacks."""
 
     def after_evaluation(self, state: LoopState, result: dict) -> None:
         """After each evaluation is recorded, before the early-stopping decision: logging."""
@@ -134,7 +135,7 @@ def train(hooks: Hooks, schedule: Schedule, state: LoopState | None = None) -> L
     """Run ``hooks`` through ``schedule`` from ``state`` (a fresh start by default, or a checkpoint's), restore
     the best snapshot, and return the final state (its history, best evaluation, and whether it stopped early)."""
     state = state or LoopState()
-    state.stopped = state.stale >= schedule.patience
+    state.stopped = state.stale >= schedule.patience and schedule.remains(state)
     while state.epoch < schedule.epochs and not state.stopped:
         epoch = state.epoch
         hooks.start_epoch(epoch)

@@ -1,4 +1,5 @@
-"""Fine-tuning the teacher: targets, the training run (one process, DDP or FSDP), calibration, and the run step."""
+"""Fine-tuning the teacher: the training run (one process, DDP or FSDP; checkpointed), calibration, and the run
+step. What it is trained towards is relevance.teacher.targets."""
 
 from __future__ import annotations
 
@@ -126,10 +127,14 @@ def _fine_tune(ctx: distributed.Context, train: pd.DataFrame, valid: pd.DataFram
 def _checkpoint_key(train: pd.DataFrame, valid: pd.DataFrame, num_grades: int, config: TeacherConfig,
                     text: TextConfig, data_hash: str, ctx: distributed.Context) -> str:
     """What a teacher checkpoint was trained from and how: a resumed run must match it."""
-    pairs = [pd.util.hash_pandas_object(frame[["query_id", "item_id", "grade"]], index=False).sum()
-             for frame in (train, valid)]
-    settings = {"config": config.model_dump(), "text": text.model_dump(), "data": data_hash, "grades": num_grades,
-                "pairs": [int(value) for value in pairs], "world_size": ctx.world_size}
+    digest = hashlib.sha256()
+    for frame in (train, valid):  # in order: the shuffle draws positions
+        digest.update(pd.util.hash_pandas_object(frame[["query_id", "item_id", "grade"]], index=False).to_numpy())
+    # Calibration comes after training, and how the processes are launched (timeouts, backend, TrainJob) does not
+    # change what they train: neither should throw a fine-tune away. The world size and strategy do.
+    settings = {"config": config.model_dump(exclude={"calibration", "distributed"}), "text": text.model_dump(),
+                "data": data_hash, "grades": num_grades, "pairs": digest.hexdigest(), "world_size": ctx.world_size,
+                "strategy": config.distributed.strategy if ctx.distributed else None}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -151,7 +156,7 @@ class _TeacherRun(Hooks):
         self.grade_values = torch.arange(num_grades, dtype=torch.float32, device=dev)
         self.trained_pairs, self.train_seconds = 0, 0.0
         self.progress = None  # (rich progress, task)
-        self.checkpoint_path, self.key, self.epoch_shuffle = None, "", ""
+        self.checkpoint_path, self.key, self.epoch_shuffle, self.last_checkpoint_step = None, "", "", -1
 
     def prepare(self, train: pd.DataFrame, valid: pd.DataFrame, query_text: pd.Series, items: pd.DataFrame,
                 text: TextConfig, raw_scale: tuple[float, float] | None) -> None:
@@ -192,24 +197,37 @@ class _TeacherRun(Hooks):
         self.checkpoint_path, self.key = (Path(path) if path else None), key
         state = training.load_checkpoint(self.checkpoint_path, key, {
             "model": self.restore, "optimizer": self.optimizer, "scheduler": self.scheduler,
-            "shuffle": lambda saved: setattr(self.rng.bit_generator, "state", json.loads(saved))}, self.log,
-            "teacher", self.dev)
-        if self.ctx.distributed and self.ctx.sum([state.step])[0] != state.step * self.ctx.world_size:
-            raise RuntimeError(f"teacher: the ranks resumed at different steps; {path} must be on storage every "
-                               "rank reads (a volume shared by the job's pods)")
+            "shuffle": lambda saved: setattr(self.rng.bit_generator, "state", json.loads(saved)),
+            "throughput": self._set_throughput}, self.log, "teacher", self.dev)
+        self.last_checkpoint_step = state.step
+        if self.ctx.distributed:
+            total, squares = self.ctx.sum([state.step, state.step ** 2])
+            if squares * self.ctx.world_size != total ** 2:  # not every rank at the same step: all of them raise
+                raise RuntimeError(f"teacher: the ranks resumed at different steps from {path}: it must be on storage "
+                                   "every rank reads (a volume shared by the job's pods); delete it to start afresh")
+            if state.step:  # rank 0's random state came back on every rank: each draws its own dropout again
+                torch.manual_seed(self.config.seed + self.ctx.rank + self.ctx.world_size * state.step)
+            if not self.ctx.is_main:
+                state.best_state = None  # only rank 0's snapshot is ever restored and saved
         return state
+
+    def _set_throughput(self, saved: list[float]) -> None:
+        self.trained_pairs, self.train_seconds = int(saved[0]), float(saved[1])
 
     def start_epoch(self, epoch: int) -> None:
         # The shuffle an epoch draws in batches(): a checkpoint taken mid-epoch resumes from the epoch's start.
         self.epoch_shuffle = json.dumps(self.rng.bit_generator.state)
 
     def checkpoint(self, state: LoopState) -> None:
-        if self.checkpoint_path is None or not self.ctx.is_main:
+        # An evaluation at an epoch's last batch is followed by the epoch's own checkpoint: one write is enough
+        # (resumed from the first, the epoch ends with no batch left and the next one shuffles as it would).
+        if self.checkpoint_path is None or not self.ctx.is_main or state.step == self.last_checkpoint_step:
             return
         shuffle = self.epoch_shuffle if state.batch else json.dumps(self.rng.bit_generator.state)
         training.save_checkpoint(self.checkpoint_path, self.key, state, {
             "model": self._trainable(), "optimizer": self.optimizer, "scheduler": self.scheduler,
-            "shuffle": shuffle}, cuda=self.dev.type == "cuda")
+            "shuffle": shuffle, "throughput": [self.trained_pairs, self.train_seconds]}, cuda=self.dev.type == "cuda")
+        self.last_checkpoint_step = state.step
 
     def my_rows(self, index: np.ndarray) -> tuple[np.ndarray, bool]:
         """This rank's slice of a global batch. A rank whose slice is empty (a last batch smaller than the world)
@@ -365,7 +383,8 @@ def fit_teacher(config: RunConfig, dataset, out: str | Path) -> Path:
     raw_scale = (info.raw_score_min, info.raw_score_max) if info.raw_score_min is not None else None
     settings = config.teacher.distributed
     with distributed.session(settings.backend, settings.timeout_minutes) as ctx:
-        checkpoint = Path(out).with_name(Path(out).name + ".checkpoint.pt")  # beside the output: a rerun finds it
+        where = Path(out).absolute()  # (".": a name to put the checkpoint's beside)
+        checkpoint = where.with_name(where.name + ".checkpoint.pt")  # beside the output, where a rerun looks
         teacher = train_teacher(dataset.split("train"), dataset.teacher_valid(), dataset.query_text, dataset.items,
                                 dataset.num_grades, config.teacher, config.text,
                                 data_hash=dataset.training_data_hash(), log=log, raw_scale=raw_scale,

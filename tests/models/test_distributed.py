@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from relevance.config import RunConfig
 from relevance.data.schema import Dataset, DatasetInfo
-from relevance.models.distributed import FAULT_INJECTION_ENV, Context
+from relevance.models.distributed import FAULT_INJECTION_ENV, Context, WorkerFailedError
 from relevance.platform.trainjob import (
     TrainJobError,
     TrainJobManifestError,
@@ -128,6 +128,32 @@ def test_a_killed_rank_fails_the_job_and_is_named(tmp_path, tiny_pairs, tiny_ber
     assert "rank 1 of 2 was killed by SIGKILL (exit code -9)" in errors[0]
     assert "Log of rank 1:" in errors[0]
     assert not (workdir / "teacher").exists(), "a failed job must not leave a teacher behind"
+
+
+def test_a_killed_ddp_run_resumes_from_rank_zeros_checkpoint(tmp_path, tiny_pairs, tiny_bert_without_dropout,
+                                                              monkeypatch):
+    """Rank 1 dies after step 5; rank 0 had written the checkpoint after step 4's evaluation. Run again, both
+    ranks resume from it, agree on the step, and end where a run that was never killed does (within DDP's
+    rounding); the checkpoint is gone once the teacher is saved."""
+    data = _prepared_dataset(tmp_path / "data", tiny_pairs)
+    config = _with_processes(_config(tiny_bert_without_dropout), 2)
+    launch_local(config, data, tmp_path / "whole", log_dir=tmp_path / "logs-whole")
+    monkeypatch.setenv(FAULT_INJECTION_ENV, "1:5")
+    with pytest.raises(WorkerFailedError, match="rank 1 of 2 was killed"):
+        launch_local(config, data, tmp_path / "resumed", log_dir=tmp_path / "logs-killed")
+    checkpoint = tmp_path / "resumed.checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["state"]["step"] == 4
+    monkeypatch.delenv(FAULT_INJECTION_ENV)
+    launch_local(config, data, tmp_path / "resumed", log_dir=tmp_path / "logs-resumed")
+    logs = "".join(path.read_text() for path in (tmp_path / "logs-resumed").rglob("*") if path.is_file())
+    assert "teacher: resuming from" in logs and "at epoch 1, batch 4" in logs, logs[-3000:]  # its last batch
+    assert not checkpoint.exists() and not (tmp_path / "whole.checkpoint.pt").exists()
+    reference, weights = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    worst = max(float((weights[k] - reference[k]).abs().max()) for k in reference)
+    assert worst <= PARAMETER_TOLERANCE, f"a parameter differs by {worst:.2e} from the uninterrupted run"
+    history = [json.loads((tmp_path / run / "manifest.json").read_text())["metrics"]["history"]
+               for run in ("whole", "resumed")]
+    assert [h["step"] for h in history[1]] == [h["step"] for h in history[0]] == [2, 4, 6, 8]
 
 
 def test_lora_with_gradient_checkpointing_trains_under_ddp(tmp_path, tiny_pairs, tiny_bert, cli):

@@ -200,8 +200,8 @@ class KilledInEvaluation(Checkpointed):
 
 
 def test_a_checkpoint_due_at_an_evaluation_is_written_after_it():
-    """Killed while evaluating step 6, a run resumes from the checkpoint of step 3's evaluation (not from one
-    written before step 6 was evaluated, which would skip that evaluation), and evaluates every step an
+    """Killed while evaluating step 6, a run resumes from the checkpoint at the end of epoch 1 (step 5), not from
+    one written before step 6 was evaluated (which would skip that evaluation), and evaluates every step an
     uninterrupted run does."""
     schedule = Schedule(epochs=2, patience=5, eval_every_steps=3, total_steps=10, checkpoint_every_batches=1)
     whole = KilledInEvaluation()
