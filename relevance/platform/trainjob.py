@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import json
 import re
 import shutil
@@ -354,9 +353,8 @@ def launch_teacher_training(config: RunConfig, dataset_dir: str | Path, out_dir:
 
     The TrainJob's nodes see only the shared volume (``trainjob.shared_mount_path``, mounted here too: the
     pipeline mounts it on the teacher step's pod). Paths elsewhere (a KFP artifact's local path) are staged: the
-    dataset is copied to ``<mount>/<prefix>-stage-<key>/data``, the nodes write ``…/teacher`` (and, while they
-    train, ``…/teacher.checkpoint.pt``), and that is copied to ``out_dir``. The key is of the dataset and the
-    settings that change the model, so a retried step resumes from its predecessor's checkpoint. The choice of launcher is relevance.teacher.launch.launch_teacher's, with
+    dataset is copied to ``<mount>/<job name>/data``, the nodes write ``<mount>/<job name>/teacher``, and that is
+    copied to ``out_dir``. The choice of launcher is relevance.teacher.launch.launch_teacher's, with
     :func:`train_as_trainjob` as its TrainJob launcher."""
     from relevance.teacher.launch import launch_teacher
 
@@ -378,16 +376,13 @@ def train_as_trainjob(config: RunConfig, dataset_dir: str | Path, out_dir: str |
                             "(teacher.distributed.trainjob.shared_mount_path): the TrainJob's nodes could not read the "
                             "dataset nor leave the teacher where this step finds it")
     name = f"{job.name_prefix}-{uuid.uuid4().hex[:12]}"
-    # Staged under a name of what is trained, not of this job: a retried step (a new pod, a new TrainJob) finds
-    # the checkpoint its predecessor's nodes left beside the teacher, and resumes from it.
-    stage = mount / f"{job.name_prefix}-stage-{_stage_key(config, Path(dataset_dir))}"
     staged_data, staged_out = Path(dataset_dir), Path(out_dir)
     if not on_volume(staged_data, mount):
-        staged_data = stage / "data"
-        shutil.copytree(dataset_dir, staged_data, dirs_exist_ok=True)
+        staged_data = mount / name / "data"
+        shutil.copytree(dataset_dir, staged_data)
         log(f"trainjob: dataset staged on the shared volume: {staged_data}")
     if not on_volume(staged_out, mount):
-        staged_out = stage / "teacher"
+        staged_out = mount / name / "teacher"
     manifest = validate_trainjob(render_trainjob(config, staged_data, staged_out, name=name))
     submit_trainjob(manifest, api)
     namespace = manifest["metadata"]["namespace"]
@@ -407,14 +402,3 @@ def on_volume(path: str | Path, mount: Path) -> bool:
     """Whether ``path`` (made absolute, ``..`` resolved) lies on the volume mounted at ``mount``."""
     resolved = Path(path).resolve()
     return resolved == mount.resolve() or mount.resolve() in resolved.parents
-
-
-def _stage_key(config: RunConfig, dataset_dir: Path) -> str:
-    """What a staged teacher is trained from: the dataset's files and the settings that change the model (not how
-    it is launched: a retry with a longer timeout resumes)."""
-    from relevance.common.files import sha256_of_files
-
-    settings = {"teacher": config.teacher.model_dump(exclude={"distributed", "calibration"}),
-                "text": config.text.model_dump(),
-                "data": sha256_of_files([path for path in dataset_dir.rglob("*") if path.is_file()])}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
